@@ -1,0 +1,118 @@
+/*
+ * Shared command-line plumbing for cmd/.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "config.h"
+#include "gemm.h"
+
+static const char *program_name = "zoomerge";
+
+void zm_cli_init(const char *argv0)
+{
+	const char *slash;
+
+	if (!argv0 || !*argv0)
+		return;
+	slash = strrchr(argv0, '/');
+	program_name = slash ? slash + 1 : argv0;
+}
+
+const char *zm_cli_name(void)
+{
+	return program_name;
+}
+
+void zm_cli_warn(const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "%s: ", program_name);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+}
+
+int zm_cli_report(const struct zm_error *err)
+{
+	fprintf(stderr, "%s: %s\n", program_name,
+	        err->msg[0] ? err->msg : zm_status_name(err->status));
+	return zm_status_exit_code(err->status);
+}
+
+int zm_cli_usage_error(const char *usage, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (fmt) {
+		fprintf(stderr, "%s: ", program_name);
+		va_start(ap, fmt);
+		vfprintf(stderr, fmt, ap);
+		va_end(ap);
+		fputc('\n', stderr);
+	}
+	fputs(usage, stderr);
+	return ZM_EXIT_USAGE;
+}
+
+void zm_cli_version(void)
+{
+	printf("%s (zoomerge) %s\n", program_name, ZM_VERSION);
+	printf("BLIS kernels: %s\n", zm_gemm_arch());
+}
+
+bool zm_cli_int(const char *option, const char *text, int64_t min,
+                int64_t max, int64_t *out)
+{
+	int64_t v;
+
+	if (!zm_parse_int64(text, &v) || v < min || v > max) {
+		zm_cli_warn("%s: expected an integer in [%lld, %lld], got '%s'",
+		            option, (long long)min, (long long)max, text);
+		return false;
+	}
+	*out = v;
+	return true;
+}
+
+bool zm_cli_double(const char *option, const char *text, double min,
+                   double max, double *out)
+{
+	double v;
+
+	if (!zm_parse_double(text, &v) || v < min || v > max) {
+		zm_cli_warn("%s: expected a number in [%g, %g], got '%s'",
+		            option, min, max, text);
+		return false;
+	}
+	*out = v;
+	return true;
+}
+
+int zm_cli_close_stdout(int status)
+{
+	bool bad = fflush(stdout) != 0 || ferror(stdout);
+
+	if (fclose(stdout) != 0)
+		bad = true;
+	if (bad && status == ZM_EXIT_OK) {
+		fprintf(stderr, "%s: write error on standard output: %s\n",
+		        program_name, strerror(errno ? errno : EIO));
+		return ZM_EXIT_FAILURE;
+	}
+	return status;
+}
+
+bool zm_cli_progress_wanted(bool force, bool quiet)
+{
+	if (quiet)
+		return false;
+	return force || isatty(STDERR_FILENO);
+}

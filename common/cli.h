@@ -1,0 +1,50 @@
+/*
+ * What every program of cmd/ shares: its name in messages, --version,
+ * option-argument parsing with range checks, and closing stdout so that a
+ * full disk is an error.  This is the only part of common/ that prints.
+ */
+#ifndef ZM_CLI_H
+#define ZM_CLI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "error.h"
+
+/* Exit statuses of every program. */
+enum { ZM_EXIT_OK = 0, ZM_EXIT_FAILURE = 1, ZM_EXIT_USAGE = 2 };
+
+/* Remembers the program name (basename of argv0) for messages. */
+void zm_cli_init(const char *argv0);
+const char *zm_cli_name(void);
+
+/* Prints "PROGRAM: message" on stderr. */
+void zm_cli_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Prints "PROGRAM: err->msg" and returns the exit status for err. */
+int zm_cli_report(const struct zm_error *err);
+
+/* Prints the usage text on stderr (after "PROGRAM: message" when msg is
+ * non-NULL) and returns ZM_EXIT_USAGE. */
+int zm_cli_usage_error(const char *usage, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+/* Prints "PROGRAM (zoomerge) VERSION" and the BLIS kernel set on stdout. */
+void zm_cli_version(void);
+
+/* Option arguments: parse text as a number within [min, max]; on failure
+ * print "PROGRAM: OPTION: expected ..." and return false. */
+bool zm_cli_int(const char *option, const char *text, int64_t min,
+                int64_t max, int64_t *out);
+bool zm_cli_double(const char *option, const char *text, double min,
+                   double max, double *out);
+
+/* Flushes and closes stdout; on failure (full disk, closed pipe) prints
+ * the error and returns ZM_EXIT_FAILURE, else status unchanged. */
+int zm_cli_close_stdout(int status);
+
+/* True when the program should print progress: --progress forces it,
+ * --quiet silences it, otherwise when stderr is a terminal. */
+bool zm_cli_progress_wanted(bool force, bool quiet);
+
+#endif

@@ -1,0 +1,500 @@
+/*
+ * libyaml event stream -> node tree with positions.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <yaml.h>
+
+#include "config.h"
+#include "mem.h"
+
+enum { MAX_DEPTH = 64 };
+
+static void node_free_one(struct zm_node *n)
+{
+	size_t i;
+
+	if (!n)
+		return;
+	for (i = 0; i < n->count; i++) {
+		node_free_one(n->items[i]);
+		if (n->keys)
+			node_free_one(n->keys[i]);
+	}
+	free(n->items);
+	free(n->keys);
+	free(n->value);
+	free(n);
+}
+
+void zm_node_free(struct zm_node *root)
+{
+	char *source;
+
+	if (!root)
+		return;
+	source = (char *)root->source;
+	node_free_one(root);
+	free(source);
+}
+
+static struct zm_node *node_new(enum zm_node_type type, const yaml_mark_t *m,
+                                const char *source)
+{
+	struct zm_node *n = zm_calloc(1, sizeof(*n));
+
+	if (!n)
+		return NULL;
+	n->type = type;
+	n->line = (int)m->line + 1;
+	n->col = (int)m->column + 1;
+	n->source = source;
+	return n;
+}
+
+/* Appends child to a sequence, or as key or value of a map. */
+static bool node_append(struct zm_node *parent, struct zm_node *child,
+                        bool as_key)
+{
+	if (parent->type == ZM_NODE_MAP && !as_key) {
+		parent->items[parent->count - 1] = child;
+		return true;
+	}
+	if ((parent->count & (parent->count - 1)) == 0) {
+		size_t cap = parent->count ? parent->count * 2 : 4;
+		struct zm_node **items, **keys = NULL;
+		if (cap > SIZE_MAX / sizeof(*items))
+			return false;
+		items = zm_realloc(parent->items, cap * sizeof(*items));
+		if (!items)
+			return false;
+		parent->items = items;
+		if (parent->type == ZM_NODE_MAP) {
+			keys = zm_realloc(parent->keys, cap * sizeof(*keys));
+			if (!keys)
+				return false;
+			parent->keys = keys;
+		}
+	}
+	if (parent->type == ZM_NODE_MAP) {
+		parent->keys[parent->count] = child;
+		parent->items[parent->count] = NULL;
+	} else {
+		parent->items[parent->count] = child;
+	}
+	parent->count++;
+	return true;
+}
+
+static enum zm_status mark_error(struct zm_error *err, const char *source,
+                                 const yaml_mark_t *m, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+static enum zm_status mark_error(struct zm_error *err, const char *source,
+                                 const yaml_mark_t *m, const char *fmt, ...)
+{
+	char msg[ZM_ERROR_MAX];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	return zm_error_set(err, ZM_ERR_CONFIG, "%s:%zu:%zu: %s", source,
+	                    (size_t)m->line + 1, (size_t)m->column + 1, msg);
+}
+
+static bool map_has_key(const struct zm_node *map, const char *key,
+                        size_t len)
+{
+	size_t i;
+
+	for (i = 0; i < map->count; i++) {
+		const struct zm_node *k = map->keys[i];
+		if (k->type == ZM_NODE_SCALAR && k->len == len &&
+		    memcmp(k->value, key, len) == 0)
+			return true;
+	}
+	return false;
+}
+
+enum zm_status zm_config_parse(const char *bytes, size_t len,
+                               const char *source, struct zm_node **root,
+                               struct zm_error *err)
+{
+	yaml_parser_t parser;
+	yaml_event_t event;
+	struct zm_node *stack[MAX_DEPTH + 1];
+	bool key_next[MAX_DEPTH + 1];	/* map at this depth expects a key */
+	int depth = 0;
+	struct zm_node *top = NULL;
+	char *src;
+	enum zm_status st = ZM_OK;
+	bool done = false, seen_doc = false;
+
+	*root = NULL;
+	src = zm_strdup(source ? source : "-");
+	if (!src)
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	if (!yaml_parser_initialize(&parser)) {
+		free(src);
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	}
+	yaml_parser_set_input_string(&parser, (const unsigned char *)bytes, len);
+
+	while (!done) {
+		struct zm_node *n = NULL;
+		bool as_key = false;
+
+		if (!yaml_parser_parse(&parser, &event)) {
+			const yaml_mark_t *m = parser.problem_mark.line ||
+			                       parser.problem_mark.column ?
+			                       &parser.problem_mark :
+			                       &parser.context_mark;
+			if (parser.error == YAML_MEMORY_ERROR)
+				st = zm_error_set(err, ZM_ERR_NOMEM,
+				                  "%s: out of memory", src);
+			else
+				st = mark_error(err, src, m, "%s%s%s",
+				                parser.problem ? parser.problem :
+				                "syntax error",
+				                parser.context ? " " : "",
+				                parser.context ? parser.context : "");
+			break;
+		}
+		switch (event.type) {
+		case YAML_STREAM_END_EVENT:
+			done = true;
+			break;
+		case YAML_DOCUMENT_START_EVENT:
+			if (seen_doc) {
+				st = mark_error(err, src, &event.start_mark,
+				                "expected a single document");
+				done = true;
+			}
+			seen_doc = true;
+			break;
+		case YAML_ALIAS_EVENT:
+			st = mark_error(err, src, &event.start_mark,
+			                "aliases are not supported");
+			done = true;
+			break;
+		case YAML_SCALAR_EVENT:
+			n = node_new(ZM_NODE_SCALAR, &event.start_mark, src);
+			if (n) {
+				n->value = zm_strndup((const char *)event.data.scalar.value,
+				                      event.data.scalar.length);
+				n->len = event.data.scalar.length;
+				n->plain = event.data.scalar.style ==
+				           YAML_PLAIN_SCALAR_STYLE;
+				if (!n->value) {
+					free(n);
+					n = NULL;
+				}
+			}
+			break;
+		case YAML_SEQUENCE_START_EVENT:
+			n = node_new(ZM_NODE_SEQ, &event.start_mark, src);
+			break;
+		case YAML_MAPPING_START_EVENT:
+			n = node_new(ZM_NODE_MAP, &event.start_mark, src);
+			break;
+		case YAML_SEQUENCE_END_EVENT:
+		case YAML_MAPPING_END_EVENT:
+			depth--;
+			break;
+		default:
+			break;
+		}
+		if (st == ZM_OK && !done &&
+		    (event.type == YAML_SCALAR_EVENT ||
+		     event.type == YAML_SEQUENCE_START_EVENT ||
+		     event.type == YAML_MAPPING_START_EVENT)) {
+			if (!n) {
+				st = zm_error_set(err, ZM_ERR_NOMEM,
+				                  "%s: out of memory", src);
+				done = true;
+			} else if (depth == 0) {
+				top = n;
+			} else {
+				struct zm_node *parent = stack[depth - 1];
+				if (parent->type == ZM_NODE_MAP) {
+					as_key = key_next[depth - 1];
+					key_next[depth - 1] = !as_key;
+					if (as_key && n->type != ZM_NODE_SCALAR) {
+						st = mark_error(err, src, &event.start_mark,
+						                "expected a scalar key");
+						node_free_one(n);
+						n = NULL;
+						done = true;
+					} else if (as_key &&
+					           map_has_key(parent, n->value, n->len)) {
+						st = mark_error(err, src, &event.start_mark,
+						                "duplicate key '%s'", n->value);
+						node_free_one(n);
+						n = NULL;
+						done = true;
+					}
+				}
+				if (n && !node_append(parent, n, as_key)) {
+					node_free_one(n);
+					n = NULL;
+					st = zm_error_set(err, ZM_ERR_NOMEM,
+					                  "%s: out of memory", src);
+					done = true;
+				}
+			}
+			if (n && n->type != ZM_NODE_SCALAR) {
+				if (depth >= MAX_DEPTH) {
+					st = mark_error(err, src, &event.start_mark,
+					                "nesting deeper than %d levels",
+					                MAX_DEPTH);
+					if (depth == 0)
+						node_free_one(n);
+					done = true;
+				} else {
+					stack[depth] = n;
+					key_next[depth] = true;
+					depth++;
+				}
+			}
+		}
+		yaml_event_delete(&event);
+	}
+	yaml_parser_delete(&parser);
+	/* A map with a dangling key (only possible after an error) is fixed up
+	 * so the tree can be freed. */
+	if (st != ZM_OK) {
+		if (top)
+			node_free_one(top);
+		free(src);
+		return st;
+	}
+	if (!top) {
+		yaml_mark_t m = { 0, 0, 0 };
+		top = node_new(ZM_NODE_MAP, &m, src);
+		if (!top) {
+			free(src);
+			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		}
+	}
+	*root = top;
+	return ZM_OK;
+}
+
+enum zm_status zm_config_load(const char *path, struct zm_node **root,
+                              struct zm_error *err)
+{
+	FILE *f;
+	char *buf = NULL;
+	size_t len = 0, cap = 0;
+	enum zm_status st;
+	bool is_stdin = strcmp(path, "-") == 0;
+
+	*root = NULL;
+	f = is_stdin ? stdin : fopen(path, "rb");
+	if (!f)
+		return zm_error_errno(err, errno == ENOENT ? ZM_ERR_NOTFOUND :
+		                      ZM_ERR_IO, "%s", path);
+	for (;;) {
+		size_t got;
+		if (len == cap) {
+			char *nb;
+			if (cap >= ((size_t)64 << 20)) {
+				st = zm_error_set(err, ZM_ERR_CONFIG,
+				                  "%s: larger than 64 MiB", path);
+				goto out;
+			}
+			cap = cap ? cap * 2 : 4096;
+			nb = zm_realloc(buf, cap);
+			if (!nb) {
+				st = zm_error_set(err, ZM_ERR_NOMEM,
+				                  "%s: out of memory", path);
+				goto out;
+			}
+			buf = nb;
+		}
+		got = fread(buf + len, 1, cap - len, f);
+		len += got;
+		if (got == 0)
+			break;
+	}
+	if (ferror(f)) {
+		st = zm_error_errno(err, ZM_ERR_IO, "%s: read error", path);
+		goto out;
+	}
+	st = zm_config_parse(buf, len, is_stdin ? "<stdin>" : path, root, err);
+out:
+	if (!is_stdin)
+		fclose(f);
+	free(buf);
+	return st;
+}
+
+const struct zm_node *zm_node_get(const struct zm_node *map, const char *key)
+{
+	size_t i, len = strlen(key);
+
+	if (!map || map->type != ZM_NODE_MAP)
+		return NULL;
+	for (i = 0; i < map->count; i++) {
+		const struct zm_node *k = map->keys[i];
+		if (k->len == len && memcmp(k->value, key, len) == 0)
+			return map->items[i];
+	}
+	return NULL;
+}
+
+enum zm_status zm_node_error(const struct zm_node *node, struct zm_error *err,
+                             enum zm_status status, const char *fmt, ...)
+{
+	char msg[ZM_ERROR_MAX];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	return zm_error_set(err, status, "%s:%d:%d: %s", node->source,
+	                    node->line, node->col, msg);
+}
+
+static const char *type_name(enum zm_node_type t)
+{
+	return t == ZM_NODE_MAP ? "a mapping" :
+	       t == ZM_NODE_SEQ ? "a list" : "a scalar";
+}
+
+enum zm_status zm_node_expect(const struct zm_node *node,
+                              enum zm_node_type type, const char *what,
+                              struct zm_error *err)
+{
+	if (node->type == type)
+		return ZM_OK;
+	return zm_node_error(node, err, ZM_ERR_CONFIG, "%s: expected %s, got %s",
+	                     what, type_name(type), type_name(node->type));
+}
+
+bool zm_parse_int64(const char *text, int64_t *out)
+{
+	char *end;
+	long long v;
+
+	if (!*text)
+		return false;
+	errno = 0;
+	v = strtoll(text, &end, 10);
+	if (errno || *end || end == text)
+		return false;
+	*out = v;
+	return true;
+}
+
+bool zm_parse_double(const char *text, double *out)
+{
+	char *end;
+	double v;
+	const char *p;
+
+	if (!*text)
+		return false;
+	/* strtod honours the locale's decimal point; files always use '.'. */
+	for (p = text; *p; p++)
+		if (*p == ',')
+			return false;
+	errno = 0;
+	v = strtod(text, &end);
+	if (errno == ERANGE && fabs(v) > 1.0)
+		return false;
+	if (*end || end == text || !isfinite(v))
+		return false;
+	*out = v;
+	return true;
+}
+
+enum zm_status zm_node_int(const struct zm_node *node, const char *what,
+                           int64_t min, int64_t max, int64_t *out,
+                           struct zm_error *err)
+{
+	int64_t v;
+
+	if (node->type != ZM_NODE_SCALAR || !zm_parse_int64(node->value, &v))
+		return zm_node_error(node, err, ZM_ERR_CONFIG,
+		                     "%s: expected an integer", what);
+	if (v < min || v > max)
+		return zm_node_error(node, err, ZM_ERR_CONFIG,
+		                     "%s: expected an integer in [%lld, %lld], got %lld",
+		                     what, (long long)min, (long long)max,
+		                     (long long)v);
+	*out = v;
+	return ZM_OK;
+}
+
+enum zm_status zm_node_double(const struct zm_node *node, const char *what,
+                              double min, double max, double *out,
+                              struct zm_error *err)
+{
+	double v;
+
+	if (node->type != ZM_NODE_SCALAR || !zm_parse_double(node->value, &v))
+		return zm_node_error(node, err, ZM_ERR_CONFIG,
+		                     "%s: expected a number", what);
+	if (v < min || v > max)
+		return zm_node_error(node, err, ZM_ERR_CONFIG,
+		                     "%s: expected a number in [%g, %g], got %g",
+		                     what, min, max, v);
+	*out = v;
+	return ZM_OK;
+}
+
+enum zm_status zm_node_bool(const struct zm_node *node, const char *what,
+                            bool *out, struct zm_error *err)
+{
+	if (node->type == ZM_NODE_SCALAR) {
+		if (!strcmp(node->value, "true") || !strcmp(node->value, "yes")) {
+			*out = true;
+			return ZM_OK;
+		}
+		if (!strcmp(node->value, "false") || !strcmp(node->value, "no")) {
+			*out = false;
+			return ZM_OK;
+		}
+	}
+	return zm_node_error(node, err, ZM_ERR_CONFIG,
+	                     "%s: expected true or false", what);
+}
+
+enum zm_status zm_node_string(const struct zm_node *node, const char *what,
+                              const char **out, struct zm_error *err)
+{
+	if (node->type != ZM_NODE_SCALAR)
+		return zm_node_error(node, err, ZM_ERR_CONFIG,
+		                     "%s: expected a string, got %s", what,
+		                     type_name(node->type));
+	*out = node->value;
+	return ZM_OK;
+}
+
+enum zm_status zm_node_check_keys(const struct zm_node *map,
+                                  const char *const *allowed, const char *what,
+                                  struct zm_error *err)
+{
+	size_t i;
+
+	if (map->type != ZM_NODE_MAP)
+		return zm_node_expect(map, ZM_NODE_MAP, what, err);
+	for (i = 0; i < map->count; i++) {
+		const char *const *a;
+		for (a = allowed; *a; a++)
+			if (!strcmp(map->keys[i]->value, *a))
+				break;
+		if (!*a)
+			return zm_node_error(map->keys[i], err, ZM_ERR_CONFIG,
+			                     "%s: unknown key '%s'", what,
+			                     map->keys[i]->value);
+	}
+	return ZM_OK;
+}

@@ -1,0 +1,66 @@
+/*
+ * Output files that appear whole or not at all.  A named output is written
+ * to a temporary file in the same directory, fsynced, renamed over the
+ * target and the directory fsynced, so a crash, a full disk or a kill
+ * leaves either the old file or the new one.  "-" means standard output,
+ * written directly.
+ *
+ * Every write, fsync, rename and open goes through the fault injector of
+ * mem.h, so tests can make each of them fail in turn.
+ */
+#ifndef ZM_FILEIO_H
+#define ZM_FILEIO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "error.h"
+
+struct zm_outfile {
+	int fd;
+	char *path;          /* target name, owned ("-" for stdout) */
+	char *tmp;           /* temporary name, owned; NULL for stdout */
+	bool is_stdout;
+	char *buf;           /* write buffer, owned */
+	size_t len, cap;
+};
+
+/*
+ * Opens path for writing ("-": stdout).  With refuse_tty, binary output to
+ * a terminal is refused with ZM_ERR_USAGE (as gzip does).  f is filled
+ * and must be finished with zm_outfile_commit or zm_outfile_abort.
+ */
+enum zm_status zm_outfile_open(struct zm_outfile *f, const char *path,
+                               bool refuse_tty, struct zm_error *err);
+
+/* Buffers and writes n bytes; errors name the file (ENOSPC, EFBIG, EIO). */
+enum zm_status zm_outfile_write(struct zm_outfile *f, const void *data,
+                                size_t n, struct zm_error *err);
+
+/* printf into the file (C locale formatting is the caller's job). */
+enum zm_status zm_outfile_printf(struct zm_outfile *f, struct zm_error *err,
+                                 const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* Flushes, fsyncs, renames into place and fsyncs the directory; releases
+ * f whatever happens.  On failure the temporary file is removed and the
+ * target is untouched. */
+enum zm_status zm_outfile_commit(struct zm_outfile *f, struct zm_error *err);
+
+/* Removes the temporary file and releases f; safe after a failed commit
+ * and on a zeroed struct. */
+void zm_outfile_abort(struct zm_outfile *f);
+
+/* Writes all of data to fd, retrying short writes and EINTR; counts as one
+ * "write" for the fault injector.  Returns false with errno set. */
+bool zm_write_all(int fd, const void *data, size_t n);
+
+/* fsyncs the directory that holds path (for renames to be durable). */
+enum zm_status zm_fsync_dir_of(const char *path, struct zm_error *err);
+
+/* Reads a whole file ("-": stdin) into a new NUL-terminated buffer the
+ * caller frees; refuses files over max bytes. */
+enum zm_status zm_read_file(const char *path, size_t max, char **data,
+                            size_t *len, struct zm_error *err);
+
+#endif

@@ -1,0 +1,134 @@
+/*
+ * Checked sizes, the library allocator and the fault injector behind it.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mem.h"
+
+bool zm_size_mul(size_t a, size_t b, size_t *out)
+{
+	if (b != 0 && a > SIZE_MAX / b)
+		return false;
+	*out = a * b;
+	return true;
+}
+
+bool zm_size_add(size_t a, size_t b, size_t *out)
+{
+	if (a > SIZE_MAX - b)
+		return false;
+	*out = a + b;
+	return true;
+}
+
+enum { FAULT_KINDS = 5 };
+static const char *const fault_names[FAULT_KINDS] = {
+	"alloc", "write", "fsync", "rename", "open",
+};
+static unsigned long fault_counts[FAULT_KINDS];
+static int fault_kind = -2;	/* -2: not read yet, -1: off */
+static unsigned long fault_at;
+static const char *fault_count_file;
+
+static void fault_report(void)
+{
+	FILE *f = fopen(fault_count_file, "a");
+	int i;
+
+	if (!f)
+		return;
+	for (i = 0; i < FAULT_KINDS; i++)
+		fprintf(f, "%s %lu\n", fault_names[i], fault_counts[i]);
+	fclose(f);
+}
+
+static void fault_setup(void)
+{
+	const char *spec = getenv("ZM_FAULT");
+	int i;
+
+	fault_kind = -1;
+	fault_count_file = getenv("ZM_FAULT_COUNT");
+	if (fault_count_file && *fault_count_file)
+		atexit(fault_report);
+	else
+		fault_count_file = NULL;
+	if (!spec || !*spec)
+		return;
+	for (i = 0; i < FAULT_KINDS; i++) {
+		size_t len = strlen(fault_names[i]);
+		if (strncmp(spec, fault_names[i], len) == 0 && spec[len] == ':') {
+			char *end;
+			errno = 0;
+			fault_at = strtoul(spec + len + 1, &end, 10);
+			if (errno == 0 && *end == '\0' && fault_at > 0)
+				fault_kind = i;
+			return;
+		}
+	}
+}
+
+bool zm_fault_hit(const char *kind)
+{
+	int i;
+
+	if (fault_kind == -2)
+		fault_setup();
+	if (fault_kind == -1 && !fault_count_file)
+		return false;
+	for (i = 0; i < FAULT_KINDS; i++) {
+		if (strcmp(kind, fault_names[i]) == 0) {
+			fault_counts[i]++;
+			return i == fault_kind && fault_counts[i] == fault_at;
+		}
+	}
+	return false;
+}
+
+void *zm_malloc(size_t n)
+{
+	if (zm_fault_hit("alloc")) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	return malloc(n ? n : 1);
+}
+
+void *zm_calloc(size_t count, size_t size)
+{
+	if (zm_fault_hit("alloc")) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	if (count == 0 || size == 0)
+		count = size = 1;
+	return calloc(count, size);
+}
+
+void *zm_realloc(void *p, size_t n)
+{
+	if (zm_fault_hit("alloc")) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	return realloc(p, n ? n : 1);
+}
+
+char *zm_strndup(const char *s, size_t n)
+{
+	char *d = zm_malloc(n + 1);
+
+	if (!d)
+		return NULL;
+	memcpy(d, s, n);
+	d[n] = '\0';
+	return d;
+}
+
+char *zm_strdup(const char *s)
+{
+	return zm_strndup(s, strlen(s));
+}

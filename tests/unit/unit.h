@@ -1,0 +1,21 @@
+/*
+ * Shared declarations for the Check unit suites.  Each tests/unit/check_X.c
+ * defines Suite *suite_X(void); the runner finds them by file name.
+ */
+#ifndef ZM_UNIT_H
+#define ZM_UNIT_H
+
+#include <check.h>
+
+#define ZM_SUITE(name) Suite *suite_##name(void);
+#include "suites.h"
+#undef ZM_SUITE
+
+/* Path of a file under the source tree (ZM_SRCDIR), in a static buffer. */
+const char *unit_srcpath(const char *rel);
+
+/* A fresh temporary directory for the current test (removed by the runner
+ * at exit only when all passed); returned path is static per call. */
+const char *unit_tmpdir(void);
+
+#endif
