@@ -498,3 +498,44 @@ enum zm_status zm_node_check_keys(const struct zm_node *map,
 	}
 	return ZM_OK;
 }
+
+/* Plain scalars that YAML 1.1 would read as something other than a string. */
+static bool yaml_plain_is_special(const char *s)
+{
+	static const char *const words[] = {
+		"null", "Null", "NULL", "~", "true", "True", "TRUE", "false",
+		"False", "FALSE", "yes", "Yes", "YES", "no", "No", "NO", "on",
+		"On", "ON", "off", "Off", "OFF", "y", "Y", "n", "N", NULL,
+	};
+	const char *const *w;
+	double d;
+
+	for (w = words; *w; w++)
+		if (!strcmp(s, *w))
+			return true;
+	return zm_parse_double(s, &d) || !strcmp(s, ".inf") ||
+	       !strcmp(s, ".nan") || !strcmp(s, "-.inf");
+}
+
+void zm_yaml_scalar(struct zm_buf *b, const char *s, bool numeric)
+{
+	const char *p;
+	double d;
+
+	if (numeric && zm_parse_double(s, &d)) {
+		zm_buf_puts(b, s);
+		return;
+	}
+	if (*s && !yaml_plain_is_special(s)) {
+		for (p = s; *p; p++)
+			if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+			      (*p >= '0' && *p <= '9') || *p == '_' || *p == '.' ||
+			      *p == '/' || (*p == '-' && p != s)))
+				break;
+		if (!*p) {
+			zm_buf_puts(b, s);
+			return;
+		}
+	}
+	zm_json_string(b, s, strlen(s));
+}

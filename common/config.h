@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "error.h"
+#include "json.h"
 
 enum zm_node_type {
 	ZM_NODE_SCALAR,
@@ -88,6 +89,13 @@ enum zm_status zm_node_string(const struct zm_node *node, const char *what,
 enum zm_status zm_node_check_keys(const struct zm_node *map,
                                   const char *const *allowed, const char *what,
                                   struct zm_error *err);
+
+/*
+ * Appends s as a YAML scalar: plain when it reads back as the same string
+ * (or, with numeric true, as the number it spells), else double-quoted
+ * with JSON escapes (which YAML accepts).
+ */
+void zm_yaml_scalar(struct zm_buf *b, const char *s, bool numeric);
 
 /* Parses text as a whole number / finite double with nothing after it. */
 bool zm_parse_int64(const char *text, int64_t *out);

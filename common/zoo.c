@@ -1,0 +1,766 @@
+/*
+ * The zoo directory: index parsing and rendering, locking, versioned
+ * writes and retention.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "fileio.h"
+#include "json.h"
+#include "mem.h"
+#include "zoo.h"
+
+#define ZM_PATH_MAX 4096
+
+/* ---- key/value lists ---- */
+
+enum zm_status zm_kv_set(struct zm_kv_list *l, const char *key,
+                         const char *value, struct zm_error *err)
+{
+	char *v = zm_strdup(value), *k;
+	struct zm_kv *items;
+	size_t i;
+
+	if (!v)
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	for (i = 0; i < l->count; i++) {
+		if (!strcmp(l->items[i].key, key)) {
+			free(l->items[i].value);
+			l->items[i].value = v;
+			return ZM_OK;
+		}
+	}
+	k = zm_strdup(key);
+	items = zm_realloc(l->items, (l->count + 1) * sizeof(*items));
+	if (!k || !items) {
+		free(k);
+		free(v);
+		if (items)
+			l->items = items;
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	}
+	l->items = items;
+	l->items[l->count].key = k;
+	l->items[l->count].value = v;
+	l->count++;
+	return ZM_OK;
+}
+
+const char *zm_kv_get(const struct zm_kv_list *l, const char *key)
+{
+	size_t i;
+
+	for (i = 0; i < l->count; i++)
+		if (!strcmp(l->items[i].key, key))
+			return l->items[i].value;
+	return NULL;
+}
+
+void zm_kv_release(struct zm_kv_list *l)
+{
+	size_t i;
+
+	for (i = 0; i < l->count; i++) {
+		free(l->items[i].key);
+		free(l->items[i].value);
+	}
+	free(l->items);
+	l->items = NULL;
+	l->count = 0;
+}
+
+enum zm_status zm_kv_parse_assignment(struct zm_kv_list *l, const char *text,
+                                      struct zm_error *err)
+{
+	const char *eq = strchr(text, '=');
+	char key[256];
+	size_t klen;
+
+	if (!eq || eq == text)
+		return zm_error_set(err, ZM_ERR_USAGE,
+		                    "'%s': expected KEY=VALUE", text);
+	klen = (size_t)(eq - text);
+	if (klen >= sizeof(key))
+		return zm_error_set(err, ZM_ERR_USAGE, "'%s': key too long", text);
+	memcpy(key, text, klen);
+	key[klen] = '\0';
+	return zm_kv_set(l, key, eq + 1, err);
+}
+
+/* ---- entries ---- */
+
+static void entry_release(struct zm_zoo_entry *e)
+{
+	free(e->name);
+	free(e->file);
+	free(e->versions);
+	zm_kv_release(&e->tags);
+	zm_kv_release(&e->metrics);
+	zm_kv_release(&e->hparams);
+	memset(e, 0, sizeof(*e));
+}
+
+bool zm_zoo_valid_name(const char *name)
+{
+	size_t i, n = strlen(name);
+
+	if (n == 0 || n > 63)
+		return false;
+	for (i = 0; i < n; i++) {
+		char c = name[i];
+		bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		             (c >= '0' && c <= '9');
+		if (!alnum && (i == 0 || (c != '_' && c != '.' && c != '-')))
+			return false;
+	}
+	return true;
+}
+
+struct zm_zoo_entry *zm_zoo_find(const struct zm_zoo *zoo, const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < zoo->n_models; i++)
+		if (!strcmp(zoo->models[i].name, name))
+			return &zoo->models[i];
+	return NULL;
+}
+
+enum zm_status zm_zoo_get(const struct zm_zoo *zoo, const char *name,
+                          struct zm_zoo_entry **entry, struct zm_error *err)
+{
+	*entry = zm_zoo_find(zoo, name);
+	if (!*entry)
+		return zm_error_set(err, ZM_ERR_NOTFOUND,
+		                    "%s: no model named '%s' in the zoo",
+		                    zoo->dir, name);
+	return ZM_OK;
+}
+
+bool zm_zoo_path(const struct zm_zoo *zoo, const char *file, char *buf,
+                 size_t size)
+{
+	int n = snprintf(buf, size, "%s/%s", zoo->dir, file);
+
+	return n >= 0 && (size_t)n < size;
+}
+
+/* ---- index parsing ---- */
+
+static enum zm_status parse_kv_map(const struct zm_node *node,
+                                   const char *what, struct zm_kv_list *out,
+                                   struct zm_error *err)
+{
+	enum zm_status st;
+	size_t i;
+
+	st = zm_node_expect(node, ZM_NODE_MAP, what, err);
+	if (st != ZM_OK)
+		return st;
+	for (i = 0; i < node->count; i++) {
+		const char *value;
+		st = zm_node_string(node->items[i], node->keys[i]->value,
+		                    &value, err);
+		if (st == ZM_OK)
+			st = zm_kv_set(out, node->keys[i]->value, value, err);
+		if (st != ZM_OK)
+			return st;
+	}
+	return ZM_OK;
+}
+
+/* A relative path inside the zoo: no leading '/', no ".." component. */
+static bool safe_relative_path(const char *p)
+{
+	const char *c = p;
+
+	if (!*p || *p == '/')
+		return false;
+	while (*c) {
+		size_t n = strcspn(c, "/");
+		if (n == 2 && c[0] == '.' && c[1] == '.')
+			return false;
+		c += n;
+		if (*c == '/')
+			c++;
+	}
+	return true;
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+
+	return (x > y) - (x < y);
+}
+
+static enum zm_status parse_entry(const struct zm_node *node,
+                                  struct zm_zoo_entry *e,
+                                  struct zm_error *err)
+{
+	const struct zm_node *n;
+	const char *s;
+	enum zm_status st;
+	size_t i;
+
+	st = zm_node_expect(node, ZM_NODE_MAP, "model", err);
+	if (st != ZM_OK)
+		return st;
+	n = zm_node_get(node, "name");
+	if (!n)
+		return zm_node_error(node, err, ZM_ERR_FORMAT,
+		                     "model: missing 'name'");
+	if ((st = zm_node_string(n, "name", &s, err)) != ZM_OK)
+		return st;
+	if (!zm_zoo_valid_name(s))
+		return zm_node_error(n, err, ZM_ERR_FORMAT,
+		                     "invalid model name '%s'", s);
+	if (!(e->name = zm_strdup(s)))
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	n = zm_node_get(node, "version");
+	if (!n)
+		return zm_node_error(node, err, ZM_ERR_FORMAT,
+		                     "model '%s': missing 'version'", e->name);
+	if ((st = zm_node_int(n, "version", 1, INT32_MAX, &e->version, err)))
+		return st;
+	n = zm_node_get(node, "file");
+	if (!n)
+		return zm_node_error(node, err, ZM_ERR_FORMAT,
+		                     "model '%s': missing 'file'", e->name);
+	if ((st = zm_node_string(n, "file", &s, err)) != ZM_OK)
+		return st;
+	if (!safe_relative_path(s))
+		return zm_node_error(n, err, ZM_ERR_FORMAT,
+		                     "file '%s' is not a path inside the zoo", s);
+	if (!(e->file = zm_strdup(s)))
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	n = zm_node_get(node, "versions");
+	if (n) {
+		if ((st = zm_node_expect(n, ZM_NODE_SEQ, "versions", err)))
+			return st;
+		e->versions = zm_calloc(n->count + 1, sizeof(*e->versions));
+		if (!e->versions)
+			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		for (i = 0; i < n->count; i++) {
+			st = zm_node_int(n->items[i], "versions", 1, INT32_MAX,
+			                 &e->versions[i], err);
+			if (st != ZM_OK)
+				return st;
+		}
+		e->n_versions = n->count;
+	} else {
+		e->versions = zm_calloc(1, sizeof(*e->versions));
+		if (!e->versions)
+			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	}
+	for (i = 0; i < e->n_versions; i++)
+		if (e->versions[i] == e->version)
+			break;
+	if (i == e->n_versions)
+		e->versions[e->n_versions++] = e->version;
+	qsort(e->versions, e->n_versions, sizeof(*e->versions), cmp_i64);
+	if ((n = zm_node_get(node, "params")) &&
+	    (st = zm_node_int(n, "params", 0, INT64_MAX, &e->params, err)))
+		return st;
+	if ((n = zm_node_get(node, "tags")) &&
+	    (st = parse_kv_map(n, "tags", &e->tags, err)))
+		return st;
+	if ((n = zm_node_get(node, "metrics")) &&
+	    (st = parse_kv_map(n, "metrics", &e->metrics, err)))
+		return st;
+	if ((n = zm_node_get(node, "hparams")) &&
+	    (st = parse_kv_map(n, "hparams", &e->hparams, err)))
+		return st;
+	return ZM_OK;
+}
+
+static enum zm_status parse_index(struct zm_zoo *zoo, const char *path,
+                                  struct zm_error *err)
+{
+	struct zm_node *root = NULL;
+	const struct zm_node *models, *keep;
+	enum zm_status st;
+	size_t i;
+
+	st = zm_config_load(path, &root, err);
+	if (st != ZM_OK) {
+		if (st == ZM_ERR_CONFIG)
+			err->status = st = ZM_ERR_FORMAT;
+		return st;
+	}
+	st = zm_node_expect(root, ZM_NODE_MAP, "zoo index", err);
+	if (st != ZM_OK)
+		goto out;
+	keep = zm_node_get(root, "keep");
+	if (keep && (st = zm_node_int(keep, "keep", 0, INT32_MAX, &zoo->keep,
+	                               err)))
+		goto out;
+	models = zm_node_get(root, "models");
+	/* "models:" with nothing after it is an empty zoo. */
+	if (models && models->type == ZM_NODE_SCALAR &&
+	    !(models->plain && (!strcmp(models->value, "") ||
+	                        !strcmp(models->value, "null") ||
+	                        !strcmp(models->value, "~")))) {
+		st = zm_node_error(models, err, ZM_ERR_FORMAT,
+		                   "models: expected a list");
+		goto out;
+	}
+	if (models && models->type != ZM_NODE_SCALAR) {
+		st = zm_node_expect(models, ZM_NODE_SEQ, "models", err);
+		if (st != ZM_OK)
+			goto out;
+		zoo->models = zm_calloc(models->count, sizeof(*zoo->models));
+		if (!zoo->models) {
+			st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		for (i = 0; i < models->count; i++) {
+			st = parse_entry(models->items[i], &zoo->models[i], err);
+			zoo->n_models = i + 1;
+			if (st != ZM_OK)
+				goto out;
+			if (zm_zoo_find(zoo, zoo->models[i].name) !=
+			    &zoo->models[i]) {
+				st = zm_node_error(models->items[i], err,
+				                   ZM_ERR_FORMAT,
+				                   "model '%s' listed twice",
+				                   zoo->models[i].name);
+				goto out;
+			}
+		}
+	}
+out:
+	if (st != ZM_OK && st != ZM_ERR_NOMEM)
+		err->status = st = ZM_ERR_FORMAT;
+	zm_node_free(root);
+	return st;
+}
+
+/* ---- opening, locking ---- */
+
+static enum zm_status take_lock(struct zm_zoo *zoo, bool exclusive,
+                                struct zm_error *err)
+{
+	char path[ZM_PATH_MAX];
+	const char *env = getenv("ZM_LOCK_TIMEOUT");
+	double timeout = 300, waited = 0;
+	long delay_ms = 1;
+
+	if (env && *env) {
+		char *end;
+		double v = strtod(env, &end);
+		if (*end == '\0' && v >= 0)
+			timeout = v;
+	}
+	snprintf(path, sizeof(path), "%s/.lock", zoo->dir);
+	zoo->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (zoo->lock_fd < 0 && !exclusive)
+		zoo->lock_fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (zoo->lock_fd < 0)
+		return zm_error_errno(err, ZM_ERR_IO, "%s", path);
+	/* Poll instead of blocking so that a stuck writer turns into a clear
+	 * error after the timeout rather than a cron job that never ends. */
+	for (;;) {
+		struct timespec ts;
+		if (flock(zoo->lock_fd, (exclusive ? LOCK_EX : LOCK_SH) |
+		          LOCK_NB) == 0)
+			return ZM_OK;
+		if (errno != EWOULDBLOCK && errno != EINTR)
+			return zm_error_errno(err, ZM_ERR_IO, "%s: flock", path);
+		if (waited >= timeout)
+			return zm_error_set(err, ZM_ERR_IO,
+			                    "%s: zoo is locked by another process "
+			                    "(waited %.0f s; ZM_LOCK_TIMEOUT)",
+			                    zoo->dir, waited);
+		ts.tv_sec = delay_ms / 1000;
+		ts.tv_nsec = (delay_ms % 1000) * 1000000L;
+		nanosleep(&ts, NULL);
+		waited += (double)delay_ms / 1000.0;
+		if (delay_ms < 50)
+			delay_ms *= 2;
+	}
+}
+
+/* Removes temporary files (".NAME.tmp.XXXXXX") that a killed writer left
+ * in dir.  Only called under the exclusive lock, when no writer runs. */
+static void remove_stale_temps(const char *dir)
+{
+	DIR *d = opendir(dir);
+	struct dirent *de;
+	char path[ZM_PATH_MAX];
+
+	if (!d)
+		return;
+	while ((de = readdir(d)) != NULL) {
+		if (de->d_name[0] == '.' && strstr(de->d_name, ".tmp.")) {
+			snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+			unlink(path);
+		}
+	}
+	closedir(d);
+}
+
+enum zm_status zm_zoo_open(struct zm_zoo **out, const char *dir, int flags,
+                           struct zm_error *err)
+{
+	struct zm_zoo *zoo;
+	char path[ZM_PATH_MAX];
+	struct stat sb;
+	enum zm_status st;
+	size_t i;
+
+	*out = NULL;
+	if (strlen(dir) > ZM_PATH_MAX - 128)
+		return zm_error_set(err, ZM_ERR_USAGE, "%s: path too long", dir);
+	if (stat(dir, &sb) != 0) {
+		if (errno != ENOENT || !(flags & ZM_ZOO_CREATE))
+			return zm_error_errno(err, errno == ENOENT ?
+			                      ZM_ERR_NOTFOUND : ZM_ERR_IO,
+			                      "zoo %s", dir);
+		if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+			return zm_error_errno(err, ZM_ERR_IO, "mkdir %s", dir);
+	} else if (!S_ISDIR(sb.st_mode)) {
+		return zm_error_set(err, ZM_ERR_USAGE,
+		                    "zoo %s: not a directory", dir);
+	}
+	zoo = zm_calloc(1, sizeof(*zoo));
+	if (!zoo)
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	zoo->lock_fd = -1;
+	zoo->writable = (flags & ZM_ZOO_WRITE) != 0;
+	zoo->dir = zm_strdup(dir);
+	if (!zoo->dir) {
+		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		goto fail;
+	}
+	st = take_lock(zoo, zoo->writable, err);
+	if (st != ZM_OK)
+		goto fail;
+	snprintf(path, sizeof(path), "%s/zoo.yaml", dir);
+	if (access(path, F_OK) == 0) {
+		st = parse_index(zoo, path, err);
+		if (st != ZM_OK)
+			goto fail;
+	} else if (!(flags & ZM_ZOO_CREATE)) {
+		st = zm_error_set(err, ZM_ERR_NOTFOUND,
+		                  "%s: not a zoo (no zoo.yaml)", dir);
+		goto fail;
+	}
+	if (zoo->writable) {
+		remove_stale_temps(dir);
+		for (i = 0; i < zoo->n_models; i++) {
+			snprintf(path, sizeof(path), "%s/models/%s", dir,
+			         zoo->models[i].name);
+			remove_stale_temps(path);
+		}
+	}
+	*out = zoo;
+	return ZM_OK;
+fail:
+	zm_zoo_close(zoo);
+	return st;
+}
+
+static void free_list(char **list, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		free(list[i]);
+	free(list);
+}
+
+void zm_zoo_close(struct zm_zoo *zoo)
+{
+	size_t i;
+
+	if (!zoo)
+		return;
+	/* Version files written but never indexed are garbage. */
+	for (i = 0; i < zoo->n_pending; i++)
+		unlink(zoo->pending[i]);
+	free_list(zoo->pending, zoo->n_pending);
+	free_list(zoo->doomed, zoo->n_doomed);
+	for (i = 0; i < zoo->n_models; i++)
+		entry_release(&zoo->models[i]);
+	free(zoo->models);
+	if (zoo->lock_fd >= 0)
+		close(zoo->lock_fd);
+	free(zoo->dir);
+	free(zoo);
+}
+
+/* ---- reading and writing models ---- */
+
+enum zm_status zm_zoo_read_model(const struct zm_zoo *zoo,
+                                 const struct zm_zoo_entry *entry,
+                                 struct zm_doc *doc, struct zm_error *err)
+{
+	char path[ZM_PATH_MAX];
+	struct zm_reader *r = NULL;
+	enum zm_status st;
+	bool eof = false;
+
+	if (!zm_zoo_path(zoo, entry->file, path, sizeof(path)))
+		return zm_error_set(err, ZM_ERR_FORMAT, "%s: model file name "
+		                    "of '%s' too long", zoo->dir, entry->name);
+	st = zm_reader_open(&r, path, err);
+	if (st != ZM_OK)
+		return st;
+	st = zm_reader_next(r, doc, &eof, err);
+	if (st == ZM_OK && eof)
+		st = zm_error_set(err, ZM_ERR_FORMAT,
+		                  "%s: empty model file", path);
+	zm_reader_close(r);
+	return st;
+}
+
+static enum zm_status push_path(char ***list, size_t *n, const char *path,
+                                struct zm_error *err)
+{
+	char **grown = zm_realloc(*list, (*n + 1) * sizeof(**list));
+	char *copy;
+
+	if (!grown)
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	*list = grown;
+	copy = zm_strdup(path);
+	if (!copy)
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	(*list)[(*n)++] = copy;
+	return ZM_OK;
+}
+
+static enum zm_status ensure_dir(const char *path, struct zm_error *err)
+{
+	if (mkdir(path, 0755) == 0 || errno == EEXIST)
+		return ZM_OK;
+	return zm_error_errno(err, ZM_ERR_IO, "mkdir %s", path);
+}
+
+enum zm_status zm_zoo_put_model(struct zm_zoo *zoo, const char *name,
+                                struct zm_doc *doc, int64_t *version,
+                                struct zm_error *err)
+{
+	struct zm_zoo_entry *e;
+	char path[ZM_PATH_MAX], rel[ZM_PATH_MAX], num[32];
+	struct zm_writer *w = NULL;
+	enum zm_status st;
+	int64_t v, parent = 0, *versions;
+	int level = ZM_COMPRESS_AUTO;
+
+	ZM_ASSERT(zoo->writable);
+	if (!zm_zoo_valid_name(name))
+		return zm_error_set(err, ZM_ERR_USAGE,
+		                    "invalid model name '%s' (letters, digits, "
+		                    "'_', '.', '-'; at most 63)", name);
+	e = zm_zoo_find(zoo, name);
+	v = 1;
+	if (e) {
+		v = e->versions[e->n_versions - 1] + 1;
+		parent = e->version;
+	}
+	snprintf(rel, sizeof(rel), "models/%s/v%" PRId64 ".safetensors.gz",
+	         name, v);
+	snprintf(path, sizeof(path), "%s/models", zoo->dir);
+	if ((st = ensure_dir(path, err)) != ZM_OK)
+		return st;
+	snprintf(path, sizeof(path), "%s/models/%s", zoo->dir, name);
+	if ((st = ensure_dir(path, err)) != ZM_OK)
+		return st;
+	if ((st = zm_doc_set_meta(doc, "zm.kind", "model", err)) ||
+	    (st = zm_doc_set_meta(doc, "zm.name", name, err)))
+		return st;
+	snprintf(num, sizeof(num), "%" PRId64, v);
+	if ((st = zm_doc_set_meta(doc, "zm.version", num, err)))
+		return st;
+	if (parent) {
+		snprintf(num, sizeof(num), "%" PRId64, parent);
+		st = zm_doc_set_meta(doc, "zm.parent", num, err);
+		if (st != ZM_OK)
+			return st;
+	}
+	zm_compress_from_env(&level);
+	ZM_ASSERT(zm_zoo_path(zoo, rel, path, sizeof(path)));
+	if ((st = zm_writer_open(&w, path, level, err)) != ZM_OK)
+		return st;
+	st = zm_writer_write_doc(w, doc, err);
+	if (st != ZM_OK) {
+		zm_writer_abort(w);
+		return st;
+	}
+	/* Register the file as pending before it appears, so a failure later
+	 * in this transaction removes it. */
+	if ((st = push_path(&zoo->pending, &zoo->n_pending, path, err))) {
+		zm_writer_abort(w);
+		return st;
+	}
+	if ((st = zm_writer_commit(w, err)) != ZM_OK)
+		return st;
+	if (!e) {
+		struct zm_zoo_entry *grown = zm_realloc(zoo->models,
+			(zoo->n_models + 1) * sizeof(*grown));
+		if (!grown)
+			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		zoo->models = grown;
+		e = &zoo->models[zoo->n_models];
+		memset(e, 0, sizeof(*e));
+		if (!(e->name = zm_strdup(name)))
+			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		zoo->n_models++;
+	}
+	versions = zm_realloc(e->versions, (e->n_versions + 1) *
+	                      sizeof(*versions));
+	if (!versions)
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	e->versions = versions;
+	e->versions[e->n_versions++] = v;
+	free(e->file);
+	if (!(e->file = zm_strdup(rel)))
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	e->version = v;
+	/* Retention: drop the oldest versions beyond keep, never the current. */
+	while (zoo->keep > 0 && e->n_versions > (size_t)zoo->keep) {
+		snprintf(rel, sizeof(rel), "models/%s/v%" PRId64
+		         ".safetensors.gz", name, e->versions[0]);
+		ZM_ASSERT(zm_zoo_path(zoo, rel, path, sizeof(path)));
+		if ((st = push_path(&zoo->doomed, &zoo->n_doomed, path, err)))
+			return st;
+		memmove(e->versions, e->versions + 1,
+		        (e->n_versions - 1) * sizeof(*e->versions));
+		e->n_versions--;
+	}
+	*version = v;
+	return ZM_OK;
+}
+
+enum zm_status zm_zoo_rollback(struct zm_zoo *zoo, const char *name,
+                               struct zm_error *err)
+{
+	struct zm_zoo_entry *e;
+	char rel[ZM_PATH_MAX], path[ZM_PATH_MAX];
+	enum zm_status st;
+	size_t i;
+
+	ZM_ASSERT(zoo->writable);
+	if ((st = zm_zoo_get(zoo, name, &e, err)) != ZM_OK)
+		return st;
+	for (i = e->n_versions; i-- > 0;) {
+		if (e->versions[i] >= e->version)
+			continue;
+		snprintf(rel, sizeof(rel), "models/%s/v%" PRId64
+		         ".safetensors.gz", name, e->versions[i]);
+		ZM_ASSERT(zm_zoo_path(zoo, rel, path, sizeof(path)));
+		if (access(path, R_OK) != 0)
+			continue;
+		free(e->file);
+		if (!(e->file = zm_strdup(rel)))
+			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		e->version = e->versions[i];
+		return ZM_OK;
+	}
+	return zm_error_set(err, ZM_ERR_NOTFOUND,
+	                    "model '%s': no version before v%" PRId64
+	                    " is retained", name, e->version);
+}
+
+/* ---- rendering and committing ---- */
+
+static void yaml_kv_map(struct zm_buf *b, const char *key,
+                        const struct zm_kv_list *l)
+{
+	size_t i;
+
+	if (l->count == 0)
+		return;
+	zm_buf_printf(b, "    %s: {", key);
+	for (i = 0; i < l->count; i++) {
+		zm_buf_puts(b, i ? ", " : "");
+		zm_yaml_scalar(b, l->items[i].key, false);
+		zm_buf_puts(b, ": ");
+		zm_yaml_scalar(b, l->items[i].value, true);
+	}
+	zm_buf_puts(b, "}\n");
+}
+
+enum zm_status zm_zoo_to_yaml(const struct zm_zoo *zoo, char **text,
+                              struct zm_error *err)
+{
+	struct zm_buf b;
+	size_t i, j;
+
+	zm_buf_init(&b);
+	zm_buf_puts(&b, "# zoomerge zoo index; written by the zoomerge tools.\n");
+	if (zoo->keep)
+		zm_buf_printf(&b, "keep: %" PRId64 "\n", zoo->keep);
+	zm_buf_puts(&b, zoo->n_models ? "models:\n" : "models: []\n");
+	for (i = 0; i < zoo->n_models; i++) {
+		const struct zm_zoo_entry *e = &zoo->models[i];
+		zm_buf_puts(&b, "  - name: ");
+		zm_yaml_scalar(&b, e->name, false);
+		zm_buf_printf(&b, "\n    version: %" PRId64 "\n    file: ",
+		              e->version);
+		zm_yaml_scalar(&b, e->file, false);
+		zm_buf_puts(&b, "\n    versions: [");
+		for (j = 0; j < e->n_versions; j++)
+			zm_buf_printf(&b, "%s%" PRId64, j ? ", " : "",
+			              e->versions[j]);
+		zm_buf_puts(&b, "]\n");
+		if (e->params)
+			zm_buf_printf(&b, "    params: %" PRId64 "\n", e->params);
+		yaml_kv_map(&b, "tags", &e->tags);
+		yaml_kv_map(&b, "metrics", &e->metrics);
+		yaml_kv_map(&b, "hparams", &e->hparams);
+	}
+	if (b.failed) {
+		zm_buf_release(&b);
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	}
+	*text = b.data;
+	return ZM_OK;
+}
+
+enum zm_status zm_zoo_commit(struct zm_zoo *zoo, struct zm_error *err)
+{
+	struct zm_outfile f;
+	char path[ZM_PATH_MAX];
+	char *text = NULL;
+	enum zm_status st;
+	size_t i;
+
+	ZM_ASSERT(zoo->writable);
+	st = zm_zoo_to_yaml(zoo, &text, err);
+	if (st != ZM_OK)
+		return st;
+	snprintf(path, sizeof(path), "%s/zoo.yaml", zoo->dir);
+	st = zm_outfile_open(&f, path, false, err);
+	if (st == ZM_OK) {
+		st = zm_outfile_write(&f, text, strlen(text), err);
+		if (st == ZM_OK)
+			st = zm_outfile_commit(&f, err);
+		else
+			zm_outfile_abort(&f);
+	}
+	free(text);
+	if (st != ZM_OK)
+		return st;	/* zm_zoo_close removes the pending files */
+	free_list(zoo->pending, zoo->n_pending);
+	zoo->pending = NULL;
+	zoo->n_pending = 0;
+	for (i = 0; i < zoo->n_doomed; i++)
+		unlink(zoo->doomed[i]);
+	free_list(zoo->doomed, zoo->n_doomed);
+	zoo->doomed = NULL;
+	zoo->n_doomed = 0;
+	return ZM_OK;
+}

@@ -1,0 +1,126 @@
+/*
+ * The model zoo: a directory with an index, zoo.yaml, and immutable model
+ * files models/NAME/vN.safetensors.gz.  A change writes new version files,
+ * then replaces the index in one atomic rename, all under an exclusive
+ * flock on DIR/.lock; readers hold a shared lock while they read, so they
+ * see the index before or after a change, never half of one, and retention
+ * never deletes a file a reader is about to open.
+ */
+#ifndef ZM_ZOO_H
+#define ZM_ZOO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+#include "stream.h"
+
+struct zm_kv {
+	char *key;     /* owned */
+	char *value;   /* owned; numbers are kept as their text */
+};
+
+struct zm_kv_list {
+	struct zm_kv *items;
+	size_t count;
+};
+
+/* Sets key to value (both copied), replacing an existing key. */
+enum zm_status zm_kv_set(struct zm_kv_list *l, const char *key,
+                         const char *value, struct zm_error *err);
+const char *zm_kv_get(const struct zm_kv_list *l, const char *key);
+void zm_kv_release(struct zm_kv_list *l);
+/* Parses "KEY=VALUE" (the --tag syntax) into l; ZM_ERR_USAGE if malformed. */
+enum zm_status zm_kv_parse_assignment(struct zm_kv_list *l, const char *text,
+                                      struct zm_error *err);
+
+struct zm_zoo_entry {
+	char *name;                 /* owned */
+	int64_t version;            /* current version */
+	char *file;                 /* owned, relative to the zoo directory */
+	int64_t *versions;          /* owned, retained versions, ascending */
+	size_t n_versions;
+	int64_t params;             /* parameter count, 0 when unknown */
+	struct zm_kv_list tags;     /* data source, etc. */
+	struct zm_kv_list metrics;  /* accuracy, loss, samples, ... */
+	struct zm_kv_list hparams;  /* training settings */
+};
+
+struct zm_zoo {
+	char *dir;                  /* owned */
+	int lock_fd;                /* flock'ed DIR/.lock, -1 if none */
+	bool writable;              /* opened with ZM_ZOO_WRITE */
+	int64_t keep;               /* versions to retain per model, 0 = all */
+	struct zm_zoo_entry *models;
+	size_t n_models;
+	char **pending;             /* files written, not yet indexed */
+	size_t n_pending;
+	char **doomed;              /* files to delete after commit */
+	size_t n_doomed;
+};
+
+enum {
+	ZM_ZOO_READ = 0,
+	ZM_ZOO_WRITE = 1,           /* exclusive lock; allows changes */
+	ZM_ZOO_CREATE = 2           /* create the directory when missing */
+};
+
+/*
+ * Opens the zoo in dir under a shared (read) or exclusive (write) lock,
+ * waiting up to ZM_LOCK_TIMEOUT seconds (default 300) for other writers.
+ * A missing zoo is ZM_ERR_NOTFOUND unless ZM_ZOO_CREATE; a malformed
+ * zoo.yaml is ZM_ERR_FORMAT with its line and column.  *zoo is freed with
+ * zm_zoo_close, which releases the lock and discards uncommitted changes.
+ */
+enum zm_status zm_zoo_open(struct zm_zoo **zoo, const char *dir, int flags,
+                           struct zm_error *err);
+void zm_zoo_close(struct zm_zoo *zoo);
+
+/* The entry called name, or NULL. */
+struct zm_zoo_entry *zm_zoo_find(const struct zm_zoo *zoo, const char *name);
+/* Like zm_zoo_find, but a missing model is ZM_ERR_NOTFOUND naming the zoo. */
+enum zm_status zm_zoo_get(const struct zm_zoo *zoo, const char *name,
+                          struct zm_zoo_entry **entry, struct zm_error *err);
+
+/* True when name is usable as a model name: [A-Za-z0-9][A-Za-z0-9_.-]*,
+ * at most 63 characters (it becomes a directory and a Kubernetes label). */
+bool zm_zoo_valid_name(const char *name);
+
+/* Full path of a file named in the index, into buf; false when it does
+ * not fit. */
+bool zm_zoo_path(const struct zm_zoo *zoo, const char *file, char *buf,
+                 size_t size);
+
+/* Reads the current version's model document of entry into doc. */
+enum zm_status zm_zoo_read_model(const struct zm_zoo *zoo,
+                                 const struct zm_zoo_entry *entry,
+                                 struct zm_doc *doc, struct zm_error *err);
+
+/*
+ * Writes doc as the next version of model name (creating the entry when
+ * new) and points the in-memory index at it; nothing is visible to others
+ * until zm_zoo_commit.  Sets zm.name, zm.version and zm.parent in doc's
+ * metadata.  *version receives the new version number.  Requires
+ * ZM_ZOO_WRITE.
+ */
+enum zm_status zm_zoo_put_model(struct zm_zoo *zoo, const char *name,
+                                struct zm_doc *doc, int64_t *version,
+                                struct zm_error *err);
+
+/* Points name back at its previous retained version (in memory). */
+enum zm_status zm_zoo_rollback(struct zm_zoo *zoo, const char *name,
+                               struct zm_error *err);
+
+/*
+ * Atomically replaces zoo.yaml with the in-memory index, then deletes the
+ * version files that retention (keep) no longer holds.  On failure the old
+ * index stays in place and the new version files are removed.
+ */
+enum zm_status zm_zoo_commit(struct zm_zoo *zoo, struct zm_error *err);
+
+/* Renders the index as YAML (the zoo.yaml format) into a new string. */
+enum zm_status zm_zoo_to_yaml(const struct zm_zoo *zoo, char **text,
+                              struct zm_error *err);
+
+#endif
