@@ -47,15 +47,19 @@ static void fault_report(void)
 
 static void fault_setup(void)
 {
+	static bool reported;	/* atexit once, however often we reset */
 	const char *spec = getenv("ZM_FAULT");
 	int i;
 
 	fault_kind = -1;
 	fault_count_file = getenv("ZM_FAULT_COUNT");
-	if (fault_count_file && *fault_count_file)
-		atexit(fault_report);
-	else
+	if (fault_count_file && *fault_count_file) {
+		if (!reported)
+			atexit(fault_report);
+		reported = true;
+	} else {
 		fault_count_file = NULL;
+	}
 	if (!spec || !*spec)
 		return;
 	for (i = 0; i < FAULT_KINDS; i++) {
@@ -86,6 +90,15 @@ bool zm_fault_hit(const char *kind)
 		}
 	}
 	return false;
+}
+
+void zm_fault_reset(void)
+{
+	int i;
+
+	for (i = 0; i < FAULT_KINDS; i++)
+		fault_counts[i] = 0;
+	fault_kind = -2;
 }
 
 void *zm_malloc(size_t n)

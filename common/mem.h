@@ -33,4 +33,8 @@ char *zm_strndup(const char *s, size_t n);
  */
 bool zm_fault_hit(const char *kind);
 
+/* Test-only: forgets the cached ZM_FAULT setting and zeroes the call
+ * counts, so a unit test can setenv("ZM_FAULT") and have it take effect. */
+void zm_fault_reset(void);
+
 #endif
