@@ -88,7 +88,7 @@ static enum zm_status src_open(struct src *s, const char *path,
 	int fd;
 
 	memset(s, 0, sizeof(*s));
-	s->name = zm_strdup(mem && path ? path : is_stdin ? "(stdin)" : path);
+	s->name = zm_strdup(mem && path ? path : is_stdin ? "<stdin>" : path);
 	if (!s->name)
 		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 	if (mem) {
