@@ -1,0 +1,788 @@
+/*
+ * Profiles: streaming per-feature mean and variance (Chan et al.'s
+ * parallel combination of per-batch two-pass statistics), class
+ * histograms, and their storage as "profile.*" tensors in a document.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mem.h"
+#include "profile.h"
+#include "stream.h"
+#include "tensor.h"
+
+#define PREFIX "profile."
+
+void zm_profile_init(struct zm_profile *p)
+{
+	p->entries = NULL;
+	p->n_entries = 0;
+	p->labels = NULL;
+	p->n_classes = 0;
+}
+
+static void entry_release(struct zm_profile_entry *e)
+{
+	free(e->name);
+	free(e->mean);
+	memset(e, 0, sizeof(*e));
+}
+
+void zm_profile_release(struct zm_profile *p)
+{
+	size_t i;
+
+	for (i = 0; i < p->n_entries; i++)
+		entry_release(&p->entries[i]);
+	free(p->entries);
+	free(p->labels);
+	zm_profile_init(p);
+}
+
+struct zm_profile_entry *zm_profile_find(const struct zm_profile *p,
+                                         const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < p->n_entries; i++)
+		if (strcmp(p->entries[i].name, name) == 0)
+			return &p->entries[i];
+	return NULL;
+}
+
+double zm_profile_count(const struct zm_profile *p)
+{
+	const struct zm_profile_entry *in = zm_profile_find(p, ZM_PROFILE_INPUT);
+	double best = 0, total = 0;
+	size_t i;
+
+	if (in)
+		return in->count;
+	for (i = 0; i < p->n_entries; i++)
+		if (p->entries[i].count > best)
+			best = p->entries[i].count;
+	if (p->n_entries > 0)
+		return best;
+	for (i = 0; i < p->n_classes; i++)
+		total += (double)p->labels[i];
+	return total;
+}
+
+/* Makes e an empty entry of width dim with a copy of name. */
+static enum zm_status entry_alloc(struct zm_profile_entry *e,
+                                  const char *name, size_t dim,
+                                  struct zm_error *err)
+{
+	size_t n;
+
+	memset(e, 0, sizeof(*e));
+	if (!zm_size_mul(dim, 4 * sizeof(double), &n))
+		return zm_error_set(err, ZM_ERR_NOMEM,
+		                    "profile entry %s: %zu features is too many",
+		                    name, dim);
+	e->name = zm_strdup(name);
+	e->mean = zm_calloc(dim, 4 * sizeof(double));
+	if (!e->name || !e->mean) {
+		entry_release(e);
+		return zm_error_set(err, ZM_ERR_NOMEM,
+		                    "profile entry %s: out of memory", name);
+	}
+	e->dim = dim;
+	e->m2 = e->mean + dim;
+	e->scratch = e->m2 + dim;
+	return ZM_OK;
+}
+
+static enum zm_status entry_copy(struct zm_profile_entry *dst,
+                                 const struct zm_profile_entry *src,
+                                 struct zm_error *err)
+{
+	enum zm_status st = entry_alloc(dst, src->name, src->dim, err);
+
+	if (st != ZM_OK)
+		return st;
+	dst->count = src->count;
+	memcpy(dst->mean, src->mean, src->dim * sizeof(double));
+	memcpy(dst->m2, src->m2, src->dim * sizeof(double));
+	return ZM_OK;
+}
+
+/*
+ * Folds (nb, mb, m2b) into e: the pairwise formula of Chan, Golub and
+ * LeVeque, exact in exact arithmetic and stable because it only combines
+ * deviations, never raw sums of squares.
+ */
+static void entry_combine(struct zm_profile_entry *e, double nb,
+                          const double *mb, const double *m2b)
+{
+	double na = e->count, n = na + nb;
+	size_t j;
+
+	if (nb <= 0)
+		return;
+	for (j = 0; j < e->dim; j++) {
+		double delta = mb[j] - e->mean[j];
+		e->mean[j] += delta * (nb / n);
+		e->m2[j] += m2b[j] + delta * delta * (na * nb / n);
+	}
+	e->count = n;
+}
+
+/* Grows the entries array to hold at least want entries. */
+static enum zm_status reserve_entries(struct zm_profile *p, size_t want,
+                                      struct zm_error *err)
+{
+	struct zm_profile_entry *grown;
+	size_t bytes;
+
+	if (want <= p->n_entries)
+		return ZM_OK;
+	if (!zm_size_mul(want, sizeof(*grown), &bytes) ||
+	    !(grown = zm_realloc(p->entries, bytes)))
+		return zm_error_set(err, ZM_ERR_NOMEM, "profile: out of memory");
+	p->entries = grown;
+	return ZM_OK;
+}
+
+/* Two-pass mean and M2 of one batch into e->scratch (mean, then M2);
+ * ZM_ERR_DATA naming the first non-finite element. */
+static enum zm_status batch_moments(struct zm_profile_entry *e,
+                                    const float *x, size_t n, size_t d,
+                                    struct zm_error *err)
+{
+	double *mb = e->scratch, *m2b = e->scratch + d;
+	size_t i, j;
+
+	for (j = 0; j < d; j++)
+		mb[j] = m2b[j] = 0;
+	for (i = 0; i < n; i++) {
+		const float *row = x + i * d;
+		for (j = 0; j < d; j++)
+			mb[j] += row[j];
+	}
+	/* A double sum of finite floats cannot overflow, so a non-finite
+	 * sum means a non-finite element; look for it only then. */
+	for (j = 0; j < d; j++) {
+		if (!isfinite(mb[j])) {
+			for (i = 0; i < n; i++)
+				if (!isfinite(x[i * d + j]))
+					break;
+			return zm_error_set(err, ZM_ERR_DATA,
+			                    "profile entry %s: row %zu column %zu "
+			                    "is not finite", e->name, i, j);
+		}
+		mb[j] /= (double)n;
+	}
+	for (i = 0; i < n; i++) {
+		const float *row = x + i * d;
+		for (j = 0; j < d; j++) {
+			double dev = row[j] - mb[j];
+			m2b[j] += dev * dev;
+		}
+	}
+	return ZM_OK;
+}
+
+enum zm_status zm_profile_add_batch(struct zm_profile *p, const char *name,
+                                    const float *x, size_t n, size_t d,
+                                    struct zm_error *err)
+{
+	struct zm_profile_entry *e = zm_profile_find(p, name);
+	struct zm_profile_entry fresh;
+	enum zm_status st;
+
+	ZM_ASSERT(name && (x || n == 0));
+	if (e && e->dim != d)
+		return zm_error_set(err, ZM_ERR_DATA,
+		                    "profile entry %s: %zu features, expected %zu",
+		                    name, d, e->dim);
+	if (!e) {
+		if (!*name)
+			return zm_error_set(err, ZM_ERR_USAGE,
+			                    "profile entry with an empty name");
+		if (d == 0)
+			return zm_error_set(err, ZM_ERR_DATA,
+			                    "profile entry %s: no features", name);
+		st = reserve_entries(p, p->n_entries + 1, err);
+		if (st == ZM_OK)
+			st = entry_alloc(&fresh, name, d, err);
+		if (st != ZM_OK)
+			return st;
+		e = &fresh;
+	}
+	if (n > 0) {
+		st = batch_moments(e, x, n, d, err);
+		if (st != ZM_OK) {
+			if (e == &fresh)
+				entry_release(&fresh);
+			return st;
+		}
+		entry_combine(e, (double)n, e->scratch, e->scratch + d);
+	}
+	if (e == &fresh)
+		p->entries[p->n_entries++] = fresh;
+	return ZM_OK;
+}
+
+/* Grows the histogram to n classes, zero-filling the new ones. */
+static enum zm_status grow_labels(struct zm_profile *p, size_t n,
+                                  struct zm_error *err)
+{
+	int64_t *grown;
+
+	if (n <= p->n_classes)
+		return ZM_OK;
+	grown = zm_realloc(p->labels, n * sizeof(*grown));
+	if (!grown)
+		return zm_error_set(err, ZM_ERR_NOMEM,
+		                    "profile: out of memory for %zu classes", n);
+	memset(grown + p->n_classes, 0,
+	       (n - p->n_classes) * sizeof(*grown));
+	p->labels = grown;
+	p->n_classes = n;
+	return ZM_OK;
+}
+
+enum zm_status zm_profile_add_labels(struct zm_profile *p,
+                                     const int64_t *labels, size_t n,
+                                     struct zm_error *err)
+{
+	int64_t top = -1;
+	enum zm_status st;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		if (labels[i] < 0 ||
+		    (uint64_t)labels[i] >= (uint64_t)ZM_PROFILE_MAX_CLASSES)
+			return zm_error_set(err, ZM_ERR_DATA,
+			                    "label %zu: class %lld is out of range "
+			                    "0..%zu", i, (long long)labels[i],
+			                    ZM_PROFILE_MAX_CLASSES - 1);
+		if (labels[i] > top)
+			top = labels[i];
+	}
+	st = grow_labels(p, (size_t)(top + 1), err);
+	if (st != ZM_OK)
+		return st;
+	for (i = 0; i < n; i++)
+		p->labels[labels[i]]++;
+	return ZM_OK;
+}
+
+enum zm_status zm_profile_merge(struct zm_profile *dst,
+                                const struct zm_profile *src,
+                                struct zm_error *err)
+{
+	struct zm_profile_entry *fresh = NULL;
+	size_t i, n_new = 0, k = 0;
+	enum zm_status st = ZM_OK;
+
+	ZM_ASSERT(dst != src);
+	for (i = 0; i < src->n_entries; i++) {
+		const struct zm_profile_entry *s = &src->entries[i];
+		const struct zm_profile_entry *d = zm_profile_find(dst, s->name);
+		if (!d)
+			n_new++;
+		else if (d->dim != s->dim)
+			return zm_error_set(err, ZM_ERR_DATA,
+			                    "profile entry %s: %zu features, "
+			                    "expected %zu", s->name, s->dim,
+			                    d->dim);
+	}
+	/* Allocate everything first so that a failure changes nothing. */
+	if (n_new > 0) {
+		fresh = zm_calloc(n_new, sizeof(*fresh));
+		if (!fresh)
+			return zm_error_set(err, ZM_ERR_NOMEM,
+			                    "profile: out of memory");
+		for (i = 0; i < src->n_entries && st == ZM_OK; i++)
+			if (!zm_profile_find(dst, src->entries[i].name))
+				st = entry_copy(&fresh[k++], &src->entries[i],
+				                err);
+		if (st == ZM_OK)
+			st = reserve_entries(dst, dst->n_entries + n_new, err);
+	}
+	if (st == ZM_OK)
+		st = grow_labels(dst, src->n_classes, err);
+	if (st != ZM_OK) {
+		for (i = 0; i < k; i++)
+			entry_release(&fresh[i]);
+		free(fresh);
+		return st;
+	}
+	for (i = 0; i < src->n_entries; i++) {
+		const struct zm_profile_entry *s = &src->entries[i];
+		struct zm_profile_entry *d = zm_profile_find(dst, s->name);
+		if (d)
+			entry_combine(d, s->count, s->mean, s->m2);
+	}
+	for (i = 0; i < n_new; i++)
+		dst->entries[dst->n_entries++] = fresh[i];
+	free(fresh);
+	for (i = 0; i < src->n_classes; i++)
+		dst->labels[i] += src->labels[i];
+	return ZM_OK;
+}
+
+enum zm_status zm_profile_copy(struct zm_profile *dst,
+                               const struct zm_profile *src,
+                               struct zm_error *err)
+{
+	zm_profile_release(dst);
+	return zm_profile_merge(dst, src, err);
+}
+
+double zm_profile_entry_var(const struct zm_profile_entry *e, size_t j)
+{
+	ZM_ASSERT(j < e->dim);
+	return e->count > 0 ? e->m2[j] / e->count : 0.0;
+}
+
+void zm_profile_entry_moments(const struct zm_profile_entry *e,
+                              double *mean, double *var)
+{
+	size_t j;
+
+	for (j = 0; j < e->dim; j++) {
+		mean[j] = e->count > 0 ? e->mean[j] : 0.0;
+		var[j] = zm_profile_entry_var(e, j);
+	}
+}
+
+void zm_profile_entry_moments_f32(const struct zm_profile_entry *e,
+                                  float *mean, float *var)
+{
+	size_t j;
+
+	for (j = 0; j < e->dim; j++) {
+		mean[j] = e->count > 0 ? (float)e->mean[j] : 0.0f;
+		var[j] = (float)zm_profile_entry_var(e, j);
+	}
+}
+
+/* ---- documents ---- */
+
+/* "profile." name suffix in a new string, or NULL. */
+static char *tensor_name(const char *name, const char *suffix)
+{
+	size_t len = strlen(PREFIX) + strlen(name) + strlen(suffix) + 1;
+	char *s = zm_malloc(len);
+
+	if (s)
+		snprintf(s, len, "%s%s%s", PREFIX, name, suffix);
+	return s;
+}
+
+/* Allocates t as the F64 [1] scalar named PREFIX name suffix holding v. */
+static enum zm_status make_count(struct zm_tensor *t, const char *name,
+                                 const char *suffix, double v,
+                                 struct zm_error *err)
+{
+	const int64_t shape[1] = { 1 };
+	char *tn = tensor_name(name, suffix);
+	enum zm_status st;
+
+	if (!tn)
+		return zm_error_set(err, ZM_ERR_NOMEM, "profile: out of memory");
+	st = zm_tensor_alloc(t, tn, ZM_DTYPE_F64, 1, shape, err);
+	free(tn);
+	if (st == ZM_OK)
+		memcpy(t->data, &v, sizeof(v));
+	return st;
+}
+
+/* Allocates t as an F32 [dim] vector of e's mean (want_var false) or
+ * population variance. */
+static enum zm_status make_moment(struct zm_tensor *t,
+                                  const struct zm_profile_entry *e,
+                                  bool want_var, struct zm_error *err)
+{
+	const int64_t shape[1] = { (int64_t)e->dim };
+	char *tn = tensor_name(e->name, want_var ? ".var" : ".mean");
+	enum zm_status st;
+	float *out;
+	size_t j;
+
+	if (!tn)
+		return zm_error_set(err, ZM_ERR_NOMEM, "profile: out of memory");
+	st = zm_tensor_alloc(t, tn, ZM_DTYPE_F32, 1, shape, err);
+	free(tn);
+	if (st != ZM_OK)
+		return st;
+	out = t->data;
+	for (j = 0; j < e->dim; j++)
+		out[j] = want_var ? (float)zm_profile_entry_var(e, j)
+		                  : (float)(e->count > 0 ? e->mean[j] : 0.0);
+	return ZM_OK;
+}
+
+static void release_tensors(struct zm_tensor *ts, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		zm_tensor_release(&ts[i]);
+	free(ts);
+}
+
+/* Builds every profile tensor of p into a new array *out of *n_out. */
+static enum zm_status build_tensors(const struct zm_profile *p,
+                                    struct zm_tensor **out, size_t *n_out,
+                                    struct zm_error *err)
+{
+	double count = zm_profile_count(p);
+	struct zm_tensor *ts;
+	enum zm_status st = ZM_OK;
+	size_t cap, n = 0, i;
+
+	if (!zm_size_mul(p->n_entries, 3, &cap) || !zm_size_add(cap, 2, &cap) ||
+	    !(ts = zm_calloc(cap, sizeof(*ts))))
+		return zm_error_set(err, ZM_ERR_NOMEM, "profile: out of memory");
+	for (i = 0; i < cap; i++)
+		zm_tensor_init(&ts[i]);
+	st = make_count(&ts[n++], "count", "", count, err);
+	if (st == ZM_OK && p->n_classes > 0) {
+		const int64_t shape[1] = { (int64_t)p->n_classes };
+		st = zm_tensor_alloc(&ts[n++], PREFIX "labels", ZM_DTYPE_I64, 1,
+		                     shape, err);
+		if (st == ZM_OK)
+			memcpy(ts[n - 1].data, p->labels,
+			       p->n_classes * sizeof(int64_t));
+	}
+	for (i = 0; i < p->n_entries && st == ZM_OK; i++) {
+		const struct zm_profile_entry *e = &p->entries[i];
+		st = make_moment(&ts[n++], e, false, err);
+		if (st == ZM_OK)
+			st = make_moment(&ts[n++], e, true, err);
+		if (st == ZM_OK && e->count != count)
+			st = make_count(&ts[n++], e->name, ".count", e->count,
+			                err);
+	}
+	if (st != ZM_OK) {
+		release_tensors(ts, cap);
+		return st;
+	}
+	*out = ts;
+	*n_out = n;
+	return ZM_OK;
+}
+
+/* Adds the n tensors of ts to doc (taking them); on failure drops the
+ * ones already added (zm_doc_add appends) so that doc is as it was. */
+static enum zm_status add_tensors(struct zm_doc *doc, struct zm_tensor *ts,
+                                  size_t n, struct zm_error *err)
+{
+	size_t i, n0 = doc->n_tensors;
+	enum zm_status st = ZM_OK;
+
+	for (i = 0; i < n; i++)
+		if (zm_doc_find(doc, ts[i].name))
+			return zm_error_set(err, ZM_ERR_USAGE,
+			                    "document already holds %s",
+			                    ts[i].name);
+	for (i = 0; i < n && st == ZM_OK; i++)
+		st = zm_doc_add(doc, &ts[i], err);
+	if (st != ZM_OK) {
+		for (i = n0; i < doc->n_tensors; i++)
+			zm_tensor_release(&doc->tensors[i]);
+		doc->n_tensors = n0;
+	}
+	return st;
+}
+
+enum zm_status zm_profile_to_doc(const struct zm_profile *p,
+                                 struct zm_doc *doc, struct zm_error *err)
+{
+	struct zm_tensor *ts;
+	enum zm_status st;
+	size_t n;
+
+	st = build_tensors(p, &ts, &n, err);
+	if (st != ZM_OK)
+		return st;
+	st = add_tensors(doc, ts, n, err);
+	release_tensors(ts, n);
+	return st;
+}
+
+static bool is_profile_name(const char *name)
+{
+	return strncmp(name, PREFIX, strlen(PREFIX)) == 0;
+}
+
+size_t zm_profile_remove_from_doc(struct zm_doc *doc)
+{
+	size_t i, kept = 0, removed;
+
+	/* Compacts the array in place: no allocation, so it cannot fail. */
+	for (i = 0; i < doc->n_tensors; i++) {
+		if (is_profile_name(doc->tensors[i].name))
+			zm_tensor_release(&doc->tensors[i]);
+		else
+			doc->tensors[kept++] = doc->tensors[i];
+	}
+	removed = doc->n_tensors - kept;
+	doc->n_tensors = kept;
+	return removed;
+}
+
+enum zm_status zm_profile_replace_in_doc(const struct zm_profile *p,
+                                         struct zm_doc *doc,
+                                         struct zm_error *err)
+{
+	struct zm_tensor *ts;
+	enum zm_status st;
+	size_t n;
+
+	st = build_tensors(p, &ts, &n, err);
+	if (st != ZM_OK)
+		return st;
+	zm_profile_remove_from_doc(doc);
+	st = add_tensors(doc, ts, n, err);
+	release_tensors(ts, n);
+	return st;
+}
+
+/* ---- reading ---- */
+
+static bool dtype_ok_size(const struct zm_tensor *t)
+{
+	size_t numel, bytes;
+
+	return zm_shape_numel(t->ndim, t->shape, &numel) &&
+	       zm_size_mul(numel, zm_dtype_size(t->dtype), &bytes) &&
+	       bytes == t->nbytes && (t->data || bytes == 0);
+}
+
+/* Element i of a float tensor as a double, without losing F64 precision. */
+static double load_float(const struct zm_tensor *t, size_t i)
+{
+	double d;
+	float f;
+
+	if (t->dtype == ZM_DTYPE_F64) {
+		memcpy(&d, (const char *)t->data + i * 8, 8);
+		return d;
+	}
+	zm_tensor_read_f32(t, i, 1, &f);
+	return f;
+}
+
+/* Reads a one-element count tensor (float or integer) into *out. */
+static enum zm_status read_count(const struct zm_tensor *t, double *out,
+                                 struct zm_error *err)
+{
+	size_t numel;
+	double v;
+
+	if (!dtype_ok_size(t) || !zm_shape_numel(t->ndim, t->shape, &numel) ||
+	    numel != 1 || t->ndim > 1)
+		return zm_error_set(err, ZM_ERR_DATA,
+		                    "%s: expected one value of shape [1]",
+		                    t->name);
+	if (t->dtype == ZM_DTYPE_I64) {
+		int64_t i;
+		memcpy(&i, t->data, sizeof(i));
+		v = (double)i;
+	} else if (zm_dtype_is_float(t->dtype)) {
+		v = load_float(t, 0);
+	} else {
+		return zm_error_set(err, ZM_ERR_DATA,
+		                    "%s: dtype %s, expected F64 or I64", t->name,
+		                    zm_dtype_name(t->dtype));
+	}
+	if (!isfinite(v) || v < 0)
+		return zm_error_set(err, ZM_ERR_DATA,
+		                    "%s: count %g is not a finite non-negative "
+		                    "number", t->name, v);
+	*out = v;
+	return ZM_OK;
+}
+
+/* Checks that t is a float vector; stores its length in *dim. */
+static enum zm_status check_vector(const struct zm_tensor *t, size_t *dim,
+                                   struct zm_error *err)
+{
+	if (!zm_dtype_is_float(t->dtype))
+		return zm_error_set(err, ZM_ERR_DATA,
+		                    "%s: dtype %s, expected F32", t->name,
+		                    zm_dtype_name(t->dtype));
+	if (t->ndim != 1 || t->shape[0] <= 0 || !dtype_ok_size(t))
+		return zm_error_set(err, ZM_ERR_DATA,
+		                    "%s: expected a non-empty vector [d]",
+		                    t->name);
+	*dim = (size_t)t->shape[0];
+	return ZM_OK;
+}
+
+static enum zm_status read_labels(struct zm_profile *p,
+                                  const struct zm_tensor *t,
+                                  struct zm_error *err)
+{
+	size_t n, i;
+	enum zm_status st;
+
+	if (t->dtype != ZM_DTYPE_I64 || t->ndim != 1 || !dtype_ok_size(t))
+		return zm_error_set(err, ZM_ERR_DATA,
+		                    "%s: expected I64 [classes]", t->name);
+	n = (size_t)t->shape[0];
+	if (n > ZM_PROFILE_MAX_CLASSES)
+		return zm_error_set(err, ZM_ERR_DATA,
+		                    "%s: %zu classes, at most %zu", t->name, n,
+		                    ZM_PROFILE_MAX_CLASSES);
+	st = grow_labels(p, n, err);
+	if (st != ZM_OK)
+		return st;
+	memcpy(p->labels, t->data, n * sizeof(int64_t));
+	for (i = 0; i < n; i++)
+		if (p->labels[i] < 0)
+			return zm_error_set(err, ZM_ERR_DATA,
+			                    "%s: class %zu has negative count "
+			                    "%lld", t->name, i,
+			                    (long long)p->labels[i]);
+	return ZM_OK;
+}
+
+/* Reads entry name (tensors mean and var, optional count tensor cnt). */
+static enum zm_status read_entry(struct zm_profile *p, const char *name,
+                                 const struct zm_tensor *mean,
+                                 const struct zm_tensor *var,
+                                 const struct zm_tensor *cnt, double count,
+                                 struct zm_error *err)
+{
+	struct zm_profile_entry e;
+	size_t dim, vdim, j;
+	enum zm_status st;
+
+	if ((st = check_vector(mean, &dim, err)) != ZM_OK ||
+	    (st = check_vector(var, &vdim, err)) != ZM_OK)
+		return st;
+	if (vdim != dim)
+		return zm_error_set(err, ZM_ERR_DATA,
+		                    "%s: %zu values, but %s has %zu", var->name,
+		                    vdim, mean->name, dim);
+	if (cnt && (st = read_count(cnt, &count, err)) != ZM_OK)
+		return st;
+	if (zm_profile_find(p, name))
+		return zm_error_set(err, ZM_ERR_DATA, "%s: duplicate entry",
+		                    mean->name);
+	if ((st = reserve_entries(p, p->n_entries + 1, err)) != ZM_OK ||
+	    (st = entry_alloc(&e, name, dim, err)) != ZM_OK)
+		return st;
+	e.count = count;
+	for (j = 0; j < dim; j++) {
+		double m = load_float(mean, j), v = load_float(var, j);
+		if (!isfinite(m) || !isfinite(v) || v < 0) {
+			entry_release(&e);
+			return zm_error_set(err, ZM_ERR_DATA,
+			                    "%s: element %zu is %s", isfinite(m) ?
+			                    var->name : mean->name, j,
+			                    isfinite(m) && isfinite(v) ?
+			                    "a negative variance" : "not finite");
+		}
+		e.mean[j] = m;
+		e.m2[j] = v * count;
+	}
+	p->entries[p->n_entries++] = e;
+	return ZM_OK;
+}
+
+/* Whether name is PREFIX + NAME + suffix with a non-empty NAME; stores
+ * NAME's length in *len. */
+static bool split_name(const char *name, const char *suffix, size_t *len)
+{
+	size_t n = strlen(name), plen = strlen(PREFIX), slen = strlen(suffix);
+
+	if (!is_profile_name(name) || n <= plen + slen ||
+	    strcmp(name + n - slen, suffix) != 0)
+		return false;
+	*len = n - plen - slen;
+	return true;
+}
+
+/* The tensor PREFIX + the first len bytes of entry + suffix, or NULL;
+ * *oom is set when the name could not be built. */
+static const struct zm_tensor *find_part(const struct zm_doc *doc,
+                                         const char *entry, size_t len,
+                                         const char *suffix, bool *oom)
+{
+	const struct zm_tensor *t;
+	char *part = zm_strndup(entry, len), *tn;
+
+	tn = part ? tensor_name(part, suffix) : NULL;
+	free(part);
+	if (!tn) {
+		*oom = true;
+		return NULL;
+	}
+	t = zm_doc_find(doc, tn);
+	free(tn);
+	return t;
+}
+
+enum zm_status zm_profile_from_doc(struct zm_profile *p,
+                                   const struct zm_doc *doc,
+                                   struct zm_error *err)
+{
+	const struct zm_tensor *t;
+	enum zm_status st;
+	double count;
+	size_t i;
+
+	zm_profile_release(p);
+	t = zm_doc_find(doc, PREFIX "count");
+	if (!t)
+		return zm_error_set(err, ZM_ERR_NOTFOUND,
+		                    "document holds no %scount", PREFIX);
+	if ((st = read_count(t, &count, err)) != ZM_OK)
+		goto fail;
+	t = zm_doc_find(doc, PREFIX "labels");
+	if (t && (st = read_labels(p, t, err)) != ZM_OK)
+		goto fail;
+	for (i = 0; i < doc->n_tensors; i++) {
+		const char *name = doc->tensors[i].name;
+		const char *entry = name + strlen(PREFIX);
+		const struct zm_tensor *var, *cnt;
+		bool oom = false;
+		char *ename;
+		size_t len;
+
+		if (split_name(name, ".var", &len)) {
+			if (!find_part(doc, entry, len, ".mean", &oom)) {
+				st = oom ? zm_error_set(err, ZM_ERR_NOMEM,
+				                        "profile: out of memory")
+				         : zm_error_set(err, ZM_ERR_DATA,
+				                        "%s has no matching .mean",
+				                        name);
+				goto fail;
+			}
+			continue;
+		}
+		if (!split_name(name, ".mean", &len))
+			continue;
+		var = find_part(doc, entry, len, ".var", &oom);
+		cnt = find_part(doc, entry, len, ".count", &oom);
+		ename = zm_strndup(entry, len);
+		if (oom || !ename) {
+			free(ename);
+			st = zm_error_set(err, ZM_ERR_NOMEM,
+			                  "profile: out of memory");
+			goto fail;
+		}
+		if (!var)
+			st = zm_error_set(err, ZM_ERR_DATA,
+			                  "%s has no matching .var", name);
+		else
+			st = read_entry(p, ename, &doc->tensors[i], var, cnt,
+			                count, err);
+		free(ename);
+		if (st != ZM_OK)
+			goto fail;
+	}
+	return ZM_OK;
+fail:
+	zm_profile_release(p);
+	return st;
+}
