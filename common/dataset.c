@@ -22,7 +22,9 @@
 #define CSV_MAX_RECORD ((size_t)64 << 20)
 #define CSV_MAX_FIELDS ((size_t)1 << 20)
 /* IDX images larger than this are surely not images. */
-#define IDX_MAX_IMAGE ((uint64_t)1 << 26)
+#define IDX_MAX_IMAGE ((uint64_t)1 << 24)
+/* A batch of huge images holds fewer rows, to keep memory bounded. */
+#define IDX_MAX_BATCH_BYTES ((size_t)256 << 20)
 
 /* ---- byte sources: gzip or raw files, spooled pipes, memory ---- */
 
@@ -645,6 +647,8 @@ static enum zm_status idx_next(struct zm_dataset_reader *r,
 		return st;
 	}
 	n = left < r->batch ? (size_t)left : r->batch;
+	if (n > 1 && n > IDX_MAX_BATCH_BYTES / per)
+		n = IDX_MAX_BATCH_BYTES / per > 0 ? IDX_MAX_BATCH_BYTES / per : 1;
 	zm_tensor_init(&x);
 	zm_tensor_init(&y);
 	if (r->image_shape) {
