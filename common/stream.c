@@ -736,6 +736,12 @@ static enum zm_status parse_meta(struct zm_reader *r, const struct zm_node *m,
 			return rerr(r, err, ZM_ERR_FORMAT,
 			            "__metadata__ '%s': value is not a string",
 			            m->keys[i]->value);
+		/* Keys and values are C strings for the callers. */
+		if (strlen(m->keys[i]->value) != m->keys[i]->len ||
+		    strlen(v->value) != v->len)
+			return rerr(r, err, ZM_ERR_FORMAT,
+			            "__metadata__ '%s': contains a NUL character",
+			            m->keys[i]->value);
 		if (zm_doc_set_meta(doc, m->keys[i]->value, v->value, err) != ZM_OK)
 			return rerr(r, err, ZM_ERR_NOMEM, "out of memory");
 	}
@@ -762,6 +768,11 @@ static enum zm_status parse_header(struct zm_reader *r,
 		const char *key = root->keys[i]->value;
 		struct hdr_entry *e = &ents[n];
 
+		if (strlen(key) != root->keys[i]->len) {
+			st = rerr(r, err, ZM_ERR_FORMAT,
+			          "tensor name '%s...' contains a NUL character", key);
+			goto out;
+		}
 		if (strcmp(key, "__metadata__") == 0) {
 			st = parse_meta(r, root->items[i], doc, err);
 			if (st != ZM_OK)
