@@ -1150,21 +1150,20 @@ static enum zm_status stream_next(struct zm_dataset_reader *r,
 	enum zm_status st;
 	const char *kind;
 	size_t n;
-	char where[64];
+	char where[4200];
 
 	st = zm_reader_next(r->stream, doc, eof, err);
 	if (st != ZM_OK || *eof)
 		return st;
-	snprintf(where, sizeof(where), "document %zu",
-	         zm_reader_doc_number(r->stream));
+	snprintf(where, sizeof(where), "%s: document %zu",
+	         zm_reader_name(r->stream), zm_reader_doc_number(r->stream));
 	kind = zm_doc_meta(doc, "zm.kind");
 	if (kind && strcmp(kind, "data") != 0)
 		return zm_error_set(err, ZM_ERR_DATA,
-		                    "%s: %s: a %s document, expected data",
-		                    zm_reader_name(r->stream), where, kind);
-	st = zm_data_check(doc, zm_reader_name(r->stream), &n, err);
+		                    "%s: a %s document, expected data", where, kind);
+	st = zm_data_check(doc, where, &n, err);
 	if (st != ZM_OK)
-		return zm_error_prefix(err, "%s: ", where);
+		return st;
 	r->rows += n;
 	return ZM_OK;
 }
