@@ -44,7 +44,8 @@ enum zm_status zm_outfile_printf(struct zm_outfile *f, struct zm_error *err,
 
 /* Flushes, fsyncs, renames into place and fsyncs the directory; releases
  * f whatever happens.  On failure the temporary file is removed and the
- * target is untouched. */
+ * target is untouched.  Once the rename succeeded the commit succeeds: a
+ * failed directory fsync after it is not reported (see fileio.c). */
 enum zm_status zm_outfile_commit(struct zm_outfile *f, struct zm_error *err);
 
 /* Removes the temporary file and releases f; safe after a failed commit

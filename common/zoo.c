@@ -97,6 +97,58 @@ enum zm_status zm_kv_parse_assignment(struct zm_kv_list *l, const char *text,
 	return zm_kv_set(l, key, eq + 1, err);
 }
 
+enum zm_status zm_kv_from_json(struct zm_kv_list *l, const char *json,
+                               const char *source, struct zm_error *err)
+{
+	struct zm_node *root = NULL;
+	enum zm_status st;
+	size_t i;
+
+	st = zm_config_parse(json, strlen(json), source, &root, err);
+	if (st == ZM_OK)
+		st = zm_node_expect(root, ZM_NODE_MAP, "metadata", err);
+	for (i = 0; st == ZM_OK && i < root->count; i++) {
+		const char *v;
+		st = zm_node_string(root->items[i], root->keys[i]->value, &v,
+		                    err);
+		if (st == ZM_OK)
+			st = zm_kv_set(l, root->keys[i]->value, v, err);
+	}
+	zm_node_free(root);
+	if (st == ZM_ERR_CONFIG)
+		err->status = st = ZM_ERR_FORMAT;
+	return st;
+}
+
+/* A decimal number as JSON spells it (strtod also takes hex and "inf"). */
+static bool json_number_text(const char *s)
+{
+	double d;
+
+	if (!zm_parse_double(s, &d))
+		return false;
+	return strspn(s, "-+0123456789.eE") == strlen(s) && s[0] != '+' &&
+	       s[0] != '.';
+}
+
+void zm_kv_to_json(const struct zm_kv_list *l, struct zm_buf *b)
+{
+	size_t i;
+
+	zm_buf_puts(b, "{");
+	for (i = 0; i < l->count; i++) {
+		const char *v = l->items[i].value;
+		zm_buf_puts(b, i ? "," : "");
+		zm_json_string(b, l->items[i].key, strlen(l->items[i].key));
+		zm_buf_puts(b, ":");
+		if (json_number_text(v))
+			zm_buf_puts(b, v);
+		else
+			zm_json_string(b, v, strlen(v));
+	}
+	zm_buf_puts(b, "}");
+}
+
 /* ---- entries ---- */
 
 static void entry_release(struct zm_zoo_entry *e)
@@ -489,7 +541,10 @@ void zm_zoo_close(struct zm_zoo *zoo)
 	/* Version files written but never indexed are garbage. */
 	for (i = 0; i < zoo->n_pending; i++)
 		unlink(zoo->pending[i]);
+	for (i = zoo->n_new_dirs; i-- > 0;)
+		rmdir(zoo->new_dirs[i]);
 	free_list(zoo->pending, zoo->n_pending);
+	free_list(zoo->new_dirs, zoo->n_new_dirs);
 	free_list(zoo->doomed, zoo->n_doomed);
 	for (i = 0; i < zoo->n_models; i++)
 		entry_release(&zoo->models[i]);
@@ -541,9 +596,19 @@ static enum zm_status push_path(char ***list, size_t *n, const char *path,
 	return ZM_OK;
 }
 
-static enum zm_status ensure_dir(const char *path, struct zm_error *err)
+/* Makes a directory, remembering it so that a failed change removes it. */
+static enum zm_status ensure_dir(struct zm_zoo *zoo, const char *path,
+                                 struct zm_error *err)
 {
-	if (mkdir(path, 0755) == 0 || errno == EEXIST)
+	enum zm_status st;
+
+	if (mkdir(path, 0755) == 0) {
+		st = push_path(&zoo->new_dirs, &zoo->n_new_dirs, path, err);
+		if (st != ZM_OK)
+			rmdir(path);
+		return st;
+	}
+	if (errno == EEXIST)
 		return ZM_OK;
 	return zm_error_errno(err, ZM_ERR_IO, "mkdir %s", path);
 }
@@ -573,10 +638,10 @@ enum zm_status zm_zoo_put_model(struct zm_zoo *zoo, const char *name,
 	snprintf(rel, sizeof(rel), "models/%s/v%" PRId64 ".safetensors.gz",
 	         name, v);
 	snprintf(path, sizeof(path), "%s/models", zoo->dir);
-	if ((st = ensure_dir(path, err)) != ZM_OK)
+	if ((st = ensure_dir(zoo, path, err)) != ZM_OK)
 		return st;
 	snprintf(path, sizeof(path), "%s/models/%s", zoo->dir, name);
-	if ((st = ensure_dir(path, err)) != ZM_OK)
+	if ((st = ensure_dir(zoo, path, err)) != ZM_OK)
 		return st;
 	if ((st = zm_doc_set_meta(doc, "zm.kind", "model", err)) ||
 	    (st = zm_doc_set_meta(doc, "zm.name", name, err)))
@@ -757,6 +822,9 @@ enum zm_status zm_zoo_commit(struct zm_zoo *zoo, struct zm_error *err)
 	free_list(zoo->pending, zoo->n_pending);
 	zoo->pending = NULL;
 	zoo->n_pending = 0;
+	free_list(zoo->new_dirs, zoo->n_new_dirs);
+	zoo->new_dirs = NULL;
+	zoo->n_new_dirs = 0;
 	for (i = 0; i < zoo->n_doomed; i++)
 		unlink(zoo->doomed[i]);
 	free_list(zoo->doomed, zoo->n_doomed);

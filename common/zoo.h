@@ -35,6 +35,15 @@ void zm_kv_release(struct zm_kv_list *l);
 enum zm_status zm_kv_parse_assignment(struct zm_kv_list *l, const char *text,
                                       struct zm_error *err);
 
+#include "json.h"
+
+/* Adds the entries of a flat JSON object (as in zm.metrics) to l; a value
+ * that is not a scalar is refused with ZM_ERR_FORMAT naming source. */
+enum zm_status zm_kv_from_json(struct zm_kv_list *l, const char *json,
+                               const char *source, struct zm_error *err);
+/* Appends l as a flat JSON object; numeric-looking values stay numbers. */
+void zm_kv_to_json(const struct zm_kv_list *l, struct zm_buf *b);
+
 struct zm_zoo_entry {
 	char *name;                 /* owned */
 	int64_t version;            /* current version */
@@ -58,6 +67,8 @@ struct zm_zoo {
 	size_t n_pending;
 	char **doomed;              /* files to delete after commit */
 	size_t n_doomed;
+	char **new_dirs;            /* directories made by this change */
+	size_t n_new_dirs;
 };
 
 enum {

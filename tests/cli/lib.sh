@@ -13,7 +13,7 @@ SRC=${ZM_SRCDIR:-$(cd "$(dirname "$0")/../.." && pwd)}
 PATH=$BIN:$PATH
 export PATH
 T=$(mktemp -d "${TMPDIR:-/tmp}/zm-cli.XXXXXX")
-trap 'rm -rf "$T"' EXIT
+[ -n "${ZM_KEEP_TMP:-}" ] && echo "# keeping $T" || trap 'rm -rf "$T"' EXIT
 _passed=0
 _failed=0
 _name=$(basename "$0" .sh)

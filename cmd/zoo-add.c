@@ -1,0 +1,276 @@
+/*
+ * zoo-add: puts a model into a zoo.  From an architecture (--arch) it
+ * creates a model with seeded initial weights; from a model file it checks
+ * the file is a valid zoomerge/PyTorch-layout model and adds it as the
+ * model's next version.  --rollback points a model back at its previous
+ * version.  Every change is one atomic update of the zoo's index.
+ */
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "json.h"
+#include "model.h"
+#include "stream.h"
+#include "zoo.h"
+
+static const char usage_str[] =
+	"usage: zoo-add --zoo DIR --name NAME (--arch ARCH.yaml [--seed N] | MODEL_FILE)\n"
+	"               [--tag KEY=VALUE]... [--hparam KEY=VALUE]... [--keep K]\n"
+	"       zoo-add --zoo DIR --rollback NAME\n"
+	"       zoo-add -h | --help | --version\n";
+
+struct zoo_add_opts {
+	const char *zoo_dir;
+	const char *name;
+	const char *arch_path;
+	const char *model_path;
+	const char *rollback;
+	uint64_t seed;
+	int64_t keep;              /* -1: leave the zoo's setting */
+	struct zm_kv_list tags;
+	struct zm_kv_list hparams;
+};
+
+/* Reads the first document of path as a model (any arch in its zm.arch). */
+static enum zm_status load_model_file(const char *path, struct zm_model **m,
+                                      struct zm_error *err)
+{
+	struct zm_reader *r = NULL;
+	struct zm_doc doc;
+	enum zm_status st;
+	bool eof = false;
+
+	zm_doc_init(&doc);
+	st = zm_reader_open(&r, path, err);
+	if (st == ZM_OK)
+		st = zm_reader_next(r, &doc, &eof, err);
+	if (st == ZM_OK && eof)
+		st = zm_error_set(err, ZM_ERR_FORMAT, "%s: no document", path);
+	if (st == ZM_OK) {
+		st = zm_model_from_doc(&doc, NULL, m, err);
+		if (st != ZM_OK)
+			zm_error_prefix(err, "%s: ", path);
+	}
+	zm_doc_release(&doc);
+	zm_reader_close(r);
+	return st;
+}
+
+/* Merges the model's own hparams JSON with --hparam settings. */
+static enum zm_status set_model_hparams(struct zm_model *m,
+                                        const struct zm_kv_list *extra,
+                                        struct zm_kv_list *merged,
+                                        struct zm_error *err)
+{
+	struct zm_buf b;
+	enum zm_status st = ZM_OK;
+	size_t i;
+
+	if (m->hparams)
+		st = zm_kv_from_json(merged, m->hparams, "zm.hparams", err);
+	for (i = 0; st == ZM_OK && i < extra->count; i++)
+		st = zm_kv_set(merged, extra->items[i].key, extra->items[i].value,
+		               err);
+	if (st != ZM_OK || merged->count == 0)
+		return st;
+	zm_buf_init(&b);
+	zm_kv_to_json(merged, &b);
+	if (b.failed)
+		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	else
+		st = zm_model_set_string(&m->hparams, b.data, err);
+	zm_buf_release(&b);
+	return st;
+}
+
+static enum zm_status add_model(const struct zoo_add_opts *o,
+                                struct zm_zoo *zoo, int64_t *version,
+                                struct zm_error *err)
+{
+	struct zm_arch *arch = NULL;
+	struct zm_model *m = NULL;
+	struct zm_zoo_entry *e;
+	struct zm_kv_list hp = { NULL, 0 };
+	struct zm_doc doc;
+	enum zm_status st;
+	size_t i;
+
+	zm_doc_init(&doc);
+	if (o->arch_path) {
+		if (zm_zoo_find(zoo, o->name)) {
+			st = zm_error_set(err, ZM_ERR_USAGE,
+			                  "model '%s' already exists in %s; add a "
+			                  "model file to give it a new version",
+			                  o->name, o->zoo_dir);
+			goto out;
+		}
+		st = zm_arch_load(o->arch_path, &arch, err);
+		if (st == ZM_OK)
+			st = zm_model_new(arch, o->seed, &m, err);
+		if (st == ZM_OK) {
+			char seed[32];
+			snprintf(seed, sizeof(seed), "%" PRIu64, o->seed);
+			st = zm_kv_set(&hp, "seed", seed, err);
+		}
+	} else {
+		st = load_model_file(o->model_path, &m, err);
+	}
+	if (st == ZM_OK)
+		st = set_model_hparams(m, &o->hparams, &hp, err);
+	if (st == ZM_OK)
+		st = zm_model_to_doc(m, &doc, err);
+	if (st == ZM_OK)
+		st = zm_zoo_put_model(zoo, o->name, &doc, version, err);
+	if (st != ZM_OK)
+		goto out;
+	e = zm_zoo_find(zoo, o->name);
+	e->params = (int64_t)zm_arch_param_count(m->arch);
+	for (i = 0; st == ZM_OK && i < o->tags.count; i++)
+		st = zm_kv_set(&e->tags, o->tags.items[i].key,
+		               o->tags.items[i].value, err);
+	for (i = 0; st == ZM_OK && i < hp.count; i++)
+		st = zm_kv_set(&e->hparams, hp.items[i].key, hp.items[i].value,
+		               err);
+	if (st == ZM_OK && m->metrics)
+		st = zm_kv_from_json(&e->metrics, m->metrics, "zm.metrics", err);
+out:
+	zm_kv_release(&hp);
+	zm_doc_release(&doc);
+	zm_model_free(m);
+	zm_arch_free(arch);
+	return st;
+}
+
+static int run(const struct zoo_add_opts *o)
+{
+	struct zm_error err;
+	struct zm_zoo *zoo = NULL;
+	enum zm_status st;
+	int64_t version = 0;
+
+	zm_error_clear(&err);
+	st = zm_zoo_open(&zoo, o->zoo_dir, ZM_ZOO_WRITE |
+	                 (o->rollback ? 0 : ZM_ZOO_CREATE), &err);
+	if (st != ZM_OK)
+		goto out;
+	if (o->keep >= 0)
+		zoo->keep = o->keep;
+	if (o->rollback) {
+		st = zm_zoo_rollback(zoo, o->rollback, &err);
+		if (st == ZM_OK)
+			version = zm_zoo_find(zoo, o->rollback)->version;
+	} else {
+		st = add_model(o, zoo, &version, &err);
+	}
+	if (st == ZM_OK)
+		st = zm_zoo_commit(zoo, &err);
+	if (st == ZM_OK)
+		fprintf(stderr, "%s: %s %s v%" PRId64 "\n", zm_cli_name(),
+		        o->rollback ? o->rollback : o->name,
+		        o->rollback ? "rolled back to" : "is now", version);
+out:
+	zm_zoo_close(zoo);
+	return st == ZM_OK ? ZM_EXIT_OK : zm_cli_report(&err);
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "zoo", required_argument, NULL, 'z' },
+		{ "name", required_argument, NULL, 'n' },
+		{ "arch", required_argument, NULL, 'a' },
+		{ "seed", required_argument, NULL, 's' },
+		{ "tag", required_argument, NULL, 't' },
+		{ "hparam", required_argument, NULL, 'p' },
+		{ "keep", required_argument, NULL, 'k' },
+		{ "rollback", required_argument, NULL, 'r' },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct zoo_add_opts o = { .seed = 0, .keep = -1 };
+	struct zm_error err;
+	int64_t v;
+	int c, status;
+
+	zm_cli_init(argv[0]);
+	zm_error_clear(&err);
+	while ((c = getopt_long(argc, argv, "z:n:a:s:t:p:k:r:h", longopts,
+	                        NULL)) != -1) {
+		switch (c) {
+		case 'z': o.zoo_dir = optarg; break;
+		case 'n': o.name = optarg; break;
+		case 'a': o.arch_path = optarg; break;
+		case 'r': o.rollback = optarg; break;
+		case 's':
+			if (!zm_cli_int("--seed", optarg, 0, INT64_MAX, &v))
+				goto usage;
+			o.seed = (uint64_t)v;
+			break;
+		case 'k':
+			if (!zm_cli_int("--keep", optarg, 0, INT32_MAX, &v))
+				goto usage;
+			o.keep = v;
+			break;
+		case 't':
+		case 'p':
+			if (zm_kv_parse_assignment(c == 't' ? &o.tags : &o.hparams,
+			                           optarg, &err) != ZM_OK) {
+				zm_cli_report(&err);
+				goto usage;
+			}
+			break;
+		case 'h':
+			fputs(usage_str, stdout);
+			return zm_cli_close_stdout(ZM_EXIT_OK);
+		case 'V':
+			zm_cli_version();
+			return zm_cli_close_stdout(ZM_EXIT_OK);
+		default:
+			goto usage;
+		}
+	}
+	if (optind < argc)
+		o.model_path = argv[optind++];
+	if (optind < argc) {
+		zm_cli_warn("unexpected argument '%s'", argv[optind]);
+		goto usage;
+	}
+	if (!o.zoo_dir) {
+		zm_cli_warn("--zoo is required");
+		goto usage;
+	}
+	if (o.rollback) {
+		if (o.name || o.arch_path || o.model_path) {
+			zm_cli_warn("--rollback takes no --name, --arch or model file");
+			goto usage;
+		}
+	} else {
+		if (!o.name) {
+			zm_cli_warn("--name is required");
+			goto usage;
+		}
+		if (!zm_zoo_valid_name(o.name)) {
+			zm_cli_warn("--name: '%s' is not a valid model name "
+			            "(letters, digits, '_', '.', '-'; at most 63)",
+			            o.name);
+			goto usage;
+		}
+		if (!o.arch_path == !o.model_path) {
+			zm_cli_warn("give either --arch or a model file");
+			goto usage;
+		}
+	}
+	status = zm_cli_close_stdout(run(&o));
+	zm_kv_release(&o.tags);
+	zm_kv_release(&o.hparams);
+	return status;
+usage:
+	zm_kv_release(&o.tags);
+	zm_kv_release(&o.hparams);
+	return zm_cli_usage_error(usage_str, NULL);
+}
