@@ -71,8 +71,8 @@ $(BUILD)/tests/suites.h: $(UNIT_SRC) | $(BUILD)/tests
 	for f in $(UNIT_SRC); do n=$${f##*/check_}; echo "ZM_SUITE($${n%.c})"; done > $@.tmp
 	mv $@.tmp $@
 
-$(BUILD)/tests/%.o: tests/unit/%.c tests/unit/unit.h $(wildcard common/*.h) | $(BUILD)/tests
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(DEP_CFLAGS) $(CHECK_CFLAGS) -Itests/unit -c -o $@ $<
+$(BUILD)/tests/%.o: tests/unit/%.c tests/unit/unit.h $(BUILD)/tests/suites.h $(wildcard common/*.h) | $(BUILD)/tests
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(DEP_CFLAGS) $(CHECK_CFLAGS) -Itests/unit -I$(BUILD)/tests -c -o $@ $<
 
 $(BUILD)/tests/runner: tests/unit/runner.c $(BUILD)/tests/suites.h $(UNIT_OBJ) $(LIB)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(DEP_CFLAGS) $(CHECK_CFLAGS) -Itests/unit \
