@@ -98,6 +98,7 @@ static void outfile_zero(struct zm_outfile *f)
 	f->path = NULL;
 	f->tmp = NULL;
 	f->is_stdout = false;
+	f->direct = false;
 	f->buf = NULL;
 	f->len = 0;
 	f->cap = 0;
@@ -110,6 +111,7 @@ enum zm_status zm_outfile_open(struct zm_outfile *f, const char *path,
 	char *dir = NULL;
 	size_t n;
 	mode_t mask;
+	struct stat st;
 
 	outfile_zero(f);
 	f->path = zm_strdup(path);
@@ -126,6 +128,21 @@ enum zm_status zm_outfile_open(struct zm_outfile *f, const char *path,
 		}
 		f->fd = STDOUT_FILENO;
 		f->is_stdout = true;
+		return ZM_OK;
+	}
+	if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+		if (S_ISDIR(st.st_mode)) {
+			zm_outfile_abort(f);
+			return zm_error_set(err, ZM_ERR_USAGE, "%s: is a directory",
+			                    path);
+		}
+		f->fd = fault("open") ? -1 : open(path, O_WRONLY | O_CLOEXEC);
+		if (f->fd < 0) {
+			zm_error_errno(err, ZM_ERR_IO, "%s", path);
+			zm_outfile_abort(f);
+			return ZM_ERR_IO;
+		}
+		f->direct = true;
 		return ZM_OK;
 	}
 	base = strrchr(path, '/');
@@ -262,6 +279,17 @@ enum zm_status zm_outfile_commit(struct zm_outfile *f, struct zm_error *err)
 		outfile_release(f);
 		return ZM_OK;
 	}
+	if (f->direct) {
+		fd = f->fd;
+		f->fd = -1;
+		f->direct = false;
+		if (close(fd) < 0) {
+			st = zm_error_errno(err, ZM_ERR_IO, "%s: close", f->path);
+			goto fail;
+		}
+		outfile_release(f);
+		return ZM_OK;
+	}
 	if (fault("fsync") || fsync(f->fd) < 0) {
 		st = zm_error_errno(err, ZM_ERR_IO, "%s: fsync", f->path);
 		goto fail;
@@ -300,6 +328,8 @@ void zm_outfile_abort(struct zm_outfile *f)
 		if (f->fd >= 0)
 			close(f->fd);
 		unlink(f->tmp);
+	} else if (f->direct && f->fd >= 0) {
+		close(f->fd);
 	}
 	outfile_release(f);
 }

@@ -3,7 +3,8 @@
  * to a temporary file in the same directory, fsynced, renamed over the
  * target and the directory fsynced, so a crash, a full disk or a kill
  * leaves either the old file or the new one.  "-" means standard output,
- * written directly.
+ * written directly, as is an existing target that is not a regular file
+ * (/dev/null, /dev/full, a FIFO): renaming over it would replace it.
  *
  * Every write, fsync, rename and open goes through the fault injector of
  * mem.h, so tests can make each of them fail in turn.
@@ -21,6 +22,7 @@ struct zm_outfile {
 	char *path;          /* target name, owned ("-" for stdout) */
 	char *tmp;           /* temporary name, owned; NULL for stdout */
 	bool is_stdout;
+	bool direct;         /* an existing device or FIFO, written in place */
 	char *buf;           /* write buffer, owned */
 	size_t len, cap;
 };

@@ -6,10 +6,12 @@
  */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "fileio.h"
 #include "mem.h"
@@ -261,6 +263,33 @@ START_TEST(read_file_large)
 }
 END_TEST
 
+/* A target that is not a regular file (here a FIFO; /dev/null and
+ * /dev/full behave the same) is written in place, never renamed over. */
+START_TEST(fifo_written_in_place)
+{
+	const char *dir = unit_tmpdir();
+	char path[4096], got[16] = { 0 };
+	struct zm_outfile f;
+	struct zm_error err;
+	struct stat st;
+	int rfd;
+
+	snprintf(path, sizeof(path), "%s/fifo", dir);
+	ck_assert_int_eq(mkfifo(path, 0600), 0);
+	rfd = open(path, O_RDONLY | O_NONBLOCK);
+	ck_assert_int_ge(rfd, 0);
+	ck_assert_int_eq(zm_outfile_open(&f, path, true, &err), ZM_OK);
+	ck_assert_int_eq(zm_outfile_write(&f, "hello", 5, &err), ZM_OK);
+	ck_assert_int_eq(zm_outfile_commit(&f, &err), ZM_OK);
+	ck_assert_int_eq(read(rfd, got, sizeof(got) - 1), 5);
+	ck_assert_str_eq(got, "hello");
+	close(rfd);
+	ck_assert_int_eq(stat(path, &st), 0);
+	ck_assert(S_ISFIFO(st.st_mode));
+	ck_assert_uint_eq(count_entries(dir), 1);
+}
+END_TEST
+
 Suite *suite_fileio(void)
 {
 	Suite *s = suite_create("fileio");
@@ -273,6 +302,7 @@ Suite *suite_fileio(void)
 	                    (int)(sizeof(fault_kinds) / sizeof(fault_kinds[0])));
 	tcase_add_test(tc, fault_on_direct_write);
 	tcase_add_test(tc, missing_directory);
+	tcase_add_test(tc, fifo_written_in_place);
 	tcase_add_test(tc, read_file_limits);
 	tcase_add_test(tc, read_file_large);
 	suite_add_tcase(s, tc);
