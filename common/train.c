@@ -293,8 +293,19 @@ void zm_optim_apply(struct zm_optim *opt, struct zm_model *model,
 	float step = (float)(zm_optim_lr(opt) * step_scale);
 	struct adam_k k;
 	size_t l;
+#if defined(__SSE__)
+	unsigned csr;
+#endif
 
 	ZM_ASSERT(ws->training && opt->n_layers == model->arch->n_layers);
+#if defined(__SSE__)
+	/* Momentum buffers of parameters whose gradient stays zero (dead
+	 * relu units) decay geometrically into subnormal numbers, which the
+	 * CPU handles tens of times slower; flush them to zero here, and only
+	 * here, as they no longer matter at that size. */
+	csr = _mm_getcsr();
+	_mm_setcsr(csr | 0x8040u);   /* FTZ and DAZ */
+#endif
 	opt->steps++;
 	if (c->kind == ZM_OPTIM_ADAM) {
 		double t = (double)opt->steps;
@@ -326,6 +337,9 @@ void zm_optim_apply(struct zm_optim *opt, struct zm_model *model,
 			           nb, step, mu, wd);
 		}
 	}
+#if defined(__SSE__)
+	_mm_setcsr(csr);
+#endif
 }
 
 /* Loss (and, with grad, its gradient) of the outputs against y. */
