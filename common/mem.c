@@ -2,6 +2,7 @@
  * Checked sizes, the library allocator and the fault injector behind it.
  */
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +32,7 @@ static const char *const fault_names[FAULT_KINDS] = {
 static unsigned long fault_counts[FAULT_KINDS];
 static int fault_kind = -2;	/* -2: not read yet, -1: off */
 static unsigned long fault_at;
+static bool fault_kill;		/* KIND:N:kill: SIGKILL instead of failing */
 static const char *fault_count_file;
 
 static void fault_report(void)
@@ -68,7 +70,9 @@ static void fault_setup(void)
 			char *end;
 			errno = 0;
 			fault_at = strtoul(spec + len + 1, &end, 10);
-			if (errno == 0 && *end == '\0' && fault_at > 0)
+			fault_kill = strcmp(end, ":kill") == 0;
+			if (errno == 0 && (*end == '\0' || fault_kill) &&
+			    fault_at > 0)
 				fault_kind = i;
 			return;
 		}
@@ -86,7 +90,13 @@ bool zm_fault_hit(const char *kind)
 	for (i = 0; i < FAULT_KINDS; i++) {
 		if (strcmp(kind, fault_names[i]) == 0) {
 			fault_counts[i]++;
-			return i == fault_kind && fault_counts[i] == fault_at;
+			if (i != fault_kind || fault_counts[i] != fault_at)
+				return false;
+			/* A kill at this exact point simulates a crash or an
+			 * OOM kill between two steps of a change. */
+			if (fault_kill)
+				raise(SIGKILL);
+			return true;
 		}
 	}
 	return false;

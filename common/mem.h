@@ -27,8 +27,10 @@ char *zm_strndup(const char *s, size_t n);
 /*
  * Test-only fault injection.  ZM_FAULT="KIND:N" (KIND one of alloc, write,
  * fsync, rename, open) makes the N-th call of that kind fail, counting from
- * 1; ZM_FAULT_COUNT=FILE makes the process append its call counts to FILE
- * at exit so a test can sweep N over every call.  Returns true when the
+ * 1 (with "KIND:N:kill" the process kills itself with SIGKILL there
+ * instead: a crash at a known point); ZM_FAULT_COUNT=FILE makes the
+ * process append its call counts to FILE at exit so a test can sweep N
+ * over every call.  Returns true when the
  * current call of kind must fail.
  */
 bool zm_fault_hit(const char *kind);

@@ -1,0 +1,569 @@
+/*
+ * train-step: trains one model of a zoo on a data stream.  It reads the
+ * model's current version, trains it for some epochs with SGD or Adam on
+ * shuffled mini-batches (each step scaled by --step-scale, the weight of a
+ * weighted update), measures loss and accuracy on a hashed held-out part
+ * of the data, and updates the model's profile with the statistics of the
+ * rows it trained on.  It writes an update stream (the parameter deltas,
+ * the new data's profile and metrics) to stdout or -o, and with --apply
+ * also stores the trained model as the model's next version in the zoo.
+ */
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "fileio.h"
+#include "gemm.h"
+#include "json.h"
+#include "model.h"
+#include "profile.h"
+#include "stream.h"
+#include "trainset.h"
+#include "zoo.h"
+
+static const char usage_str[] =
+	"usage: train-step --zoo DIR (--model NAME | --assignment FILE) [--epochs E]\n"
+	"                  [--batch-size B] [--lr LR] [--optimizer sgd|adam] [--seed N]\n"
+	"                  [--apply] [--log FILE] [-o UPDATES] [DATA]\n"
+	"  training:   --momentum M  --weight-decay W  --schedule constant|step|cosine\n"
+	"              --step-size N  --gamma G  --min-lr LR  --step-scale W\n"
+	"  data:       --val-fraction F (default 0.1)  --max-memory MIB\n"
+	"  output:     --log-every N  --compress 0..9  --threads N  --progress  --quiet\n"
+	"       train-step -h | --help | --version\n";
+
+struct train_step_opts {
+	const char *zoo_dir;
+	const char *model;
+	const char *data;
+	const char *out;           /* update stream; NULL: stdout unless --apply */
+	const char *log;
+	bool apply;
+	bool progress, quiet;
+	int threads;
+	int compress;
+	double val_fraction;
+	uint64_t max_memory;
+	struct zm_fit_config fit;
+};
+
+/* Progress on stderr and JSON lines for the log, as training goes. */
+struct reporter {
+	const struct train_step_opts *o;
+	bool progress;
+	struct zm_buf log;
+};
+
+static void report(const struct zm_fit_report *r, void *ctx)
+{
+	struct reporter *rep = ctx;
+	struct zm_buf *b = &rep->log;
+
+	zm_buf_puts(b, "{\"model\":");
+	zm_json_string(b, rep->o->model, strlen(rep->o->model));
+	zm_buf_printf(b, ",\"epoch\":%zu,\"step\":%zu,\"lr\":", r->epoch,
+	              r->step);
+	zm_json_double(b, r->lr);
+	zm_buf_puts(b, ",\"loss\":");
+	zm_json_double(b, r->loss);
+	if (r->epoch_end) {
+		zm_buf_puts(b, ",\"epoch_end\":true,\"train_loss\":");
+		zm_json_double(b, r->train_loss);
+		if (r->classification) {
+			zm_buf_puts(b, ",\"train_acc\":");
+			zm_json_double(b, r->train_accuracy);
+		}
+		if (r->val_rows) {
+			zm_buf_puts(b, ",\"val_loss\":");
+			zm_json_double(b, r->val_loss);
+			if (r->classification) {
+				zm_buf_puts(b, ",\"val_acc\":");
+				zm_json_double(b, r->val_accuracy);
+			}
+		}
+		zm_buf_printf(b, ",\"samples_per_s\":%.1f", r->samples_per_s);
+	}
+	zm_buf_puts(b, "}\n");
+	if (!rep->progress || !r->epoch_end)
+		return;
+	fprintf(stderr, "%s: %s epoch %zu/%zu: loss %.4f", zm_cli_name(),
+	        rep->o->model, r->epoch, rep->o->fit.epochs, r->train_loss);
+	if (r->classification)
+		fprintf(stderr, " acc %.4f", r->train_accuracy);
+	if (r->val_rows) {
+		fprintf(stderr, ", held-out loss %.4f", r->val_loss);
+		if (r->classification)
+			fprintf(stderr, " acc %.4f", r->val_accuracy);
+	}
+	fprintf(stderr, " (%.0f samples/s)\n", r->samples_per_s);
+}
+
+/* The metrics JSON of a training run (zm.metrics). */
+static void metrics_json(const struct zm_fit_report *r, struct zm_buf *b)
+{
+	zm_buf_puts(b, "{");
+	if (r->val_rows) {
+		if (r->classification) {
+			zm_buf_puts(b, "\"accuracy\":");
+			zm_json_float(b, r->val_accuracy);
+			zm_buf_puts(b, ",");
+		}
+		zm_buf_puts(b, "\"loss\":");
+		zm_json_float(b, r->val_loss);
+		zm_buf_printf(b, ",\"val_samples\":%zu,", r->val_rows);
+	}
+	if (r->classification) {
+		zm_buf_puts(b, "\"train_accuracy\":");
+		zm_json_float(b, r->train_accuracy);
+		zm_buf_puts(b, ",");
+	}
+	zm_buf_puts(b, "\"train_loss\":");
+	zm_json_float(b, r->train_loss);
+	zm_buf_printf(b, ",\"samples\":%zu,\"epochs\":%zu}", r->train_rows,
+	              r->epoch);
+}
+
+static void hparams_json(const struct train_step_opts *o,
+                         const struct zm_trainset *ts, struct zm_buf *b)
+{
+	const struct zm_optim_config *c = &o->fit.optim;
+
+	zm_buf_printf(b, "{\"optimizer\":\"%s\",\"lr\":",
+	              zm_optim_kind_name(c->kind));
+	zm_json_double(b, c->lr);
+	zm_buf_printf(b, ",\"epochs\":%zu,\"batch_size\":%zu,\"seed\":%"
+	              PRIu64 ",\"schedule\":\"%s\",\"step_scale\":",
+	              o->fit.epochs, o->fit.batch_size, o->fit.seed,
+	              zm_lr_schedule_name(c->schedule));
+	zm_json_float(b, o->fit.step_scale);
+	if (ts->slice) {
+		zm_buf_puts(b, ",\"slice\":");
+		zm_json_string(b, ts->slice, strlen(ts->slice));
+	}
+	zm_buf_puts(b, "}");
+}
+
+/* Loads the current version of the model under a shared lock, which is
+ * released before training so other jobs can use the zoo meanwhile. */
+static enum zm_status load_model(const struct train_step_opts *o,
+                                 struct zm_model **m, int64_t *version,
+                                 struct zm_error *err)
+{
+	struct zm_zoo *zoo = NULL;
+	struct zm_zoo_entry *e;
+	struct zm_doc doc;
+	enum zm_status st;
+
+	zm_doc_init(&doc);
+	st = zm_zoo_open(&zoo, o->zoo_dir, ZM_ZOO_READ, err);
+	if (st == ZM_OK)
+		st = zm_zoo_get(zoo, o->model, &e, err);
+	if (st == ZM_OK) {
+		*version = e->version;
+		st = zm_zoo_read_model(zoo, e, &doc, err);
+	}
+	if (st == ZM_OK && (st = zm_model_from_doc(&doc, NULL, m, err)))
+		zm_error_prefix(err, "%s/%s: ", o->zoo_dir, e->file);
+	zm_doc_release(&doc);
+	zm_zoo_close(zoo);
+	return st;
+}
+
+/* The update document: trained minus base parameters, the profile of the
+ * data trained on, and the run's metrics. */
+static enum zm_status make_update(const struct zm_model *base,
+                                  const struct zm_model *trained,
+                                  const struct zm_profile *data_profile,
+                                  int64_t version, const char *metrics,
+                                  const struct zm_trainset *ts,
+                                  const struct train_step_opts *o,
+                                  struct zm_doc *doc, struct zm_error *err)
+{
+	struct zm_model *delta = NULL;
+	enum zm_status st;
+	char num[64];
+	size_t l, i;
+
+	st = zm_model_copy(trained, &delta, err);
+	if (st != ZM_OK)
+		return st;
+	for (l = 0; l < delta->arch->n_layers; l++) {
+		struct zm_layer *d = &delta->layers[l];
+		const struct zm_layer *b = &base->layers[l];
+		float *w = d->weight.data, *bias = d->bias.data;
+		const float *bw = b->weight.data, *bb = b->bias.data;
+		if (!d->spec->has_params)
+			continue;
+		for (i = 0; i < zm_tensor_numel(&d->weight); i++)
+			w[i] -= bw[i];
+		for (i = 0; i < zm_tensor_numel(&d->bias); i++)
+			bias[i] -= bb[i];
+	}
+	st = zm_model_to_doc(delta, doc, err);
+	zm_model_free(delta);
+	if (st != ZM_OK)
+		return st;
+	zm_profile_remove_from_doc(doc);
+	if ((st = zm_profile_to_doc(data_profile, doc, err)))
+		return st;
+	snprintf(num, sizeof(num), "%" PRId64, version);
+	if ((st = zm_doc_set_meta(doc, "zm.kind", "update", err)) ||
+	    (st = zm_doc_set_meta(doc, "zm.name", o->model, err)) ||
+	    (st = zm_doc_set_meta(doc, "zm.parent", num, err)) ||
+	    (st = zm_doc_set_meta(doc, "zm.metrics", metrics, err)))
+		return st;
+	snprintf(num, sizeof(num), "%zu", ts->n_train);
+	if ((st = zm_doc_set_meta(doc, "zm.samples", num, err)))
+		return st;
+	snprintf(num, sizeof(num), "%.9g", (double)o->fit.step_scale);
+	if ((st = zm_doc_set_meta(doc, "zm.weight", num, err)))
+		return st;
+	if (ts->slice && (st = zm_doc_set_meta(doc, "zm.slice", ts->slice, err)))
+		return st;
+	return ZM_OK;
+}
+
+/* Stores the trained model as the next version, unless the model moved on
+ * while we trained (then the caller should re-run or merge updates). */
+static enum zm_status apply_to_zoo(const struct train_step_opts *o,
+                                   const struct zm_model *trained,
+                                   int64_t base_version, int64_t *version,
+                                   struct zm_error *err)
+{
+	struct zm_zoo *zoo = NULL;
+	struct zm_zoo_entry *e;
+	struct zm_doc doc;
+	enum zm_status st;
+
+	zm_doc_init(&doc);
+	st = zm_zoo_open(&zoo, o->zoo_dir, ZM_ZOO_WRITE, err);
+	if (st == ZM_OK)
+		st = zm_zoo_get(zoo, o->model, &e, err);
+	if (st == ZM_OK && e->version != base_version)
+		st = zm_error_set(err, ZM_ERR_CONFLICT,
+		                  "model '%s' moved from v%" PRId64 " to v%" PRId64
+		                  " while training; nothing was applied (re-run, "
+		                  "or write updates with -o and merge them)",
+		                  o->model, base_version, e->version);
+	if (st == ZM_OK)
+		st = zm_model_to_doc(trained, &doc, err);
+	if (st == ZM_OK)
+		st = zm_zoo_put_model(zoo, o->model, &doc, version, err);
+	if (st == ZM_OK) {
+		e = zm_zoo_find(zoo, o->model);
+		e->params = (int64_t)zm_arch_param_count(trained->arch);
+		zm_kv_release(&e->metrics);
+		st = zm_kv_from_json(&e->metrics, trained->metrics,
+		                     "zm.metrics", err);
+	}
+	if (st == ZM_OK)
+		st = zm_zoo_commit(zoo, err);
+	zm_doc_release(&doc);
+	zm_zoo_close(zoo);
+	return st;
+}
+
+static enum zm_status write_text(const char *path, const struct zm_buf *b,
+                                 struct zm_error *err)
+{
+	struct zm_outfile f;
+	enum zm_status st;
+
+	st = zm_outfile_open(&f, path, false, err);
+	if (st != ZM_OK)
+		return st;
+	st = zm_outfile_write(&f, b->data ? b->data : "", b->len, err);
+	if (st == ZM_OK)
+		return zm_outfile_commit(&f, err);
+	zm_outfile_abort(&f);
+	return st;
+}
+
+static int run(struct train_step_opts *o)
+{
+	struct zm_error err;
+	struct zm_trainset ts;
+	struct zm_model *base = NULL, *m = NULL;
+	struct zm_profile old_profile, data_profile;
+	struct zm_fit_report last;
+	struct reporter rep = { o, false, { NULL, 0, 0, false } };
+	struct zm_writer *w = NULL;
+	struct zm_buf metrics, hparams;
+	struct zm_doc update;
+	enum zm_status st;
+	int64_t base_version = 0, version = 0;
+	const char *out = o->out ? o->out : (o->apply ? NULL : "-");
+
+	zm_error_clear(&err);
+	zm_trainset_init(&ts, o->max_memory);
+	zm_profile_init(&old_profile);
+	zm_profile_init(&data_profile);
+	zm_buf_init(&metrics);
+	zm_buf_init(&hparams);
+	zm_buf_init(&rep.log);
+	zm_doc_init(&update);
+	rep.progress = zm_cli_progress_wanted(o->progress, o->quiet);
+	zm_gemm_setup(o->threads);
+
+	if ((st = load_model(o, &base, &base_version, &err)) != ZM_OK)
+		goto out;
+	/* Open the output before the long work: a bad path fails at once. */
+	if (out && (st = zm_writer_open(&w, out, o->compress, &err)) != ZM_OK)
+		goto out;
+	if ((st = zm_trainset_load(&ts, o->data, &err)) != ZM_OK ||
+	    (st = zm_trainset_split(&ts, o->val_fraction, o->fit.seed, &err)))
+		goto out;
+	if ((st = zm_model_copy(base, &m, &err)) != ZM_OK)
+		goto out;
+	if ((st = zm_fit(m, &ts, &o->fit, report, &rep, &last, &err)) != ZM_OK)
+		goto out;
+	for (size_t l = 0; l < m->arch->n_layers; l++) {
+		if (!m->layers[l].spec->has_params)
+			continue;
+		if ((st = zm_tensor_check_finite(&m->layers[l].weight, &err)) ||
+		    (st = zm_tensor_check_finite(&m->layers[l].bias, &err))) {
+			zm_error_prefix(&err, "training diverged (lower --lr?): ");
+			goto out;
+		}
+	}
+	/* Profiles: the data trained on, merged into what the model saw. */
+	if ((st = zm_trainset_profile(&ts, m, &data_profile, &err)))
+		goto out;
+	st = zm_profile_from_doc(&old_profile, &m->extra, &err);
+	if (st == ZM_ERR_NOTFOUND)
+		st = ZM_OK;
+	if (st != ZM_OK ||
+	    (st = zm_profile_merge(&old_profile, &data_profile, &err)) ||
+	    (st = zm_profile_replace_in_doc(&old_profile, &m->extra, &err)))
+		goto out;
+	metrics_json(&last, &metrics);
+	hparams_json(o, &ts, &hparams);
+	if (metrics.failed || hparams.failed || rep.log.failed) {
+		st = zm_error_set(&err, ZM_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	if ((st = zm_model_set_string(&m->metrics, metrics.data, &err)) ||
+	    (st = zm_model_set_string(&m->hparams, hparams.data, &err)))
+		goto out;
+	if (w) {
+		st = make_update(base, m, &data_profile, base_version,
+		                 metrics.data, &ts, o, &update, &err);
+		if (st == ZM_OK)
+			st = zm_writer_write_doc(w, &update, &err);
+		if (st != ZM_OK)
+			goto out;
+	}
+	/* The zoo changes last, and only when everything else succeeded;
+	 * then the outputs are committed (an update stream and a log that
+	 * fail to appear after --apply are reported, the model stays). */
+	if (o->apply &&
+	    (st = apply_to_zoo(o, m, base_version, &version, &err)) != ZM_OK)
+		goto out;
+	if (w) {
+		st = zm_writer_commit(w, &err);
+		w = NULL;
+		if (st != ZM_OK)
+			goto out;
+	}
+	if (o->log && (st = write_text(o->log, &rep.log, &err)) != ZM_OK)
+		goto out;
+	if (o->apply && !o->quiet)
+		fprintf(stderr, "%s: %s is now v%" PRId64 "\n", zm_cli_name(),
+		        o->model, version);
+out:
+	zm_writer_abort(w);
+	zm_doc_release(&update);
+	zm_buf_release(&metrics);
+	zm_buf_release(&hparams);
+	zm_buf_release(&rep.log);
+	zm_profile_release(&old_profile);
+	zm_profile_release(&data_profile);
+	zm_model_free(base);
+	zm_model_free(m);
+	zm_trainset_release(&ts);
+	return st == ZM_OK ? ZM_EXIT_OK : zm_cli_report(&err);
+}
+
+enum {
+	OPT_MOMENTUM = 256, OPT_WD, OPT_SCHEDULE, OPT_STEP_SIZE, OPT_GAMMA,
+	OPT_MIN_LR, OPT_STEP_SCALE, OPT_VAL, OPT_MAXMEM, OPT_LOG_EVERY,
+	OPT_COMPRESS, OPT_THREADS, OPT_PROGRESS, OPT_QUIET, OPT_ASSIGNMENT,
+};
+
+int main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "zoo", required_argument, NULL, 'z' },
+		{ "model", required_argument, NULL, 'm' },
+		{ "assignment", required_argument, NULL, OPT_ASSIGNMENT },
+		{ "epochs", required_argument, NULL, 'e' },
+		{ "batch-size", required_argument, NULL, 'b' },
+		{ "lr", required_argument, NULL, 'l' },
+		{ "optimizer", required_argument, NULL, 'O' },
+		{ "seed", required_argument, NULL, 's' },
+		{ "apply", no_argument, NULL, 'a' },
+		{ "log", required_argument, NULL, 'L' },
+		{ "output", required_argument, NULL, 'o' },
+		{ "momentum", required_argument, NULL, OPT_MOMENTUM },
+		{ "weight-decay", required_argument, NULL, OPT_WD },
+		{ "schedule", required_argument, NULL, OPT_SCHEDULE },
+		{ "step-size", required_argument, NULL, OPT_STEP_SIZE },
+		{ "gamma", required_argument, NULL, OPT_GAMMA },
+		{ "min-lr", required_argument, NULL, OPT_MIN_LR },
+		{ "step-scale", required_argument, NULL, OPT_STEP_SCALE },
+		{ "val-fraction", required_argument, NULL, OPT_VAL },
+		{ "max-memory", required_argument, NULL, OPT_MAXMEM },
+		{ "log-every", required_argument, NULL, OPT_LOG_EVERY },
+		{ "compress", required_argument, NULL, OPT_COMPRESS },
+		{ "threads", required_argument, NULL, OPT_THREADS },
+		{ "progress", no_argument, NULL, OPT_PROGRESS },
+		{ "quiet", no_argument, NULL, OPT_QUIET },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct train_step_opts o;
+	enum zm_optim_kind kind = ZM_OPTIM_SGD;
+	double momentum = -1, wd = 0, gamma = 0.1, min_lr = 0, lr = -1, d;
+	enum zm_lr_schedule schedule = ZM_LR_CONSTANT;
+	int64_t v, step_size = 0;
+	int c;
+
+	memset(&o, 0, sizeof(o));
+	zm_fit_config_default(&o.fit);
+	o.data = "-";
+	o.val_fraction = 0.1;
+	o.max_memory = (uint64_t)8 << 30;
+	o.compress = ZM_COMPRESS_AUTO;
+	zm_cli_init(argv[0]);
+	if (!zm_compress_from_env(&o.compress))
+		return zm_cli_usage_error(usage_str, "ZM_COMPRESS: expected 0..9");
+	while ((c = getopt_long(argc, argv, "z:m:e:b:l:O:s:aL:o:h", longopts,
+	                        NULL)) != -1) {
+		switch (c) {
+		case 'z': o.zoo_dir = optarg; break;
+		case 'm': o.model = optarg; break;
+		case 'a': o.apply = true; break;
+		case 'L': o.log = optarg; break;
+		case 'o': o.out = optarg; break;
+		case OPT_PROGRESS: o.progress = true; break;
+		case OPT_QUIET: o.quiet = true; break;
+		case OPT_ASSIGNMENT:
+			return zm_cli_usage_error(usage_str, "--assignment: "
+				"weighted updates from an assignment are not "
+				"implemented yet; use --model and --step-scale");
+		case 'e':
+			if (!zm_cli_int("--epochs", optarg, 1, 100000, &v))
+				return zm_cli_usage_error(usage_str, NULL);
+			o.fit.epochs = (size_t)v;
+			break;
+		case 'b':
+			if (!zm_cli_int("--batch-size", optarg, 1, 1 << 20, &v))
+				return zm_cli_usage_error(usage_str, NULL);
+			o.fit.batch_size = (size_t)v;
+			break;
+		case 'l':
+			if (!zm_cli_double("--lr", optarg, 1e-12, 1e3, &lr))
+				return zm_cli_usage_error(usage_str, NULL);
+			break;
+		case 'O':
+			if (!zm_optim_kind_parse(optarg, &kind))
+				return zm_cli_usage_error(usage_str, "--optimizer: "
+					"expected sgd or adam, got '%s'", optarg);
+			break;
+		case 's':
+			if (!zm_cli_int("--seed", optarg, 0, INT64_MAX, &v))
+				return zm_cli_usage_error(usage_str, NULL);
+			o.fit.seed = (uint64_t)v;
+			break;
+		case OPT_MOMENTUM:
+			if (!zm_cli_double("--momentum", optarg, 0, 0.9999, &momentum))
+				return zm_cli_usage_error(usage_str, NULL);
+			break;
+		case OPT_WD:
+			if (!zm_cli_double("--weight-decay", optarg, 0, 10, &wd))
+				return zm_cli_usage_error(usage_str, NULL);
+			break;
+		case OPT_SCHEDULE:
+			if (!zm_lr_schedule_parse(optarg, &schedule))
+				return zm_cli_usage_error(usage_str, "--schedule: "
+					"expected constant, step or cosine, got '%s'",
+					optarg);
+			break;
+		case OPT_STEP_SIZE:
+			if (!zm_cli_int("--step-size", optarg, 1, INT64_MAX,
+			                &step_size))
+				return zm_cli_usage_error(usage_str, NULL);
+			break;
+		case OPT_GAMMA:
+			if (!zm_cli_double("--gamma", optarg, 1e-9, 1, &gamma))
+				return zm_cli_usage_error(usage_str, NULL);
+			break;
+		case OPT_MIN_LR:
+			if (!zm_cli_double("--min-lr", optarg, 0, 1e3, &min_lr))
+				return zm_cli_usage_error(usage_str, NULL);
+			break;
+		case OPT_STEP_SCALE:
+			if (!zm_cli_double("--step-scale", optarg, 0, 1e3, &d))
+				return zm_cli_usage_error(usage_str, NULL);
+			o.fit.step_scale = (float)d;
+			break;
+		case OPT_VAL:
+			if (!zm_cli_double("--val-fraction", optarg, 0, 0.9,
+			                   &o.val_fraction))
+				return zm_cli_usage_error(usage_str, NULL);
+			break;
+		case OPT_MAXMEM:
+			if (!zm_cli_int("--max-memory", optarg, 1, INT64_C(1) << 30,
+			                &v))
+				return zm_cli_usage_error(usage_str, NULL);
+			o.max_memory = (uint64_t)v << 20;
+			break;
+		case OPT_LOG_EVERY:
+			if (!zm_cli_int("--log-every", optarg, 0, INT64_MAX, &v))
+				return zm_cli_usage_error(usage_str, NULL);
+			o.fit.log_every = (size_t)v;
+			break;
+		case OPT_COMPRESS:
+			if (!zm_cli_int("--compress", optarg, 0, 9, &v))
+				return zm_cli_usage_error(usage_str, NULL);
+			o.compress = (int)v;
+			break;
+		case OPT_THREADS:
+			if (!zm_cli_int("--threads", optarg, 1, 1024, &v))
+				return zm_cli_usage_error(usage_str, NULL);
+			o.threads = (int)v;
+			break;
+		case 'h':
+			fputs(usage_str, stdout);
+			return zm_cli_close_stdout(ZM_EXIT_OK);
+		case 'V':
+			zm_cli_version();
+			return zm_cli_close_stdout(ZM_EXIT_OK);
+		default:
+			return zm_cli_usage_error(usage_str, NULL);
+		}
+	}
+	if (optind < argc)
+		o.data = argv[optind++];
+	if (optind < argc)
+		return zm_cli_usage_error(usage_str, "unexpected argument '%s'",
+		                          argv[optind]);
+	if (!o.zoo_dir || !o.model)
+		return zm_cli_usage_error(usage_str, "--zoo and --model are required");
+	zm_optim_config_default(&o.fit.optim, kind);
+	if (lr > 0)
+		o.fit.optim.lr = lr;
+	if (momentum >= 0)
+		o.fit.optim.momentum = momentum;
+	o.fit.optim.weight_decay = wd;
+	o.fit.optim.schedule = schedule;
+	o.fit.optim.gamma = gamma;
+	o.fit.optim.min_lr = min_lr;
+	o.fit.optim.step_size = (uint64_t)step_size;
+	if (schedule == ZM_LR_STEP && step_size == 0)
+		return zm_cli_usage_error(usage_str, "--schedule step needs --step-size");
+	return zm_cli_close_stdout(run(&o));
+}

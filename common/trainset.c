@@ -1,0 +1,516 @@
+/*
+ * In-memory training sets, hashed held-out splits, the epoch loop and
+ * the profile of what a model was trained on.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "dataset.h"
+#include "mem.h"
+#include "random.h"
+#include "trainset.h"
+
+void zm_trainset_init(struct zm_trainset *ts, uint64_t max_bytes)
+{
+	memset(ts, 0, sizeof(*ts));
+	ts->scale = 1.0f;
+	ts->max_bytes = max_bytes;
+}
+
+void zm_trainset_release(struct zm_trainset *ts)
+{
+	free(ts->x);
+	free(ts->labels);
+	free(ts->targets);
+	free(ts->ids);
+	free(ts->train_idx);
+	free(ts->val_idx);
+	free(ts->slice);
+	zm_trainset_init(ts, ts->max_bytes);
+}
+
+static size_t x_elem_size(const struct zm_trainset *ts)
+{
+	return ts->x_u8 ? 1 : sizeof(float);
+}
+
+/* Makes room for rows more rows, doubling so loading is linear. */
+static enum zm_status grow(struct zm_trainset *ts, size_t rows,
+                           const char *name, struct zm_error *err)
+{
+	size_t need, cap, xbytes, total, per_row;
+	void *x;
+
+	if (!zm_size_add(ts->rows, rows, &need))
+		return zm_error_set(err, ZM_ERR_NOMEM, "%s: too many rows", name);
+	if (need <= ts->cap)
+		return ZM_OK;
+	cap = ts->cap ? ts->cap : 1024;
+	while (cap < need)
+		cap = cap > SIZE_MAX / 2 ? need : cap * 2;
+	per_row = ts->features * x_elem_size(ts) + sizeof(int64_t) * 2 +
+	          ts->n_targets * sizeof(float);
+	if (!zm_size_mul(need, per_row, &total) || total > ts->max_bytes)
+		return zm_error_set(err, ZM_ERR_NOMEM,
+		                    "%s: data needs more than the %.0f MiB "
+		                    "allowed (--max-memory)", name,
+		                    (double)ts->max_bytes / 1048576.0);
+	if (!zm_size_mul(cap, ts->features * x_elem_size(ts), &xbytes))
+		return zm_error_set(err, ZM_ERR_NOMEM, "%s: too large", name);
+	x = zm_realloc(ts->x, xbytes);
+	if (!x)
+		return zm_error_set(err, ZM_ERR_NOMEM, "%s: out of memory", name);
+	ts->x = x;
+	{
+		int64_t *ids = zm_realloc(ts->ids, cap * sizeof(*ids));
+		if (!ids)
+			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		ts->ids = ids;
+	}
+	if (ts->labels || (!ts->targets && !ts->n_targets)) {
+		int64_t *labels = zm_realloc(ts->labels, cap * sizeof(*labels));
+		if (!labels)
+			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		ts->labels = labels;
+	}
+	if (ts->n_targets) {
+		float *t = zm_realloc(ts->targets,
+		                      cap * ts->n_targets * sizeof(*t));
+		if (!t)
+			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		ts->targets = t;
+	}
+	ts->cap = cap;
+	return ZM_OK;
+}
+
+/* Converts U8 storage to F32 when a later document brings other data. */
+static enum zm_status widen_to_f32(struct zm_trainset *ts,
+                                   struct zm_error *err)
+{
+	size_t n = ts->cap * ts->features, i;
+	float *x = zm_malloc(n * sizeof(float));
+	const uint8_t *src = ts->x;
+
+	if (!x)
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	for (i = 0; i < ts->rows * ts->features; i++)
+		x[i] = (float)src[i] * ts->scale;
+	free(ts->x);
+	ts->x = x;
+	ts->x_u8 = false;
+	ts->scale = 1.0f;
+	return ZM_OK;
+}
+
+static enum zm_status add_doc(struct zm_trainset *ts, const struct zm_doc *doc,
+                              const char *path, size_t docno,
+                              struct zm_error *err)
+{
+	const struct zm_tensor *x = zm_doc_find(doc, "x");
+	const struct zm_tensor *y = zm_doc_find(doc, "y");
+	const struct zm_tensor *id = zm_doc_find(doc, "id");
+	struct zm_tensor xf;
+	enum zm_status st;
+	size_t n, d, i;
+	float scale;
+	bool u8;
+
+	zm_tensor_init(&xf);
+	st = zm_data_check(doc, path, &n, err);
+	if (st != ZM_OK)
+		return st;
+	if (n == 0)
+		return ZM_OK;
+	d = zm_tensor_numel(x) / n;
+	if (!zm_data_scale(doc, &scale))
+		return zm_error_set(err, ZM_ERR_DATA, "%s: document %zu: bad "
+		                    "zm.scale", path, docno);
+	if (!y)
+		return zm_error_set(err, ZM_ERR_DATA, "%s: document %zu: no "
+		                    "labels or targets (tensor 'y')", path, docno);
+	u8 = x->dtype == ZM_DTYPE_U8;
+	if (ts->rows == 0 && ts->cap == 0) {
+		ts->features = d;
+		ts->x_u8 = u8;
+		ts->scale = u8 ? scale : 1.0f;
+		if (y->dtype != ZM_DTYPE_I64)
+			ts->n_targets = y->ndim > 1 ? zm_tensor_numel(y) / n : 1;
+	} else {
+		if (d != ts->features)
+			return zm_error_set(err, ZM_ERR_DATA,
+			                    "%s: document %zu: rows have %zu "
+			                    "features, earlier rows %zu", path,
+			                    docno, d, ts->features);
+		if ((y->dtype == ZM_DTYPE_I64) != (ts->n_targets == 0) ||
+		    (ts->n_targets && zm_tensor_numel(y) / n != ts->n_targets))
+			return zm_error_set(err, ZM_ERR_DATA,
+			                    "%s: document %zu: labels differ in "
+			                    "kind from earlier documents", path,
+			                    docno);
+		if (ts->x_u8 && (!u8 || scale != ts->scale) &&
+		    (st = widen_to_f32(ts, err)) != ZM_OK)
+			return st;
+	}
+	if ((st = grow(ts, n, path, err)) != ZM_OK)
+		return st;
+	if (ts->x_u8) {
+		memcpy((uint8_t *)ts->x + ts->rows * d, x->data, n * d);
+	} else {
+		st = zm_data_features(doc, &xf, err);
+		if (st != ZM_OK)
+			return st;
+		st = zm_tensor_check_finite(&xf, err);
+		if (st != ZM_OK) {
+			zm_tensor_release(&xf);
+			return zm_error_prefix(err, "%s: document %zu: ", path,
+			                       docno);
+		}
+		memcpy((float *)ts->x + ts->rows * d, xf.data,
+		       n * d * sizeof(float));
+		zm_tensor_release(&xf);
+	}
+	if (ts->n_targets) {
+		float *dst = ts->targets + ts->rows * ts->n_targets;
+		zm_tensor_read_f32(y, 0, n * ts->n_targets, dst);
+		for (i = 0; i < n * ts->n_targets; i++)
+			if (!isfinite(dst[i]))
+				return zm_error_set(err, ZM_ERR_DATA,
+				                    "%s: document %zu: non-finite "
+				                    "target in row %zu", path,
+				                    docno, i / ts->n_targets);
+	} else {
+		memcpy(ts->labels + ts->rows, y->data, n * sizeof(int64_t));
+		for (i = 0; i < n; i++)
+			if (ts->labels[ts->rows + i] < 0)
+				return zm_error_set(err, ZM_ERR_DATA,
+				                    "%s: document %zu: negative "
+				                    "label in row %zu", path, docno,
+				                    i);
+	}
+	for (i = 0; i < n; i++)
+		ts->ids[ts->rows + i] = id ? ((const int64_t *)id->data)[i] :
+		                        (int64_t)(ts->rows + i);
+	ts->rows += n;
+	return ZM_OK;
+}
+
+enum zm_status zm_trainset_load(struct zm_trainset *ts, const char *path,
+                                struct zm_error *err)
+{
+	struct zm_dataset_options o;
+	struct zm_dataset_reader *r = NULL;
+	struct zm_doc doc;
+	enum zm_status st;
+	size_t docno = 0;
+	bool eof = false;
+
+	zm_doc_init(&doc);
+	zm_dataset_options_init(&o);
+	o.kind = ZM_DATASET_STREAM;
+	o.path = path;
+	st = zm_dataset_open(&r, &o, err);
+	while (st == ZM_OK) {
+		st = zm_dataset_next(r, &doc, &eof, err);
+		if (st != ZM_OK || eof)
+			break;
+		docno++;
+		if (!ts->slice && zm_doc_meta(&doc, "zm.slice") &&
+		    !(ts->slice = zm_strdup(zm_doc_meta(&doc, "zm.slice"))))
+			st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		if (st == ZM_OK)
+			st = add_doc(ts, &doc, path, docno, err);
+	}
+	if (st == ZM_OK && ts->rows == 0)
+		st = zm_error_set(err, ZM_ERR_DATA, "%s: no rows", path);
+	zm_doc_release(&doc);
+	zm_dataset_close(r);
+	return st;
+}
+
+enum zm_status zm_trainset_split(struct zm_trainset *ts, double val_fraction,
+                                 uint64_t seed, struct zm_error *err)
+{
+	size_t i;
+
+	free(ts->train_idx);
+	free(ts->val_idx);
+	ts->n_train = ts->n_val = 0;
+	ts->train_idx = zm_calloc(ts->rows, sizeof(size_t));
+	ts->val_idx = zm_calloc(ts->rows, sizeof(size_t));
+	if (!ts->train_idx || !ts->val_idx)
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	for (i = 0; i < ts->rows; i++) {
+		uint64_t h = (uint64_t)ts->ids[i] ^ (seed * 0x9e3779b97f4a7c15u);
+		double u = (double)(zm_splitmix64(&h) >> 11) * 0x1.0p-53;
+		if (u < val_fraction)
+			ts->val_idx[ts->n_val++] = i;
+		else
+			ts->train_idx[ts->n_train++] = i;
+	}
+	if (ts->n_train == 0)
+		return zm_error_set(err, ZM_ERR_DATA, "no rows left for "
+		                    "training after holding out %.3g",
+		                    val_fraction);
+	return ZM_OK;
+}
+
+void zm_trainset_gather(const struct zm_trainset *ts, const size_t *idx,
+                        size_t n, float *x, void *y)
+{
+	size_t d = ts->features, i, j;
+
+	if (ts->x_u8) {
+		const uint8_t *src = ts->x;
+		for (i = 0; i < n; i++) {
+			const uint8_t *row = src + idx[i] * d;
+			float *out = x + i * d;
+			for (j = 0; j < d; j++)
+				out[j] = (float)row[j] * ts->scale;
+		}
+	} else {
+		zm_gather_rows(ts->x, d, idx, n, x);
+	}
+	if (!y)
+		return;
+	if (ts->n_targets) {
+		float *t = y;
+		for (i = 0; i < n; i++)
+			memcpy(t + i * ts->n_targets,
+			       ts->targets + idx[i] * ts->n_targets,
+			       ts->n_targets * sizeof(float));
+	} else {
+		zm_gather_labels(ts->labels, idx, n, y);
+	}
+}
+
+void zm_fit_config_default(struct zm_fit_config *cfg)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	zm_optim_config_default(&cfg->optim, ZM_OPTIM_SGD);
+	cfg->epochs = 1;
+	cfg->batch_size = 128;
+	cfg->step_scale = 1.0f;
+	cfg->log_every = 50;
+}
+
+static double now_seconds(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Loss and accuracy of model over rows idx[0..n) in batches. */
+static enum zm_status evaluate_rows(const struct zm_model *model,
+                                    struct zm_workspace *ws,
+                                    const struct zm_trainset *ts,
+                                    const size_t *idx, size_t n, float *xb,
+                                    void *yb, struct zm_batch_stats *stats,
+                                    struct zm_error *err)
+{
+	size_t i, b = ws->max_batch;
+	enum zm_status st;
+
+	memset(stats, 0, sizeof(*stats));
+	for (i = 0; i < n; i += b) {
+		size_t m = n - i < b ? n - i : b;
+		zm_trainset_gather(ts, idx + i, m, xb, yb);
+		st = zm_model_evaluate(model, ws, xb, yb, m, stats, err);
+		if (st != ZM_OK)
+			return st;
+	}
+	return ZM_OK;
+}
+
+static enum zm_status check_labels(const struct zm_model *model,
+                                   const struct zm_trainset *ts,
+                                   struct zm_error *err)
+{
+	const struct zm_arch *a = model->arch;
+	size_t i;
+
+	if (ts->features != a->input_features)
+		return zm_error_set(err, ZM_ERR_DATA, "the data has %zu "
+		                    "features per row, the model expects %zu",
+		                    ts->features, a->input_features);
+	if (a->loss == ZM_LOSS_CROSS_ENTROPY) {
+		if (!ts->labels)
+			return zm_error_set(err, ZM_ERR_DATA, "the model is a "
+			                    "classifier, the data has targets, "
+			                    "not class ids");
+		for (i = 0; i < ts->rows; i++)
+			if (ts->labels[i] >= (int64_t)a->output_features)
+				return zm_error_set(err, ZM_ERR_DATA,
+				                    "row %zu: label %lld out of "
+				                    "range for %zu classes", i,
+				                    (long long)ts->labels[i],
+				                    a->output_features);
+	} else if (ts->n_targets != a->output_features) {
+		return zm_error_set(err, ZM_ERR_DATA, "the model has %zu "
+		                    "outputs, the data %zu targets per row",
+		                    a->output_features, ts->n_targets);
+	}
+	return ZM_OK;
+}
+
+enum zm_status zm_fit(struct zm_model *model, const struct zm_trainset *ts,
+                      const struct zm_fit_config *cfg, zm_fit_callback cb,
+                      void *ctx, struct zm_fit_report *last,
+                      struct zm_error *err)
+{
+	struct zm_workspace *ws = NULL, *eval_ws = NULL;
+	struct zm_optim *opt = NULL;
+	struct zm_optim_config ocfg = cfg->optim;
+	struct zm_rng rng;
+	size_t *order = NULL, b = cfg->batch_size, ydim, epoch;
+	size_t eval_batch = 1024;
+	float *xb = NULL;
+	void *yb = NULL;
+	enum zm_status st;
+	bool classification = model->arch->loss == ZM_LOSS_CROSS_ENTROPY;
+	struct zm_fit_report rep;
+
+	memset(&rep, 0, sizeof(rep));
+	if ((st = check_labels(model, ts, err)) != ZM_OK)
+		return st;
+	if (b == 0 || ts->n_train == 0)
+		return zm_error_set(err, ZM_ERR_USAGE, "nothing to train on");
+	if (ocfg.schedule == ZM_LR_COSINE && ocfg.total_steps == 0)
+		ocfg.total_steps = cfg->epochs * ((ts->n_train + b - 1) / b);
+	ydim = classification ? sizeof(int64_t) : ts->n_targets * sizeof(float);
+	if (eval_batch < b)
+		eval_batch = b;
+	if ((st = zm_workspace_new(model->arch, b, true, &ws, err)) ||
+	    (st = zm_workspace_new(model->arch, eval_batch, false, &eval_ws,
+	                           err)) ||
+	    (st = zm_optim_new(model->arch, &ocfg, &opt, err)))
+		goto out;
+	order = zm_malloc(ts->n_train * sizeof(*order));
+	xb = zm_malloc(eval_batch * ts->features * sizeof(float));
+	yb = zm_malloc(eval_batch * ydim);
+	if (!order || !xb || !yb) {
+		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	memcpy(order, ts->train_idx, ts->n_train * sizeof(*order));
+	zm_rng_seed(&rng, cfg->seed);
+	rep.classification = classification;
+	rep.train_rows = ts->n_train;
+	rep.val_rows = ts->n_val;
+	for (epoch = 1; epoch <= cfg->epochs; epoch++) {
+		struct zm_batch_stats es = { 0, 0, 0 }, ls = { 0, 0, 0 };
+		double t0 = now_seconds();
+		size_t i;
+
+		zm_rng_shuffle(&rng, order, ts->n_train);
+		for (i = 0; i < ts->n_train; i += b) {
+			size_t m = ts->n_train - i < b ? ts->n_train - i : b;
+			struct zm_batch_stats bs = { 0, 0, 0 };
+			zm_trainset_gather(ts, order + i, m, xb, yb);
+			st = zm_train_step(model, opt, ws, xb, yb, m,
+			                   cfg->step_scale, &bs, err);
+			if (st != ZM_OK) {
+				zm_error_prefix(err, "epoch %zu, step %zu: ",
+				                epoch, rep.step + 1);
+				goto out;
+			}
+			es.loss_sum += bs.loss_sum;
+			es.correct += bs.correct;
+			es.rows += bs.rows;
+			ls.loss_sum += bs.loss_sum;
+			ls.rows += bs.rows;
+			rep.step++;
+			if (cb && cfg->log_every && rep.step % cfg->log_every == 0) {
+				rep.epoch_end = false;
+				rep.epoch = epoch;
+				rep.lr = zm_optim_lr(opt);
+				rep.loss = ls.loss_sum / (double)ls.rows;
+				cb(&rep, ctx);
+				memset(&ls, 0, sizeof(ls));
+			}
+		}
+		rep.samples_per_s = (double)es.rows / (now_seconds() - t0);
+		rep.epoch_end = true;
+		rep.epoch = epoch;
+		rep.lr = zm_optim_lr(opt);
+		rep.train_loss = es.loss_sum / (double)es.rows;
+		rep.train_accuracy = (double)es.correct / (double)es.rows;
+		rep.loss = rep.train_loss;
+		if (ts->n_val) {
+			struct zm_batch_stats vs;
+			st = evaluate_rows(model, eval_ws, ts, ts->val_idx,
+			                   ts->n_val, xb, yb, &vs, err);
+			if (st != ZM_OK)
+				goto out;
+			rep.val_loss = vs.loss_sum / (double)vs.rows;
+			rep.val_accuracy = (double)vs.correct / (double)vs.rows;
+		}
+		if (cb)
+			cb(&rep, ctx);
+	}
+	if (last)
+		*last = rep;
+out:
+	free(order);
+	free(xb);
+	free(yb);
+	zm_optim_free(opt);
+	zm_workspace_free(ws);
+	zm_workspace_free(eval_ws);
+	return st;
+}
+
+enum zm_status zm_trainset_profile(const struct zm_trainset *ts,
+                                   const struct zm_model *model,
+                                   struct zm_profile *p,
+                                   struct zm_error *err)
+{
+	const struct zm_arch *a = model->arch;
+	struct zm_workspace *ws = NULL;
+	size_t b = 1024, i, l;
+	float *xb = NULL;
+	int64_t *yb = NULL;
+	enum zm_status st;
+
+	if ((st = zm_workspace_new(a, b, false, &ws, err)) != ZM_OK)
+		return st;
+	xb = zm_malloc(b * ts->features * sizeof(float));
+	yb = zm_malloc(b * sizeof(int64_t));
+	if (!xb || !yb) {
+		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	for (i = 0; i < ts->n_train; i += b) {
+		size_t m = ts->n_train - i < b ? ts->n_train - i : b;
+		zm_trainset_gather(ts, ts->train_idx + i, m, xb, NULL);
+		st = zm_profile_add_batch(p, ZM_PROFILE_INPUT, xb, m,
+		                          ts->features, err);
+		if (st != ZM_OK)
+			goto out;
+		zm_model_forward(model, ws, xb, m);
+		for (l = 1; l < a->n_layers; l++) {
+			const struct zm_layer_spec *s = &a->layers[l];
+			if (a->layers[l - 1].type == ZM_LAYER_FLATTEN && l > 1)
+				continue;	/* same values as the layer before */
+			st = zm_profile_add_batch(p, s->name, ws->out[l - 1], m,
+			                          s->in_features, err);
+			if (st != ZM_OK)
+				goto out;
+		}
+		if (ts->labels) {
+			zm_gather_labels(ts->labels, ts->train_idx + i, m, yb);
+			st = zm_profile_add_labels(p, yb, m, err);
+			if (st != ZM_OK)
+				goto out;
+		}
+	}
+out:
+	free(xb);
+	free(yb);
+	zm_workspace_free(ws);
+	return st;
+}

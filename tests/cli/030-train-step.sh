@@ -1,0 +1,131 @@
+#!/bin/sh
+# train-step: training drives the loss down, updates and --apply, logs,
+# determinism, bad input, conflicts, and crashes at every write leave the
+# zoo at the old version or the new one, never between.
+. "$(dirname "$0")/lib.sh"
+
+# A small separable problem: class = which of 4 features is largest.
+awk 'BEGIN {
+	srand(7); print "f0,f1,f2,f3,label";
+	for (i = 0; i < 600; i++) {
+		c = i % 4; line = "";
+		for (j = 0; j < 4; j++) {
+			v = rand() * 0.5; if (j == c) v += 1;
+			line = line (j ? "," : "") sprintf("%.4f", v);
+		}
+		print line "," c;
+	}
+}' >"$T/data.csv"
+tensor import --from csv --label label -o "$T/data.safetensors.gz" "$T/data.csv"
+cat >"$T/arch.yaml" <<'YAML'
+input: [4]
+layers:
+  - {name: hidden, units: 8, activation: tanh}
+  - {name: out, units: 4}
+YAML
+Z=$T/zoo
+zoo-add --zoo "$Z" --name m --arch "$T/arch.yaml" --seed 3 2>/dev/null
+
+run train-step --help
+expect_rc 0 "--help"
+run train-step --zoo "$Z" --model m --epochs 20 --lr 0.1 --seed 1 \
+	--log "$T/log.jsonl" -o "$T/u1.safetensors.gz" "$T/data.safetensors.gz"
+expect_rc 0 "train and write an update stream"
+check "the log has one line per epoch end" test "$(grep -c '"epoch_end":true' "$T/log.jsonl")" -eq 20
+first=$(grep '"epoch_end":true' "$T/log.jsonl" | head -1 | sed 's/.*"train_loss":\([^,]*\).*/\1/')
+last=$(grep '"epoch_end":true' "$T/log.jsonl" | tail -1 | sed 's/.*"train_loss":\([^,]*\).*/\1/')
+check "the training loss falls by more than half ($first -> $last)" \
+	awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < 0.5 * a) }'
+acc=$(grep '"epoch_end":true' "$T/log.jsonl" | tail -1 | sed 's/.*"val_acc":\([^,]*\).*/\1/')
+check "held-out accuracy above 0.9 ($acc)" awk -v a="$acc" 'BEGIN { exit !(a > 0.9) }'
+run tensor info "$T/u1.safetensors.gz"
+check "the update is an update document" grep -q 'zm.kind.*update' "$T/out"
+check "with deltas of every parameter" sh -c "grep -q 'hidden.weight' '$T/out' && grep -q 'out.bias' '$T/out'"
+check "the parent version" grep -q 'zm.parent.*1' "$T/out"
+check "and the profile of the data" grep -q 'profile.input.mean' "$T/out"
+check "without --apply the zoo stays at v1" grep -q 'version: 1' "$Z/zoo.yaml"
+
+run train-step --zoo "$Z" --model m --epochs 20 --lr 0.1 --seed 1 \
+	-o "$T/u2.safetensors.gz" "$T/data.safetensors.gz"
+check "the same seed gives the same update, byte for byte" cmp -s "$T/u1.safetensors.gz" "$T/u2.safetensors.gz"
+run sh -c "train-step --zoo '$Z' --model m --epochs 1 --seed 2 < '$T/data.safetensors.gz' | tensor info -"
+expect_rc 0 "data from stdin, update to a pipe"
+
+run train-step --zoo "$Z" --model m --epochs 5 --lr 0.1 --apply --optimizer adam "$T/data.safetensors.gz"
+expect_rc 0 "--apply"
+check "the zoo points at v2" grep -q 'file: models/m/v2.safetensors.gz' "$Z/zoo.yaml"
+check "with metrics" grep -q 'accuracy:' "$Z/zoo.yaml"
+run tensor info "$Z/models/m/v2.safetensors.gz"
+check "v2 carries the profile" grep -q 'profile.out.var' "$T/out"
+check "v2 names its parent" grep -q 'zm.parent.*1' "$T/out"
+
+# Bad input: nothing changes.
+cp "$Z/zoo.yaml" "$T/before.yaml"
+printf 'a,b,label\n1,2,0\n3,4,1\n' >"$T/narrow.csv"
+tensor import --from csv --label label -o "$T/narrow.safetensors.gz" "$T/narrow.csv"
+run train-step --zoo "$Z" --model m --apply "$T/narrow.safetensors.gz"
+expect_rc 1 "a width mismatch is refused"
+expect_err "2 features.*expects 4" "naming both widths"
+sed 's/^\(1\.[0-9]*\),/nan,/' "$T/data.csv" | head -50 >"$T/nan.csv"
+if tensor import --from csv --label label -o "$T/nan.safetensors.gz" "$T/nan.csv" 2>/dev/null; then
+	run train-step --zoo "$Z" --model m --apply "$T/nan.safetensors.gz"
+	expect_rc 1 "NaN in the data is refused"
+	expect_err "non-finite" "and named"
+fi
+awk -F, 'NR == 1 || NR > 20 { print } NR > 1 && NR <= 20 { $5 = 9; print }' OFS=, "$T/data.csv" >"$T/range.csv"
+tensor import --from csv --label label -o "$T/range.safetensors.gz" "$T/range.csv"
+run train-step --zoo "$Z" --model m --apply "$T/range.safetensors.gz"
+expect_rc 1 "a label out of range is refused"
+expect_err "label 9 out of range" "with the label"
+head -c 300 "$T/data.safetensors.gz" >"$T/trunc.safetensors.gz"
+run train-step --zoo "$Z" --model m --apply "$T/trunc.safetensors.gz"
+expect_rc 1 "truncated data is refused"
+run train-step --zoo "$Z" --model nosuch "$T/data.safetensors.gz"
+expect_rc 1 "an unknown model"
+expect_err "no model named 'nosuch'" "is named"
+run train-step --zoo "$Z" --model m --lr 0.1 --lr-typo 1 "$T/data.safetensors.gz"
+expect_rc 2 "an unknown option is a usage error"
+run train-step --zoo "$Z" --model m --epochs 0 "$T/data.safetensors.gz"
+expect_rc 2 "zero epochs is a usage error"
+run train-step --zoo "$Z" --model m --optimizer rmsprop "$T/data.safetensors.gz"
+expect_rc 2 "an unknown optimizer is a usage error"
+run train-step --zoo "$Z" --model m -o "$T/nodir/u.safetensors.gz" "$T/data.safetensors.gz"
+expect_rc 1 "an unwritable output fails"
+if [ -w /dev/full ]; then
+	run sh -c "train-step --zoo '$Z' --model m '$T/data.safetensors.gz' >/dev/full"
+	expect_rc 1 "a full disk fails the run"
+fi
+run train-step --zoo "$Z" --model m --lr 1000 --epochs 3 -o "$T/big.safetensors.gz" "$T/data.safetensors.gz"
+if [ "$rc" -ne 0 ]; then
+	expect_err "diverged|non-finite" "a diverging run is refused with a reason"
+else
+	pass "a large learning rate that still converges is accepted"
+fi
+check "after all the bad runs the index is unchanged" cmp -s "$Z/zoo.yaml" "$T/before.yaml"
+
+# Crashes: SIGKILL at every write, fsync and rename of an --apply leaves
+# the index valid and at v2 or v3, and the model it names loads.
+rm -f "$T/counts"
+cp -r "$Z" "$T/zc"
+ZM_FAULT_COUNT=$T/counts train-step --zoo "$T/zc" --model m --epochs 1 --apply --quiet "$T/data.safetensors.gz"
+bad=0
+kills=0
+for kind in write fsync rename; do
+	n=$(sed -n "s/^$kind //p" "$T/counts")
+	i=1
+	while [ "$i" -le "${n:-0}" ]; do
+		rm -rf "$T/zc" && cp -r "$Z" "$T/zc"
+		rc=0
+		ZM_FAULT=$kind:$i:kill train-step --zoo "$T/zc" --model m --epochs 1 --apply --quiet "$T/data.safetensors.gz" 2>/dev/null || rc=$?
+		[ "$rc" -eq 137 ] && kills=$((kills + 1))
+		v=$(zoo-ls --zoo "$T/zc" --format yaml | sed -n 's/^    version: //p')
+		case $v in
+		2|3) train-step --zoo "$T/zc" --model m --epochs 1 --quiet -o /dev/null "$T/data.safetensors.gz" 2>/dev/null || bad=$((bad + 1)) ;;
+		*) bad=$((bad + 1)); echo "# kill at $kind:$i left version '$v'" ;;
+		esac
+		i=$((i + 1))
+	done
+done
+if [ "$bad" -eq 0 ] && [ "$kills" -gt 0 ]; then pass "$kills kill points leave a valid zoo"; else fail "kills: $bad bad of $kills"; fi
+
+finish
