@@ -26,11 +26,11 @@
 #include "zoo.h"
 
 static const char usage_str[] =
-	"usage: predict (--zoo DIR --model NAME | --model-file FILE)\n"
-	"               [--batch-size N] [--threads N] [--metrics FILE]\n"
-	"               [--output csv|stream] [--compress N] [-o OUT]\n"
-	"               [--from stream|csv|idx] [--label COLUMN]\n"
-	"               [--images IDX [--labels IDX]] [--quiet | --progress] [FILE]\n"
+	"usage: predict (--zoo DIR --model NAME | --model-file FILE) [--batch-size N]\n"
+	"               [--threads N] [--metrics FILE] [--output csv|stream]\n"
+	"               [--compress LEVEL] [-o OUT] [--from stream|csv|idx]\n"
+	"               [--label COLUMN] [--images IDX [--labels IDX]]\n"
+	"               [--quiet|--progress] [FILE]\n"
 	"       predict -h | --help | --version\n";
 
 struct predict_opts {
