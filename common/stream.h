@@ -71,7 +71,8 @@ enum zm_status zm_reader_open_mem(struct zm_reader **r, const void *data,
 void zm_reader_close(struct zm_reader *r);
 
 /* Refuses documents whose data section exceeds max bytes (default: 16 GiB
- * or ZM_MAX_MEMORY), checked before allocating. */
+ * or ZM_MAX_MEMORY, in bytes with an optional K, M, G or T suffix) with
+ * ZM_ERR_FORMAT, checked before allocating. */
 void zm_reader_set_limit(struct zm_reader *r, uint64_t max_doc_bytes);
 
 /*
