@@ -520,9 +520,8 @@ static bool yaml_plain_is_special(const char *s)
 void zm_yaml_scalar(struct zm_buf *b, const char *s, bool numeric)
 {
 	const char *p;
-	double d;
 
-	if (numeric && zm_parse_double(s, &d)) {
+	if (numeric && zm_json_is_number(s)) {
 		zm_buf_puts(b, s);
 		return;
 	}

@@ -217,3 +217,40 @@ void zm_json_double(struct zm_buf *b, double v)
 {
 	json_number(b, 17, v);
 }
+
+static const char *skip_digits(const char *p)
+{
+	while (*p >= '0' && *p <= '9')
+		p++;
+	return p;
+}
+
+bool zm_json_is_number(const char *s)
+{
+	const char *p = s, *q;
+
+	if (*p == '-')
+		p++;
+	if (*p == '0')
+		p++;
+	else if (*p >= '1' && *p <= '9')
+		p = skip_digits(p);
+	else
+		return false;
+	if (*p == '.') {
+		q = skip_digits(p + 1);
+		if (q == p + 1)
+			return false;
+		p = q;
+	}
+	if (*p == 'e' || *p == 'E') {
+		p++;
+		if (*p == '+' || *p == '-')
+			p++;
+		q = skip_digits(p);
+		if (q == p)
+			return false;
+		p = q;
+	}
+	return *p == '\0';
+}

@@ -35,4 +35,9 @@ void zm_json_string(struct zm_buf *b, const char *s, size_t n);
 void zm_json_float(struct zm_buf *b, double v);
 void zm_json_double(struct zm_buf *b, double v);   /* "%.17g" */
 
+/* True when s is exactly a JSON number (RFC 8259 grammar: no leading
+ * zeros, '+', spaces, hex, "inf" or trailing dot), so it can be written
+ * unquoted and reads back as the same text. */
+bool zm_json_is_number(const char *s);
+
 #endif

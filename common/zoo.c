@@ -120,17 +120,6 @@ enum zm_status zm_kv_from_json(struct zm_kv_list *l, const char *json,
 	return st;
 }
 
-/* A decimal number as JSON spells it (strtod also takes hex and "inf"). */
-static bool json_number_text(const char *s)
-{
-	double d;
-
-	if (!zm_parse_double(s, &d))
-		return false;
-	return strspn(s, "-+0123456789.eE") == strlen(s) && s[0] != '+' &&
-	       s[0] != '.';
-}
-
 void zm_kv_to_json(const struct zm_kv_list *l, struct zm_buf *b)
 {
 	size_t i;
@@ -141,7 +130,7 @@ void zm_kv_to_json(const struct zm_kv_list *l, struct zm_buf *b)
 		zm_buf_puts(b, i ? "," : "");
 		zm_json_string(b, l->items[i].key, strlen(l->items[i].key));
 		zm_buf_puts(b, ":");
-		if (json_number_text(v))
+		if (zm_json_is_number(v))
 			zm_buf_puts(b, v);
 		else
 			zm_json_string(b, v, strlen(v));
