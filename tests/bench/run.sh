@@ -53,6 +53,15 @@ for b in "$BENCH"/bench_*; do
 	"$b" || { echo "bench: $(basename "$b") failed"; status=1; }
 done
 
+# Shell benchmarks: every tests/bench/*.sh but this one, with the same
+# environment (ZM_BIN, ZM_BENCH, ZM_BENCH_TRAIN, ZM_FASHION_MNIST).
+ZM_FASHION_MNIST=$FM
+export ZM_FASHION_MNIST
+for s in "$(dirname "$0")"/*.sh; do
+	[ "$(basename "$s")" = run.sh ] && continue
+	sh "$s" || { echo "bench: $(basename "$s") failed"; status=1; }
+done
+
 t_zcat=$(best_of "$ZM_BENCH_REPS" "zcat '$ZM_BENCH_TRAIN' > /dev/null")
 t_info=$(best_of "$ZM_BENCH_REPS" "'$BIN/tensor' info '$ZM_BENCH_TRAIN' > /dev/null")
 echo "bench: tensor-info-60k: $t_info s (zcat > /dev/null: $t_zcat s, ratio $(ratio "$t_info" "$t_zcat"))"
