@@ -23,4 +23,4 @@ t1=$(date +%s.%N)
 acc=$(sed -n 's/^accuracy: //p' "$T/m.yaml")
 sps=$(sed -n 's/.*"samples_per_s":\([0-9.]*\).*/\1/p' "$T/log.jsonl" | sort -n | tail -1)
 echo "bench: fmnist-mlp-test-accuracy: $acc (published MLP baseline: 0.8833, ratio $(awk -v a="$acc" 'BEGIN { printf "%.3f", a / 0.8833 }'))"
-echo "bench: fmnist-mlp-train-10-epochs: $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s, best epoch $sps samples/s (1 thread)"
+echo "# fmnist-mlp: 10 epochs in $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s, best epoch $sps samples/s (1 thread); speed against PyTorch is bench_mlp's"
