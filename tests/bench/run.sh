@@ -48,6 +48,10 @@ t_imp=$(best_of 3 "$imp") || { echo "bench: tensor import failed"; exit 1; }
 t_zimg=$(best_of 3 "zcat '$FM/train-images-idx3-ubyte.gz' '$FM/train-labels-idx1-ubyte.gz' > /dev/null")
 echo "bench: tensor-import-idx-60k: $t_imp s (zcat of the IDX files: $t_zimg s, ratio $(ratio "$t_imp" "$t_zimg"))"
 
+# bench_mlp reads the IDX files and runs its PyTorch peer
+# (tests/bench/torch_mlp.py, through ZM_SRCDIR) itself.
+ZM_FASHION_MNIST=$FM
+export ZM_FASHION_MNIST
 for b in "$BENCH"/bench_*; do
 	[ -x "$b" ] || continue
 	"$b" || { echo "bench: $(basename "$b") failed"; status=1; }
@@ -55,8 +59,6 @@ done
 
 # Shell benchmarks: every tests/bench/*.sh but this one, with the same
 # environment (ZM_BIN, ZM_BENCH, ZM_BENCH_TRAIN, ZM_FASHION_MNIST).
-ZM_FASHION_MNIST=$FM
-export ZM_FASHION_MNIST
 for s in "$(dirname "$0")"/*.sh; do
 	[ "$(basename "$s")" = run.sh ] && continue
 	sh "$s" || { echo "bench: $(basename "$s") failed"; status=1; }
