@@ -1,12 +1,16 @@
 /*
- * train-step: trains one model of a zoo on a data stream.  It reads the
- * model's current version, trains it for some epochs with SGD or Adam on
- * shuffled mini-batches (each step scaled by --step-scale, the weight of a
- * weighted update), measures loss and accuracy on a hashed held-out part
- * of the data, and updates the model's profile with the statistics of the
- * rows it trained on.  It writes an update stream (the parameter deltas,
- * the new data's profile and metrics) to stdout or -o, and with --apply
- * also stores the trained model as the model's next version in the zoo.
+ * train-step: trains models of a zoo on a data stream.  With --model it
+ * trains that model; with --assignment it trains every model the
+ * assignment gives the data's slice, each step scaled by the model's
+ * weight there, so a slice's update is shared among its models in
+ * proportion to their weights.  Each model starts from its current
+ * version, trains for some epochs with SGD or Adam on shuffled
+ * mini-batches, is measured before and after on a hashed held-out part of
+ * the data, and has its profile updated with the statistics of the rows it
+ * trained on.  It writes an update stream, one document per model (the
+ * parameter deltas, the data's profile, metrics), to stdout or -o; with
+ * --apply it also stores the trained models as their next versions, all
+ * in one atomic change of the zoo.
  */
 #include <getopt.h>
 #include <inttypes.h>
@@ -14,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "assignment.h"
 #include "cli.h"
 #include "fileio.h"
 #include "gemm.h"
@@ -25,9 +30,9 @@
 #include "zoo.h"
 
 static const char usage_str[] =
-	"usage: train-step --zoo DIR (--model NAME | --assignment FILE) [--epochs E]\n"
-	"                  [--batch-size B] [--lr LR] [--optimizer sgd|adam] [--seed N]\n"
-	"                  [--apply] [--log FILE] [-o UPDATES] [DATA]\n"
+	"usage: train-step --zoo DIR (--model NAME | --assignment FILE [--slice NAME])\n"
+	"                  [--epochs E] [--batch-size B] [--lr LR] [--optimizer sgd|adam]\n"
+	"                  [--seed N] [--apply] [--log FILE] [-o UPDATES] [DATA]\n"
 	"  training:   --momentum M  --weight-decay W  --schedule constant|step|cosine\n"
 	"              --step-size N  --gamma G  --min-lr LR  --step-scale W\n"
 	"  data:       --val-fraction F (default 0.1)  --max-memory MIB\n"
@@ -37,6 +42,8 @@ static const char usage_str[] =
 struct train_step_opts {
 	const char *zoo_dir;
 	const char *model;
+	const char *assignment;
+	const char *slice;         /* slice to look up in the assignment */
 	const char *data;
 	const char *out;           /* update stream; NULL: stdout unless --apply */
 	const char *log;
@@ -52,6 +59,7 @@ struct train_step_opts {
 /* Progress on stderr and JSON lines for the log, as training goes. */
 struct reporter {
 	const struct train_step_opts *o;
+	const char *model;         /* the model being trained */
 	bool progress;
 	struct zm_buf log;
 };
@@ -62,25 +70,25 @@ static void report(const struct zm_fit_report *r, void *ctx)
 	struct zm_buf *b = &rep->log;
 
 	zm_buf_puts(b, "{\"model\":");
-	zm_json_string(b, rep->o->model, strlen(rep->o->model));
+	zm_json_string(b, rep->model, strlen(rep->model));
 	zm_buf_printf(b, ",\"epoch\":%zu,\"step\":%zu,\"lr\":", r->epoch,
 	              r->step);
-	zm_json_double(b, r->lr);
+	zm_json_float(b, r->lr);
 	zm_buf_puts(b, ",\"loss\":");
-	zm_json_double(b, r->loss);
+	zm_json_float(b, r->loss);
 	if (r->epoch_end) {
 		zm_buf_puts(b, ",\"epoch_end\":true,\"train_loss\":");
-		zm_json_double(b, r->train_loss);
+		zm_json_float(b, r->train_loss);
 		if (r->classification) {
 			zm_buf_puts(b, ",\"train_acc\":");
-			zm_json_double(b, r->train_accuracy);
+			zm_json_float(b, r->train_accuracy);
 		}
 		if (r->val_rows) {
 			zm_buf_puts(b, ",\"val_loss\":");
-			zm_json_double(b, r->val_loss);
+			zm_json_float(b, r->val_loss);
 			if (r->classification) {
 				zm_buf_puts(b, ",\"val_acc\":");
-				zm_json_double(b, r->val_accuracy);
+				zm_json_float(b, r->val_accuracy);
 			}
 		}
 		zm_buf_printf(b, ",\"samples_per_s\":%.1f", r->samples_per_s);
@@ -89,7 +97,7 @@ static void report(const struct zm_fit_report *r, void *ctx)
 	if (!rep->progress || !r->epoch_end)
 		return;
 	fprintf(stderr, "%s: %s epoch %zu/%zu: loss %.4f", zm_cli_name(),
-	        rep->o->model, r->epoch, rep->o->fit.epochs, r->train_loss);
+	        rep->model, r->epoch, rep->o->fit.epochs, r->train_loss);
 	if (r->classification)
 		fprintf(stderr, " acc %.4f", r->train_accuracy);
 	if (r->val_rows) {
@@ -100,18 +108,26 @@ static void report(const struct zm_fit_report *r, void *ctx)
 	fprintf(stderr, " (%.0f samples/s)\n", r->samples_per_s);
 }
 
-/* The metrics JSON of a training run (zm.metrics). */
-static void metrics_json(const struct zm_fit_report *r, struct zm_buf *b)
+/* The metrics JSON of a training run (zm.metrics): held-out loss and
+ * accuracy after training (the model's metrics) and before it. */
+static void metrics_json(const struct zm_fit_report *r,
+                         const struct zm_batch_stats *before,
+                         struct zm_buf *b)
 {
 	zm_buf_puts(b, "{");
 	if (r->val_rows) {
 		if (r->classification) {
 			zm_buf_puts(b, "\"accuracy\":");
 			zm_json_float(b, r->val_accuracy);
+			zm_buf_puts(b, ",\"accuracy_before\":");
+			zm_json_float(b, (double)before->correct /
+			              (double)before->rows);
 			zm_buf_puts(b, ",");
 		}
 		zm_buf_puts(b, "\"loss\":");
 		zm_json_float(b, r->val_loss);
+		zm_buf_puts(b, ",\"loss_before\":");
+		zm_json_float(b, before->loss_sum / (double)before->rows);
 		zm_buf_printf(b, ",\"val_samples\":%zu,", r->val_rows);
 	}
 	if (r->classification) {
@@ -126,18 +142,19 @@ static void metrics_json(const struct zm_fit_report *r, struct zm_buf *b)
 }
 
 static void hparams_json(const struct train_step_opts *o,
-                         const struct zm_trainset *ts, struct zm_buf *b)
+                         const struct zm_trainset *ts, float step_scale,
+                         struct zm_buf *b)
 {
 	const struct zm_optim_config *c = &o->fit.optim;
 
 	zm_buf_printf(b, "{\"optimizer\":\"%s\",\"lr\":",
 	              zm_optim_kind_name(c->kind));
-	zm_json_double(b, c->lr);
+	zm_json_float(b, c->lr);
 	zm_buf_printf(b, ",\"epochs\":%zu,\"batch_size\":%zu,\"seed\":%"
 	              PRIu64 ",\"schedule\":\"%s\",\"step_scale\":",
 	              o->fit.epochs, o->fit.batch_size, o->fit.seed,
 	              zm_lr_schedule_name(c->schedule));
-	zm_json_float(b, o->fit.step_scale);
+	zm_json_float(b, step_scale);
 	if (ts->slice) {
 		zm_buf_puts(b, ",\"slice\":");
 		zm_json_string(b, ts->slice, strlen(ts->slice));
@@ -145,27 +162,39 @@ static void hparams_json(const struct train_step_opts *o,
 	zm_buf_puts(b, "}");
 }
 
-/* Loads the current version of the model under a shared lock, which is
- * released before training so other jobs can use the zoo meanwhile. */
-static enum zm_status load_model(const struct train_step_opts *o,
-                                 struct zm_model **m, int64_t *version,
-                                 struct zm_error *err)
+/* One model to train: its name, step scale and, once trained, results. */
+struct job {
+	const char *name;
+	float weight;
+	struct zm_model *base, *trained;
+	int64_t version;           /* the version training started from */
+	struct zm_profile data_profile;
+};
+
+/* Loads the current versions of the models under one shared lock, which
+ * is released before training so other jobs can use the zoo meanwhile. */
+static enum zm_status load_models(const struct train_step_opts *o,
+                                  struct job *jobs, size_t n,
+                                  struct zm_error *err)
 {
 	struct zm_zoo *zoo = NULL;
-	struct zm_zoo_entry *e;
+	struct zm_zoo_entry *e = NULL;
 	struct zm_doc doc;
 	enum zm_status st;
+	size_t i;
 
 	zm_doc_init(&doc);
 	st = zm_zoo_open(&zoo, o->zoo_dir, ZM_ZOO_READ, err);
-	if (st == ZM_OK)
-		st = zm_zoo_get(zoo, o->model, &e, err);
-	if (st == ZM_OK) {
-		*version = e->version;
-		st = zm_zoo_read_model(zoo, e, &doc, err);
+	for (i = 0; st == ZM_OK && i < n; i++) {
+		st = zm_zoo_get(zoo, jobs[i].name, &e, err);
+		if (st == ZM_OK) {
+			jobs[i].version = e->version;
+			st = zm_zoo_read_model(zoo, e, &doc, err);
+		}
+		if (st == ZM_OK &&
+		    (st = zm_model_from_doc(&doc, NULL, &jobs[i].base, err)))
+			zm_error_prefix(err, "%s/%s: ", o->zoo_dir, e->file);
 	}
-	if (st == ZM_OK && (st = zm_model_from_doc(&doc, NULL, m, err)))
-		zm_error_prefix(err, "%s/%s: ", o->zoo_dir, e->file);
 	zm_doc_release(&doc);
 	zm_zoo_close(zoo);
 	return st;
@@ -173,12 +202,8 @@ static enum zm_status load_model(const struct train_step_opts *o,
 
 /* The update document: trained minus base parameters, the profile of the
  * data trained on, and the run's metrics. */
-static enum zm_status make_update(const struct zm_model *base,
-                                  const struct zm_model *trained,
-                                  const struct zm_profile *data_profile,
-                                  int64_t version, const char *metrics,
+static enum zm_status make_update(const struct job *j,
                                   const struct zm_trainset *ts,
-                                  const struct train_step_opts *o,
                                   struct zm_doc *doc, struct zm_error *err)
 {
 	struct zm_model *delta = NULL;
@@ -186,12 +211,12 @@ static enum zm_status make_update(const struct zm_model *base,
 	char num[64];
 	size_t l, i;
 
-	st = zm_model_copy(trained, &delta, err);
+	st = zm_model_copy(j->trained, &delta, err);
 	if (st != ZM_OK)
 		return st;
 	for (l = 0; l < delta->arch->n_layers; l++) {
 		struct zm_layer *d = &delta->layers[l];
-		const struct zm_layer *b = &base->layers[l];
+		const struct zm_layer *b = &j->base->layers[l];
 		float *w = d->weight.data, *bias = d->bias.data;
 		const float *bw = b->weight.data, *bb = b->bias.data;
 		if (!d->spec->has_params)
@@ -206,18 +231,17 @@ static enum zm_status make_update(const struct zm_model *base,
 	if (st != ZM_OK)
 		return st;
 	zm_profile_remove_from_doc(doc);
-	if ((st = zm_profile_to_doc(data_profile, doc, err)))
+	if ((st = zm_profile_to_doc(&j->data_profile, doc, err)))
 		return st;
-	snprintf(num, sizeof(num), "%" PRId64, version);
+	snprintf(num, sizeof(num), "%" PRId64, j->version);
 	if ((st = zm_doc_set_meta(doc, "zm.kind", "update", err)) ||
-	    (st = zm_doc_set_meta(doc, "zm.name", o->model, err)) ||
-	    (st = zm_doc_set_meta(doc, "zm.parent", num, err)) ||
-	    (st = zm_doc_set_meta(doc, "zm.metrics", metrics, err)))
+	    (st = zm_doc_set_meta(doc, "zm.name", j->name, err)) ||
+	    (st = zm_doc_set_meta(doc, "zm.parent", num, err)))
 		return st;
 	snprintf(num, sizeof(num), "%zu", ts->n_train);
 	if ((st = zm_doc_set_meta(doc, "zm.samples", num, err)))
 		return st;
-	snprintf(num, sizeof(num), "%.9g", (double)o->fit.step_scale);
+	snprintf(num, sizeof(num), "%.9g", (double)j->weight);
 	if ((st = zm_doc_set_meta(doc, "zm.weight", num, err)))
 		return st;
 	if (ts->slice && (st = zm_doc_set_meta(doc, "zm.slice", ts->slice, err)))
@@ -225,38 +249,47 @@ static enum zm_status make_update(const struct zm_model *base,
 	return ZM_OK;
 }
 
-/* Stores the trained model as the next version, unless the model moved on
- * while we trained (then the caller should re-run or merge updates). */
+/* Stores the trained models as their next versions in one change, unless
+ * one of them moved on while we trained (then the caller should re-run or
+ * merge the updates instead). */
 static enum zm_status apply_to_zoo(const struct train_step_opts *o,
-                                   const struct zm_model *trained,
-                                   int64_t base_version, int64_t *version,
+                                   struct job *jobs, size_t n,
                                    struct zm_error *err)
 {
 	struct zm_zoo *zoo = NULL;
 	struct zm_zoo_entry *e;
 	struct zm_doc doc;
 	enum zm_status st;
+	int64_t version;
+	size_t i;
 
 	zm_doc_init(&doc);
 	st = zm_zoo_open(&zoo, o->zoo_dir, ZM_ZOO_WRITE, err);
-	if (st == ZM_OK)
-		st = zm_zoo_get(zoo, o->model, &e, err);
-	if (st == ZM_OK && e->version != base_version)
-		st = zm_error_set(err, ZM_ERR_CONFLICT,
-		                  "model '%s' moved from v%" PRId64 " to v%" PRId64
-		                  " while training; nothing was applied (re-run, "
-		                  "or write updates with -o and merge them)",
-		                  o->model, base_version, e->version);
-	if (st == ZM_OK)
-		st = zm_model_to_doc(trained, &doc, err);
-	if (st == ZM_OK)
-		st = zm_zoo_put_model(zoo, o->model, &doc, version, err);
-	if (st == ZM_OK) {
-		e = zm_zoo_find(zoo, o->model);
-		e->params = (int64_t)zm_arch_param_count(trained->arch);
-		zm_kv_release(&e->metrics);
-		st = zm_kv_from_json(&e->metrics, trained->metrics,
-		                     "zm.metrics", err);
+	for (i = 0; st == ZM_OK && i < n; i++) {
+		const struct zm_model *m = jobs[i].trained;
+		st = zm_zoo_get(zoo, jobs[i].name, &e, err);
+		if (st == ZM_OK && e->version != jobs[i].version)
+			st = zm_error_set(err, ZM_ERR_CONFLICT,
+			                  "model '%s' moved from v%" PRId64 " to v%"
+			                  PRId64 " while training; nothing was "
+			                  "applied (re-run, or write updates with "
+			                  "-o and merge them)", jobs[i].name,
+			                  jobs[i].version, e->version);
+		if (st == ZM_OK)
+			st = zm_model_to_doc(m, &doc, err);
+		if (st == ZM_OK)
+			st = zm_zoo_put_model(zoo, jobs[i].name, &doc, &version,
+			                      err);
+		if (st == ZM_OK) {
+			e = zm_zoo_find(zoo, jobs[i].name);
+			e->params = (int64_t)zm_arch_param_count(m->arch);
+			zm_kv_release(&e->metrics);
+			st = zm_kv_from_json(&e->metrics, m->metrics,
+			                     "zm.metrics", err);
+		}
+		if (st == ZM_OK && !o->quiet)
+			fprintf(stderr, "%s: %s is now v%" PRId64 "\n",
+			        zm_cli_name(), jobs[i].name, version);
 	}
 	if (st == ZM_OK)
 		st = zm_zoo_commit(zoo, err);
@@ -281,33 +314,150 @@ static enum zm_status write_text(const char *path, const struct zm_buf *b,
 	return st;
 }
 
+/*
+ * The models to train: --model, or the assignment's models of the data's
+ * slice (named by --slice, else by the data's zm.slice, else the entry
+ * whose file is the data file).  Models with weight 0 are skipped.
+ */
+static enum zm_status plan_jobs(const struct train_step_opts *o,
+                                const struct zm_assignment *a,
+                                const struct zm_trainset *ts,
+                                struct job **jobs, size_t *n,
+                                struct zm_error *err)
+{
+	const struct zm_assignment_slice *s = NULL;
+	const char *name = o->slice ? o->slice : ts->slice;
+	size_t i;
+
+	*n = 0;
+	*jobs = NULL;
+	if (!a) {
+		if (!(*jobs = calloc(1, sizeof(**jobs))))
+			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		(*jobs)[0].name = o->model;
+		(*jobs)[0].weight = o->fit.step_scale;
+		*n = 1;
+		return ZM_OK;
+	}
+	if (name)
+		s = zm_assignment_find(a, name);
+	for (i = 0; !s && !name && i < a->n_slices; i++) {
+		const char *f = a->slices[i].file;
+		const char *base = f ? strrchr(f, '/') : NULL;
+		const char *dbase = strrchr(o->data, '/');
+		if (f && (!strcmp(f, o->data) ||
+		          !strcmp(base ? base + 1 : f, dbase ? dbase + 1 : o->data)))
+			s = &a->slices[i];
+	}
+	if (!s)
+		return zm_error_set(err, ZM_ERR_NOTFOUND, "%s: no slice %s%s%s "
+		                    "in the assignment %s", o->data,
+		                    name ? "'" : "for this file",
+		                    name ? name : "", name ? "'" : "",
+		                    o->assignment);
+	*jobs = calloc(s->n_models ? s->n_models : 1, sizeof(**jobs));
+	if (!*jobs)
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	for (i = 0; i < s->n_models; i++) {
+		if (s->models[i].weight <= 0)
+			continue;
+		(*jobs)[*n].name = s->models[i].model;
+		(*jobs)[*n].weight = (float)s->models[i].weight *
+		                     o->fit.step_scale;
+		(*n)++;
+	}
+	if (*n == 0)
+		return zm_error_set(err, ZM_ERR_DATA, "slice '%s' has no model "
+		                    "with a positive weight in %s (assign "
+		                    "--create makes one)", s->slice,
+		                    o->assignment);
+	return ZM_OK;
+}
+
+/* Trains one model and fills in its trained copy, profile and metrics. */
+static enum zm_status train_one(const struct train_step_opts *o,
+                                struct job *j, const struct zm_trainset *ts,
+                                struct reporter *rep, struct zm_error *err)
+{
+	struct zm_fit_config fit = o->fit;
+	struct zm_fit_report last;
+	struct zm_batch_stats before;
+	struct zm_profile merged;
+	struct zm_buf metrics, hparams;
+	enum zm_status st;
+	size_t l;
+
+	zm_profile_init(&merged);
+	zm_buf_init(&metrics);
+	zm_buf_init(&hparams);
+	fit.step_scale = j->weight;
+	rep->model = j->name;
+	if ((st = zm_trainset_evaluate(j->base, ts, &before, err)) ||
+	    (st = zm_model_copy(j->base, &j->trained, err)) ||
+	    (st = zm_fit(j->trained, ts, &fit, report, rep, &last, err))) {
+		zm_error_prefix(err, "model '%s': ", j->name);
+		goto out;
+	}
+	for (l = 0; l < j->trained->arch->n_layers; l++) {
+		const struct zm_layer *layer = &j->trained->layers[l];
+		if (!layer->spec->has_params)
+			continue;
+		if ((st = zm_tensor_check_finite(&layer->weight, err)) ||
+		    (st = zm_tensor_check_finite(&layer->bias, err))) {
+			zm_error_prefix(err, "model '%s': training diverged "
+			                "(lower --lr?): ", j->name);
+			goto out;
+		}
+	}
+	/* Profiles: the data trained on, merged into what the model saw. */
+	if ((st = zm_trainset_profile(ts, j->trained, &j->data_profile, err)))
+		goto out;
+	st = zm_profile_from_doc(&merged, &j->trained->extra, err);
+	if (st == ZM_ERR_NOTFOUND)
+		st = ZM_OK;
+	if (st != ZM_OK ||
+	    (st = zm_profile_merge(&merged, &j->data_profile, err)) ||
+	    (st = zm_profile_replace_in_doc(&merged, &j->trained->extra, err)))
+		goto out;
+	metrics_json(&last, &before, &metrics);
+	hparams_json(o, ts, j->weight, &hparams);
+	if (metrics.failed || hparams.failed) {
+		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	if ((st = zm_model_set_string(&j->trained->metrics, metrics.data, err)) ||
+	    (st = zm_model_set_string(&j->trained->hparams, hparams.data, err)))
+		goto out;
+out:
+	zm_profile_release(&merged);
+	zm_buf_release(&metrics);
+	zm_buf_release(&hparams);
+	return st;
+}
+
 static int run(struct train_step_opts *o)
 {
 	struct zm_error err;
 	struct zm_trainset ts;
-	struct zm_model *base = NULL, *m = NULL;
-	struct zm_profile old_profile, data_profile;
-	struct zm_fit_report last;
-	struct reporter rep = { o, false, { NULL, 0, 0, false } };
+	struct zm_assignment assignment;
+	struct reporter rep = { o, "", false, { NULL, 0, 0, false } };
 	struct zm_writer *w = NULL;
-	struct zm_buf metrics, hparams;
 	struct zm_doc update;
+	struct job *jobs = NULL;
+	size_t n_jobs = 0, i;
 	enum zm_status st;
-	int64_t base_version = 0, version = 0;
 	const char *out = o->out ? o->out : (o->apply ? NULL : "-");
 
 	zm_error_clear(&err);
 	zm_trainset_init(&ts, o->max_memory);
-	zm_profile_init(&old_profile);
-	zm_profile_init(&data_profile);
-	zm_buf_init(&metrics);
-	zm_buf_init(&hparams);
+	zm_assignment_init(&assignment);
 	zm_buf_init(&rep.log);
 	zm_doc_init(&update);
 	rep.progress = zm_cli_progress_wanted(o->progress, o->quiet);
 	zm_gemm_setup(o->threads);
 
-	if ((st = load_model(o, &base, &base_version, &err)) != ZM_OK)
+	if (o->assignment &&
+	    (st = zm_assignment_load(o->assignment, &assignment, &err)))
 		goto out;
 	/* Open the output before the long work: a bad path fails at once. */
 	if (out && (st = zm_writer_open(&w, out, o->compress, &err)) != ZM_OK)
@@ -315,51 +465,29 @@ static int run(struct train_step_opts *o)
 	if ((st = zm_trainset_load(&ts, o->data, &err)) != ZM_OK ||
 	    (st = zm_trainset_split(&ts, o->val_fraction, o->fit.seed, &err)))
 		goto out;
-	if ((st = zm_model_copy(base, &m, &err)) != ZM_OK)
+	st = plan_jobs(o, o->assignment ? &assignment : NULL, &ts, &jobs,
+	               &n_jobs, &err);
+	for (i = 0; i < n_jobs; i++)
+		zm_profile_init(&jobs[i].data_profile);
+	if (st != ZM_OK || (st = load_models(o, jobs, n_jobs, &err)))
 		goto out;
-	if ((st = zm_fit(m, &ts, &o->fit, report, &rep, &last, &err)) != ZM_OK)
-		goto out;
-	for (size_t l = 0; l < m->arch->n_layers; l++) {
-		if (!m->layers[l].spec->has_params)
-			continue;
-		if ((st = zm_tensor_check_finite(&m->layers[l].weight, &err)) ||
-		    (st = zm_tensor_check_finite(&m->layers[l].bias, &err))) {
-			zm_error_prefix(&err, "training diverged (lower --lr?): ");
+	for (i = 0; i < n_jobs; i++) {
+		if ((st = train_one(o, &jobs[i], &ts, &rep, &err)))
 			goto out;
-		}
+		if (!w)
+			continue;
+		if ((st = make_update(&jobs[i], &ts, &update, &err)) ||
+		    (st = zm_writer_write_doc(w, &update, &err)))
+			goto out;
 	}
-	/* Profiles: the data trained on, merged into what the model saw. */
-	if ((st = zm_trainset_profile(&ts, m, &data_profile, &err)))
-		goto out;
-	st = zm_profile_from_doc(&old_profile, &m->extra, &err);
-	if (st == ZM_ERR_NOTFOUND)
-		st = ZM_OK;
-	if (st != ZM_OK ||
-	    (st = zm_profile_merge(&old_profile, &data_profile, &err)) ||
-	    (st = zm_profile_replace_in_doc(&old_profile, &m->extra, &err)))
-		goto out;
-	metrics_json(&last, &metrics);
-	hparams_json(o, &ts, &hparams);
-	if (metrics.failed || hparams.failed || rep.log.failed) {
+	if (rep.log.failed) {
 		st = zm_error_set(&err, ZM_ERR_NOMEM, "out of memory");
 		goto out;
 	}
-	if ((st = zm_model_set_string(&m->metrics, metrics.data, &err)) ||
-	    (st = zm_model_set_string(&m->hparams, hparams.data, &err)))
-		goto out;
-	if (w) {
-		st = make_update(base, m, &data_profile, base_version,
-		                 metrics.data, &ts, o, &update, &err);
-		if (st == ZM_OK)
-			st = zm_writer_write_doc(w, &update, &err);
-		if (st != ZM_OK)
-			goto out;
-	}
 	/* The zoo changes last, and only when everything else succeeded;
-	 * then the outputs are committed (an update stream and a log that
-	 * fail to appear after --apply are reported, the model stays). */
-	if (o->apply &&
-	    (st = apply_to_zoo(o, m, base_version, &version, &err)) != ZM_OK)
+	 * then the outputs are committed (an update stream or a log that
+	 * fails to appear after --apply is reported; the models stay). */
+	if (o->apply && (st = apply_to_zoo(o, jobs, n_jobs, &err)) != ZM_OK)
 		goto out;
 	if (w) {
 		st = zm_writer_commit(w, &err);
@@ -369,19 +497,17 @@ static int run(struct train_step_opts *o)
 	}
 	if (o->log && (st = write_text(o->log, &rep.log, &err)) != ZM_OK)
 		goto out;
-	if (o->apply && !o->quiet)
-		fprintf(stderr, "%s: %s is now v%" PRId64 "\n", zm_cli_name(),
-		        o->model, version);
 out:
 	zm_writer_abort(w);
 	zm_doc_release(&update);
-	zm_buf_release(&metrics);
-	zm_buf_release(&hparams);
 	zm_buf_release(&rep.log);
-	zm_profile_release(&old_profile);
-	zm_profile_release(&data_profile);
-	zm_model_free(base);
-	zm_model_free(m);
+	for (i = 0; jobs && i < n_jobs; i++) {
+		zm_profile_release(&jobs[i].data_profile);
+		zm_model_free(jobs[i].base);
+		zm_model_free(jobs[i].trained);
+	}
+	free(jobs);
+	zm_assignment_release(&assignment);
 	zm_trainset_release(&ts);
 	return st == ZM_OK ? ZM_EXIT_OK : zm_cli_report(&err);
 }
@@ -390,6 +516,7 @@ enum {
 	OPT_MOMENTUM = 256, OPT_WD, OPT_SCHEDULE, OPT_STEP_SIZE, OPT_GAMMA,
 	OPT_MIN_LR, OPT_STEP_SCALE, OPT_VAL, OPT_MAXMEM, OPT_LOG_EVERY,
 	OPT_COMPRESS, OPT_THREADS, OPT_PROGRESS, OPT_QUIET, OPT_ASSIGNMENT,
+	OPT_SLICE,
 };
 
 int main(int argc, char **argv)
@@ -398,6 +525,7 @@ int main(int argc, char **argv)
 		{ "zoo", required_argument, NULL, 'z' },
 		{ "model", required_argument, NULL, 'm' },
 		{ "assignment", required_argument, NULL, OPT_ASSIGNMENT },
+		{ "slice", required_argument, NULL, OPT_SLICE },
 		{ "epochs", required_argument, NULL, 'e' },
 		{ "batch-size", required_argument, NULL, 'b' },
 		{ "lr", required_argument, NULL, 'l' },
@@ -450,10 +578,8 @@ int main(int argc, char **argv)
 		case 'o': o.out = optarg; break;
 		case OPT_PROGRESS: o.progress = true; break;
 		case OPT_QUIET: o.quiet = true; break;
-		case OPT_ASSIGNMENT:
-			return zm_cli_usage_error(usage_str, "--assignment: "
-				"weighted updates from an assignment are not "
-				"implemented yet; use --model and --step-scale");
+		case OPT_ASSIGNMENT: o.assignment = optarg; break;
+		case OPT_SLICE: o.slice = optarg; break;
 		case 'e':
 			if (!zm_cli_int("--epochs", optarg, 1, 100000, &v))
 				return zm_cli_usage_error(usage_str, NULL);
@@ -551,8 +677,11 @@ int main(int argc, char **argv)
 	if (optind < argc)
 		return zm_cli_usage_error(usage_str, "unexpected argument '%s'",
 		                          argv[optind]);
-	if (!o.zoo_dir || !o.model)
-		return zm_cli_usage_error(usage_str, "--zoo and --model are required");
+	if (!o.zoo_dir || !o.model == !o.assignment)
+		return zm_cli_usage_error(usage_str, "--zoo and either --model "
+		                          "or --assignment are required");
+	if (o.slice && !o.assignment)
+		return zm_cli_usage_error(usage_str, "--slice needs --assignment");
 	zm_optim_config_default(&o.fit.optim, kind);
 	if (lr > 0)
 		o.fit.optim.lr = lr;

@@ -464,6 +464,38 @@ out:
 	return st;
 }
 
+enum zm_status zm_trainset_evaluate(const struct zm_model *model,
+                                    const struct zm_trainset *ts,
+                                    struct zm_batch_stats *stats,
+                                    struct zm_error *err)
+{
+	struct zm_workspace *ws = NULL;
+	size_t b = 1024, ydim;
+	float *xb = NULL;
+	void *yb = NULL;
+	enum zm_status st;
+
+	memset(stats, 0, sizeof(*stats));
+	if (ts->n_val == 0)
+		return ZM_OK;
+	if ((st = check_labels(model, ts, err)) != ZM_OK)
+		return st;
+	ydim = ts->n_targets ? ts->n_targets * sizeof(float) : sizeof(int64_t);
+	if ((st = zm_workspace_new(model->arch, b, false, &ws, err)))
+		return st;
+	xb = zm_malloc(b * ts->features * sizeof(float));
+	yb = zm_malloc(b * ydim);
+	if (!xb || !yb)
+		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	else
+		st = evaluate_rows(model, ws, ts, ts->val_idx, ts->n_val, xb,
+		                   yb, stats, err);
+	free(xb);
+	free(yb);
+	zm_workspace_free(ws);
+	return st;
+}
+
 enum zm_status zm_trainset_profile(const struct zm_trainset *ts,
                                    const struct zm_model *model,
                                    struct zm_profile *p,

@@ -106,6 +106,13 @@ enum zm_status zm_fit(struct zm_model *model, const struct zm_trainset *ts,
                       void *ctx, struct zm_fit_report *last,
                       struct zm_error *err);
 
+/* Loss and accuracy of model over ts's held-out rows (stats zeroed first;
+ * stats->rows is 0 when nothing is held out). */
+enum zm_status zm_trainset_evaluate(const struct zm_model *model,
+                                    const struct zm_trainset *ts,
+                                    struct zm_batch_stats *stats,
+                                    struct zm_error *err);
+
 /*
  * Adds to p the statistics of the training rows of ts as the model sees
  * them: "input" (the features), and for every layer after the first the

@@ -103,8 +103,45 @@ else
 fi
 check "after all the bad runs the index is unchanged" cmp -s "$Z/zoo.yaml" "$T/before.yaml"
 
+# Weighted updates from an assignment: every model of the slice trains,
+# each step scaled by its weight; --apply moves them all in one change.
+zoo-add --zoo "$Z" --name m2 --arch "$T/arch.yaml" --seed 4 2>/dev/null
+cat >"$T/assignment.yaml" <<'YAML'
+metric: kl
+temperature: 1.0
+slices:
+  - slice: all
+    file: data.safetensors.gz
+    models: [{model: m, weight: 0.75}, {model: m2, weight: 0.25}]
+    similarity: {m: -0.1, m2: -0.5}
+  - slice: other
+    file: other.safetensors.gz
+    models: [{model: m2, weight: 1.0}]
+    similarity: {m: -2, m2: -0.1}
+YAML
+cp "$Z/zoo.yaml" "$T/before-assign.yaml"
+run train-step --zoo "$Z" --assignment "$T/assignment.yaml" --epochs 2 \
+	-o "$T/wu.safetensors.gz" "$T/data.safetensors.gz"
+expect_rc 0 "train the slice's models from an assignment (slice found by file name)"
+run tensor info "$T/wu.safetensors.gz"
+check "one update per model" test "$(grep -c 'zm.kind.*update' "$T/out")" -eq 2
+check "with the weights" sh -c "grep -q 'zm.weight.*0.75' '$T/out' && grep -q 'zm.weight.*0.25' '$T/out'"
+check "and the held-out loss before training" grep -q 'loss_before' "$T/out"
+check "no change to the zoo without --apply" cmp -s "$Z/zoo.yaml" "$T/before-assign.yaml"
+run train-step --zoo "$Z" --assignment "$T/assignment.yaml" --slice nosuch "$T/data.safetensors.gz"
+expect_rc 1 "an unknown slice"
+expect_err "no slice 'nosuch'" "is named"
+printf 'metric: kl\nslices:\n  - {slice: a, models: [{model: m, weight: 2}]}\n' >"$T/badw.yaml"
+run train-step --zoo "$Z" --assignment "$T/badw.yaml" --slice a "$T/data.safetensors.gz"
+expect_rc 2 "weights that do not sum to 1 are a configuration error"
+run train-step --zoo "$Z" --assignment "$T/assignment.yaml" --model m "$T/data.safetensors.gz"
+expect_rc 2 "--model and --assignment together are a usage error"
+run train-step --zoo "$Z" --assignment "$T/assignment.yaml" --slice all --epochs 1 --apply --quiet "$T/data.safetensors.gz"
+expect_rc 0 "--apply with an assignment"
+check "both models moved in one change" sh -c "grep -q 'file: models/m/v3' '$Z/zoo.yaml' && grep -q 'file: models/m2/v2' '$Z/zoo.yaml'"
+
 # Crashes: SIGKILL at every write, fsync and rename of an --apply leaves
-# the index valid and at v2 or v3, and the model it names loads.
+# the index valid and at v3 or v4, and the model it names loads.
 rm -f "$T/counts"
 cp -r "$Z" "$T/zc"
 ZM_FAULT_COUNT=$T/counts train-step --zoo "$T/zc" --model m --epochs 1 --apply --quiet "$T/data.safetensors.gz"
@@ -118,9 +155,9 @@ for kind in write fsync rename; do
 		rc=0
 		ZM_FAULT=$kind:$i:kill train-step --zoo "$T/zc" --model m --epochs 1 --apply --quiet "$T/data.safetensors.gz" 2>/dev/null || rc=$?
 		[ "$rc" -eq 137 ] && kills=$((kills + 1))
-		v=$(zoo-ls --zoo "$T/zc" --format yaml | sed -n 's/^    version: //p')
+		v=$(zoo-ls --zoo "$T/zc" --format yaml | awk '/^  - name: m$/ { f = 1; next } f && /^    version: / { print $2; exit }')
 		case $v in
-		2|3) train-step --zoo "$T/zc" --model m --epochs 1 --quiet -o /dev/null "$T/data.safetensors.gz" 2>/dev/null || bad=$((bad + 1)) ;;
+		3|4) train-step --zoo "$T/zc" --model m --epochs 1 --quiet -o /dev/null "$T/data.safetensors.gz" 2>/dev/null || bad=$((bad + 1)) ;;
 		*) bad=$((bad + 1)); echo "# kill at $kind:$i left version '$v'" ;;
 		esac
 		i=$((i + 1))
