@@ -1,0 +1,435 @@
+/*
+ * merge: two jobs.  Given update streams (train-step's output), it applies
+ * them to the zoo: per model the weighted average of its updates, shared
+ * across the models that trained on a common slice on the units a
+ * granularity decision marks shared (FedAvg with partial sharing), every
+ * affected model moving to its next version in one atomic commit.  Given
+ * --method, it merges models statically into one model file (linear, task
+ * arithmetic, TIES, DARE, SLERP), streaming tensor by tensor.
+ */
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "granularity.h"
+#include "mem.h"
+#include "merge.h"
+#include "stream.h"
+#include "zoo.h"
+
+static const char usage_str[] =
+	"usage: merge --zoo DIR [--granularity full|group|layer [--share all|none|groups=G,...|layers=L,...]\n"
+	"             | --granularity-from FILE] [--rebase] UPDATES...\n"
+	"       merge --method linear|task-arithmetic|ties|dare|slerp [--weights W,...] [--config FILE]\n"
+	"             [--granularity full|group|layer] [--base MODEL] [--zoo DIR] -o OUT MODEL...\n"
+	"  static:  --density D  --lambda L  --drop P  --dare-ties  --seed N  --name NAME\n"
+	"           --compress 0..9\n"
+	"  output:  --quiet\n"
+	"       merge -h | --help | --version\n";
+
+struct merge_opts {
+	const char *zoo_dir;
+	const char *level_text;
+	const char *share;
+	const char *decision_path;
+	bool rebase;
+	bool quiet;
+	const char *method_text;
+	const char *weights_text;
+	const char *config_path;
+	const char *base;
+	const char *out;
+	const char *name;
+	int compress;
+	struct zm_merge_params params;
+	bool set_density, set_lambda, set_drop, set_seed, set_dare_ties;
+	char **args;
+	size_t n_args;
+};
+
+/* Reads every document of every update stream into *docs. */
+static enum zm_status read_updates(char **paths, size_t n, struct zm_doc **docs,
+                                   size_t *n_docs, struct zm_error *err)
+{
+	struct zm_doc *d = NULL;
+	size_t count = 0, cap = 0, i;
+	enum zm_status st = ZM_OK;
+
+	for (i = 0; i < n && st == ZM_OK; i++) {
+		struct zm_reader *r = NULL;
+		bool eof = false;
+		if ((st = zm_reader_open(&r, paths[i], err)))
+			break;
+		while (st == ZM_OK) {
+			if (count == cap) {
+				size_t nc = cap ? cap * 2 : 8;
+				struct zm_doc *g = zm_realloc(d, nc * sizeof(*g));
+				if (!g) {
+					st = zm_error_set(err, ZM_ERR_NOMEM,
+					                  "out of memory");
+					break;
+				}
+				d = g;
+				cap = nc;
+			}
+			zm_doc_init(&d[count]);
+			st = zm_reader_next(r, &d[count], &eof, err);
+			if (st != ZM_OK || eof)
+				break;
+			count++;
+		}
+		if (st == ZM_OK || eof)
+			zm_doc_release(&d[count]);
+		zm_reader_close(r);
+	}
+	if (st != ZM_OK) {
+		for (i = 0; i <= count && i < cap; i++)
+			zm_doc_release(&d[i]);
+		free(d);
+		return st;
+	}
+	*docs = d;
+	*n_docs = count;
+	return ZM_OK;
+}
+
+static int run_apply(const struct merge_opts *o)
+{
+	struct zm_error err;
+	struct zm_zoo *zoo = NULL;
+	struct zm_doc *docs = NULL;
+	struct zm_gran_decision dec;
+	struct zm_apply_opts ao;
+	struct zm_apply_result res;
+	enum zm_status st;
+	size_t n_docs = 0, i;
+
+	zm_error_clear(&err);
+	zm_gran_decision_init(&dec);
+	memset(&res, 0, sizeof(res));
+	memset(&ao, 0, sizeof(ao));
+	ao.rebase = o->rebase;
+	ao.share = o->share;
+	if (o->level_text)
+		zm_gran_level_parse(o->level_text, &ao.level);
+	/* The decision is checked against each model's arch when applied. */
+	if (o->decision_path &&
+	    (st = zm_gran_decision_load(o->decision_path, NULL, &dec, &err)))
+		goto out;
+	if (o->decision_path)
+		ao.decision = &dec;
+	if ((st = read_updates(o->args, o->n_args, &docs, &n_docs, &err)))
+		goto out;
+	if (n_docs == 0) {
+		st = zm_error_set(&err, ZM_ERR_DATA, "no update documents in "
+		                  "the input");
+		goto out;
+	}
+	if ((st = zm_zoo_open(&zoo, o->zoo_dir, ZM_ZOO_WRITE, &err)))
+		goto out;
+	if ((st = zm_merge_apply_updates(zoo, docs, n_docs, &ao, &res, &err)))
+		goto out;
+	for (i = 0; !o->quiet && i < res.n_models; i++)
+		printf("%s: v%" PRId64 " -> v%" PRId64 " (%zu update%s, %.0f "
+		       "samples)\n", res.models[i].name, res.models[i].old_version,
+		       res.models[i].new_version, res.models[i].n_updates,
+		       res.models[i].n_updates == 1 ? "" : "s",
+		       res.models[i].samples);
+out:
+	zm_zoo_close(zoo);
+	for (i = 0; i < n_docs; i++)
+		zm_doc_release(&docs[i]);
+	free(docs);
+	zm_gran_decision_release(&dec);
+	zm_apply_result_release(&res);
+	return st == ZM_OK ? ZM_EXIT_OK : zm_cli_report(&err);
+}
+
+/* Parses "W,W,..." into n weights. */
+static bool parse_weights(const char *text, size_t n, double *w)
+{
+	const char *p = text;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		char *end;
+		w[i] = strtod(p, &end);
+		if (end == p || (*end != ',' && *end != '\0') ||
+		    (*end == '\0') != (i == n - 1))
+			return false;
+		p = end + 1;
+	}
+	return true;
+}
+
+/* The file of a MODEL argument: a zoo model's current file, else a path. */
+static enum zm_status resolve(const struct zm_zoo *zoo, const char *arg,
+                              char **path, struct zm_error *err)
+{
+	struct zm_zoo_entry *e = zoo ? zm_zoo_find(zoo, arg) : NULL;
+	char buf[4096];
+
+	if (e) {
+		if (!zm_zoo_path(zoo, e->file, buf, sizeof(buf)))
+			return zm_error_set(err, ZM_ERR_USAGE, "path too long");
+		*path = zm_strdup(buf);
+	} else {
+		if (zoo && access(arg, F_OK) != 0)
+			return zm_error_set(err, ZM_ERR_NOTFOUND, "%s: no such "
+			                    "model in %s, nor a file", arg,
+			                    zoo->dir);
+		*path = zm_strdup(arg);
+	}
+	return *path ? ZM_OK : zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+}
+
+static int run_static(const struct merge_opts *o)
+{
+	struct zm_error err;
+	struct zm_zoo *zoo = NULL;
+	struct zm_merge_config cfg;
+	struct zm_merge_static_opts so;
+	const char **labels = NULL;
+	char **paths = NULL, *base_path = NULL;
+	const struct zm_node **specs = NULL;
+	double *weights = NULL;
+	enum zm_status st = ZM_OK;
+	size_t n = 0, i, j;
+
+	zm_error_clear(&err);
+	zm_merge_config_init(&cfg);
+	memset(&so, 0, sizeof(so));
+	if (o->config_path &&
+	    (st = zm_merge_config_load(o->config_path, &cfg, &err)))
+		goto out;
+	so.params = cfg.params;
+	if (o->set_density) so.params.density = o->params.density;
+	if (o->set_lambda) so.params.lambda = o->params.lambda;
+	if (o->set_drop) so.params.drop = o->params.drop;
+	if (o->set_seed) so.params.seed = o->params.seed;
+	if (o->set_dare_ties) so.params.dare_ties = o->params.dare_ties;
+	if (o->method_text) {
+		zm_merge_method_parse(o->method_text, &so.method);
+	} else if (cfg.has_method) {
+		so.method = cfg.method;
+	} else {
+		st = zm_error_set(&err, ZM_ERR_USAGE, "no --method (and no "
+		                  "method: in the config)");
+		goto out;
+	}
+	so.level = ZM_GRAN_LAYER;
+	if (o->level_text)
+		zm_gran_level_parse(o->level_text, &so.level);
+	n = o->n_args ? o->n_args : cfg.n_models;
+	if (n == 0) {
+		st = zm_error_set(&err, ZM_ERR_USAGE, "no models to merge");
+		goto out;
+	}
+	labels = zm_calloc(n, sizeof(*labels));
+	paths = zm_calloc(n, sizeof(*paths));
+	specs = zm_calloc(n, sizeof(*specs));
+	weights = zm_calloc(n, sizeof(*weights));
+	if (!labels || !paths || !specs || !weights) {
+		st = zm_error_set(&err, ZM_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	for (i = 0; i < n; i++) {
+		labels[i] = o->n_args ? o->args[i] : cfg.models[i].model;
+		weights[i] = 1.0;
+		for (j = 0; j < cfg.n_models; j++)
+			if (strcmp(cfg.models[j].model, labels[i]) == 0)
+				break;
+		if (j < cfg.n_models) {
+			specs[i] = cfg.models[j].weight;
+		} else if (cfg.n_models) {
+			st = zm_error_set(&err, ZM_ERR_CONFIG, "%s: model '%s' "
+			                  "is not in the config's models",
+			                  o->config_path, labels[i]);
+			goto out;
+		}
+	}
+	if (o->weights_text) {
+		if (!parse_weights(o->weights_text, n, weights)) {
+			st = zm_error_set(&err, ZM_ERR_USAGE, "--weights: expected "
+			                  "%zu numbers separated by commas", n);
+			goto out;
+		}
+		for (i = 0; i < n; i++)
+			specs[i] = NULL;
+	}
+	if (o->zoo_dir && (st = zm_zoo_open(&zoo, o->zoo_dir, ZM_ZOO_READ, &err)))
+		goto out;
+	for (i = 0; i < n && st == ZM_OK; i++)
+		st = resolve(zoo, labels[i], &paths[i], &err);
+	so.base_label = o->base ? o->base : cfg.base;
+	if (st == ZM_OK && so.base_label)
+		st = resolve(zoo, so.base_label, &base_path, &err);
+	if (st != ZM_OK)
+		goto out;
+	so.n_models = n;
+	so.paths = (const char *const *)paths;
+	so.labels = labels;
+	so.weight_specs = specs;
+	so.weights = weights;
+	so.base_path = base_path;
+	so.out = o->out;
+	so.name = o->name;
+	so.compress = o->compress;
+	st = zm_merge_static(&so, &err);
+	if (st == ZM_OK && !o->quiet && strcmp(o->out, "-") != 0)
+		fprintf(stderr, "%s: %s merge of %zu models written to %s\n",
+		        zm_cli_name(), zm_merge_method_name(so.method), n, o->out);
+out:
+	zm_zoo_close(zoo);
+	for (i = 0; paths && i < n; i++)
+		free(paths[i]);
+	free(paths);
+	free(base_path);
+	free(labels);
+	free(specs);
+	free(weights);
+	zm_merge_config_release(&cfg);
+	return st == ZM_OK ? ZM_EXIT_OK : zm_cli_report(&err);
+}
+
+enum {
+	OPT_VERSION = 256, OPT_GRAN, OPT_SHARE, OPT_GRAN_FROM, OPT_REBASE,
+	OPT_METHOD, OPT_WEIGHTS, OPT_CONFIG, OPT_BASE, OPT_DENSITY, OPT_LAMBDA,
+	OPT_DROP, OPT_DARE_TIES, OPT_SEED, OPT_NAME, OPT_COMPRESS, OPT_QUIET
+};
+
+int main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "zoo", required_argument, NULL, 'z' },
+		{ "granularity", required_argument, NULL, OPT_GRAN },
+		{ "share", required_argument, NULL, OPT_SHARE },
+		{ "granularity-from", required_argument, NULL, OPT_GRAN_FROM },
+		{ "rebase", no_argument, NULL, OPT_REBASE },
+		{ "method", required_argument, NULL, OPT_METHOD },
+		{ "weights", required_argument, NULL, OPT_WEIGHTS },
+		{ "config", required_argument, NULL, OPT_CONFIG },
+		{ "base", required_argument, NULL, OPT_BASE },
+		{ "density", required_argument, NULL, OPT_DENSITY },
+		{ "lambda", required_argument, NULL, OPT_LAMBDA },
+		{ "drop", required_argument, NULL, OPT_DROP },
+		{ "dare-ties", no_argument, NULL, OPT_DARE_TIES },
+		{ "seed", required_argument, NULL, OPT_SEED },
+		{ "name", required_argument, NULL, OPT_NAME },
+		{ "compress", required_argument, NULL, OPT_COMPRESS },
+		{ "output", required_argument, NULL, 'o' },
+		{ "quiet", no_argument, NULL, OPT_QUIET },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, OPT_VERSION },
+		{ NULL, 0, NULL, 0 }
+	};
+	struct merge_opts o;
+	enum zm_gran_level level;
+	enum zm_merge_method method;
+	int64_t v;
+	int c;
+
+	memset(&o, 0, sizeof(o));
+	zm_merge_params_init(&o.params);
+	o.compress = ZM_COMPRESS_AUTO;
+	zm_cli_init(argv[0]);
+	if (!zm_compress_from_env(&o.compress))
+		return zm_cli_usage_error(usage_str, "ZM_COMPRESS: expected 0..9");
+	while ((c = getopt_long(argc, argv, "z:o:h", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'z': o.zoo_dir = optarg; break;
+		case 'o': o.out = optarg; break;
+		case OPT_GRAN:
+			if (!zm_gran_level_parse(optarg, &level))
+				return zm_cli_usage_error(usage_str, "--granularity:"
+				        " expected full, group or layer");
+			o.level_text = optarg;
+			break;
+		case OPT_SHARE: o.share = optarg; break;
+		case OPT_GRAN_FROM: o.decision_path = optarg; break;
+		case OPT_REBASE: o.rebase = true; break;
+		case OPT_METHOD:
+			if (!zm_merge_method_parse(optarg, &method))
+				return zm_cli_usage_error(usage_str, "--method: "
+				        "expected linear, task-arithmetic, ties, "
+				        "dare or slerp");
+			o.method_text = optarg;
+			break;
+		case OPT_WEIGHTS: o.weights_text = optarg; break;
+		case OPT_CONFIG: o.config_path = optarg; break;
+		case OPT_BASE: o.base = optarg; break;
+		case OPT_DENSITY:
+			if (!zm_cli_double("--density", optarg, 1e-9, 1,
+			                   &o.params.density))
+				return zm_cli_usage_error(usage_str, NULL);
+			o.set_density = true;
+			break;
+		case OPT_LAMBDA:
+			if (!zm_cli_double("--lambda", optarg, -1e6, 1e6,
+			                   &o.params.lambda))
+				return zm_cli_usage_error(usage_str, NULL);
+			o.set_lambda = true;
+			break;
+		case OPT_DROP:
+			if (!zm_cli_double("--drop", optarg, 0, 0.999999,
+			                   &o.params.drop))
+				return zm_cli_usage_error(usage_str, NULL);
+			o.set_drop = true;
+			break;
+		case OPT_DARE_TIES:
+			o.params.dare_ties = true;
+			o.set_dare_ties = true;
+			break;
+		case OPT_SEED:
+			if (!zm_cli_int("--seed", optarg, 0, INT64_MAX, &v))
+				return zm_cli_usage_error(usage_str, NULL);
+			o.params.seed = (uint64_t)v;
+			o.set_seed = true;
+			break;
+		case OPT_NAME: o.name = optarg; break;
+		case OPT_COMPRESS:
+			if (!zm_cli_int("--compress", optarg, 0, 9, &v))
+				return zm_cli_usage_error(usage_str, NULL);
+			o.compress = (int)v;
+			break;
+		case OPT_QUIET: o.quiet = true; break;
+		case 'h':
+			fputs(usage_str, stdout);
+			return zm_cli_close_stdout(ZM_EXIT_OK);
+		case OPT_VERSION:
+			zm_cli_version();
+			return zm_cli_close_stdout(ZM_EXIT_OK);
+		default:
+			return zm_cli_usage_error(usage_str, NULL);
+		}
+	}
+	o.args = argv + optind;
+	o.n_args = (size_t)(argc - optind);
+	if (o.method_text || o.config_path || o.out) {
+		if (o.share || o.decision_path || o.rebase)
+			return zm_cli_usage_error(usage_str, "--share, "
+			        "--granularity-from and --rebase apply updates; "
+			        "they do not go with --method");
+		if (!o.out)
+			return zm_cli_usage_error(usage_str, "-o OUT is required "
+			        "for a static merge");
+		return zm_cli_close_stdout(run_static(&o));
+	}
+	if (!o.zoo_dir)
+		return zm_cli_usage_error(usage_str, "--zoo is required to apply "
+		        "updates (or give --method to merge models)");
+	if (o.decision_path && (o.level_text || o.share))
+		return zm_cli_usage_error(usage_str, "--granularity-from does not "
+		        "go with --granularity or --share");
+	if (o.n_args == 0)
+		return zm_cli_usage_error(usage_str, "no update streams given");
+	if (o.share && !o.level_text)
+		o.level_text = strncmp(o.share, "groups=", 7) == 0 ? "group"
+		             : strncmp(o.share, "layers=", 7) == 0 ? "layer"
+		             : "full";
+	return zm_cli_close_stdout(run_apply(&o));
+}

@@ -1,0 +1,244 @@
+/*
+ * Merging: weight-space merges of several models into one (linear, task
+ * arithmetic, TIES, DARE, SLERP), streamed tensor by tensor, and the
+ * application of train-step update streams to a zoo under a granularity
+ * decision (FedAvg with partial sharing, as in FedPer and LG-FedAvg).
+ *
+ * Maths, for task vectors tau_i = theta_i - base and weights w_i of one
+ * unit (see zoomerge-merge(5)):
+ *   linear           sum_i w_i theta_i / sum_i w_i
+ *   task-arithmetic  base + lambda sum_i w_i tau_i
+ *   ties             trim each tau_i to its top density fraction by
+ *                    magnitude, elect the sign of sum_i w_i tau_i per entry,
+ *                    then base + lambda (sum over agreeing i of w_i tau_i) /
+ *                    (sum over agreeing i of w_i)
+ *   dare             drop each entry of tau_i with probability p, scale the
+ *                    rest by 1/(1-p); then task arithmetic, or the TIES sign
+ *                    election and disjoint mean (params.dare_ties)
+ *   slerp            two models, t = w_2 / (w_1 + w_2), per tensor:
+ *                    sin((1-t) W)/sin W a + sin(t W)/sin W b, with W the
+ *                    angle between a and b; linear when they are nearly
+ *                    colinear.
+ * TIES keeps its four per-entry sums (positive and negative mass, and the
+ * weight behind each) instead of every task vector, so one pass over the
+ * inputs suffices and memory does not grow with the number of models.
+ */
+#ifndef ZM_MERGE_H
+#define ZM_MERGE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "error.h"
+#include "granularity.h"
+#include "model.h"
+#include "random.h"
+#include "stream.h"
+#include "zoo.h"
+
+enum zm_merge_method {
+	ZM_MERGE_LINEAR,
+	ZM_MERGE_TASK_ARITHMETIC,
+	ZM_MERGE_TIES,
+	ZM_MERGE_DARE,
+	ZM_MERGE_SLERP
+};
+
+/* "linear", "task-arithmetic", "ties", "dare", "slerp". */
+const char *zm_merge_method_name(enum zm_merge_method m);
+bool zm_merge_method_parse(const char *s, enum zm_merge_method *out);
+/* True for the methods that work on task vectors (need a base). */
+bool zm_merge_method_needs_base(enum zm_merge_method m);
+
+struct zm_merge_params {
+	double density;      /* ties: fraction kept, (0, 1]; default 0.2 */
+	double lambda;       /* scale of the merged task vector; default 1 */
+	double drop;         /* dare: drop probability, [0, 1); default 0.9 */
+	bool dare_ties;      /* dare: TIES sign election after dropping */
+	uint64_t seed;       /* dare: seed of the drops; default 0 */
+};
+
+void zm_merge_params_init(struct zm_merge_params *p);
+
+/* ---- kernels (public for tests) ---- */
+
+/*
+ * Zeroes every entry of tau[0..n) whose magnitude is below the k-th
+ * largest, k = round(density n) (at least 1); ties at the threshold are
+ * kept.  scratch holds n floats.  Returns the number of entries kept.
+ */
+size_t zm_merge_ties_trim(float *tau, size_t n, double density,
+                          float *scratch);
+
+/* Drops each entry of tau with probability p (drawn from rng in order)
+ * and multiplies the others by 1 / (1 - p). */
+void zm_merge_dare_drop(float *tau, size_t n, double p, struct zm_rng *rng);
+
+/* out = slerp(a, b, t) as above; out may alias neither input.  Returns
+ * true when it fell back to linear interpolation. */
+bool zm_merge_slerp(const float *a, const float *b, size_t n, double t,
+                    float *out);
+
+/*
+ * Accumulates the inputs of one tensor, one model at a time, so that a
+ * streamed merge holds a handful of tensors whatever the number of models.
+ */
+struct zm_merge_acc {
+	enum zm_merge_method method;
+	struct zm_merge_params params;
+	struct zm_rng rng;       /* dare drops, advanced across tensors */
+	size_t cap, n;           /* capacity and current tensor size */
+	size_t added;
+	double wsum, w_first;
+	float *sum[4];           /* owned accumulators (method-dependent) */
+	float *scratch;          /* owned, ties trimming */
+};
+
+/* Allocates buffers for tensors of up to cap elements; release with
+ * zm_merge_acc_release. */
+enum zm_status zm_merge_acc_init(struct zm_merge_acc *acc,
+                                 enum zm_merge_method method,
+                                 const struct zm_merge_params *params,
+                                 size_t cap, struct zm_error *err);
+void zm_merge_acc_release(struct zm_merge_acc *acc);
+
+/* Starts a tensor of n <= cap elements. */
+void zm_merge_acc_begin(struct zm_merge_acc *acc, size_t n);
+
+/* Adds one model's tensor x with weight w; x is clobbered (it becomes the
+ * task vector).  base is the base model's tensor for the task-vector
+ * methods, else ignored (may be NULL). */
+void zm_merge_acc_add(struct zm_merge_acc *acc, float *x, const float *base,
+                      double w);
+
+/* Writes the merged tensor to out (n floats).  ZM_ERR_DATA when the
+ * weights of a linear or slerp merge sum to zero, or slerp did not get
+ * exactly two models. */
+enum zm_status zm_merge_acc_finish(struct zm_merge_acc *acc,
+                                   const float *base, float *out,
+                                   struct zm_error *err);
+
+/* ---- weights ---- */
+
+/*
+ * Per-layer weights of one model from a weight node of the merge config
+ * (a number, a list interpolated across the units that have parameters,
+ * first to last, or a map from unit name to number; at the layer level a
+ * layer missing from the map takes its group's entry).  spec NULL means
+ * the number dflt.  w receives arch->n_layers values.  Errors are
+ * ZM_ERR_CONFIG with the node's line and column.
+ */
+enum zm_status zm_merge_layer_weights(const struct zm_node *spec,
+                                      double dflt,
+                                      const struct zm_arch *arch,
+                                      enum zm_gran_level level, double *w,
+                                      struct zm_error *err);
+
+/* The merge config (DESIGN.md section 8, zoomerge-merge(5)). */
+struct zm_merge_model_spec {
+	const char *model;            /* points into root */
+	const struct zm_node *weight; /* NULL when absent */
+};
+
+struct zm_merge_config {
+	struct zm_node *root;         /* owned tree */
+	bool has_method;
+	enum zm_merge_method method;
+	const char *base;             /* NULL when absent; points into root */
+	struct zm_merge_params params;
+	bool has_density, has_lambda, has_drop, has_seed, has_dare_ties;
+	struct zm_merge_model_spec *models;   /* owned array */
+	size_t n_models;
+};
+
+void zm_merge_config_init(struct zm_merge_config *c);
+void zm_merge_config_release(struct zm_merge_config *c);
+
+/* Parses a config from YAML bytes (source names it in messages) into c
+ * (released first; it takes the tree).  Errors carry line and column. */
+enum zm_status zm_merge_config_parse(const char *bytes, size_t len,
+                                     const char *source,
+                                     struct zm_merge_config *c,
+                                     struct zm_error *err);
+enum zm_status zm_merge_config_load(const char *path,
+                                    struct zm_merge_config *c,
+                                    struct zm_error *err);
+
+/* ---- static merges ---- */
+
+struct zm_merge_static_opts {
+	enum zm_merge_method method;
+	struct zm_merge_params params;
+	enum zm_gran_level level;
+	size_t n_models;
+	const char *const *paths;     /* model files, n_models */
+	const char *const *labels;    /* names for messages and hparams */
+	const struct zm_node *const *weight_specs; /* per model, may be NULL */
+	const double *weights;        /* per model, NULL: 1 each */
+	const char *base_path;        /* task-vector methods */
+	const char *base_label;
+	const char *out;              /* output file ("-": stdout) */
+	const char *name;             /* zm.name of the result, or NULL */
+	int compress;                 /* 0-9 or ZM_COMPRESS_AUTO */
+};
+
+/*
+ * Merges the models into one model document written to o->out, streaming:
+ * every input's header is read first (architectures and tensor shapes are
+ * compared, naming the first differing tensor), the output header is
+ * written, then each parameter tensor is read from all inputs in turn and
+ * merged, so memory holds a few tensors (more only when an input stores
+ * its tensors in a different order).  The result carries the Chan merge
+ * of the models' profiles, zm.arch and zm.hparams describing the merge.
+ * On failure nothing appears at o->out.
+ */
+enum zm_status zm_merge_static(const struct zm_merge_static_opts *o,
+                               struct zm_error *err);
+
+/* ---- applying updates ---- */
+
+struct zm_apply_opts {
+	/* The decision; NULL means level with share ("all" when NULL). */
+	const struct zm_gran_decision *decision;
+	enum zm_gran_level level;
+	const char *share;
+	bool rebase;        /* apply updates whose base is no longer current */
+};
+
+struct zm_apply_model {
+	char *name;                /* owned */
+	int64_t old_version, new_version;
+	size_t n_updates;
+	double samples;
+};
+
+struct zm_apply_result {
+	struct zm_apply_model *models;   /* owned */
+	size_t n_models;
+};
+
+void zm_apply_result_release(struct zm_apply_result *r);
+
+/*
+ * Applies update documents (zm.kind=update; tensors: parameter deltas and
+ * the profile of the data trained on; metadata zm.name, zm.parent,
+ * zm.samples, zm.weight, zm.slice, zm.metrics) to zoo, which must be open
+ * for writing.  Per model the deltas of its updates are averaged with
+ * weights w x samples; models connected by common slices form a group, and
+ * on each shared unit of the decision every model of a group gets the
+ * group's weighted average delta, on independent units its own.  Profiles
+ * are merged with the updates' profiles and metrics combined.  Every
+ * affected model gets its next version and the index moves in one commit:
+ * on any failure (a stale base without rebase is ZM_ERR_CONFLICT) the zoo
+ * is left as it was.  res (released first) lists what happened.
+ */
+enum zm_status zm_merge_apply_updates(struct zm_zoo *zoo,
+                                      const struct zm_doc *updates,
+                                      size_t n_updates,
+                                      const struct zm_apply_opts *o,
+                                      struct zm_apply_result *res,
+                                      struct zm_error *err);
+
+#endif
