@@ -298,22 +298,6 @@ static enum zm_status apply_to_zoo(const struct train_step_opts *o,
 	return st;
 }
 
-static enum zm_status write_text(const char *path, const struct zm_buf *b,
-                                 struct zm_error *err)
-{
-	struct zm_outfile f;
-	enum zm_status st;
-
-	st = zm_outfile_open(&f, path, false, err);
-	if (st != ZM_OK)
-		return st;
-	st = zm_outfile_write(&f, b->data ? b->data : "", b->len, err);
-	if (st == ZM_OK)
-		return zm_outfile_commit(&f, err);
-	zm_outfile_abort(&f);
-	return st;
-}
-
 /*
  * The models to train: --model, or the assignment's models of the data's
  * slice (named by --slice, else by the data's zm.slice, else the entry
@@ -495,7 +479,8 @@ static int run(struct train_step_opts *o)
 		if (st != ZM_OK)
 			goto out;
 	}
-	if (o->log && (st = write_text(o->log, &rep.log, &err)) != ZM_OK)
+	if (o->log && (st = zm_write_file_atomic(o->log, rep.log.data,
+	                                         rep.log.len, &err)) != ZM_OK)
 		goto out;
 out:
 	zm_writer_abort(w);
@@ -663,11 +648,9 @@ int main(int argc, char **argv)
 			o.threads = (int)v;
 			break;
 		case 'h':
-			fputs(usage_str, stdout);
-			return zm_cli_close_stdout(ZM_EXIT_OK);
+			return zm_cli_help(usage_str);
 		case 'V':
-			zm_cli_version();
-			return zm_cli_close_stdout(ZM_EXIT_OK);
+			return zm_cli_show_version();
 		default:
 			return zm_cli_usage_error(usage_str, NULL);
 		}

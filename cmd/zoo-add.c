@@ -35,31 +35,6 @@ struct zoo_add_opts {
 	struct zm_kv_list hparams;
 };
 
-/* Reads the first document of path as a model (any arch in its zm.arch). */
-static enum zm_status load_model_file(const char *path, struct zm_model **m,
-                                      struct zm_error *err)
-{
-	struct zm_reader *r = NULL;
-	struct zm_doc doc;
-	enum zm_status st;
-	bool eof = false;
-
-	zm_doc_init(&doc);
-	st = zm_reader_open(&r, path, err);
-	if (st == ZM_OK)
-		st = zm_reader_next(r, &doc, &eof, err);
-	if (st == ZM_OK && eof)
-		st = zm_error_set(err, ZM_ERR_FORMAT, "%s: no document", path);
-	if (st == ZM_OK) {
-		st = zm_model_from_doc(&doc, NULL, m, err);
-		if (st != ZM_OK)
-			zm_error_prefix(err, "%s: ", path);
-	}
-	zm_doc_release(&doc);
-	zm_reader_close(r);
-	return st;
-}
-
 /* Merges the model's own hparams JSON with --hparam settings. */
 static enum zm_status set_model_hparams(struct zm_model *m,
                                         const struct zm_kv_list *extra,
@@ -117,7 +92,7 @@ static enum zm_status add_model(const struct zoo_add_opts *o,
 			st = zm_kv_set(&hp, "seed", seed, err);
 		}
 	} else {
-		st = load_model_file(o->model_path, &m, err);
+		st = zm_model_load(o->model_path, &m, err);
 	}
 	if (st == ZM_OK)
 		st = set_model_hparams(m, &o->hparams, &hp, err);
@@ -225,11 +200,9 @@ int main(int argc, char **argv)
 			}
 			break;
 		case 'h':
-			fputs(usage_str, stdout);
-			return zm_cli_close_stdout(ZM_EXIT_OK);
+			return zm_cli_help(usage_str);
 		case 'V':
-			zm_cli_version();
-			return zm_cli_close_stdout(ZM_EXIT_OK);
+			return zm_cli_show_version();
 		default:
 			goto usage;
 		}

@@ -68,6 +68,18 @@ void zm_cli_version(void)
 	printf("BLIS kernels: %s\n", zm_gemm_arch());
 }
 
+int zm_cli_help(const char *usage)
+{
+	fputs(usage, stdout);
+	return zm_cli_close_stdout(ZM_EXIT_OK);
+}
+
+int zm_cli_show_version(void)
+{
+	zm_cli_version();
+	return zm_cli_close_stdout(ZM_EXIT_OK);
+}
+
 bool zm_cli_int(const char *option, const char *text, int64_t min,
                 int64_t max, int64_t *out)
 {

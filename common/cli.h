@@ -32,6 +32,11 @@ int zm_cli_usage_error(const char *usage, const char *fmt, ...)
 /* Prints "PROGRAM (zoomerge) VERSION" and the BLIS kernel set on stdout. */
 void zm_cli_version(void);
 
+/* -h and --version: print usage (or the version) on stdout, close it and
+ * return the exit status (0, or 1 when stdout could not be written). */
+int zm_cli_help(const char *usage);
+int zm_cli_show_version(void);
+
 /* Option arguments: parse text as a number within [min, max]; on failure
  * print "PROGRAM: OPTION: expected ..." and return false. */
 bool zm_cli_int(const char *option, const char *text, int64_t min,

@@ -412,3 +412,20 @@ out:
 	free(buf);
 	return st;
 }
+
+enum zm_status zm_write_file_atomic(const char *path, const void *data,
+                                    size_t len, struct zm_error *err)
+{
+	struct zm_outfile f;
+	enum zm_status st;
+
+	st = zm_outfile_open(&f, path, false, err);
+	if (st != ZM_OK)
+		return st;
+	st = zm_outfile_write(&f, len ? data : "", len, err);
+	if (st != ZM_OK) {
+		zm_outfile_abort(&f);
+		return st;
+	}
+	return zm_outfile_commit(&f, err);
+}

@@ -54,6 +54,11 @@ enum zm_status zm_outfile_commit(struct zm_outfile *f, struct zm_error *err);
  * and on a zeroed struct. */
 void zm_outfile_abort(struct zm_outfile *f);
 
+/* Writes a whole small file atomically (open, write, commit): the file
+ * has the new contents or, on any failure, its old ones. */
+enum zm_status zm_write_file_atomic(const char *path, const void *data,
+                                    size_t len, struct zm_error *err);
+
 /* Writes all of data to fd, retrying short writes and EINTR; counts as one
  * "write" for the fault injector.  Returns false with errno set. */
 bool zm_write_all(int fd, const void *data, size_t n);

@@ -1474,3 +1474,25 @@ void zm_loss_mse(const float *out, const float *targets, size_t n, size_t t,
 	if (loss_sum)
 		*loss_sum += total;
 }
+
+enum zm_status zm_model_load(const char *path, struct zm_model **out,
+                             struct zm_error *err)
+{
+	struct zm_reader *r = NULL;
+	struct zm_doc doc;
+	enum zm_status st;
+	bool eof = false;
+
+	*out = NULL;
+	zm_doc_init(&doc);
+	st = zm_reader_open(&r, path, err);
+	if (st == ZM_OK)
+		st = zm_reader_next(r, &doc, &eof, err);
+	if (st == ZM_OK && eof)
+		st = zm_error_set(err, ZM_ERR_FORMAT, "%s: no document", path);
+	if (st == ZM_OK && (st = zm_model_from_doc(&doc, NULL, out, err)))
+		zm_error_prefix(err, "%s: ", path);
+	zm_doc_release(&doc);
+	zm_reader_close(r);
+	return st;
+}

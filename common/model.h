@@ -199,6 +199,11 @@ enum zm_status zm_model_from_doc(const struct zm_doc *doc,
                                  const struct zm_arch *arch,
                                  struct zm_model **out, struct zm_error *err);
 
+/* Reads the first document of a model file (path, "-": stdin) and builds
+ * the model from it as zm_model_from_doc does; errors name the file. */
+enum zm_status zm_model_load(const char *path, struct zm_model **out,
+                             struct zm_error *err);
+
 /*
  * Writes the model into doc (released first, then owned by the caller):
  * parameters in layer order, then extra's tensors; metadata zm.kind=model,

@@ -786,7 +786,6 @@ enum zm_status zm_zoo_to_yaml(const struct zm_zoo *zoo, char **text,
 
 enum zm_status zm_zoo_commit(struct zm_zoo *zoo, struct zm_error *err)
 {
-	struct zm_outfile f;
 	char path[ZM_PATH_MAX];
 	char *text = NULL;
 	enum zm_status st;
@@ -797,14 +796,7 @@ enum zm_status zm_zoo_commit(struct zm_zoo *zoo, struct zm_error *err)
 	if (st != ZM_OK)
 		return st;
 	snprintf(path, sizeof(path), "%s/zoo.yaml", zoo->dir);
-	st = zm_outfile_open(&f, path, false, err);
-	if (st == ZM_OK) {
-		st = zm_outfile_write(&f, text, strlen(text), err);
-		if (st == ZM_OK)
-			st = zm_outfile_commit(&f, err);
-		else
-			zm_outfile_abort(&f);
-	}
+	st = zm_write_file_atomic(path, text, strlen(text), err);
 	free(text);
 	if (st != ZM_OK)
 		return st;	/* zm_zoo_close removes the pending files */
