@@ -583,6 +583,32 @@ START_TEST(test_fit_separable)
 	ck_assert(last.classification);
 	ck_assert_double_gt(last.val_accuracy, 0.9);
 
+	/* zm_trainset_evaluate: the held-out rows only, against the naive
+	 * loss over those rows. */
+	{
+		struct zm_batch_stats vs;
+		float *xv = malloc(ts.n_val * D * sizeof(*xv) + 1);
+		int64_t *yv = malloc(ts.n_val * sizeof(*yv) + 1);
+		double vloss, vacc;
+		ck_assert(xv && yv);
+		for (i = 0; i < ts.n_val; i++) {
+			size_t r = ts.val_idx[i];
+			xv[i * D] = x[r * D];
+			xv[i * D + 1] = x[r * D + 1];
+			yv[i] = y[r];
+		}
+		naive_loss(m, xv, yv, ts.n_val, D, C, &vloss, &vacc);
+		ck_assert_int_eq(zm_trainset_evaluate(m, &ts, &vs, &err), ZM_OK);
+		ck_assert_uint_eq(vs.rows, ts.n_val);
+		ck_assert_double_eq_tol(vs.loss_sum / (double)vs.rows, vloss,
+		                        1e-5);
+		ck_assert_double_eq_tol((double)vs.correct / (double)vs.rows,
+		                        vacc, 1e-12);
+		ck_assert_double_eq_tol(last.val_loss, vloss, 1e-5);
+		free(xv);
+		free(yv);
+	}
+
 	/* A step scale of 0 (an assignment weight of 0) changes nothing. */
 	{
 		struct zm_model *m0 = model_from("input: [2]\nlayers:\n"
