@@ -740,15 +740,17 @@ static int run(const struct slice_opts *o)
 	/* Everything is written; now make it visible. */
 	if (s.rules.k > 0 && (st = write_centroids(&s, &err)))
 		goto out;
-	for (i = 0; i < s.rules.n_rules; i++) {
-		st = zm_writer_commit(s.out[i].w, &err);
-		s.out[i].w = NULL;
-		if (st != ZM_OK)
-			goto out;
-	}
+	/* The membership stream first: it may be a pipe or a device,
+	 * written in place, where a late error cannot be undone. */
 	if (s.member) {
 		st = zm_writer_commit(s.member, &err);
 		s.member = NULL;
+		if (st != ZM_OK)
+			goto out;
+	}
+	for (i = 0; i < s.rules.n_rules; i++) {
+		st = zm_writer_commit(s.out[i].w, &err);
+		s.out[i].w = NULL;
 		if (st != ZM_OK)
 			goto out;
 	}
