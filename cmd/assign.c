@@ -355,18 +355,21 @@ static int run(const struct assign_opts *o)
 		st = zm_error_set(&err, ZM_ERR_NOMEM, "out of memory");
 		goto out;
 	}
-	/* The assignment is written under a temporary name first, so a new
-	 * model appears in the zoo only with the assignment naming it. */
+	/* The assignment is committed before the zoo: an output that cannot
+	 * be written (a full disk, /dev/full) then leaves the zoo as it was.
+	 * The zoo's commit is one rename; should it fail after the
+	 * assignment is in place, train-step reports the missing model. */
 	if ((st = zm_outfile_open(&out, o->output ? o->output : "-", false,
 	                          &err)))
 		goto out;
 	out_open = true;
 	if ((st = zm_outfile_write(&out, b.data, b.len, &err)))
 		goto out;
-	if (o->create && (st = zm_zoo_commit(zoo, &err)))
-		goto out;
 	out_open = false;
-	st = zm_outfile_commit(&out, &err);
+	if ((st = zm_outfile_commit(&out, &err)))
+		goto out;
+	if (o->create)
+		st = zm_zoo_commit(zoo, &err);
 out:
 	if (out_open)
 		zm_outfile_abort(&out);
