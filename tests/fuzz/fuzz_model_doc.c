@@ -1,0 +1,78 @@
+/*
+ * libFuzzer target for model documents: every document of a stream is
+ * turned into a model with zm_model_from_doc (the arch from zm.arch, the
+ * parameters checked against it).  A model that loads is written back with
+ * zm_model_to_doc and must load again with the same arch and the same
+ * parameter bytes.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model.h"
+#include "stream.h"
+
+/* Keeps hostile sizes cheap: the limit is checked before allocating. */
+#define FUZZ_LIMIT ((uint64_t)1 << 20)
+
+static bool same_tensor(const struct zm_tensor *a, const struct zm_tensor *b)
+{
+	return a->dtype == b->dtype && a->nbytes == b->nbytes &&
+	       (a->nbytes == 0 || memcmp(a->data, b->data, a->nbytes) == 0);
+}
+
+static void check_roundtrip(const struct zm_model *m)
+{
+	struct zm_doc doc;
+	struct zm_model *back = NULL;
+	struct zm_error err;
+	size_t i;
+
+	zm_doc_init(&doc);
+	if (zm_model_to_doc(m, &doc, &err) != ZM_OK) {
+		if (err.status != ZM_ERR_NOMEM)
+			abort();
+		zm_doc_release(&doc);
+		return;
+	}
+	if (zm_model_from_doc(&doc, NULL, &back, &err) != ZM_OK) {
+		if (err.status != ZM_ERR_NOMEM)
+			abort();
+		zm_doc_release(&doc);
+		return;
+	}
+	if (!zm_arch_equal(m->arch, back->arch))
+		abort();
+	for (i = 0; i < m->arch->n_layers; i++) {
+		if (!same_tensor(&m->layers[i].weight, &back->layers[i].weight) ||
+		    !same_tensor(&m->layers[i].bias, &back->layers[i].bias))
+			abort();
+	}
+	zm_model_free(back);
+	zm_doc_release(&doc);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	struct zm_reader *r;
+	struct zm_doc doc;
+	struct zm_error err;
+	bool eof = false;
+
+	if (zm_reader_open_mem(&r, data, size, "fuzz", &err) != ZM_OK)
+		return 0;
+	zm_reader_set_limit(r, FUZZ_LIMIT);
+	zm_doc_init(&doc);
+	while (zm_reader_next(r, &doc, &eof, &err) == ZM_OK && !eof) {
+		struct zm_model *m = NULL;
+		if (zm_model_from_doc(&doc, NULL, &m, &err) == ZM_OK) {
+			check_roundtrip(m);
+			zm_model_free(m);
+		}
+	}
+	zm_doc_release(&doc);
+	zm_reader_close(r);
+	return 0;
+}
