@@ -45,11 +45,8 @@ static enum zm_status grow(struct zm_trainset *ts, size_t rows,
 
 	if (!zm_size_add(ts->rows, rows, &need))
 		return zm_error_set(err, ZM_ERR_NOMEM, "%s: too many rows", name);
-	if (need <= ts->cap)
-		return ZM_OK;
-	cap = ts->cap ? ts->cap : 1024;
-	while (cap < need)
-		cap = cap > SIZE_MAX / 2 ? need : cap * 2;
+	/* The cap is on the rows held, checked for every document, not only
+	 * when the buffer grows. */
 	per_row = ts->features * x_elem_size(ts) + sizeof(int64_t) * 2 +
 	          ts->n_targets * sizeof(float);
 	if (!zm_size_mul(need, per_row, &total) || total > ts->max_bytes)
@@ -57,6 +54,11 @@ static enum zm_status grow(struct zm_trainset *ts, size_t rows,
 		                    "%s: data needs more than the %.0f MiB "
 		                    "allowed (--max-memory)", name,
 		                    (double)ts->max_bytes / 1048576.0);
+	if (need <= ts->cap)
+		return ZM_OK;
+	cap = ts->cap ? ts->cap : 1024;
+	while (cap < need)
+		cap = cap > SIZE_MAX / 2 ? need : cap * 2;
 	if (!zm_size_mul(cap, ts->features * x_elem_size(ts), &xbytes))
 		return zm_error_set(err, ZM_ERR_NOMEM, "%s: too large", name);
 	x = zm_realloc(ts->x, xbytes);

@@ -408,14 +408,27 @@ static enum zm_status take_lock(struct zm_zoo *zoo, bool exclusive,
 	if (zoo->lock_fd < 0 && !exclusive)
 		zoo->lock_fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (zoo->lock_fd < 0)
-		return zm_error_errno(err, ZM_ERR_IO, "%s", path);
+		return zm_error_errno(err, errno == ENOENT ? ZM_ERR_NOTFOUND :
+		                      ZM_ERR_IO, "%s", path);
 	/* Poll instead of blocking so that a stuck writer turns into a clear
 	 * error after the timeout rather than a cron job that never ends. */
 	for (;;) {
 		struct timespec ts;
 		if (flock(zoo->lock_fd, (exclusive ? LOCK_EX : LOCK_SH) |
-		          LOCK_NB) == 0)
-			return ZM_OK;
+		          LOCK_NB) == 0) {
+			struct stat held, named;
+			/* A failed first change removes the lock file it made
+			 * (see zm_zoo_close); a lock on the removed file
+			 * protects nothing, so start again. */
+			if (fstat(zoo->lock_fd, &held) == 0 &&
+			    stat(path, &named) == 0 &&
+			    held.st_ino == named.st_ino &&
+			    held.st_dev == named.st_dev)
+				return ZM_OK;
+			close(zoo->lock_fd);
+			zoo->lock_fd = -1;
+			return ZM_ERR_CONFLICT;
+		}
 		if (errno != EWOULDBLOCK && errno != EINTR)
 			return zm_error_errno(err, ZM_ERR_IO, "%s: flock", path);
 		if (waited >= timeout)
@@ -463,17 +476,6 @@ enum zm_status zm_zoo_open(struct zm_zoo **out, const char *dir, int flags,
 	*out = NULL;
 	if (strlen(dir) > ZM_PATH_MAX - 128)
 		return zm_error_set(err, ZM_ERR_USAGE, "%s: path too long", dir);
-	if (stat(dir, &sb) != 0) {
-		if (errno != ENOENT || !(flags & ZM_ZOO_CREATE))
-			return zm_error_errno(err, errno == ENOENT ?
-			                      ZM_ERR_NOTFOUND : ZM_ERR_IO,
-			                      "zoo %s", dir);
-		if (mkdir(dir, 0755) != 0 && errno != EEXIST)
-			return zm_error_errno(err, ZM_ERR_IO, "mkdir %s", dir);
-	} else if (!S_ISDIR(sb.st_mode)) {
-		return zm_error_set(err, ZM_ERR_USAGE,
-		                    "zoo %s: not a directory", dir);
-	}
 	zoo = zm_calloc(1, sizeof(*zoo));
 	if (!zoo)
 		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
@@ -484,7 +486,32 @@ enum zm_status zm_zoo_open(struct zm_zoo **out, const char *dir, int flags,
 		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 		goto fail;
 	}
-	st = take_lock(zoo, zoo->writable, err);
+	/* Retried while a concurrent first change that failed removes the
+	 * directory and lock file it had made under us. */
+	for (i = 0; i < 1000; i++) {
+		if (stat(dir, &sb) != 0) {
+			if (errno != ENOENT || !(flags & ZM_ZOO_CREATE)) {
+				st = zm_error_errno(err, errno == ENOENT ?
+				                    ZM_ERR_NOTFOUND : ZM_ERR_IO,
+				                    "zoo %s", dir);
+				goto fail;
+			}
+			if (mkdir(dir, 0755) == 0)
+				zoo->made_dir = true;
+			else if (errno != EEXIST) {
+				st = zm_error_errno(err, ZM_ERR_IO, "mkdir %s", dir);
+				goto fail;
+			}
+		} else if (!S_ISDIR(sb.st_mode)) {
+			st = zm_error_set(err, ZM_ERR_USAGE,
+			                  "zoo %s: not a directory", dir);
+			goto fail;
+		}
+		st = take_lock(zoo, zoo->writable, err);
+		if (st != ZM_ERR_CONFLICT &&
+		    !(st == ZM_ERR_NOTFOUND && (flags & ZM_ZOO_CREATE)))
+			break;
+	}
 	if (st != ZM_OK)
 		goto fail;
 	snprintf(path, sizeof(path), "%s/zoo.yaml", dir);
@@ -532,6 +559,15 @@ void zm_zoo_close(struct zm_zoo *zoo)
 		unlink(zoo->pending[i]);
 	for (i = zoo->n_new_dirs; i-- > 0;)
 		rmdir(zoo->new_dirs[i]);
+	/* A zoo this open created and never committed to is removed again,
+	 * lock file first (waiters notice, see take_lock), so a failed first
+	 * change leaves nothing behind. */
+	if (zoo->made_dir) {
+		char path[ZM_PATH_MAX];
+		snprintf(path, sizeof(path), "%s/.lock", zoo->dir);
+		unlink(path);
+		rmdir(zoo->dir);
+	}
 	free_list(zoo->pending, zoo->n_pending);
 	free_list(zoo->new_dirs, zoo->n_new_dirs);
 	free_list(zoo->doomed, zoo->n_doomed);
@@ -806,6 +842,7 @@ enum zm_status zm_zoo_commit(struct zm_zoo *zoo, struct zm_error *err)
 	free_list(zoo->new_dirs, zoo->n_new_dirs);
 	zoo->new_dirs = NULL;
 	zoo->n_new_dirs = 0;
+	zoo->made_dir = false;
 	for (i = 0; i < zoo->n_doomed; i++)
 		unlink(zoo->doomed[i]);
 	free_list(zoo->doomed, zoo->n_doomed);

@@ -60,6 +60,8 @@ struct zm_zoo {
 	char *dir;                  /* owned */
 	int lock_fd;                /* flock'ed DIR/.lock, -1 if none */
 	bool writable;              /* opened with ZM_ZOO_WRITE */
+	bool made_dir;              /* this open created dir; undone unless
+	                               a change is committed */
 	int64_t keep;               /* versions to retain per model, 0 = all */
 	struct zm_zoo_entry *models;
 	size_t n_models;

@@ -5,8 +5,6 @@
  * independence from row order); width mismatches and the memory cap;
  * zm_fit lowering an independently computed loss; and the profile of the
  * training rows against two-pass statistics and a naive forward pass.
- *
- * Building with -DZM_UNIT_KNOWN_BUGS adds cases that fail today.
  */
 #include <math.h>
 #include <stdint.h>
@@ -333,13 +331,11 @@ START_TEST(test_max_bytes)
 	ck_assert_msg(strstr(err.msg, "--max-memory") != NULL, "%s", err.msg);
 	zm_trainset_release(&ts);
 
-#ifdef ZM_UNIT_KNOWN_BUGS
-	/* grow() checks the cap only when it reallocates, and the first
-	 * document already made room for 1024 rows. */
+	/* The first document makes room for 1024 rows; the cap must hold
+	 * for the second one too, not only when the buffer grows. */
 	zm_trainset_init(&ts, (uint64_t)N * (D + 16) + (uint64_t)N * D);
 	ck_assert_int_eq(zm_trainset_load(&ts, path, &err), ZM_ERR_NOMEM);
 	zm_trainset_release(&ts);
-#endif
 
 	load(&ts, path, (uint64_t)2 * N * (D + 16));
 	ck_assert_uint_eq(ts.rows, 2 * N);
