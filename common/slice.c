@@ -441,6 +441,12 @@ enum zm_status zm_slice_rules_parse(const struct zm_node *root,
 			                   name);
 			goto fail;
 		}
+		if (strcmp(name, "centroids") == 0) {
+			/* slice(1) writes DIR/centroids.safetensors.gz. */
+			st = zm_node_error(n, err, ZM_ERR_CONFIG, "name: "
+			                   "'centroids' is reserved");
+			goto fail;
+		}
 		for (j = 0; j < r->n_rules; j++)
 			if (strcmp(r->rules[j].name, name) == 0) {
 				st = zm_node_error(n, err, ZM_ERR_CONFIG,
