@@ -6,9 +6,14 @@
  * regression) or a data stream.  With --metrics it also writes the rows
  * seen and, when the inputs carry labels, accuracy and mean loss as YAML.
  *
- * Only single-model inference exists so far; the options of the dynamic
- * multi-model inference (DESIGN.md section 5) are recognised and refused
- * as not implemented yet.
+ * With several models (several --model, or a whole --zoo) it is the
+ * dynamic inference of DESIGN.md section 5: per batch, the weighting
+ * function (similarity to each model's profile, a router model through an
+ * assignment, uniform or static weights, Hedge scores from feedback,
+ * top-k under a latency budget) gives each model a weight per unit of the
+ * granularity, and the models are merged layer by layer (outputs), by
+ * parameters (params) or at their outputs (ensemble).  --trace writes the
+ * weights of every batch, --state keeps the Hedge scores between runs.
  */
 #include <getopt.h>
 #include <inttypes.h>
@@ -16,28 +21,46 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "dataset.h"
+#include "assignment.h"
+#include "config.h"
+#include "fileio.h"
 #include "gemm.h"
+#include "granularity.h"
+#include "mem.h"
 #include "model.h"
 #include "predict.h"
 #include "stream.h"
+#include "weighting.h"
 #include "zoo.h"
 
 static const char usage_str[] =
-	"usage: predict (--zoo DIR --model NAME | --model-file FILE) [--batch-size N]\n"
-	"               [--threads N] [--metrics FILE] [--output csv|stream]\n"
-	"               [--compress LEVEL] [-o OUT] [--from stream|csv|idx]\n"
-	"               [--label COLUMN] [--images IDX [--labels IDX]]\n"
-	"               [--quiet|--progress] [FILE]\n"
+	"usage: predict (--zoo DIR [--model NAME]... | --model-file FILE...)\n"
+	"               [--granularity full|group|layer | --granularity-from FILE]\n"
+	"               [--weighting similarity|router|uniform|static|router+similarity]\n"
+	"               [--router NAME] [--assignment FILE] [--weights FILE]\n"
+	"               [--metric cosine|kl|mahalanobis] [--per row|batch]\n"
+	"               [--top-k K] [--temperature T] [--latency-budget-ms MS]\n"
+	"               [--merge outputs|params|ensemble] [--merge-point pre|post]\n"
+	"               [--prior metrics] [--feedback] [--eta ETA] [--state FILE]\n"
+	"               [--adapt entropy] [--adapt-steps N] [--trace FILE]\n"
+	"               [--batch-size N] [--threads N] [--metrics FILE]\n"
+	"               [--output csv|stream] [--compress LEVEL] [-o OUT]\n"
+	"               [--from stream|csv|idx] [--label COLUMN]\n"
+	"               [--images IDX [--labels IDX]] [--quiet|--progress] [FILE]\n"
 	"       predict -h | --help | --version\n";
+
+#define MAX_MODELS ZM_WEIGHTER_MAX_MODELS
 
 struct predict_opts {
 	const char *zoo_dir;
-	const char *model;
-	const char *model_file;
+	const char *model[MAX_MODELS];
 	size_t n_models;            /* --model given this many times */
+	const char *model_file[MAX_MODELS];
+	size_t n_files;
 	size_t batch;
 	int threads;                /* 0: BLIS's default */
 	const char *metrics;
@@ -50,18 +73,23 @@ struct predict_opts {
 	const char *labels;
 	const char *input;          /* NULL or "-": stdin */
 	bool quiet, progress;
+	/* dynamic inference */
+	struct zm_predict_options p;
+	bool have_level;
+	const char *gran_from;
+	const char *router;
+	const char *assignment;
+	const char *weights;
+	const char *state;
+	const char *trace;
 };
 
-/* Options of the dynamic multi-model inference, refused until it exists.
- * Their getopt values start here. */
-enum { OPT_FUTURE = 1000 };
-static const char *const future_opts[] = {
-	"granularity", "weighting", "router", "assignment", "per", "top-k",
-	"temperature", "merge", "merge-point", "state", "granularity-from",
-	"weights", "adapt", "trace",
+enum {
+	OPT_GRAN = 1000, OPT_WEIGHTING, OPT_ROUTER, OPT_ASSIGNMENT, OPT_PER,
+	OPT_TOPK, OPT_TEMP, OPT_MERGE, OPT_POINT, OPT_STATE, OPT_GRAN_FROM,
+	OPT_WEIGHTS, OPT_ADAPT, OPT_TRACE, OPT_FEEDBACK, OPT_METRIC,
+	OPT_BUDGET, OPT_ETA, OPT_PRIOR, OPT_ADAPT_STEPS
 };
-#define N_FUTURE (sizeof(future_opts) / sizeof(future_opts[0]))
-enum { OPT_FEEDBACK = OPT_FUTURE + (int)N_FUTURE };
 
 /* Reads the first document of a model file. */
 static enum zm_status load_model_file(const char *path, struct zm_model **m,
@@ -124,40 +152,160 @@ static double now_seconds(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* Reads the models of the run: --model-file files, the --model names of
+ * the zoo, or every model of the zoo but the router; the router too. */
+static enum zm_status load_models(const struct predict_opts *o,
+                                  struct zm_model **models, size_t *k,
+                                  struct zm_model **router,
+                                  struct zm_error *err)
+{
+	struct zm_zoo *zoo = NULL;
+	enum zm_status st = ZM_OK;
+	size_t i;
+
+	*k = 0;
+	if (o->n_files) {
+		for (i = 0; i < o->n_files && st == ZM_OK; i++) {
+			st = load_model_file(o->model_file[i], &models[i], err);
+			if (st == ZM_OK)
+				(*k)++;
+		}
+		return st;
+	}
+	if (o->n_models == 1 && !o->router) {
+		st = load_zoo_model(o->zoo_dir, o->model[0], &models[0], err);
+		if (st == ZM_OK)
+			*k = 1;
+		return st;
+	}
+	st = zm_zoo_open(&zoo, o->zoo_dir, ZM_ZOO_READ, err);
+	if (st != ZM_OK)
+		return st;
+	if (o->n_models == 0) {
+		for (i = 0; i < zoo->n_models && st == ZM_OK; i++) {
+			const char *name = zoo->models[i].name;
+			if (o->router && strcmp(name, o->router) == 0)
+				continue;
+			if (*k == MAX_MODELS) {
+				st = zm_error_set(err, ZM_ERR_USAGE, "%s: more than "
+				                  "%d models; choose with --model",
+				                  o->zoo_dir, MAX_MODELS);
+				break;
+			}
+			st = load_zoo_model(o->zoo_dir, name, &models[*k], err);
+			if (st == ZM_OK)
+				(*k)++;
+		}
+		if (st == ZM_OK && *k == 0)
+			st = zm_error_set(err, ZM_ERR_DATA, "%s: no models to "
+			                  "predict with", o->zoo_dir);
+	} else {
+		for (i = 0; i < o->n_models && st == ZM_OK; i++) {
+			st = load_zoo_model(o->zoo_dir, o->model[i], &models[i], err);
+			if (st == ZM_OK)
+				(*k)++;
+		}
+	}
+	zm_zoo_close(zoo);
+	if (st == ZM_OK && o->router)
+		st = load_zoo_model(o->zoo_dir, o->router, router, err);
+	return st;
+}
+
 static int run(const struct predict_opts *o)
 {
 	struct zm_error err;
-	struct zm_model *model = NULL;
+	struct zm_model *models[MAX_MODELS] = { 0 };
+	const char *names[MAX_MODELS];
+	char fallback[MAX_MODELS][24];
+	struct zm_model *router = NULL;
 	struct zm_predictor *pred = NULL;
 	struct zm_dataset_reader *r = NULL;
 	struct zm_pred_writer *w = NULL;
 	struct zm_dataset_options d;
 	struct zm_pred_metrics metrics;
+	struct zm_predict_options po = o->p;
+	struct zm_assignment asg;
+	struct zm_gran_decision dec;
+	struct zm_hedge hedge;
+	struct zm_node *wroot = NULL;
+	struct zm_outfile trace;
+	bool trace_open = false;
+	double *stat = NULL;
 	struct zm_doc doc;
 	enum zm_status st;
-	const struct zm_model *models[1];
 	const char *in_name, *model_name;
 	char where[4200];
 	uint64_t row = 0;
-	size_t docno = 0;
+	size_t docno = 0, k = 0, i;
 	bool eof = false, progress;
 	double last = 0;
 
 	zm_error_clear(&err);
 	zm_doc_init(&doc);
+	zm_assignment_init(&asg);
+	zm_gran_decision_init(&dec);
+	zm_hedge_init(&hedge);
+	memset(&trace, 0, sizeof(trace));
 	zm_gemm_setup(o->threads);
 	progress = zm_cli_progress_wanted(o->progress, o->quiet);
-	if (o->model_file) {
-		model_name = o->model_file;
-		st = load_model_file(o->model_file, &model, &err);
-	} else {
-		model_name = o->model;
-		st = load_zoo_model(o->zoo_dir, o->model, &model, &err);
-	}
+	st = load_models(o, models, &k, &router, &err);
 	if (st != ZM_OK)
 		goto out;
-	models[0] = model;
-	st = zm_predictor_new(models, 1, o->batch, &pred, &err);
+	for (i = 0; i < k; i++) {
+		if (models[i]->name) {
+			names[i] = models[i]->name;
+		} else {
+			snprintf(fallback[i], sizeof(fallback[i]), "m%zu", i);
+			names[i] = fallback[i];
+		}
+	}
+	model_name = k == 1 ? (o->n_files ? o->model_file[0] :
+	                       o->n_models ? o->model[0] : names[0]) : NULL;
+	po.names = names;
+	if (o->gran_from) {
+		st = zm_gran_decision_load(o->gran_from, models[0]->arch, &dec,
+		                           &err);
+		if (st != ZM_OK)
+			goto out;
+		po.w.level = dec.level;
+	}
+	if (o->assignment) {
+		st = zm_assignment_load(o->assignment, &asg, &err);
+		if (st != ZM_OK)
+			goto out;
+		po.assignment = &asg;
+	}
+	po.router = router;
+	if (o->weights) {
+		size_t cells;
+		st = zm_config_load(o->weights, &wroot, &err);
+		if (st != ZM_OK)
+			goto out;
+		if (!zm_size_mul(models[0]->arch->n_layers, k, &cells) ||
+		    !(stat = zm_calloc(cells ? cells : 1, sizeof(double)))) {
+			st = zm_error_set(&err, ZM_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		st = zm_static_weights(wroot, models[0]->arch, names, k, stat,
+		                       &err);
+		if (st != ZM_OK)
+			goto out;
+		po.stat = stat;
+	}
+	if (o->state && k > 1) {
+		/* A missing state file is the first run; anything else that
+		 * cannot be read or validated is an error, and the file stays
+		 * as it is. */
+		if (access(o->state, F_OK) == 0) {
+			st = zm_hedge_load(&hedge, o->state, names, k, &err);
+			if (st != ZM_OK)
+				goto out;
+			po.hedge = &hedge;
+		}
+	}
+	st = zm_predictor_new_opts((const struct zm_model *const *)models, k,
+	                           o->batch, &po, &pred, &err);
 	if (st != ZM_OK)
 		goto out;
 	zm_pred_metrics_init(&metrics, pred->loss, pred->out_features);
@@ -174,6 +322,16 @@ static int run(const struct predict_opts *o)
 		goto out;
 	in_name = o->from == ZM_DATASET_IDX ? o->images :
 	          !o->input || strcmp(o->input, "-") == 0 ? "<stdin>" : o->input;
+	if (o->trace) {
+		st = zm_outfile_open(&trace, o->trace, false, &err);
+		if (st != ZM_OK)
+			goto out;
+		trace_open = true;
+		st = zm_pred_trace_header(&trace, &err);
+		if (st != ZM_OK)
+			goto out;
+		pred->trace = &trace;
+	}
 	st = zm_pred_writer_open(&w, o->output, o->format, pred->loss,
 	                         pred->out_features, o->compress, model_name,
 	                         &err);
@@ -207,14 +365,34 @@ static int run(const struct predict_opts *o)
 		if (st != ZM_OK)
 			goto out;
 	}
+	if (trace_open) {
+		trace_open = false;
+		st = zm_outfile_commit(&trace, &err);
+		if (st != ZM_OK)
+			goto out;
+	}
+	if (o->state && k > 1 && po.feedback) {
+		st = zm_hedge_save(&pred->hedge, o->state, &err);
+		if (st != ZM_OK)
+			goto out;
+	}
 	st = zm_pred_writer_commit(w, &err);
 	w = NULL;
 out:
+	if (trace_open)
+		zm_outfile_abort(&trace);
 	zm_pred_writer_abort(w);
 	zm_doc_release(&doc);
 	zm_dataset_close(r);
 	zm_predictor_free(pred);
-	zm_model_free(model);
+	for (i = 0; i < k; i++)
+		zm_model_free(models[i]);
+	zm_model_free(router);
+	zm_assignment_release(&asg);
+	zm_gran_decision_release(&dec);
+	zm_hedge_release(&hedge);
+	zm_node_free(wroot);
+	free(stat);
 	return st == ZM_OK ? ZM_EXIT_OK : zm_cli_report(&err);
 }
 
@@ -237,21 +415,26 @@ int main(int argc, char **argv)
 		{ "progress", no_argument, NULL, 'P' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
-		{ "granularity", required_argument, NULL, OPT_FUTURE + 0 },
-		{ "weighting", required_argument, NULL, OPT_FUTURE + 1 },
-		{ "router", required_argument, NULL, OPT_FUTURE + 2 },
-		{ "assignment", required_argument, NULL, OPT_FUTURE + 3 },
-		{ "per", required_argument, NULL, OPT_FUTURE + 4 },
-		{ "top-k", required_argument, NULL, OPT_FUTURE + 5 },
-		{ "temperature", required_argument, NULL, OPT_FUTURE + 6 },
-		{ "merge", required_argument, NULL, OPT_FUTURE + 7 },
-		{ "merge-point", required_argument, NULL, OPT_FUTURE + 8 },
-		{ "state", required_argument, NULL, OPT_FUTURE + 9 },
-		{ "granularity-from", required_argument, NULL, OPT_FUTURE + 10 },
-		{ "weights", required_argument, NULL, OPT_FUTURE + 11 },
-		{ "adapt", required_argument, NULL, OPT_FUTURE + 12 },
-		{ "trace", required_argument, NULL, OPT_FUTURE + 13 },
+		{ "granularity", required_argument, NULL, OPT_GRAN },
+		{ "weighting", required_argument, NULL, OPT_WEIGHTING },
+		{ "router", required_argument, NULL, OPT_ROUTER },
+		{ "assignment", required_argument, NULL, OPT_ASSIGNMENT },
+		{ "per", required_argument, NULL, OPT_PER },
+		{ "top-k", required_argument, NULL, OPT_TOPK },
+		{ "temperature", required_argument, NULL, OPT_TEMP },
+		{ "merge", required_argument, NULL, OPT_MERGE },
+		{ "merge-point", required_argument, NULL, OPT_POINT },
+		{ "state", required_argument, NULL, OPT_STATE },
+		{ "granularity-from", required_argument, NULL, OPT_GRAN_FROM },
+		{ "weights", required_argument, NULL, OPT_WEIGHTS },
+		{ "adapt", required_argument, NULL, OPT_ADAPT },
+		{ "adapt-steps", required_argument, NULL, OPT_ADAPT_STEPS },
+		{ "trace", required_argument, NULL, OPT_TRACE },
 		{ "feedback", no_argument, NULL, OPT_FEEDBACK },
+		{ "metric", required_argument, NULL, OPT_METRIC },
+		{ "latency-budget-ms", required_argument, NULL, OPT_BUDGET },
+		{ "eta", required_argument, NULL, OPT_ETA },
+		{ "prior", required_argument, NULL, OPT_PRIOR },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct predict_opts o = {
@@ -261,10 +444,14 @@ int main(int argc, char **argv)
 		.output = "-",
 		.from = ZM_DATASET_STREAM,
 	};
+	bool weighting_set = false;
 	int64_t v;
+	double dv;
 	int c;
 
 	zm_cli_init(argv[0]);
+	zm_predict_options_init(&o.p);
+	o.p.w.kind = ZM_WEIGHTING_SIMILARITY;
 	if (!zm_compress_from_env(&o.compress)) {
 		zm_cli_warn("ZM_COMPRESS: expected a level from 0 to 9");
 		return zm_cli_usage_error(usage_str, NULL);
@@ -272,8 +459,20 @@ int main(int argc, char **argv)
 	while ((c = getopt_long(argc, argv, "o:qh", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'z': o.zoo_dir = optarg; break;
-		case 'm': o.model = optarg; o.n_models++; break;
-		case 'M': o.model_file = optarg; break;
+		case 'm':
+			if (o.n_models == MAX_MODELS) {
+				zm_cli_warn("--model: at most %d", MAX_MODELS);
+				goto usage;
+			}
+			o.model[o.n_models++] = optarg;
+			break;
+		case 'M':
+			if (o.n_files == MAX_MODELS) {
+				zm_cli_warn("--model-file: at most %d", MAX_MODELS);
+				goto usage;
+			}
+			o.model_file[o.n_files++] = optarg;
+			break;
 		case 'x': o.metrics = optarg; break;
 		case 'o': o.output = optarg; break;
 		case 'l': o.label = optarg; break;
@@ -322,15 +521,104 @@ int main(int argc, char **argv)
 		case 'V':
 			zm_cli_version();
 			return zm_cli_close_stdout(ZM_EXIT_OK);
-		case OPT_FEEDBACK:
-			zm_cli_warn("--feedback is not implemented yet");
-			goto usage;
-		default:
-			if (c >= OPT_FUTURE && c < OPT_FEEDBACK) {
-				zm_cli_warn("--%s is not implemented yet (multi-model "
-				            "inference)", future_opts[c - OPT_FUTURE]);
+		case OPT_GRAN:
+			if (!zm_gran_level_parse(optarg, &o.p.w.level)) {
+				zm_cli_warn("--granularity: expected full, group or "
+				            "layer, got '%s'", optarg);
 				goto usage;
 			}
+			o.have_level = true;
+			break;
+		case OPT_GRAN_FROM: o.gran_from = optarg; break;
+		case OPT_WEIGHTING:
+			if (!zm_weighting_parse(optarg, &o.p.w.kind)) {
+				zm_cli_warn("--weighting: expected similarity, router, "
+				            "uniform, static or router+similarity, got "
+				            "'%s'", optarg);
+				goto usage;
+			}
+			weighting_set = true;
+			break;
+		case OPT_ROUTER: o.router = optarg; break;
+		case OPT_ASSIGNMENT: o.assignment = optarg; break;
+		case OPT_WEIGHTS: o.weights = optarg; break;
+		case OPT_STATE: o.state = optarg; break;
+		case OPT_TRACE: o.trace = optarg; break;
+		case OPT_FEEDBACK: o.p.feedback = true; break;
+		case OPT_PER:
+			if (strcmp(optarg, "row") == 0)
+				o.p.w.per_row = true;
+			else if (strcmp(optarg, "batch") == 0)
+				o.p.w.per_row = false;
+			else {
+				zm_cli_warn("--per: expected row or batch, got '%s'",
+				            optarg);
+				goto usage;
+			}
+			break;
+		case OPT_TOPK:
+			if (!zm_cli_int("--top-k", optarg, 0, MAX_MODELS, &v))
+				goto usage;
+			o.p.w.top_k = (size_t)v;
+			break;
+		case OPT_TEMP:
+			if (!zm_cli_double("--temperature", optarg, 1e-12, 1e12, &dv))
+				goto usage;
+			o.p.w.temperature = dv;
+			break;
+		case OPT_BUDGET:
+			if (!zm_cli_double("--latency-budget-ms", optarg, 0, 1e9, &dv))
+				goto usage;
+			o.p.w.latency_budget_ms = dv;
+			break;
+		case OPT_ETA:
+			if (!zm_cli_double("--eta", optarg, 0, 1e6, &dv))
+				goto usage;
+			o.p.eta = dv;
+			break;
+		case OPT_METRIC:
+			if (!zm_metric_parse(optarg, &o.p.w.metric)) {
+				zm_cli_warn("--metric: expected cosine, kl or "
+				            "mahalanobis, got '%s'", optarg);
+				goto usage;
+			}
+			break;
+		case OPT_MERGE:
+			if (!zm_merge_mode_parse(optarg, &o.p.merge)) {
+				zm_cli_warn("--merge: expected outputs, params or "
+				            "ensemble, got '%s'", optarg);
+				goto usage;
+			}
+			break;
+		case OPT_POINT:
+			if (!zm_merge_point_parse(optarg, &o.p.point)) {
+				zm_cli_warn("--merge-point: expected pre or post, got "
+				            "'%s'", optarg);
+				goto usage;
+			}
+			break;
+		case OPT_ADAPT:
+			if (strcmp(optarg, "entropy") != 0) {
+				zm_cli_warn("--adapt: expected entropy, got '%s'",
+				            optarg);
+				goto usage;
+			}
+			o.p.adapt = true;
+			break;
+		case OPT_ADAPT_STEPS:
+			if (!zm_cli_int("--adapt-steps", optarg, 1, 100, &v))
+				goto usage;
+			o.p.adapt_o.steps = (size_t)v;
+			break;
+		case OPT_PRIOR:
+			if (strcmp(optarg, "metrics") != 0) {
+				zm_cli_warn("--prior: expected metrics, got '%s'",
+				            optarg);
+				goto usage;
+			}
+			o.p.use_metrics = true;
+			break;
+		default:
 			goto usage;
 		}
 	}
@@ -340,26 +628,38 @@ int main(int argc, char **argv)
 		zm_cli_warn("unexpected argument '%s'", argv[optind]);
 		goto usage;
 	}
-	if (o.model_file) {
-		if (o.zoo_dir || o.n_models) {
-			zm_cli_warn("--model-file takes no --zoo or --model");
+	if (o.n_files) {
+		if (o.zoo_dir || o.n_models || o.router) {
+			zm_cli_warn("--model-file takes no --zoo, --model or "
+			            "--router");
 			goto usage;
 		}
-	} else {
-		if (!o.zoo_dir) {
-			zm_cli_warn("--zoo (or --model-file) is required");
-			goto usage;
-		}
-		if (o.n_models == 0) {
-			zm_cli_warn("--model is required (inference with the "
-			            "whole zoo is not implemented yet)");
-			goto usage;
-		}
-		if (o.n_models > 1) {
-			zm_cli_warn("several --model: multi-model inference is "
-			            "not implemented yet");
-			goto usage;
-		}
+	} else if (!o.zoo_dir) {
+		zm_cli_warn("--zoo (or --model-file) is required");
+		goto usage;
+	}
+	if (o.have_level && o.gran_from) {
+		zm_cli_warn("--granularity and --granularity-from exclude each "
+		            "other");
+		goto usage;
+	}
+	if (o.weights && !weighting_set)
+		o.p.w.kind = ZM_WEIGHTING_STATIC;
+	if (o.p.w.kind == ZM_WEIGHTING_STATIC && !o.weights) {
+		zm_cli_warn("--weighting static needs --weights FILE");
+		goto usage;
+	}
+	if ((o.p.w.kind == ZM_WEIGHTING_ROUTER ||
+	     o.p.w.kind == ZM_WEIGHTING_ROUTER_SIMILARITY) &&
+	    (!o.router || !o.assignment)) {
+		zm_cli_warn("--weighting %s needs --router NAME and --assignment "
+		            "FILE", zm_weighting_name(o.p.w.kind));
+		goto usage;
+	}
+	if (o.state && !o.p.feedback) {
+		zm_cli_warn("--state keeps the scores of --feedback; add "
+		            "--feedback");
+		goto usage;
 	}
 	if (o.from == ZM_DATASET_IDX) {
 		if (!o.images || o.input) {

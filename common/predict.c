@@ -8,42 +8,177 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "dataset.h"
+#include "gemm.h"
 #include "json.h"
 #include "mem.h"
 #include "predict.h"
 
 /* ---- the predictor ---- */
 
+bool zm_merge_mode_parse(const char *s, enum zm_merge_mode *out)
+{
+	if (strcmp(s, "outputs") == 0)
+		*out = ZM_MERGE_OUTPUTS;
+	else if (strcmp(s, "params") == 0)
+		*out = ZM_MERGE_PARAMS;
+	else if (strcmp(s, "ensemble") == 0)
+		*out = ZM_MERGE_ENSEMBLE;
+	else
+		return false;
+	return true;
+}
+
+bool zm_merge_point_parse(const char *s, enum zm_merge_point *out)
+{
+	if (strcmp(s, "pre") == 0)
+		*out = ZM_MERGE_PRE;
+	else if (strcmp(s, "post") == 0)
+		*out = ZM_MERGE_POST;
+	else
+		return false;
+	return true;
+}
+
+void zm_predict_options_init(struct zm_predict_options *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->merge = ZM_MERGE_OUTPUTS;
+	o->point = ZM_MERGE_PRE;
+	zm_weighter_options_init(&o->w);
+	o->w.kind = ZM_WEIGHTING_UNIFORM;
+	o->eta = 1.0;
+	zm_adapt_options_init(&o->adapt_o);
+	o->adapt_rows = 256;
+}
+
 enum zm_status zm_predictor_new(const struct zm_model *const *models,
                                 size_t k, size_t max_batch,
                                 struct zm_predictor **out,
                                 struct zm_error *err)
 {
+	struct zm_predict_options o;
+
+	zm_predict_options_init(&o);
+	return zm_predictor_new_opts(models, k, max_batch, &o, out, err);
+}
+
+/* Checks that the K models can be merged as o asks. */
+static enum zm_status check_models(const struct zm_model *const *models,
+                                   size_t k, const char *const *names,
+                                   const struct zm_predict_options *o,
+                                   struct zm_error *err)
+{
+	const struct zm_arch *a0 = models[0]->arch;
+	size_t i;
+
+	for (i = 1; i < k; i++) {
+		const struct zm_arch *a = models[i]->arch;
+		if (o->merge == ZM_MERGE_ENSEMBLE) {
+			if (a->input_features != a0->input_features ||
+			    a->output_features != a0->output_features ||
+			    a->loss != a0->loss)
+				return zm_error_set(err, ZM_ERR_DATA, "models '%s' "
+				                    "and '%s' differ in inputs (%zu, "
+				                    "%zu), outputs (%zu, %zu) or loss: "
+				                    "they cannot predict together",
+				                    names[0], names[i],
+				                    a0->input_features,
+				                    a->input_features,
+				                    a0->output_features,
+				                    a->output_features);
+			continue;
+		}
+		if (zm_model_same_arch(a0, a, err) != ZM_OK)
+			return zm_error_prefix(err, "models '%s' and '%s' have "
+			                       "different architectures (use "
+			                       "--merge ensemble to mix only their "
+			                       "outputs): ", names[0], names[i]);
+	}
+	if (o->merge == ZM_MERGE_PARAMS && o->w.per_row)
+		return zm_error_set(err, ZM_ERR_USAGE, "--merge params needs "
+		                    "per-batch weights (--per batch): one set of "
+		                    "merged parameters serves the whole batch");
+	if (o->merge == ZM_MERGE_PARAMS && o->point == ZM_MERGE_POST)
+		return zm_error_set(err, ZM_ERR_USAGE, "--merge params merges "
+		                    "before the activation; --merge-point post "
+		                    "needs --merge outputs");
+	if (o->merge == ZM_MERGE_ENSEMBLE && o->w.level != ZM_GRAN_FULL)
+		return zm_error_set(err, ZM_ERR_USAGE, "--merge ensemble mixes "
+		                    "only the final outputs: it needs "
+		                    "--granularity full");
+	return ZM_OK;
+}
+
+/* Stacks the K models' weights of every dense layer, [K*out, in], and
+ * their biases, [K*out], so one GEMM computes all K outputs. */
+static enum zm_status stack_layers(struct zm_predictor *p,
+                                   struct zm_error *err)
+{
+	const struct zm_arch *a = p->models[0]->arch;
+	size_t K = p->n_models, l, i;
+
+	p->wcat = zm_calloc(a->n_layers, sizeof(*p->wcat));
+	p->bcat = zm_calloc(a->n_layers, sizeof(*p->bcat));
+	if (!p->wcat || !p->bcat)
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	for (l = 0; l < a->n_layers; l++) {
+		const struct zm_layer_spec *s = &a->layers[l];
+		size_t wn, kw, kb;
+
+		if (!s->has_params)
+			continue;
+		if (!zm_size_mul(s->out_features, s->in_features, &wn) ||
+		    !zm_size_mul(wn, K, &kw) ||
+		    !zm_size_mul(s->out_features, K, &kb) ||
+		    !(p->wcat[l] = zm_malloc(kw * sizeof(float))) ||
+		    !(p->bcat[l] = zm_malloc(kb * sizeof(float))))
+			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory "
+			                    "stacking layer '%s'", s->name);
+		for (i = 0; i < K; i++) {
+			memcpy(p->wcat[l] + i * wn, p->models[i]->layers[l].weight.data,
+			       wn * sizeof(float));
+			memcpy(p->bcat[l] + i * s->out_features,
+			       p->models[i]->layers[l].bias.data,
+			       s->out_features * sizeof(float));
+		}
+	}
+	return ZM_OK;
+}
+
+enum zm_status zm_predictor_new_opts(const struct zm_model *const *models,
+                                     size_t k, size_t max_batch,
+                                     const struct zm_predict_options *o,
+                                     struct zm_predictor **out,
+                                     struct zm_error *err)
+{
 	struct zm_predictor *p;
 	const struct zm_arch *arch;
 	enum zm_status st;
-	size_t nlogp;
+	size_t nlogp, i, nk, hw, zw, maxw = 0, maxout = 0, l;
+	char **auto_names = NULL;
+	const char *const *names;
 
 	*out = NULL;
 	ZM_ASSERT(models != NULL);
 	if (k == 0)
 		return zm_error_set(err, ZM_ERR_USAGE, "no model to predict with");
-	if (k > 1)
-		return zm_error_set(err, ZM_ERR_USAGE,
-		                    "%zu models: multi-model inference (dynamic "
-		                    "weighting, layer-wise merging) is not "
-		                    "implemented yet", k);
 	if (max_batch == 0)
 		return zm_error_set(err, ZM_ERR_USAGE, "batch size must be positive");
 	arch = models[0]->arch;
-	if (!zm_size_mul(max_batch, arch->output_features, &nlogp))
+	if (!zm_size_mul(max_batch, arch->output_features, &nlogp) ||
+	    !zm_size_mul(max_batch, k, &nk))
 		return zm_error_set(err, ZM_ERR_NOMEM, "batch size %zu too large",
 		                    max_batch);
 	p = zm_calloc(1, sizeof(*p));
 	if (!p)
 		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	p->o = *o;
+	p->o.names = NULL;
+	p->o.hedge = NULL;
+	zm_hedge_init(&p->hedge);
 	p->n_models = k;
 	p->max_batch = max_batch;
 	p->in_features = arch->input_features;
@@ -58,14 +193,113 @@ enum zm_status zm_predictor_new(const struct zm_model *const *models,
 		zm_predictor_free(p);
 		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 	}
-	p->models[0] = models[0];
-	st = zm_workspace_new(arch, max_batch, false, &p->ws[0], err);
-	if (st != ZM_OK) {
-		zm_predictor_free(p);
-		return st;
+	for (i = 0; i < k; i++)
+		p->models[i] = models[i];
+	if (k == 1) {
+		/* The plain forward pass, exactly as before. */
+		st = zm_workspace_new(arch, max_batch, false, &p->ws[0], err);
+		if (st != ZM_OK) {
+			zm_predictor_free(p);
+			return st;
+		}
+		*out = p;
+		return ZM_OK;
+	}
+	names = o->names;
+	if (!names) {
+		auto_names = zm_calloc(k, sizeof(*auto_names));
+		for (i = 0; auto_names && i < k; i++) {
+			char b[32];
+			snprintf(b, sizeof(b), "m%zu", i);
+			if (!(auto_names[i] = zm_strdup(b)))
+				break;
+		}
+		if (!auto_names || i < k) {
+			st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+			goto fail;
+		}
+		names = (const char *const *)auto_names;
+	}
+	st = check_models(models, k, names, o, err);
+	if (st != ZM_OK)
+		goto fail;
+	st = zm_weighter_new(&o->w, models, names, k, max_batch, o->stat,
+	                     o->router, o->assignment, &p->wr, err);
+	if (st != ZM_OK)
+		goto fail;
+	if (o->use_metrics)
+		zm_weighter_use_metrics(p->wr, models);
+	if (o->hedge)
+		st = zm_hedge_reset(&p->hedge, (const char *const *)o->hedge->names,
+		                    k, err);
+	else
+		st = zm_hedge_reset(&p->hedge, names, k, err);
+	if (st != ZM_OK)
+		goto fail;
+	if (o->hedge) {
+		memcpy(p->hedge.score, o->hedge->score, k * sizeof(double));
+		p->hedge.batches = o->hedge->batches;
+	}
+	p->wr->hedge = &p->hedge;
+	/* Workspaces of the models alone: the ensemble runs them, feedback
+	 * measures each model's own loss. */
+	if (o->merge == ZM_MERGE_ENSEMBLE || o->feedback)
+		for (i = 0; i < k; i++) {
+			st = zm_workspace_new(models[i]->arch, max_batch, false,
+			                      &p->ws[i], err);
+			if (st != ZM_OK)
+				goto fail;
+		}
+	for (l = 0; l < arch->n_layers; l++) {
+		const struct zm_layer_spec *s = &arch->layers[l];
+		size_t wn = s->in_features * s->out_features;
+		if (s->out_features > maxout)
+			maxout = s->out_features;
+		if (s->has_params && wn > maxw)
+			maxw = wn;
+	}
+	if (o->merge != ZM_MERGE_ENSEMBLE) {
+		st = stack_layers(p, err);
+		if (st != ZM_OK)
+			goto fail;
+	}
+	if (!zm_size_mul(max_batch, arch->max_features, &hw) ||
+	    !zm_size_mul(nk, maxout, &zw)) {
+		st = zm_error_set(err, ZM_ERR_NOMEM, "batch size too large");
+		goto fail;
+	}
+	p->ha = zm_malloc(hw * sizeof(float));
+	p->hb = zm_malloc(hw * sizeof(float));
+	p->z = zm_malloc((o->merge == ZM_MERGE_OUTPUTS ? zw : nlogp) *
+	                 sizeof(float));
+	p->wm = zm_malloc((maxw ? maxw : 1) * sizeof(float));
+	p->bm = zm_malloc((maxout ? maxout : 1) * sizeof(float));
+	p->wl = zm_malloc(nk * sizeof(double));
+	p->ascores = zm_malloc(nlogp * sizeof(float));
+	p->adapt_scratch = zm_malloc(2 * p->wr->units.n_units * k *
+	                             sizeof(double));
+	p->targets = zm_malloc(nlogp * sizeof(float));
+	p->tw = zm_calloc(p->wr->units.n_units * k, sizeof(double));
+	if (!p->ha || !p->hb || !p->z || !p->wm || !p->bm || !p->wl ||
+	    !p->ascores || !p->adapt_scratch || !p->targets || !p->tw) {
+		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		goto fail;
+	}
+	if (auto_names) {
+		for (i = 0; i < k; i++)
+			free(auto_names[i]);
+		free(auto_names);
 	}
 	*out = p;
 	return ZM_OK;
+fail:
+	if (auto_names) {
+		for (i = 0; i < k; i++)
+			free(auto_names[i]);
+		free(auto_names);
+	}
+	zm_predictor_free(p);
+	return st;
 }
 
 void zm_predictor_free(struct zm_predictor *p)
@@ -77,11 +311,30 @@ void zm_predictor_free(struct zm_predictor *p)
 	if (p->ws)
 		for (i = 0; i < p->n_models; i++)
 			zm_workspace_free(p->ws[i]);
+	if (p->wcat)
+		for (i = 0; i < p->models[0]->arch->n_layers; i++) {
+			free(p->wcat[i]);
+			free(p->bcat[i]);
+		}
+	free(p->wcat);
+	free(p->bcat);
+	zm_weighter_free(p->wr);
+	zm_hedge_release(&p->hedge);
 	free(p->ws);
 	free(p->models);
 	free(p->logp);
 	free(p->scores);
 	free(p->ids);
+	free(p->ha);
+	free(p->hb);
+	free(p->z);
+	free(p->wm);
+	free(p->bm);
+	free(p->wl);
+	free(p->ascores);
+	free(p->adapt_scratch);
+	free(p->targets);
+	free(p->tw);
 	free(p);
 }
 
@@ -109,18 +362,12 @@ static void softmax_row(const float *z, size_t c, float *prob, float *logp)
 	}
 }
 
-void zm_predict_batch(struct zm_predictor *p, const float *x, size_t n,
-                      float *scores, float *logp)
+/* Scores (and log-probabilities) from final outputs. */
+static void finish_scores(const struct zm_predictor *p, const float *outp,
+                          size_t n, float *scores, float *logp)
 {
-	const float *outp;
 	size_t c = p->out_features, i;
 
-	ZM_ASSERT(n <= p->max_batch);
-	if (n == 0)
-		return;
-	/* K == 1: the model's output is the prediction.  The dynamic issue
-	 * mixes the K models here, per layer or on the outputs. */
-	outp = zm_model_forward(p->models[0], p->ws[0], x, n);
 	if (p->loss == ZM_LOSS_MSE) {
 		memcpy(scores, outp, n * c * sizeof(float));
 		return;
@@ -128,6 +375,401 @@ void zm_predict_batch(struct zm_predictor *p, const float *x, size_t n,
 	for (i = 0; i < n; i++)
 		softmax_row(outp + i * c, c, scores + i * c,
 		            logp ? logp + i * c : NULL);
+}
+
+/* Adds this layer's (rows x K) weights to the trace when l begins its
+ * unit. */
+static void record_weights(struct zm_predictor *p, size_t l, size_t rows)
+{
+	struct zm_weighter *w = p->wr;
+	size_t K = p->n_models, u = w->units.layer_unit[l], r, i;
+
+	if (!p->recording || w->unit_first[u] != l)
+		return;
+	for (i = 0; i < K; i++) {
+		double s = 0;
+		for (r = 0; r < rows; r++)
+			s += p->wl[r * K + i];
+		p->tw[u * K + i] = s / (double)rows;
+	}
+}
+
+/* The merged forward pass (outputs or params) of n rows; returns the
+ * final outputs (n x C, in p->ha or p->hb). */
+static enum zm_status merged_forward(struct zm_predictor *p, const float *x,
+                                     size_t n, const float **result,
+                                     struct zm_error *err)
+{
+	const struct zm_arch *a = p->models[0]->arch;
+	size_t K = p->n_models, l, i, r, j, rows;
+	const float *h = x;
+	float *dst = p->ha;
+	enum zm_status st;
+	bool per_row = p->wr->o.per_row;
+	size_t evaluated = 0;
+
+	zm_weighter_begin(p->wr, x, n);
+	for (l = 0; l < a->n_layers; l++) {
+		const struct zm_layer_spec *s = &a->layers[l];
+		size_t in = s->in_features, out = s->out_features, ko = K * out;
+		size_t active = 0;
+		bool all;
+
+		if (!s->has_params)
+			continue;   /* flatten: activations are stored flat */
+		st = zm_weighter_layer(p->wr, l, h, n, p->wl, err);
+		if (st != ZM_OK)
+			return st;
+		rows = per_row ? n : 1;
+		record_weights(p, l, rows);
+		if (p->o.merge == ZM_MERGE_PARAMS) {
+			size_t wn = in * out;
+			bool first = true;
+			for (i = 0; i < K; i++) {
+				float wi = (float)p->wl[i];
+				const float *W = p->wcat[l] + i * wn;
+				const float *B = p->bcat[l] + i * out;
+				if (wi == 0)
+					continue;
+				active++;
+				if (first) {
+					for (j = 0; j < wn; j++)
+						p->wm[j] = wi * W[j];
+					for (j = 0; j < out; j++)
+						p->bm[j] = wi * B[j];
+					first = false;
+				} else {
+					for (j = 0; j < wn; j++)
+						p->wm[j] += wi * W[j];
+					for (j = 0; j < out; j++)
+						p->bm[j] += wi * B[j];
+				}
+			}
+			for (r = 0; r < n; r++)
+				memcpy(dst + r * out, p->bm, out * sizeof(float));
+			zm_gemm(false, true, n, out, in, 1.0f, h, in, p->wm, in,
+			        1.0f, dst, out);
+			zm_activation_apply(s->act, dst, dst, n * out);
+		} else {
+			/* Per-batch weights skip the models that weigh 0;
+			 * otherwise one GEMM over the stacked weights. */
+			for (i = 0; i < K; i++)
+				if (per_row || p->wl[i] != 0)
+					active++;
+			all = active == K;
+			for (r = 0; r < n; r++)
+				memcpy(p->z + r * ko, p->bcat[l], ko * sizeof(float));
+			if (all) {
+				zm_gemm(false, true, n, ko, in, 1.0f, h, in,
+				        p->wcat[l], in, 1.0f, p->z, ko);
+			} else {
+				for (i = 0; i < K; i++)
+					if (p->wl[i] != 0)
+						zm_gemm(false, true, n, out, in, 1.0f, h,
+						        in, p->wcat[l] + i * out * in, in,
+						        1.0f, p->z + i * out, ko);
+			}
+			if (p->o.point == ZM_MERGE_POST) {
+				if (all) {
+					zm_activation_apply(s->act, p->z, p->z, n * ko);
+				} else {
+					for (r = 0; r < n; r++)
+						for (i = 0; i < K; i++)
+							if (p->wl[i] != 0) {
+								float *zz = p->z + r * ko + i * out;
+								zm_activation_apply(s->act, zz,
+								                    zz, out);
+							}
+				}
+			}
+			for (r = 0; r < n; r++) {
+				const double *wr = p->wl + (per_row ? r * K : 0);
+				const float *zr = p->z + r * ko;
+				float *d = dst + r * out;
+				bool first = true;
+				for (i = 0; i < K; i++) {
+					float wi = (float)wr[i];
+					const float *zi = zr + i * out;
+					if (wi == 0)
+						continue;
+					if (first) {
+						for (j = 0; j < out; j++)
+							d[j] = wi * zi[j];
+						first = false;
+					} else {
+						for (j = 0; j < out; j++)
+							d[j] += wi * zi[j];
+					}
+				}
+				if (first)
+					memset(d, 0, out * sizeof(float));
+			}
+			if (p->o.point == ZM_MERGE_PRE)
+				zm_activation_apply(s->act, dst, dst, n * out);
+		}
+		if (active > evaluated)
+			evaluated = active;
+		h = dst;
+		dst = dst == p->ha ? p->hb : p->ha;
+	}
+	p->evaluated = evaluated ? evaluated : K;
+	*result = h;
+	return ZM_OK;
+}
+
+/* The ensemble: every model with weight alone, the final scores mixed. */
+static enum zm_status ensemble_forward(struct zm_predictor *p, const float *x,
+                                       size_t n, float *scores, float *logp,
+                                       struct zm_error *err)
+{
+	size_t K = p->n_models, c = p->out_features, i, r, j, l0;
+	bool per_row = p->wr->o.per_row;
+	enum zm_status st;
+
+	zm_weighter_begin(p->wr, x, n);
+	l0 = p->wr->unit_first[0];
+	ZM_ASSERT(l0 != SIZE_MAX);
+	st = zm_weighter_layer(p->wr, l0, x, n, p->wl, err);
+	if (st != ZM_OK)
+		return st;
+	record_weights(p, l0, per_row ? n : 1);
+	memset(scores, 0, n * c * sizeof(float));
+	p->evaluated = 0;
+	for (i = 0; i < K; i++) {
+		const float *z;
+		bool any = false;
+
+		for (r = 0; r < (per_row ? n : 1) && !any; r++)
+			any = p->wl[r * K + i] != 0;
+		if (!any)
+			continue;
+		p->evaluated++;
+		z = zm_model_forward(p->models[i], p->ws[i], x, n);
+		finish_scores(p, z, n, p->z, NULL);
+		for (r = 0; r < n; r++) {
+			float wi = (float)p->wl[(per_row ? r * K : 0) + i];
+			for (j = 0; j < c; j++)
+				scores[r * c + j] += wi * p->z[r * c + j];
+		}
+	}
+	if (logp && p->loss == ZM_LOSS_CROSS_ENTROPY)
+		for (j = 0; j < n * c; j++)
+			logp[j] = scores[j] > 0 ? logf(scores[j]) : -INFINITY;
+	return ZM_OK;
+}
+
+static double seconds_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* One pass without timing or the latency adjustment. */
+static enum zm_status predict_pass(struct zm_predictor *p, const float *x,
+                                   size_t n, float *scores, float *logp,
+                                   struct zm_error *err)
+{
+	const float *outp;
+	enum zm_status st;
+
+	if (p->o.merge == ZM_MERGE_ENSEMBLE)
+		return ensemble_forward(p, x, n, scores, logp, err);
+	st = merged_forward(p, x, n, &outp, err);
+	if (st == ZM_OK)
+		finish_scores(p, outp, n, scores, logp);
+	return st;
+}
+
+enum zm_status zm_predict_run(struct zm_predictor *p, const float *x,
+                              size_t n, float *scores, float *logp,
+                              struct zm_error *err)
+{
+	enum zm_status st;
+	double t0;
+
+	ZM_ASSERT(n <= p->max_batch);
+	if (n == 0)
+		return ZM_OK;
+	if (p->n_models == 1) {
+		finish_scores(p, zm_model_forward(p->models[0], p->ws[0], x, n),
+		              n, scores, logp);
+		return ZM_OK;
+	}
+	t0 = seconds_now();
+	p->recording = true;
+	st = predict_pass(p, x, n, scores, logp, err);
+	p->recording = false;
+	if (st == ZM_OK)
+		zm_weighter_adjust(p->wr, (seconds_now() - t0) /
+		                   (double)(p->evaluated ? p->evaluated : 1));
+	return st;
+}
+
+void zm_predict_batch(struct zm_predictor *p, const float *x, size_t n,
+                      float *scores, float *logp)
+{
+	struct zm_error err;
+	enum zm_status st = zm_predict_run(p, x, n, scores, logp, &err);
+
+	ZM_ASSERT(st == ZM_OK);
+}
+
+/* Mean loss of each model alone on n rows against labels or targets. */
+enum zm_status zm_predict_feedback(struct zm_predictor *p, const float *x,
+                                   size_t n, const struct zm_tensor *y,
+                                   size_t first, double *loss,
+                                   struct zm_error *err)
+{
+	size_t K = p->n_models, c = p->out_features, i, j;
+	enum zm_status st;
+
+	ZM_ASSERT(p->n_models > 1 && p->ws[0] != NULL);
+	if (n == 0)
+		return ZM_OK;
+	if (p->loss == ZM_LOSS_CROSS_ENTROPY) {
+		if (y->dtype != ZM_DTYPE_I64 || y->ndim != 1)
+			return zm_error_set(err, ZM_ERR_DATA, "tensor 'y' is %s "
+			                    "with %d dimensions; feedback needs "
+			                    "I64 class ids [n]",
+			                    zm_dtype_name(y->dtype), y->ndim);
+	} else {
+		size_t ty = y->ndim == 2 ? (size_t)y->shape[1] : 1;
+		if (ty != c)
+			return zm_error_set(err, ZM_ERR_DATA, "tensor 'y' has %zu "
+			                    "targets per row, the model has %zu "
+			                    "outputs", ty, c);
+		zm_tensor_read_f32(y, first * c, n * c, p->targets);
+		for (j = 0; j < n * c; j++)
+			if (!isfinite(p->targets[j]))
+				return zm_error_set(err, ZM_ERR_DATA, "row %zu: "
+				                    "target %zu is not finite",
+				                    first + j / c, j % c);
+	}
+	for (i = 0; i < K; i++) {
+		const float *z = zm_model_forward(p->models[i], p->ws[i], x, n);
+		double sum = 0;
+
+		if (p->loss == ZM_LOSS_CROSS_ENTROPY) {
+			st = zm_loss_cross_entropy(z, (const int64_t *)y->data +
+			                           first, n, c, &sum, NULL, NULL,
+			                           err);
+			if (st != ZM_OK)
+				return st;
+		} else {
+			zm_loss_mse(z, p->targets, n, c, &sum, NULL);
+		}
+		loss[i] = sum / (double)n;
+	}
+	zm_hedge_update(&p->hedge, loss, p->o.eta);
+	return ZM_OK;
+}
+
+struct adapt_ctx {
+	struct zm_predictor *p;
+	const float *x;
+	size_t n;
+	bool failed;
+	struct zm_error *err;
+};
+
+static double adapt_objective(void *vctx, const double *a)
+{
+	struct adapt_ctx *c = vctx;
+	struct zm_weighter *w = c->p->wr;
+	size_t m = w->units.n_units * w->k;
+
+	memcpy(w->alpha, a, m * sizeof(double));
+	if (predict_pass(c->p, c->x, c->n, c->p->ascores, NULL, c->err) !=
+	    ZM_OK) {
+		c->failed = true;
+		return INFINITY;
+	}
+	return zm_entropy_mean(c->p->ascores, c->n, c->p->out_features);
+}
+
+enum zm_status zm_predict_adapt(struct zm_predictor *p, const float *x,
+                                size_t n, double *before, double *after,
+                                struct zm_error *err)
+{
+	struct adapt_ctx c = { p, x, n, false, err };
+	struct zm_weighter *w;
+	size_t m;
+	double *a, f0, f1;
+
+	if (p->n_models == 1 || n == 0 || p->loss != ZM_LOSS_CROSS_ENTROPY)
+		return ZM_OK;
+	w = p->wr;
+	m = w->units.n_units * w->k;
+	if (c.n > p->o.adapt_rows)
+		c.n = p->o.adapt_rows;
+	a = zm_malloc(m * sizeof(double));
+	if (!a)
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	memcpy(a, w->alpha, m * sizeof(double));
+	f0 = adapt_objective(&c, a);
+	f1 = zm_adapt_minimise(a, m, adapt_objective, &c, &p->o.adapt_o,
+	                       p->adapt_scratch);
+	memcpy(w->alpha, a, m * sizeof(double));
+	free(a);
+	if (c.failed)
+		return ZM_ERR_NOMEM;
+	if (before)
+		*before = f0;
+	if (after)
+		*after = f1;
+	return ZM_OK;
+}
+
+/* ---- trace ---- */
+
+enum zm_status zm_pred_trace_header(struct zm_outfile *f,
+                                    struct zm_error *err)
+{
+	static const char h[] = "batch,rows,model,unit,weight,similarity,score\n";
+
+	return zm_outfile_write(f, h, sizeof(h) - 1, err);
+}
+
+enum zm_status zm_pred_trace_write(struct zm_predictor *p,
+                                   struct zm_outfile *f, uint64_t batch,
+                                   size_t rows, struct zm_error *err)
+{
+	struct zm_weighter *w = p->wr;
+	size_t K = p->n_models, u, i;
+	double mx = -INFINITY, sum = 0;
+	enum zm_status st = ZM_OK;
+
+	if (K == 1) {
+		return zm_outfile_printf(f, err, "%llu,%zu,%s,model,1,,1\n",
+		                         (unsigned long long)batch, rows,
+		                         p->models[0]->name ? p->models[0]->name
+		                                            : "m0");
+	}
+	for (i = 0; i < K; i++)
+		if (p->hedge.score[i] > mx)
+			mx = p->hedge.score[i];
+	for (i = 0; i < K; i++)
+		sum += exp(p->hedge.score[i] - mx);
+	for (u = 0; u < w->units.n_units && st == ZM_OK; u++) {
+		if (w->unit_first[u] == SIZE_MAX)
+			continue;
+		if (p->o.merge == ZM_MERGE_ENSEMBLE && u > 0)
+			break;
+		for (i = 0; i < K && st == ZM_OK; i++) {
+			char sim[40] = "";
+			if (w->unit_has_sim[u])
+				snprintf(sim, sizeof(sim), "%.9g",
+				         w->unit_sim[u * K + i]);
+			st = zm_outfile_printf(f, err, "%llu,%zu,%s,%s,%.9g,%s,%.9g\n",
+			                       (unsigned long long)batch, rows,
+			                       p->hedge.names[i], w->units.names[u],
+			                       p->tw[u * K + i], sim,
+			                       exp(p->hedge.score[i] - mx) / sum);
+		}
+	}
+	return st;
 }
 
 size_t zm_predict_argmax(const float *scores, size_t c)
@@ -568,8 +1210,23 @@ enum zm_status zm_predict_doc(struct zm_predictor *p,
 		size_t b = n - done < p->max_batch ? n - done : p->max_batch;
 		size_t i;
 
-		zm_predict_batch(p, (const float *)x.data + done * d, b, scores,
-		                 p->loss == ZM_LOSS_CROSS_ENTROPY ? p->logp : NULL);
+		const float *xb = (const float *)x.data + done * d;
+
+		if (p->n_models > 1 && p->o.adapt) {
+			st = zm_predict_adapt(p, xb, b, NULL, NULL, err);
+			if (st != ZM_OK)
+				goto out;
+		}
+		st = zm_predict_run(p, xb, b, scores, p->loss ==
+		                    ZM_LOSS_CROSS_ENTROPY ? p->logp : NULL, err);
+		if (st != ZM_OK)
+			goto out;
+		p->batch_no++;
+		if (p->trace) {
+			st = zm_pred_trace_write(p, p->trace, p->batch_no, b, err);
+			if (st != ZM_OK)
+				goto out;
+		}
 		if (idt)
 			memcpy(ids, (const char *)idt->data +
 			       done * sizeof(int64_t), b * sizeof(int64_t));
@@ -588,6 +1245,14 @@ enum zm_status zm_predict_doc(struct zm_predictor *p,
 			st = zm_pred_writer_write(w, ids, scores, b, err);
 			if (st != ZM_OK)
 				goto out;
+		}
+		if (p->n_models > 1 && p->o.feedback && y) {
+			double loss[ZM_WEIGHTER_MAX_MODELS];
+			st = zm_predict_feedback(p, xb, b, y, done, loss, err);
+			if (st != ZM_OK) {
+				zm_error_prefix(err, "%s: ", name);
+				goto out;
+			}
 		}
 		done += b;
 	}

@@ -3,12 +3,24 @@
  * as CSV or as a data stream, and metrics (accuracy, loss) accumulated when
  * the inputs carry labels.
  *
- * The predictor is built around a list of K models so that the dynamic
- * multi-model inference of DESIGN.md section 5 (per-batch or per-row
- * weights from similarity to the models' profiles, layer-wise merging,
- * feedback) extends it: that will add a weights argument ([K] or [n, K])
- * to the batch call and per-layer mixing inside it, while the writers, the
- * metrics and the per-document driver stay as they are.  Today K must be 1.
+ * The predictor runs K models.  K == 1 is the plain forward pass.  For
+ * K > 1 (DESIGN.md section 5) the weights come from a zm_weighter
+ * (weighting.h), per batch or per row, per unit of the granularity, and
+ * the models are merged layer by layer:
+ *   outputs   h_l = sum_i w_il f_il(h_{l-1}), mixing the pre-activations
+ *             (merge point pre: h_l = act(sum_i w_il z_il)) or the
+ *             activations (post: h_l = sum_i w_il act(z_il)); the K
+ *             models' products of a layer are ONE zm_gemm over their
+ *             weights stacked [K*out, in] at load time;
+ *   params    the parameters merged once per batch, W_l = sum_i w_il
+ *             W_il, b_l likewise, and one network run: with per-batch
+ *             weights this equals outputs with merge point pre, for 1/K
+ *             of the products;
+ *   ensemble  each model alone, the final probabilities (regression
+ *             outputs) mixed; architectures may differ.
+ * With feedback, each model's own loss on a labelled batch updates its
+ * Hedge score after the batch is predicted; with entropy adaptation the
+ * per-unit coefficients are tuned on the batch before it is predicted.
  *
  * Outputs of a batch are "scores", n x C floats: softmax probabilities for
  * cross-entropy (classification) models, the raw outputs for mse
@@ -27,13 +39,42 @@
 #include "model.h"
 #include "stream.h"
 #include "tensor.h"
+#include "weighting.h"
+#include "adapt.h"
 
 #define ZM_PREDICT_BATCH_DEFAULT 1024
 
+enum zm_merge_mode { ZM_MERGE_OUTPUTS, ZM_MERGE_PARAMS, ZM_MERGE_ENSEMBLE };
+enum zm_merge_point { ZM_MERGE_PRE, ZM_MERGE_POST };
+
+/* "outputs", "params", "ensemble" / "pre", "post"; false when unknown. */
+bool zm_merge_mode_parse(const char *s, enum zm_merge_mode *out);
+bool zm_merge_point_parse(const char *s, enum zm_merge_point *out);
+
+/* How K > 1 models predict together. */
+struct zm_predict_options {
+	enum zm_merge_mode merge;
+	enum zm_merge_point point;
+	struct zm_weighter_options w;
+	const char *const *names;        /* [K] model names; NULL: m0, m1, ... */
+	const double *stat;              /* static table [n_layers, K] or NULL */
+	const struct zm_model *router;   /* borrowed, router weighting */
+	const struct zm_assignment *assignment;  /* borrowed */
+	bool use_metrics;                /* zoo accuracy as a prior */
+	bool feedback;                   /* Hedge from labelled batches */
+	double eta;                      /* Hedge learning rate (default 1) */
+	struct zm_hedge *hedge;          /* borrowed start state, or NULL */
+	bool adapt;                      /* entropy adaptation */
+	struct zm_adapt_options adapt_o;
+	size_t adapt_rows;               /* rows adapted on (default 256) */
+};
+
+void zm_predict_options_init(struct zm_predict_options *o);
+
 struct zm_predictor {
-	size_t n_models;                    /* K; 1 for now */
+	size_t n_models;                    /* K */
 	const struct zm_model **models;     /* owned array of borrowed models */
-	struct zm_workspace **ws;           /* owned, one per model */
+	struct zm_workspace **ws;           /* owned, one per model (or NULL) */
 	size_t max_batch;
 	size_t in_features;                 /* per row */
 	size_t out_features;                /* C: classes or targets */
@@ -41,18 +82,96 @@ struct zm_predictor {
 	float *logp;                        /* owned, max_batch x C; cross-entropy */
 	float *scores;                      /* owned, max_batch x C; zm_predict_doc */
 	int64_t *ids;                       /* owned, max_batch; zm_predict_doc */
+	/* K > 1 (all owned unless said otherwise) */
+	struct zm_predict_options o;
+	struct zm_weighter *wr;
+	struct zm_hedge hedge;              /* the scores used and updated */
+	float **wcat, **bcat;               /* per layer: [K*out, in], [K*out] */
+	float *ha, *hb;                     /* max_batch x max_features */
+	float *z;                           /* max_batch x K x widest out */
+	float *wm, *bm;                     /* merged params of one layer */
+	double *wl;                         /* [max_batch, K] one layer's weights */
+	float *ascores;                     /* adaptation scratch scores */
+	double *adapt_scratch;
+	float *targets;                     /* feedback: regression targets */
+	double *tw;                         /* trace: [n_units, K] mean weights */
+	size_t evaluated;                   /* models evaluated, last batch */
+	bool recording;                     /* the pass records the trace */
+	uint64_t batch_no;
+	struct zm_outfile *trace;           /* borrowed, open trace file */
 };
 
 /*
  * Makes a predictor over models[0..k) (borrowed: they must outlive it) for
- * batches of up to max_batch rows, allocating every buffer once.  Several
- * models are ZM_ERR_USAGE ("not implemented yet") until dynamic weighting
- * exists.  *out is freed with zm_predictor_free.
+ * batches of up to max_batch rows, allocating every buffer once.  For
+ * k > 1 it uses the defaults of zm_predict_options_init with uniform
+ * weighting.  *out is freed with zm_predictor_free.
  */
 enum zm_status zm_predictor_new(const struct zm_model *const *models,
                                 size_t k, size_t max_batch,
                                 struct zm_predictor **out,
                                 struct zm_error *err);
+
+/*
+ * The same with options.  Errors: models of different architectures
+ * with merge outputs or params (ZM_ERR_DATA naming the first differing
+ * layer and suggesting ensemble), models whose input widths or output
+ * counts differ (ensemble), params with per-row weights or merge point
+ * post, ensemble at the group or layer level (ZM_ERR_USAGE), and those of
+ * zm_weighter_new.  o->hedge, when given, is copied (zm_hedge_match'ed by
+ * the caller).
+ */
+enum zm_status zm_predictor_new_opts(const struct zm_model *const *models,
+                                     size_t k, size_t max_batch,
+                                     const struct zm_predict_options *o,
+                                     struct zm_predictor **out,
+                                     struct zm_error *err);
+
+/*
+ * Predicts n rows like zm_predict_batch for any K, recording the batch's
+ * weights for the trace.  Fails only with ZM_ERR_NOMEM.
+ */
+enum zm_status zm_predict_run(struct zm_predictor *p, const float *x,
+                              size_t n, float *scores, float *logp,
+                              struct zm_error *err);
+
+/*
+ * Feedback after a batch was predicted: the loss of each model alone on
+ * the n rows of x against rows [first, first + n) of y (I64 class ids or
+ * regression targets) into loss[K] (mean per row), then the Hedge update.
+ * Errors as zm_pred_metrics_add.
+ */
+enum zm_status zm_predict_feedback(struct zm_predictor *p, const float *x,
+                                   size_t n, const struct zm_tensor *y,
+                                   size_t first, double *loss,
+                                   struct zm_error *err);
+
+/*
+ * Entropy adaptation on the first rows of x (up to o.adapt_rows): lowers
+ * the mean prediction entropy by adjusting the weighter's per-unit
+ * offsets (zm_adapt_minimise).  Returns the entropy before and after in
+ * *before and *after (either may be NULL).
+ */
+enum zm_status zm_predict_adapt(struct zm_predictor *p, const float *x,
+                                size_t n, double *before, double *after,
+                                struct zm_error *err);
+
+/* ---- trace ---- */
+
+/* Writes the trace header "batch,rows,model,unit,weight,similarity,score"
+ * to f. */
+enum zm_status zm_pred_trace_header(struct zm_outfile *f,
+                                    struct zm_error *err);
+
+/*
+ * Writes one line per model and unit for the last batch predicted by
+ * zm_predict_run: weight (mean over rows), similarity (mean over rows;
+ * empty when not measured), score (the model's Hedge weight, exp(h_i) /
+ * sum_j exp(h_j)).
+ */
+enum zm_status zm_pred_trace_write(struct zm_predictor *p,
+                                   struct zm_outfile *f, uint64_t batch,
+                                   size_t rows, struct zm_error *err);
 
 /* Frees the predictor and its buffers (not the models); NULL is fine. */
 void zm_predictor_free(struct zm_predictor *p);
@@ -61,7 +180,8 @@ void zm_predictor_free(struct zm_predictor *p);
  * Predicts n rows (n <= max_batch) of x (n x in_features, finite) into
  * scores (n x C, caller-owned): softmax probabilities or regression
  * outputs.  For classification, when logp is not NULL it receives the
- * log-probabilities (n x C).  Cannot fail for valid arguments.
+ * log-probabilities (n x C).  Cannot fail for valid arguments with K ==
+ * 1; for K > 1 use zm_predict_run, which reports running out of memory.
  */
 void zm_predict_batch(struct zm_predictor *p, const float *x, size_t n,
                       float *scores, float *logp);
@@ -175,7 +295,9 @@ void zm_pred_writer_abort(struct zm_pred_writer *w);
  * by the rows of the document.  Errors (ZM_ERR_DATA): x's width differs
  * from the model's input features (both numbers named), a NaN or infinite
  * input (naming the row and feature), and the errors of
- * zm_pred_metrics_add; plus the writer's.
+ * zm_pred_metrics_add; plus the writer's.  With K > 1 each batch is
+ * adapted first (o.adapt), predicted, traced (p->trace), and fed back
+ * (o.feedback, when the document has labels).
  */
 enum zm_status zm_predict_doc(struct zm_predictor *p,
                               const struct zm_doc *doc, const char *name,

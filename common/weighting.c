@@ -1,0 +1,970 @@
+/*
+ * The dynamic weighting function: similarity, router, uniform and static
+ * weights combined in log space, top-k under a latency budget, and the
+ * Hedge scores with their state file.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "fileio.h"
+#include "json.h"
+#include "mem.h"
+#include "weighting.h"
+#include "zoo.h"
+
+#define STATE_MAGIC "zoomerge-predict-state 1"
+#define STATE_MAX_BYTES (16u << 20)
+
+static const char *const kind_names[] = {
+	[ZM_WEIGHTING_SIMILARITY] = "similarity",
+	[ZM_WEIGHTING_ROUTER] = "router",
+	[ZM_WEIGHTING_UNIFORM] = "uniform",
+	[ZM_WEIGHTING_STATIC] = "static",
+	[ZM_WEIGHTING_ROUTER_SIMILARITY] = "router+similarity",
+};
+
+const char *zm_weighting_name(enum zm_weighting w)
+{
+	return kind_names[w];
+}
+
+bool zm_weighting_parse(const char *s, enum zm_weighting *out)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(kind_names) / sizeof(kind_names[0]); i++)
+		if (strcmp(s, kind_names[i]) == 0) {
+			*out = (enum zm_weighting)i;
+			return true;
+		}
+	/* The product is symmetric; accept both spellings. */
+	if (strcmp(s, "similarity+router") == 0) {
+		*out = ZM_WEIGHTING_ROUTER_SIMILARITY;
+		return true;
+	}
+	return false;
+}
+
+void zm_weights_softmax_topk(const double *logits, size_t k, size_t top_k,
+                             double *w)
+{
+	double mx = -INFINITY, sum = 0;
+	size_t i, j;
+
+	for (i = 0; i < k; i++)
+		if (logits[i] > mx)
+			mx = logits[i];
+	if (!(mx > -INFINITY)) {
+		/* Nothing has any weight (a router that knows none of the
+		 * models): fall back to uniform rather than divide by 0. */
+		for (i = 0; i < k; i++)
+			w[i] = 1.0 / (double)k;
+		mx = 0;
+	} else {
+		for (i = 0; i < k; i++)
+			w[i] = exp(logits[i] - mx);
+	}
+	if (top_k > 0 && top_k < k) {
+		/* Rank of i = models strictly better, or equal with a lower
+		 * index; keep ranks below top_k.  K is small: O(K^2). */
+		double kw[ZM_WEIGHTER_MAX_MODELS];
+		ZM_ASSERT(k <= ZM_WEIGHTER_MAX_MODELS);
+		for (i = 0; i < k; i++) {
+			size_t rank = 0;
+			for (j = 0; j < k; j++)
+				if (w[j] > w[i] || (w[j] == w[i] && j < i))
+					rank++;
+			kw[i] = rank < top_k ? w[i] : 0;
+		}
+		for (i = 0; i < k; i++)
+			w[i] = kw[i];
+	}
+	for (i = 0; i < k; i++)
+		sum += w[i];
+	for (i = 0; i < k; i++)
+		w[i] /= sum;
+}
+
+/* ---- Hedge ---- */
+
+void zm_hedge_init(struct zm_hedge *h)
+{
+	memset(h, 0, sizeof(*h));
+}
+
+void zm_hedge_release(struct zm_hedge *h)
+{
+	size_t i;
+
+	if (h->names)
+		for (i = 0; i < h->k; i++)
+			free(h->names[i]);
+	free(h->names);
+	free(h->score);
+	zm_hedge_init(h);
+}
+
+static enum zm_status hedge_alloc(struct zm_hedge *h, size_t k,
+                                  struct zm_error *err)
+{
+	zm_hedge_release(h);
+	h->names = zm_calloc(k ? k : 1, sizeof(*h->names));
+	h->score = zm_calloc(k ? k : 1, sizeof(*h->score));
+	if (!h->names || !h->score) {
+		zm_hedge_release(h);
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	}
+	return ZM_OK;
+}
+
+enum zm_status zm_hedge_reset(struct zm_hedge *h, const char *const *names,
+                              size_t k, struct zm_error *err)
+{
+	enum zm_status st = hedge_alloc(h, k, err);
+	size_t i;
+
+	if (st != ZM_OK)
+		return st;
+	for (i = 0; i < k; i++) {
+		if (!(h->names[i] = zm_strdup(names[i]))) {
+			h->k = i;
+			zm_hedge_release(h);
+			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		}
+	}
+	h->k = k;
+	return ZM_OK;
+}
+
+/* Appends one score; the arrays grow by doubling. */
+static bool hedge_push(struct zm_hedge *h, size_t *cap, const char *name,
+                       size_t len, double v)
+{
+	if (h->k == *cap) {
+		size_t nc = *cap ? *cap * 2 : 8, bytes;
+		char **nn;
+		double *ns;
+
+		if (!zm_size_mul(nc, sizeof(double), &bytes) ||
+		    !zm_size_mul(nc, sizeof(char *), &bytes))
+			return false;
+		nn = zm_realloc(h->names, nc * sizeof(*nn));
+		if (!nn)
+			return false;
+		h->names = nn;
+		ns = zm_realloc(h->score, nc * sizeof(*ns));
+		if (!ns)
+			return false;
+		h->score = ns;
+		*cap = nc;
+	}
+	if (!(h->names[h->k] = zm_strndup(name, len)))
+		return false;
+	h->score[h->k++] = v;
+	return true;
+}
+
+enum zm_status zm_hedge_parse(const char *bytes, size_t len,
+                              const char *source, struct zm_hedge *h,
+                              struct zm_error *err)
+{
+	size_t pos = 0, cap = 0, lineno = 0, i;
+	bool magic = false;
+	enum zm_status st = ZM_OK;
+
+	zm_hedge_release(h);
+	while (pos < len && st == ZM_OK) {
+		const char *line = bytes + pos, *nl;
+		size_t ll;
+		char buf[160], word[16], name[80], tail[2];
+		double v;
+		unsigned long long nb;
+
+		nl = memchr(line, '\n', len - pos);
+		ll = nl ? (size_t)(nl - line) : len - pos;
+		pos += ll + (nl ? 1 : 0);
+		lineno++;
+		if (memchr(line, '\0', ll) || ll >= sizeof(buf)) {
+			st = zm_error_set(err, ZM_ERR_FORMAT, "%s:%zu: %s", source,
+			                  lineno, ll >= sizeof(buf) ?
+			                  "line too long" : "NUL byte");
+			break;
+		}
+		memcpy(buf, line, ll);
+		buf[ll] = '\0';
+		if (!magic) {
+			if (strcmp(buf, STATE_MAGIC) != 0)
+				st = zm_error_set(err, ZM_ERR_FORMAT,
+				                  "%s:1: not a predict state file "
+				                  "(expected '%s')", source,
+				                  STATE_MAGIC);
+			magic = true;
+			continue;
+		}
+		if (ll == 0 || buf[0] == '#')
+			continue;
+		if (sscanf(buf, "%15s", word) != 1) {
+			st = zm_error_set(err, ZM_ERR_FORMAT, "%s:%zu: blank line "
+			                  "with spaces", source, lineno);
+		} else if (strcmp(word, "batches") == 0) {
+			if (sscanf(buf, "batches %llu %1s", &nb, tail) != 1 ||
+			    strchr(buf, '-'))
+				st = zm_error_set(err, ZM_ERR_FORMAT, "%s:%zu: "
+				                  "expected 'batches N'", source,
+				                  lineno);
+			else
+				h->batches = nb;
+		} else if (strcmp(word, "score") == 0) {
+			char num[64];
+
+			if (sscanf(buf, "score %79s %63s %1s", name, num,
+			           tail) != 2 || !zm_parse_double(num, &v) ||
+			    !isfinite(v) || v > 0 || v < -1e6) {
+				st = zm_error_set(err, ZM_ERR_FORMAT, "%s:%zu: "
+				                  "expected 'score MODEL H' with H "
+				                  "a number in [-1e6, 0]", source,
+				                  lineno);
+			} else if (!zm_zoo_valid_name(name)) {
+				st = zm_error_set(err, ZM_ERR_FORMAT, "%s:%zu: '%s' "
+				                  "is not a model name", source,
+				                  lineno, name);
+			} else {
+				for (i = 0; i < h->k; i++)
+					if (strcmp(h->names[i], name) == 0)
+						break;
+				if (i < h->k)
+					st = zm_error_set(err, ZM_ERR_FORMAT,
+					                  "%s:%zu: model '%s' twice",
+					                  source, lineno, name);
+				else if (!hedge_push(h, &cap, name, strlen(name), v))
+					st = zm_error_set(err, ZM_ERR_NOMEM,
+					                  "out of memory");
+			}
+		} else {
+			st = zm_error_set(err, ZM_ERR_FORMAT, "%s:%zu: unknown key "
+			                  "'%s'", source, lineno, word);
+		}
+	}
+	if (st == ZM_OK && !magic)
+		st = zm_error_set(err, ZM_ERR_FORMAT, "%s: empty state file",
+		                  source);
+	if (st == ZM_OK && h->k == 0)
+		st = zm_error_set(err, ZM_ERR_FORMAT, "%s: no model scores",
+		                  source);
+	if (st != ZM_OK)
+		zm_hedge_release(h);
+	return st;
+}
+
+enum zm_status zm_hedge_match(struct zm_hedge *h, const char *const *names,
+                              size_t k, const char *source,
+                              struct zm_error *err)
+{
+	size_t i, j;
+	double *ns;
+	char **nn;
+
+	for (i = 0; i < k; i++) {
+		for (j = 0; j < h->k; j++)
+			if (strcmp(h->names[j], names[i]) == 0)
+				break;
+		if (j == h->k)
+			return zm_error_set(err, ZM_ERR_DATA, "%s: a state of "
+			                    "other models: no score for model "
+			                    "'%s'", source, names[i]);
+	}
+	if (h->k != k)
+		return zm_error_set(err, ZM_ERR_DATA, "%s: a state of other "
+		                    "models: %zu scores for %zu models", source,
+		                    h->k, k);
+	ns = zm_calloc(k, sizeof(*ns));
+	nn = zm_calloc(k, sizeof(*nn));
+	if (!ns || !nn) {
+		free(ns);
+		free(nn);
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	}
+	for (i = 0; i < k; i++)
+		for (j = 0; j < h->k; j++)
+			if (h->names[j] && strcmp(h->names[j], names[i]) == 0) {
+				nn[i] = h->names[j];
+				ns[i] = h->score[j];
+				h->names[j] = NULL;
+				break;
+			}
+	free(h->names);
+	free(h->score);
+	h->names = nn;
+	h->score = ns;
+	return ZM_OK;
+}
+
+enum zm_status zm_hedge_load(struct zm_hedge *h, const char *path,
+                             const char *const *names, size_t k,
+                             struct zm_error *err)
+{
+	char *data = NULL;
+	size_t len = 0;
+	enum zm_status st;
+
+	st = zm_read_file(path, STATE_MAX_BYTES, &data, &len, err);
+	if (st == ZM_OK)
+		st = zm_hedge_parse(data, len, path, h, err);
+	if (st == ZM_OK)
+		st = zm_hedge_match(h, names, k, path, err);
+	free(data);
+	return st;
+}
+
+enum zm_status zm_hedge_save(const struct zm_hedge *h, const char *path,
+                             struct zm_error *err)
+{
+	struct zm_outfile f;
+	struct zm_buf b;
+	enum zm_status st;
+	size_t i;
+
+	zm_buf_init(&b);
+	zm_buf_printf(&b, "%s\nbatches %llu\n", STATE_MAGIC,
+	              (unsigned long long)h->batches);
+	for (i = 0; i < h->k; i++)
+		zm_buf_printf(&b, "score %s %.17g\n", h->names[i], h->score[i]);
+	if (b.failed) {
+		zm_buf_release(&b);
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	}
+	st = zm_outfile_open(&f, path, false, err);
+	if (st == ZM_OK) {
+		st = zm_outfile_write(&f, b.data, b.len, err);
+		if (st == ZM_OK)
+			st = zm_outfile_commit(&f, err);
+		else
+			zm_outfile_abort(&f);
+	}
+	zm_buf_release(&b);
+	return st;
+}
+
+void zm_hedge_update(struct zm_hedge *h, const double *loss, double eta)
+{
+	double mx = -INFINITY;
+	size_t i;
+
+	for (i = 0; i < h->k; i++) {
+		h->score[i] -= eta * loss[i];
+		if (h->score[i] > mx)
+			mx = h->score[i];
+	}
+	/* Only differences matter; shifting keeps the numbers bounded. */
+	for (i = 0; i < h->k; i++) {
+		h->score[i] -= mx;
+		if (h->score[i] < -1e6)
+			h->score[i] = -1e6;
+	}
+	h->batches++;
+}
+
+/* ---- static weights ---- */
+
+static ptrdiff_t name_index(const char *const *names, size_t k,
+                            const char *s)
+{
+	size_t i;
+
+	for (i = 0; i < k; i++)
+		if (strcmp(names[i], s) == 0)
+			return (ptrdiff_t)i;
+	return -1;
+}
+
+static enum zm_status weight_value(const struct zm_node *n, double *v,
+                                   struct zm_error *err)
+{
+	return zm_node_double(n, "weight", 0, 1e30, v, err);
+}
+
+enum zm_status zm_static_weights(const struct zm_node *root,
+                                 const struct zm_arch *arch,
+                                 const char *const *names, size_t k,
+                                 double *out, struct zm_error *err)
+{
+	const struct zm_node *models;
+	size_t L = arch->n_layers, P = 0, l, i, j, p;
+	enum zm_status st;
+
+	for (l = 0; l < L; l++)
+		P += arch->layers[l].has_params;
+	memset(out, 0, L * k * sizeof(*out));
+	st = zm_node_expect(root, ZM_NODE_MAP, "weights file", err);
+	if (st != ZM_OK)
+		return st;
+	models = zm_node_get(root, "models");
+	if (!models)
+		return zm_node_error(root, err, ZM_ERR_CONFIG,
+		                     "expected a 'models' list");
+	st = zm_node_expect(models, ZM_NODE_SEQ, "models", err);
+	if (st != ZM_OK)
+		return st;
+	for (j = 0; j < models->count; j++) {
+		static const char *const keys[] = { "model", "weight", NULL };
+		const struct zm_node *it = models->items[j], *mn, *wn;
+		const char *name;
+		ptrdiff_t m;
+
+		if ((st = zm_node_expect(it, ZM_NODE_MAP, "models entry", err)) ||
+		    (st = zm_node_check_keys(it, keys, "models entry", err)))
+			return st;
+		mn = zm_node_get(it, "model");
+		wn = zm_node_get(it, "weight");
+		if (!mn || !wn)
+			return zm_node_error(it, err, ZM_ERR_CONFIG,
+			                     "expected {model: NAME, weight: W}");
+		if ((st = zm_node_string(mn, "model", &name, err)))
+			return st;
+		m = name_index(names, k, name);
+		if (m < 0)
+			return zm_node_error(mn, err, ZM_ERR_CONFIG, "model '%s' "
+			                     "is not one of the models predicting",
+			                     name);
+		if (wn->type == ZM_NODE_SCALAR) {
+			double v;
+			if ((st = weight_value(wn, &v, err)))
+				return st;
+			for (l = 0; l < L; l++)
+				out[l * k + (size_t)m] = v;
+		} else if (wn->type == ZM_NODE_SEQ) {
+			double vals[256];
+			if (wn->count == 0 || wn->count > 256)
+				return zm_node_error(wn, err, ZM_ERR_CONFIG,
+				                     "expected 1 to 256 weights");
+			for (i = 0; i < wn->count; i++)
+				if ((st = weight_value(wn->items[i], &vals[i], err)))
+					return st;
+			/* Interpolated over the parameter layers; layers
+			 * without parameters take the next one's value. */
+			for (l = 0, p = 0; l < L; l++) {
+				double t, v;
+				size_t a;
+				t = P > 1 ? (double)p / (double)(P - 1) *
+				            (double)(wn->count - 1) : 0;
+				a = (size_t)t;
+				if (a + 1 < wn->count)
+					v = vals[a] + (t - (double)a) *
+					    (vals[a + 1] - vals[a]);
+				else
+					v = vals[wn->count - 1];
+				out[l * k + (size_t)m] = v;
+				if (arch->layers[l].has_params && p + 1 < P)
+					p++;
+			}
+		} else {
+			for (l = 0; l < L; l++) {
+				const struct zm_node *e =
+					zm_node_get(wn, arch->layers[l].name);
+				double v;
+				if (!e)
+					e = zm_node_get(wn, arch->layers[l].group);
+				if (!e) {
+					if (!arch->layers[l].has_params)
+						continue;
+					return zm_node_error(wn, err, ZM_ERR_CONFIG,
+					                     "no weight for layer '%s' "
+					                     "(or its group '%s')",
+					                     arch->layers[l].name,
+					                     arch->layers[l].group);
+				}
+				if ((st = weight_value(e, &v, err)))
+					return st;
+				out[l * k + (size_t)m] = v;
+			}
+			for (i = 0; i < wn->count; i++) {
+				const char *key = wn->keys[i]->value;
+				bool known = false;
+				for (l = 0; l < L && !known; l++)
+					known = strcmp(arch->layers[l].name, key) == 0 ||
+					        strcmp(arch->layers[l].group, key) == 0;
+				if (!known)
+					return zm_node_error(wn->keys[i], err,
+					                     ZM_ERR_CONFIG, "'%s' is no "
+					                     "layer or group", key);
+			}
+		}
+	}
+	for (l = 0; l < L; l++) {
+		double sum = 0;
+		if (!arch->layers[l].has_params)
+			continue;
+		for (i = 0; i < k; i++)
+			sum += out[l * k + i];
+		if (!(sum > 0))
+			return zm_node_error(models, err, ZM_ERR_CONFIG, "the "
+			                     "weights of layer '%s' are all 0",
+			                     arch->layers[l].name);
+		for (i = 0; i < k; i++)
+			out[l * k + i] /= sum;
+	}
+	return ZM_OK;
+}
+
+/* ---- the weighter ---- */
+
+void zm_weighter_options_init(struct zm_weighter_options *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->kind = ZM_WEIGHTING_SIMILARITY;
+	o->metric = ZM_METRIC_KL;
+	o->temperature = 1.0;
+	o->level = ZM_GRAN_FULL;
+	o->use_loadavg = true;
+}
+
+static bool uses_similarity(enum zm_weighting k)
+{
+	return k == ZM_WEIGHTING_SIMILARITY ||
+	       k == ZM_WEIGHTING_ROUTER_SIMILARITY;
+}
+
+static bool uses_router(enum zm_weighting k)
+{
+	return k == ZM_WEIGHTING_ROUTER || k == ZM_WEIGHTING_ROUTER_SIMILARITY;
+}
+
+void zm_weighter_free(struct zm_weighter *w)
+{
+	size_t l;
+
+	if (!w)
+		return;
+	for (l = 0; l < w->n_layers; l++) {
+		if (w->pm) free(w->pm[l]);
+		if (w->pv) free(w->pv[l]);
+		if (w->dm) free(w->dm[l]);
+		if (w->dv) free(w->dv[l]);
+	}
+	free(w->pm);
+	free(w->pv);
+	free(w->dm);
+	free(w->dv);
+	zm_gran_units_release(&w->units);
+	free(w->unit_first);
+	free(w->stat);
+	free(w->prior);
+	free(w->alpha);
+	zm_workspace_free(w->rws);
+	free(w->route);
+	free(w->router_w);
+	free(w->scores);
+	free(w->qm);
+	free(w->qv);
+	free(w->unit_sim);
+	free(w->unit_has_sim);
+	free(w);
+}
+
+/* Loads the profile entries that layer l's similarity needs for every
+ * model into w->pm/pv/dm/dv[l]. */
+static enum zm_status load_layer_profiles(struct zm_weighter *w, size_t l,
+                                          const struct zm_model *const *models,
+                                          const char *const *names,
+                                          const struct zm_profile *profs,
+                                          struct zm_error *err)
+{
+	const struct zm_layer_spec *s = &w->arch->layers[l];
+	size_t d = s->in_features, i, j, kd;
+	bool first_param = true;
+
+	for (j = 0; j < l; j++)
+		if (w->arch->layers[j].has_params)
+			first_param = false;
+	if (!zm_size_mul(w->k, d, &kd))
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	w->pm[l] = zm_malloc(kd * sizeof(float));
+	w->pv[l] = zm_malloc(kd * sizeof(float));
+	w->dm[l] = zm_malloc(kd * sizeof(double));
+	w->dv[l] = zm_malloc(kd * sizeof(double));
+	if (!w->pm[l] || !w->pv[l] || !w->dm[l] || !w->dv[l])
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	for (i = 0; i < w->k; i++) {
+		const struct zm_profile_entry *e;
+		const char *ename = s->name;
+
+		e = w->o.level == ZM_GRAN_FULL ? NULL :
+		    zm_profile_find(&profs[i], s->name);
+		if (!e && first_param && d == models[i]->arch->input_features) {
+			ename = ZM_PROFILE_INPUT;
+			e = zm_profile_find(&profs[i], ZM_PROFILE_INPUT);
+		}
+		if (!e)
+			return zm_error_set(err, ZM_ERR_DATA, "model '%s' has no "
+			                    "profile entry '%s' (the input of "
+			                    "layer '%s'): similarity weighting at "
+			                    "the %s level needs it; use --weighting "
+			                    "uniform or static, or a coarser "
+			                    "--granularity", names[i], ename,
+			                    s->name,
+			                    zm_gran_level_name(w->o.level));
+		if (e->dim != d || !(e->count > 0))
+			return zm_error_set(err, ZM_ERR_DATA, "model '%s': profile "
+			                    "entry '%s' has %zu features after %g "
+			                    "rows, layer '%s' takes %zu", names[i],
+			                    ename, e->dim, e->count, s->name, d);
+		zm_profile_entry_moments(e, w->dm[l] + i * d, w->dv[l] + i * d);
+		zm_profile_entry_moments_f32(e, w->pm[l] + i * d,
+		                             w->pv[l] + i * d);
+	}
+	return ZM_OK;
+}
+
+/* Does model i's arch describe a classifier whose zoo accuracy we can use?
+ * Parses "accuracy" out of the zm.metrics JSON text without a JSON
+ * library: the key, a colon, a number. */
+static double metric_accuracy(const struct zm_model *m)
+{
+	const char *p;
+	double v;
+
+	if (!m->metrics || !(p = strstr(m->metrics, "\"accuracy\"")))
+		return NAN;
+	p = strchr(p, ':');
+	if (!p)
+		return NAN;
+	v = strtod(p + 1, NULL);
+	return v > 0 && v <= 1 ? v : NAN;
+}
+
+enum zm_status zm_weighter_new(const struct zm_weighter_options *o,
+                               const struct zm_model *const *models,
+                               const char *const *names, size_t k,
+                               size_t max_batch, const double *stat,
+                               const struct zm_model *router,
+                               const struct zm_assignment *assignment,
+                               struct zm_weighter **out,
+                               struct zm_error *err)
+{
+	struct zm_weighter *w;
+	struct zm_profile *profs = NULL;
+	enum zm_status st = ZM_OK;
+	size_t l, i, u, L, nk;
+
+	*out = NULL;
+	ZM_ASSERT(k > 0 && max_batch > 0);
+	if (k > ZM_WEIGHTER_MAX_MODELS)
+		return zm_error_set(err, ZM_ERR_USAGE, "%zu models: at most %d "
+		                    "predict together", k, ZM_WEIGHTER_MAX_MODELS);
+	if (!(o->temperature > 0) || !isfinite(o->temperature))
+		return zm_error_set(err, ZM_ERR_USAGE, "the temperature must be "
+		                    "a positive number");
+	if (uses_router(o->kind) && (!router || !assignment))
+		return zm_error_set(err, ZM_ERR_USAGE, "--weighting %s needs "
+		                    "--router NAME and --assignment FILE",
+		                    zm_weighting_name(o->kind));
+	if (o->kind == ZM_WEIGHTING_STATIC && !stat)
+		return zm_error_set(err, ZM_ERR_USAGE, "--weighting static needs "
+		                    "--weights FILE");
+	if (!zm_size_mul(max_batch, k, &nk))
+		return zm_error_set(err, ZM_ERR_NOMEM, "batch too large");
+	w = zm_calloc(1, sizeof(*w));
+	if (!w)
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	w->o = *o;
+	w->k = k;
+	w->max_batch = max_batch;
+	w->arch = models[0]->arch;
+	L = w->n_layers = w->arch->n_layers;
+	w->k_active = o->top_k > 0 && o->top_k < k ? o->top_k : k;
+	st = zm_gran_units_init(&w->units, o->level, w->arch, err);
+	if (st != ZM_OK)
+		goto fail;
+	w->unit_first = zm_calloc(w->units.n_units, sizeof(size_t));
+	w->pm = zm_calloc(L, sizeof(*w->pm));
+	w->pv = zm_calloc(L, sizeof(*w->pv));
+	w->dm = zm_calloc(L, sizeof(*w->dm));
+	w->dv = zm_calloc(L, sizeof(*w->dv));
+	w->prior = zm_calloc(k, sizeof(double));
+	w->alpha = zm_calloc(w->units.n_units * k, sizeof(double));
+	w->scores = zm_calloc(nk, sizeof(double));
+	w->qm = zm_calloc(w->arch->max_features + 1, sizeof(double));
+	w->qv = zm_calloc(w->arch->max_features + 1, sizeof(double));
+	w->unit_sim = zm_calloc(w->units.n_units * k, sizeof(double));
+	w->unit_has_sim = zm_calloc(w->units.n_units, sizeof(bool));
+	if (!w->unit_first || !w->pm || !w->pv || !w->dm || !w->dv ||
+	    !w->prior || !w->alpha || !w->scores || !w->qm || !w->qv ||
+	    !w->unit_sim || !w->unit_has_sim) {
+		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		goto fail;
+	}
+	/* The first parameter layer of each unit is where its weights are
+	 * decided (and its similarity measured). */
+	for (u = 0; u < w->units.n_units; u++)
+		w->unit_first[u] = SIZE_MAX;
+	for (l = 0; l < L; l++) {
+		u = w->units.layer_unit[l];
+		if (w->arch->layers[l].has_params && w->unit_first[u] == SIZE_MAX)
+			w->unit_first[u] = l;
+	}
+	if (stat) {
+		if (!(w->stat = zm_malloc(L * k * sizeof(double)))) {
+			st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+			goto fail;
+		}
+		memcpy(w->stat, stat, L * k * sizeof(double));
+	}
+	if (uses_similarity(o->kind)) {
+		profs = zm_calloc(k, sizeof(*profs));
+		if (!profs) {
+			st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+			goto fail;
+		}
+		for (i = 0; i < k; i++) {
+			zm_profile_init(&profs[i]);
+			st = zm_profile_from_doc(&profs[i], &models[i]->extra, err);
+			if (st == ZM_ERR_NOTFOUND) {
+				st = zm_error_set(err, ZM_ERR_DATA, "model '%s' has no "
+				                  "profile: similarity weighting needs "
+				                  "one (train it with train-step); use "
+				                  "--weighting uniform or static",
+				                  names[i]);
+			} else if (st != ZM_OK) {
+				zm_error_prefix(err, "model '%s': ", names[i]);
+			}
+			if (st != ZM_OK)
+				goto fail;
+		}
+		for (u = 0; u < w->units.n_units; u++) {
+			l = w->unit_first[u];
+			if (l == SIZE_MAX)
+				continue;
+			st = load_layer_profiles(w, l, models, names, profs, err);
+			if (st != ZM_OK)
+				goto fail;
+		}
+	}
+	if (uses_router(o->kind)) {
+		const struct zm_arch *ra = router->arch;
+		size_t s;
+
+		if (ra->input_features != w->arch->input_features ||
+		    ra->loss != ZM_LOSS_CROSS_ENTROPY) {
+			st = zm_error_set(err, ZM_ERR_DATA, "the router takes %zu "
+			                  "features (%s), the models %zu: it must "
+			                  "be a classifier of the same inputs",
+			                  ra->input_features, zm_loss_name(ra->loss),
+			                  w->arch->input_features);
+			goto fail;
+		}
+		if (ra->output_features != assignment->n_slices) {
+			st = zm_error_set(err, ZM_ERR_DATA, "the router has %zu "
+			                  "classes, the assignment %zu slices: "
+			                  "router class j must be slice j",
+			                  ra->output_features, assignment->n_slices);
+			goto fail;
+		}
+		w->router = router;
+		w->n_route = assignment->n_slices;
+		w->route = zm_calloc(w->n_route * k, sizeof(double));
+		w->router_w = zm_calloc(nk, sizeof(double));
+		if (!w->route || !w->router_w) {
+			st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+			goto fail;
+		}
+		st = zm_workspace_new(ra, max_batch, false, &w->rws, err);
+		if (st != ZM_OK)
+			goto fail;
+		/* Models of the assignment that are not predicting are left
+		 * out; the weights are renormalised per row anyway. */
+		for (s = 0; s < w->n_route; s++) {
+			const struct zm_assignment_slice *sl = &assignment->slices[s];
+			for (i = 0; i < sl->n_models; i++) {
+				ptrdiff_t m = name_index(names, k, sl->models[i].model);
+				if (m >= 0)
+					w->route[s * k + (size_t)m] +=
+						sl->models[i].weight;
+			}
+		}
+	}
+	if (profs) {
+		for (i = 0; i < k; i++)
+			zm_profile_release(&profs[i]);
+		free(profs);
+	}
+	*out = w;
+	return ZM_OK;
+fail:
+	if (profs) {
+		for (i = 0; i < k; i++)
+			zm_profile_release(&profs[i]);
+		free(profs);
+	}
+	zm_weighter_free(w);
+	return st;
+}
+
+void zm_weighter_use_metrics(struct zm_weighter *w,
+                             const struct zm_model *const *models)
+{
+	size_t i;
+
+	for (i = 0; i < w->k; i++) {
+		double a = metric_accuracy(models[i]);
+		w->prior[i] = isfinite(a) ? log(a) : 0;
+	}
+}
+
+void zm_weighter_begin(struct zm_weighter *w, const float *x, size_t n)
+{
+	size_t u;
+
+	for (u = 0; u < w->units.n_units; u++)
+		w->unit_has_sim[u] = false;
+	if (w->router && n > 0) {
+		const float *z = zm_model_forward(w->router, w->rws, x, n);
+		size_t S = w->n_route, k = w->k, r, s, i;
+
+		for (r = 0; r < n; r++) {
+			const float *zr = z + r * S;
+			double mx = zr[0], sum = 0, *rw = w->router_w + r * k;
+			for (s = 1; s < S; s++)
+				if (zr[s] > mx)
+					mx = zr[s];
+			for (s = 0; s < S; s++)
+				sum += exp((double)zr[s] - mx);
+			for (i = 0; i < k; i++)
+				rw[i] = 0;
+			for (s = 0; s < S; s++) {
+				double p = exp((double)zr[s] - mx) / sum;
+				for (i = 0; i < k; i++)
+					rw[i] += p * w->route[s * k + i];
+			}
+		}
+	}
+}
+
+/* Batch mean and population variance of h (n x d) in double, two-pass. */
+static void batch_moments(const float *h, size_t n, size_t d, double *mean,
+                          double *var)
+{
+	size_t r, j;
+
+	for (j = 0; j < d; j++)
+		mean[j] = var[j] = 0;
+	for (r = 0; r < n; r++)
+		for (j = 0; j < d; j++)
+			mean[j] += h[r * d + j];
+	for (j = 0; j < d; j++)
+		mean[j] /= (double)n;
+	for (r = 0; r < n; r++)
+		for (j = 0; j < d; j++) {
+			double e = h[r * d + j] - mean[j];
+			var[j] += e * e;
+		}
+	for (j = 0; j < d; j++)
+		var[j] /= (double)n;
+}
+
+enum zm_status zm_weighter_layer(struct zm_weighter *w, size_t l,
+                                 const float *h, size_t n, double *out,
+                                 struct zm_error *err)
+{
+	size_t k = w->k, u = w->units.layer_unit[l], L = w->unit_first[u];
+	size_t rows = w->o.per_row ? n : 1, r, i, d;
+	double T = w->o.temperature, logits[ZM_WEIGHTER_MAX_MODELS], *lg;
+	double *sim = NULL;
+	const double *hs = w->hedge ? w->hedge->score : NULL;
+	bool sim_on = uses_similarity(w->o.kind);
+	enum zm_status st;
+
+	ZM_ASSERT(l < w->n_layers && w->arch->layers[l].has_params);
+	ZM_ASSERT(k <= ZM_WEIGHTER_MAX_MODELS);
+	lg = logits;
+	if (n == 0)
+		return ZM_OK;
+	/* The similarity is measured where the unit begins (its first layer
+	 * with parameters) and reused for its other layers; the predictor
+	 * calls the layers in order, so that h is what that layer saw. */
+	if (sim_on && l == L) {
+		d = w->arch->layers[l].in_features;
+		if (w->o.per_row) {
+			st = zm_similarity_rows(w->o.metric, h, n, d, w->pm[l],
+			                        w->o.metric == ZM_METRIC_COSINE ?
+			                        NULL : w->pv[l], k,
+			                        ZM_SIM_FLOOR_AUTO, w->scores, err);
+			if (st != ZM_OK)
+				return st;
+		} else {
+			batch_moments(h, n, d, w->qm, w->qv);
+			for (i = 0; i < k; i++)
+				w->scores[i] = zm_similarity(w->o.metric, w->qm, w->qv,
+				                             w->dm[l] + i * d,
+				                             w->dv[l] + i * d, d,
+				                             ZM_SIM_FLOOR_AUTO);
+		}
+		for (i = 0; i < k; i++) {
+			double s = 0;
+			for (r = 0; r < rows; r++)
+				s += w->scores[r * k + i];
+			w->unit_sim[u * k + i] = s / (double)rows;
+		}
+		w->unit_has_sim[u] = true;
+	}
+	if (sim_on)
+		sim = w->scores;
+	for (r = 0; r < rows; r++) {
+		for (i = 0; i < k; i++) {
+			double v = w->prior[i] + w->alpha[u * k + i];
+			if (hs)
+				v += hs[i];
+			if (sim)
+				v += sim[r * k + i] / T;
+			switch (w->o.kind) {
+			case ZM_WEIGHTING_ROUTER:
+			case ZM_WEIGHTING_ROUTER_SIMILARITY: {
+				double rw;
+				if (w->o.per_row) {
+					rw = w->router_w[r * k + i];
+				} else {
+					size_t q;
+					rw = 0;
+					for (q = 0; q < n; q++)
+						rw += w->router_w[q * k + i];
+					rw /= (double)n;
+				}
+				v += rw > 0 ? log(rw) : -INFINITY;
+				break;
+			}
+			case ZM_WEIGHTING_STATIC: {
+				double sw = w->stat[l * k + i];
+				v += sw > 0 ? log(sw) : -INFINITY;
+				break;
+			}
+			default:
+				break;
+			}
+			lg[i] = v;
+		}
+		zm_weights_softmax_topk(lg, k, w->k_active, out + r * k);
+	}
+	return ZM_OK;
+}
+
+void zm_weighter_adjust(struct zm_weighter *w, double seconds_per_model)
+{
+	size_t k = w->o.top_k > 0 && w->o.top_k < w->k ? w->o.top_k : w->k;
+	double load[1];
+
+	if (w->o.latency_budget_ms > 0 && seconds_per_model > 0) {
+		double fit = floor(w->o.latency_budget_ms /
+		                   (seconds_per_model * 1000.0));
+		if (fit < (double)k)
+			k = fit < 1 ? 1 : (size_t)fit;
+	}
+	if (w->o.use_loadavg && w->o.latency_budget_ms > 0 &&
+	    getloadavg(load, 1) == 1) {
+		long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+		if (cpus > 0 && load[0] >= (double)cpus)
+			k = k / 2 > 0 ? k / 2 : 1;
+	}
+	w->k_active = k;
+}
