@@ -1,0 +1,388 @@
+/*
+ * granctl: the granularity controller.  Reads the zoo, train-step update
+ * streams (--updates), train-step logs (--log), a data sample (--data) and,
+ * with --measure, the cost of running predict at each level; computes the
+ * metrics of granctl.h and writes a granularity decision (level, shared
+ * units, reasons) as YAML for merge --granularity-from and predict
+ * --granularity-from, chosen by the rules of --rules or by the automatic
+ * policy.  --explain prints the metrics and the decision as a table.
+ */
+#include <getopt.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "fileio.h"
+#include "granctl.h"
+#include "granularity.h"
+#include "mem.h"
+#include "model.h"
+#include "stream.h"
+#include "zoo.h"
+
+static const char usage_str[] =
+	"usage: granctl --zoo DIR [--rules RULES.yaml] [--updates FILE]... [--log FILE]...\n"
+	"               [--explain] [--data FILE] [--measure] [--latency-budget-ms MS]\n"
+	"               [--memory-budget MIB] [--metric cosine|kl|mahalanobis]\n"
+	"               [--share-threshold A] [--drift-threshold D] [--default-level LEVEL]\n"
+	"               [--window N] [--model NAME]... [--predict PROGRAM] [-o FILE]\n"
+	"       granctl -h | --help | --version\n";
+
+/* The most rows of --data that enter its profile and the measured run. */
+#define DATA_MAX_ROWS 65536
+
+struct granctl_opts {
+	const char *zoo_dir;
+	const char *rules;
+	const char **updates, **logs, **models;
+	size_t n_updates, n_logs, n_models;
+	const char *data;
+	const char *predict;        /* NULL: next to granctl, else PATH */
+	const char *output;         /* "-" */
+	bool explain, measure;
+	struct zm_gc_opts gc;
+};
+
+/* Loads model name from the zoo into the inputs, once. */
+static enum zm_status add_zoo_model(struct zm_gc_inputs *in,
+                                    const struct zm_zoo *zoo,
+                                    const char *name, struct zm_error *err)
+{
+	struct zm_zoo_entry *e;
+	struct zm_model *m = NULL;
+	struct zm_doc doc;
+	enum zm_status st;
+
+	if (zm_gc_find_model(in, name))
+		return ZM_OK;
+	zm_doc_init(&doc);
+	if (!(st = zm_zoo_get(zoo, name, &e, err)) &&
+	    !(st = zm_zoo_read_model(zoo, e, &doc, err)) &&
+	    !(st = zm_model_from_doc(&doc, NULL, &m, err)))
+		st = zm_gc_add_model(in, name, m, err);
+	zm_model_free(m);
+	zm_doc_release(&doc);
+	return st;
+}
+
+static enum zm_status read_updates(struct zm_gc_inputs *in,
+                                   const struct zm_zoo *zoo, const char *path,
+                                   struct zm_error *err)
+{
+	struct zm_reader *r = NULL;
+	struct zm_doc doc;
+	enum zm_status st;
+	bool eof = false;
+	char src[PATH_MAX + 64];
+
+	zm_doc_init(&doc);
+	st = zm_reader_open(&r, path, err);
+	while (st == ZM_OK && !(st = zm_reader_next(r, &doc, &eof, err)) &&
+	       !eof) {
+		const char *name = zm_doc_meta(&doc, "zm.name");
+		snprintf(src, sizeof(src), "%s: document %zu", path,
+		         zm_reader_doc_number(r));
+		if (name && (st = add_zoo_model(in, zoo, name, err)))
+			zm_error_prefix(err, "%s: ", src);
+		else
+			st = zm_gc_add_update(in, &doc, src, err);
+	}
+	zm_reader_close(r);
+	zm_doc_release(&doc);
+	return st;
+}
+
+static enum zm_status read_log(struct zm_gc_inputs *in, const char *path,
+                               struct zm_error *err)
+{
+	enum zm_status st;
+	char *text = NULL;
+	size_t len = 0;
+
+	if ((st = zm_read_file(path, (size_t)1 << 30, &text, &len, err)))
+		return st;
+	st = zm_gc_add_log(in, text, len, path, err);
+	free(text);
+	return st;
+}
+
+static enum zm_status read_data(struct zm_gc_inputs *in, const char *path,
+                                struct zm_error *err)
+{
+	struct zm_reader *r = NULL;
+	struct zm_doc doc;
+	enum zm_status st;
+	bool eof = false;
+	char src[PATH_MAX + 64];
+
+	zm_doc_init(&doc);
+	st = zm_reader_open(&r, path, err);
+	while (st == ZM_OK && zm_profile_count(&in->data) < DATA_MAX_ROWS &&
+	       !(st = zm_reader_next(r, &doc, &eof, err)) && !eof) {
+		snprintf(src, sizeof(src), "%s: document %zu", path,
+		         zm_reader_doc_number(r));
+		st = zm_gc_add_data(in, &doc, src, err);
+	}
+	zm_reader_close(r);
+	zm_doc_release(&doc);
+	return st;
+}
+
+/* predict next to our own executable when it is there, else from PATH. */
+static const char *predict_program(char *buf, size_t size)
+{
+	ssize_t n = readlink("/proc/self/exe", buf, size - 1);
+	char *slash;
+
+	if (n > 0 && (size_t)n < size - 16) {
+		buf[n] = '\0';
+		if ((slash = strrchr(buf, '/'))) {
+			strcpy(slash + 1, "predict");
+			if (access(buf, X_OK) == 0)
+				return buf;
+		}
+	}
+	return "predict";
+}
+
+/*
+ * Runs predict over the --data file at each level, as a child process:
+ * the multi-model predictor is not a library call yet, and a child's
+ * ru_maxrss is its whole peak memory, which an in-process run could not
+ * separate from ours.
+ */
+static enum zm_status measure(const struct granctl_opts *o,
+                              struct zm_gc_inputs *in, struct zm_error *err)
+{
+	char prog[PATH_MAX];
+	const char **argv;
+	enum zm_status st = ZM_OK;
+	size_t i, n = 0, cap = 2 * in->n_models + 16;
+	int lv;
+
+	if (!(argv = zm_calloc(cap, sizeof(*argv))))
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	argv[n++] = o->predict ? o->predict : predict_program(prog, sizeof(prog));
+	argv[n++] = "--zoo";
+	argv[n++] = o->zoo_dir;
+	for (i = 0; i < in->n_models; i++) {
+		argv[n++] = "--model";
+		argv[n++] = in->models[i].name;
+	}
+	argv[n++] = "--granularity";
+	n++;                        /* the level, below */
+	argv[n++] = "--quiet";
+	argv[n++] = "-o";
+	argv[n++] = "/dev/null";
+	argv[n++] = o->data;
+	argv[n] = NULL;
+	for (lv = ZM_GRAN_FULL; lv <= ZM_GRAN_LAYER && st == ZM_OK; lv++) {
+		argv[2 * in->n_models + 4] =
+			zm_gran_level_name((enum zm_gran_level)lv);
+		st = zm_gc_measure_child((char *const *)argv,
+		                         &in->latency_ms[lv],
+		                         &in->memory_mib[lv], err);
+		if (st != ZM_OK)
+			zm_error_prefix(err, "--measure at the %s level: ",
+			                zm_gran_level_name((enum zm_gran_level)lv));
+	}
+	free(argv);
+	return st;
+}
+
+static int run(const struct granctl_opts *o)
+{
+	struct zm_gc_inputs in;
+	struct zm_gc_rules rules;
+	struct zm_gc_analysis a;
+	struct zm_gran_decision d;
+	struct zm_error err;
+	struct zm_zoo *zoo = NULL;
+	struct zm_buf b;
+	enum zm_status st;
+	size_t i;
+
+	zm_error_clear(&err);
+	zm_gc_inputs_init(&in);
+	zm_gc_rules_init(&rules);
+	zm_gc_analysis_init(&a);
+	zm_gran_decision_init(&d);
+	zm_buf_init(&b);
+	if (o->rules && (st = zm_gc_rules_load(o->rules, &rules, &err)))
+		goto out;
+	if ((st = zm_zoo_open(&zoo, o->zoo_dir, ZM_ZOO_READ, &err)))
+		goto out;
+	for (i = 0; i < o->n_models; i++)
+		if ((st = add_zoo_model(&in, zoo, o->models[i], &err)))
+			goto out;
+	for (i = 0; i < o->n_updates; i++)
+		if ((st = read_updates(&in, zoo, o->updates[i], &err)))
+			goto out;
+	/* Without updates or --model, the decision is about the whole zoo. */
+	for (i = 0; !o->n_models && !o->n_updates && i < zoo->n_models; i++)
+		if ((st = add_zoo_model(&in, zoo, zoo->models[i].name, &err)))
+			goto out;
+	zm_zoo_close(zoo);
+	zoo = NULL;
+	for (i = 0; i < o->n_logs; i++)
+		if ((st = read_log(&in, o->logs[i], &err)))
+			goto out;
+	if (o->data && in.n_models &&
+	    (st = read_data(&in, o->data, &err)))
+		goto out;
+	if (o->measure && in.n_models && (st = measure(o, &in, &err)))
+		goto out;
+	if ((st = zm_gc_analyze(&in, &o->gc, &a, &err)) ||
+	    (st = zm_gc_decide(&a, o->rules ? &rules : NULL, &o->gc, &d,
+	                       &err)))
+		goto out;
+	if (o->explain) {
+		zm_gc_explain(&a, &d, &b);
+		if (b.failed) {
+			st = zm_error_set(&err, ZM_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+	}
+	/* The table goes to stderr when the decision takes stdout. */
+	if (o->explain && strcmp(o->output, "-") == 0)
+		fputs(b.data, stderr);
+	if ((st = zm_gran_decision_write(&d, o->output, &err)))
+		goto out;
+	if (o->explain && strcmp(o->output, "-") != 0)
+		fputs(b.data, stdout);
+out:
+	zm_buf_release(&b);
+	zm_gran_decision_release(&d);
+	zm_gc_analysis_release(&a);
+	zm_gc_rules_release(&rules);
+	zm_gc_inputs_release(&in);
+	zm_zoo_close(zoo);
+	return st == ZM_OK ? ZM_EXIT_OK : zm_cli_report(&err);
+}
+
+/* Appends optarg to a list of strings; false when out of memory. */
+static bool push(const char ***list, size_t *n, const char *s)
+{
+	const char **p = realloc(*list, (*n + 1) * sizeof(**list));
+
+	if (!p)
+		return false;
+	p[(*n)++] = s;
+	*list = p;
+	return true;
+}
+
+int main(int argc, char **argv)
+{
+	enum { OPT_RULES = 256, OPT_UPDATES, OPT_LOG, OPT_EXPLAIN, OPT_DATA,
+	       OPT_MEASURE, OPT_LAT, OPT_MEM, OPT_METRIC, OPT_SHARE,
+	       OPT_DRIFT, OPT_DEFAULT, OPT_WINDOW, OPT_MODEL, OPT_PREDICT };
+	static const struct option longopts[] = {
+		{ "zoo", required_argument, NULL, 'z' },
+		{ "rules", required_argument, NULL, OPT_RULES },
+		{ "updates", required_argument, NULL, OPT_UPDATES },
+		{ "log", required_argument, NULL, OPT_LOG },
+		{ "explain", no_argument, NULL, OPT_EXPLAIN },
+		{ "data", required_argument, NULL, OPT_DATA },
+		{ "measure", no_argument, NULL, OPT_MEASURE },
+		{ "latency-budget-ms", required_argument, NULL, OPT_LAT },
+		{ "memory-budget", required_argument, NULL, OPT_MEM },
+		{ "metric", required_argument, NULL, OPT_METRIC },
+		{ "share-threshold", required_argument, NULL, OPT_SHARE },
+		{ "drift-threshold", required_argument, NULL, OPT_DRIFT },
+		{ "default-level", required_argument, NULL, OPT_DEFAULT },
+		{ "window", required_argument, NULL, OPT_WINDOW },
+		{ "model", required_argument, NULL, OPT_MODEL },
+		{ "predict", required_argument, NULL, OPT_PREDICT },
+		{ "output", required_argument, NULL, 'o' },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct granctl_opts o = { .output = "-" };
+	int64_t iv;
+	int c, status;
+	bool ok = true;
+
+	zm_cli_init(argv[0]);
+	zm_gc_opts_init(&o.gc);
+	while ((c = getopt_long(argc, argv, "z:o:h", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'z': o.zoo_dir = optarg; break;
+		case 'o': o.output = optarg; break;
+		case OPT_RULES: o.rules = optarg; break;
+		case OPT_UPDATES: ok = push(&o.updates, &o.n_updates, optarg); break;
+		case OPT_LOG: ok = push(&o.logs, &o.n_logs, optarg); break;
+		case OPT_MODEL: ok = push(&o.models, &o.n_models, optarg); break;
+		case OPT_EXPLAIN: o.explain = true; break;
+		case OPT_DATA: o.data = optarg; break;
+		case OPT_MEASURE: o.measure = true; break;
+		case OPT_PREDICT: o.predict = optarg; break;
+		case OPT_LAT:
+			if (!zm_cli_double("--latency-budget-ms", optarg, 0, 1e12,
+			                   &o.gc.latency_budget_ms))
+				return zm_cli_usage_error(usage_str, NULL);
+			break;
+		case OPT_MEM:
+			if (!zm_cli_double("--memory-budget", optarg, 0, 1e12,
+			                   &o.gc.memory_budget_mib))
+				return zm_cli_usage_error(usage_str, NULL);
+			break;
+		case OPT_SHARE:
+			if (!zm_cli_double("--share-threshold", optarg, -1, 1,
+			                   &o.gc.share_threshold))
+				return zm_cli_usage_error(usage_str, NULL);
+			break;
+		case OPT_DRIFT:
+			if (!zm_cli_double("--drift-threshold", optarg, 0, 1e300,
+			                   &o.gc.drift_threshold))
+				return zm_cli_usage_error(usage_str, NULL);
+			break;
+		case OPT_WINDOW:
+			if (!zm_cli_int("--window", optarg, 2, INT32_MAX, &iv))
+				return zm_cli_usage_error(usage_str, NULL);
+			o.gc.window = (size_t)iv;
+			break;
+		case OPT_METRIC:
+			if (!zm_metric_parse(optarg, &o.gc.metric))
+				return zm_cli_usage_error(usage_str, "--metric: "
+				        "expected cosine, kl or mahalanobis, "
+				        "got '%s'", optarg);
+			break;
+		case OPT_DEFAULT:
+			if (!zm_gran_level_parse(optarg, &o.gc.dflt))
+				return zm_cli_usage_error(usage_str,
+				        "--default-level: expected full, group "
+				        "or layer, got '%s'", optarg);
+			break;
+		case 'h':
+			fputs(usage_str, stdout);
+			return zm_cli_close_stdout(ZM_EXIT_OK);
+		case 'V':
+			zm_cli_version();
+			return zm_cli_close_stdout(ZM_EXIT_OK);
+		default:
+			return zm_cli_usage_error(usage_str, NULL);
+		}
+		if (!ok) {
+			zm_cli_warn("out of memory");
+			return ZM_EXIT_FAILURE;
+		}
+	}
+	if (!o.zoo_dir)
+		return zm_cli_usage_error(usage_str, "--zoo is required");
+	if (optind < argc)
+		return zm_cli_usage_error(usage_str, "unexpected argument '%s'",
+		                          argv[optind]);
+	if (o.measure && !o.data)
+		return zm_cli_usage_error(usage_str, "--measure needs --data");
+	status = run(&o);
+	free(o.updates);
+	free(o.logs);
+	free(o.models);
+	return zm_cli_close_stdout(status);
+}
