@@ -2,6 +2,7 @@
  * Shared command-line plumbing for cmd/.
  */
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +19,10 @@ void zm_cli_init(const char *argv0)
 {
 	const char *slash;
 
+	/* Past "ulimit -f" a write must fail with EFBIG, which the writers
+	 * report and clean up after, instead of SIGXFSZ killing the process
+	 * and leaving a temporary file behind. */
+	signal(SIGXFSZ, SIG_IGN);
 	if (!argv0 || !*argv0)
 		return;
 	slash = strrchr(argv0, '/');
