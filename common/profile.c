@@ -412,9 +412,20 @@ static enum zm_status make_moment(struct zm_tensor *t,
 	if (st != ZM_OK)
 		return st;
 	out = t->data;
-	for (j = 0; j < e->dim; j++)
+	for (j = 0; j < e->dim; j++) {
 		out[j] = want_var ? (float)zm_profile_entry_var(e, j)
 		                  : (float)(e->count > 0 ? e->mean[j] : 0.0);
+		/* The moments are kept in double; a variance of data near
+		 * 1e20 and beyond overflows F32, and an Inf stored in a model
+		 * would poison every similarity computed from it later. */
+		if (!isfinite(out[j])) {
+			zm_tensor_release(t);
+			return zm_error_set(err, ZM_ERR_DATA,
+			                    "profile entry %s: the %s of feature "
+			                    "%zu does not fit in F32", e->name,
+			                    want_var ? "variance" : "mean", j);
+		}
+	}
 	return ZM_OK;
 }
 

@@ -623,6 +623,35 @@ START_TEST(test_from_doc_other_dtypes)
 }
 END_TEST
 
+/* Data near 1e30 has a variance that is finite in double but not in F32:
+ * writing it must fail rather than store an Inf in a model (train-step
+ * --apply once saved such a model). */
+START_TEST(test_to_doc_refuses_f32_overflow)
+{
+	const float x[4] = { 1e30f, -1e30f, 1e30f, -1e30f };
+	struct zm_profile p;
+	struct zm_doc doc;
+	struct zm_error err;
+	double var;
+
+	zm_profile_init(&p);
+	zm_doc_init(&doc);
+	ck_assert_int_eq(zm_profile_add_batch(&p, "input", x, 4, 1, &err),
+	                 ZM_OK);
+	var = zm_profile_entry_var(zm_profile_find(&p, "input"), 0);
+	ck_assert(isfinite(var) && var > 3.5e38);
+	ck_assert_int_eq(zm_profile_to_doc(&p, &doc, &err), ZM_ERR_DATA);
+	ck_assert_ptr_nonnull(strstr(err.msg, "input"));
+	ck_assert_ptr_nonnull(strstr(err.msg, "variance"));
+	ck_assert_uint_eq(doc.n_tensors, 0);
+	ck_assert_int_eq(zm_profile_replace_in_doc(&p, &doc, &err),
+	                 ZM_ERR_DATA);
+	ck_assert_uint_eq(doc.n_tensors, 0);
+	zm_doc_release(&doc);
+	zm_profile_release(&p);
+}
+END_TEST
+
 Suite *suite_profile(void)
 {
 	Suite *s = suite_create("profile");
@@ -638,6 +667,7 @@ Suite *suite_profile(void)
 	tcase_add_test(tc, test_merge_alloc_faults);
 	tcase_add_test(tc, test_doc_round_trip);
 	tcase_add_test(tc, test_to_doc_alloc_faults);
+	tcase_add_test(tc, test_to_doc_refuses_f32_overflow);
 	tcase_add_loop_test(tc, test_from_doc_rejects, 0,
 	                    (int)(sizeof(corrupt_cases) /
 	                          sizeof(corrupt_cases[0])));
