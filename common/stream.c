@@ -204,19 +204,23 @@ static void z_free(voidpf opaque, voidpf p)
 	free(p);
 }
 
-static uint64_t limit_from_env(void)
+/* The limit from ZM_MAX_MEMORY (default when unset); false when the
+ * variable is set but malformed: a safety limit the user mistyped must
+ * not silently turn into the default. */
+static bool limit_from_env(uint64_t *limit)
 {
 	const char *s = getenv("ZM_MAX_MEMORY");
 	char *end;
 	unsigned long long v;
 	unsigned shift = 0;
 
+	*limit = DEFAULT_LIMIT;
 	if (!s || !*s)
-		return DEFAULT_LIMIT;
+		return true;
 	errno = 0;
 	v = strtoull(s, &end, 10);
-	if (errno || end == s)
-		return DEFAULT_LIMIT;
+	if (errno || end == s || *s == '-')
+		return false;
 	switch (*end) {
 	case 'k': case 'K': shift = 10; end++; break;
 	case 'm': case 'M': shift = 20; end++; break;
@@ -229,8 +233,9 @@ static uint64_t limit_from_env(void)
 	if (*end == 'B')
 		end++;
 	if (*end || v > (UINT64_MAX >> shift))
-		return DEFAULT_LIMIT;
-	return (uint64_t)v << shift;
+		return false;
+	*limit = (uint64_t)v << shift;
+	return true;
 }
 
 static enum zm_status reader_new(struct zm_reader **rp, const char *name,
@@ -248,7 +253,13 @@ static enum zm_status reader_new(struct zm_reader **rp, const char *name,
 		zm_reader_close(r);
 		return zm_error_set(err, ZM_ERR_NOMEM, "%s: out of memory", name);
 	}
-	r->limit = limit_from_env();
+	if (!limit_from_env(&r->limit)) {
+		zm_reader_close(r);
+		return zm_error_set(err, ZM_ERR_USAGE,
+		                    "ZM_MAX_MEMORY: expected a size in bytes with "
+		                    "an optional K, M, G or T suffix, got '%s'",
+		                    getenv("ZM_MAX_MEMORY"));
+	}
 	*rp = r;
 	return ZM_OK;
 }

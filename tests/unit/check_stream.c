@@ -616,6 +616,57 @@ START_TEST(limit_before_allocation)
 }
 END_TEST
 
+/* ZM_MAX_MEMORY with a suffix sets the limit; a malformed value is a
+ * usage error naming the variable rather than a silent 16 GiB default. */
+static const struct {
+	const char *value;
+	bool ok;
+	uint64_t limit;
+} env_limits[] = {
+	{ "100", true, 100 }, { "1K", true, 1024 }, { "2MiB", true, 2 << 20 },
+	{ "1kB", true, 1024 }, { "20T", true, (uint64_t)20 << 40 },
+	{ "lots", false, 0 }, { "12Q", false, 0 }, { "-5", false, 0 },
+	{ "99999999999999999999", false, 0 }, { "1K ", false, 0 },
+};
+
+START_TEST(limit_from_environment)
+{
+	struct zm_reader *r;
+	struct zm_doc doc, src;
+	struct zm_error err;
+	uint64_t data = 0;
+	void *bytes;
+	size_t len, i;
+	bool eof;
+	enum zm_status st;
+
+	make_doc(&src, 2);
+	for (i = 0; i < src.n_tensors; i++)
+		data += src.tensors[i].nbytes;
+	ck_assert(data > 100 && data < 1024);
+	ck_assert_int_eq(zm_doc_serialize(&src, &bytes, &len, &err), ZM_OK);
+	setenv("ZM_MAX_MEMORY", env_limits[_i].value, 1);
+	st = zm_reader_open_mem(&r, bytes, len, "env", &err);
+	unsetenv("ZM_MAX_MEMORY");
+	if (!env_limits[_i].ok) {
+		ck_assert_int_eq(st, ZM_ERR_USAGE);
+		ck_assert_msg(strstr(err.msg, "ZM_MAX_MEMORY") &&
+		              strstr(err.msg, env_limits[_i].value), "%s",
+		              err.msg);
+	} else {
+		ck_assert_int_eq(st, ZM_OK);
+		zm_doc_init(&doc);
+		st = zm_reader_next(r, &doc, &eof, &err);
+		ck_assert_int_eq(st, data <= env_limits[_i].limit ?
+		                 ZM_OK : ZM_ERR_FORMAT);
+		zm_doc_release(&doc);
+		zm_reader_close(r);
+	}
+	free(bytes);
+	zm_doc_release(&src);
+}
+END_TEST
+
 START_TEST(streaming_matches_whole)
 {
 	char path[4096];
@@ -883,6 +934,8 @@ Suite *suite_stream(void)
 	tcase_add_test(tc, empty_input);
 	tcase_add_test(tc, missing_file);
 	tcase_add_test(tc, limit_before_allocation);
+	tcase_add_loop_test(tc, limit_from_environment, 0,
+	                    (int)(sizeof(env_limits) / sizeof(env_limits[0])));
 	tcase_add_test(tc, streaming_matches_whole);
 	tcase_add_loop_test(tc, streaming_writer, 0, 4);
 	tcase_add_test(tc, writer_abort_and_incomplete);
