@@ -4,6 +4,7 @@
  */
 #include <inttypes.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1031,6 +1032,7 @@ static void hparams_json(const struct zm_merge_static_opts *o,
 	zm_buf_puts(b, "}");
 }
 
+
 static enum zm_status check_finite(const float *x, size_t n,
                                    const char *label, const char *name,
                                    struct zm_error *err)
@@ -1045,6 +1047,102 @@ static enum zm_status check_finite(const float *x, size_t n,
 	return ZM_OK;
 }
 
+/*
+ * The parameter phase runs two threads: a reader that inflates the next
+ * input tensor (base first, then each model, tensor after tensor) into
+ * one of two slots, and the merging thread, which accumulates the other
+ * slot and deflates the output.  Inflate and the merge maths then overlap
+ * on two cores, and memory holds two input tensors instead of one.
+ */
+struct prefetch {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct input *ins;
+	size_t n_models, n_params;
+	bool base;
+	const struct zm_doc *out;   /* header: tensor names and sizes */
+	const struct zm_arch *arch;
+	float *slot[2];
+	size_t produced, consumed;  /* sequence numbers */
+	bool failed, stop;
+	enum zm_status st;
+	struct zm_error err;
+};
+
+static void *prefetch_main(void *arg)
+{
+	struct prefetch *p = arg;
+	size_t per = p->n_models + (p->base ? 1 : 0), seq = 0, t, j;
+	enum zm_status st = ZM_OK;
+	struct zm_error err;
+
+	zm_error_clear(&err);
+	for (t = 0; t < p->n_params && st == ZM_OK; t++) {
+		const struct zm_tensor *h = &p->out->tensors[t];
+		size_t n = h->nbytes / sizeof(float);
+		for (j = 0; j < per && st == ZM_OK; j++, seq++) {
+			/* The base is the last input but is read first. */
+			struct input *in = p->base && j == 0 ? &p->ins[p->n_models]
+			                 : &p->ins[j - (p->base ? 1 : 0)];
+			float *dst = p->slot[seq % 2];
+			pthread_mutex_lock(&p->mu);
+			while (!p->stop && p->consumed + 2 <= seq)
+				pthread_cond_wait(&p->cv, &p->mu);
+			pthread_mutex_unlock(&p->mu);
+			if (p->stop)
+				return NULL;
+			st = fetch(in, p->arch, h->name, dst, n, &err);
+			if (st == ZM_OK)
+				st = check_finite(dst, n, in->label, h->name, &err);
+			pthread_mutex_lock(&p->mu);
+			if (st != ZM_OK) {
+				p->failed = true;
+				p->st = st;
+				p->err = err;
+			} else {
+				p->produced = seq + 1;
+			}
+			pthread_cond_broadcast(&p->cv);
+			pthread_mutex_unlock(&p->mu);
+		}
+	}
+	return NULL;
+}
+
+/* Waits for tensor number seq; NULL (with err set) when reading failed. */
+static float *prefetch_take(struct prefetch *p, size_t seq,
+                            struct zm_error *err)
+{
+	float *x = NULL;
+
+	pthread_mutex_lock(&p->mu);
+	while (p->produced <= seq && !p->failed)
+		pthread_cond_wait(&p->cv, &p->mu);
+	if (p->produced > seq)
+		x = p->slot[seq % 2];
+	else
+		*err = p->err;
+	pthread_mutex_unlock(&p->mu);
+	return x;
+}
+
+/* Hands slot seq back to the reader. */
+static void prefetch_done(struct prefetch *p, size_t seq)
+{
+	pthread_mutex_lock(&p->mu);
+	p->consumed = seq + 1;
+	pthread_cond_broadcast(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+}
+
+static void prefetch_stop(struct prefetch *p)
+{
+	pthread_mutex_lock(&p->mu);
+	p->stop = true;
+	pthread_cond_broadcast(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+}
+
 enum zm_status zm_merge_static(const struct zm_merge_static_opts *o,
                                struct zm_error *err)
 {
@@ -1057,12 +1155,17 @@ enum zm_status zm_merge_static(const struct zm_merge_static_opts *o,
 	struct zm_profile merged, one;
 	struct zm_buf b;
 	double *wts = NULL;
-	float *x = NULL, *bx = NULL, *res = NULL;
+	float *x = NULL, *bx = NULL, *res = NULL, *res2 = NULL;
 	const struct zm_arch *arch;
+	struct prefetch pf;
+	pthread_t thread;
+	bool running = false;
+	size_t seq = 0;
 	enum zm_status st = ZM_OK;
 
 	zm_doc_init(&out);
 	zm_buf_init(&b);
+	memset(&pf, 0, sizeof(pf));
 	zm_profile_init(&merged);
 	zm_profile_init(&one);
 	memset(&acc, 0, sizeof(acc));
@@ -1142,30 +1245,54 @@ enum zm_status zm_merge_static(const struct zm_merge_static_opts *o,
 		goto out;
 	if (!(x = zm_malloc((cap ? cap : 1) * sizeof(float))) ||
 	    !(res = zm_malloc((cap ? cap : 1) * sizeof(float))) ||
+	    !(res2 = zm_malloc((cap ? cap : 1) * sizeof(float))) ||
 	    (base && !(bx = zm_malloc((cap ? cap : 1) * sizeof(float)))))
 		goto nomem;
 	if ((st = zm_writer_open(&w, o->out, o->compress, err)) ||
 	    (st = zm_writer_begin_doc(w, &out, err)))
 		goto out;
+	memset(&pf, 0, sizeof(pf));
+	pthread_mutex_init(&pf.mu, NULL);
+	pthread_cond_init(&pf.cv, NULL);
+	pf.ins = ins;
+	pf.n_models = o->n_models;
+	pf.n_params = n_params;
+	pf.base = base;
+	pf.out = &out;
+	pf.arch = arch;
+	pf.slot[0] = x;
+	pf.slot[1] = res2;
+	if (pthread_create(&thread, NULL, prefetch_main, &pf) != 0) {
+		st = zm_error_set(err, ZM_ERR_NOMEM, "merge: cannot start the "
+		                  "reader thread");
+		goto out;
+	}
+	running = true;
 	for (t = 0; t < n_params; t++) {
 		const struct zm_tensor *h = &out.tensors[t];
 		size_t n = h->nbytes / sizeof(float), dot;
 		char layer[ZM_LAYER_NAME_MAX + 1];
+		float *in;
 		dot = (size_t)(strrchr(h->name, '.') - h->name);
 		memcpy(layer, h->name, dot);
 		layer[dot] = '\0';
 		l = (size_t)zm_arch_find_layer(arch, layer);
 		zm_merge_acc_begin(&acc, n);
-		if (base &&
-		    ((st = fetch(&ins[o->n_models], arch, h->name, bx, n, err)) ||
-		     (st = check_finite(bx, n, ins[o->n_models].label, h->name,
-		                        err))))
-			goto out;
-		for (i = 0; i < o->n_models; i++) {
-			if ((st = fetch(&ins[i], arch, h->name, x, n, err)) ||
-			    (st = check_finite(x, n, ins[i].label, h->name, err)))
+		if (base) {
+			if (!(in = prefetch_take(&pf, seq, err))) {
+				st = err->status;
 				goto out;
-			zm_merge_acc_add(&acc, x, bx, wts[i * arch->n_layers + l]);
+			}
+			memcpy(bx, in, n * sizeof(float));
+			prefetch_done(&pf, seq++);
+		}
+		for (i = 0; i < o->n_models; i++) {
+			if (!(in = prefetch_take(&pf, seq, err))) {
+				st = err->status;
+				goto out;
+			}
+			zm_merge_acc_add(&acc, in, bx, wts[i * arch->n_layers + l]);
+			prefetch_done(&pf, seq++);
 		}
 		if ((st = zm_merge_acc_finish(&acc, bx, res, err))) {
 			zm_error_prefix(err, "%s: ", h->name);
@@ -1175,6 +1302,8 @@ enum zm_status zm_merge_static(const struct zm_merge_static_opts *o,
 		    (st = zm_writer_write_data(w, res, h->nbytes, err)))
 			goto out;
 	}
+	pthread_join(thread, NULL);
+	running = false;
 	/* The profiles: merge of the models' (the base's is not counted). */
 	for (i = 0; i < o->n_models; i++) {
 		if ((st = drain(&ins[i], arch, err)))
@@ -1197,6 +1326,14 @@ enum zm_status zm_merge_static(const struct zm_merge_static_opts *o,
 nomem:
 	st = zm_error_set(err, ZM_ERR_NOMEM, "merge: out of memory");
 out:
+	if (running) {
+		prefetch_stop(&pf);
+		pthread_join(thread, NULL);
+	}
+	if (pf.slot[0]) {
+		pthread_mutex_destroy(&pf.mu);
+		pthread_cond_destroy(&pf.cv);
+	}
 	zm_writer_abort(w);
 	for (i = 0; i < n_in; i++)
 		close_input(&ins[i]);
@@ -1205,6 +1342,7 @@ out:
 	free(x);
 	free(bx);
 	free(res);
+	free(res2);
 	zm_merge_acc_release(&acc);
 	zm_profile_release(&merged);
 	zm_profile_release(&one);
