@@ -16,6 +16,7 @@
 #include <xmmintrin.h>
 #endif
 
+#include "gemm.h"
 #include "mem.h"
 #include "train.h"
 
@@ -342,6 +343,98 @@ void zm_optim_apply(struct zm_optim *opt, struct zm_model *model,
 #endif
 }
 
+/*
+ * The second half of SGD once the momentum buffer already holds
+ * mu buf + g: adds the weight decay term and takes the step.  Without
+ * weight decay the buffer is only read.
+ */
+static void sgd_finish(float *restrict w, float *restrict buf, size_t n,
+                       float step, float wd)
+{
+	size_t i = 0, j;
+
+	if (wd == 0.0f) {
+		for (; i + LANES <= n; i += LANES)
+			for (j = 0; j < LANES; j++)
+				w[i + j] -= step * buf[i + j];
+		for (; i < n; i++)
+			w[i] -= step * buf[i];
+		return;
+	}
+	for (; i + LANES <= n; i += LANES)
+		for (j = 0; j < LANES; j++) {
+			float b = buf[i + j] + wd * w[i + j];
+			buf[i + j] = b;
+			w[i + j] -= step * b;
+		}
+	for (; i < n; i++) {
+		float b = buf[i] + wd * w[i];
+		buf[i] = b;
+		w[i] -= step * b;
+	}
+}
+
+/*
+ * Backward pass and SGD update in one sweep from the top layer down, for
+ * zm_train_step.  Two things make it cheaper than zm_model_backward then
+ * zm_optim_apply (the same update, to rounding):
+ *  - the weight gradient GEMM accumulates straight into the momentum
+ *    buffer with beta = mu (buf = mu buf + dpre^T in), so the gradient is
+ *    never stored and read back;
+ *  - each layer is updated right after its gradients are made, while its
+ *    buffers are still in cache (its input gradient is computed first,
+ *    from the old weights, as the layers below need).
+ * ws->dw is left untouched; ws->db holds the bias gradients.
+ */
+static void sgd_backward_update(struct zm_optim *opt, struct zm_model *model,
+                                struct zm_workspace *ws, const float *x,
+                                size_t n, float *g, float step_scale)
+{
+	const struct zm_optim_config *c = &opt->cfg;
+	const struct zm_arch *arch = model->arch;
+	float step = (float)(zm_optim_lr(opt) * step_scale);
+	float mu = (float)c->momentum, wd = (float)c->weight_decay;
+	size_t l, first = 0;
+#if defined(__SSE__)
+	unsigned csr = _mm_getcsr();
+
+	/* As in zm_optim_apply: momentum of dead units decays into
+	 * subnormals, which the GEMM reading the buffer would then crawl
+	 * through; flush them (for the GEMM work of this thread). */
+	_mm_setcsr(csr | 0x8040u);
+#endif
+	ZM_ASSERT(ws->training && n <= ws->max_batch);
+	ZM_ASSERT(opt->n_layers == arch->n_layers);
+	opt->steps++;
+	while (!arch->layers[first].has_params)
+		first++;
+	for (l = arch->n_layers; l-- > first;) {
+		struct zm_layer *layer = &model->layers[l];
+		const struct zm_layer_spec *s = layer->spec;
+		const float *in = l ? ws->out[l - 1] : x;
+		size_t nin = s->in_features, nout = s->out_features, i;
+		float *dx = NULL, *mb = opt->m_b[l], *db = ws->db[l];
+		if (!s->has_params)
+			continue;   /* flatten: the gradient keeps its layout */
+		zm_activation_backward(s->act, ws->pre[l], ws->out[l], g,
+		                       n * nout);
+		zm_gemm(true, false, nout, nin, n, 1.0f, g, nout, in, nin, mu,
+		        opt->m_w[l], nin);
+		if (l > first)
+			dx = g == ws->grad_a ? ws->grad_b : ws->grad_a;
+		zm_layer_backward(layer, in, n, g, NULL, db, 0.0f, dx);
+		for (i = 0; i < nout; i++)
+			mb[i] = mu * mb[i] + db[i];
+		sgd_finish(layer->weight.data, opt->m_w[l], nout * nin, step,
+		           wd);
+		sgd_finish(layer->bias.data, mb, nout, step, wd);
+		g = dx;
+	}
+#if defined(__SSE__)
+	_mm_setcsr(csr);
+#endif
+}
+
 /* Loss (and, with grad, its gradient) of the outputs against y. */
 static enum zm_status batch_loss(const struct zm_arch *arch, const float *out,
                                  const void *y, size_t n,
@@ -387,6 +480,11 @@ enum zm_status zm_train_step(struct zm_model *model, struct zm_optim *opt,
 	st = batch_loss(model->arch, out, y, n, stats, ws->dlogits, err);
 	if (st != ZM_OK)
 		return st;
+	if (opt->cfg.kind == ZM_OPTIM_SGD) {
+		sgd_backward_update(opt, model, ws, x, n, ws->dlogits,
+		                    step_scale);
+		return ZM_OK;
+	}
 	zm_model_backward(model, ws, x, n, ws->dlogits);
 	zm_optim_apply(opt, model, ws, step_scale);
 	return ZM_OK;

@@ -109,7 +109,9 @@ struct zm_batch_stats {
  * targets for mse.  Adds the batch's loss (before the update) and correct
  * count to stats (may be NULL), then updates the model (see
  * zm_optim_apply).  A label out of range or a non-finite loss returns
- * ZM_ERR_DATA and leaves the model unchanged.
+ * ZM_ERR_DATA and leaves the model unchanged.  With SGD the backward pass
+ * and the update are fused (the weight gradients go straight into the
+ * momentum buffers), so ws->dw is not filled; ws->db is.
  */
 enum zm_status zm_train_step(struct zm_model *model, struct zm_optim *opt,
                              struct zm_workspace *ws, const float *x,

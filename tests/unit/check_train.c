@@ -379,6 +379,78 @@ START_TEST(test_gather)
 }
 END_TEST
 
+/*
+ * zm_train_step's SGD path fuses the backward pass with the update (the
+ * weight gradient GEMM accumulates into the momentum buffer, each layer is
+ * updated as soon as its gradients exist); it must take the same steps as
+ * the separate passes zm_model_backward + zm_optim_apply, through flatten,
+ * relu and gelu layers, with momentum, weight decay and a step scale.
+ */
+START_TEST(test_sgd_fused_matches_separate)
+{
+	struct zm_model *a = model_from(
+		"input: [1, 2, 3]\nlayers:\n"
+		"  - {name: f, type: flatten}\n"
+		"  - {name: h1, units: 7, activation: relu}\n"
+		"  - {name: h2, units: 5, activation: gelu}\n"
+		"  - {name: o, units: 3}\n", 11), *b;
+	float x[4 * 6];
+	int64_t y[4] = { 0, 2, 1, 2 };
+	struct zm_optim_config cfg;
+	struct zm_optim *oa, *ob;
+	struct zm_workspace *wa, *wb;
+	struct zm_error err;
+	size_t i, l, step;
+	float w0;
+
+	for (i = 0; i < 4 * 6; i++)
+		x[i] = (float)((int)(i * 7 % 11) - 5) * 0.3f;
+	ck_assert_int_eq(zm_model_copy(a, &b, &err), ZM_OK);
+	w0 = ((float *)a->layers[1].weight.data)[0];
+	zm_optim_config_default(&cfg, ZM_OPTIM_SGD);
+	cfg.lr = 0.2;
+	cfg.weight_decay = 0.05;
+	ck_assert_int_eq(zm_optim_new(a->arch, &cfg, &oa, &err), ZM_OK);
+	ck_assert_int_eq(zm_optim_new(b->arch, &cfg, &ob, &err), ZM_OK);
+	ck_assert_int_eq(zm_workspace_new(a->arch, 4, true, &wa, &err), ZM_OK);
+	ck_assert_int_eq(zm_workspace_new(b->arch, 4, true, &wb, &err), ZM_OK);
+	for (step = 0; step < 4; step++) {
+		const float *out;
+		ck_assert_int_eq(zm_train_step(a, oa, wa, x, y, 4, 0.5f, NULL,
+		                               &err), ZM_OK);
+		out = zm_model_forward(b, wb, x, 4);
+		ck_assert_int_eq(zm_loss_cross_entropy(out, y, 4, 3, NULL, NULL,
+		                                       wb->dlogits, &err), ZM_OK);
+		zm_model_backward(b, wb, x, 4, wb->dlogits);
+		zm_optim_apply(ob, b, wb, 0.5f);
+	}
+	ck_assert_uint_eq(oa->steps, ob->steps);
+	for (l = 1; l < 4; l++) {
+		const float *pa = a->layers[l].weight.data;
+		const float *pb = b->layers[l].weight.data;
+		size_t nw = zm_tensor_numel(&a->layers[l].weight);
+		size_t nb = zm_tensor_numel(&a->layers[l].bias);
+		for (i = 0; i < nw; i++)
+			ck_assert_double_eq_tol(pa[i], pb[i], 1e-5);
+		for (i = 0; i < nw; i++)
+			ck_assert_double_eq_tol(oa->m_w[l][i], ob->m_w[l][i],
+			                        1e-5);
+		pa = a->layers[l].bias.data;
+		pb = b->layers[l].bias.data;
+		for (i = 0; i < nb; i++)
+			ck_assert_double_eq_tol(pa[i], pb[i], 1e-5);
+	}
+	/* And the steps did move the weights. */
+	ck_assert(fabsf(((float *)a->layers[1].weight.data)[0] - w0) > 1e-4f);
+	zm_optim_free(oa);
+	zm_optim_free(ob);
+	zm_workspace_free(wa);
+	zm_workspace_free(wb);
+	zm_model_free(a);
+	zm_model_free(b);
+}
+END_TEST
+
 Suite *suite_train(void)
 {
 	Suite *s = suite_create("train");
@@ -392,6 +464,7 @@ Suite *suite_train(void)
 	tcase_add_loop_test(tc, test_convergence, 0, 2);
 	tcase_add_test(tc, test_step_scale_and_errors);
 	tcase_add_test(tc, test_gather);
+	tcase_add_test(tc, test_sgd_fused_matches_separate);
 	suite_add_tcase(s, tc);
 	return s;
 }
