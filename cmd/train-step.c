@@ -165,6 +165,7 @@ static void hparams_json(const struct train_step_opts *o,
 /* One model to train: its name, step scale and, once trained, results. */
 struct job {
 	const char *name;
+	const char *slice;         /* the assignment's slice, or the data's */
 	float weight;
 	struct zm_model *base, *trained;
 	int64_t version;           /* the version training started from */
@@ -244,7 +245,7 @@ static enum zm_status make_update(const struct job *j,
 	snprintf(num, sizeof(num), "%.9g", (double)j->weight);
 	if ((st = zm_doc_set_meta(doc, "zm.weight", num, err)))
 		return st;
-	if (ts->slice && (st = zm_doc_set_meta(doc, "zm.slice", ts->slice, err)))
+	if (j->slice && (st = zm_doc_set_meta(doc, "zm.slice", j->slice, err)))
 		return st;
 	return ZM_OK;
 }
@@ -319,6 +320,7 @@ static enum zm_status plan_jobs(const struct train_step_opts *o,
 		if (!(*jobs = calloc(1, sizeof(**jobs))))
 			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 		(*jobs)[0].name = o->model;
+		(*jobs)[0].slice = ts->slice;
 		(*jobs)[0].weight = o->fit.step_scale;
 		*n = 1;
 		return ZM_OK;
@@ -346,6 +348,7 @@ static enum zm_status plan_jobs(const struct train_step_opts *o,
 		if (s->models[i].weight <= 0)
 			continue;
 		(*jobs)[*n].name = s->models[i].model;
+		(*jobs)[*n].slice = s->slice;
 		(*jobs)[*n].weight = (float)s->models[i].weight *
 		                     o->fit.step_scale;
 		(*n)++;

@@ -127,6 +127,7 @@ run tensor info "$T/wu.safetensors.gz"
 check "one update per model" test "$(grep -c 'zm.kind.*update' "$T/out")" -eq 2
 check "with the weights" sh -c "grep -q 'zm.weight.*0.75' '$T/out' && grep -q 'zm.weight.*0.25' '$T/out'"
 check "and the held-out loss before training" grep -q 'loss_before' "$T/out"
+check "each update names the assignment's slice" test "$(grep -c 'zm.slice.*all' "$T/out")" -eq 2
 check "no change to the zoo without --apply" cmp -s "$Z/zoo.yaml" "$T/before-assign.yaml"
 run train-step --zoo "$Z" --assignment "$T/assignment.yaml" --slice nosuch "$T/data.safetensors.gz"
 expect_rc 1 "an unknown slice"
