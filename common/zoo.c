@@ -464,6 +464,33 @@ static void remove_stale_temps(const char *dir)
 	closedir(d);
 }
 
+/* Removes stale temporaries in every DIR/models/NAME, indexed or not (a
+ * writer killed while adding a new model leaves one in a directory the
+ * index does not name yet), then that directory itself when it is empty
+ * and unindexed.  Only called under the exclusive lock. */
+static void remove_stale_model_temps(const struct zm_zoo *zoo)
+{
+	char models[ZM_PATH_MAX], path[ZM_PATH_MAX];
+	struct dirent *de;
+	DIR *d;
+
+	snprintf(models, sizeof(models), "%s/models", zoo->dir);
+	d = opendir(models);
+	if (!d)
+		return;
+	while ((de = readdir(d)) != NULL) {
+		if (!zm_zoo_valid_name(de->d_name))
+			continue;
+		if (snprintf(path, sizeof(path), "%s/%s", models,
+		             de->d_name) >= (int)sizeof(path))
+			continue;
+		remove_stale_temps(path);
+		if (!zm_zoo_find(zoo, de->d_name))
+			rmdir(path);	/* fails, harmlessly, unless empty */
+	}
+	closedir(d);
+}
+
 enum zm_status zm_zoo_open(struct zm_zoo **out, const char *dir, int flags,
                            struct zm_error *err)
 {
@@ -526,11 +553,7 @@ enum zm_status zm_zoo_open(struct zm_zoo **out, const char *dir, int flags,
 	}
 	if (zoo->writable) {
 		remove_stale_temps(dir);
-		for (i = 0; i < zoo->n_models; i++) {
-			snprintf(path, sizeof(path), "%s/models/%s", dir,
-			         zoo->models[i].name);
-			remove_stale_temps(path);
-		}
+		remove_stale_model_temps(zoo);
 	}
 	*out = zoo;
 	return ZM_OK;

@@ -823,6 +823,53 @@ START_TEST(test_put_refuses_bad_name)
 }
 END_TEST
 
+/* A killed writer's temporaries are ignored by readers and removed by the
+ * next writer, in the index's directory, in an indexed model's directory
+ * and in the directory of a model that was being added (not indexed yet),
+ * which goes too once empty; finished files and the index stay. */
+START_TEST(test_stale_temps)
+{
+	char dir[4096];
+	struct zm_zoo *zoo;
+	struct zm_doc doc;
+	char *before, *after;
+
+	snprintf(dir, sizeof(dir), "%s/zoo", unit_tmpdir());
+	zoo = open_zoo(dir, ZM_ZOO_WRITE | ZM_ZOO_CREATE);
+	put(zoo, "m", 1);
+	commit(zoo);
+	zm_zoo_close(zoo);
+	before = slurp(path_in(dir, "zoo.yaml"));
+	ck_assert_ptr_nonnull(before);
+	ck_assert_int_eq(mkdir(path_in(dir, "models/fresh"), 0755), 0);
+	ck_assert_int_eq(mkdir(path_in(dir, "models/orphan"), 0755), 0);
+	spit(path_in(dir, ".zoo.yaml.tmp.AbC123"), "models: [");
+	spit(path_in(dir, "models/m/.v2.safetensors.gz.tmp.XyZ789"), "half");
+	spit(path_in(dir, "models/fresh/.v1.safetensors.gz.tmp.q1w2e3"), "h");
+	spit(path_in(dir, "models/orphan/v1.safetensors.gz"), "renamed");
+
+	zoo = open_zoo(dir, ZM_ZOO_READ);
+	ck_assert_uint_eq(zoo->n_models, 1);
+	ck_assert(stored_value(zoo, "m", &doc) == 1);
+	zm_doc_release(&doc);
+	zm_zoo_close(zoo);
+	ck_assert(exists(dir, ".zoo.yaml.tmp.AbC123"));
+	ck_assert(exists(dir, "models/fresh/.v1.safetensors.gz.tmp.q1w2e3"));
+
+	zoo = open_zoo(dir, ZM_ZOO_WRITE);
+	zm_zoo_close(zoo);
+	ck_assert(!exists(dir, ".zoo.yaml.tmp.AbC123"));
+	ck_assert(!exists(dir, "models/m/.v2.safetensors.gz.tmp.XyZ789"));
+	ck_assert(!exists(dir, "models/fresh"));
+	ck_assert(exists(dir, "models/m/v1.safetensors.gz"));
+	ck_assert(exists(dir, "models/orphan/v1.safetensors.gz"));
+	after = slurp(path_in(dir, "zoo.yaml"));
+	ck_assert_str_eq(after, before);
+	free(before);
+	free(after);
+}
+END_TEST
+
 Suite *suite_zoo(void)
 {
 	Suite *s = suite_create("zoo");
@@ -843,6 +890,7 @@ Suite *suite_zoo(void)
 	tcase_add_loop_test(tc, test_valid_name, 0,
 	                    (int)(sizeof(names) / sizeof(names[0])));
 	tcase_add_test(tc, test_put_refuses_bad_name);
+	tcase_add_test(tc, test_stale_temps);
 	suite_add_tcase(s, tc);
 	return s;
 }
