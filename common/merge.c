@@ -1002,13 +1002,20 @@ static void hparams_json(const struct zm_merge_static_opts *o,
 	zm_buf_puts(b, "{\"merge\":");
 	zm_json_string(b, zm_merge_method_name(o->method),
 	               strlen(zm_merge_method_name(o->method)));
-	zm_buf_puts(b, ",\"models\":[");
-	for (i = 0; i < o->n_models; i++) {
-		if (i)
-			zm_buf_puts(b, ",");
-		zm_json_string(b, o->labels[i], strlen(o->labels[i]));
+	/* A flat map (zoo-add keeps hparams as key=value tags): the models
+	 * are one comma-separated string. */
+	zm_buf_puts(b, ",\"models\":");
+	{
+		struct zm_buf names;
+		zm_buf_init(&names);
+		for (i = 0; i < o->n_models; i++)
+			zm_buf_printf(&names, "%s%s", i ? "," : "", o->labels[i]);
+		if (names.failed)
+			b->failed = true;
+		else
+			zm_json_string(b, names.data, names.len);
+		zm_buf_release(&names);
 	}
-	zm_buf_puts(b, "]");
 	if (zm_merge_method_needs_base(o->method) && o->base_label) {
 		zm_buf_puts(b, ",\"base\":");
 		zm_json_string(b, o->base_label, strlen(o->base_label));
