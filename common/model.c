@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "conv.h"
 #include "gemm.h"
 #include "mem.h"
 #include "model.h"
@@ -159,7 +160,8 @@ static enum zm_status parse_input(const struct zm_node *node,
 }
 
 static const char *const layer_keys[] = {
-	"name", "type", "units", "activation", "group", NULL
+	"name", "type", "units", "activation", "group", "filters", "kernel",
+	"stride", "padding", "size", NULL
 };
 
 /*
@@ -215,14 +217,9 @@ static enum zm_status parse_layer(const struct zm_node *item,
 		if (!lookup(layer_type_names, COUNT_OF(layer_type_names), s, &t))
 			return zm_node_error(n, err, ZM_ERR_CONFIG,
 			                     "layer '%s': unknown type '%s' "
-			                     "(expected dense or flatten)",
-			                     spec->name, s);
+			                     "(expected dense, conv2d, maxpool2d "
+			                     "or flatten)", spec->name, s);
 		spec->type = (enum zm_layer_type)t;
-		if (spec->type == ZM_LAYER_CONV2D ||
-		    spec->type == ZM_LAYER_MAXPOOL2D)
-			return zm_node_error(n, err, ZM_ERR_CONFIG,
-			                     "layer '%s': type '%s' is not "
-			                     "supported yet", spec->name, s);
 	}
 
 	n = zm_node_get(item, "group");
@@ -235,8 +232,14 @@ static enum zm_status parse_layer(const struct zm_node *item,
 			                     "group: expected 1 to %d characters "
 			                     "from [A-Za-z0-9_-]",
 			                     ZM_LAYER_NAME_MAX);
+	} else if (spec->type == ZM_LAYER_DENSE) {
+		s = "dense";
+	} else if (spec->type == ZM_LAYER_CONV2D) {
+		s = "conv";
 	} else {
-		s = spec->type == ZM_LAYER_DENSE ? "dense" : "flatten";
+		/* Pooling and reshaping belong to the stage before them. */
+		s = idx ? arch->layers[idx - 1].group :
+		    zm_layer_type_name(spec->type);
 	}
 	spec->group = zm_strdup(s);
 	if (!spec->group)
@@ -257,9 +260,28 @@ static enum zm_status parse_layer(const struct zm_node *item,
 	spec->in_features = (size_t)in_features;
 
 	spec->act = ZM_ACT_IDENTITY;
+	if (spec->type == ZM_LAYER_CONV2D || spec->type == ZM_LAYER_MAXPOOL2D)
+		return zm_conv_parse_spec(item, spec, err);
+	if (spec->type != ZM_LAYER_FLATTEN) {
+		static const char *const spatial[] = {
+			"filters", "kernel", "stride", "padding", "size"
+		};
+		for (i = 0; i < 5; i++) {
+			size_t k;
+			for (k = 0; k < item->count; k++)
+				if (!strcmp(item->keys[k]->value, spatial[i]))
+					return zm_node_error(item->keys[k], err,
+					        ZM_ERR_CONFIG,
+					        "layer '%s': dense takes no '%s'",
+					        spec->name, spatial[i]);
+		}
+	}
 	if (spec->type == ZM_LAYER_FLATTEN) {
-		static const char *const unused[] = { "units", "activation" };
-		for (i = 0; i < 2; i++) {
+		static const char *const unused[] = {
+			"units", "activation", "filters", "kernel", "stride",
+			"padding", "size"
+		};
+		for (i = 0; i < 7; i++) {
 			size_t k;
 			for (k = 0; k < item->count; k++)
 				if (!strcmp(item->keys[k]->value, unused[i]))
@@ -302,6 +324,8 @@ static enum zm_status parse_layer(const struct zm_node *item,
 	spec->out_shape[0] = spec->units;
 	spec->out_features = (size_t)spec->units;
 	spec->has_params = true;
+	spec->n_weight = (size_t)spec->units * (size_t)in_features;
+	spec->n_bias = (size_t)spec->units;
 	return ZM_OK;
 }
 
@@ -486,6 +510,25 @@ void zm_arch_to_json(const struct zm_arch *arch, struct zm_buf *b)
 			zm_buf_printf(b, ", \"units\": %lld, \"activation\": ",
 			              (long long)l->units);
 			zm_json_string(b, a, strlen(a));
+		} else if (l->type == ZM_LAYER_CONV2D) {
+			const char *a = zm_activation_name(l->act);
+			zm_buf_printf(b, ", \"filters\": %lld, \"kernel\": "
+			              "[%lld, %lld], \"stride\": [%lld, %lld], "
+			              "\"padding\": \"%s\", \"activation\": ",
+			              (long long)l->units,
+			              (long long)l->kernel[0],
+			              (long long)l->kernel[1],
+			              (long long)l->stride[0],
+			              (long long)l->stride[1],
+			              l->same ? "same" : "valid");
+			zm_json_string(b, a, strlen(a));
+		} else if (l->type == ZM_LAYER_MAXPOOL2D) {
+			zm_buf_printf(b, ", \"size\": [%lld, %lld], "
+			              "\"stride\": [%lld, %lld]",
+			              (long long)l->kernel[0],
+			              (long long)l->kernel[1],
+			              (long long)l->stride[0],
+			              (long long)l->stride[1]);
 		}
 		zm_buf_puts(b, ", \"group\": ");
 		zm_json_string(b, l->group, strlen(l->group));
@@ -554,6 +597,17 @@ static const char *spec_diff(const struct zm_layer_spec *a,
 	else if (a->act != b->act)
 		snprintf(buf, size, "activation %s vs %s",
 		         zm_activation_name(a->act), zm_activation_name(b->act));
+	else if (a->kernel[0] != b->kernel[0] || a->kernel[1] != b->kernel[1])
+		snprintf(buf, size, "kernel %lldx%lld vs %lldx%lld",
+		         (long long)a->kernel[0], (long long)a->kernel[1],
+		         (long long)b->kernel[0], (long long)b->kernel[1]);
+	else if (a->stride[0] != b->stride[0] || a->stride[1] != b->stride[1])
+		snprintf(buf, size, "stride %lldx%lld vs %lldx%lld",
+		         (long long)a->stride[0], (long long)a->stride[1],
+		         (long long)b->stride[0], (long long)b->stride[1]);
+	else if (a->same != b->same)
+		snprintf(buf, size, "padding %s vs %s",
+		         a->same ? "same" : "valid", b->same ? "same" : "valid");
 	else if (groups && strcmp(a->group, b->group))
 		snprintf(buf, size, "group '%s' vs '%s'", a->group, b->group);
 	else
@@ -622,9 +676,7 @@ size_t zm_arch_param_count(const struct zm_arch *arch)
 	/* The parser bounds each layer, so this cannot overflow size_t on
 	 * 64-bit machines for ZM_ARCH_MAX_LAYERS layers. */
 	for (i = 0; i < arch->n_layers; i++)
-		if (arch->layers[i].has_params)
-			total += arch->layers[i].out_features *
-			         (arch->layers[i].in_features + 1);
+		total += arch->layers[i].n_weight + arch->layers[i].n_bias;
 	return total;
 }
 
@@ -695,14 +747,22 @@ static enum zm_status model_alloc(const struct zm_arch *arch,
 	for (i = 0; i < arch->n_layers; i++) {
 		struct zm_layer *l = &m->layers[i];
 		char name[ZM_LAYER_NAME_MAX + 16];
-		int64_t shape[2];
+		int64_t shape[4];
+		int ndim = 2;
 		if (!l->spec->has_params)
 			continue;
 		shape[0] = (int64_t)l->spec->out_features;
 		shape[1] = (int64_t)l->spec->in_features;
+		if (l->spec->type == ZM_LAYER_CONV2D) {
+			ndim = 4;
+			shape[0] = l->spec->units;
+			shape[1] = l->spec->in_shape[0];
+			shape[2] = l->spec->kernel[0];
+			shape[3] = l->spec->kernel[1];
+		}
 		snprintf(name, sizeof(name), "%s.weight", l->spec->name);
-		st = zm_tensor_alloc(&l->weight, name, ZM_DTYPE_F32, 2, shape,
-		                     err);
+		st = zm_tensor_alloc(&l->weight, name, ZM_DTYPE_F32, ndim,
+		                     shape, err);
 		if (st != ZM_OK)
 			goto fail;
 		snprintf(name, sizeof(name), "%s.bias", l->spec->name);
@@ -737,6 +797,14 @@ enum zm_status zm_model_new(const struct zm_arch *arch, uint64_t seed,
 		float *w = l->weight.data;
 		if (!l->spec->has_params)
 			continue;
+		if (l->spec->type == ZM_LAYER_CONV2D) {
+			/* Fans of one output pixel, as PyTorch counts them. */
+			size_t k = (size_t)(l->spec->kernel[0] *
+			                    l->spec->kernel[1]);
+			fan_in = (size_t)l->spec->in_shape[0] * k;
+			fan_out = (size_t)l->spec->units * k;
+			count = l->spec->n_weight;
+		}
 		if (l->spec->act == ZM_ACT_RELU || l->spec->act == ZM_ACT_GELU) {
 			double std = sqrt(2.0 / (double)fan_in);
 			for (j = 0; j < count; j++)
@@ -1208,6 +1276,12 @@ void zm_layer_linear(const struct zm_layer *layer, const float *in, size_t n,
 			memmove(out_pre, in, n * nin * sizeof(*in));
 		return;
 	}
+	if (s->type == ZM_LAYER_MAXPOOL2D) {
+		struct zm_conv_geom g;
+		zm_conv_geom_of(s, &g);
+		zm_maxpool_forward(&g, in, n, out_pre);
+		return;
+	}
 	ZM_ASSERT(s->type == ZM_LAYER_DENSE);
 	/* Seed each row with the bias and let the GEMM accumulate onto it:
 	 * one pass over the output instead of two. */
@@ -1216,6 +1290,64 @@ void zm_layer_linear(const struct zm_layer *layer, const float *in, size_t n,
 		memcpy(out_pre + i * nout, bias, nout * sizeof(*bias));
 	zm_gemm(false, true, n, nout, nin, 1.0f, in, nin, layer->weight.data,
 	        nin, 1.0f, out_pre, nout);
+}
+
+void zm_layer_forward(const struct zm_layer *layer, const float *in, size_t n,
+                      float *out_pre, float *scratch)
+{
+	const struct zm_layer_spec *s = layer->spec;
+	struct zm_conv_geom g;
+
+	if (s->type != ZM_LAYER_CONV2D) {
+		zm_layer_linear(layer, in, n, out_pre);
+		return;
+	}
+	ZM_ASSERT(scratch != NULL);
+	zm_conv_geom_of(s, &g);
+	zm_conv_forward(&g, layer->weight.data, layer->bias.data, in, n,
+	                out_pre, scratch);
+}
+
+size_t zm_layer_scratch_floats(const struct zm_layer_spec *s,
+                               size_t max_batch, bool training)
+{
+	struct zm_conv_geom g;
+
+	if (s->type != ZM_LAYER_CONV2D)
+		return 0;
+	zm_conv_geom_of(s, &g);
+	return zm_conv_scratch_floats(&g, max_batch, training);
+}
+
+void zm_layer_backward_any(const struct zm_layer *layer, const float *in,
+                           const float *out_pre, size_t n, const float *dpre,
+                           float *dw, float *db, float beta_dw, float *dx,
+                           float *scratch)
+{
+	const struct zm_layer_spec *s = layer->spec;
+	struct zm_conv_geom g;
+
+	(void)out_pre;   /* maxpool finds each window's maximum again */
+	switch (s->type) {
+	case ZM_LAYER_DENSE:
+		zm_layer_backward(layer, in, n, dpre, dw, db, beta_dw, dx);
+		break;
+	case ZM_LAYER_CONV2D:
+		ZM_ASSERT(scratch != NULL);
+		zm_conv_geom_of(s, &g);
+		zm_conv_backward(&g, layer->weight.data, in, n, dpre, dw, db,
+		                 beta_dw, dx, scratch);
+		break;
+	case ZM_LAYER_MAXPOOL2D:
+		zm_conv_geom_of(s, &g);
+		if (dx)
+			zm_maxpool_backward(&g, in, n, dpre, dx);
+		break;
+	case ZM_LAYER_FLATTEN:
+		if (dx && dx != dpre)
+			memmove(dx, dpre, n * s->in_features * sizeof(*dx));
+		break;
+	}
 }
 
 /* db (+)= column sums of the n x cols matrix g. */
@@ -1279,6 +1411,7 @@ void zm_workspace_free(struct zm_workspace *ws)
 	free(ws->grad_a);
 	free(ws->grad_b);
 	free(ws->dlogits);
+	free(ws->scratch);
 	free(ws);
 }
 
@@ -1297,7 +1430,7 @@ enum zm_status zm_workspace_new(const struct zm_arch *arch, size_t max_batch,
                                 struct zm_error *err)
 {
 	struct zm_workspace *ws = zm_calloc(1, sizeof(*ws));
-	size_t i, L = arch->n_layers;
+	size_t i, L = arch->n_layers, scratch = 0;
 
 	*out = NULL;
 	ZM_ASSERT(max_batch > 0);
@@ -1323,6 +1456,14 @@ enum zm_status zm_workspace_new(const struct zm_arch *arch, size_t max_batch,
 	}
 	for (i = 0; i < L; i++) {
 		const struct zm_layer_spec *s = &arch->layers[i];
+		size_t sc = zm_layer_scratch_floats(s, max_batch, training);
+		if (sc > scratch)
+			scratch = sc;
+		if (s->type == ZM_LAYER_MAXPOOL2D) {
+			ws->buf[i] = alloc_floats(max_batch, s->out_features);
+			if (!ws->buf[i])
+				goto fail;
+		}
 		if (!s->has_params)
 			continue;
 		ws->buf[i] = alloc_floats(max_batch, s->out_features);
@@ -1334,13 +1475,14 @@ enum zm_status zm_workspace_new(const struct zm_arch *arch, size_t max_batch,
 				goto fail;
 		}
 		if (training) {
-			ws->dw[i] = alloc_floats(s->out_features,
-			                         s->in_features);
-			ws->db[i] = alloc_floats(1, s->out_features);
+			ws->dw[i] = alloc_floats(1, s->n_weight);
+			ws->db[i] = alloc_floats(1, s->n_bias);
 			if (!ws->dw[i] || !ws->db[i])
 				goto fail;
 		}
 	}
+	if (scratch && !(ws->scratch = alloc_floats(1, scratch)))
+		goto fail;
 	*out = ws;
 	return ZM_OK;
 fail:
@@ -1363,9 +1505,18 @@ const float *zm_model_forward(const struct zm_model *model,
 		const struct zm_layer_spec *s = layer->spec;
 		size_t count = n * s->out_features;
 		float *dst = ws->buf[l];
-		if (!s->has_params) {
+		if (s->type == ZM_LAYER_FLATTEN) {
 			/* flatten: activations are stored flat already. */
 			ws->out[l] = in;
+			continue;
+		}
+		if (s->type != ZM_LAYER_DENSE) {
+			/* conv2d, maxpool2d: see conv.h. */
+			float *p = ws->pre[l] ? ws->pre[l] : dst;
+			zm_layer_forward(layer, in, n, p, ws->scratch);
+			zm_activation_apply(s->act, p, dst, n * s->out_features);
+			ws->out[l] = dst;
+			in = dst;
 			continue;
 		}
 		if (ws->pre[l]) {
@@ -1396,8 +1547,19 @@ void zm_model_backward(const struct zm_model *model, struct zm_workspace *ws,
 		const struct zm_layer_spec *s = layer->spec;
 		const float *in = l ? ws->out[l - 1] : x;
 		float *dx = NULL;
-		if (!s->has_params)
+		if (s->type == ZM_LAYER_FLATTEN)
 			continue;   /* flatten: the gradient keeps its layout */
+		if (s->type != ZM_LAYER_DENSE) {
+			zm_activation_backward(s->act, ws->pre[l], ws->out[l],
+			                       g, n * s->out_features);
+			if (l > first)
+				dx = g == ws->grad_a ? ws->grad_b : ws->grad_a;
+			zm_layer_backward_any(layer, in, ws->out[l], n, g,
+			                      ws->dw[l], ws->db[l], 0.0f, dx,
+			                      ws->scratch);
+			g = dx;
+			continue;
+		}
 		zm_activation_backward(s->act, ws->pre[l], ws->out[l], g,
 		                       n * s->out_features);
 		if (l > first)

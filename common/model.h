@@ -10,10 +10,12 @@
  * layer (h_l = sum_i w_i f_i,l(h_{l-1})) and must run one layer of one model
  * at a time, before or after its activation.
  *
- * Layer types: dense, and flatten (a reshape, which costs nothing since
- * activations are always stored flat).  conv2d and maxpool2d are reserved
- * in the enums and rejected by the parser until they are implemented; the
- * spec keeps per-sample input and output shapes so they slot in.
+ * Layer types: dense; flatten (a reshape, which costs nothing since
+ * activations are always stored flat); conv2d and maxpool2d on per-sample
+ * shapes [C, H, W], stored flat in C-major (NCHW) order, so that a flatten
+ * or dense layer after them sees PyTorch's nn.Flatten order.  conv2d
+ * weights are [out_c, in_c, kh, kw] as in PyTorch (common/conv.h holds the
+ * im2col kernels).
  */
 #ifndef ZM_MODEL_H
 #define ZM_MODEL_H
@@ -31,8 +33,8 @@
 enum zm_layer_type {
 	ZM_LAYER_DENSE,
 	ZM_LAYER_FLATTEN,
-	ZM_LAYER_CONV2D,      /* reserved: not supported yet */
-	ZM_LAYER_MAXPOOL2D    /* reserved: not supported yet */
+	ZM_LAYER_CONV2D,
+	ZM_LAYER_MAXPOOL2D
 };
 
 /*
@@ -61,17 +63,31 @@ enum zm_loss {
 #define ZM_LAYER_NAME_MAX 64
 #define ZM_INPUT_MAX_DIMS 4
 
-/* One layer of an architecture.  Shapes are per sample (no batch dim). */
+#define ZM_ARCH_MAX_KERNEL 1024         /* conv/pool kernel and stride */
+
+/*
+ * One layer of an architecture.  Shapes are per sample (no batch dim).
+ * Default groups: "dense" for dense, "conv" for conv2d; maxpool2d and
+ * flatten join the group of the layer before them (they have no
+ * parameters and belong to that stage), or are "maxpool2d" / "flatten"
+ * when they come first.
+ */
 struct zm_layer_spec {
 	char *name;                   /* owned; [A-Za-z0-9_-]+ */
-	char *group;                  /* owned; default: the layer kind */
+	char *group;                  /* owned; default: see above */
 	enum zm_layer_type type;
-	enum zm_activation act;       /* dense; identity for flatten */
-	int64_t units;                /* dense: output features; else 0 */
+	enum zm_activation act;       /* dense, conv2d; else identity */
+	int64_t units;                /* dense: outputs; conv2d: filters */
 	int in_ndim, out_ndim;
 	int64_t in_shape[ZM_INPUT_MAX_DIMS], out_shape[ZM_INPUT_MAX_DIMS];
 	size_t in_features, out_features;   /* numel of in_shape, out_shape */
-	bool has_params;              /* dense (later conv2d) */
+	bool has_params;              /* dense, conv2d */
+	/* conv2d and maxpool2d: kernel (pool window) [kh, kw], stride
+	 * [sh, sw], and conv2d's zero padding before the first row and
+	 * column [top, left] (the padding after follows from out_shape). */
+	int64_t kernel[2], stride[2], pad[2];
+	bool same;                    /* conv2d: padding 'same', else 'valid' */
+	size_t n_weight, n_bias;      /* parameter counts; 0 without params */
 };
 
 struct zm_arch {
@@ -144,7 +160,8 @@ ptrdiff_t zm_arch_find_layer(const struct zm_arch *arch, const char *name);
 /* A layer's parameters.  Layers without parameters have empty tensors. */
 struct zm_layer {
 	const struct zm_layer_spec *spec;   /* points into the model's arch */
-	struct zm_tensor weight;            /* "LAYER.weight" F32 [out, in] */
+	struct zm_tensor weight;            /* "LAYER.weight" F32 [out, in],
+	                                       conv2d [out_c, in_c, kh, kw] */
 	struct zm_tensor bias;              /* "LAYER.bias"   F32 [out] */
 };
 
@@ -227,10 +244,23 @@ enum zm_status zm_model_same_arch(const struct zm_arch *a,
 /*
  * out_pre = in * W^T + b for a dense layer (in is n x in_features, out_pre
  * n x out_features; in and out_pre must not overlap); a plain copy for
- * flatten (pointers may be equal, then nothing happens).
+ * flatten (pointers may be equal, then nothing happens); the max for
+ * maxpool2d.  conv2d layers need scratch memory: use zm_layer_forward.
  */
 void zm_layer_linear(const struct zm_layer *layer, const float *in, size_t n,
                      float *out_pre);
+
+/*
+ * As zm_layer_linear for every layer type; scratch holds
+ * zm_layer_scratch_floats(spec, n, false) floats (NULL when that is 0).
+ */
+void zm_layer_forward(const struct zm_layer *layer, const float *in, size_t n,
+                      float *out_pre, float *scratch);
+
+/* Floats of scratch a layer's forward pass (backward too, with training)
+ * of up to max_batch rows needs; 0 for layers other than conv2d. */
+size_t zm_layer_scratch_floats(const struct zm_layer_spec *s,
+                               size_t max_batch, bool training);
 
 /* out[i] = act(pre[i]) for count values; pre == out is allowed. */
 void zm_activation_apply(enum zm_activation act, const float *pre,
@@ -256,6 +286,18 @@ void zm_layer_backward(const struct zm_layer *layer, const float *in,
                        size_t n, const float *dpre, float *dw, float *db,
                        float beta_dw, float *dx);
 
+/*
+ * As zm_layer_backward for every layer type: conv2d (dw [out_c, in_c, kh,
+ * kw], db [out_c]; scratch of zm_layer_scratch_floats(spec, n, true)
+ * floats), maxpool2d (dx only: each window's gradient goes to its first
+ * maximum of in; out_pre is the layer's output; dx is overwritten) and
+ * flatten (dx = dpre).  out_pre is only read by maxpool2d.
+ */
+void zm_layer_backward_any(const struct zm_layer *layer, const float *in,
+                           const float *out_pre, size_t n, const float *dpre,
+                           float *dw, float *db, float beta_dw, float *dx,
+                           float *scratch);
+
 /* ---- model-level computation ---- */
 
 /*
@@ -277,6 +319,7 @@ struct zm_workspace {
 	float **dw, **db;             /* training: gradients per layer */
 	float *grad_a, *grad_b;       /* training: max_batch x max_features */
 	float *dlogits;               /* training: max_batch x output */
+	float *scratch;               /* conv2d im2col; NULL without conv */
 };
 
 /* Allocates a workspace; *out is freed with zm_workspace_free. */

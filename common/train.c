@@ -160,17 +160,17 @@ enum zm_status zm_optim_new(const struct zm_arch *arch,
 	}
 	for (i = 0; i < L; i++) {
 		const struct zm_layer_spec *s = &arch->layers[i];
-		size_t nw = s->out_features * s->in_features;
+		size_t nw = s->n_weight;
 		if (!s->has_params)
 			continue;
 		/* The parser bounds nw, so these products cannot overflow. */
 		o->m_w[i] = zm_calloc(nw, sizeof(float));
-		o->m_b[i] = zm_calloc(s->out_features, sizeof(float));
+		o->m_b[i] = zm_calloc(s->n_bias, sizeof(float));
 		if (!o->m_w[i] || !o->m_b[i])
 			goto fail;
 		if (adam) {
 			o->v_w[i] = zm_calloc(nw, sizeof(float));
-			o->v_b[i] = zm_calloc(s->out_features, sizeof(float));
+			o->v_b[i] = zm_calloc(s->n_bias, sizeof(float));
 			if (!o->v_w[i] || !o->v_b[i])
 				goto fail;
 		}
@@ -435,6 +435,17 @@ static void sgd_backward_update(struct zm_optim *opt, struct zm_model *model,
 #endif
 }
 
+static bool dense_only(const struct zm_arch *arch)
+{
+	size_t l;
+
+	for (l = 0; l < arch->n_layers; l++)
+		if (arch->layers[l].type == ZM_LAYER_CONV2D ||
+		    arch->layers[l].type == ZM_LAYER_MAXPOOL2D)
+			return false;
+	return true;
+}
+
 /* Loss (and, with grad, its gradient) of the outputs against y. */
 static enum zm_status batch_loss(const struct zm_arch *arch, const float *out,
                                  const void *y, size_t n,
@@ -480,7 +491,9 @@ enum zm_status zm_train_step(struct zm_model *model, struct zm_optim *opt,
 	st = batch_loss(model->arch, out, y, n, stats, ws->dlogits, err);
 	if (st != ZM_OK)
 		return st;
-	if (opt->cfg.kind == ZM_OPTIM_SGD) {
+	/* The fused SGD pass knows dense layers only; conv models take the
+	 * separate passes (the same update). */
+	if (opt->cfg.kind == ZM_OPTIM_SGD && dense_only(model->arch)) {
 		sgd_backward_update(opt, model, ws, x, n, ws->dlogits,
 		                    step_scale);
 		return ZM_OK;

@@ -88,7 +88,7 @@ static const struct {
 	{ "layers:\n  - {name: a, units: 3}\n",
 	  "arch.yaml:1:1: ", "missing 'input'" },
 	{ "input: [4]\nlayers:\n  - name: c1\n    type: conv2d\n",
-	  "arch.yaml:4:11: ", "'conv2d' is not supported yet" },
+	  "arch.yaml:3:5: ", "conv2d needs an input of shape" },
 	{ "input: [4]\nlayers:\n  - name: c1\n    type: lstm\n",
 	  "arch.yaml:4:11: ", "unknown type 'lstm'" },
 	{ "input: [4]\nlayers:\n  - name: fc.1\n    units: 3\n",

@@ -1,0 +1,451 @@
+/*
+ * conv2d through im2col and chunked GEMMs, max pooling, and the parser of
+ * the two layer kinds' keys.  See conv.h for the layout.
+ */
+#include <stdint.h>
+#include <string.h>
+
+#include "conv.h"
+#include "gemm.h"
+#include "mem.h"
+
+/*
+ * Columns packed per GEMM: wide enough for BLIS to reach its speed (its
+ * n blocking is a few thousand columns), small enough that the packed
+ * matrix stays within a few MiB of cache-friendly memory.
+ */
+enum { CHUNK_COLS = 4096 };
+#define CHUNK_FLOATS ((size_t)1 << 20)
+
+void zm_conv_geom_of(const struct zm_layer_spec *s, struct zm_conv_geom *g)
+{
+	ZM_ASSERT(s->type == ZM_LAYER_CONV2D || s->type == ZM_LAYER_MAXPOOL2D);
+	ZM_ASSERT(s->in_ndim == 3 && s->out_ndim == 3);
+	g->c = (size_t)s->in_shape[0];
+	g->h = (size_t)s->in_shape[1];
+	g->w = (size_t)s->in_shape[2];
+	g->oc = (size_t)s->out_shape[0];
+	g->oh = (size_t)s->out_shape[1];
+	g->ow = (size_t)s->out_shape[2];
+	g->kh = (size_t)s->kernel[0];
+	g->kw = (size_t)s->kernel[1];
+	g->sh = (size_t)s->stride[0];
+	g->sw = (size_t)s->stride[1];
+	g->ph = (size_t)s->pad[0];
+	g->pw = (size_t)s->pad[1];
+}
+
+size_t zm_conv_chunk(const struct zm_conv_geom *g, size_t n)
+{
+	size_t ohw = g->oh * g->ow, k = g->c * g->kh * g->kw;
+	size_t nb = CHUNK_COLS / ohw;
+
+	if (nb * ohw * k > CHUNK_FLOATS)
+		nb = CHUNK_FLOATS / (ohw * k);
+	if (nb < 1)
+		nb = 1;
+	return nb < n ? nb : (n ? n : 1);
+}
+
+size_t zm_conv_scratch_floats(const struct zm_conv_geom *g, size_t max_batch,
+                              bool training)
+{
+	size_t nb = zm_conv_chunk(g, max_batch), cols, a, b, t;
+
+	(void)training;   /* both passes use the same two buffers */
+	if (!zm_size_mul(nb, g->oh * g->ow, &cols) ||
+	    !zm_size_mul(cols, g->c * g->kh * g->kw, &a) ||
+	    !zm_size_mul(cols, g->oc, &b) || (t = a + b) < a)
+		return SIZE_MAX;   /* an allocation that must fail */
+	return t;
+}
+
+/* The output columns [lo, hi) of a row whose input column
+ * o*s + k - p falls inside [0, w). */
+static void valid_range(size_t out, size_t w, size_t s, size_t k, size_t p,
+                        size_t *lo, size_t *hi)
+{
+	/* o*s + k >= p and o*s + k - p <= w - 1 */
+	size_t a = k >= p ? 0 : (p - k + s - 1) / s;
+	size_t b = w - 1 + p >= k ? (w - 1 + p - k) / s + 1 : 0;
+
+	if (b > out)
+		b = out;
+	if (a > b)
+		a = b;
+	*lo = a;
+	*hi = b;
+}
+
+void zm_im2col(const struct zm_conv_geom *g, const float *x, size_t nb,
+               float *col, size_t ld)
+{
+	size_t chw = g->c * g->h * g->w, ohw = g->oh * g->ow;
+	size_t ci, ki, kj, b, oy, ox;
+
+	for (ci = 0; ci < g->c; ci++)
+	for (ki = 0; ki < g->kh; ki++)
+	for (kj = 0; kj < g->kw; kj++) {
+		size_t r = (ci * g->kh + ki) * g->kw + kj, lo, hi;
+		float *row = col + r * ld;
+		valid_range(g->ow, g->w, g->sw, kj, g->pw, &lo, &hi);
+		for (b = 0; b < nb; b++) {
+			const float *img = x + b * chw + ci * g->h * g->w;
+			float *dst = row + b * ohw;
+			for (oy = 0; oy < g->oh; oy++, dst += g->ow) {
+				size_t iy = oy * g->sh + ki;
+				const float *src;
+				if (iy < g->ph || iy - g->ph >= g->h) {
+					memset(dst, 0, g->ow * sizeof(*dst));
+					continue;
+				}
+				/* ox >= lo keeps ox*sw + kj - pw >= 0. */
+				src = img + (iy - g->ph) * g->w;
+				memset(dst, 0, lo * sizeof(*dst));
+				if (g->sw == 1 && hi > lo)
+					memcpy(dst + lo, src + lo + kj - g->pw,
+					       (hi - lo) * sizeof(*dst));
+				else
+					for (ox = lo; ox < hi; ox++)
+						dst[ox] = src[ox * g->sw + kj -
+						              g->pw];
+				memset(dst + hi, 0, (g->ow - hi) * sizeof(*dst));
+			}
+		}
+	}
+}
+
+void zm_col2im(const struct zm_conv_geom *g, const float *col, size_t ld,
+               size_t nb, float *dx)
+{
+	size_t chw = g->c * g->h * g->w, ohw = g->oh * g->ow;
+	size_t ci, ki, kj, b, oy, ox;
+
+	for (ci = 0; ci < g->c; ci++)
+	for (ki = 0; ki < g->kh; ki++)
+	for (kj = 0; kj < g->kw; kj++) {
+		size_t r = (ci * g->kh + ki) * g->kw + kj, lo, hi;
+		const float *row = col + r * ld;
+		valid_range(g->ow, g->w, g->sw, kj, g->pw, &lo, &hi);
+		for (b = 0; b < nb; b++) {
+			float *img = dx + b * chw + ci * g->h * g->w;
+			const float *src = row + b * ohw;
+			for (oy = 0; oy < g->oh; oy++, src += g->ow) {
+				size_t iy = oy * g->sh + ki;
+				float *dst;
+				if (iy < g->ph || iy - g->ph >= g->h)
+					continue;
+				/* ox >= lo keeps ox*sw + kj - pw >= 0. */
+				dst = img + (iy - g->ph) * g->w;
+				if (g->sw == 1 && hi > lo) {
+					float *d1 = dst + lo + kj - g->pw;
+					for (ox = 0; ox < hi - lo; ox++)
+						d1[ox] += src[lo + ox];
+				} else {
+					for (ox = lo; ox < hi; ox++)
+						dst[ox * g->sw + kj - g->pw] +=
+							src[ox];
+				}
+			}
+		}
+	}
+}
+
+void zm_conv_forward(const struct zm_conv_geom *g, const float *w,
+                     const float *b, const float *x, size_t n, float *y,
+                     float *scratch)
+{
+	size_t k = g->c * g->kh * g->kw, ohw = g->oh * g->ow;
+	size_t chw = g->c * g->h * g->w, ochw = g->oc * ohw;
+	size_t nb = zm_conv_chunk(g, n), i0, bi, co, p;
+
+	for (i0 = 0; i0 < n; i0 += nb) {
+		size_t m = n - i0 < nb ? n - i0 : nb, cols = m * ohw;
+		float *col = scratch, *yb = scratch + nb * ohw * k;
+		zm_im2col(g, x + i0 * chw, m, col, cols);
+		/* One image: the product is already in NCHW order. */
+		if (m == 1)
+			yb = y + i0 * ochw;
+		zm_gemm(false, false, g->oc, cols, k, 1.0f, w, k, col, cols,
+		        0.0f, yb, cols);
+		for (bi = 0; bi < m; bi++)
+			for (co = 0; co < g->oc; co++) {
+				float *dst = y + (i0 + bi) * ochw + co * ohw;
+				const float *src = yb + co * cols + bi * ohw;
+				float bias = b[co];
+				for (p = 0; p < ohw; p++)
+					dst[p] = src[p] + bias;
+			}
+	}
+}
+
+void zm_conv_backward(const struct zm_conv_geom *g, const float *w,
+                      const float *x, size_t n, const float *dy, float *dw,
+                      float *db, float beta, float *dx, float *scratch)
+{
+	size_t k = g->c * g->kh * g->kw, ohw = g->oh * g->ow;
+	size_t chw = g->c * g->h * g->w, ochw = g->oc * ohw;
+	size_t nb = zm_conv_chunk(g, n), i0, bi, co, p;
+	float bw = beta;
+
+	if (db && beta == 0.0f)
+		memset(db, 0, g->oc * sizeof(*db));
+	if (dw && beta == 0.0f && n == 0)
+		memset(dw, 0, g->oc * k * sizeof(*dw));
+	for (i0 = 0; i0 < n; i0 += nb) {
+		size_t m = n - i0 < nb ? n - i0 : nb, cols = m * ohw;
+		float *col = scratch, *dyb = scratch + nb * ohw * k;
+		for (bi = 0; bi < m; bi++)
+			for (co = 0; co < g->oc; co++)
+				memcpy(dyb + co * cols + bi * ohw,
+				       dy + (i0 + bi) * ochw + co * ohw,
+				       ohw * sizeof(*dyb));
+		if (db)
+			for (co = 0; co < g->oc; co++) {
+				const float *r = dyb + co * cols;
+				float s = 0.0f;
+				for (p = 0; p < cols; p++)
+					s += r[p];
+				db[co] += s;
+			}
+		if (dw) {
+			zm_im2col(g, x + i0 * chw, m, col, cols);
+			zm_gemm(false, true, g->oc, k, cols, 1.0f, dyb, cols,
+			        col, cols, bw, dw, k);
+			bw = 1.0f;
+		}
+		if (dx) {
+			float *d = dx + i0 * chw;
+			zm_gemm(true, false, k, cols, g->oc, 1.0f, w, k, dyb,
+			        cols, 0.0f, col, cols);
+			memset(d, 0, m * chw * sizeof(*d));
+			zm_col2im(g, col, cols, m, d);
+		}
+	}
+}
+
+void zm_maxpool_forward(const struct zm_conv_geom *g, const float *x,
+                        size_t n, float *y)
+{
+	size_t planes = n * g->c, pl, oy, ox, i, j;
+
+	for (pl = 0; pl < planes; pl++) {
+		const float *img = x + pl * g->h * g->w;
+		float *out = y + pl * g->oh * g->ow;
+		for (oy = 0; oy < g->oh; oy++)
+			for (ox = 0; ox < g->ow; ox++) {
+				const float *win = img + oy * g->sh * g->w +
+				                   ox * g->sw;
+				float mx = win[0];
+				for (i = 0; i < g->kh; i++)
+					for (j = 0; j < g->kw; j++) {
+						float v = win[i * g->w + j];
+						/* NaN wins, as in PyTorch. */
+						if (v > mx || v != v)
+							mx = v;
+					}
+				out[oy * g->ow + ox] = mx;
+			}
+	}
+}
+
+void zm_maxpool_backward(const struct zm_conv_geom *g, const float *x,
+                         size_t n, const float *dy, float *dx)
+{
+	size_t planes = n * g->c, pl, oy, ox, i, j;
+
+	memset(dx, 0, planes * g->h * g->w * sizeof(*dx));
+	for (pl = 0; pl < planes; pl++) {
+		const float *img = x + pl * g->h * g->w;
+		const float *d = dy + pl * g->oh * g->ow;
+		float *gi = dx + pl * g->h * g->w;
+		for (oy = 0; oy < g->oh; oy++)
+			for (ox = 0; ox < g->ow; ox++) {
+				size_t base = oy * g->sh * g->w + ox * g->sw;
+				size_t arg = base;
+				float mx = img[base];
+				for (i = 0; i < g->kh; i++)
+					for (j = 0; j < g->kw; j++) {
+						size_t at = base + i * g->w + j;
+						if (img[at] > mx) {
+							mx = img[at];
+							arg = at;
+						}
+					}
+				gi[arg] += d[oy * g->ow + ox];
+			}
+	}
+}
+
+/* ---- parsing ---- */
+
+/* An int or a list of two ints in [lo, hi]. */
+static enum zm_status pair(const struct zm_node *n, const char *what,
+                           int64_t lo, int64_t hi, int64_t out[2],
+                           struct zm_error *err)
+{
+	enum zm_status st;
+	int i;
+
+	if (n->type == ZM_NODE_SEQ) {
+		if (n->count != 2)
+			return zm_node_error(n, err, ZM_ERR_CONFIG,
+			                     "%s: expected an integer or a "
+			                     "list of two, [height, width]",
+			                     what);
+		for (i = 0; i < 2; i++)
+			if ((st = zm_node_int(n->items[i], what, lo, hi,
+			                      &out[i], err)) != ZM_OK)
+				return st;
+		return ZM_OK;
+	}
+	st = zm_node_int(n, what, lo, hi, &out[0], err);
+	out[1] = out[0];
+	return st;
+}
+
+static enum zm_status reject_key(const struct zm_node *item,
+                                 const struct zm_layer_spec *spec,
+                                 const char *key, struct zm_error *err)
+{
+	size_t k;
+
+	for (k = 0; k < item->count; k++)
+		if (!strcmp(item->keys[k]->value, key))
+			return zm_node_error(item->keys[k], err, ZM_ERR_CONFIG,
+			                     "layer '%s': %s takes no '%s'",
+			                     spec->name,
+			                     zm_layer_type_name(spec->type),
+			                     key);
+	return ZM_OK;
+}
+
+enum zm_status zm_conv_parse_spec(const struct zm_node *item,
+                                  struct zm_layer_spec *spec,
+                                  struct zm_error *err)
+{
+	static const char *const conv_no[] = { "units", "size", NULL };
+	static const char *const pool_no[] = {
+		"units", "activation", "filters", "kernel", "padding", NULL
+	};
+	bool conv = spec->type == ZM_LAYER_CONV2D;
+	const char *const *no = conv ? conv_no : pool_no;
+	const struct zm_node *n;
+	enum zm_status st;
+	int64_t oc, oh, ow, h, w, feat;
+	const char *s;
+	int i;
+
+	for (i = 0; no[i]; i++)
+		if ((st = reject_key(item, spec, no[i], err)) != ZM_OK)
+			return st;
+	if (spec->in_ndim != 3)
+		return zm_node_error(item, err, ZM_ERR_CONFIG,
+		                     "layer '%s': %s needs an input of shape "
+		                     "[channels, height, width] (e.g. input: "
+		                     "[1, 28, 28]), got %d dimension%s",
+		                     spec->name, zm_layer_type_name(spec->type),
+		                     spec->in_ndim, spec->in_ndim == 1 ? "" : "s");
+	h = spec->in_shape[1];
+	w = spec->in_shape[2];
+	spec->act = ZM_ACT_IDENTITY;
+
+	n = zm_node_get(item, conv ? "kernel" : "size");
+	if (!n)
+		return zm_node_error(item, err, ZM_ERR_CONFIG,
+		                     "layer '%s': missing '%s'", spec->name,
+		                     conv ? "kernel" : "size");
+	if ((st = pair(n, conv ? "kernel" : "size", 1, ZM_ARCH_MAX_KERNEL,
+	               spec->kernel, err)) != ZM_OK)
+		return st;
+	spec->stride[0] = spec->kernel[0];
+	spec->stride[1] = spec->kernel[1];
+	if (conv)
+		spec->stride[0] = spec->stride[1] = 1;
+	n = zm_node_get(item, "stride");
+	if (n && (st = pair(n, "stride", 1, ZM_ARCH_MAX_KERNEL, spec->stride,
+	                    err)) != ZM_OK)
+		return st;
+
+	spec->same = false;
+	if (conv && (n = zm_node_get(item, "padding"))) {
+		if ((st = zm_node_string(n, "padding", &s, err)) != ZM_OK)
+			return st;
+		if (!strcmp(s, "same"))
+			spec->same = true;
+		else if (strcmp(s, "valid"))
+			return zm_node_error(n, err, ZM_ERR_CONFIG,
+			                     "layer '%s': padding '%s': expected "
+			                     "same or valid", spec->name, s);
+	}
+	if (spec->same) {
+		/* TensorFlow's rule, which is PyTorch's padding='same' at
+		 * stride 1: the odd pixel of padding goes after. */
+		int64_t th, tw;
+		oh = (h + spec->stride[0] - 1) / spec->stride[0];
+		ow = (w + spec->stride[1] - 1) / spec->stride[1];
+		th = (oh - 1) * spec->stride[0] + spec->kernel[0] - h;
+		tw = (ow - 1) * spec->stride[1] + spec->kernel[1] - w;
+		spec->pad[0] = th > 0 ? th / 2 : 0;
+		spec->pad[1] = tw > 0 ? tw / 2 : 0;
+	} else {
+		if (spec->kernel[0] > h || spec->kernel[1] > w)
+			return zm_node_error(item, err, ZM_ERR_CONFIG,
+			                     "layer '%s': window %lldx%lld is "
+			                     "larger than its input %lldx%lld",
+			                     spec->name,
+			                     (long long)spec->kernel[0],
+			                     (long long)spec->kernel[1],
+			                     (long long)h, (long long)w);
+		oh = (h - spec->kernel[0]) / spec->stride[0] + 1;
+		ow = (w - spec->kernel[1]) / spec->stride[1] + 1;
+		spec->pad[0] = spec->pad[1] = 0;
+	}
+
+	oc = spec->in_shape[0];
+	spec->units = 0;
+	spec->has_params = false;
+	spec->n_weight = spec->n_bias = 0;
+	if (conv) {
+		int64_t fan;
+		n = zm_node_get(item, "filters");
+		if (!n)
+			return zm_node_error(item, err, ZM_ERR_CONFIG,
+			                     "layer '%s': missing 'filters'",
+			                     spec->name);
+		if ((st = zm_node_int(n, "filters", 1, ZM_ARCH_MAX_UNITS, &oc,
+		                      err)) != ZM_OK)
+			return st;
+		n = zm_node_get(item, "activation");
+		if (n) {
+			if ((st = zm_node_string(n, "activation", &s, err)))
+				return st;
+			if (!zm_activation_parse(s, &spec->act))
+				return zm_node_error(n, err, ZM_ERR_CONFIG,
+				                     "layer '%s': unknown "
+				                     "activation '%s' (expected "
+				                     "relu, tanh, sigmoid, gelu or "
+				                     "identity)", spec->name, s);
+		}
+		fan = spec->in_shape[0] * spec->kernel[0] * spec->kernel[1];
+		if (fan > ZM_ARCH_MAX_PARAMS / oc)
+			return zm_node_error(item, err, ZM_ERR_CONFIG,
+			                     "layer '%s': too many weights",
+			                     spec->name);
+		spec->units = oc;
+		spec->has_params = true;
+		spec->n_weight = (size_t)(oc * fan);
+		spec->n_bias = (size_t)oc;
+	}
+	feat = oc * oh;
+	if (feat > ZM_ARCH_MAX_FEATURES || feat * ow > ZM_ARCH_MAX_FEATURES)
+		return zm_node_error(item, err, ZM_ERR_CONFIG,
+		                     "layer '%s': more than %d output features",
+		                     spec->name, ZM_ARCH_MAX_FEATURES);
+	spec->out_ndim = 3;
+	spec->out_shape[0] = oc;
+	spec->out_shape[1] = oh;
+	spec->out_shape[2] = ow;
+	spec->out_features = (size_t)(feat * ow);
+	return ZM_OK;
+}
