@@ -64,9 +64,6 @@ for s in "$(dirname "$0")"/*.sh; do
 	sh "$s" || { echo "bench: $(basename "$s") failed"; status=1; }
 done
 
-# Fashion-MNIST merges: accuracies of merged models next to their inputs'.
-sh "$(dirname "$0")/merge_fmnist.sh" || { echo "bench: merge_fmnist.sh failed"; status=1; }
-
 t_zcat=$(best_of "$ZM_BENCH_REPS" "zcat '$ZM_BENCH_TRAIN' > /dev/null")
 t_info=$(best_of "$ZM_BENCH_REPS" "'$BIN/tensor' info '$ZM_BENCH_TRAIN' > /dev/null")
 echo "bench: tensor-info-60k: $t_info s (zcat > /dev/null: $t_zcat s, ratio $(ratio "$t_info" "$t_zcat"))"
