@@ -329,7 +329,8 @@ enum zm_status zm_gran_decision_load(const char *path,
 	return st;
 }
 
-/* Calls fn for each comma-separated name of list. */
+/* Marks shared the units of the comma-separated names of list: groups
+ * (the units of their layers) or layers. */
 static enum zm_status share_names(struct zm_gran_decision *d,
                                   const char *list, bool groups,
                                   const struct zm_arch *arch,
