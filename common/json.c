@@ -140,6 +140,29 @@ static size_t utf8_valid_len(const unsigned char *s, size_t n)
 	return len;
 }
 
+/* The code point of the valid UTF-8 sequence p of len bytes (1 to 4). */
+static uint32_t utf8_code_point(const unsigned char *p, size_t len)
+{
+	static const unsigned char lead_mask[5] = { 0, 0x7f, 0x1f, 0x0f, 0x07 };
+	uint32_t cp = p[0] & lead_mask[len];
+	size_t k;
+
+	for (k = 1; k < len; k++)
+		cp = (cp << 6) | (p[k] & 0x3f);
+	return cp;
+}
+
+/* True for code points a YAML reader refuses (C1 controls, U+FFFE,
+ * U+FFFF) or reads as a line break (U+0085, U+2028, U+2029) or a byte
+ * order mark (U+FEFF) inside a double-quoted scalar. */
+static bool yaml_unsafe(const unsigned char *p, size_t len)
+{
+	uint32_t cp = utf8_code_point(p, len);
+
+	return (cp >= 0x80 && cp <= 0x9f) || cp == 0x2028 || cp == 0x2029 ||
+	       cp == 0xfeff || cp == 0xfffe || cp == 0xffff;
+}
+
 void zm_json_string(struct zm_buf *b, const char *s, size_t n)
 {
 	const unsigned char *p = (const unsigned char *)s;
@@ -150,15 +173,16 @@ void zm_json_string(struct zm_buf *b, const char *s, size_t n)
 		unsigned char c = p[i];
 		const char *esc = NULL;
 		char hex[8];
-		size_t len;
+		size_t len = 0;
 
 		/* Plain printable ASCII and valid UTF-8 are copied in runs. */
-		if (c >= 0x20 && c != '"' && c != '\\' && c < 0x80) {
+		if (c >= 0x20 && c != '"' && c != '\\' && c < 0x7f) {
 			run++;
 			i++;
 			continue;
 		}
-		if (c >= 0x80 && (len = utf8_valid_len(p + i, n - i)) > 0) {
+		if (c >= 0x80 && (len = utf8_valid_len(p + i, n - i)) > 0 &&
+		    !yaml_unsafe(p + i, len)) {
 			run += len;
 			i += len;
 			continue;
@@ -166,6 +190,16 @@ void zm_json_string(struct zm_buf *b, const char *s, size_t n)
 		if (run)
 			zm_buf_append(b, p + i - run, run);
 		run = 0;
+		if (len > 0) {
+			/* C1 controls, line separators, BOM, non-characters:
+			 * valid JSON raw, but YAML refuses or folds them, and
+			 * this text is also our YAML. */
+			snprintf(hex, sizeof(hex), "\\u%04x",
+			         (unsigned)utf8_code_point(p + i, len));
+			zm_buf_puts(b, hex);
+			i += len;
+			continue;
+		}
 		switch (c) {
 		case '"': esc = "\\\""; break;
 		case '\\': esc = "\\\\"; break;
@@ -175,7 +209,7 @@ void zm_json_string(struct zm_buf *b, const char *s, size_t n)
 		case '\b': esc = "\\b"; break;
 		case '\f': esc = "\\f"; break;
 		default:
-			if (c < 0x20) {
+			if (c < 0x20 || c == 0x7f) {	/* YAML refuses DEL */
 				snprintf(hex, sizeof(hex), "\\u%04x", c);
 				esc = hex;
 			} else {

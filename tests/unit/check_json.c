@@ -26,7 +26,16 @@ static const struct {
 	{ "\b\f", 2, "\"\\b\\f\"" },
 	{ "\x01\x1f", 2, "\"\\u0001\\u001f\"" },
 	{ "a\0b", 3, "\"a\\u0000b\"" },
-	{ "\x7f", 1, "\"\x7f\"" },
+	/* Valid JSON raw, but the same text is written into YAML, whose
+	 * readers refuse DEL and C1 controls and read NEL, LS and PS as line
+	 * breaks (folded to a space): escaped.  Found by fuzz_zoo_index. */
+	{ "\x7f", 1, "\"\\u007f\"" },
+	{ "a\xc2\x80\xc2\x9f", 5, "\"a\\u0080\\u009f\"" },
+	{ "\xc2\x85", 2, "\"\\u0085\"" },
+	{ "\xc2\xa0", 2, "\"\xc2\xa0\"" },                  /* NBSP stays */
+	{ "\xe2\x80\xa8\xe2\x80\xa9", 6, "\"\\u2028\\u2029\"" },
+	{ "\xef\xbb\xbf", 3, "\"\\ufeff\"" },
+	{ "\xef\xbf\xbe\xef\xbf\xbf", 6, "\"\\ufffe\\uffff\"" },
 	{ "caf\xc3\xa9", 5, "\"caf\xc3\xa9\"" },            /* valid 2-byte */
 	{ "\xe2\x82\xac", 3, "\"\xe2\x82\xac\"" },           /* euro sign */
 	{ "\xf0\x9f\x98\x80", 4, "\"\xf0\x9f\x98\x80\"" },   /* 4-byte */

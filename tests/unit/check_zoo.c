@@ -473,6 +473,13 @@ static const char *const awkward[][2] = {
 	{ "newline", "line1\nline2" },
 	{ "tab", "a\tb" },
 	{ "utf8", "caf\xc3\xa9" },
+	/* Characters YAML refuses (DEL, C1) or reads as line breaks (NEL,
+	 * LS): a tag holding one made the index unreadable. */
+	{ "del", "a\x7f" "b" },
+	{ "c1", "a\xc2\x81" "b" },
+	{ "nel", "a\xc2\x85" "b" },
+	{ "ls", "a\xe2\x80\xa8" "b" },
+	{ "bom", "\xef\xbb\xbf" "x" },
 	{ "int", "15000" },
 	{ "float", "0.871" },
 	{ "exp", "-1.5e-07" },
