@@ -446,11 +446,9 @@ int main(int argc, char **argv)
 			o.has_threshold = true;
 			break;
 		case 'h':
-			fputs(usage_str, stdout);
-			return zm_cli_close_stdout(ZM_EXIT_OK);
+			return zm_cli_help(usage_str);
 		case 'V':
-			zm_cli_version();
-			return zm_cli_close_stdout(ZM_EXIT_OK);
+			return zm_cli_show_version();
 		default:
 			return zm_cli_usage_error(usage_str, NULL);
 		}

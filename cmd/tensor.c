@@ -587,11 +587,9 @@ int main(int argc, char **argv)
 			o.output = optarg;
 			break;
 		case 'h':
-			fputs(usage_str, stdout);
-			return zm_cli_close_stdout(ZM_EXIT_OK);
+			return zm_cli_help(usage_str);
 		case OPT_VERSION:
-			zm_cli_version();
-			return zm_cli_close_stdout(ZM_EXIT_OK);
+			return zm_cli_show_version();
 		default:
 			return zm_cli_usage_error(usage_str, NULL);
 		}

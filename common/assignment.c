@@ -429,7 +429,6 @@ void zm_assignment_to_yaml(const struct zm_assignment *a, struct zm_buf *b)
 enum zm_status zm_assignment_save(const struct zm_assignment *a,
                                   const char *path, struct zm_error *err)
 {
-	struct zm_outfile f;
 	struct zm_buf b;
 	enum zm_status st;
 
@@ -441,14 +440,7 @@ enum zm_status zm_assignment_save(const struct zm_assignment *a,
 		zm_buf_release(&b);
 		return nomem(err);
 	}
-	st = zm_outfile_open(&f, path, false, err);
-	if (st == ZM_OK) {
-		st = zm_outfile_write(&f, b.data, b.len, err);
-		if (st == ZM_OK)
-			st = zm_outfile_commit(&f, err);
-		else
-			zm_outfile_abort(&f);
-	}
+	st = zm_write_file_atomic(path, b.data, b.len, err);
 	zm_buf_release(&b);
 	return st;
 }

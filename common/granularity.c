@@ -464,7 +464,6 @@ void zm_gran_decision_to_yaml(const struct zm_gran_decision *d,
 enum zm_status zm_gran_decision_write(const struct zm_gran_decision *d,
                                       const char *path, struct zm_error *err)
 {
-	struct zm_outfile f;
 	struct zm_buf b;
 	enum zm_status st;
 
@@ -474,14 +473,7 @@ enum zm_status zm_gran_decision_write(const struct zm_gran_decision *d,
 		zm_buf_release(&b);
 		return zm_error_set(err, ZM_ERR_NOMEM, "granularity: out of memory");
 	}
-	st = zm_outfile_open(&f, path, false, err);
-	if (st == ZM_OK) {
-		st = zm_outfile_write(&f, b.data, b.len, err);
-		if (st == ZM_OK)
-			st = zm_outfile_commit(&f, err);
-		else
-			zm_outfile_abort(&f);
-	}
+	st = zm_write_file_atomic(path, b.data, b.len, err);
 	zm_buf_release(&b);
 	return st;
 }
