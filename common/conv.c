@@ -277,6 +277,25 @@ void zm_maxpool_backward(const struct zm_conv_geom *g, const float *x,
 	}
 }
 
+size_t zm_layer_profile_dim(const struct zm_layer_spec *s)
+{
+	return s->in_ndim == 3 ? (size_t)s->in_shape[0] : s->in_features;
+}
+
+void zm_channel_rows(const float *h, size_t n, size_t c, size_t hw,
+                     float *out)
+{
+	size_t b, ci, p;
+
+	for (b = 0; b < n; b++)
+		for (ci = 0; ci < c; ci++) {
+			const float *src = h + (b * c + ci) * hw;
+			float *dst = out + b * hw * c + ci;
+			for (p = 0; p < hw; p++)
+				dst[p * c] = src[p];
+		}
+}
+
 /* ---- parsing ---- */
 
 /* An int or a list of two ints in [lo, hi]. */

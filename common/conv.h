@@ -78,6 +78,19 @@ void zm_maxpool_backward(const struct zm_conv_geom *g, const float *x,
                          size_t n, const float *dy, float *dx);
 
 /*
+ * Profiles of a layer whose input is [C, H, W] hold one mean and variance
+ * per channel, over the batch and the H*W positions: the features that
+ * matter to a convolution, and C numbers instead of C*H*W.  The profile
+ * dimension of a layer: C for such inputs, else in_features.
+ */
+size_t zm_layer_profile_dim(const struct zm_layer_spec *s);
+
+/* out [n*hw, c] = h [n, c, hw] transposed per sample, so that statistics
+ * over out's rows are per channel over batch and space. */
+void zm_channel_rows(const float *h, size_t n, size_t c, size_t hw,
+                     float *out);
+
+/*
  * Parses the conv2d or maxpool2d keys of the layer mapping item into spec
  * (whose name and type are set) given its input shape (spec->in_*):
  * conv2d {filters, kernel (int or [kh, kw]), stride (default 1), padding

@@ -130,9 +130,9 @@ static enum zm_status stack_layers(struct zm_predictor *p,
 
 		if (!s->has_params)
 			continue;
-		if (!zm_size_mul(s->out_features, s->in_features, &wn) ||
-		    !zm_size_mul(wn, K, &kw) ||
-		    !zm_size_mul(s->out_features, K, &kb) ||
+		wn = s->n_weight;
+		if (!zm_size_mul(wn, K, &kw) ||
+		    !zm_size_mul(s->n_bias, K, &kb) ||
 		    !(p->wcat[l] = zm_malloc(kw * sizeof(float))) ||
 		    !(p->bcat[l] = zm_malloc(kb * sizeof(float))))
 			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory "
@@ -140,9 +140,9 @@ static enum zm_status stack_layers(struct zm_predictor *p,
 		for (i = 0; i < K; i++) {
 			memcpy(p->wcat[l] + i * wn, p->models[i]->layers[l].weight.data,
 			       wn * sizeof(float));
-			memcpy(p->bcat[l] + i * s->out_features,
+			memcpy(p->bcat[l] + i * s->n_bias,
 			       p->models[i]->layers[l].bias.data,
-			       s->out_features * sizeof(float));
+			       s->n_bias * sizeof(float));
 		}
 	}
 	return ZM_OK;
@@ -157,7 +157,7 @@ enum zm_status zm_predictor_new_opts(const struct zm_model *const *models,
 	struct zm_predictor *p;
 	const struct zm_arch *arch;
 	enum zm_status st;
-	size_t nlogp, i, nk, hw, zw, maxw = 0, maxout = 0, l;
+	size_t nlogp, i, nk, hw, zw, maxw = 0, maxout = 0, l, maxsc = 0;
 	char **auto_names = NULL;
 	const char *const *names;
 
@@ -252,11 +252,14 @@ enum zm_status zm_predictor_new_opts(const struct zm_model *const *models,
 		}
 	for (l = 0; l < arch->n_layers; l++) {
 		const struct zm_layer_spec *s = &arch->layers[l];
-		size_t wn = s->in_features * s->out_features;
+		size_t wn = s->n_weight;
+		size_t sc = zm_layer_scratch_floats(s, max_batch, false);
 		if (s->out_features > maxout)
 			maxout = s->out_features;
 		if (s->has_params && wn > maxw)
 			maxw = wn;
+		if (sc > maxsc)
+			maxsc = sc;
 	}
 	if (o->merge != ZM_MERGE_ENSEMBLE) {
 		st = stack_layers(p, err);
@@ -275,6 +278,11 @@ enum zm_status zm_predictor_new_opts(const struct zm_model *const *models,
 	p->wm = zm_malloc((maxw ? maxw : 1) * sizeof(float));
 	p->bm = zm_malloc((maxout ? maxout : 1) * sizeof(float));
 	p->wl = zm_malloc(nk * sizeof(double));
+	if (maxsc && !(p->scratch = zm_malloc(maxsc < SIZE_MAX / sizeof(float) ?
+	                                      maxsc * sizeof(float) : SIZE_MAX))) {
+		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		goto fail;
+	}
 	p->ascores = zm_malloc(nlogp * sizeof(float));
 	p->adapt_scratch = zm_malloc(2 * p->wr->units.n_units * k *
 	                             sizeof(double));
@@ -329,6 +337,7 @@ void zm_predictor_free(struct zm_predictor *p)
 	free(p->hb);
 	free(p->z);
 	free(p->wm);
+	free(p->scratch);
 	free(p->bm);
 	free(p->wl);
 	free(p->ascores);
@@ -394,6 +403,73 @@ static void record_weights(struct zm_predictor *p, size_t l, size_t rows)
 	}
 }
 
+/*
+ * A conv2d layer of the merged pass: merged parameters, or the K models'
+ * feature maps (each [n, out]) mixed per row before or after the
+ * activation.  Returns the number of models evaluated.
+ */
+static size_t conv_merged(struct zm_predictor *p, size_t l, const float *h,
+                          size_t n, float *dst)
+{
+	const struct zm_layer_spec *s = &p->models[0]->arch->layers[l];
+	size_t K = p->n_models, out = s->out_features, i, j, r, active = 0;
+	bool per_row = p->wr->o.per_row;
+
+	if (p->o.merge == ZM_MERGE_PARAMS) {
+		struct zm_layer merged = p->models[0]->layers[l];
+		bool first = true;
+		for (i = 0; i < K; i++) {
+			const struct zm_layer *li = &p->models[i]->layers[l];
+			float wi = (float)p->wl[i];
+			if (wi == 0)
+				continue;
+			active++;
+			for (j = 0; j < s->n_weight; j++)
+				p->wm[j] = (first ? 0.0f : p->wm[j]) +
+				           wi * ((const float *)li->weight.data)[j];
+			for (j = 0; j < s->n_bias; j++)
+				p->bm[j] = (first ? 0.0f : p->bm[j]) +
+				           wi * ((const float *)li->bias.data)[j];
+			first = false;
+		}
+		if (first) {
+			memset(p->wm, 0, s->n_weight * sizeof(float));
+			memset(p->bm, 0, s->n_bias * sizeof(float));
+		}
+		merged.weight.data = p->wm;
+		merged.bias.data = p->bm;
+		zm_layer_forward(&merged, h, n, dst, p->scratch);
+		zm_activation_apply(s->act, dst, dst, n * out);
+		return active;
+	}
+	for (i = 0; i < K; i++) {
+		float *zi = p->z + i * n * out;
+		if (!per_row && p->wl[i] == 0)
+			continue;
+		active++;
+		zm_layer_forward(&p->models[i]->layers[l], h, n, zi,
+		                 p->scratch);
+		if (p->o.point == ZM_MERGE_POST)
+			zm_activation_apply(s->act, zi, zi, n * out);
+	}
+	for (r = 0; r < n; r++) {
+		const double *wr = p->wl + (per_row ? r * K : 0);
+		float *d = dst + r * out;
+		memset(d, 0, out * sizeof(float));
+		for (i = 0; i < K; i++) {
+			const float *zi = p->z + (i * n + r) * out;
+			float wi = (float)wr[i];
+			if (wi == 0)
+				continue;
+			for (j = 0; j < out; j++)
+				d[j] += wi * zi[j];
+		}
+	}
+	if (p->o.point == ZM_MERGE_PRE)
+		zm_activation_apply(s->act, dst, dst, n * out);
+	return active;
+}
+
 /* The merged forward pass (outputs or params) of n rows; returns the
  * final outputs (n x C, in p->ha or p->hb). */
 static enum zm_status merged_forward(struct zm_predictor *p, const float *x,
@@ -415,14 +491,23 @@ static enum zm_status merged_forward(struct zm_predictor *p, const float *x,
 		size_t active = 0;
 		bool all;
 
-		if (!s->has_params)
+		if (s->type == ZM_LAYER_FLATTEN)
 			continue;   /* flatten: activations are stored flat */
+		if (s->type == ZM_LAYER_MAXPOOL2D) {
+			/* No parameters: every model pools alike. */
+			zm_layer_linear(&p->models[0]->layers[l], h, n, dst);
+			h = dst;
+			dst = dst == p->ha ? p->hb : p->ha;
+			continue;
+		}
 		st = zm_weighter_layer(p->wr, l, h, n, p->wl, err);
 		if (st != ZM_OK)
 			return st;
 		rows = per_row ? n : 1;
 		record_weights(p, l, rows);
-		if (p->o.merge == ZM_MERGE_PARAMS) {
+		if (s->type == ZM_LAYER_CONV2D) {
+			active = conv_merged(p, l, h, n, dst);
+		} else if (p->o.merge == ZM_MERGE_PARAMS) {
 			size_t wn = in * out;
 			bool first = true;
 			for (i = 0; i < K; i++) {

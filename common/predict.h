@@ -90,6 +90,7 @@ struct zm_predictor {
 	float *ha, *hb;                     /* max_batch x max_features */
 	float *z;                           /* max_batch x K x widest out */
 	float *wm, *bm;                     /* merged params of one layer */
+	float *scratch;                     /* conv2d im2col; NULL without */
 	double *wl;                         /* [max_batch, K] one layer's weights */
 	float *ascores;                     /* adaptation scratch scores */
 	double *adapt_scratch;

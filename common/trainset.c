@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "conv.h"
 #include "dataset.h"
 #include "mem.h"
 #include "random.h"
@@ -506,15 +507,21 @@ enum zm_status zm_trainset_profile(const struct zm_trainset *ts,
 	const struct zm_arch *a = model->arch;
 	struct zm_workspace *ws = NULL;
 	size_t b = 1024, i, l;
-	float *xb = NULL;
+	float *xb = NULL, *tb = NULL;
 	int64_t *yb = NULL;
 	enum zm_status st;
+	bool spatial = false;
 
 	if ((st = zm_workspace_new(a, b, false, &ws, err)) != ZM_OK)
 		return st;
 	xb = zm_malloc(b * ts->features * sizeof(float));
 	yb = zm_malloc(b * sizeof(int64_t));
-	if (!xb || !yb) {
+	for (l = 1; l < a->n_layers; l++)
+		if (a->layers[l].in_ndim == 3)
+			spatial = true;
+	if (spatial)
+		tb = zm_malloc(b * a->max_features * sizeof(float));
+	if (!xb || !yb || (spatial && !tb)) {
 		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 		goto out;
 	}
@@ -528,10 +535,21 @@ enum zm_status zm_trainset_profile(const struct zm_trainset *ts,
 		zm_model_forward(model, ws, xb, m);
 		for (l = 1; l < a->n_layers; l++) {
 			const struct zm_layer_spec *s = &a->layers[l];
-			if (a->layers[l - 1].type == ZM_LAYER_FLATTEN && l > 1)
+			if (a->layers[l - 1].type == ZM_LAYER_FLATTEN && l > 1 &&
+			    a->layers[l - 1].in_ndim != 3)
 				continue;	/* same values as the layer before */
-			st = zm_profile_add_batch(p, s->name, ws->out[l - 1], m,
-			                          s->in_features, err);
+			if (s->in_ndim == 3) {
+				/* Per channel, over batch and space (conv.h). */
+				size_t c = zm_layer_profile_dim(s);
+				size_t hw = s->in_features / c;
+				zm_channel_rows(ws->out[l - 1], m, c, hw, tb);
+				st = zm_profile_add_batch(p, s->name, tb, m * hw,
+				                          c, err);
+			} else {
+				st = zm_profile_add_batch(p, s->name,
+				                          ws->out[l - 1], m,
+				                          s->in_features, err);
+			}
 			if (st != ZM_OK)
 				goto out;
 		}
@@ -545,6 +563,7 @@ enum zm_status zm_trainset_profile(const struct zm_trainset *ts,
 out:
 	free(xb);
 	free(yb);
+	free(tb);
 	zm_workspace_free(ws);
 	return st;
 }

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "conv.h"
 #include "fileio.h"
 #include "json.h"
 #include "mem.h"
@@ -564,6 +565,42 @@ void zm_weighter_free(struct zm_weighter *w)
 	free(w);
 }
 
+/*
+ * A per-feature profile entry of a [C, H, W] input (the model input's)
+ * reduced to the per-channel moments conv layers compare (conv.h): the
+ * channel mean is the mean of its positions' means, its variance the mean
+ * of (var + mean^2) over positions less the channel mean squared.
+ */
+static enum zm_status channel_moments(const struct zm_profile_entry *e,
+                                      size_t c, double *dm, double *dv,
+                                      float *pm, float *pv,
+                                      struct zm_error *err)
+{
+	size_t hw = e->dim / c, ci, q;
+	double *m = zm_malloc(e->dim * 2 * sizeof(double)), *v;
+
+	if (!m)
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	v = m + e->dim;
+	zm_profile_entry_moments(e, m, v);
+	for (ci = 0; ci < c; ci++) {
+		double sm = 0, s2 = 0;
+		for (q = 0; q < hw; q++) {
+			double a = m[ci * hw + q];
+			sm += a;
+			s2 += v[ci * hw + q] + a * a;
+		}
+		sm /= (double)hw;
+		s2 = s2 / (double)hw - sm * sm;
+		dm[ci] = sm;
+		dv[ci] = s2 > 0 ? s2 : 0;
+		pm[ci] = (float)dm[ci];
+		pv[ci] = (float)dv[ci];
+	}
+	free(m);
+	return ZM_OK;
+}
+
 /* Loads the profile entries that layer l's similarity needs for every
  * model into w->pm/pv/dm/dv[l]. */
 static enum zm_status load_layer_profiles(struct zm_weighter *w, size_t l,
@@ -573,8 +610,9 @@ static enum zm_status load_layer_profiles(struct zm_weighter *w, size_t l,
                                           struct zm_error *err)
 {
 	const struct zm_layer_spec *s = &w->arch->layers[l];
-	size_t d = s->in_features, i, j, kd;
+	size_t d = zm_layer_profile_dim(s), i, j, kd;
 	bool first_param = true;
+	enum zm_status st;
 
 	for (j = 0; j < l; j++)
 		if (w->arch->layers[j].has_params)
@@ -593,7 +631,8 @@ static enum zm_status load_layer_profiles(struct zm_weighter *w, size_t l,
 
 		e = w->o.level == ZM_GRAN_FULL ? NULL :
 		    zm_profile_find(&profs[i], s->name);
-		if (!e && first_param && d == models[i]->arch->input_features) {
+		if (!e && first_param &&
+		    s->in_features == models[i]->arch->input_features) {
 			ename = ZM_PROFILE_INPUT;
 			e = zm_profile_find(&profs[i], ZM_PROFILE_INPUT);
 		}
@@ -606,6 +645,15 @@ static enum zm_status load_layer_profiles(struct zm_weighter *w, size_t l,
 			                    "--granularity", names[i], ename,
 			                    s->name,
 			                    zm_gran_level_name(w->o.level));
+		if (e->dim != d && e->dim == s->in_features && d < e->dim &&
+		    e->count > 0) {
+			st = channel_moments(e, d, w->dm[l] + i * d,
+			                     w->dv[l] + i * d, w->pm[l] + i * d,
+			                     w->pv[l] + i * d, err);
+			if (st != ZM_OK)
+				return st;
+			continue;
+		}
 		if (e->dim != d || !(e->count > 0))
 			return zm_error_set(err, ZM_ERR_DATA, "model '%s': profile "
 			                    "entry '%s' has %zu features after %g "
@@ -864,6 +912,61 @@ static void batch_moments(const float *h, size_t n, size_t d, double *mean,
 		var[j] /= (double)n;
 }
 
+/*
+ * Similarity scores for a layer whose input h is [n, C, H*W]: per channel
+ * over space (and the batch, with per-batch weights), as its profile.
+ */
+static enum zm_status spatial_scores(struct zm_weighter *w, size_t l,
+                                     const float *h, size_t n,
+                                     struct zm_error *err)
+{
+	const struct zm_layer_spec *s = &w->arch->layers[l];
+	size_t c = zm_layer_profile_dim(s), hw = s->in_features / c, k = w->k;
+	size_t r, ci, q, i;
+	enum zm_status st = ZM_OK;
+
+	if (w->o.per_row) {
+		float *cm = zm_malloc(n * c * sizeof(float));
+		if (!cm)
+			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		for (r = 0; r < n; r++)
+			for (ci = 0; ci < c; ci++) {
+				const float *src = h + (r * c + ci) * hw;
+				double sm = 0;
+				for (q = 0; q < hw; q++)
+					sm += src[q];
+				cm[r * c + ci] = (float)(sm / (double)hw);
+			}
+		st = zm_similarity_rows(w->o.metric, cm, n, c, w->pm[l],
+		                        w->o.metric == ZM_METRIC_COSINE ? NULL :
+		                        w->pv[l], k, ZM_SIM_FLOOR_AUTO,
+		                        w->scores, err);
+		free(cm);
+		return st;
+	}
+	for (ci = 0; ci < c; ci++) {
+		double sm = 0, s2 = 0, cnt = (double)(n * hw);
+		for (r = 0; r < n; r++) {
+			const float *src = h + (r * c + ci) * hw;
+			for (q = 0; q < hw; q++)
+				sm += src[q];
+		}
+		sm /= cnt;
+		for (r = 0; r < n; r++) {
+			const float *src = h + (r * c + ci) * hw;
+			for (q = 0; q < hw; q++)
+				s2 += (src[q] - sm) * (src[q] - sm);
+		}
+		w->qm[ci] = sm;
+		w->qv[ci] = s2 / cnt;
+	}
+	for (i = 0; i < k; i++)
+		w->scores[i] = zm_similarity(w->o.metric, w->qm, w->qv,
+		                             w->dm[l] + i * c, w->dv[l] + i * c,
+		                             c, ZM_SIM_FLOOR_AUTO);
+	return st;
+}
+
 enum zm_status zm_weighter_layer(struct zm_weighter *w, size_t l,
                                  const float *h, size_t n, double *out,
                                  struct zm_error *err)
@@ -884,7 +987,18 @@ enum zm_status zm_weighter_layer(struct zm_weighter *w, size_t l,
 	/* The similarity is measured where the unit begins (its first layer
 	 * with parameters) and reused for its other layers; the predictor
 	 * calls the layers in order, so that h is what that layer saw. */
-	if (sim_on && l == L) {
+	if (sim_on && l == L && w->arch->layers[l].in_ndim == 3) {
+		st = spatial_scores(w, l, h, n, err);
+		if (st != ZM_OK)
+			return st;
+		for (i = 0; i < k; i++) {
+			double s = 0;
+			for (r = 0; r < rows; r++)
+				s += w->scores[r * k + i];
+			w->unit_sim[u * k + i] = s / (double)rows;
+		}
+		w->unit_has_sim[u] = true;
+	} else if (sim_on && l == L) {
 		d = w->arch->layers[l].in_features;
 		if (w->o.per_row) {
 			st = zm_similarity_rows(w->o.metric, h, n, d, w->pm[l],
