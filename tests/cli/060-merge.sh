@@ -17,17 +17,7 @@ same_params() {
 	test "$(wc -c <"$T/d1")" -eq 304 && cmp -s "$T/d1" "$T/d2"
 }
 
-awk 'BEGIN {
-	srand(11); print "f0,f1,f2,f3,label";
-	for (i = 0; i < 400; i++) {
-		c = i % 4; line = "";
-		for (j = 0; j < 4; j++) {
-			v = rand() * 0.5; if (j == c) v += 1;
-			line = line (j ? "," : "") sprintf("%.4f", v);
-		}
-		print line "," c;
-	}
-}' >"$T/data.csv"
+separable_csv "$T/data.csv" 400 11
 tensor import --from csv --label label -o "$T/data.st.gz" "$T/data.csv"
 cat >"$T/rules.yaml" <<'YAML'
 mode: partition

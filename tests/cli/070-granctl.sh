@@ -5,17 +5,7 @@
 . "$(dirname "$0")/lib.sh"
 
 # A small separable problem (as in 030): class = the largest of 4 features.
-awk 'BEGIN {
-	srand(7); print "f0,f1,f2,f3,label";
-	for (i = 0; i < 600; i++) {
-		c = i % 4; line = "";
-		for (j = 0; j < 4; j++) {
-			v = rand() * 0.5; if (j == c) v += 1;
-			line = line (j ? "," : "") sprintf("%.4f", v);
-		}
-		print line "," c;
-	}
-}' >"$T/data.csv"
+separable_csv "$T/data.csv" 600 7
 tensor import --from csv --label label -o "$T/data.safetensors.gz" "$T/data.csv"
 # One slice holding every row, so the updates carry zm.slice and merge
 # groups the two models that trained on it.

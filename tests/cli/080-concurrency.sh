@@ -12,17 +12,7 @@ rounds=3
 groups="1 2 3 4"
 [ -n "${ZM_VALGRIND:-}" ] && rounds=1 && groups="1 2"
 
-awk 'BEGIN {
-	srand(11); print "f0,f1,f2,f3,label";
-	for (i = 0; i < 200; i++) {
-		c = i % 4; line = "";
-		for (j = 0; j < 4; j++) {
-			v = rand() * 0.5; if (j == c) v += 1;
-			line = line (j ? "," : "") sprintf("%.4f", v);
-		}
-		print line "," c;
-	}
-}' >"$T/data.csv"
+separable_csv "$T/data.csv" 200 11
 tensor import --from csv --label label -o "$T/data.sgz" "$T/data.csv"
 cat >"$T/arch.yaml" <<'YAML'
 input: [4]
