@@ -27,6 +27,7 @@
  * what the loop could reach.
  */
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -396,6 +397,8 @@ int main(void)
 	user_arch = getenv("BLIS_ARCH_TYPE") && *getenv("BLIS_ARCH_TYPE");
 	if (budget_s && atof(budget_s) > 0)
 		budget = atof(budget_s);
+	/* A peer that exits early must not kill us through its pipe. */
+	signal(SIGPIPE, SIG_IGN);
 	zm_gemm_setup(1);
 	load(fm, "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
 	     &train);
@@ -456,7 +459,8 @@ int main(void)
 		                     &err) != ZM_OK)
 			fail(&err);
 		peer_start(&p, fm, threads, false);
-		printf("# torch: %s\n", p.why[0] ? "skipped" : p.banner);
+		printf("# torch: %s%s\n", p.why[0] ? "skipped: " : "",
+		       p.why[0] ? p.why : p.banner);
 		memset(&ps, 0, sizeof(ps));
 		if (user_arch)
 			snprintf(ps.why, sizeof(ps.why), "BLIS_ARCH_TYPE set");

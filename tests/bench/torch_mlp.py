@@ -43,7 +43,7 @@ def main():
         import numpy as np
         import torch
     except Exception as e:  # ImportError, or a broken install
-        print("skip cannot import torch (%s)" % str(e).split("\n")[0],
+        print("skip cannot import numpy and torch (%s)" % str(e).split("\n")[0],
               flush=True)
         return 0
     torch.set_num_threads(threads)
