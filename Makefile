@@ -146,7 +146,7 @@ install: all
 	for m in $(MAN1); do b=$${m##*/}; \
 		install -m 644 $$m $(DESTDIR)$(MANDIR)/man1/$(PROGRAM_PREFIX)$$b; done
 	for m in $(MAN5); do install -m 644 $$m $(DESTDIR)$(MANDIR)/man5/; done
-	install -m 755 scripts/k8s-jobs $(DESTDIR)$(BINDIR)/$(PROGRAM_PREFIX)k8s-jobs 2>/dev/null || true
+	install -m 755 scripts/k8s-jobs $(DESTDIR)$(BINDIR)/$(PROGRAM_PREFIX)k8s-jobs
 
 uninstall:
 	for p in $(PROGRAMS) k8s-jobs; do rm -f $(DESTDIR)$(BINDIR)/$(PROGRAM_PREFIX)$$p; done
