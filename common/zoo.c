@@ -24,13 +24,39 @@
 
 /* ---- key/value lists ---- */
 
+/* Keys become implicit keys of YAML flow maps in zoo.yaml, which a YAML
+ * reader takes only up to 1024 characters long: a longer key would be
+ * written fine and then make the index unreadable.  Checked on the key as
+ * written (quoted and escaped). */
+#define KV_KEY_MAX_WRITTEN 1000
+
+static bool kv_key_fits(const char *key)
+{
+	struct zm_buf b;
+	bool fits;
+
+	if (strlen(key) <= KV_KEY_MAX_WRITTEN / 6 - 2)
+		return true;	/* even if every byte became "\u00XX" */
+	zm_buf_init(&b);
+	zm_yaml_scalar(&b, key, false);
+	fits = !b.failed && b.len <= KV_KEY_MAX_WRITTEN;
+	zm_buf_release(&b);
+	return fits;
+}
+
 enum zm_status zm_kv_set(struct zm_kv_list *l, const char *key,
                          const char *value, struct zm_error *err)
 {
-	char *v = zm_strdup(value), *k;
+	char *v, *k;
 	struct zm_kv *items;
 	size_t i;
 
+	if (!kv_key_fits(key))
+		return zm_error_set(err, ZM_ERR_FORMAT,
+		                    "key '%.40s...' is too long (at most %d "
+		                    "characters as written)", key,
+		                    KV_KEY_MAX_WRITTEN);
+	v = zm_strdup(value);
 	if (!v)
 		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 	for (i = 0; i < l->count; i++) {

@@ -26,7 +26,9 @@ struct zm_kv_list {
 	size_t count;
 };
 
-/* Sets key to value (both copied), replacing an existing key. */
+/* Sets key to value (both copied), replacing an existing key.  A key too
+ * long for a YAML implicit key once written (over 1000 characters quoted)
+ * is ZM_ERR_FORMAT. */
 enum zm_status zm_kv_set(struct zm_kv_list *l, const char *key,
                          const char *value, struct zm_error *err);
 const char *zm_kv_get(const struct zm_kv_list *l, const char *key);

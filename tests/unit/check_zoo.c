@@ -877,6 +877,45 @@ START_TEST(test_stale_temps)
 }
 END_TEST
 
+/* Keys are written as YAML implicit keys, which readers take only up to
+ * 1024 characters: a longer one (here a multi-line flow key libyaml
+ * accepts) is refused when read instead of being written into an index
+ * no one can read again.  Found by fuzz_zoo_index. */
+START_TEST(test_kv_long_keys)
+{
+	const char *dir = unit_tmpdir();
+	struct zm_kv_list l = { NULL, 0 };
+	struct zm_zoo *zoo = NULL;
+	struct zm_error err;
+	char key[1200], *text;
+	size_t i;
+
+	memset(key, 'k', sizeof(key) - 1);
+	key[sizeof(key) - 1] = '\0';
+	ck_assert_int_eq(zm_kv_set(&l, key, "v", &err), ZM_ERR_FORMAT);
+	ck_assert_ptr_nonnull(strstr(err.msg, "too long"));
+	key[998] = '\0';
+	ck_assert_int_eq(zm_kv_set(&l, key, "v", &err), ZM_OK);
+	/* 200 control bytes are 1200 characters once escaped. */
+	for (i = 0; i < 200; i++)
+		key[i] = 1;
+	key[200] = '\0';
+	ck_assert_int_eq(zm_kv_set(&l, key, "v", &err), ZM_ERR_FORMAT);
+	ck_assert_uint_eq(l.count, 1);
+	zm_kv_release(&l);
+
+	/* The index the fuzzer found, kept in its corpus. */
+	text = slurp(unit_srcpath("tests/fuzz/corpus/zoo_index/long-key.yaml"));
+	ck_assert_ptr_nonnull(text);
+	spit(path_in(dir, "zoo.yaml"), text);
+	free(text);
+	ck_assert_int_eq(zm_zoo_open(&zoo, dir, ZM_ZOO_READ, &err),
+	                 ZM_ERR_FORMAT);
+	ck_assert_ptr_null(zoo);
+	ck_assert_msg(strstr(err.msg, "too long") != NULL, "%s", err.msg);
+}
+END_TEST
+
 Suite *suite_zoo(void)
 {
 	Suite *s = suite_create("zoo");
@@ -898,6 +937,7 @@ Suite *suite_zoo(void)
 	                    (int)(sizeof(names) / sizeof(names[0])));
 	tcase_add_test(tc, test_put_refuses_bad_name);
 	tcase_add_test(tc, test_stale_temps);
+	tcase_add_test(tc, test_kv_long_keys);
 	suite_add_tcase(s, tc);
 	return s;
 }
