@@ -45,8 +45,10 @@ static const char usage_str[] =
 	"               [--metric cosine|kl|mahalanobis] [--per row|batch]\n"
 	"               [--top-k K] [--temperature T] [--latency-budget-ms MS]\n"
 	"               [--merge outputs|params|ensemble] [--merge-point pre|post]\n"
-	"               [--prior metrics] [--feedback] [--eta ETA] [--state FILE]\n"
-	"               [--adapt entropy] [--adapt-steps N] [--trace FILE]\n"
+	"               [--prior metrics] [--feedback] [--eta ETA] [--share ALPHA]\n"
+	"               [--probe P] [--state FILE]\n"
+	"               [--adapt entropy] [--adapt-steps N] [--adapt-reg R]\n"
+	"               [--adapt-trust D] [--trace FILE]\n"
 	"               [--batch-size N] [--threads N] [--metrics FILE]\n"
 	"               [--output csv|stream] [--compress LEVEL] [-o OUT]\n"
 	"               [--from stream|csv|idx] [--label COLUMN]\n"
@@ -88,7 +90,8 @@ enum {
 	OPT_GRAN = 1000, OPT_WEIGHTING, OPT_ROUTER, OPT_ASSIGNMENT, OPT_PER,
 	OPT_TOPK, OPT_TEMP, OPT_MERGE, OPT_POINT, OPT_STATE, OPT_GRAN_FROM,
 	OPT_WEIGHTS, OPT_ADAPT, OPT_TRACE, OPT_FEEDBACK, OPT_METRIC,
-	OPT_BUDGET, OPT_ETA, OPT_PRIOR, OPT_ADAPT_STEPS
+	OPT_BUDGET, OPT_ETA, OPT_PRIOR, OPT_ADAPT_STEPS, OPT_SHARE, OPT_PROBE,
+	OPT_ADAPT_REG, OPT_ADAPT_TRUST
 };
 
 /* Reads the first document of a model file. */
@@ -434,6 +437,10 @@ int main(int argc, char **argv)
 		{ "metric", required_argument, NULL, OPT_METRIC },
 		{ "latency-budget-ms", required_argument, NULL, OPT_BUDGET },
 		{ "eta", required_argument, NULL, OPT_ETA },
+		{ "share", required_argument, NULL, OPT_SHARE },
+		{ "probe", required_argument, NULL, OPT_PROBE },
+		{ "adapt-reg", required_argument, NULL, OPT_ADAPT_REG },
+		{ "adapt-trust", required_argument, NULL, OPT_ADAPT_TRUST },
 		{ "prior", required_argument, NULL, OPT_PRIOR },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -575,6 +582,26 @@ int main(int argc, char **argv)
 			if (!zm_cli_double("--eta", optarg, 0, 1e6, &dv))
 				goto usage;
 			o.p.eta = dv;
+			break;
+		case OPT_SHARE:
+			if (!zm_cli_double("--share", optarg, 0, 0.999, &dv))
+				goto usage;
+			o.p.share = dv;
+			break;
+		case OPT_PROBE:
+			if (!zm_cli_double("--probe", optarg, 1e-6, 1, &dv))
+				goto usage;
+			o.p.probe = dv;
+			break;
+		case OPT_ADAPT_REG:
+			if (!zm_cli_double("--adapt-reg", optarg, 0, 1e6, &dv))
+				goto usage;
+			o.p.adapt_o.reg = dv;
+			break;
+		case OPT_ADAPT_TRUST:
+			if (!zm_cli_double("--adapt-trust", optarg, 1e-6, 100, &dv))
+				goto usage;
+			o.p.adapt_o.max_step = dv;
 			break;
 		case OPT_METRIC:
 			if (!zm_metric_parse(optarg, &o.p.w.metric)) {

@@ -20,6 +20,7 @@ struct zm_adapt_options {
 	double max_step;    /* largest change of one logit per step (0.5) */
 	double bound;       /* |a_j| <= bound (default 4) */
 	double fd;          /* finite-difference step (default 1e-2) */
+	double reg;         /* L2 penalty toward a = 0 */
 };
 
 void zm_adapt_options_init(struct zm_adapt_options *o);

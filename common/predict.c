@@ -49,7 +49,9 @@ void zm_predict_options_init(struct zm_predict_options *o)
 	o->point = ZM_MERGE_PRE;
 	zm_weighter_options_init(&o->w);
 	o->w.kind = ZM_WEIGHTING_UNIFORM;
-	o->eta = 1.0;
+	o->eta = ZM_PREDICT_ETA_DEFAULT;
+	o->share = ZM_HEDGE_SHARE_DEFAULT;
+	o->probe = ZM_PREDICT_PROBE_DEFAULT;
 	zm_adapt_options_init(&o->adapt_o);
 	o->adapt_rows = 256;
 }
@@ -701,14 +703,78 @@ void zm_predict_batch(struct zm_predictor *p, const float *x, size_t n,
 	ZM_ASSERT(st == ZM_OK);
 }
 
-/* Mean loss of each model alone on n rows against labels or targets. */
+/*
+ * Mean loss over n rows of the prediction with the weights the weighter
+ * gives now (a probe may be set): labels (I64, validated) or the targets
+ * already in p->targets.
+ */
+static enum zm_status mixture_loss(struct zm_predictor *p, const float *x,
+                                   size_t n, const struct zm_tensor *y,
+                                   size_t first, double *loss,
+                                   struct zm_error *err)
+{
+	size_t c = p->out_features, r;
+	const int64_t *lab = (const int64_t *)y->data + first;
+	const float *outp;
+	double sum = 0;
+	enum zm_status st;
+
+	if (p->o.merge != ZM_MERGE_ENSEMBLE) {
+		st = merged_forward(p, x, n, &outp, err);
+		if (st != ZM_OK)
+			return st;
+		if (p->loss == ZM_LOSS_CROSS_ENTROPY) {
+			st = zm_loss_cross_entropy(outp, lab, n, c, &sum, NULL,
+			                           NULL, err);
+			if (st != ZM_OK)
+				return st;
+		} else {
+			zm_loss_mse(outp, p->targets, n, c, &sum, NULL);
+		}
+		*loss = sum / (double)n;
+		return ZM_OK;
+	}
+	st = ensemble_forward(p, x, n, p->ascores, NULL, err);
+	if (st != ZM_OK)
+		return st;
+	if (p->loss != ZM_LOSS_CROSS_ENTROPY) {
+		zm_loss_mse(p->ascores, p->targets, n, c, &sum, NULL);
+	} else {
+		for (r = 0; r < n; r++) {
+			double q;
+			if (lab[r] < 0 || (uint64_t)lab[r] >= c)
+				return zm_error_set(err, ZM_ERR_DATA, "row %zu: "
+				                    "label %lld is not a class of "
+				                    "the %zu-class model", first + r,
+				                    (long long)lab[r], c);
+			/* The mixed probability; a floor keeps the loss of
+			 * a confident wrong mixture finite. */
+			q = p->ascores[r * c + (size_t)lab[r]];
+			sum -= log(q > 1e-30 ? q : 1e-30);
+		}
+	}
+	*loss = sum / (double)n;
+	return ZM_OK;
+}
+
+/*
+ * The loss of model i is measured where it is used: the mean loss of the
+ * merged prediction with a share o.probe of every unit's weight (every
+ * row's, with per-row weights) moved to model i.  A model alone (probe 1)
+ * says how good it is on the whole batch, which on batches that mix
+ * kinds of inputs favours a generalist and overrides the routing; the
+ * probe instead says whether more of model i would have helped the
+ * prediction actually made, so feedback corrects the routing.  For small
+ * probes these losses are the linearised losses of the exponentiated-
+ * gradient method.
+ */
 enum zm_status zm_predict_feedback(struct zm_predictor *p, const float *x,
                                    size_t n, const struct zm_tensor *y,
                                    size_t first, double *loss,
                                    struct zm_error *err)
 {
 	size_t K = p->n_models, c = p->out_features, i, j;
-	enum zm_status st;
+	enum zm_status st = ZM_OK;
 
 	ZM_ASSERT(p->n_models > 1 && p->ws[0] != NULL);
 	if (n == 0)
@@ -732,22 +798,14 @@ enum zm_status zm_predict_feedback(struct zm_predictor *p, const float *x,
 				                    "target %zu is not finite",
 				                    first + j / c, j % c);
 	}
-	for (i = 0; i < K; i++) {
-		const float *z = zm_model_forward(p->models[i], p->ws[i], x, n);
-		double sum = 0;
-
-		if (p->loss == ZM_LOSS_CROSS_ENTROPY) {
-			st = zm_loss_cross_entropy(z, (const int64_t *)y->data +
-			                           first, n, c, &sum, NULL, NULL,
-			                           err);
-			if (st != ZM_OK)
-				return st;
-		} else {
-			zm_loss_mse(z, p->targets, n, c, &sum, NULL);
-		}
-		loss[i] = sum / (double)n;
+	for (i = 0; i < K && st == ZM_OK; i++) {
+		zm_weighter_probe(p->wr, i, p->o.probe);
+		st = mixture_loss(p, x, n, y, first, &loss[i], err);
 	}
-	zm_hedge_update(&p->hedge, loss, p->o.eta);
+	zm_weighter_probe(p->wr, SIZE_MAX, 0);
+	if (st != ZM_OK)
+		return st;
+	zm_hedge_update(&p->hedge, loss, p->o.eta, p->o.share);
 	return ZM_OK;
 }
 

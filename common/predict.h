@@ -18,7 +18,8 @@
  *             of the products;
  *   ensemble  each model alone, the final probabilities (regression
  *             outputs) mixed; architectures may differ.
- * With feedback, each model's own loss on a labelled batch updates its
+ * With feedback, each model's loss where it is used (the batch predicted
+ * again with a share of the weight moved to it) updates its fixed-share
  * Hedge score after the batch is predicted; with entropy adaptation the
  * per-unit coefficients are tuned on the batch before it is predicted.
  *
@@ -43,6 +44,9 @@
 #include "adapt.h"
 
 #define ZM_PREDICT_BATCH_DEFAULT 1024
+/* Defaults of --eta and --probe (zm_predict_feedback). */
+#define ZM_PREDICT_ETA_DEFAULT 0.5
+#define ZM_PREDICT_PROBE_DEFAULT 0.1
 
 enum zm_merge_mode { ZM_MERGE_OUTPUTS, ZM_MERGE_PARAMS, ZM_MERGE_ENSEMBLE };
 enum zm_merge_point { ZM_MERGE_PRE, ZM_MERGE_POST };
@@ -62,7 +66,9 @@ struct zm_predict_options {
 	const struct zm_assignment *assignment;  /* borrowed */
 	bool use_metrics;                /* zoo accuracy as a prior */
 	bool feedback;                   /* Hedge from labelled batches */
-	double eta;                      /* Hedge learning rate (default 1) */
+	double eta;                      /* Hedge learning rate */
+	double share;                    /* fixed-share rate in [0, 1) */
+	double probe;                    /* share moved to a model, (0, 1] */
 	struct zm_hedge *hedge;          /* borrowed start state, or NULL */
 	bool adapt;                      /* entropy adaptation */
 	struct zm_adapt_options adapt_o;
@@ -137,10 +143,13 @@ enum zm_status zm_predict_run(struct zm_predictor *p, const float *x,
                               struct zm_error *err);
 
 /*
- * Feedback after a batch was predicted: the loss of each model alone on
- * the n rows of x against rows [first, first + n) of y (I64 class ids or
- * regression targets) into loss[K] (mean per row), then the Hedge update.
- * Errors as zm_pred_metrics_add.
+ * Feedback after a batch was predicted: for each model i, the mean loss
+ * per row of the n rows of x against rows [first, first + n) of y (I64
+ * class ids or regression targets), predicted with the current weights
+ * moved a share o.probe toward model i (zm_weighter_probe; probe 1 is
+ * model i alone), into loss[K]; then the fixed-share Hedge update with
+ * o.eta and o.share (zm_hedge_update).  K merged passes.  Errors as
+ * zm_pred_metrics_add.
  */
 enum zm_status zm_predict_feedback(struct zm_predictor *p, const float *x,
                                    size_t n, const struct zm_tensor *y,

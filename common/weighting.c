@@ -349,11 +349,13 @@ enum zm_status zm_hedge_save(const struct zm_hedge *h, const char *path,
 	return st;
 }
 
-void zm_hedge_update(struct zm_hedge *h, const double *loss, double eta)
+void zm_hedge_update(struct zm_hedge *h, const double *loss, double eta,
+                     double share)
 {
-	double mx = -INFINITY;
+	double mx = -INFINITY, sum = 0, floor_h = -ZM_HEDGE_SCORE_MIN;
 	size_t i;
 
+	ZM_ASSERT(share >= 0 && share < 1);
 	for (i = 0; i < h->k; i++) {
 		h->score[i] -= eta * loss[i];
 		if (h->score[i] > mx)
@@ -362,9 +364,28 @@ void zm_hedge_update(struct zm_hedge *h, const double *loss, double eta)
 	/* Only differences matter; shifting keeps the numbers bounded. */
 	for (i = 0; i < h->k; i++) {
 		h->score[i] -= mx;
-		if (h->score[i] < -1e6)
-			h->score[i] = -1e6;
+		sum += exp(h->score[i]);
 	}
+	/* Fixed share (Herbster and Warmuth): a fraction share of the total
+	 * weight is spread uniformly, v_i <- (1 - share) v_i + share / k, so
+	 * no model's weight falls below share / k of the total and a model
+	 * that becomes the best after a shift catches up within about
+	 * log(k / share) / (eta * loss gap) rounds, however long it lost
+	 * before.  Then shifted again so that max h_i = 0. */
+	if (share > 0 && h->k > 0) {
+		mx = -INFINITY;
+		for (i = 0; i < h->k; i++) {
+			double v = exp(h->score[i]) / sum;
+			h->score[i] = log((1 - share) * v + share / (double)h->k);
+			if (h->score[i] > mx)
+				mx = h->score[i];
+		}
+		for (i = 0; i < h->k; i++)
+			h->score[i] -= mx;
+	}
+	for (i = 0; i < h->k; i++)
+		if (h->score[i] < floor_h)
+			h->score[i] = floor_h;
 	h->batches++;
 }
 
@@ -723,6 +744,7 @@ enum zm_status zm_weighter_new(const struct zm_weighter_options *o,
 	w->arch = models[0]->arch;
 	L = w->n_layers = w->arch->n_layers;
 	w->k_active = o->top_k > 0 && o->top_k < k ? o->top_k : k;
+	w->probe_model = SIZE_MAX;
 	st = zm_gran_units_init(&w->units, o->level, w->arch, err);
 	if (st != ZM_OK)
 		goto fail;
@@ -1059,8 +1081,22 @@ enum zm_status zm_weighter_layer(struct zm_weighter *w, size_t l,
 			lg[i] = v;
 		}
 		zm_weights_softmax_topk(lg, k, w->k_active, out + r * k);
+		if (w->probe_model < k) {
+			double *o = out + r * k, sh = w->probe_share;
+			for (i = 0; i < k; i++)
+				o[i] *= 1 - sh;
+			o[w->probe_model] += sh;
+		}
 	}
 	return ZM_OK;
+}
+
+void zm_weighter_probe(struct zm_weighter *w, size_t model, double share)
+{
+	ZM_ASSERT(model == SIZE_MAX || (model < w->k && share > 0 &&
+	                                share <= 1));
+	w->probe_model = model;
+	w->probe_share = share;
 }
 
 void zm_weighter_adjust(struct zm_weighter *w, double seconds_per_model)

@@ -32,9 +32,12 @@
  * the next batch; when the 1-minute load average is at least the number
  * of online CPUs (getloadavg), k is halved again (at least 1).
  *
- * Hedge.  After a labelled batch, h_i <- h_i - eta * loss_i (the mean
- * loss of model i alone on the batch), then shifted so max h_i = 0.  The
- * state file keeps h across runs (see zm_hedge_parse).
+ * Hedge.  After a labelled batch, h_i <- h_i - eta * loss_i, where loss_i
+ * is the mean loss of the prediction with a share (the probe) of every
+ * unit's weight moved to model i (zm_weighter_probe; predict.h), then
+ * fixed share mixes a fraction of the weight uniformly back in
+ * (zm_hedge_update), so the scores forget and stay bounded.  The state
+ * file keeps h across runs (see zm_hedge_parse).
  */
 #ifndef ZM_WEIGHTING_H
 #define ZM_WEIGHTING_H
@@ -115,8 +118,21 @@ enum zm_status zm_hedge_load(struct zm_hedge *h, const char *path,
 enum zm_status zm_hedge_save(const struct zm_hedge *h, const char *path,
                              struct zm_error *err);
 
-/* h_i -= eta * loss[i], then shifted so that max h_i = 0; batches++. */
-void zm_hedge_update(struct zm_hedge *h, const double *loss, double eta);
+/* Scores never fall below -ZM_HEDGE_SCORE_MIN (a weight ratio of e^-30:
+ * negligible, yet a model can recover in a bounded number of rounds). */
+#define ZM_HEDGE_SCORE_MIN 30.0
+
+/* The default fixed-share rate of --feedback. */
+#define ZM_HEDGE_SHARE_DEFAULT 0.1
+
+/*
+ * One round of fixed-share Hedge: h_i -= eta * loss[i]; then, with share
+ * in [0, 1), the weights v = softmax(h) become (1 - share) v + share / k
+ * (share 0: plain Hedge, which never forgets); then h is shifted so that
+ * max h_i = 0 and clamped to >= -ZM_HEDGE_SCORE_MIN; batches++.
+ */
+void zm_hedge_update(struct zm_hedge *h, const double *loss, double eta,
+                     double share);
 
 /* ---- static weights ---- */
 
@@ -168,6 +184,8 @@ struct zm_weighter {
 	double *stat;                      /* [n_layers, k] static or NULL */
 	double *prior;                     /* [k] log prior, 0 by default */
 	double *alpha;                     /* [n_units, k] adaptation offsets */
+	size_t probe_model;                /* SIZE_MAX: none (zm_weighter_probe) */
+	double probe_share;
 	struct zm_hedge *hedge;            /* borrowed, may be NULL */
 	/* router */
 	const struct zm_model *router;     /* borrowed, may be NULL */
@@ -222,6 +240,16 @@ void zm_weighter_begin(struct zm_weighter *w, const float *x, size_t n);
 enum zm_status zm_weighter_layer(struct zm_weighter *w, size_t l,
                                  const float *h, size_t n, double *out,
                                  struct zm_error *err);
+
+/*
+ * Until called again with model SIZE_MAX, every weight vector the
+ * weighter gives is moved a share in (0, 1] toward model (w <- (1 -
+ * share) w + share e_model), so the merged prediction "with more of model
+ * i" can be measured.  share 1 is the model alone; for small shares the
+ * change of the loss is share * (g_i - sum_j w_j g_j) with g = dL/dw, so
+ * Hedge on these losses is the exponentiated-gradient method.
+ */
+void zm_weighter_probe(struct zm_weighter *w, size_t model, double share);
 
 /* Uses each model's zoo accuracy (zm.metrics "accuracy") as a prior
  * log-weight, log(accuracy); models without one get 0. */

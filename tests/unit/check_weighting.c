@@ -418,13 +418,14 @@ START_TEST(test_hedge_moves_weight)
 	zm_predict_options_init(&o);
 	o.names = names3;
 	o.feedback = true;
-	o.eta = 2;
+	/* The probe's loss gaps are a tenth of the models' alone. */
+	o.eta = 20;
 	ck_assert_int_eq(zm_predictor_new_opts((const struct zm_model *const *)ms,
 	                                       2, 32, &o, &p, &err), ZM_OK);
 	zm_tensor_init(&y);
 	ck_assert_int_eq(zm_tensor_alloc(&y, "y", ZM_DTYPE_I64, 1, shape, &err),
 	                 ZM_OK);
-	for (batch = 0; batch < 6; batch++) {
+	for (batch = 0; batch < 30; batch++) {
 		struct zm_workspace *ws = p->ws[1];
 		const float *z;
 		rand_input(x, 32, 40 + batch, 0);
@@ -436,14 +437,144 @@ START_TEST(test_hedge_moves_weight)
 		                 ZM_OK);
 		ck_assert(loss[1] < loss[0]);
 	}
-	ck_assert_uint_eq(p->hedge.batches, 6);
+	ck_assert_uint_eq(p->hedge.batches, 30);
+	/* Fixed share keeps b's weight at share / 2 of the total at least:
+	 * h_b >= log((share / 2) / (1 - share / 2)). */
 	ck_assert(p->hedge.score[1] == 0 && p->hedge.score[0] < -1);
+	ck_assert(p->hedge.score[0] >= log(o.share / 2 / (1 - o.share / 2)) -
+	          1e-9);
 	ck_assert_int_eq(zm_weighter_layer(p->wr, 0, x, 32, w, &err), ZM_OK);
-	ck_assert(w[1] > 0.9);
+	ck_assert(w[1] > 0.75 && w[1] <= 1 - o.share / 2 + 1e-9);
+	/* Probe 1 measures each model alone: its cross-entropy, computed
+	 * here from its own forward pass. */
+	p->o.probe = 1;
+	ck_assert_int_eq(zm_predict_feedback(p, x, 32, &y, 0, loss, &err),
+	                 ZM_OK);
+	for (batch = 0; batch < 2; batch++) {
+		struct zm_workspace *ws;
+		const float *z;
+		double ref = 0;
+		ck_assert_int_eq(zm_workspace_new(ms[batch]->arch, 32, false, &ws,
+		                                  &err), ZM_OK);
+		z = zm_model_forward(ms[batch], ws, x, 32);
+		for (i = 0; i < 32; i++) {
+			const float *zr = z + i * 3;
+			double mx = fmax(zr[0], fmax(zr[1], zr[2])), se = 0;
+			size_t c;
+			for (c = 0; c < 3; c++)
+				se += exp(zr[c] - mx);
+			ref -= zr[((int64_t *)y.data)[i]] - mx - log(se);
+		}
+		ck_assert_double_eq_tol(loss[batch], ref / 32, 1e-4);
+		zm_workspace_free(ws);
+	}
 	zm_tensor_release(&y);
 	zm_predictor_free(p);
 	zm_model_free(a);
 	zm_model_free(b);
+}
+END_TEST
+
+/* One fixed-share round against the closed form. */
+START_TEST(test_fixed_share_step)
+{
+	struct zm_hedge h;
+	struct zm_error err;
+	double loss[2] = { 1, 0 }, v0, v1;
+
+	zm_hedge_init(&h);
+	ck_assert_int_eq(zm_hedge_reset(&h, names3, 2, &err), ZM_OK);
+	zm_hedge_update(&h, loss, 1.0, 0.2);
+	/* v = softmax(-1, 0), v' = 0.8 v + 0.1. */
+	v0 = 0.8 * exp(-1) / (1 + exp(-1)) + 0.1;
+	v1 = 0.8 * 1 / (1 + exp(-1)) + 0.1;
+	ck_assert_double_eq_tol(h.score[0], log(v0 / v1), 1e-12);
+	ck_assert(h.score[1] == 0);
+	ck_assert_uint_eq(h.batches, 1);
+	/* share 0 is plain Hedge. */
+	zm_hedge_update(&h, loss, 2.0, 0);
+	ck_assert_double_eq_tol(h.score[0], log(v0 / v1) - 2, 1e-12);
+	zm_hedge_release(&h);
+}
+END_TEST
+
+/* Rounds after a switch until the new best model (1) weighs more than
+ * the old one, after T rounds where model 0 was the better by a loss
+ * gap of 1. */
+static size_t rounds_to_recover(double eta, double share, size_t T)
+{
+	struct zm_hedge h;
+	struct zm_error err;
+	double before[2] = { 0, 1 }, after[2] = { 1, 0 };
+	size_t t;
+
+	zm_hedge_init(&h);
+	ck_assert_int_eq(zm_hedge_reset(&h, names3, 2, &err), ZM_OK);
+	for (t = 0; t < T; t++)
+		zm_hedge_update(&h, before, eta, share);
+	for (t = 0; h.score[1] < h.score[0]; t++) {
+		ck_assert_uint_lt(t, 100000);
+		zm_hedge_update(&h, after, eta, share);
+	}
+	zm_hedge_release(&h);
+	return t + 1;
+}
+
+/*
+ * Fixed share forgets: before the switch model 1's weight is at least
+ * share / 2, so its log-odds are >= -log((1 - share / 2) / (share / 2))
+ * and each round after the switch adds eta to them; it leads within
+ * ceil(that / eta) + 1 rounds however long the first phase was.  Plain
+ * Hedge needs about as many rounds as the first phase lasted (up to the
+ * score floor, ZM_HEDGE_SCORE_MIN / eta).
+ */
+START_TEST(test_fixed_share_recovers)
+{
+	double eta = 0.5, share = 0.1;
+	size_t bound = (size_t)ceil(log((1 - share / 2) / (share / 2)) / eta) + 1;
+
+	ck_assert_uint_le(rounds_to_recover(eta, share, 1000), bound);
+	ck_assert_uint_le(rounds_to_recover(eta, share, 20), bound);
+	ck_assert_uint_le(rounds_to_recover(eta, share, 10000), bound);
+	ck_assert_uint_ge(rounds_to_recover(eta, 0, 20), 20);
+	ck_assert_uint_ge(rounds_to_recover(eta, 0, 1000),
+	                  (size_t)(ZM_HEDGE_SCORE_MIN / eta));
+	ck_assert_uint_gt(rounds_to_recover(eta, 0, 1000), 4 * bound);
+}
+END_TEST
+
+/* The probe moves a share of the weight to one model: uniform weights
+ * of 3 models become (1 - s) / 3 + s e_i. */
+START_TEST(test_probe_weights)
+{
+	struct zm_model *ms[3] = { make_model(1, 0, true), make_model(2, 0, true),
+	                           make_model(3, 0, true) };
+	struct zm_weighter_options o;
+	struct zm_weighter *w;
+	struct zm_error err;
+	double wt[3];
+	float x[4 * 5];
+	size_t i;
+
+	zm_weighter_options_init(&o);
+	o.kind = ZM_WEIGHTING_UNIFORM;
+	ck_assert_int_eq(zm_weighter_new(&o, (const struct zm_model *const *)ms,
+	                                 names3, 3, 4, NULL, NULL, NULL, &w,
+	                                 &err), ZM_OK);
+	rand_input(x, 4, 1, 0);
+	zm_weighter_begin(w, x, 4);
+	zm_weighter_probe(w, 2, 0.25);
+	ck_assert_int_eq(zm_weighter_layer(w, 0, x, 4, wt, &err), ZM_OK);
+	for (i = 0; i < 3; i++)
+		ck_assert_double_eq_tol(wt[i], 0.75 / 3 + (i == 2 ? 0.25 : 0),
+		                        1e-12);
+	zm_weighter_probe(w, SIZE_MAX, 0);
+	ck_assert_int_eq(zm_weighter_layer(w, 0, x, 4, wt, &err), ZM_OK);
+	for (i = 0; i < 3; i++)
+		ck_assert_double_eq_tol(wt[i], 1.0 / 3, 1e-12);
+	zm_weighter_free(w);
+	for (i = 0; i < 3; i++)
+		zm_model_free(ms[i]);
 }
 END_TEST
 
@@ -580,6 +711,9 @@ Suite *suite_weighting(void)
 	tcase_add_test(tc, test_similarity_weights);
 	tcase_add_test(tc, test_no_profile);
 	tcase_add_test(tc, test_hedge_moves_weight);
+	tcase_add_test(tc, test_fixed_share_step);
+	tcase_add_test(tc, test_fixed_share_recovers);
+	tcase_add_test(tc, test_probe_weights);
 	tcase_add_test(tc, test_adapt);
 	tcase_add_test(tc, test_hedge_state);
 	tcase_add_test(tc, test_static_weights);
