@@ -157,14 +157,31 @@ enum zm_status zm_predict_feedback(struct zm_predictor *p, const float *x,
                                    struct zm_error *err);
 
 /*
- * Entropy adaptation on the first rows of x (up to o.adapt_rows): lowers
- * the mean prediction entropy by adjusting the weighter's per-unit
- * offsets (zm_adapt_minimise).  Returns the entropy before and after in
- * *before and *after (either may be NULL).
+ * Entropy adaptation on the first rows of x (up to o.adapt_rows): from
+ * the weighting's own weights (the weighter's per-unit offsets reset to
+ * 0), a few regularised trust-region steps on the offsets lower the mean
+ * prediction entropy (zm_adapt_minimise with o.adapt_o); the offsets
+ * found stay set for the batch's prediction.  The gradient is analytic
+ * (zm_predict_entropy_grad) for merged outputs of dense layers without a
+ * top-k cut, else by central differences.  Returns the entropy before
+ * and after in *before and *after (either may be NULL); after <= before.
  */
 enum zm_status zm_predict_adapt(struct zm_predictor *p, const float *x,
                                 size_t n, double *before, double *after,
                                 struct zm_error *err);
+
+/*
+ * The mean entropy of the merged prediction of n rows (n <= max_batch)
+ * with the weighter's current offsets into *value and its gradient wrt
+ * the offsets into grad [n_units * K], back-propagated through the merged
+ * network (the similarity of later units to the merged h held fixed).
+ * *analytic is false, and nothing computed, where that does not apply:
+ * merge params or ensemble, layers other than dense, a top-k cut.
+ */
+enum zm_status zm_predict_entropy_grad(struct zm_predictor *p,
+                                       const float *x, size_t n,
+                                       double *grad, double *value,
+                                       bool *analytic, struct zm_error *err);
 
 /* ---- trace ---- */
 

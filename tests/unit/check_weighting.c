@@ -578,41 +578,177 @@ START_TEST(test_probe_weights)
 }
 END_TEST
 
-static double quad(void *ctx, const double *a)
+/* (a0 - 1)^2 + 2 (a1 + 0.5)^2; the gradient when ctx is not NULL, else
+ * NaN (central differences). */
+static double quad(void *ctx, const double *a, double *grad)
 {
-	(void)ctx;
+	if (grad) {
+		grad[0] = ctx ? 2 * (a[0] - 1) : NAN;
+		grad[1] = ctx ? 4 * (a[1] + 0.5) : NAN;
+	}
 	return pow(a[0] - 1, 2) + 2 * pow(a[1] + 0.5, 2);
 }
 
-START_TEST(test_adapt)
+/*
+ * The descent on a quadratic: without the penalty it finds the minimum;
+ * with reg it finds the closed-form minimum of f + reg / 2 |a|^2,
+ * a0 = 2 / (2 + reg), a1 = -2 / (4 + reg); one step never leaves the
+ * trust region; J never rises.
+ */
+START_TEST(test_adapt_minimise)
 {
 	struct zm_adapt_options ao;
-	struct zm_model *ms[2] = { make_model(1, 0, true), make_model(5, 0, true) };
-	struct zm_predictor *p;
-	struct zm_error err;
-	double a[2] = { 0, 0 }, scratch[4], f, before, after;
-	float x[32 * 5];
+	struct zm_adapt_result res;
+	double a[2], scratch[6], f;
+	int analytic;
+
+	for (analytic = 0; analytic < 2; analytic++) {
+		void *ctx = analytic ? (void *)&ao : NULL;
+		zm_adapt_options_init(&ao);
+		ao.steps = 60;
+		ao.lr = 0.2;
+		ao.reg = 0;
+		ao.tol = 0;
+		a[0] = a[1] = 0;
+		f = zm_adapt_minimise(a, 2, quad, ctx, &ao, scratch, &res);
+		ck_assert_double_eq_tol(a[0], 1, 1e-4);
+		ck_assert_double_eq_tol(a[1], -0.5, 1e-4);
+		ck_assert(f < 1e-8 && res.f1 == f && res.f0 == 1.5);
+		ao.reg = 0.5;
+		a[0] = a[1] = 0;
+		zm_adapt_minimise(a, 2, quad, ctx, &ao, scratch, &res);
+		ck_assert_double_eq_tol(a[0], 2 / 2.5, 1e-4);
+		ck_assert_double_eq_tol(a[1], -2 / 4.5, 1e-4);
+		ck_assert(res.j1 <= res.j0 && res.f1 <= res.f0);
+		/* One step: within max_step of the start. */
+		ao.steps = 1;
+		ao.lr = 10;
+		ao.max_step = 0.1;
+		a[0] = a[1] = 0;
+		zm_adapt_minimise(a, 2, quad, ctx, &ao, scratch, &res);
+		ck_assert(fabs(a[0]) <= 0.1 + 1e-15 && fabs(a[1]) <= 0.1 + 1e-15);
+		ck_assert(a[0] > 0 && a[1] < 0);
+		ck_assert_uint_eq(res.steps, 1);
+	}
+}
+END_TEST
+
+/* Two models with different confidence; b's output layer sharpened. */
+static void adapt_models(struct zm_model **ms)
+{
 	size_t i;
 
-	zm_adapt_options_init(&ao);
-	ao.steps = 50;
-	ao.lr = 0.25;
-	f = zm_adapt_minimise(a, 2, quad, NULL, &ao, scratch);
-	ck_assert_double_eq_tol(a[0], 1, 1e-3);
-	ck_assert_double_eq_tol(a[1], -0.5, 1e-3);
-	ck_assert(f < 1e-6);
-	/* Sharpen model b so the two differ in confidence. */
+	ms[0] = make_model(1, 0, true);
+	ms[1] = make_model(5, 0, true);
 	for (i = 0; i < 12; i++)
 		((float *)ms[1]->layers[2].weight.data)[i] *= 4;
-	p = make_pred(ms, 2, ZM_MERGE_OUTPUTS, ZM_MERGE_PRE, ZM_GRAN_LAYER, NULL);
-	rand_input(x, 32, 3, 0);
-	ck_assert_int_eq(zm_predict_adapt(p, x, 32, &before, &after, &err), ZM_OK);
-	ck_assert(after < before - 1e-3);
-	{
-		float sc[32 * 3];
-		ck_assert_int_eq(zm_predict_run(p, x, 32, sc, NULL, &err), ZM_OK);
-		ck_assert_double_eq_tol(zm_entropy_mean(sc, 32, 3), after, 1e-6);
+}
+
+/* The mean entropy of the ordinary prediction with offsets a. */
+static double entropy_at(struct zm_predictor *p, const float *x, size_t n,
+                         const double *a)
+{
+	struct zm_error err;
+	float sc[32 * 3];
+
+	memcpy(p->wr->alpha, a, p->wr->units.n_units * p->n_models *
+	       sizeof(double));
+	ck_assert_int_eq(zm_predict_run(p, x, n, sc, NULL, &err), ZM_OK);
+	return zm_entropy_mean(sc, n, 3);
+}
+
+/*
+ * The back-propagated gradient of the entropy wrt the per-unit offsets
+ * against central differences of the ordinary forward pass, per batch
+ * and per row, merge point pre and post, every granularity.
+ */
+START_TEST(test_entropy_grad)
+{
+	static const enum zm_gran_level lv[3] = { ZM_GRAN_FULL, ZM_GRAN_GROUP,
+	                                          ZM_GRAN_LAYER };
+	struct zm_model *ms[2];
+	struct zm_predictor *p;
+	struct zm_error err;
+	double a[6], g[6], v, h = 1e-3;
+	float x[32 * 5];
+	bool analytic;
+	size_t m, j;
+	int point = _i % 2, per_row = (_i / 2) % 2;
+
+	adapt_models(ms);
+	rand_input(x, 32, 9, 0.3);
+	p = make_pred(ms, 2, ZM_MERGE_OUTPUTS, point ? ZM_MERGE_POST :
+	              ZM_MERGE_PRE, lv[_i / 4], NULL);
+	p->wr->o.per_row = per_row;
+	m = p->wr->units.n_units * 2;
+	for (j = 0; j < m; j++)
+		a[j] = 0.3 * (double)j - 0.4;
+	memcpy(p->wr->alpha, a, m * sizeof(double));
+	ck_assert_int_eq(zm_predict_entropy_grad(p, x, 32, g, &v, &analytic,
+	                                         &err), ZM_OK);
+	ck_assert(analytic);
+	ck_assert_double_eq_tol(v, entropy_at(p, x, 32, a), 1e-5);
+	for (j = 0; j < m; j++) {
+		double keep = a[j], fp, fm;
+		a[j] = keep + h;
+		fp = entropy_at(p, x, 32, a);
+		a[j] = keep - h;
+		fm = entropy_at(p, x, 32, a);
+		a[j] = keep;
+		ck_assert_double_eq_tol(g[j], (fp - fm) / (2 * h), 2e-4);
 	}
+	/* Merge params has no tape. */
+	zm_predictor_free(p);
+	p = make_pred(ms, 2, ZM_MERGE_PARAMS, ZM_MERGE_PRE, ZM_GRAN_FULL, NULL);
+	ck_assert_int_eq(zm_predict_entropy_grad(p, x, 32, g, &v, &analytic,
+	                                         &err), ZM_OK);
+	ck_assert(!analytic);
+	zm_predictor_free(p);
+	zm_model_free(ms[0]);
+	zm_model_free(ms[1]);
+}
+END_TEST
+
+/*
+ * Adaptation on a batch never raises its entropy (checked on the
+ * ordinary prediction afterwards), and each offset stays within steps *
+ * max_step of 0, with the analytic gradient (outputs) and with central
+ * differences (params).
+ */
+START_TEST(test_adapt)
+{
+	struct zm_model *ms[2];
+	struct zm_predictor *p;
+	struct zm_error err;
+	double before, after;
+	float x[32 * 5], sc[32 * 3];
+	size_t i, j, m;
+	enum zm_merge_mode mode = _i < 2 ? ZM_MERGE_OUTPUTS : ZM_MERGE_PARAMS;
+
+	adapt_models(ms);
+	p = make_pred(ms, 2, mode, ZM_MERGE_PRE, _i % 2 ? ZM_GRAN_LAYER :
+	              ZM_GRAN_FULL, NULL);
+	p->o.adapt_o.steps = 3;
+	p->o.adapt_o.max_step = 0.25;
+	m = p->wr->units.n_units * 2;
+	for (i = 0; i < 4; i++) {
+		rand_input(x, 32, 3 + i, 0.5 * (double)i);
+		ck_assert_int_eq(zm_predict_adapt(p, x, 32, &before, &after, &err),
+		                 ZM_OK);
+		ck_assert(after <= before);
+		ck_assert_int_eq(zm_predict_run(p, x, 32, sc, NULL, &err), ZM_OK);
+		ck_assert_double_eq_tol(zm_entropy_mean(sc, 32, 3), after, 1e-5);
+		for (j = 0; j < m; j++)
+			ck_assert(fabs(p->wr->alpha[j]) <= 3 * 0.25 + 1e-12);
+		if (i == 0)
+			ck_assert(after < before - 1e-3);
+	}
+	/* The penalty pulls the offsets in: a strong one keeps them small. */
+	p->o.adapt_o.reg = 1e3;
+	ck_assert_int_eq(zm_predict_adapt(p, x, 32, &before, &after, &err), ZM_OK);
+	ck_assert(after <= before);
+	for (j = 0; j < m; j++)
+		ck_assert(fabs(p->wr->alpha[j]) < 0.01);
 	zm_predictor_free(p);
 	zm_model_free(ms[0]);
 	zm_model_free(ms[1]);
@@ -714,7 +850,9 @@ Suite *suite_weighting(void)
 	tcase_add_test(tc, test_fixed_share_step);
 	tcase_add_test(tc, test_fixed_share_recovers);
 	tcase_add_test(tc, test_probe_weights);
-	tcase_add_test(tc, test_adapt);
+	tcase_add_test(tc, test_adapt_minimise);
+	tcase_add_loop_test(tc, test_entropy_grad, 0, 12);
+	tcase_add_loop_test(tc, test_adapt, 0, 4);
 	tcase_add_test(tc, test_hedge_state);
 	tcase_add_test(tc, test_static_weights);
 	suite_add_tcase(s, tc);
