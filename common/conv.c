@@ -4,6 +4,9 @@
  */
 #include <stdint.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #include "conv.h"
 #include "gemm.h"
@@ -77,11 +80,31 @@ static void valid_range(size_t out, size_t w, size_t s, size_t k, size_t p,
 	*hi = b;
 }
 
+/* One output row of a column row: zeros where the window hangs over the
+ * padding, a copy elsewhere (src is the input of column lo).  Rows are a few dozen floats, too short for
+ * memset and memcpy calls to pay for themselves. */
+static void im2col_row(float *restrict dst, const float *restrict src,
+                       size_t ow, size_t lo, size_t hi, size_t sw)
+{
+	size_t ox;
+
+	for (ox = 0; ox < lo; ox++)
+		dst[ox] = 0.0f;
+	if (sw == 1)
+		for (ox = lo; ox < hi; ox++)
+			dst[ox] = src[ox - lo];
+	else
+		for (ox = lo; ox < hi; ox++)
+			dst[ox] = src[(ox - lo) * sw];
+	for (ox = hi; ox < ow; ox++)
+		dst[ox] = 0.0f;
+}
+
 void zm_im2col(const struct zm_conv_geom *g, const float *x, size_t nb,
                float *col, size_t ld)
 {
 	size_t chw = g->c * g->h * g->w, ohw = g->oh * g->ow;
-	size_t ci, ki, kj, b, oy, ox;
+	size_t ci, ki, kj, b, oy;
 
 	for (ci = 0; ci < g->c; ci++)
 	for (ki = 0; ki < g->kh; ki++)
@@ -94,22 +117,15 @@ void zm_im2col(const struct zm_conv_geom *g, const float *x, size_t nb,
 			float *dst = row + b * ohw;
 			for (oy = 0; oy < g->oh; oy++, dst += g->ow) {
 				size_t iy = oy * g->sh + ki;
-				const float *src;
 				if (iy < g->ph || iy - g->ph >= g->h) {
-					memset(dst, 0, g->ow * sizeof(*dst));
+					im2col_row(dst, NULL, g->ow, g->ow,
+					           g->ow, 1);
 					continue;
 				}
 				/* ox >= lo keeps ox*sw + kj - pw >= 0. */
-				src = img + (iy - g->ph) * g->w;
-				memset(dst, 0, lo * sizeof(*dst));
-				if (g->sw == 1 && hi > lo)
-					memcpy(dst + lo, src + lo + kj - g->pw,
-					       (hi - lo) * sizeof(*dst));
-				else
-					for (ox = lo; ox < hi; ox++)
-						dst[ox] = src[ox * g->sw + kj -
-						              g->pw];
-				memset(dst + hi, 0, (g->ow - hi) * sizeof(*dst));
+				im2col_row(dst, hi > lo ? img + (iy - g->ph) *
+				           g->w + lo * g->sw + kj - g->pw : NULL,
+				           g->ow, lo, hi, g->sw);
 			}
 		}
 	}
@@ -151,32 +167,78 @@ void zm_col2im(const struct zm_conv_geom *g, const float *col, size_t ld,
 	}
 }
 
-void zm_conv_forward(const struct zm_conv_geom *g, const float *w,
-                     const float *b, const float *x, size_t n, float *y,
-                     float *scratch)
+/*
+ * dst[p] = act(src[p] + bias) for one output plane, in blocks of eight
+ * lanes that GCC's -O2 vectorizer takes.  ReLU is done in the same pass
+ * (the common case); other activations get a second pass over the plane,
+ * which is still in cache.  dst may equal src: each block is computed
+ * into t before it is stored.
+ */
+static void bias_act(float *dst, const float *src,
+                     size_t count, float bias, enum zm_activation act)
+{
+	enum { LANES = 8 };
+	float t[LANES];
+	size_t i = 0, j;
+
+	if (act == ZM_ACT_RELU) {
+		for (; i + LANES <= count; i += LANES) {
+			for (j = 0; j < LANES; j++) {
+				float v = src[i + j] + bias;
+				/* NaN is kept, as relu does elsewhere. */
+				t[j] = v < 0.0f ? 0.0f : v;
+			}
+			memcpy(dst + i, t, sizeof(t));
+		}
+		for (; i < count; i++) {
+			float v = src[i] + bias;
+			dst[i] = v < 0.0f ? 0.0f : v;
+		}
+		return;
+	}
+	for (; i + LANES <= count; i += LANES) {
+		for (j = 0; j < LANES; j++)
+			t[j] = src[i + j] + bias;
+		memcpy(dst + i, t, sizeof(t));
+	}
+	for (; i < count; i++)
+		dst[i] = src[i] + bias;
+	if (act != ZM_ACT_IDENTITY)
+		zm_activation_apply(act, dst, dst, count);
+}
+
+void zm_conv_forward_act(const struct zm_conv_geom *g, const float *w,
+                         const float *b, const float *x, size_t n,
+                         enum zm_activation act, float *y, float *scratch)
 {
 	size_t k = g->c * g->kh * g->kw, ohw = g->oh * g->ow;
 	size_t chw = g->c * g->h * g->w, ochw = g->oc * ohw;
-	size_t nb = zm_conv_chunk(g, n), i0, bi, co, p;
+	size_t nb = zm_conv_chunk(g, n), i0, bi, co;
 
+	ZM_ASSERT(!zm_activation_needs_pre(act));
 	for (i0 = 0; i0 < n; i0 += nb) {
 		size_t m = n - i0 < nb ? n - i0 : nb, cols = m * ohw;
 		float *col = scratch, *yb = scratch + nb * ohw * k;
 		zm_im2col(g, x + i0 * chw, m, col, cols);
-		/* One image: the product is already in NCHW order. */
+		/* One image: the product is already in NCHW order, and the
+		 * bias and activation are applied in place. */
 		if (m == 1)
 			yb = y + i0 * ochw;
 		zm_gemm(false, false, g->oc, cols, k, 1.0f, w, k, col, cols,
 		        0.0f, yb, cols);
 		for (bi = 0; bi < m; bi++)
-			for (co = 0; co < g->oc; co++) {
-				float *dst = y + (i0 + bi) * ochw + co * ohw;
-				const float *src = yb + co * cols + bi * ohw;
-				float bias = b[co];
-				for (p = 0; p < ohw; p++)
-					dst[p] = src[p] + bias;
-			}
+			for (co = 0; co < g->oc; co++)
+				bias_act(y + (i0 + bi) * ochw + co * ohw,
+				         yb + co * cols + bi * ohw, ohw, b[co],
+				         act);
 	}
+}
+
+void zm_conv_forward(const struct zm_conv_geom *g, const float *w,
+                     const float *b, const float *x, size_t n, float *y,
+                     float *scratch)
+{
+	zm_conv_forward_act(g, w, b, x, n, ZM_ACT_IDENTITY, y, scratch);
 }
 
 void zm_conv_backward(const struct zm_conv_geom *g, const float *w,
@@ -224,11 +286,73 @@ void zm_conv_backward(const struct zm_conv_geom *g, const float *w,
 	}
 }
 
+/* The window maximum's fold step: v replaces m when larger or NaN (NaN
+ * wins, as in PyTorch). */
+static inline float pool_pick(float m, float v)
+{
+	return v > m || v != v ? v : m;
+}
+
+#ifdef __SSE2__
+static inline __m128 pool_pick4(__m128 m, __m128 v)
+{
+	__m128 t = _mm_or_ps(_mm_cmpgt_ps(v, m), _mm_cmpunord_ps(v, v));
+
+	return _mm_or_ps(_mm_and_ps(t, v), _mm_andnot_ps(t, m));
+}
+#endif
+
+/*
+ * 2x2 windows at stride 2, the pooling of nearly every CNN: one output row
+ * from input rows r0 and r1, folding each window in the generic loop's
+ * order (top left, top right, bottom left, bottom right), so that the
+ * result is the same to the bit, NaN and signed zeros included.
+ */
+static void pool22_row(const float *r0, const float *r1, float *out,
+                       size_t ow)
+{
+	size_t ox = 0;
+
+#ifdef __SSE2__
+	for (; ox + 4 <= ow; ox += 4) {
+		__m128 a0 = _mm_loadu_ps(r0 + 2 * ox);
+		__m128 a1 = _mm_loadu_ps(r0 + 2 * ox + 4);
+		__m128 b0 = _mm_loadu_ps(r1 + 2 * ox);
+		__m128 b1 = _mm_loadu_ps(r1 + 2 * ox + 4);
+		__m128 m = _mm_shuffle_ps(a0, a1, _MM_SHUFFLE(2, 0, 2, 0));
+		m = pool_pick4(m, _mm_shuffle_ps(a0, a1,
+		                                 _MM_SHUFFLE(3, 1, 3, 1)));
+		m = pool_pick4(m, _mm_shuffle_ps(b0, b1,
+		                                 _MM_SHUFFLE(2, 0, 2, 0)));
+		m = pool_pick4(m, _mm_shuffle_ps(b0, b1,
+		                                 _MM_SHUFFLE(3, 1, 3, 1)));
+		_mm_storeu_ps(out + ox, m);
+	}
+#endif
+	for (; ox < ow; ox++) {
+		float m = r0[2 * ox];
+		m = pool_pick(m, r0[2 * ox + 1]);
+		m = pool_pick(m, r1[2 * ox]);
+		out[ox] = pool_pick(m, r1[2 * ox + 1]);
+	}
+}
+
 void zm_maxpool_forward(const struct zm_conv_geom *g, const float *x,
                         size_t n, float *y)
 {
 	size_t planes = n * g->c, pl, oy, ox, i, j;
 
+	if (g->kh == 2 && g->kw == 2 && g->sh == 2 && g->sw == 2) {
+		for (pl = 0; pl < planes; pl++) {
+			const float *img = x + pl * g->h * g->w;
+			float *out = y + pl * g->oh * g->ow;
+			for (oy = 0; oy < g->oh; oy++)
+				pool22_row(img + 2 * oy * g->w,
+				           img + (2 * oy + 1) * g->w,
+				           out + oy * g->ow, g->ow);
+		}
+		return;
+	}
 	for (pl = 0; pl < planes; pl++) {
 		const float *img = x + pl * g->h * g->w;
 		float *out = y + pl * g->oh * g->ow;
@@ -238,12 +362,9 @@ void zm_maxpool_forward(const struct zm_conv_geom *g, const float *x,
 				                   ox * g->sw;
 				float mx = win[0];
 				for (i = 0; i < g->kh; i++)
-					for (j = 0; j < g->kw; j++) {
-						float v = win[i * g->w + j];
-						/* NaN wins, as in PyTorch. */
-						if (v > mx || v != v)
-							mx = v;
-					}
+					for (j = 0; j < g->kw; j++)
+						mx = pool_pick(mx,
+						               win[i * g->w + j]);
 				out[oy * g->ow + ox] = mx;
 			}
 	}

@@ -59,6 +59,13 @@ void zm_conv_forward(const struct zm_conv_geom *g, const float *w,
                      const float *b, const float *x, size_t n, float *y,
                      float *scratch);
 
+/* y = act(conv(x, w) + b), the activation applied while the output is
+ * written, for activations that need no pre-activation kept
+ * (zm_activation_needs_pre false). */
+void zm_conv_forward_act(const struct zm_conv_geom *g, const float *w,
+                         const float *b, const float *x, size_t n,
+                         enum zm_activation act, float *y, float *scratch);
+
 /*
  * Gradients of a conv2d layer from dy [n, oc*oh*ow] (wrt its
  * pre-activation): dw [oc, c*kh*kw] and db [oc] are overwritten (beta 0)

@@ -1510,6 +1510,18 @@ const float *zm_model_forward(const struct zm_model *model,
 			ws->out[l] = in;
 			continue;
 		}
+		if (s->type == ZM_LAYER_CONV2D && !ws->pre[l]) {
+			/* The activation is applied while the GEMM's output
+			 * is scattered to NCHW: one pass over it, not two. */
+			struct zm_conv_geom g;
+			zm_conv_geom_of(s, &g);
+			zm_conv_forward_act(&g, layer->weight.data,
+			                    layer->bias.data, in, n, s->act, dst,
+			                    ws->scratch);
+			ws->out[l] = dst;
+			in = dst;
+			continue;
+		}
 		if (s->type != ZM_LAYER_DENSE) {
 			/* conv2d, maxpool2d: see conv.h. */
 			float *p = ws->pre[l] ? ws->pre[l] : dst;
