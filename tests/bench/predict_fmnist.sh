@@ -67,8 +67,14 @@ fb=$(col "shifting stream, --feedback" 2)
 nofb=$(col "shifting stream, no feedback" 2)
 line "fmnist-shift-feedback" "$fb" "same run without --feedback" "$nofb"
 target "--feedback > no feedback on the shifting stream" "$fb" "$nofb" "a > b"
-line "fmnist-adapt-entropy" "$(col "similarity, per batch, --adapt entropy" 2)" "same run without --adapt" \
-	"$(col "similarity, per batch" 2)"
+fb=$(col "segmented stream (4 shifts), --feedback" 2)
+nofb=$(col "segmented stream (4 shifts), no feedback" 2)
+line "fmnist-segments-feedback" "$fb" "same run without --feedback" "$nofb"
+target "--feedback > no feedback on the segmented stream" "$fb" "$nofb" "a > b"
+ad=$(col "similarity, per batch, --adapt entropy" 2)
+noad=$(col "similarity, per batch" 2)
+line "fmnist-adapt-entropy" "$ad" "same run without --adapt" "$noad"
+target "--adapt entropy >= 0.99 x the same run without it" "$ad" "$noad" "a >= 0.99 * b"
 r1=$(col "similarity, per row, full" 4)
 r0=$(col "joint (all data)" 4)
 echo "bench: fmnist-similarity-row-full-throughput: $r1 rows/s (one model: $r0 rows/s, ratio $(ratio "$r1" "$r0"))"

@@ -131,6 +131,14 @@ expect_rc 2 "--state without --feedback exits 2"
 run predict $P --adapt entropy --granularity layer --batch-size 100 "$T/a.st.gz"
 expect_rc 0 "--adapt entropy"
 check "401 lines of predictions" test "$(wc -l <"$T/out")" -eq 401
+run predict $P --adapt entropy --adapt-reg 1 --adapt-trust 0.2 --adapt-steps 2 "$T/a.st.gz"
+expect_rc 0 "--adapt-reg and --adapt-trust"
+run predict $P --feedback --share 0.2 --probe 1 --batch-size 50 "$T/a.st.gz"
+expect_rc 0 "--feedback --share --probe"
+for bad in "--share 1" "--share -0.1" "--probe 0" "--probe 1.5" "--adapt-reg -1" "--adapt-trust 0"; do
+	run predict $P --feedback --adapt entropy $bad "$T/a.st.gz"
+	expect_rc 2 "$bad exits 2"
+done
 
 # Bad inputs.
 run predict --zoo "$Z" --model m0 --model m2 "$T/a.st.gz"
