@@ -1,9 +1,17 @@
 /*
  * Merge maths, merge configs, streamed static merges and the application
  * of update streams to a zoo (see merge.h).
+ *
+ * The pragma lets GCC's -O2 vectorizer if-convert the selects of the
+ * TIES sums, which it refuses while it must preserve floating-point traps
+ * (we never enable traps); it changes no result.
  */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
 #include <inttypes.h>
 #include <math.h>
+#include <stdint.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,54 +71,137 @@ void zm_merge_params_init(struct zm_merge_params *p)
 
 /* ---- kernels ---- */
 
-/* The k-th smallest (0-based) of a[0..n), reordering a (Hoare quickselect
- * with a median-of-three pivot: linear on average, no allocation). */
-static float select_kth(float *a, ptrdiff_t n, ptrdiff_t k)
-{
-	ptrdiff_t lo = 0, hi = n - 1;
+/*
+ * The trimming threshold, the k-th largest magnitude, by a radix select
+ * on the bits of |x|: for finite and infinite floats, the order of the
+ * magnitudes is the order of their bit patterns as unsigned integers.  A
+ * histogram of the top RADIX1 bits (sign excluded) over all n values
+ * finds the bucket that holds the k-th largest; its members are gathered
+ * into a small candidate set, which two more histograms of RADIX2 bits
+ * each narrow to the exact bit pattern.  Two sequential passes over x, no
+ * sorting, no data-dependent swaps: what quickselect cost was mostly its
+ * copies and mispredicted branches.
+ */
+enum { RADIX1 = 9, RADIX2 = 11, LOW_BITS = 31 - RADIX1 };
+#define MAG_BITS 0x7fffffffu
 
-	while (lo < hi) {
-		float x = a[lo], y = a[lo + (hi - lo) / 2], z = a[hi], pivot;
-		ptrdiff_t i = lo, j = hi;
-		pivot = x < y ? (y < z ? y : (x < z ? z : x))
-		              : (x < z ? x : (y < z ? z : y));
-		while (i <= j) {
-			while (a[i] < pivot)
-				i++;
-			while (a[j] > pivot)
-				j--;
-			if (i <= j) {
-				float t = a[i];
-				a[i++] = a[j];
-				a[j--] = t;
-			}
-		}
-		if (k <= j)
-			hi = j;
-		else if (k >= i)
-			lo = i;
-		else
-			return a[k];
+struct ties_hist {
+	/* Four copies so that runs of equal buckets, which Gaussian-like
+	 * weights are full of, do not serialize on one counter. */
+	size_t top[4][1u << RADIX1];
+	size_t sub[1u << RADIX2];
+};
+
+static inline uint32_t mag_bits(float v)
+{
+	uint32_t u;
+
+	memcpy(&u, &v, sizeof(u));
+	return u & MAG_BITS;
+}
+
+static inline float bits_float(uint32_t u)
+{
+	float v;
+
+	memcpy(&v, &u, sizeof(v));
+	return v;
+}
+
+/* Counts x[i] (i < n) by the top bits of their magnitude. */
+static void hist_top(struct ties_hist *h, const float *x, size_t n)
+{
+	size_t i = 0;
+
+	for (; i + 4 <= n; i += 4) {
+		h->top[0][mag_bits(x[i]) >> LOW_BITS]++;
+		h->top[1][mag_bits(x[i + 1]) >> LOW_BITS]++;
+		h->top[2][mag_bits(x[i + 2]) >> LOW_BITS]++;
+		h->top[3][mag_bits(x[i + 3]) >> LOW_BITS]++;
 	}
-	return a[k];
+	for (; i < n; i++)
+		h->top[0][mag_bits(x[i]) >> LOW_BITS]++;
+}
+
+/* The bucket (from the top) where the k-th largest falls; *k becomes its
+ * rank within the bucket. */
+static uint32_t hist_find(const size_t *cnt, uint32_t buckets, size_t *k)
+{
+	uint32_t b = buckets;
+
+	while (b-- > 0) {
+		if (*k <= cnt[b])
+			return b;
+		*k -= cnt[b];
+	}
+	ZM_ASSERT(!"rank beyond the histogram");
+	return 0;
+}
+
+/*
+ * The k-th largest |x[i]| (1 <= k <= n) given h->top filled by hist_top
+ * over the same x; cand holds n floats (any contents).
+ */
+static float ties_threshold(struct ties_hist *h, const float *x, size_t n,
+                            size_t k, float *cand)
+{
+	uint32_t top, prefix, b, shift = LOW_BITS - RADIX2;
+	size_t i, c = 0, j;
+
+	for (b = 0; b < (1u << RADIX1); b++)
+		h->top[0][b] += h->top[1][b] + h->top[2][b] + h->top[3][b];
+	top = hist_find(h->top[0], 1u << RADIX1, &k);
+	/* Branch-free gather: the store always happens, the count moves
+	 * only for members. */
+	for (i = 0; i < n; i++) {
+		float a = fabsf(x[i]);
+		cand[c] = a;
+		c += mag_bits(a) >> LOW_BITS == top;
+	}
+	prefix = top;
+	/* Two rounds of RADIX2 bits: 22 = 31 - RADIX1 bits in all. */
+	for (;;) {
+		uint32_t mask = (1u << RADIX2) - 1;
+		memset(h->sub, 0, sizeof(h->sub));
+		for (i = 0; i < c; i++)
+			h->sub[(mag_bits(cand[i]) >> shift) & mask]++;
+		b = hist_find(h->sub, 1u << RADIX2, &k);
+		prefix = prefix << RADIX2 | b;
+		if (shift == 0)
+			return bits_float(prefix);
+		for (i = j = 0; i < c; i++) {
+			cand[j] = cand[i];
+			j += ((mag_bits(cand[i]) >> shift) & mask) == b;
+		}
+		c = j;
+		shift -= RADIX2;
+	}
+}
+
+/* k = round(density n), at least 1; 0 when every entry is kept. */
+static size_t ties_keep(size_t n, double density)
+{
+	size_t k = (size_t)floor(density * (double)n + 0.5);
+
+	if (k < 1)
+		k = 1;
+	return k >= n ? 0 : k;
 }
 
 size_t zm_merge_ties_trim(float *tau, size_t n, double density,
                           float *scratch)
 {
+	struct ties_hist h;
 	size_t k, i, kept = 0;
 	float th;
 
 	if (n == 0)
 		return 0;
-	k = (size_t)floor(density * (double)n + 0.5);
-	if (k < 1)
-		k = 1;
-	if (k >= n)
+	if (!(k = ties_keep(n, density)))
 		return n;
-	for (i = 0; i < n; i++)
-		scratch[i] = fabsf(tau[i]);
-	th = select_kth(scratch, (ptrdiff_t)n, (ptrdiff_t)(n - k));
+	memset(&h, 0, sizeof(h));
+	hist_top(&h, tau, n);
+	th = ties_threshold(&h, tau, n, k, scratch);
 	for (i = 0; i < n; i++) {
 		if (fabsf(tau[i]) >= th)
 			kept++;
@@ -241,12 +332,70 @@ static void ties_add(struct zm_merge_acc *acc, const float *tau, float w)
 	}
 }
 
+/*
+ * TIES for one model in three passes over x: the task vector with the
+ * histogram of its magnitudes, the gather of the threshold's bucket, and
+ * the trim fused with the sign-election sums (x is not written back
+ * trimmed: entries below the threshold simply add nothing).  Sums get the
+ * same additions in the same order as trimming then ties_add, adding +-0
+ * for the dropped entries, which leaves every sum unchanged: a sum is
+ * never -0, as it starts at +0 and x + y is -0 only when both are.
+ */
+static void ties_add_trimmed(struct zm_merge_acc *acc, float *restrict x,
+                             const float *restrict base, float w)
+{
+	enum { LANES = 8 };
+	float *restrict pos = acc->sum[0], *restrict neg = acc->sum[1];
+	float *restrict wpos = acc->sum[2], *restrict wneg = acc->sum[3];
+	struct ties_hist h;
+	size_t i, j, n = acc->n, k = ties_keep(n, acc->params.density);
+	float th = 0.0f;   /* keeps all: |x| >= 0 */
+
+	if (k) {
+		memset(h.top, 0, sizeof(h.top));
+		for (i = 0; i < n; i++)
+			x[i] -= base[i];
+		hist_top(&h, x, n);
+		th = ties_threshold(&h, x, n, k, acc->scratch);
+	} else {
+		for (i = 0; i < n; i++)
+			x[i] -= base[i];
+	}
+	for (i = 0; i + LANES <= n; i += LANES)
+		for (j = i; j < i + LANES; j++) {
+			float v = x[j], keep = fabsf(v) >= th ? v : 0.0f;
+			float p = keep > 0 ? keep : 0.0f;
+			float q = keep < 0 ? keep : 0.0f;
+			pos[j] += w * p;
+			wpos[j] += keep > 0 ? w : 0.0f;
+			neg[j] += w * q;
+			wneg[j] += keep < 0 ? w : 0.0f;
+		}
+	for (; i < n; i++) {
+		float v = x[i], keep = fabsf(v) >= th ? v : 0.0f;
+		if (keep > 0) {
+			pos[i] += w * keep;
+			wpos[i] += w;
+		} else if (keep < 0) {
+			neg[i] += w * keep;
+			wneg[i] += w;
+		}
+	}
+}
+
 void zm_merge_acc_add(struct zm_merge_acc *acc, float *x, const float *base,
                       double w)
 {
 	float fw = (float)w, *s = acc->sum[0];
 	size_t i, n = acc->n;
 
+	if (acc->method == ZM_MERGE_TIES) {
+		ZM_ASSERT(base != NULL);
+		ties_add_trimmed(acc, x, base, fw);
+		acc->wsum += w;
+		acc->added++;
+		return;
+	}
 	if (zm_merge_method_needs_base(acc->method)) {
 		ZM_ASSERT(base != NULL);
 		for (i = 0; i < n; i++)
@@ -259,9 +408,7 @@ void zm_merge_acc_add(struct zm_merge_acc *acc, float *x, const float *base,
 			s[i] += fw * x[i];
 		break;
 	case ZM_MERGE_TIES:
-		zm_merge_ties_trim(x, n, acc->params.density, acc->scratch);
-		ties_add(acc, x, fw);
-		break;
+		break;   /* ties_add_trimmed, above */
 	case ZM_MERGE_DARE:
 		zm_merge_dare_drop(x, n, acc->params.drop, &acc->rng);
 		if (acc->params.dare_ties)
