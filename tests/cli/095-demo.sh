@@ -14,6 +14,14 @@ if [ ! -r "$FM/train-images-idx3-ubyte.gz" ]; then
 	exit
 fi
 
+# Under valgrind (make valgrind) the demo's training would take hours;
+# the programs it runs are covered by the other CLI tests there.
+if [ -n "${ZM_VALGRIND:-}" ]; then
+	echo "ok - $_name: skipped under valgrind"
+	finish
+	exit
+fi
+
 D=$T/demo
 run env DEMO_DIR="$D" ZM_BIN="$BIN" ZM_FASHION_MNIST="$FM" DEMO_TRAIN_FRACTION=0.05 \
 	DEMO_TEST_FRACTION=0.2 DEMO_UNITS=32,16 DEMO_EPOCHS=4 DEMO_STREAM_BATCH=50 \
