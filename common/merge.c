@@ -16,6 +16,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #include "mem.h"
 #include "merge.h"
@@ -82,13 +85,16 @@ void zm_merge_params_init(struct zm_merge_params *p)
  * sorting, no data-dependent swaps: what quickselect cost was mostly its
  * copies and mispredicted branches.
  */
-enum { RADIX1 = 9, RADIX2 = 11, LOW_BITS = 31 - RADIX1 };
+enum { RADIX1 = 11, RADIX2 = 10, LOW_BITS = 31 - RADIX1 };
 #define MAG_BITS 0x7fffffffu
 
 struct ties_hist {
 	/* Four copies so that runs of equal buckets, which Gaussian-like
-	 * weights are full of, do not serialize on one counter. */
-	size_t top[4][1u << RADIX1];
+	 * weights are full of, do not serialize on one counter; 32-bit
+	 * counts, so that the four fit in L1 (hist_top flushes them into
+	 * total before they can overflow). */
+	uint32_t top[4][1u << RADIX1];
+	size_t total[1u << RADIX1];
 	size_t sub[1u << RADIX2];
 };
 
@@ -108,19 +114,28 @@ static inline float bits_float(uint32_t u)
 	return v;
 }
 
-/* Counts x[i] (i < n) by the top bits of their magnitude. */
+/* h->total (which it zeroes first) counts x[i] (i < n) by the top bits
+ * of their magnitude. */
 static void hist_top(struct ties_hist *h, const float *x, size_t n)
 {
-	size_t i = 0;
+	size_t i = 0, end, b;
 
-	for (; i + 4 <= n; i += 4) {
-		h->top[0][mag_bits(x[i]) >> LOW_BITS]++;
-		h->top[1][mag_bits(x[i + 1]) >> LOW_BITS]++;
-		h->top[2][mag_bits(x[i + 2]) >> LOW_BITS]++;
-		h->top[3][mag_bits(x[i + 3]) >> LOW_BITS]++;
+	memset(h->total, 0, sizeof(h->total));
+	while (i < n) {
+		end = n - i > ((size_t)1 << 30) ? i + ((size_t)1 << 30) : n;
+		memset(h->top, 0, sizeof(h->top));
+		for (; i + 4 <= end; i += 4) {
+			h->top[0][mag_bits(x[i]) >> LOW_BITS]++;
+			h->top[1][mag_bits(x[i + 1]) >> LOW_BITS]++;
+			h->top[2][mag_bits(x[i + 2]) >> LOW_BITS]++;
+			h->top[3][mag_bits(x[i + 3]) >> LOW_BITS]++;
+		}
+		for (; i < end; i++)
+			h->top[0][mag_bits(x[i]) >> LOW_BITS]++;
+		for (b = 0; b < (1u << RADIX1); b++)
+			h->total[b] += (size_t)h->top[0][b] + h->top[1][b] +
+			               h->top[2][b] + h->top[3][b];
 	}
-	for (; i < n; i++)
-		h->top[0][mag_bits(x[i]) >> LOW_BITS]++;
 }
 
 /* The bucket (from the top) where the k-th largest falls; *k becomes its
@@ -139,7 +154,7 @@ static uint32_t hist_find(const size_t *cnt, uint32_t buckets, size_t *k)
 }
 
 /*
- * The k-th largest |x[i]| (1 <= k <= n) given h->top filled by hist_top
+ * The k-th largest |x[i]| (1 <= k <= n) given h->total filled by hist_top
  * over the same x; cand holds n floats (any contents).
  */
 static float ties_threshold(struct ties_hist *h, const float *x, size_t n,
@@ -148,18 +163,36 @@ static float ties_threshold(struct ties_hist *h, const float *x, size_t n,
 	uint32_t top, prefix, b, shift = LOW_BITS - RADIX2;
 	size_t i, c = 0, j;
 
-	for (b = 0; b < (1u << RADIX1); b++)
-		h->top[0][b] += h->top[1][b] + h->top[2][b] + h->top[3][b];
-	top = hist_find(h->top[0], 1u << RADIX1, &k);
-	/* Branch-free gather: the store always happens, the count moves
-	 * only for members. */
-	for (i = 0; i < n; i++) {
+	top = hist_find(h->total, 1u << RADIX1, &k);
+	/* Members are a few per cent of x: four at a time are tested at
+	 * once, and only groups with a member are gathered, branch-free. */
+	i = 0;
+#ifdef __SSE2__
+	{
+		__m128i want = _mm_set1_epi32((int)top);
+		__m128i mag = _mm_set1_epi32((int)MAG_BITS);
+		for (; i + 4 <= n; i += 4) {
+			__m128i u = _mm_and_si128(
+				_mm_castps_si128(_mm_loadu_ps(x + i)), mag);
+			__m128i hit = _mm_cmpeq_epi32(
+				_mm_srli_epi32(u, LOW_BITS), want);
+			if (!_mm_movemask_epi8(hit))
+				continue;
+			for (j = i; j < i + 4; j++) {
+				float a = fabsf(x[j]);
+				cand[c] = a;
+				c += mag_bits(a) >> LOW_BITS == top;
+			}
+		}
+	}
+#endif
+	for (; i < n; i++) {
 		float a = fabsf(x[i]);
 		cand[c] = a;
 		c += mag_bits(a) >> LOW_BITS == top;
 	}
 	prefix = top;
-	/* Two rounds of RADIX2 bits: 22 = 31 - RADIX1 bits in all. */
+	/* Two rounds of RADIX2 bits: 20 = 31 - RADIX1 bits in all. */
 	for (;;) {
 		uint32_t mask = (1u << RADIX2) - 1;
 		memset(h->sub, 0, sizeof(h->sub));
@@ -199,7 +232,6 @@ size_t zm_merge_ties_trim(float *tau, size_t n, double density,
 		return 0;
 	if (!(k = ties_keep(n, density)))
 		return n;
-	memset(&h, 0, sizeof(h));
 	hist_top(&h, tau, n);
 	th = ties_threshold(&h, tau, n, k, scratch);
 	for (i = 0; i < n; i++) {
@@ -344,33 +376,47 @@ static void ties_add(struct zm_merge_acc *acc, const float *tau, float w)
 static void ties_add_trimmed(struct zm_merge_acc *acc, float *restrict x,
                              const float *restrict base, float w)
 {
-	enum { LANES = 8 };
 	float *restrict pos = acc->sum[0], *restrict neg = acc->sum[1];
 	float *restrict wpos = acc->sum[2], *restrict wneg = acc->sum[3];
 	struct ties_hist h;
-	size_t i, j, n = acc->n, k = ties_keep(n, acc->params.density);
+	size_t i, n = acc->n, k = ties_keep(n, acc->params.density);
 	float th = 0.0f;   /* keeps all: |x| >= 0 */
 
+	i = 0;
+#ifdef __SSE2__
+	for (; i + 4 <= n; i += 4)
+		_mm_storeu_ps(x + i, _mm_sub_ps(_mm_loadu_ps(x + i),
+		                                _mm_loadu_ps(base + i)));
+#endif
+	for (; i < n; i++)
+		x[i] -= base[i];
 	if (k) {
-		memset(h.top, 0, sizeof(h.top));
-		for (i = 0; i < n; i++)
-			x[i] -= base[i];
 		hist_top(&h, x, n);
 		th = ties_threshold(&h, x, n, k, acc->scratch);
-	} else {
-		for (i = 0; i < n; i++)
-			x[i] -= base[i];
 	}
-	for (i = 0; i + LANES <= n; i += LANES)
-		for (j = i; j < i + LANES; j++) {
-			float v = x[j], keep = fabsf(v) >= th ? v : 0.0f;
-			float p = keep > 0 ? keep : 0.0f;
-			float q = keep < 0 ? keep : 0.0f;
-			pos[j] += w * p;
-			wpos[j] += keep > 0 ? w : 0.0f;
-			neg[j] += w * q;
-			wneg[j] += keep < 0 ? w : 0.0f;
+	i = 0;
+#ifdef __SSE2__
+	{
+		__m128 vt = _mm_set1_ps(th), vw = _mm_set1_ps(w);
+		__m128 zero = _mm_setzero_ps();
+		__m128 mag = _mm_castsi128_ps(_mm_set1_epi32((int)MAG_BITS));
+		for (; i + 4 <= n; i += 4) {
+			__m128 v = _mm_loadu_ps(x + i);
+			__m128 keep = _mm_cmpge_ps(_mm_and_ps(v, mag), vt);
+			__m128 mp = _mm_and_ps(keep, _mm_cmpgt_ps(v, zero));
+			__m128 mn = _mm_and_ps(keep, _mm_cmplt_ps(v, zero));
+			/* w * 0 = +-0 for the others: no change, see above. */
+			_mm_storeu_ps(pos + i, _mm_add_ps(_mm_loadu_ps(pos + i),
+			              _mm_mul_ps(vw, _mm_and_ps(mp, v))));
+			_mm_storeu_ps(wpos + i, _mm_add_ps(
+			              _mm_loadu_ps(wpos + i), _mm_and_ps(mp, vw)));
+			_mm_storeu_ps(neg + i, _mm_add_ps(_mm_loadu_ps(neg + i),
+			              _mm_mul_ps(vw, _mm_and_ps(mn, v))));
+			_mm_storeu_ps(wneg + i, _mm_add_ps(
+			              _mm_loadu_ps(wneg + i), _mm_and_ps(mn, vw)));
 		}
+	}
+#endif
 	for (; i < n; i++) {
 		float v = x[i], keep = fabsf(v) >= th ? v : 0.0f;
 		if (keep > 0) {
