@@ -143,6 +143,8 @@ check "ulimit -f: no directory for the refused model" test ! -e "$Z/models/wide"
 
 if [ -w /dev/full ]; then
 	merge --method linear -o "$T/merged.sgz" "$M" "$M" 2>/dev/null
+	printf 'slices:\n  - {name: all, default: true}\n' >"$T/rules.yaml"
+	slice --rules "$T/rules.yaml" --out-dir "$T/slices" "$T/data.sgz" >/dev/null 2>&1
 	for p in "tensor info $T/data.sgz" \
 		 "tensor import --from csv --label label $T/data.csv" \
 		 "tensor export --to csv $T/data.sgz" \
@@ -151,6 +153,9 @@ if [ -w /dev/full ]; then
 		 "predict --zoo $Z --model m $T/data.sgz" \
 		 "predict --zoo $Z --model m --output stream $T/data.sgz" \
 		 "merge --method linear -o - $M $M" \
+		 "slice --rules $T/rules.yaml --out-dir $T/s2 $T/data.sgz" \
+		 "assign --zoo $Z $T/slices/all.safetensors.gz" \
+		 "granctl --zoo $Z" \
 		 "zoo-add --help"; do
 		run sh -c "$p >/dev/full"
 		expect_rc 1 "/dev/full: ${p%% $T*} exits 1"
