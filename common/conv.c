@@ -2,6 +2,9 @@
  * conv2d through im2col and chunked GEMMs, max pooling, and the parser of
  * the two layer kinds' keys.  See conv.h for the layout.
  */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-tree-loop-distribute-patterns")
+#endif
 #include <stdint.h>
 #include <string.h>
 #ifdef __SSE2__
@@ -81,8 +84,12 @@ static void valid_range(size_t out, size_t w, size_t s, size_t k, size_t p,
 }
 
 /* One output row of a column row: zeros where the window hangs over the
- * padding, a copy elsewhere (src is the input of column lo).  Rows are a few dozen floats, too short for
- * memset and memcpy calls to pay for themselves. */
+ * padding, a copy elsewhere (src is the input of column lo).  Rows are a
+ * few dozen floats, too short for memset and memcpy calls to pay for
+ * themselves (hence the pragma at the top, which stops GCC from turning
+ * these loops back into such calls): the copy moves blocks of eight and
+ * four floats with fixed-size memcpy, which compiles to plain loads and
+ * stores. */
 static void im2col_row(float *restrict dst, const float *restrict src,
                        size_t ow, size_t lo, size_t hi, size_t sw)
 {
@@ -90,12 +97,21 @@ static void im2col_row(float *restrict dst, const float *restrict src,
 
 	for (ox = 0; ox < lo; ox++)
 		dst[ox] = 0.0f;
-	if (sw == 1)
-		for (ox = lo; ox < hi; ox++)
-			dst[ox] = src[ox - lo];
-	else
+	if (sw == 1) {
+		float *d = dst + lo;
+		size_t len = hi - lo, i = 0;
+		for (; i + 8 <= len; i += 8)
+			memcpy(d + i, src + i, 8 * sizeof(*d));
+		if (i + 4 <= len) {
+			memcpy(d + i, src + i, 4 * sizeof(*d));
+			i += 4;
+		}
+		for (; i < len; i++)
+			d[i] = src[i];
+	} else {
 		for (ox = lo; ox < hi; ox++)
 			dst[ox] = src[(ox - lo) * sw];
+	}
 	for (ox = hi; ox < ow; ox++)
 		dst[ox] = 0.0f;
 }
