@@ -303,7 +303,9 @@ int main(int argc, char **argv)
 		{ "version", no_argument, NULL, 'V' },
 		{ NULL, 0, NULL, 0 },
 	};
-	struct granctl_opts o = { .output = "-" };
+	/* Static, so that the option lists stay reachable when a usage
+	 * error returns before they are freed (git's UNLEAK, by storage). */
+	static struct granctl_opts o = { .output = "-" };
 	int64_t iv;
 	int c, status;
 	bool ok = true;
