@@ -279,6 +279,8 @@ static const int pool_cases[][5] = {
 	{ 3, 7, 5, 2, 2 },   /* odd sizes drop the last row/column */
 	{ 1, 7, 7, 3, 2 },   /* overlapping windows */
 	{ 2, 8, 6, 2, 3 },   /* gaps between windows */
+	{ 2, 28, 28, 2, 2 }, /* the 2x2 stride-2 kernel's 4-wide path */
+	{ 3, 13, 17, 2, 2 }, /* and its tails */
 };
 
 START_TEST(test_maxpool_fd)
