@@ -472,6 +472,123 @@ static size_t conv_merged(struct zm_predictor *p, size_t l, const float *h,
 	return active;
 }
 
+/* Four SSE-wide vectors make a block of the mixing pass: GCC's vector
+ * extension (clang has it too) keeps the accumulators in registers, where
+ * -O2's cheap vectoriser would leave plain loops scalar. */
+typedef float zm_v4f __attribute__((vector_size(16)));
+typedef int32_t zm_v4i __attribute__((vector_size(16)));
+enum { MIX_VEC = 4, MIX_LANES = 4 * MIX_VEC };
+
+static inline zm_v4f load4(const float *p)
+{
+	zm_v4f v;
+
+	memcpy(&v, p, sizeof(v));
+	return v;
+}
+
+/* relu as model.c computes it, NaN to 0: the comparison's all-ones lanes
+ * keep v's bits. */
+static inline zm_v4f relu4(zm_v4f v)
+{
+	const zm_v4f zero = {0, 0, 0, 0};
+
+	return (zm_v4f)((zm_v4i)v & (v > zero));
+}
+
+/*
+ * One block of `len` <= MIX_LANES columns of a row of the outputs merge:
+ * d = act(sum_i w_i (z_i + b_i)) (merge point pre) or sum_i w_i
+ * act(z_i + b_i) (post), over the models whose weight is not 0 (their
+ * products may not have been computed).  z_i and b_i lie `out` floats
+ * apart.  relu on full blocks, the common case, stays in registers; the
+ * other activations and the tail go through a small array.
+ */
+static void mix_block(float *restrict d, const float *restrict z,
+                      const float *restrict b, const float *w, size_t K,
+                      size_t out, size_t len, enum zm_activation act,
+                      bool post)
+{
+	float acc[MIX_LANES] = {0}, t[MIX_LANES];
+	size_t i, j;
+
+	if (len == MIX_LANES && act == ZM_ACT_RELU) {
+		zm_v4f a0 = {0, 0, 0, 0}, a1 = a0, a2 = a0, a3 = a0;
+		for (i = 0; i < K; i++) {
+			const float *zi = z + i * out, *bi = b + i * out;
+			zm_v4f t0, t1, t2, t3;
+			float wi = w[i];
+			if (wi == 0)
+				continue;
+			t0 = load4(zi) + load4(bi);
+			t1 = load4(zi + 4) + load4(bi + 4);
+			t2 = load4(zi + 8) + load4(bi + 8);
+			t3 = load4(zi + 12) + load4(bi + 12);
+			if (post) {
+				t0 = relu4(t0);
+				t1 = relu4(t1);
+				t2 = relu4(t2);
+				t3 = relu4(t3);
+			}
+			a0 += wi * t0;
+			a1 += wi * t1;
+			a2 += wi * t2;
+			a3 += wi * t3;
+		}
+		if (!post) {
+			a0 = relu4(a0);
+			a1 = relu4(a1);
+			a2 = relu4(a2);
+			a3 = relu4(a3);
+		}
+		memcpy(d, &a0, sizeof(a0));
+		memcpy(d + 4, &a1, sizeof(a1));
+		memcpy(d + 8, &a2, sizeof(a2));
+		memcpy(d + 12, &a3, sizeof(a3));
+		return;
+	}
+	for (i = 0; i < K; i++) {
+		const float *zi = z + i * out, *bi = b + i * out;
+		float wi = w[i];
+		if (wi == 0)
+			continue;
+		for (j = 0; j < len; j++)
+			t[j] = zi[j] + bi[j];
+		if (post)
+			zm_activation_apply(act, t, t, len);
+		for (j = 0; j < len; j++)
+			acc[j] += wi * t[j];
+	}
+	if (!post)
+		zm_activation_apply(act, acc, acc, len);
+	memcpy(d, acc, len * sizeof(float));
+}
+
+/*
+ * The mixing pass of --merge outputs for a dense layer: p->z holds the
+ * rows' K stacked products [n, K*out] without biases (bcat, K*out), dst
+ * receives the merged activations [n, out] under p->wl.
+ */
+static void mix_outputs(const struct zm_predictor *p, enum zm_activation act,
+                        const float *bcat, size_t n, size_t out, float *dst)
+{
+	size_t K = p->n_models, ko = K * out, r, i, j;
+	bool per_row = p->wr->o.per_row, post = p->o.point == ZM_MERGE_POST;
+	float w[ZM_WEIGHTER_MAX_MODELS];
+
+	ZM_ASSERT(K <= ZM_WEIGHTER_MAX_MODELS);
+	for (r = 0; r < n; r++) {
+		const float *zr = p->z + r * ko;
+		if (r == 0 || per_row)
+			for (i = 0; i < K; i++)
+				w[i] = (float)p->wl[(per_row ? r * K : 0) + i];
+		for (j = 0; j < out; j += MIX_LANES)
+			mix_block(dst + r * out + j, zr + j, bcat + j, w, K, out,
+			          out - j < MIX_LANES ? out - j : MIX_LANES, act,
+			          post);
+	}
+}
+
 /* The merged forward pass (outputs or params) of n rows; returns the
  * final outputs (n x C, in p->ha or p->hb). */
 static enum zm_status merged_forward(struct zm_predictor *p, const float *x,
@@ -539,60 +656,26 @@ static enum zm_status merged_forward(struct zm_predictor *p, const float *x,
 			zm_activation_apply(s->act, dst, dst, n * out);
 		} else {
 			/* Per-batch weights skip the models that weigh 0;
-			 * otherwise one GEMM over the stacked weights. */
+			 * otherwise one GEMM over the stacked weights.  The
+			 * products land in z without their biases (beta 0, so
+			 * BLIS neither reads z nor needs it filled), and one
+			 * fused pass per row adds the biases, mixes and applies
+			 * the activation while the row is in cache. */
 			for (i = 0; i < K; i++)
 				if (per_row || p->wl[i] != 0)
 					active++;
 			all = active == K;
-			for (r = 0; r < n; r++)
-				memcpy(p->z + r * ko, p->bcat[l], ko * sizeof(float));
 			if (all) {
 				zm_gemm(false, true, n, ko, in, 1.0f, h, in,
-				        p->wcat[l], in, 1.0f, p->z, ko);
+				        p->wcat[l], in, 0.0f, p->z, ko);
 			} else {
 				for (i = 0; i < K; i++)
 					if (p->wl[i] != 0)
 						zm_gemm(false, true, n, out, in, 1.0f, h,
 						        in, p->wcat[l] + i * out * in, in,
-						        1.0f, p->z + i * out, ko);
+						        0.0f, p->z + i * out, ko);
 			}
-			if (p->o.point == ZM_MERGE_POST) {
-				if (all) {
-					zm_activation_apply(s->act, p->z, p->z, n * ko);
-				} else {
-					for (r = 0; r < n; r++)
-						for (i = 0; i < K; i++)
-							if (p->wl[i] != 0) {
-								float *zz = p->z + r * ko + i * out;
-								zm_activation_apply(s->act, zz,
-								                    zz, out);
-							}
-				}
-			}
-			for (r = 0; r < n; r++) {
-				const double *wr = p->wl + (per_row ? r * K : 0);
-				const float *zr = p->z + r * ko;
-				float *d = dst + r * out;
-				bool first = true;
-				for (i = 0; i < K; i++) {
-					float wi = (float)wr[i];
-					const float *zi = zr + i * out;
-					if (wi == 0)
-						continue;
-					if (first) {
-						for (j = 0; j < out; j++)
-							d[j] = wi * zi[j];
-						first = false;
-					} else {
-						for (j = 0; j < out; j++)
-							d[j] += wi * zi[j];
-					}
-				}
-				if (first)
-					memset(d, 0, out * sizeof(float));
-			}
-			if (p->o.point == ZM_MERGE_PRE)
-				zm_activation_apply(s->act, dst, dst, n * out);
+			mix_outputs(p, s->act, p->bcat[l], n, out, dst);
 		}
 		if (active > evaluated)
 			evaluated = active;
