@@ -109,14 +109,24 @@ lint-man:
 	@command -v mandoc >/dev/null || scripts/install-deps
 	mandoc -T lint -W warning $(MAN1) $(MAN5)
 
-# libFuzzer targets: the library is rebuilt with clang and the sanitizers.
-FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -Icommon \
+# libFuzzer targets: the library is rebuilt once with clang, coverage and
+# the sanitizers, then linked into each target.
+FUZZ_CFLAGS := -g -O1 -fsanitize=address,undefined -Icommon \
 	-std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -DZM_VERSION='"$(VERSION)"'
+FUZZ_OBJ := $(patsubst common/%.c,build/fuzz/obj/%.o,$(LIB_SRC))
 fuzz-build: $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRC))
 
-build/fuzz/%: tests/fuzz/%.c $(LIB_SRC) $(wildcard common/*.h)
-	@mkdir -p build/fuzz
-	$(CLANG) $(FUZZ_FLAGS) $(DEP_CFLAGS) -o $@ $< $(LIB_SRC) $(DEP_LIBS)
+build/fuzz/obj/%.o: common/%.c $(wildcard common/*.h)
+	@mkdir -p build/fuzz/obj
+	$(CLANG) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(DEP_CFLAGS) -c -o $@ $<
+
+build/fuzz/libzoomerge-fuzz.a: $(FUZZ_OBJ)
+	rm -f $@
+	$(AR) rcs $@ $^
+
+build/fuzz/%: tests/fuzz/%.c build/fuzz/libzoomerge-fuzz.a
+	$(CLANG) $(FUZZ_CFLAGS) -fsanitize=fuzzer $(DEP_CFLAGS) -o $@ $< \
+		build/fuzz/libzoomerge-fuzz.a $(DEP_LIBS)
 
 fuzz: deps fuzz-build
 	@set -e; for f in $(patsubst tests/fuzz/%.c,%,$(FUZZ_SRC)); do \
