@@ -415,8 +415,15 @@ enum zm_status zm_arch_parse(const struct zm_node *root, struct zm_arch **out,
 		if (st != ZM_OK)
 			goto fail;
 		any_params |= arch->layers[i].has_params;
-		if (arch->layers[i].has_params)
+		/* Where to point an error about the output width: the last
+		 * layer's units (dense) or filters (conv2d), else the layer. */
+		if (arch->layers[i].has_params) {
 			last_units = zm_node_get(layers->items[i], "units");
+			if (!last_units)
+				last_units = zm_node_get(layers->items[i], "filters");
+			if (!last_units)
+				last_units = layers->items[i];
+		}
 	}
 	if (!any_params) {
 		st = zm_node_error(layers, err, ZM_ERR_CONFIG,

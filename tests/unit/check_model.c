@@ -97,6 +97,10 @@ static const struct {
 	  "arch.yaml:2:7: ", "unknown loss 'hinge'" },
 	{ "input: [4]\nlayers:\n  - name: a\n    units: 1\n",
 	  "arch.yaml:4:12: ", "at least 2 output" },
+	/* A conv2d last layer has filters, not units (a fuzzer found the
+	 * message pointing at a missing node). */
+	{ "input: [1, 6, 6]\nlayers:\n  - {name: c, type: conv2d, filters: 1, "
+	  "kernel: 6}\n", "arch.yaml:3:38: ", "at least 2 output" },
 	{ "input: [4]\nclasses: 5\nlayers:\n  - {name: a, units: 3}\n",
 	  "arch.yaml:2:10: ", "last layer has 3 units" },
 	{ "input: [0]\nlayers:\n  - {name: a, units: 3}\n",
