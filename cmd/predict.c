@@ -94,31 +94,6 @@ enum {
 	OPT_ADAPT_REG, OPT_ADAPT_TRUST
 };
 
-/* Reads the first document of a model file. */
-static enum zm_status load_model_file(const char *path, struct zm_model **m,
-                                      struct zm_error *err)
-{
-	struct zm_reader *r = NULL;
-	struct zm_doc doc;
-	enum zm_status st;
-	bool eof = false;
-
-	zm_doc_init(&doc);
-	st = zm_reader_open(&r, path, err);
-	if (st == ZM_OK)
-		st = zm_reader_next(r, &doc, &eof, err);
-	if (st == ZM_OK && eof)
-		st = zm_error_set(err, ZM_ERR_FORMAT, "%s: no document", path);
-	if (st == ZM_OK) {
-		st = zm_model_from_doc(&doc, NULL, m, err);
-		if (st != ZM_OK)
-			zm_error_prefix(err, "%s: ", path);
-	}
-	zm_doc_release(&doc);
-	zm_reader_close(r);
-	return st;
-}
-
 /* Reads the current version of a zoo model; the zoo's shared lock is held
  * only while the file is read. */
 static enum zm_status load_zoo_model(const char *dir, const char *name,
@@ -169,7 +144,7 @@ static enum zm_status load_models(const struct predict_opts *o,
 	*k = 0;
 	if (o->n_files) {
 		for (i = 0; i < o->n_files && st == ZM_OK; i++) {
-			st = load_model_file(o->model_file[i], &models[i], err);
+			st = zm_model_load(o->model_file[i], &models[i], err);
 			if (st == ZM_OK)
 				(*k)++;
 		}
