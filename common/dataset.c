@@ -385,10 +385,10 @@ toolong:
 	                    c->src.name, c->rec_line);
 }
 
-/* Parses a CSV number, allowing spaces around it. */
-static bool csv_number(const char *text, double *out)
+/* Copies a CSV field without the blanks around it into tmp; false when it
+ * is empty or does not fit. */
+static bool csv_trim(const char *text, char *tmp, size_t size)
 {
-	char tmp[128];
 	size_t n;
 
 	while (*text == ' ' || *text == '\t')
@@ -396,28 +396,26 @@ static bool csv_number(const char *text, double *out)
 	n = strlen(text);
 	while (n > 0 && (text[n - 1] == ' ' || text[n - 1] == '\t'))
 		n--;
-	if (n == 0 || n >= sizeof(tmp))
+	if (n == 0 || n >= size)
 		return false;
 	memcpy(tmp, text, n);
 	tmp[n] = '\0';
-	return zm_parse_double(tmp, out);
+	return true;
+}
+
+/* Parses a CSV number, allowing spaces around it. */
+static bool csv_number(const char *text, double *out)
+{
+	char tmp[128];
+
+	return csv_trim(text, tmp, sizeof(tmp)) && zm_parse_double(tmp, out);
 }
 
 static bool csv_integer(const char *text, int64_t *out)
 {
 	char tmp[64];
-	size_t n;
 
-	while (*text == ' ' || *text == '\t')
-		text++;
-	n = strlen(text);
-	while (n > 0 && (text[n - 1] == ' ' || text[n - 1] == '\t'))
-		n--;
-	if (n == 0 || n >= sizeof(tmp))
-		return false;
-	memcpy(tmp, text, n);
-	tmp[n] = '\0';
-	return zm_parse_int64(tmp, out);
+	return csv_trim(text, tmp, sizeof(tmp)) && zm_parse_int64(tmp, out);
 }
 
 /* ---- the reader ---- */
