@@ -41,20 +41,6 @@ static char *get(const char *path, size_t *len)
 	return buf;
 }
 
-static size_t count_entries(const char *dir)
-{
-	DIR *d = opendir(dir);
-	struct dirent *e;
-	size_t n = 0;
-
-	ck_assert_ptr_nonnull(d);
-	while ((e = readdir(d)))
-		if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
-			n++;
-	closedir(d);
-	return n;
-}
-
 START_TEST(commit_exact_content)
 {
 	const char *dir = unit_tmpdir();
@@ -89,7 +75,7 @@ START_TEST(commit_exact_content)
 	ck_assert(memcmp(got + 1010, big, 600000) == 0);
 	ck_assert_int_eq(stat(path, &st), 0);
 	ck_assert_int_eq(st.st_mode & 0777, 0640);
-	ck_assert_uint_eq(count_entries(dir), 1);
+	ck_assert_uint_eq(unit_count_entries(dir), 1);
 	umask(old);
 	free(got);
 	free(big);
@@ -130,12 +116,12 @@ START_TEST(abort_keeps_old)
 	put(path, "old");
 	ck_assert_int_eq(zm_outfile_open(&f, path, true, &err), ZM_OK);
 	ck_assert_int_eq(zm_outfile_write(&f, "new!", 4, &err), ZM_OK);
-	ck_assert_uint_eq(count_entries(dir), 2);
+	ck_assert_uint_eq(unit_count_entries(dir), 2);
 	zm_outfile_abort(&f);
 	got = get(path, &len);
 	ck_assert_uint_eq(len, 3);
 	ck_assert(memcmp(got, "old", 3) == 0);
-	ck_assert_uint_eq(count_entries(dir), 1);
+	ck_assert_uint_eq(unit_count_entries(dir), 1);
 	free(got);
 	/* Aborting a zeroed struct (never opened) is harmless. */
 	memset(&f, 0, sizeof(f));
@@ -176,7 +162,7 @@ START_TEST(fault_keeps_old)
 	got = get(path, &len);
 	ck_assert_uint_eq(len, 3);
 	ck_assert(memcmp(got, "old", 3) == 0);
-	ck_assert_uint_eq(count_entries(dir), 1);
+	ck_assert_uint_eq(unit_count_entries(dir), 1);
 	free(got);
 }
 END_TEST
@@ -198,7 +184,7 @@ START_TEST(fault_on_direct_write)
 	unsetenv("ZM_FAULT");
 	zm_fault_reset();
 	zm_outfile_abort(&f);
-	ck_assert_uint_eq(count_entries(dir), 0);
+	ck_assert_uint_eq(unit_count_entries(dir), 0);
 	free(big);
 }
 END_TEST
@@ -286,7 +272,7 @@ START_TEST(fifo_written_in_place)
 	close(rfd);
 	ck_assert_int_eq(stat(path, &st), 0);
 	ck_assert(S_ISFIFO(st.st_mode));
-	ck_assert_uint_eq(count_entries(dir), 1);
+	ck_assert_uint_eq(unit_count_entries(dir), 1);
 }
 END_TEST
 

@@ -757,20 +757,6 @@ START_TEST(streaming_writer)
 }
 END_TEST
 
-static size_t count_entries(const char *dir)
-{
-	DIR *d = opendir(dir);
-	struct dirent *e;
-	size_t n = 0;
-
-	ck_assert_ptr_nonnull(d);
-	while ((e = readdir(d)))
-		if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
-			n++;
-	closedir(d);
-	return n;
-}
-
 START_TEST(writer_abort_and_incomplete)
 {
 	const char *dir = unit_tmpdir();
@@ -798,7 +784,7 @@ START_TEST(writer_abort_and_incomplete)
 	ck_assert_uint_eq(fread(got, 1, sizeof(got) - 1, f), 3);
 	fclose(f);
 	ck_assert_str_eq(got, "old");
-	ck_assert_uint_eq(count_entries(dir), 1);
+	ck_assert_uint_eq(unit_count_entries(dir), 1);
 	/* Bad levels and inconsistent tensors are usage errors. */
 	ck_assert_int_eq(zm_writer_open(&w, path, 10, &err), ZM_ERR_USAGE);
 	doc.tensors[0].nbytes--;

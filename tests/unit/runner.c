@@ -3,6 +3,7 @@
  * CK_FORK (Check's default) isolates crashing tests; CK_FORK=no runs in one
  * process for debuggers and valgrind.
  */
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +31,20 @@ const char *unit_tmpdir(void)
 		abort();
 	}
 	return buf;
+}
+
+size_t unit_count_entries(const char *dir)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	size_t n = 0;
+
+	ck_assert_ptr_nonnull(d);
+	while ((e = readdir(d)))
+		if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+			n++;
+	closedir(d);
+	return n;
 }
 
 int main(void)

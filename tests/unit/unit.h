@@ -18,4 +18,8 @@ const char *unit_srcpath(const char *rel);
  * at exit only when all passed); returned path is static per call. */
 const char *unit_tmpdir(void);
 
+/* Number of entries in dir, "." and ".." aside (so a test can see that a
+ * failed write left no temporary file behind). */
+size_t unit_count_entries(const char *dir);
+
 #endif
