@@ -67,13 +67,13 @@ fb=$(col "shifting stream, --feedback" 2)
 nofb=$(col "shifting stream, no feedback" 2)
 line "fmnist-shift-feedback" "$fb" "same run without --feedback" "$nofb"
 target "--feedback > no feedback on the shifting stream" "$fb" "$nofb" "a > b"
-fb=$(col "segmented stream (4 shifts), --feedback" 2)
-nofb=$(col "segmented stream (4 shifts), no feedback" 2)
+nofb=$(col "segmented stream (4 shifts), per batch, no feedback" 2)
+fb=$(col "segmented stream (4 shifts), per batch, --feedback" 2)
 line "fmnist-segments-feedback" "$fb" "same run without --feedback" "$nofb"
 target "--feedback > no feedback on the segmented stream" "$fb" "$nofb" "a > b"
-ad=$(col "similarity, per batch, --adapt entropy" 2)
-noad=$(col "similarity, per batch" 2)
-line "fmnist-adapt-entropy" "$ad" "same run without --adapt" "$noad"
+ad=$(col "segmented stream (4 shifts), per batch, --adapt entropy" 2)
+noad=$nofb
+line "fmnist-segments-adapt-entropy" "$ad" "same run without --adapt" "$noad"
 target "--adapt entropy >= 0.99 x the same run without it" "$ad" "$noad" "a >= 0.99 * b"
 r1=$(col "similarity, per row, full" 4)
 r0=$(col "joint (all data)" 4)
