@@ -15,6 +15,7 @@
 #include "json.h"
 #include "mem.h"
 #include "predict.h"
+#include "vec.h"
 
 /* ---- the predictor ---- */
 
@@ -472,29 +473,8 @@ static size_t conv_merged(struct zm_predictor *p, size_t l, const float *h,
 	return active;
 }
 
-/* Four SSE-wide vectors make a block of the mixing pass: GCC's vector
- * extension (clang has it too) keeps the accumulators in registers, where
- * -O2's cheap vectoriser would leave plain loops scalar. */
-typedef float zm_v4f __attribute__((vector_size(16)));
-typedef int32_t zm_v4i __attribute__((vector_size(16)));
+/* Four four-float vectors (vec.h) make a block of the mixing pass. */
 enum { MIX_VEC = 4, MIX_LANES = 4 * MIX_VEC };
-
-static inline zm_v4f load4(const float *p)
-{
-	zm_v4f v;
-
-	memcpy(&v, p, sizeof(v));
-	return v;
-}
-
-/* relu as model.c computes it, NaN to 0: the comparison's all-ones lanes
- * keep v's bits. */
-static inline zm_v4f relu4(zm_v4f v)
-{
-	const zm_v4f zero = {0, 0, 0, 0};
-
-	return (zm_v4f)((zm_v4i)v & (v > zero));
-}
 
 /*
  * One block of `len` <= MIX_LANES columns of a row of the outputs merge:
@@ -520,15 +500,15 @@ static void mix_block(float *restrict d, const float *restrict z,
 			float wi = w[i];
 			if (wi == 0)
 				continue;
-			t0 = load4(zi) + load4(bi);
-			t1 = load4(zi + 4) + load4(bi + 4);
-			t2 = load4(zi + 8) + load4(bi + 8);
-			t3 = load4(zi + 12) + load4(bi + 12);
+			t0 = zm_load4(zi) + zm_load4(bi);
+			t1 = zm_load4(zi + 4) + zm_load4(bi + 4);
+			t2 = zm_load4(zi + 8) + zm_load4(bi + 8);
+			t3 = zm_load4(zi + 12) + zm_load4(bi + 12);
 			if (post) {
-				t0 = relu4(t0);
-				t1 = relu4(t1);
-				t2 = relu4(t2);
-				t3 = relu4(t3);
+				t0 = zm_relu4(t0);
+				t1 = zm_relu4(t1);
+				t2 = zm_relu4(t2);
+				t3 = zm_relu4(t3);
 			}
 			a0 += wi * t0;
 			a1 += wi * t1;
@@ -536,15 +516,15 @@ static void mix_block(float *restrict d, const float *restrict z,
 			a3 += wi * t3;
 		}
 		if (!post) {
-			a0 = relu4(a0);
-			a1 = relu4(a1);
-			a2 = relu4(a2);
-			a3 = relu4(a3);
+			a0 = zm_relu4(a0);
+			a1 = zm_relu4(a1);
+			a2 = zm_relu4(a2);
+			a3 = zm_relu4(a3);
 		}
-		memcpy(d, &a0, sizeof(a0));
-		memcpy(d + 4, &a1, sizeof(a1));
-		memcpy(d + 8, &a2, sizeof(a2));
-		memcpy(d + 12, &a3, sizeof(a3));
+		zm_store4(d, a0);
+		zm_store4(d + 4, a1);
+		zm_store4(d + 8, a2);
+		zm_store4(d + 12, a3);
 		return;
 	}
 	for (i = 0; i < K; i++) {
