@@ -23,6 +23,7 @@
 #include "mem.h"
 #include "model.h"
 #include "random.h"
+#include "vec.h"
 
 enum { LANES = 8 };
 
@@ -1419,7 +1420,69 @@ void zm_workspace_free(struct zm_workspace *ws)
 	free(ws->grad_b);
 	free(ws->dlogits);
 	free(ws->scratch);
+	for (i = 0; ws->packed && i < ws->arch->n_layers; i++)
+		zm_gemm_packed_free(&ws->packed[i]);
+	free(ws->packed);
 	free(ws);
+}
+
+enum zm_status zm_workspace_pack(struct zm_workspace *ws,
+                                 const struct zm_model *model,
+                                 struct zm_error *err)
+{
+	size_t l, L = model->arch->n_layers;
+	struct zm_gemm_packed *packed;
+	enum zm_status st;
+
+	if (ws->training)
+		return zm_error_set(err, ZM_ERR_USAGE,
+		                    "a training workspace cannot hold packed weights");
+	ZM_ASSERT(ws->arch->n_layers == L);
+	if (!(packed = zm_calloc(L, sizeof(*packed))))
+		return nomem(err);
+	for (l = 0; l < L; l++) {
+		const struct zm_layer *layer = &model->layers[l];
+		const struct zm_layer_spec *s = layer->spec;
+		if (s->type != ZM_LAYER_DENSE)
+			continue;
+		st = zm_gemm_pack(&packed[l], layer->weight.data, s->out_features,
+		                  s->in_features, s->in_features, ws->max_batch,
+		                  err);
+		if (st != ZM_OK) {
+			while (l-- > 0)
+				zm_gemm_packed_free(&packed[l]);
+			free(packed);
+			return st;
+		}
+	}
+	for (l = 0; ws->packed && l < L; l++)
+		zm_gemm_packed_free(&ws->packed[l]);
+	free(ws->packed);
+	ws->packed = packed;
+	ws->packed_from = model;
+	return ZM_OK;
+}
+
+void zm_dense_epilogue_block(void *ctx, float *y, size_t ldy, size_t row,
+                             size_t rows, size_t col, size_t cols)
+{
+	const struct zm_dense_epilogue *e = ctx;
+	const float *b = e->bias + col;
+	bool relu = e->act == ZM_ACT_RELU;
+	size_t i, j;
+
+	(void)row;
+	for (i = 0; i < rows; i++) {
+		float *r = y + i * ldy;
+		for (j = 0; j + 4 <= cols; j += 4) {
+			zm_v4f v = zm_load4(r + j) + zm_load4(b + j);
+			zm_store4(r + j, relu ? zm_relu4(v) : v);
+		}
+		for (; j < cols; j++)
+			r[j] = relu ? relu1(r[j] + b[j]) : r[j] + b[j];
+		if (!relu && e->act != ZM_ACT_IDENTITY)
+			zm_activation_apply(e->act, r, r, cols);
+	}
 }
 
 /* zm_malloc of a rows x cols float array, overflow-checked. */
@@ -1538,7 +1601,13 @@ const float *zm_model_forward(const struct zm_model *model,
 			in = dst;
 			continue;
 		}
-		if (ws->pre[l]) {
+		if (ws->packed_from == model && ws->packed[l].data &&
+		    !ws->pre[l]) {
+			struct zm_dense_epilogue e = { layer->bias.data, s->act };
+			zm_gemm_packed_run(&ws->packed[l], n, in, s->in_features,
+			                   dst, s->out_features,
+			                   zm_dense_epilogue_block, &e);
+		} else if (ws->pre[l]) {
 			zm_layer_linear(layer, in, n, ws->pre[l]);
 			zm_activation_apply(s->act, ws->pre[l], dst, count);
 		} else {

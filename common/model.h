@@ -26,6 +26,7 @@
 
 #include "config.h"
 #include "error.h"
+#include "gemm.h"
 #include "json.h"
 #include "stream.h"
 #include "tensor.h"
@@ -320,6 +321,10 @@ struct zm_workspace {
 	float *grad_a, *grad_b;       /* training: max_batch x max_features */
 	float *dlogits;               /* training: max_batch x output */
 	float *scratch;               /* conv2d im2col; NULL without conv */
+	/* After zm_workspace_pack: packed[l] holds dense layer l's weights
+	 * (other layers zeroed), used for packed_from only. */
+	struct zm_gemm_packed *packed;
+	const struct zm_model *packed_from;
 };
 
 /* Allocates a workspace; *out is freed with zm_workspace_free. */
@@ -327,6 +332,32 @@ enum zm_status zm_workspace_new(const struct zm_arch *arch, size_t max_batch,
                                 bool training, struct zm_workspace **out,
                                 struct zm_error *err);
 void zm_workspace_free(struct zm_workspace *ws);
+
+/*
+ * Inference: copies model's dense weights into ws in the layout of
+ * zm_gemm_pack (gemm.h), so that zm_model_forward(model, ws, ...) stops
+ * repacking them for every batch and adds the bias and applies the
+ * activation block by block while the block is in cache.  The copies are
+ * what later forward passes of this model with ws use: pack again after
+ * changing the weights.  A pass with another model ignores them.  Errors:
+ * ZM_ERR_NOMEM (ws is then as before), ZM_ERR_USAGE for a training ws.
+ */
+enum zm_status zm_workspace_pack(struct zm_workspace *ws,
+                                 const struct zm_model *model,
+                                 struct zm_error *err);
+
+/*
+ * The bias and the activation of a dense layer on one block of its
+ * output, as a zm_gemm_block_fn: ctx is a struct zm_dense_epilogue, the
+ * block y[i * ldy + j] (rows x cols) holds X W^T for columns col.. .
+ * Computes exactly what zm_activation_apply does to the biased values.
+ */
+struct zm_dense_epilogue {
+	const float *bias;
+	enum zm_activation act;
+};
+void zm_dense_epilogue_block(void *ctx, float *y, size_t ldy, size_t row,
+                             size_t rows, size_t col, size_t cols);
 
 /*
  * Runs the model on x (n x input_features, n <= ws->max_batch) and returns

@@ -28,13 +28,13 @@ static inline void zm_store4(float *p, zm_v4f v)
 	memcpy(p, &v, sizeof(v));
 }
 
-/* relu as model.c computes it, NaN to 0: the comparison's all-ones lanes
- * keep v's bits. */
+/* relu as model.c's scalar relu computes it: negative lanes to 0, NaN
+ * kept (as PyTorch does); the comparison's all-ones lanes clear v's bits. */
 static inline zm_v4f zm_relu4(zm_v4f v)
 {
 	const zm_v4f zero = { 0, 0, 0, 0 };
 
-	return (zm_v4f)((zm_v4i)v & (v > zero));
+	return (zm_v4f)((zm_v4i)v & ~(v < zero));
 }
 
 #endif

@@ -271,11 +271,16 @@ static double train_steps(struct run *r, size_t steps, size_t start,
 	return t0;
 }
 
+/* Inference as predict runs it: the weights packed once (timed with the
+ * passes, as predict packs once per run), then batches of rows. */
 static double infer_passes(struct run *r, size_t passes)
 {
 	double t0 = now();
+	struct zm_error err;
 	size_t p, i;
 
+	if (zm_workspace_pack(r->infer_ws, r->model, &err) != ZM_OK)
+		fail(&err);
 	for (p = 0; p < passes; p++)
 		for (i = 0; i < INFER_ROWS; i += INFER_BATCH)
 			zm_model_forward(r->model, r->infer_ws,

@@ -613,6 +613,119 @@ START_TEST(test_gradient_check)
 }
 END_TEST
 
+
+/* ---- packed inference ---- */
+
+/* The forward pass in double, straight from the weights. */
+static void ref_forward(const struct zm_model *m, const float *x, size_t n,
+                        double *out)
+{
+	const struct zm_arch *a = m->arch;
+	size_t l, r, i, j, width = a->input_features;
+	double *h = malloc(n * a->max_features * sizeof(double));
+	double *g = malloc(n * a->max_features * sizeof(double));
+
+	ck_assert(h && g);
+	for (i = 0; i < n * width; i++)
+		h[i] = x[i];
+	for (l = 0; l < a->n_layers; l++) {
+		const struct zm_layer_spec *s = &a->layers[l];
+			const float *W = m->layers[l].weight.data;
+		const float *B = m->layers[l].bias.data;
+		double *t;
+		for (r = 0; r < n; r++)
+			for (j = 0; j < s->out_features; j++) {
+				double v = B[j];
+				for (i = 0; i < s->in_features; i++)
+					v += (double)W[j * s->in_features + i] *
+					     h[r * s->in_features + i];
+				g[r * s->out_features + j] = ref_act(s->act, v);
+			}
+		t = h;
+		h = g;
+		g = t;
+		width = s->out_features;
+	}
+	memcpy(out, h, n * width * sizeof(double));
+	free(h);
+	free(g);
+}
+
+static const char *const act_names[] = { "identity", "relu", "tanh", "sigmoid", "gelu" };
+
+START_TEST(test_packed_forward)
+{
+	char yaml[300];
+	struct zm_arch *a;
+	struct zm_model *m, *other;
+	struct zm_workspace *ws, *plain, *tws;
+	struct zm_error err;
+	struct zm_rng rng;
+	const size_t rows[] = { 1, 13, 50 };
+	float *x = malloc(50 * 40 * sizeof(float));
+	double *want = malloc(50 * 5 * sizeof(double));
+	size_t t, i;
+
+	snprintf(yaml, sizeof(yaml),
+	         "input: [40]\nlayers:\n"
+	         "  - {name: a, units: 37, activation: %s}\n"
+	         "  - {name: b, units: 70, activation: relu}\n"
+	         "  - {name: c, units: 5}\n", act_names[_i]);
+	a = arch_from(yaml);
+	ck_assert(x && want);
+	ck_assert_int_eq(zm_model_new(a, 7, &m, &err), ZM_OK);
+	ck_assert_int_eq(zm_model_new(a, 8, &other, &err), ZM_OK);
+	ck_assert_int_eq(zm_workspace_new(a, 50, false, &ws, &err), ZM_OK);
+	ck_assert_int_eq(zm_workspace_new(a, 50, false, &plain, &err), ZM_OK);
+	ck_assert_int_eq(zm_workspace_new(a, 50, true, &tws, &err), ZM_OK);
+	ck_assert_int_eq(zm_workspace_pack(tws, m, &err), ZM_ERR_USAGE);
+	zm_rng_seed(&rng, 3);
+	/* Biases start at 0: give them values so that their addition shows. */
+	for (i = 0; i < a->n_layers; i++) {
+		fill(&rng, m->layers[i].bias.data, a->layers[i].out_features);
+		fill(&rng, other->layers[i].bias.data, a->layers[i].out_features);
+	}
+	ck_assert_int_eq(zm_workspace_pack(ws, m, &err), ZM_OK);
+	fill(&rng, x, 50 * 40);
+	for (t = 0; t < 3; t++) {
+		const float *got = zm_model_forward(m, ws, x, rows[t]);
+		const float *ref = zm_model_forward(m, plain, x, rows[t]);
+		ref_forward(m, x, rows[t], want);
+		for (i = 0; i < rows[t] * 5; i++) {
+			ck_assert_msg(fabs(got[i] - want[i]) <= 1e-4 * (1 + fabs(want[i])),
+			              "%s rows %zu [%zu]: %g vs %g", act_names[_i],
+			              rows[t], i, (double)got[i], want[i]);
+			ck_assert(fabs(got[i] - ref[i]) <= 1e-5 * (1 + fabs(ref[i])));
+		}
+	}
+	/* Another model through the packed workspace: its own weights. */
+	{
+		const float *got = zm_model_forward(other, ws, x, 13);
+		ref_forward(other, x, 13, want);
+		for (i = 0; i < 13 * 5; i++)
+			ck_assert(fabs(got[i] - want[i]) <= 1e-4 * (1 + fabs(want[i])));
+	}
+	/* Changed weights count once packed again. */
+	for (i = 0; i < 5 * 70; i++)
+		((float *)m->layers[2].weight.data)[i] *= -2.0f;
+	ck_assert_int_eq(zm_workspace_pack(ws, m, &err), ZM_OK);
+	{
+		const float *got = zm_model_forward(m, ws, x, 50);
+		ref_forward(m, x, 50, want);
+		for (i = 0; i < 50 * 5; i++)
+			ck_assert(fabs(got[i] - want[i]) <= 1e-4 * (1 + fabs(want[i])));
+	}
+	zm_workspace_free(ws);
+	zm_workspace_free(plain);
+	zm_workspace_free(tws);
+	zm_model_free(m);
+	zm_model_free(other);
+	zm_arch_free(a);
+	free(x);
+	free(want);
+}
+END_TEST
+
 /* ---- documents ---- */
 
 static struct zm_model *small_model(uint64_t seed)
@@ -815,6 +928,7 @@ Suite *suite_model(void)
 	tcase_add_test(tc, test_doc_round_trip);
 	tcase_add_test(tc, test_doc_validation);
 	tcase_add_test(tc, test_model_copy);
+	tcase_add_loop_test(tc, test_packed_forward, 0, 5);
 	suite_add_tcase(s, tc);
 	return s;
 }
