@@ -328,7 +328,7 @@ void zm_gemm_packed_run(struct zm_gemm_packed *p, size_t m, const float *x,
 }
 
 void zm_gemm_packed_combine(struct zm_gemm_packed *dst,
-                            const struct zm_gemm_packed *const *src,
+                            const struct zm_gemm_packed *src,
                             const float *coef, size_t count)
 {
 	size_t i, j, len = dst->floats;
@@ -336,9 +336,9 @@ void zm_gemm_packed_combine(struct zm_gemm_packed *dst,
 	bool first = true;
 
 	for (i = 0; i < count; i++) {
-		const float *s = src[i]->data;
+		const float *s = src[i].data;
 		float c = coef[i];
-		ZM_ASSERT(src[i]->floats == len && src[i]->panels == dst->panels);
+		ZM_ASSERT(src[i].floats == len && src[i].panels == dst->panels);
 		if (c == 0)
 			continue;
 		if (first)

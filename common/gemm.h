@@ -76,14 +76,14 @@ void zm_gemm_packed_run(struct zm_gemm_packed *p, size_t m, const float *x,
                         void *ctx);
 
 /*
- * dst = sum over i < count of coef[i] * src[i], elementwise over the
- * packed data: the linear combination of weight matrices, formed in the
- * packed layout (parameter merging per batch without repacking).  All
- * must have been packed with the same n, k and layout; zero coefficients
- * are skipped; count 0 zeroes dst.
+ * dst = sum over i < count of coef[i] * src[i] (an array of count packed
+ * matrices), elementwise over the packed data: the linear combination of
+ * weight matrices, formed in the packed layout (parameter merging per
+ * batch without repacking).  All must have been packed with the same n, k
+ * and layout; zero coefficients are skipped; count 0 zeroes dst.
  */
 void zm_gemm_packed_combine(struct zm_gemm_packed *dst,
-                            const struct zm_gemm_packed *const *src,
+                            const struct zm_gemm_packed *src,
                             const float *coef, size_t count);
 
 /*

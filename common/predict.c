@@ -151,6 +151,52 @@ static enum zm_status stack_layers(struct zm_predictor *p,
 	return ZM_OK;
 }
 
+/* The packed copies the dense layers of merged_forward multiply with:
+ * the stack for the outputs merge, each model's weights (and room for
+ * their combination) for the params merge. */
+static enum zm_status pack_layers(struct zm_predictor *p, struct zm_error *err)
+{
+	const struct zm_arch *a = p->models[0]->arch;
+	size_t K = p->n_models, L = a->n_layers, l, i;
+	bool params = p->o.merge == ZM_MERGE_PARAMS;
+	enum zm_status st;
+
+	if (params) {
+		p->pmodel = zm_calloc(L * K, sizeof(*p->pmodel));
+		p->pmerged = zm_calloc(L, sizeof(*p->pmerged));
+		p->coef = zm_calloc(K, sizeof(*p->coef));
+		if (!p->pmodel || !p->pmerged || !p->coef)
+			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	} else if (!(p->pstack = zm_calloc(L, sizeof(*p->pstack)))) {
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	}
+	for (l = 0; l < L; l++) {
+		const struct zm_layer_spec *s = &a->layers[l];
+		size_t in = s->in_features, out = s->out_features;
+		if (s->type != ZM_LAYER_DENSE)
+			continue;
+		if (!params) {
+			st = zm_gemm_pack(&p->pstack[l], p->wcat[l], K * out, in, in,
+			                  p->max_batch, err);
+			if (st != ZM_OK)
+				return st;
+			continue;
+		}
+		for (i = 0; i < K; i++) {
+			st = zm_gemm_pack(&p->pmodel[l * K + i],
+			                  p->wcat[l] + i * out * in, out, in, in,
+			                  p->max_batch, err);
+			if (st != ZM_OK)
+				return st;
+		}
+		st = zm_gemm_pack(&p->pmerged[l], p->wcat[l], out, in, in,
+		                  p->max_batch, err);
+		if (st != ZM_OK)
+			return st;
+	}
+	return ZM_OK;
+}
+
 enum zm_status zm_predictor_new_opts(const struct zm_model *const *models,
                                      size_t k, size_t max_batch,
                                      const struct zm_predict_options *o,
@@ -199,8 +245,10 @@ enum zm_status zm_predictor_new_opts(const struct zm_model *const *models,
 	for (i = 0; i < k; i++)
 		p->models[i] = models[i];
 	if (k == 1) {
-		/* The plain forward pass, exactly as before. */
+		/* The plain forward pass, through packed weights. */
 		st = zm_workspace_new(arch, max_batch, false, &p->ws[0], err);
+		if (st == ZM_OK)
+			st = zm_workspace_pack(p->ws[0], models[0], err);
 		if (st != ZM_OK) {
 			zm_predictor_free(p);
 			return st;
@@ -250,6 +298,8 @@ enum zm_status zm_predictor_new_opts(const struct zm_model *const *models,
 		for (i = 0; i < k; i++) {
 			st = zm_workspace_new(models[i]->arch, max_batch, false,
 			                      &p->ws[i], err);
+			if (st == ZM_OK)
+				st = zm_workspace_pack(p->ws[i], models[i], err);
 			if (st != ZM_OK)
 				goto fail;
 		}
@@ -266,6 +316,8 @@ enum zm_status zm_predictor_new_opts(const struct zm_model *const *models,
 	}
 	if (o->merge != ZM_MERGE_ENSEMBLE) {
 		st = stack_layers(p, err);
+		if (st == ZM_OK)
+			st = pack_layers(p, err);
 		if (st != ZM_OK)
 			goto fail;
 	}
@@ -329,6 +381,17 @@ void zm_predictor_free(struct zm_predictor *p)
 		}
 	free(p->wcat);
 	free(p->bcat);
+	for (i = 0; p->pstack && i < p->models[0]->arch->n_layers; i++)
+		zm_gemm_packed_free(&p->pstack[i]);
+	for (i = 0; p->pmerged && i < p->models[0]->arch->n_layers; i++)
+		zm_gemm_packed_free(&p->pmerged[i]);
+	for (i = 0; p->pmodel && i < p->models[0]->arch->n_layers * p->n_models;
+	     i++)
+		zm_gemm_packed_free(&p->pmodel[i]);
+	free(p->pstack);
+	free(p->pmerged);
+	free(p->pmodel);
+	free(p->coef);
 	zm_weighter_free(p->wr);
 	zm_hedge_release(&p->hedge);
 	free(p->ws);
@@ -576,7 +639,7 @@ static enum zm_status merged_forward(struct zm_predictor *p, const float *x,
                                      struct zm_error *err)
 {
 	const struct zm_arch *a = p->models[0]->arch;
-	size_t K = p->n_models, l, i, r, j, rows;
+	size_t K = p->n_models, l, i, j, rows;
 	const float *h = x;
 	float *dst = p->ha;
 	enum zm_status st;
@@ -607,33 +670,26 @@ static enum zm_status merged_forward(struct zm_predictor *p, const float *x,
 		if (s->type == ZM_LAYER_CONV2D) {
 			active = conv_merged(p, l, h, n, dst);
 		} else if (p->o.merge == ZM_MERGE_PARAMS) {
-			size_t wn = in * out;
+			/* The weights combine in the packed layout, so the
+			 * one product of the batch repacks nothing; the bias
+			 * and activation follow block by block. */
+			struct zm_dense_epilogue e = { p->bm, s->act };
 			bool first = true;
 			for (i = 0; i < K; i++) {
 				float wi = (float)p->wl[i];
-				const float *W = p->wcat[l] + i * wn;
 				const float *B = p->bcat[l] + i * out;
+				p->coef[i] = wi;
 				if (wi == 0)
 					continue;
 				active++;
-				if (first) {
-					for (j = 0; j < wn; j++)
-						p->wm[j] = wi * W[j];
-					for (j = 0; j < out; j++)
-						p->bm[j] = wi * B[j];
-					first = false;
-				} else {
-					for (j = 0; j < wn; j++)
-						p->wm[j] += wi * W[j];
-					for (j = 0; j < out; j++)
-						p->bm[j] += wi * B[j];
-				}
+				for (j = 0; j < out; j++)
+					p->bm[j] = (first ? 0.0f : p->bm[j]) + wi * B[j];
+				first = false;
 			}
-			for (r = 0; r < n; r++)
-				memcpy(dst + r * out, p->bm, out * sizeof(float));
-			zm_gemm(false, true, n, out, in, 1.0f, h, in, p->wm, in,
-			        1.0f, dst, out);
-			zm_activation_apply(s->act, dst, dst, n * out);
+			zm_gemm_packed_combine(&p->pmerged[l], p->pmodel + l * K,
+			                       p->coef, K);
+			zm_gemm_packed_run(&p->pmerged[l], n, h, in, dst, out,
+			                   zm_dense_epilogue_block, &e);
 		} else {
 			/* Per-batch weights skip the models that weigh 0;
 			 * otherwise one GEMM over the stacked weights.  The
@@ -646,8 +702,8 @@ static enum zm_status merged_forward(struct zm_predictor *p, const float *x,
 					active++;
 			all = active == K;
 			if (all) {
-				zm_gemm(false, true, n, ko, in, 1.0f, h, in,
-				        p->wcat[l], in, 0.0f, p->z, ko);
+				zm_gemm_packed_run(&p->pstack[l], n, h, in, p->z,
+				                   ko, NULL, NULL);
 			} else {
 				for (i = 0; i < K; i++)
 					if (p->wl[i] != 0)

@@ -96,6 +96,12 @@ struct zm_predictor {
 	float *ha, *hb;                     /* max_batch x max_features */
 	float *z;                           /* max_batch x K x widest out */
 	float *wm, *bm;                     /* merged params of one layer */
+	/* Dense layers' weights packed once (gemm.h), per layer: outputs
+	 * merge, wcat's stack; params merge, [l * K + i] model i's weights
+	 * and pmerged[l] their combination of the batch.  Zeroed where a
+	 * layer has none or the mode does not use them. */
+	struct zm_gemm_packed *pstack, *pmodel, *pmerged;
+	float *coef;                        /* [K] params merge coefficients */
 	float *scratch;                     /* conv2d im2col; NULL without */
 	double *wl;                         /* [max_batch, K] one layer's weights */
 	float *ascores;                     /* adaptation scratch scores */

@@ -218,7 +218,6 @@ START_TEST(test_packed_combine)
 	float *w[C], *sum = malloc(N * KD * sizeof(float));
 	float *x = malloc(M * KD * sizeof(float)), *y = malloc(M * N * sizeof(float));
 	struct zm_gemm_packed p[C], d;
-	const struct zm_gemm_packed *src[C];
 	const float coef[C] = { 0.5f, 0.0f, -1.25f };
 	struct blocks_seen b = { N, M, calloc(M * N, sizeof(unsigned)) };
 	struct zm_error err;
@@ -238,14 +237,13 @@ START_TEST(test_packed_combine)
 			sum[i] += coef[c] * w[c][i];
 		}
 		ck_assert_int_eq(zm_gemm_pack(&p[c], w[c], N, KD, KD, M, &err), ZM_OK);
-		src[c] = &p[c];
 	}
 	ck_assert_int_eq(zm_gemm_pack(&d, w[0], N, KD, KD, M, &err), ZM_OK);
-	zm_gemm_packed_combine(&d, src, coef, C);
+	zm_gemm_packed_combine(&d, p, coef, C);
 	zm_gemm_packed_run(&d, M, x, KD, y, N, see_block, &b);
 	check_product(sum, KD, x, KD, y, N, M, N, KD, 0.0f, "combine");
 	/* No coefficients: the zero matrix. */
-	zm_gemm_packed_combine(&d, src, coef, 0);
+	zm_gemm_packed_combine(&d, p, coef, 0);
 	memset(b.count, 0, M * N * sizeof(unsigned));
 	zm_gemm_packed_run(&d, M, x, KD, y, N, NULL, NULL);
 	for (i = 0; i < M * N; i++)
