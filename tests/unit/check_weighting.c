@@ -29,22 +29,26 @@ static const char arch_yaml[] =
 	"  - {name: h2, units: 4, activation: relu, group: features}\n"
 	"  - {name: out, units: 3, group: head}\n";
 
-/* A model with seeded weights and, unless bare, a profile of rows drawn
- * around centre (the input and every layer's input). */
-static struct zm_model *make_model(uint64_t seed, double centre, bool bare)
+/* Layers wider than the mixing pass's 16-float blocks and than one
+ * micro-tile of the packed products, with ragged ends. */
+static const char wide_yaml[] =
+	"input: [5]\nloss: cross-entropy\nlayers:\n"
+	"  - {name: h1, units: 37, activation: tanh, group: features}\n"
+	"  - {name: h2, units: 20, activation: relu, group: features}\n"
+	"  - {name: out, units: 3, group: head}\n";
+
+/* A model of the arch in yaml with seeded weights and biases, no profile. */
+static struct zm_model *make_bare(uint64_t seed, const char *yaml)
 {
 	struct zm_node *root;
 	struct zm_arch *arch;
 	struct zm_model *m;
 	struct zm_error err;
-	struct zm_workspace *ws;
-	struct zm_profile p;
 	struct zm_rng rng;
-	float x[64 * 5];
 	size_t i, l;
 
-	ck_assert_int_eq(zm_config_parse(arch_yaml, strlen(arch_yaml), "a.yaml",
-	                                 &root, &err), ZM_OK);
+	ck_assert_int_eq(zm_config_parse(yaml, strlen(yaml), "a.yaml", &root,
+	                                 &err), ZM_OK);
 	ck_assert_int_eq(zm_arch_parse(root, &arch, &err), ZM_OK);
 	ck_assert_int_eq(zm_model_new(arch, seed, &m, &err), ZM_OK);
 	zm_node_free(root);
@@ -56,8 +60,24 @@ static struct zm_model *make_model(uint64_t seed, double centre, bool bare)
 		for (i = 0; i < m->arch->layers[l].out_features; i++)
 			b[i] = (float)(0.3 * zm_rng_normal(&rng));
 	}
+	return m;
+}
+
+/* A model with seeded weights and, unless bare, a profile of rows drawn
+ * around centre (the input and every layer's input). */
+static struct zm_model *make_model(uint64_t seed, double centre, bool bare)
+{
+	struct zm_model *m = make_bare(seed, arch_yaml);
+	struct zm_error err;
+	struct zm_workspace *ws;
+	struct zm_profile p;
+	struct zm_rng rng;
+	float x[64 * 5];
+	size_t i;
+
 	if (bare)
 		return m;
+	zm_rng_seed(&rng, seed + 200);
 	for (i = 0; i < 64 * 5; i++)
 		x[i] = (float)(centre + zm_rng_normal(&rng));
 	zm_profile_init(&p);
@@ -103,8 +123,10 @@ static void naive_merge(struct zm_model *const *ms, size_t k, const double *wl,
                         bool post, const float *x, size_t n, double *probs)
 {
 	const struct zm_arch *a = ms[0]->arch;
-	double h[16], nh[16];
+	double h[64], nh[64];
 	size_t r, l, i, o, j;
+
+	ck_assert(a->max_features <= 64);
 
 	for (r = 0; r < n; r++) {
 		size_t d = 5;
@@ -258,20 +280,18 @@ END_TEST
 
 /* Different models: outputs (pre and post, full/group/layer) against the
  * naive merge; params equals outputs-pre with per-batch weights. */
-START_TEST(test_merge_vs_naive)
+static void merge_vs_naive(struct zm_model *const *ms, enum zm_gran_level lv,
+                           int seed)
 {
-	struct zm_model *ms[3] = { make_model(1, 0, false), make_model(2, 1, false),
-	                           make_model(9, -1, false) };
-	enum zm_gran_level lv = (enum zm_gran_level)_i;
 	struct zm_predictor *p;
 	struct zm_error err;
 	float x[24 * 5], got[24 * 3], par[24 * 3];
 	double alpha[9], wl[9], ref[24 * 3];
 	size_t i, post;
 
-	rand_input(x, 24, 11, 0.5);
+	rand_input(x, 24, 11 + (uint64_t)seed, 0.5);
 	for (i = 0; i < 9; i++)
-		alpha[i] = cos((double)i * 2.3 + (double)_i);
+		alpha[i] = cos((double)i * 2.3 + (double)seed);
 	for (post = 0; post < 2; post++) {
 		p = make_pred(ms, 3, ZM_MERGE_OUTPUTS,
 		              post ? ZM_MERGE_POST : ZM_MERGE_PRE, lv, alpha);
@@ -288,6 +308,27 @@ START_TEST(test_merge_vs_naive)
 	for (i = 0; i < 72; i++)
 		ck_assert_double_eq_tol(par[i], ref[i], 1e-5);
 	zm_predictor_free(p);
+}
+
+START_TEST(test_merge_vs_naive)
+{
+	struct zm_model *ms[3] = { make_model(1, 0, false), make_model(2, 1, false),
+	                           make_model(9, -1, false) };
+	size_t i;
+
+	merge_vs_naive(ms, (enum zm_gran_level)_i, _i);
+	for (i = 0; i < 3; i++)
+		zm_model_free(ms[i]);
+}
+END_TEST
+
+START_TEST(test_merge_vs_naive_wide)
+{
+	struct zm_model *ms[3] = { make_bare(4, wide_yaml), make_bare(5, wide_yaml),
+	                           make_bare(6, wide_yaml) };
+	size_t i;
+
+	merge_vs_naive(ms, (enum zm_gran_level)_i, _i + 5);
 	for (i = 0; i < 3; i++)
 		zm_model_free(ms[i]);
 }
@@ -844,6 +885,7 @@ Suite *suite_weighting(void)
 	tcase_add_test(tc, test_softmax_topk);
 	tcase_add_test(tc, test_identical_models);
 	tcase_add_loop_test(tc, test_merge_vs_naive, 0, 3);
+	tcase_add_loop_test(tc, test_merge_vs_naive_wide, 0, 3);
 	tcase_add_test(tc, test_similarity_weights);
 	tcase_add_test(tc, test_no_profile);
 	tcase_add_test(tc, test_hedge_moves_weight);
