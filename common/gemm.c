@@ -167,18 +167,18 @@ static void pack_panel(float *restrict dst, const float *restrict src,
 				zm_v4f r2 = zm_load4(s + 2 * ld);
 				zm_v4f r3 = zm_load4(s + 3 * ld);
 				zm_v4f a, b, c, d;
-				a = __builtin_shuffle(r0, r1, (zm_v4i){ 0, 4, 1, 5 });
-				b = __builtin_shuffle(r2, r3, (zm_v4i){ 0, 4, 1, 5 });
-				c = __builtin_shuffle(r0, r1, (zm_v4i){ 2, 6, 3, 7 });
-				d = __builtin_shuffle(r2, r3, (zm_v4i){ 2, 6, 3, 7 });
+				a = __builtin_shufflevector(r0, r1, 0, 4, 1, 5);
+				b = __builtin_shufflevector(r2, r3, 0, 4, 1, 5);
+				c = __builtin_shufflevector(r0, r1, 2, 6, 3, 7);
+				d = __builtin_shufflevector(r2, r3, 2, 6, 3, 7);
 				zm_store4(dst + p * width + j,
-				          __builtin_shuffle(a, b, (zm_v4i){ 0, 1, 4, 5 }));
+				          __builtin_shufflevector(a, b, 0, 1, 4, 5));
 				zm_store4(dst + (p + 1) * width + j,
-				          __builtin_shuffle(a, b, (zm_v4i){ 2, 3, 6, 7 }));
+				          __builtin_shufflevector(a, b, 2, 3, 6, 7));
 				zm_store4(dst + (p + 2) * width + j,
-				          __builtin_shuffle(c, d, (zm_v4i){ 0, 1, 4, 5 }));
+				          __builtin_shufflevector(c, d, 0, 1, 4, 5));
 				zm_store4(dst + (p + 3) * width + j,
-				          __builtin_shuffle(c, d, (zm_v4i){ 2, 3, 6, 7 }));
+				          __builtin_shufflevector(c, d, 2, 3, 6, 7));
 			}
 		}
 	}
