@@ -841,6 +841,8 @@ enum zm_status zm_weighter_new(const struct zm_weighter_options *o,
 			goto fail;
 		}
 		st = zm_workspace_new(ra, max_batch, false, &w->rws, err);
+		if (st == ZM_OK)
+			st = zm_workspace_pack(w->rws, router, err);
 		if (st != ZM_OK)
 			goto fail;
 		/* Models of the assignment that are not predicting are left
