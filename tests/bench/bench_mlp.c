@@ -24,7 +24,9 @@
  * Also reported: the GEMM rate of our training and inference loops (their
  * matrix FLOPs over their whole time) next to BLIS's own rate on the same
  * zm_gemm calls run back to back with nothing between them, which bounds
- * what the loop could reach.
+ * what the training loop could reach.  Inference multiplies with weights
+ * packed once (zm_workspace_pack; at one thread), so it can pass that
+ * rate: bli_sgemm repacks the weights on every call.
  */
 #include <errno.h>
 #include <signal.h>
