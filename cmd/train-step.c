@@ -429,6 +429,8 @@ static int run(struct train_step_opts *o)
 	struct zm_assignment assignment;
 	struct reporter rep = { o, "", false, { NULL, 0, 0, false } };
 	struct zm_writer *w = NULL;
+	struct zm_outfile logf;
+	bool log_open = false;
 	struct zm_doc update;
 	struct job *jobs = NULL;
 	size_t n_jobs = 0, i;
@@ -471,21 +473,33 @@ static int run(struct train_step_opts *o)
 		st = zm_error_set(&err, ZM_ERR_NOMEM, "out of memory");
 		goto out;
 	}
-	/* The zoo changes last, and only when everything else succeeded;
-	 * then the outputs are committed (an update stream or a log that
-	 * fails to appear after --apply is reported; the models stay). */
+	/* Everything that a full disk or a failing one can stop happens
+	 * before the zoo changes: the update stream and the log are written
+	 * out and fsynced first.  The zoo changes last, in one commit; after
+	 * it only the outputs' renames are left. */
+	if (w && (st = zm_writer_prepare(w, &err)) != ZM_OK)
+		goto out;
+	if (o->log && ((st = zm_outfile_open(&logf, o->log, false, &err)) ||
+	               (log_open = true,
+	                st = zm_outfile_write(&logf, rep.log.data, rep.log.len,
+	                                      &err)) ||
+	               (st = zm_outfile_prepare(&logf, &err))))
+		goto out;
 	if (o->apply && (st = apply_to_zoo(o, jobs, n_jobs, &err)) != ZM_OK)
 		goto out;
 	if (w) {
 		st = zm_writer_commit(w, &err);
 		w = NULL;
-		if (st != ZM_OK)
-			goto out;
 	}
-	if (o->log && (st = zm_write_file_atomic(o->log, rep.log.data,
-	                                         rep.log.len, &err)) != ZM_OK)
-		goto out;
+	if (st == ZM_OK && o->log) {
+		log_open = false;
+		st = zm_outfile_commit(&logf, &err);
+	}
+	if (st != ZM_OK && o->apply)
+		zm_error_prefix(&err, "the models were applied to the zoo, but ");
 out:
+	if (log_open)
+		zm_outfile_abort(&logf);
 	zm_writer_abort(w);
 	zm_doc_release(&update);
 	zm_buf_release(&rep.log);

@@ -266,6 +266,19 @@ static void outfile_release(struct zm_outfile *f)
 	outfile_zero(f);
 }
 
+enum zm_status zm_outfile_prepare(struct zm_outfile *f, struct zm_error *err)
+{
+	enum zm_status st = outfile_flush(f, err);
+
+	if (st != ZM_OK)
+		return st;
+	if (!f->is_stdout && !f->direct &&
+	    (fault("fsync") || fsync(f->fd) < 0))
+		return zm_error_errno(err, ZM_ERR_IO, "%s: fsync", f->path);
+	f->prepared = true;
+	return ZM_OK;
+}
+
 enum zm_status zm_outfile_commit(struct zm_outfile *f, struct zm_error *err)
 {
 	enum zm_status st;
@@ -290,7 +303,7 @@ enum zm_status zm_outfile_commit(struct zm_outfile *f, struct zm_error *err)
 		outfile_release(f);
 		return ZM_OK;
 	}
-	if (fault("fsync") || fsync(f->fd) < 0) {
+	if (!f->prepared && (fault("fsync") || fsync(f->fd) < 0)) {
 		st = zm_error_errno(err, ZM_ERR_IO, "%s: fsync", f->path);
 		goto fail;
 	}

@@ -23,6 +23,7 @@ struct zm_outfile {
 	char *tmp;           /* temporary name, owned; NULL for stdout */
 	bool is_stdout;
 	bool direct;         /* an existing device or FIFO, written in place */
+	bool prepared;       /* zm_outfile_prepare succeeded */
 	char *buf;           /* write buffer, owned */
 	size_t len, cap;
 };
@@ -43,6 +44,16 @@ enum zm_status zm_outfile_write(struct zm_outfile *f, const void *data,
 enum zm_status zm_outfile_printf(struct zm_outfile *f, struct zm_error *err,
                                  const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
+
+/*
+ * The first half of a commit: flushes and fsyncs the temporary file, so
+ * that everything that can fail for want of space or of a working disk
+ * has happened while the target is untouched.  A program that changes two
+ * things (train-step --apply: the zoo and its outputs) prepares its
+ * outputs, makes the other change, then commits them (only the rename is
+ * left).  On failure f still needs zm_outfile_abort.
+ */
+enum zm_status zm_outfile_prepare(struct zm_outfile *f, struct zm_error *err);
 
 /* Flushes, fsyncs, renames into place and fsyncs the directory; releases
  * f whatever happens.  On failure the temporary file is removed and the

@@ -1465,19 +1465,31 @@ static void writer_free(struct zm_writer *w)
 	free(w);
 }
 
+/* Why w cannot be committed, or ZM_OK. */
+static enum zm_status writer_unfinished(const struct zm_writer *w,
+                                        struct zm_error *err)
+{
+	if (w->failed)
+		return zm_error_set(err, w->fail.status, "%s", w->fail.msg);
+	if (w->in_doc)
+		return zm_error_set(err, ZM_ERR_USAGE,
+		                    "%s: document incomplete (tensor data missing)",
+		                    w->out.path);
+	return ZM_OK;
+}
+
+enum zm_status zm_writer_prepare(struct zm_writer *w, struct zm_error *err)
+{
+	enum zm_status st = writer_unfinished(w, err);
+
+	return st != ZM_OK ? st : zm_outfile_prepare(&w->out, err);
+}
+
 enum zm_status zm_writer_commit(struct zm_writer *w, struct zm_error *err)
 {
-	enum zm_status st;
+	enum zm_status st = writer_unfinished(w, err);
 
-	if (w->failed) {
-		st = zm_error_set(err, w->fail.status, "%s", w->fail.msg);
-		zm_writer_abort(w);
-		return st;
-	}
-	if (w->in_doc) {
-		st = zm_error_set(err, ZM_ERR_USAGE,
-		                  "%s: document incomplete (tensor data missing)",
-		                  w->out.path);
+	if (st != ZM_OK) {
 		zm_writer_abort(w);
 		return st;
 	}

@@ -138,6 +138,10 @@ enum zm_status zm_writer_begin_doc(struct zm_writer *w,
 enum zm_status zm_writer_write_data(struct zm_writer *w, const void *data,
                                     size_t n, struct zm_error *err);
 
+/* Writes out and fsyncs everything written so far (zm_outfile_prepare):
+ * after it, zm_writer_commit only renames.  On failure w still needs
+ * zm_writer_abort. */
+enum zm_status zm_writer_prepare(struct zm_writer *w, struct zm_error *err);
 /* Finishes the stream and makes it visible (rename for named files);
  * frees w whatever happens. */
 enum zm_status zm_writer_commit(struct zm_writer *w, struct zm_error *err);

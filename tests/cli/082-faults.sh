@@ -39,7 +39,8 @@ listing "$Z" >"$T/files.before"
 cp "$Z/zoo.yaml" "$T/index.before"
 
 # Checks the zoo copy $T/zf after a run that exited $1 with stderr in
-# $T/ferr; prints why it is bad, or nothing.
+# $T/ferr, the fault of kind $kind, and the outputs named in $OUTS
+# (absent before the run); prints why it is bad, or nothing.
 verify() {
 	"$C/zoo-ls" --zoo "$T/zf" --format yaml >"$T/fls" 2>/dev/null || { echo "zoo-ls fails"; return; }
 	for f in $(sed -n 's/^ *file: //p' "$T/fls"); do
@@ -52,6 +53,16 @@ verify() {
 		return
 	fi
 	[ -s "$T/ferr" ] || echo "no message"
+	# Only the outputs' renames come after the zoo's commit; a fault
+	# there is reported as such, with the change whole.
+	if grep -q 'the models were applied to the zoo, but' "$T/ferr"; then
+		[ "$kind" = rename ] || echo "applied, then a $kind fault"
+		grep -q 'file: models/m/v2' "$T/fls" || echo "applied without m v2"
+		return
+	fi
+	for o in $OUTS; do
+		[ -e "$o" ] && echo "output $o appeared"
+	done
 	cmp -s "$T/zf/zoo.yaml" "$T/index.before" || echo "index changed"
 	listing "$T/zf" | cmp -s - "$T/files.before" || echo "files changed: $(listing "$T/zf" | diff "$T/files.before" - | grep '^[<>]' | tr '\n' ' ')"
 }
@@ -60,7 +71,7 @@ verify() {
 # each in turn.
 sweep() {
 	name=$1; shift
-	rm -rf "$T/zf" "$T/counts" && cp -r "$Z" "$T/zf"
+	rm -rf "$T/zf" "$T/counts" $OUTS && cp -r "$Z" "$T/zf"
 	ZM_FAULT_COUNT=$T/counts "$@" >/dev/null 2>&1
 	check "$name runs cleanly without faults" grep -q 'file: models/m/v2' "$T/zf/zoo.yaml"
 	ok=0; quiet=0; bad=0
@@ -68,7 +79,7 @@ sweep() {
 		n=$(sed -n "s/^$kind //p" "$T/counts")
 		i=1
 		while [ "$i" -le "${n:-0}" ]; do
-			rm -rf "$T/zf" && cp -r "$Z" "$T/zf"
+			rm -rf "$T/zf" $OUTS && cp -r "$Z" "$T/zf"
 			rc=0
 			ZM_FAULT=$kind:$i "$@" >/dev/null 2>"$T/ferr" || rc=$?
 			why=$(verify "$rc")
@@ -90,7 +101,14 @@ sweep() {
 	fi
 }
 
+OUTS=
 sweep "train-step --apply" train-step --zoo "$T/zf" --model m --epochs 1 --apply --quiet "$T/data.sgz"
+# With an update stream and a log beside the zoo: a failure before the
+# zoo's commit (a full disk while writing them) leaves neither.
+OUTS="$T/out-u.sgz $T/out-log.jsonl"
+sweep "train-step --apply -o --log" train-step --zoo "$T/zf" --model m --epochs 1 --apply --quiet \
+	-o "$T/out-u.sgz" --log "$T/out-log.jsonl" "$T/data.sgz"
+OUTS=
 sweep "merge --zoo" merge --zoo "$T/zf" --quiet "$T/updates.sgz"
 
 # ---- kills: stale temporaries ----
