@@ -94,14 +94,8 @@ enum zm_status zm_fsync_dir_of(const char *path, struct zm_error *err)
 
 static void outfile_zero(struct zm_outfile *f)
 {
+	memset(f, 0, sizeof(*f));
 	f->fd = -1;
-	f->path = NULL;
-	f->tmp = NULL;
-	f->is_stdout = false;
-	f->direct = false;
-	f->buf = NULL;
-	f->len = 0;
-	f->cap = 0;
 }
 
 enum zm_status zm_outfile_open(struct zm_outfile *f, const char *path,
