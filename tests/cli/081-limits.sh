@@ -161,13 +161,14 @@ if [ -w /dev/full ]; then
 		expect_rc 1 "/dev/full: ${p%% $T*} exits 1"
 		expect_err "write error|No space" "/dev/full: ${p%% $T*} says why"
 	done
-	# The log is written after the zoo changed (train-step(1)): the
-	# failure is reported and the zoo holds a complete new version.
+	# The log is written out before the zoo changes (train-step(1)): a
+	# full disk stops the run with the zoo as it was.
 	cp -r "$Z" "$T/zlog"
+	cp "$Z/zoo.yaml" "$T/zlog.before"
 	run train-step --zoo "$T/zlog" --model m --epochs 1 --apply --log /dev/full "$T/data.sgz"
-	expect_rc 1 "/dev/full: train-step --log to a full disk exits 1"
+	expect_rc 1 "/dev/full: train-step --apply --log to a full disk exits 1"
 	expect_err "/dev/full: write error" "/dev/full: and names the log"
-	check "/dev/full: the applied version is complete" tensor info "$T/zlog/models/m/v2.safetensors.gz"
+	check "/dev/full: nothing was applied" sh -c "cmp -s '$T/zlog/zoo.yaml' '$T/zlog.before' && test ! -e '$T/zlog/models/m/v2.safetensors.gz'"
 	check "/dev/full: the zoo named in the test is untouched" zoo_clean "$Z" "$T/before.yaml" 1
 fi
 
