@@ -538,3 +538,44 @@ void zm_yaml_scalar(struct zm_buf *b, const char *s, bool numeric)
 	}
 	zm_json_string(b, s, strlen(s));
 }
+
+void zm_config_strings_free(char **s, size_t n)
+{
+	size_t i;
+
+	if (!s)
+		return;
+	for (i = 0; i < n; i++)
+		free(s[i]);
+	free(s);
+}
+
+bool zm_config_string_list(const char *json, char ***out, size_t *n)
+{
+	struct zm_node *root = NULL;
+	struct zm_error err;
+	char **s = NULL;
+	size_t i;
+	bool ok = false;
+
+	*out = NULL;
+	*n = 0;
+	if (zm_config_parse(json, strlen(json), "metadata", &root, &err) ||
+	    root->type != ZM_NODE_SEQ)
+		goto out;
+	if (root->count && !(s = zm_calloc(root->count, sizeof(*s))))
+		goto out;
+	for (i = 0; i < root->count; i++) {
+		if (root->items[i]->type != ZM_NODE_SCALAR ||
+		    !(s[i] = zm_strdup(root->items[i]->value))) {
+			zm_config_strings_free(s, root->count);
+			goto out;
+		}
+	}
+	*out = s;
+	*n = root->count;
+	ok = true;
+out:
+	zm_node_free(root);
+	return ok;
+}

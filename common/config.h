@@ -97,6 +97,12 @@ enum zm_status zm_node_check_keys(const struct zm_node *map,
  */
 void zm_yaml_scalar(struct zm_buf *b, const char *s, bool numeric);
 
+/* The strings of a JSON list (metadata such as zm.columns), as a new array
+ * of n new strings (free with zm_config_strings_free); false when the text
+ * is not a list of scalars or memory runs out. */
+bool zm_config_string_list(const char *json, char ***out, size_t *n);
+void zm_config_strings_free(char **s, size_t n);
+
 /* Parses text as a whole number / finite double with nothing after it. */
 bool zm_parse_int64(const char *text, int64_t *out);
 bool zm_parse_double(const char *text, double *out);

@@ -540,47 +540,6 @@ enum zm_status zm_slice_rules_load(const char *path, struct zm_slice_rules *r,
 
 /* ---- binding ---- */
 
-void zm_slice_strings_free(char **s, size_t n)
-{
-	size_t i;
-
-	if (!s)
-		return;
-	for (i = 0; i < n; i++)
-		free(s[i]);
-	free(s);
-}
-
-bool zm_slice_json_strings(const char *json, char ***out, size_t *n)
-{
-	struct zm_node *root = NULL;
-	struct zm_error err;
-	char **s = NULL;
-	size_t i;
-	bool ok = false;
-
-	*out = NULL;
-	*n = 0;
-	if (zm_config_parse(json, strlen(json), "metadata", &root, &err) ||
-	    root->type != ZM_NODE_SEQ)
-		goto out;
-	if (root->count && !(s = zm_calloc(root->count, sizeof(*s))))
-		goto out;
-	for (i = 0; i < root->count; i++) {
-		if (root->items[i]->type != ZM_NODE_SCALAR ||
-		    !(s[i] = zm_strdup(root->items[i]->value))) {
-			zm_slice_strings_free(s, root->count);
-			goto out;
-		}
-	}
-	*out = s;
-	*n = root->count;
-	ok = true;
-out:
-	zm_node_free(root);
-	return ok;
-}
-
 static ptrdiff_t find_string(char **list, size_t n, const char *s)
 {
 	size_t i;
@@ -603,10 +562,10 @@ enum zm_status zm_slice_rules_bind(struct zm_slice_rules *r,
 	size_t n_cols = 0, n_classes = 0, i, j;
 	enum zm_status st = ZM_OK;
 
-	if (cj && !zm_slice_json_strings(cj, &cols, &n_cols))
+	if (cj && !zm_config_string_list(cj, &cols, &n_cols))
 		return zm_error_set(err, ZM_ERR_DATA, "metadata zm.columns is "
 		                    "not a JSON list of names");
-	if (kj && !zm_slice_json_strings(kj, &classes, &n_classes)) {
+	if (kj && !zm_config_string_list(kj, &classes, &n_classes)) {
 		st = zm_error_set(err, ZM_ERR_DATA, "metadata zm.classes is "
 		                  "not a JSON list of names");
 		goto out;
@@ -697,8 +656,8 @@ enum zm_status zm_slice_rules_bind(struct zm_slice_rules *r,
 		}
 	}
 out:
-	zm_slice_strings_free(cols, n_cols);
-	zm_slice_strings_free(classes, n_classes);
+	zm_config_strings_free(cols, n_cols);
+	zm_config_strings_free(classes, n_classes);
 	return st;
 }
 

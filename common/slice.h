@@ -108,10 +108,6 @@ enum zm_status zm_slice_rules_bind(struct zm_slice_rules *r,
                                    const struct zm_doc *doc, size_t d,
                                    const char *source, struct zm_error *err);
 
-/* The names of the JSON list in a metadata string, as a new array of n
- * new strings (free with zm_slice_strings_free); false when malformed. */
-bool zm_slice_json_strings(const char *json, char ***out, size_t *n);
-void zm_slice_strings_free(char **s, size_t n);
 
 /*
  * Matches n rows: x row-major F32 [n, d] features (scaled), y class ids
