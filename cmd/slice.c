@@ -76,6 +76,9 @@ struct slicer {
 	int y_ndim;
 	int64_t y_shape[ZM_MAX_DIMS];
 	struct zm_doc meta;          /* metadata copied into every output */
+	struct zm_doc strcols;       /* the first batch's string columns, no
+	                                rows, and their levels: for the
+	                                profile document */
 	char *classes_json;          /* slice names, for --membership */
 	uint64_t rows, unmatched;
 	char *spool;
@@ -89,6 +92,10 @@ static enum zm_status nomem(struct zm_error *err)
 {
 	return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 }
+
+static enum zm_status add_strings(struct zm_doc *out, const struct zm_doc *src,
+                                  const size_t *sel, size_t m, size_t n,
+                                  struct zm_error *err);
 
 static void dataset_options(const struct slice_opts *o, const char *path,
                             struct zm_dataset_options *d)
@@ -299,7 +306,8 @@ static enum zm_status start(struct slicer *s, const struct zm_doc *doc,
 		s->y_ndim = y->ndim;
 		memcpy(s->y_shape, y->shape, sizeof(s->y_shape));
 	}
-	if ((st = keep_meta(s, doc, err)))
+	if ((st = keep_meta(s, doc, err)) ||
+	    (st = add_strings(&s->strcols, doc, NULL, 0, 0, err)))
 		return st;
 	for (i = 0; i < s->rules.n_rules; i++) {
 		struct slice_out *so = &s->out[i];
@@ -357,8 +365,44 @@ static enum zm_status gather(struct zm_tensor *dst, const char *name,
 	return ZM_OK;
 }
 
-/* A data document from the selected rows of x, y and ids. */
+/* Adds the string columns of src (dataset.h) with rows sel[0..m) of its
+ * n, and their levels, to out. */
+static enum zm_status add_strings(struct zm_doc *out, const struct zm_doc *src,
+                                  const size_t *sel, size_t m, size_t n,
+                                  struct zm_error *err)
+{
+	const size_t plen = strlen(ZM_DATA_COLUMN_PREFIX);
+	enum zm_status st = ZM_OK;
+	struct zm_tensor t;
+	char key[512];
+	size_t i;
+
+	zm_tensor_init(&t);
+	for (i = 0; st == ZM_OK && i < src->n_tensors; i++) {
+		const struct zm_tensor *c = &src->tensors[i];
+		const char *levels;
+		int64_t sh[ZM_MAX_DIMS] = { (int64_t)n };
+
+		if (strncmp(c->name, ZM_DATA_COLUMN_PREFIX, plen) != 0)
+			continue;
+		snprintf(key, sizeof(key), "%s%s", ZM_DATA_LEVELS_PREFIX,
+		         c->name + plen);
+		levels = zm_doc_meta(src, key);
+		st = gather(&t, c->name, ZM_DTYPE_I64, 1, sh, c->data,
+		            sizeof(int64_t), sel, m, err);
+		if (st == ZM_OK)
+			st = zm_doc_add(out, &t, err);
+		if (st == ZM_OK && levels)
+			st = zm_doc_set_meta(out, key, levels, err);
+	}
+	zm_tensor_release(&t);
+	return st;
+}
+
+/* A data document from the selected rows of x, y and ids, and of src's
+ * string columns when src is given. */
 static enum zm_status make_doc(struct slicer *s, struct zm_doc *out,
+                               const struct zm_doc *src,
                                const struct zm_tensor *x,
                                const struct zm_tensor *y,
                                const int64_t *ids, const size_t *sel,
@@ -387,6 +431,8 @@ static enum zm_status make_doc(struct slicer *s, struct zm_doc *out,
 	if (st == ZM_OK)
 		st = zm_doc_add(out, &t, err);
 	zm_tensor_release(&t);
+	if (st == ZM_OK && src)
+		st = add_strings(out, src, sel, m, n, err);
 	for (i = 0; st == ZM_OK && i < s->meta.n_meta; i++)
 		st = zm_doc_set_meta(out, s->meta.meta[i].key,
 		                     s->meta.meta[i].value, err);
@@ -449,6 +495,10 @@ static enum zm_status slice_batch(struct slicer *s, const struct zm_doc *doc,
 	    (st = zm_kmeans_assign(xf->data, n, d, s->centroids, s->rules.k,
 	                           cl, err)))
 		goto out;
+	if ((st = zm_slice_rules_use_batch(&s->rules, doc, n,
+	                                   s->o->input ? s->o->input : "<stdin>",
+	                                   err)))
+		goto out;
 	zm_slice_match(&s->rules, xf->data, yl, ids, cl, n, d, hits);
 	for (j = 0; j < R; j++) {
 		struct slice_out *so = &s->out[j];
@@ -473,7 +523,7 @@ static enum zm_status slice_batch(struct slicer *s, const struct zm_doc *doc,
 				goto out;
 		}
 		zm_doc_release(&out);
-		if ((st = make_doc(s, &out, x, y, ids, sel, m, n, err)) ||
+		if ((st = make_doc(s, &out, doc, x, y, ids, sel, m, n, err)) ||
 		    (st = zm_doc_set_meta(&out, "zm.slice",
 		                          s->rules.rules[j].name, err)) ||
 		    (st = zm_writer_write_doc(so->w, &out, err)))
@@ -497,7 +547,7 @@ static enum zm_status slice_batch(struct slicer *s, const struct zm_doc *doc,
 
 		zm_tensor_init(&yt);
 		zm_doc_release(&out);
-		st = make_doc(s, &out, x, NULL, ids, sel, m, n, err);
+		st = make_doc(s, &out, NULL, x, NULL, ids, sel, m, n, err);
 		if (st == ZM_OK)
 			st = zm_tensor_alloc(&yt, "y", ZM_DTYPE_I64, 1, sh, err);
 		if (st == ZM_OK) {
@@ -556,6 +606,16 @@ static enum zm_status write_profile(struct slicer *s, size_t j,
 		if (st == ZM_OK)
 			st = zm_doc_add(&doc, &t, err);
 	}
+	for (i = 0; st == ZM_OK && i < s->strcols.n_tensors; i++) {
+		sh[0] = 0;
+		st = zm_tensor_alloc(&t, s->strcols.tensors[i].name,
+		                     ZM_DTYPE_I64, 1, sh, err);
+		if (st == ZM_OK)
+			st = zm_doc_add(&doc, &t, err);
+	}
+	for (i = 0; st == ZM_OK && i < s->strcols.n_meta; i++)
+		st = zm_doc_set_meta(&doc, s->strcols.meta[i].key,
+		                     s->strcols.meta[i].value, err);
 	zm_tensor_release(&t);
 	if (st == ZM_OK)
 		st = zm_profile_to_doc(&so->prof, &doc, err);
@@ -681,6 +741,7 @@ static int run(const struct slice_opts *o)
 	s.o = o;
 	zm_slice_rules_init(&s.rules);
 	zm_doc_init(&s.meta);
+	zm_doc_init(&s.strcols);
 	zm_doc_init(&doc);
 	zm_tensor_init(&xf);
 	zm_error_clear(&err);
@@ -789,6 +850,7 @@ out:
 	free(s.classes_json);
 	free(s.rows_buf);
 	zm_doc_release(&s.meta);
+	zm_doc_release(&s.strcols);
 	zm_slice_rules_release(&s.rules);
 	if (s.spool) {
 		unlink(s.spool);

@@ -202,7 +202,10 @@ struct csv_out {
 	char *label_name;
 	char **classes;
 	size_t nclasses;
-	struct zm_node *columns;     /* the parsed zm.columns, or NULL */
+	char **columns;              /* zm.columns, or NULL */
+	size_t ncolumns;
+	char **strings;              /* names of the string columns */
+	size_t nstrings;
 	/* U8 features have 256 values: format each once. */
 	char u8_text[256][24];
 	float u8_scale;
@@ -227,65 +230,65 @@ static void csv_field(struct zm_buf *b, const char *s)
 	zm_buf_puts(b, "\"");
 }
 
-/* Parses a JSON list of strings from metadata; NULL when absent or bad. */
-static struct zm_node *meta_list(const struct zm_doc *doc, const char *key)
+/* A JSON list of strings from metadata into (*out, *n); both empty when
+ * the key is absent or its value malformed. */
+static void meta_list(const struct zm_doc *doc, const char *key, char ***out,
+                      size_t *n)
 {
 	const char *v = zm_doc_meta(doc, key);
-	struct zm_node *root = NULL;
-	struct zm_error e;
-	size_t i;
 
-	if (!v || zm_config_parse(v, strlen(v), key, &root, &e) != ZM_OK)
-		return NULL;
-	if (root->type != ZM_NODE_SEQ)
-		goto bad;
-	for (i = 0; i < root->count; i++)
-		if (root->items[i]->type != ZM_NODE_SCALAR)
-			goto bad;
-	return root;
-bad:
-	zm_node_free(root);
-	return NULL;
+	if (!v || !zm_config_string_list(v, out, n)) {
+		*out = NULL;
+		*n = 0;
+	}
 }
 
 static enum zm_status export_header(struct csv_out *c,
                                     const struct zm_doc *doc,
                                     const struct zm_tensor *y,
-                                    struct zm_error *err)
+                                    const struct zm_data_column *sc,
+                                    size_t nsc, struct zm_error *err)
 {
-	struct zm_node *classes;
 	const char *label = zm_doc_meta(doc, "zm.label");
 	char name[64];
 	size_t i;
+	bool first = true;
 
 	c->has_id = zm_doc_find(doc, "id") != NULL;
 	c->has_y = y != NULL;
 	c->y_int = y && y->dtype == ZM_DTYPE_I64;
 	c->ny = !y ? 0 : y->ndim == 2 ? (size_t)y->shape[1] : 1;
-	c->columns = meta_list(doc, "zm.columns");
-	if (c->columns && c->columns->count != c->d) {
-		zm_node_free(c->columns);
+	meta_list(doc, "zm.columns", &c->columns, &c->ncolumns);
+	if (c->columns && c->ncolumns != c->d) {
+		zm_config_strings_free(c->columns, c->ncolumns);
 		c->columns = NULL;
 	}
 	c->label_name = zm_strdup(label && c->ny == 1 ? label : "y");
 	if (!c->label_name)
 		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
-	classes = c->y_int ? meta_list(doc, "zm.classes") : NULL;
-	if (classes) {
-		c->classes = zm_calloc(classes->count ? classes->count : 1,
-		                       sizeof(*c->classes));
-		for (i = 0; c->classes && i < classes->count; i++)
-			c->classes[i] = zm_strdup(classes->items[i]->value);
-		c->nclasses = c->classes ? classes->count : 0;
-		zm_node_free(classes);
-	}
-	if (c->has_id)
+	if (c->y_int)
+		meta_list(doc, "zm.classes", &c->classes, &c->nclasses);
+	if (nsc && !(c->strings = zm_calloc(nsc, sizeof(*c->strings))))
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	for (i = 0; i < nsc; i++)
+		if (!(c->strings[c->nstrings++] = zm_strdup(sc[i].name)))
+			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	/* The string columns first, like the id: they name the row's
+	 * source rather than measure it. */
+	if (c->has_id) {
 		zm_buf_puts(&c->line, "id");
-	for (i = 0; i < c->d; i++) {
-		if (i || c->has_id)
+		first = false;
+	}
+	for (i = 0; i < c->nstrings; i++, first = false) {
+		if (!first)
+			zm_buf_puts(&c->line, ",");
+		csv_field(&c->line, c->strings[i]);
+	}
+	for (i = 0; i < c->d; i++, first = false) {
+		if (!first)
 			zm_buf_puts(&c->line, ",");
 		if (c->columns) {
-			csv_field(&c->line, c->columns->items[i]->value);
+			csv_field(&c->line, c->columns[i]);
 		} else {
 			snprintf(name, sizeof(name), "x_%zu", i);
 			zm_buf_puts(&c->line, name);
@@ -314,8 +317,10 @@ static enum zm_status export_doc(struct csv_out *c, const struct zm_doc *doc,
 	enum zm_status st;
 	char num[40];
 	float scale;
-	size_t i, k;
+	size_t i, k, nsc;
 	float *row = NULL, yv;
+	struct zm_data_column *sc;
+	bool same = true;
 	int j;
 
 	if (n == 0) {
@@ -326,16 +331,25 @@ static enum zm_status export_doc(struct csv_out *c, const struct zm_doc *doc,
 	if (!zm_data_scale(doc, &scale))
 		return zm_error_set(err, ZM_ERR_DATA, "%s: bad zm.scale '%s'",
 		                    where, zm_doc_meta(doc, "zm.scale"));
+	if ((st = zm_data_columns(doc, n, where, &sc, &nsc, err)))
+		return st;
 	if (!c->started) {
 		c->d = d;
-		st = export_header(c, doc, y, err);
-		if (st != ZM_OK)
+		st = export_header(c, doc, y, sc, nsc, err);
+		if (st != ZM_OK) {
+			zm_data_columns_free(sc, nsc);
 			return st;
+		}
 		c->started = true;
-	} else if (d != c->d || (y != NULL) != c->has_y ||
-	           (id != NULL) != c->has_id ||
-	           (y && (y->dtype == ZM_DTYPE_I64) != c->y_int) ||
-	           (y && (y->ndim == 2 ? (size_t)y->shape[1] : 1) != c->ny)) {
+	}
+	same = nsc == c->nstrings;
+	for (k = 0; same && k < nsc; k++)
+		same = strcmp(sc[k].name, c->strings[k]) == 0;
+	if (!same || d != c->d || (y != NULL) != c->has_y ||
+	    (id != NULL) != c->has_id ||
+	    (y && (y->dtype == ZM_DTYPE_I64) != c->y_int) ||
+	    (y && (y->ndim == 2 ? (size_t)y->shape[1] : 1) != c->ny)) {
+		zm_data_columns_free(sc, nsc);
 		return zm_error_set(err, ZM_ERR_DATA,
 		                    "%s: columns differ from the first document",
 		                    where);
@@ -348,20 +362,28 @@ static enum zm_status export_doc(struct csv_out *c, const struct zm_doc *doc,
 		c->u8_ready = true;
 	}
 	row = zm_malloc((d ? d : 1) * sizeof(*row));
-	if (!row)
+	if (!row) {
+		zm_data_columns_free(sc, nsc);
 		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	}
 	for (i = 0; i < n; i++) {
+		bool lead = id || nsc;    /* a field before the features */
 		if (id) {
 			snprintf(num, sizeof(num), "%lld",
 			         (long long)((const int64_t *)id->data)[i]);
 			zm_buf_puts(&c->line, num);
+		}
+		for (k = 0; k < nsc; k++) {
+			if (k || id)
+				zm_buf_puts(&c->line, ",");
+			csv_field(&c->line, sc[k].levels[sc[k].codes[i]]);
 		}
 		if (x->dtype == ZM_DTYPE_U8) {
 			const unsigned char *p = (const unsigned char *)x->data +
 			                         i * d;
 
 			for (k = 0; k < d; k++) {
-				if (k || id)
+				if (k || lead)
 					zm_buf_puts(&c->line, ",");
 				zm_buf_puts(&c->line, c->u8_text[p[k]]);
 			}
@@ -369,7 +391,7 @@ static enum zm_status export_doc(struct csv_out *c, const struct zm_doc *doc,
 			zm_tensor_read_f32(x, i * d, d, row);
 			for (k = 0; k < d; k++) {
 				snprintf(num, sizeof(num), "%s%.9g",
-				         k || id ? "," : "",
+				         k || lead ? "," : "",
 				         (double)(row[k] * scale));
 				zm_buf_puts(&c->line, num);
 			}
@@ -395,21 +417,20 @@ static enum zm_status export_doc(struct csv_out *c, const struct zm_doc *doc,
 		}
 		zm_buf_puts(&c->line, "\n");
 		if (c->line.failed) {
-			free(row);
-			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+			st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+			break;
 		}
 		if (c->line.len >= (1 << 16) || i + 1 == n) {
 			st = zm_outfile_write(&c->f, c->line.data, c->line.len,
 			                      err);
 			c->line.len = 0;
-			if (st != ZM_OK) {
-				free(row);
-				return st;
-			}
+			if (st != ZM_OK)
+				break;
 		}
 	}
 	free(row);
-	return ZM_OK;
+	zm_data_columns_free(sc, nsc);
+	return st;
 }
 
 static enum zm_status export(const struct tensor_opts *o,
@@ -420,7 +441,7 @@ static enum zm_status export(const struct tensor_opts *o,
 	struct csv_out *c;
 	struct zm_doc doc;
 	enum zm_status st;
-	size_t docs = 0, i;
+	size_t docs = 0;
 	char where[4200];
 	bool eof;
 
@@ -460,10 +481,9 @@ out:
 	if (c->open)
 		zm_outfile_abort(&c->f);
 	zm_buf_release(&c->line);
-	zm_node_free(c->columns);
-	for (i = 0; i < c->nclasses; i++)
-		free(c->classes[i]);
-	free(c->classes);
+	zm_config_strings_free(c->columns, c->ncolumns);
+	zm_config_strings_free(c->classes, c->nclasses);
+	zm_config_strings_free(c->strings, c->nstrings);
 	free(c->label_name);
 	free(c);
 	zm_doc_release(&doc);

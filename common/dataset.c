@@ -440,6 +440,16 @@ struct zm_dataset_reader {
 	enum label_kind label_kind;
 	char **classes;              /* sorted, owned */
 	size_t nclasses;
+	/* string columns: CSV column, name, sorted levels and their JSON */
+	size_t nstrings;
+	struct csv_strings {
+		size_t col;
+		char *tensor_name;           /* "column.NAME" */
+		char *meta_key;              /* "zm.levels.NAME" */
+		char **levels;
+		size_t nlevels;
+		char *levels_json;
+	} *strings;
 	char *columns_json;          /* zm.columns */
 	char *classes_json;          /* zm.classes */
 	char *label_name;
@@ -482,6 +492,14 @@ void zm_dataset_close(struct zm_dataset_reader *r)
 	free(r->columns_json);
 	free(r->classes_json);
 	free(r->label_name);
+	for (i = 0; r->strings && i < r->nstrings; i++) {
+		struct csv_strings *sc = &r->strings[i];
+		free(sc->tensor_name);
+		free(sc->meta_key);
+		zm_config_strings_free(sc->levels, sc->nlevels);
+		free(sc->levels_json);
+	}
+	free(r->strings);
 	if (r->stream)
 		zm_reader_close(r->stream);
 	free(r);
@@ -725,16 +743,18 @@ static int cmp_str(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* Adds s to the sorted set r->classes unless present. */
-static enum zm_status class_add(struct zm_dataset_reader *r, const char *s,
-                                struct zm_error *err)
+/* Adds s to the sorted set (*set, *n) -- the label's classes or a string
+ * column's levels (what names it in the message) -- unless present. */
+static enum zm_status set_add(const struct zm_dataset_reader *r, char ***set,
+                              size_t *n, const char *s, const char *what,
+                              struct zm_error *err)
 {
-	size_t lo = 0, hi = r->nclasses;
+	size_t lo = 0, hi = *n;
 	char **p;
 
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
-		int c = strcmp(r->classes[mid], s);
+		int c = strcmp((*set)[mid], s);
 
 		if (c == 0)
 			return ZM_OK;
@@ -743,22 +763,22 @@ static enum zm_status class_add(struct zm_dataset_reader *r, const char *s,
 		else
 			hi = mid;
 	}
-	if (r->nclasses >= ZM_DATASET_MAX_CLASSES)
+	if (*n >= ZM_DATASET_MAX_CLASSES)
 		return zm_error_set(err, ZM_ERR_DATA,
-		                    "%s:%lu: more than %d distinct labels",
+		                    "%s:%lu: more than %d distinct %s",
 		                    r->csv->src.name, r->csv->rec_line,
-		                    ZM_DATASET_MAX_CLASSES);
-	p = zm_realloc(r->classes, (r->nclasses + 1) * sizeof(*p));
+		                    ZM_DATASET_MAX_CLASSES, what);
+	p = zm_realloc(*set, (*n + 1) * sizeof(*p));
 	if (!p)
 		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
-	r->classes = p;
-	memmove(p + lo + 1, p + lo, (r->nclasses - lo) * sizeof(*p));
+	*set = p;
+	memmove(p + lo + 1, p + lo, (*n - lo) * sizeof(*p));
 	p[lo] = zm_strdup(s);
 	if (!p[lo]) {
-		memmove(p + lo, p + lo + 1, (r->nclasses - lo) * sizeof(*p));
+		memmove(p + lo, p + lo + 1, (*n - lo) * sizeof(*p));
 		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 	}
-	r->nclasses++;
+	(*n)++;
 	return ZM_OK;
 }
 
@@ -811,6 +831,19 @@ static enum zm_status not_a_number(const struct zm_dataset_reader *r,
 	                    b->text);
 }
 
+/* a followed by b, in new memory; NULL when out of memory. */
+static char *concat(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b);
+	char *s = zm_malloc(la + lb + 1);
+
+	if (s) {
+		memcpy(s, a, la);
+		memcpy(s + la, b, lb + 1);
+	}
+	return s;
+}
+
 /* Finds the label column by name, else as a 0-based index. */
 static enum zm_status find_label(struct zm_dataset_reader *r,
                                  char **names, const char *label,
@@ -846,6 +879,8 @@ static enum zm_status csv_scan(struct zm_dataset_reader *r,
 	struct csv *c = r->csv;
 	char **names = NULL;
 	struct bad_value *bad = NULL;
+	bool *numbers = NULL;        /* per column: some value is a number */
+	bool *text = NULL;           /* ... some other value is not empty */
 	bool label_int = true, label_num = true, eof, id_int = true;
 	enum zm_status st;
 	size_t i, j;
@@ -865,8 +900,12 @@ static enum zm_status csv_scan(struct zm_dataset_reader *r,
 	r->ncols = c->nfields;
 	names = zm_calloc(r->ncols, sizeof(*names));
 	bad = zm_calloc(r->ncols, sizeof(*bad));
+	numbers = zm_calloc(r->ncols, sizeof(*numbers));
+	text = zm_calloc(r->ncols, sizeof(*text));
 	r->feature_cols = zm_calloc(r->ncols, sizeof(*r->feature_cols));
-	if (!names || !bad || !r->feature_cols) {
+	r->strings = zm_calloc(r->ncols, sizeof(*r->strings));
+	if (!names || !bad || !numbers || !text || !r->feature_cols ||
+	    !r->strings) {
 		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 		goto out;
 	}
@@ -935,21 +974,40 @@ static enum zm_status csv_scan(struct zm_dataset_reader *r,
 			if ((long)i == r->id_col && id_int &&
 			    !csv_integer(f, &iv))
 				id_int = false;
-			if (!csv_number(f, &v))
-				remember_bad(&bad[i], c->rec_line, i + 1, f);
+			if (csv_number(f, &v)) {
+				numbers[i] = true;
+				continue;
+			}
+			remember_bad(&bad[i], c->rec_line, i + 1, f);
+			if (f[strspn(f, " \t")] != '\0')
+				text[i] = true;
 		}
 		r->csv_rows++;
 	}
 	if (r->id_col >= 0 && !id_int)
 		r->id_col = -1;      /* not ids: an ordinary column */
 	for (i = 0; i < r->ncols; i++) {
+		struct csv_strings *sc;
+
 		if ((long)i == r->label_col || (long)i == r->id_col)
 			continue;
-		if (bad[i].line) {
+		if (!bad[i].line) {
+			r->feature_cols[r->nfeatures++] = i;
+			continue;
+		}
+		/* Numbers and other values: a typo, not a string column;
+		 * nothing but empty fields: missing numbers. */
+		if (numbers[i] || !text[i]) {
 			st = not_a_number(r, &bad[i], names[i], err);
 			goto out;
 		}
-		r->feature_cols[r->nfeatures++] = i;
+		sc = &r->strings[r->nstrings++];
+		sc->col = i;
+		if (!(sc->tensor_name = concat(ZM_DATA_COLUMN_PREFIX, names[i])) ||
+		    !(sc->meta_key = concat(ZM_DATA_LEVELS_PREFIX, names[i]))) {
+			st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+			goto out;
+		}
 	}
 	if (r->nfeatures == 0) {
 		st = zm_error_set(err, ZM_ERR_DATA,
@@ -960,9 +1018,9 @@ static enum zm_status csv_scan(struct zm_dataset_reader *r,
 	if (r->label_col >= 0)
 		r->label_kind = label_int ? LABEL_INT
 		              : label_num ? LABEL_FLOAT : LABEL_CLASS;
-	/* Class names need a pass of their own: only now is it known that
-	 * the label is not numeric. */
-	if (r->label_kind == LABEL_CLASS) {
+	/* Class names and string levels need a pass of their own: only now
+	 * is it known which columns hold them. */
+	if (r->label_kind == LABEL_CLASS || r->nstrings) {
 		st = src_rewind(&c->src, err);
 		if (st != ZM_OK)
 			goto out;
@@ -972,12 +1030,24 @@ static enum zm_status csv_scan(struct zm_dataset_reader *r,
 			st = csv_record(c, &eof, err);
 			if (st != ZM_OK || eof)
 				break;
-			st = class_add(r, csv_field(c, (size_t)r->label_col),
-			               err);
+			if (r->label_kind == LABEL_CLASS)
+				st = set_add(r, &r->classes, &r->nclasses,
+				             csv_field(c, (size_t)r->label_col),
+				             "labels", err);
+			for (j = 0; st == ZM_OK && j < r->nstrings; j++) {
+				struct csv_strings *sc = &r->strings[j];
+				st = set_add(r, &sc->levels, &sc->nlevels,
+				             csv_field(c, sc->col), "values in a "
+				             "string column", err);
+			}
 		}
-		if (st != ZM_OK)
-			goto out;
-		st = json_list(&r->classes_json, r->classes, r->nclasses, err);
+		if (st == ZM_OK && r->label_kind == LABEL_CLASS)
+			st = json_list(&r->classes_json, r->classes,
+			               r->nclasses, err);
+		for (j = 0; st == ZM_OK && j < r->nstrings; j++)
+			st = json_list(&r->strings[j].levels_json,
+			               r->strings[j].levels,
+			               r->strings[j].nlevels, err);
 		if (st != ZM_OK)
 			goto out;
 	}
@@ -1007,6 +1077,8 @@ out:
 			free(names[i]);
 	free(names);
 	free(bad);
+	free(numbers);
+	free(text);
 	return st;
 }
 
@@ -1031,7 +1103,7 @@ static enum zm_status csv_next(struct zm_dataset_reader *r,
                                struct zm_error *err)
 {
 	struct csv *c = r->csv;
-	struct zm_tensor x, y, id;
+	struct zm_tensor x, y, id, *cols = NULL;
 	uint64_t left = r->csv_rows - r->rows;
 	size_t n, i, k;
 	enum zm_status st;
@@ -1045,6 +1117,18 @@ static enum zm_status csv_next(struct zm_dataset_reader *r,
 	zm_tensor_init(&x);
 	zm_tensor_init(&y);
 	zm_tensor_init(&id);
+	if (r->nstrings &&
+	    !(cols = zm_calloc(r->nstrings, sizeof(*cols))))
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	for (k = 0; k < r->nstrings; k++) {
+		int64_t shape[1] = { (int64_t)n };
+
+		zm_tensor_init(&cols[k]);
+		st = zm_tensor_alloc(&cols[k], r->strings[k].tensor_name,
+		                     ZM_DTYPE_I64, 1, shape, err);
+		if (st != ZM_OK)
+			goto out;
+	}
 	{
 		int64_t shape[2] = { (int64_t)n, (int64_t)r->nfeatures };
 
@@ -1092,6 +1176,20 @@ static enum zm_status csv_next(struct zm_dataset_reader *r,
 				iv = -1;
 			((int64_t *)id.data)[i] = iv;
 		}
+		for (k = 0; k < r->nstrings; k++) {
+			const struct csv_strings *sc = &r->strings[k];
+			const char *key = csv_field(c, sc->col);
+			char **hit = bsearch(&key, sc->levels, sc->nlevels,
+			                     sizeof(*sc->levels), cmp_str);
+
+			if (!hit) {
+				st = zm_error_set(err, ZM_ERR_IO,
+				                  "%s: changed while being read",
+				                  c->src.name);
+				goto out;
+			}
+			((int64_t *)cols[k].data)[i] = hit - sc->levels;
+		}
 		if (r->label_col >= 0) {
 			const char *f = csv_field(c, (size_t)r->label_col);
 
@@ -1119,6 +1217,12 @@ static enum zm_status csv_next(struct zm_dataset_reader *r,
 		st = zm_doc_add(doc, &y, err);
 	if (st == ZM_OK && r->id_col >= 0)
 		st = zm_doc_add(doc, &id, err);
+	for (k = 0; st == ZM_OK && k < r->nstrings; k++) {
+		st = zm_doc_add(doc, &cols[k], err);
+		if (st == ZM_OK)
+			st = zm_doc_set_meta(doc, r->strings[k].meta_key,
+			                     r->strings[k].levels_json, err);
+	}
 	if (st == ZM_OK)
 		st = set_common_meta(doc, n, err);
 	if (st == ZM_OK)
@@ -1136,6 +1240,9 @@ out:
 	zm_tensor_release(&x);
 	zm_tensor_release(&y);
 	zm_tensor_release(&id);
+	for (k = 0; cols && k < r->nstrings; k++)
+		zm_tensor_release(&cols[k]);
+	free(cols);
 	return st;
 }
 
@@ -1273,7 +1380,91 @@ enum zm_status zm_data_check(const struct zm_doc *doc, const char *name,
 		return zm_error_set(err, ZM_ERR_DATA,
 		                    "%s: tensor 'id' must be I64 [%lld]", name,
 		                    (long long)x->shape[0]);
+	if (doc->n_tensors > (size_t)(1 + (y != NULL) + (id != NULL))) {
+		struct zm_data_column *cols;
+		size_t count;
+		enum zm_status st = zm_data_columns(doc, (size_t)x->shape[0],
+		                                    name, &cols, &count, err);
+		if (st != ZM_OK)
+			return st;
+		zm_data_columns_free(cols, count);
+	}
 	*n = (size_t)x->shape[0];
+	return ZM_OK;
+}
+
+void zm_data_columns_free(struct zm_data_column *c, size_t count)
+{
+	size_t i;
+
+	for (i = 0; c && i < count; i++)
+		zm_config_strings_free(c[i].levels, c[i].n_levels);
+	free(c);
+}
+
+enum zm_status zm_data_columns(const struct zm_doc *doc, size_t n,
+                               const char *where,
+                               struct zm_data_column **out, size_t *count,
+                               struct zm_error *err)
+{
+	const size_t plen = strlen(ZM_DATA_COLUMN_PREFIX);
+	struct zm_data_column *c = NULL;
+	size_t i, k = 0, r;
+	enum zm_status st = ZM_OK;
+	char key[512];
+
+	*out = NULL;
+	*count = 0;
+	for (i = 0; i < doc->n_tensors; i++) {
+		const struct zm_tensor *t = &doc->tensors[i];
+		struct zm_data_column *dc;
+		const char *levels;
+
+		if (strncmp(t->name, ZM_DATA_COLUMN_PREFIX, plen) != 0)
+			continue;
+		if (!c && !(c = zm_calloc(doc->n_tensors, sizeof(*c))))
+			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		dc = &c[k];
+		dc->name = t->name + plen;
+		if (t->dtype != ZM_DTYPE_I64 || t->ndim != 1 ||
+		    (uint64_t)t->shape[0] != n) {
+			st = zm_error_set(err, ZM_ERR_DATA, "%s: string column "
+			                  "'%s' must be I64 [%zu]", where,
+			                  t->name, n);
+			break;
+		}
+		dc->codes = t->data;
+		snprintf(key, sizeof(key), "%s%s", ZM_DATA_LEVELS_PREFIX,
+		         dc->name);
+		levels = zm_doc_meta(doc, key);
+		if (!levels || !zm_config_string_list(levels, &dc->levels,
+		                                      &dc->n_levels)) {
+			st = zm_error_set(err, ZM_ERR_DATA, "%s: string column "
+			                  "'%s' needs metadata %s, a JSON list of "
+			                  "its values", where, dc->name, key);
+			break;
+		}
+		k++;
+		for (r = 0; r < n; r++)
+			if (dc->codes[r] < 0 ||
+			    (uint64_t)dc->codes[r] >= dc->n_levels) {
+				st = zm_error_set(err, ZM_ERR_DATA, "%s: string "
+				                  "column '%s', row %zu: value "
+				                  "%lld outside its %zu levels",
+				                  where, dc->name, r,
+				                  (long long)dc->codes[r],
+				                  dc->n_levels);
+				break;
+			}
+		if (st != ZM_OK)
+			break;
+	}
+	if (st != ZM_OK) {
+		zm_data_columns_free(c, k);
+		return st;
+	}
+	*out = c;
+	*count = k;
 	return ZM_OK;
 }
 

@@ -7,8 +7,14 @@
  *   x   [n, ...]  F32, or U8 with metadata zm.scale
  *   y   [n] I64 class ids, or [n] / [n, t] F32 targets   (optional)
  *   id  [n] I64 row ids                                   (optional)
+ *   column.NAME [n] I64 a string column: index into zm.levels.NAME
  *   __metadata__: zm.kind = data, zm.samples = n, and per source
- *   zm.scale, zm.columns, zm.label, zm.classes.
+ *   zm.scale, zm.columns, zm.label, zm.classes, zm.levels.NAME.
+ *
+ * A CSV column other than the label (and id) in which no value is a
+ * number is a string column -- a data source, a site, a device -- kept
+ * for slice rules and export rather than as a feature; a column with
+ * numbers and other values is an error naming the first bad value.
  *
  * Memory is bounded by one batch, never by the number of rows: IDX files
  * are read incrementally, CSV files in two passes (the first validates
@@ -101,8 +107,9 @@ void zm_dataset_close(struct zm_dataset_reader *r);
 /*
  * Checks that doc has the data layout: an x with at least one dimension,
  * and y / id (when present) with the same first dimension, y of I64 or a
- * float dtype, id of I64.  On success *n is the number of rows.  Errors are
- * ZM_ERR_DATA naming the tensor; name names the input in messages.
+ * float dtype, id of I64, string columns as zm_data_columns wants them.
+ * On success *n is the number of rows.  Errors are ZM_ERR_DATA naming the
+ * tensor; name names the input in messages.
  */
 enum zm_status zm_data_check(const struct zm_doc *doc, const char *name,
                              size_t *n, struct zm_error *err);
@@ -115,6 +122,31 @@ enum zm_status zm_data_check(const struct zm_doc *doc, const char *name,
  */
 enum zm_status zm_data_features(const struct zm_doc *doc,
                                 struct zm_tensor *out, struct zm_error *err);
+
+/* The tensor name prefix and metadata key prefix of string columns. */
+#define ZM_DATA_COLUMN_PREFIX "column."
+#define ZM_DATA_LEVELS_PREFIX "zm.levels."
+
+/* One string column of a data document. */
+struct zm_data_column {
+	const char *name;              /* after the prefix; borrowed from doc */
+	const int64_t *codes;          /* [n], borrowed from doc */
+	char **levels;                 /* owned, n_levels values */
+	size_t n_levels;
+};
+
+/*
+ * The string columns of data document doc of n rows, in tensor order, as
+ * a new array *out of *count (NULL and 0 when there are none; free with
+ * zm_data_columns_free).  Errors (ZM_ERR_DATA, where names doc): a
+ * column tensor that is not I64 [n], missing or malformed levels, an
+ * index outside them.
+ */
+enum zm_status zm_data_columns(const struct zm_doc *doc, size_t n,
+                               const char *where,
+                               struct zm_data_column **out, size_t *count,
+                               struct zm_error *err);
+void zm_data_columns_free(struct zm_data_column *c, size_t count);
 
 /* The value of zm.scale (1 when absent); false when it is malformed. */
 bool zm_data_scale(const struct zm_doc *doc, float *scale);

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "dataset.h"
 #include "gemm.h"
 #include "mem.h"
 #include "random.h"
@@ -38,6 +39,7 @@ static void rule_release(struct zm_slice_rule *u)
 			free(u->strings[i]);
 	free(u->strings);
 	free(u->labels);
+	free(u->level_hit);
 }
 
 void zm_slice_rules_release(struct zm_slice_rules *r)
@@ -550,6 +552,88 @@ static ptrdiff_t find_string(char **list, size_t n, const char *s)
 	return -1;
 }
 
+static const struct zm_data_column *find_column(
+	const struct zm_data_column *c, size_t n, const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (strcmp(c[i].name, name) == 0)
+			return &c[i];
+	return NULL;
+}
+
+/* A column rule on string column c: every value must be one of its
+ * strings (none of which is a number, or the column would be numeric). */
+static enum zm_status bind_strings(struct zm_slice_rule *u,
+                                   const struct zm_data_column *c,
+                                   const char *source, struct zm_error *err)
+{
+	size_t j;
+
+	for (j = 0; j < u->n_values; j++) {
+		if (!u->strings[j])
+			return zm_error_set(err, ZM_ERR_CONFIG, "%s:%d:%d: slice "
+			                    "'%s': column '%s' holds strings, got "
+			                    "the number %g", source, u->line,
+			                    u->col, u->name, u->column,
+			                    u->values[j]);
+		if (find_string(c->levels, c->n_levels, u->strings[j]) < 0)
+			return zm_error_set(err, ZM_ERR_CONFIG, "%s:%d:%d: slice "
+			                    "'%s': no value '%s' in column '%s'",
+			                    source, u->line, u->col, u->name,
+			                    u->strings[j], u->column);
+	}
+	u->on_strings = true;
+	return ZM_OK;
+}
+
+enum zm_status zm_slice_rules_use_batch(struct zm_slice_rules *r,
+                                        const struct zm_doc *doc, size_t n,
+                                        const char *where,
+                                        struct zm_error *err)
+{
+	struct zm_data_column *sc = NULL;
+	size_t n_sc = 0, i, j, k;
+	enum zm_status st = ZM_OK;
+	bool any = false;
+
+	for (i = 0; i < r->n_rules; i++)
+		any |= r->rules[i].on_strings;
+	if (!any)
+		return ZM_OK;
+	if ((st = zm_data_columns(doc, n, where, &sc, &n_sc, err)))
+		return st;
+	for (i = 0; st == ZM_OK && i < r->n_rules; i++) {
+		struct zm_slice_rule *u = &r->rules[i];
+		const struct zm_data_column *c;
+		uint8_t *hit;
+
+		if (!u->on_strings)
+			continue;
+		if (!(c = find_column(sc, n_sc, u->column))) {
+			st = zm_error_set(err, ZM_ERR_DATA, "%s: no string column "
+			                  "'%s' (slice '%s')", where, u->column,
+			                  u->name);
+			break;
+		}
+		if (!(hit = zm_calloc(c->n_levels ? c->n_levels : 1, 1))) {
+			st = nomem(err);
+			break;
+		}
+		for (k = 0; k < c->n_levels; k++)
+			for (j = 0; j < u->n_values; j++)
+				if (strcmp(c->levels[k], u->strings[j]) == 0)
+					hit[k] = 1;
+		free(u->level_hit);
+		u->level_hit = hit;
+		u->n_levels = c->n_levels;
+		u->codes = c->codes;
+	}
+	zm_data_columns_free(sc, n_sc);
+	return st;
+}
+
 enum zm_status zm_slice_rules_bind(struct zm_slice_rules *r,
                                    const struct zm_doc *doc, size_t d,
                                    const char *source, struct zm_error *err)
@@ -558,13 +642,21 @@ enum zm_status zm_slice_rules_bind(struct zm_slice_rules *r,
 	const char *cj = zm_doc_meta(doc, "zm.columns");
 	const char *kj = zm_doc_meta(doc, "zm.classes");
 	bool has_y = zm_doc_find(doc, "y") != NULL;
+	const struct zm_tensor *x = zm_doc_find(doc, "x");
 	char **cols = NULL, **classes = NULL;
-	size_t n_cols = 0, n_classes = 0, i, j;
+	struct zm_data_column *sc = NULL;
+	size_t n_cols = 0, n_classes = 0, n_sc = 0, i, j;
 	enum zm_status st = ZM_OK;
 
-	if (cj && !zm_config_string_list(cj, &cols, &n_cols))
-		return zm_error_set(err, ZM_ERR_DATA, "metadata zm.columns is "
-		                    "not a JSON list of names");
+	if (x && x->ndim >= 1 &&
+	    (st = zm_data_columns(doc, (size_t)x->shape[0], "the data", &sc,
+	                          &n_sc, err)))
+		return st;
+	if (cj && !zm_config_string_list(cj, &cols, &n_cols)) {
+		st = zm_error_set(err, ZM_ERR_DATA, "metadata zm.columns is "
+		                  "not a JSON list of names");
+		goto out;
+	}
 	if (kj && !zm_config_string_list(kj, &classes, &n_classes)) {
 		st = zm_error_set(err, ZM_ERR_DATA, "metadata zm.classes is "
 		                  "not a JSON list of names");
@@ -576,6 +668,7 @@ enum zm_status zm_slice_rules_bind(struct zm_slice_rules *r,
 
 		if (u->kind == ZM_SLICE_COLUMN || u->kind == ZM_SLICE_FEATURE) {
 			u->on_label = false;
+			u->on_strings = false;
 			if (u->column) {
 				ptrdiff_t at = find_string(cols, n_cols,
 				                           u->column);
@@ -583,6 +676,13 @@ enum zm_status zm_slice_rules_bind(struct zm_slice_rules *r,
 				    label && has_y &&
 				    strcmp(label, u->column) == 0) {
 					u->on_label = true;
+				} else if (at < 0 && u->kind == ZM_SLICE_COLUMN &&
+				           find_column(sc, n_sc, u->column)) {
+					st = bind_strings(u, find_column(sc, n_sc,
+					                  u->column), source, err);
+					if (st != ZM_OK)
+						break;
+					continue;
 				} else if (at < 0) {
 					st = zm_error_set(err, ZM_ERR_CONFIG,
 					        "%s:%d:%d: slice '%s': no column "
@@ -658,6 +758,7 @@ enum zm_status zm_slice_rules_bind(struct zm_slice_rules *r,
 out:
 	zm_config_strings_free(cols, n_cols);
 	zm_config_strings_free(classes, n_classes);
+	zm_data_columns_free(sc, n_sc);
 	return st;
 }
 
@@ -708,9 +809,9 @@ bool zm_slice_hash_in(uint64_t id, double fraction, uint64_t seed)
 	return (double)(h >> 11) * 0x1p-53 < fraction;
 }
 
-static bool rule_matches(const struct zm_slice_rule *u, const float *row,
-                         size_t d, const int64_t *y, uint64_t id,
-                         int32_t cluster)
+static bool rule_matches(const struct zm_slice_rule *u, size_t i,
+                         const float *row, size_t d, const int64_t *y,
+                         uint64_t id, int32_t cluster)
 {
 	double v;
 	size_t j;
@@ -719,6 +820,8 @@ static bool rule_matches(const struct zm_slice_rule *u, const float *row,
 	case ZM_SLICE_DEFAULT:
 		return false;
 	case ZM_SLICE_COLUMN:
+		if (u->on_strings)
+			return u->codes && u->level_hit[u->codes[i]];
 		if (u->on_label) {
 			if (!y)
 				return false;
@@ -766,7 +869,7 @@ void zm_slice_match(const struct zm_slice_rules *r, const float *x,
 		bool any = false;
 
 		for (j = 0; j < R; j++) {
-			if (!rule_matches(&r->rules[j], row, d,
+			if (!rule_matches(&r->rules[j], i, row, d,
 			                  y ? y + i : NULL,
 			                  ids ? (uint64_t)ids[i] : i,
 			                  cluster ? cluster[i] : -1))

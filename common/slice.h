@@ -45,6 +45,13 @@ struct zm_slice_rule {
 	char *column;
 	int64_t index;
 	bool on_label;            /* bound: the column is the label */
+	bool on_strings;          /* bound: a string column (dataset.h) */
+	/* string columns, per batch (zm_slice_rules_use_batch): the rows'
+	 * indexes into the batch's levels, borrowed from the batch, and
+	 * which levels are among the rule's values */
+	const int64_t *codes;
+	uint8_t *level_hit;       /* owned [n_levels] */
+	size_t n_levels;
 	/* column values: numbers, or strings (class names of the label) */
 	double *values;           /* owned [n_values] */
 	char **strings;           /* owned [n_values], NULL entries for numbers */
@@ -100,19 +107,34 @@ enum zm_status zm_slice_rules_load(const char *path, struct zm_slice_rules *r,
 /*
  * Resolves column, feature and label names against a data document's
  * metadata (zm.columns: JSON list of feature names; zm.label and
- * zm.classes) for d features.  A missing column or class, an index >= d,
- * or a label rule on data without labels is ZM_ERR_CONFIG naming the
- * rule's line and column (source names the rules file).
+ * zm.classes; string columns and their zm.levels) for d features.  A
+ * missing column, class or string value, a number for a string column, a
+ * string for a numeric one, an index >= d, or a label rule on data
+ * without labels is ZM_ERR_CONFIG naming the rule's line and column
+ * (source names the rules file).
  */
 enum zm_status zm_slice_rules_bind(struct zm_slice_rules *r,
                                    const struct zm_doc *doc, size_t d,
                                    const char *source, struct zm_error *err);
 
+/*
+ * Before zm_slice_match on a batch doc of n rows: points the rules on
+ * string columns at the batch's values and levels (which may differ from
+ * batch to batch in a joined stream).  The batch must outlive the match.
+ * Errors: ZM_ERR_DATA when the batch lacks a bound string column or its
+ * layout is wrong (where names the batch); ZM_ERR_NOMEM.
+ */
+enum zm_status zm_slice_rules_use_batch(struct zm_slice_rules *r,
+                                        const struct zm_doc *doc, size_t n,
+                                        const char *where,
+                                        struct zm_error *err);
+
 
 /*
  * Matches n rows: x row-major F32 [n, d] features (scaled), y class ids
  * or NULL, ids the row ids, cluster the nearest centroid of each row or
- * NULL (required when k > 0).  hits[i * n_rules + j] is set to 1 when row
+ * NULL (required when k > 0), string columns as zm_slice_rules_use_batch
+ * left them.  hits[i * n_rules + j] is set to 1 when row
  * i belongs to rule j: in partition mode only the first matching rule
  * (the default slice, wherever it stands, only when nothing else
  * matched); in overlapping mode every matching rule, the default slice

@@ -1,5 +1,6 @@
 #!/bin/sh
-# slice: every criterion end to end on small CSV data, partition and
+# slice: every criterion end to end on small CSV data (a string column
+# for the data source among them), partition and
 # overlapping modes, hash splits, k-means with reusable centroids, the
 # membership stream, errors with line:col, outputs that appear only on
 # success, and Fashion-MNIST sliced by row mean against counts computed
@@ -115,6 +116,39 @@ size=$(wc -c < "$T/d.st.gz")
 run sh -c "head -c $((size - 20)) '$T/d.st.gz' | slice --rules '$T/r3.yaml' --out-dir '$T/o8'"
 expect_rc 1 "a truncated stream"
 check "leaves no slice file" test ! -e "$T/o8/hold.safetensors.gz"
+
+# By data source: a string column (north, south, east, west).
+awk 'BEGIN { srand(5); print "source,x1,x2,label"
+	split("north south east west", s, " ")
+	for (i = 0; i < 500; i++)	# eighths: exact in F32, so the export prints them back
+		printf "%s,%g,%g,%d\n", s[1 + int(rand() * 4)], int(rand() * 64) / 8, int(rand() * 64) / 8, i % 3 }' >"$T/sources.csv"
+cat >"$T/src-rules.yaml" <<'EOF'
+mode: partition
+slices:
+  - {name: coast, where: {column: source, in: [north, west]}}
+  - {name: south, where: {column: source, equals: south}}
+  - {name: rest, default: true}
+EOF
+run slice --from csv --label label --rules "$T/src-rules.yaml" --out-dir "$T/src" "$T/sources.csv"
+expect_rc 0 "slice a CSV by its source column"
+for sl in coast south rest; do
+	case $sl in
+	coast) want=$(awk -F, 'NR > 1 && ($1 == "north" || $1 == "west")' "$T/sources.csv" | wc -l) ;;
+	south) want=$(awk -F, 'NR > 1 && $1 == "south"' "$T/sources.csv" | wc -l) ;;
+	*) want=$(awk -F, 'NR > 1 && $1 == "east"' "$T/sources.csv" | wc -l) ;;
+	esac
+	tensor export --to csv "$T/src/$sl.safetensors.gz" >"$T/src-$sl.csv"
+	check "slice $sl has the rows awk counts ($want)" sh -c "[ \$(sed 1d '$T/src-$sl.csv' | wc -l) -eq $want ]"
+done
+check "the coast slice holds exactly the north and west rows" sh -c "
+	sed 1d '$T/src-coast.csv' | cut -d, -f2- | sort >'$T/got' &&
+	awk -F, 'NR > 1 && (\$1 == \"north\" || \$1 == \"west\")' '$T/sources.csv' | sort >'$T/want' &&
+	cmp -s '$T/got' '$T/want'"
+check "the string column survives slicing" grep -q '^id,source,x1,x2,label$' "$T/src-south.csv"
+printf 'slices:\n  - {name: s, where: {column: source, in: [mars]}}\n' >"$T/src-bad.yaml"
+run slice --from csv --label label --rules "$T/src-bad.yaml" --out-dir "$T/src-bad" "$T/sources.csv"
+expect_rc 2 "a source the data does not have is a configuration error"
+expect_err "src-bad.yaml:2:5: slice 's': no value 'mars' in column 'source'" "naming the rule and the value"
 
 # k-means: three well-separated blobs; each cluster is one blob (label).
 awk 'BEGIN { srand(5); print "a,b,blob"

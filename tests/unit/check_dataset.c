@@ -336,6 +336,13 @@ static const struct {
 	{ "a,y\n1,\n", "y", ZM_ERR_DATA, "t.csv:2:2: empty label" },
 	{ "id,a\n1,2\nx,3\n", NULL, ZM_ERR_DATA,
 	  "t.csv:3:1: column 'id': expected a number, got 'x'" },
+	/* A column of text with one number in it is a typo, not strings;
+	 * one of empty fields only is missing numbers. */
+	{ "s,a\nsiteA,1\n7,2\n", NULL, ZM_ERR_DATA,
+	  "t.csv:2:1: column 's': expected a number, got 'siteA'" },
+	{ "s,a\n,1\n ,2\n", NULL, ZM_ERR_DATA,
+	  "t.csv:2:1: column 's': expected a number, got ''" },
+	{ "s,y\nA,1\n", "y", ZM_ERR_DATA, "no feature columns" },
 };
 
 START_TEST(test_csv_bad)
@@ -382,6 +389,60 @@ START_TEST(test_csv_label_classes)
 		ck_assert_str_eq(zm_doc_meta(&doc, "zm.columns"), "[\"f\"]");
 		for (i = 0; i < (size_t)y->shape[0]; i++, row++)
 			ck_assert_int_eq(((int64_t *)y->data)[i], want[row]);
+	}
+	ck_assert_uint_eq(row, 4);
+	zm_doc_release(&doc);
+	zm_dataset_close(r);
+}
+END_TEST
+
+START_TEST(test_csv_string_columns)
+{
+	/* Columns without a number are string columns: sorted levels,
+	 * consistent across batches (C appears only in the second), empty
+	 * fields a level of their own; the features are the rest. */
+	const char *text = "site,f,kind,dev\nB,1,dog,x\nA,2,cat,\n"
+	                   "B,3,dog,y\nC,4,bird,x\n";
+	const int64_t want_site[] = { 1, 0, 1, 2 }, want_dev[] = { 1, 0, 2, 1 };
+	struct zm_dataset_reader *r = NULL;
+	struct zm_data_column *cols;
+	struct zm_error err;
+	struct zm_doc doc;
+	size_t row = 0, i, n, count;
+	bool eof;
+
+	zm_doc_init(&doc);
+	ck_assert_int_eq(open_csv(&r, text, "kind", 3, &err), ZM_OK);
+	for (;;) {
+		const struct zm_tensor *x, *site, *dev;
+
+		ck_assert_int_eq(zm_dataset_next(r, &doc, &eof, &err), ZM_OK);
+		if (eof)
+			break;
+		ck_assert_int_eq(zm_data_check(&doc, "t", &n, &err), ZM_OK);
+		x = zm_doc_find(&doc, "x");
+		ck_assert_int_eq(x->shape[1], 1);
+		ck_assert_str_eq(zm_doc_meta(&doc, "zm.columns"), "[\"f\"]");
+		ck_assert_str_eq(zm_doc_meta(&doc, "zm.levels.site"),
+		                 "[\"A\",\"B\",\"C\"]");
+		ck_assert_str_eq(zm_doc_meta(&doc, "zm.levels.dev"),
+		                 "[\"\",\"x\",\"y\"]");
+		site = zm_doc_find(&doc, "column.site");
+		dev = zm_doc_find(&doc, "column.dev");
+		ck_assert(site && dev && site->dtype == ZM_DTYPE_I64);
+		ck_assert_int_eq(zm_data_columns(&doc, n, "t", &cols, &count,
+		                                 &err), ZM_OK);
+		ck_assert_uint_eq(count, 2);
+		ck_assert_str_eq(cols[0].name, "site");
+		ck_assert_str_eq(cols[1].name, "dev");
+		for (i = 0; i < n; i++, row++) {
+			ck_assert_int_eq(((int64_t *)site->data)[i], want_site[row]);
+			ck_assert_int_eq(((int64_t *)dev->data)[i], want_dev[row]);
+			ck_assert_float_eq(((float *)x->data)[i], (float)(row + 1));
+		}
+		ck_assert_str_eq(cols[0].levels[cols[0].codes[0]],
+		                 row == 3 ? "B" : "C");
+		zm_data_columns_free(cols, count);
 	}
 	ck_assert_uint_eq(row, 4);
 	zm_doc_release(&doc);
@@ -555,6 +616,32 @@ START_TEST(test_data_check)
 	ck_assert_int_eq(zm_data_check(&doc, "d", &n, &err), ZM_ERR_DATA);
 	ck_assert_ptr_nonnull(strstr(err.msg, "'y'"));
 	zm_doc_release(&doc);
+
+	/* String columns: I64 [n], levels present, indexes inside them. */
+	zm_doc_init(&doc);
+	zm_tensor_alloc(&t, "x", ZM_DTYPE_F32, 2, xs, &err);
+	zm_doc_add(&doc, &t, &err);
+	zm_tensor_alloc(&t, "column.site", ZM_DTYPE_F32, 1, xs, &err);
+	zm_doc_add(&doc, &t, &err);
+	ck_assert_int_eq(zm_data_check(&doc, "d", &n, &err), ZM_ERR_DATA);
+	ck_assert_ptr_nonnull(strstr(err.msg, "must be I64 [3]"));
+	zm_doc_release(&doc);
+	zm_doc_init(&doc);
+	zm_tensor_alloc(&t, "x", ZM_DTYPE_F32, 2, xs, &err);
+	zm_doc_add(&doc, &t, &err);
+	zm_tensor_alloc(&t, "column.site", ZM_DTYPE_I64, 1, xs, &err);
+	((int64_t *)t.data)[0] = 0;
+	((int64_t *)t.data)[1] = 1;
+	((int64_t *)t.data)[2] = 2;
+	zm_doc_add(&doc, &t, &err);
+	ck_assert_int_eq(zm_data_check(&doc, "d", &n, &err), ZM_ERR_DATA);
+	ck_assert_ptr_nonnull(strstr(err.msg, "needs metadata zm.levels.site"));
+	zm_doc_set_meta(&doc, "zm.levels.site", "[\"a\",\"b\"]", &err);
+	ck_assert_int_eq(zm_data_check(&doc, "d", &n, &err), ZM_ERR_DATA);
+	ck_assert_ptr_nonnull(strstr(err.msg, "row 2: value 2 outside its 2 levels"));
+	zm_doc_set_meta(&doc, "zm.levels.site", "[\"a\",\"b\",\"c\"]", &err);
+	ck_assert_int_eq(zm_data_check(&doc, "d", &n, &err), ZM_OK);
+	zm_doc_release(&doc);
 }
 END_TEST
 
@@ -575,6 +662,7 @@ Suite *suite_dataset(void)
 	tcase_add_loop_test(tc, test_csv_bad, 0,
 	                    (int)(sizeof(csv_bad) / sizeof(csv_bad[0])));
 	tcase_add_test(tc, test_csv_label_classes);
+	tcase_add_test(tc, test_csv_string_columns);
 	tcase_add_test(tc, test_csv_label_types);
 	tcase_add_test(tc, test_csv_header_only);
 	tcase_add_test(tc, test_csv_file_and_batches);

@@ -253,6 +253,91 @@ START_TEST(test_bind_errors)
 }
 END_TEST
 
+/* A data document of 5 rows with string column src, values vals[i]
+ * among levels (a JSON list). */
+static void string_doc(struct zm_doc *doc, const int64_t *vals,
+                       const char *levels)
+{
+	struct zm_error err;
+	struct zm_tensor t;
+	int64_t xs[2] = { 5, 4 }, cs[1] = { 5 };
+
+	zm_doc_init(doc);
+	zm_tensor_init(&t);
+	ck_assert_int_eq(zm_tensor_alloc(&t, "x", ZM_DTYPE_F32, 2, xs, &err),
+	                 ZM_OK);
+	memcpy(t.data, rows, sizeof(rows));
+	ck_assert_int_eq(zm_doc_add(doc, &t, &err), ZM_OK);
+	ck_assert_int_eq(zm_tensor_alloc(&t, "column.src", ZM_DTYPE_I64, 1, cs,
+	                                 &err), ZM_OK);
+	memcpy(t.data, vals, 5 * sizeof(int64_t));
+	ck_assert_int_eq(zm_doc_add(doc, &t, &err), ZM_OK);
+	ck_assert_int_eq(zm_doc_set_meta(doc, "zm.columns",
+	                                 "[\"a\",\"b\",\"c\",\"d\"]", &err),
+	                 ZM_OK);
+	ck_assert_int_eq(zm_doc_set_meta(doc, "zm.levels.src", levels, &err),
+	                 ZM_OK);
+}
+
+START_TEST(test_string_columns)
+{
+	/* Rows from sources north, south, east (levels sorted per batch);
+	 * the second batch has other levels, so the same names are other
+	 * indexes there. */
+	const int64_t v1[5] = { 1, 2, 0, 1, 2 };      /* [east,north,south] */
+	const int64_t v2[5] = { 0, 0, 1, 1, 0 };      /* [north,west] */
+	const int want1[5] = { 0, 1, -1, 0, 1 }, want2[5] = { 0, 0, -1, -1, 0 };
+	struct zm_slice_rules r;
+	struct zm_error err;
+	struct zm_doc doc;
+	uint8_t hits[5 * 2];
+
+	ck_assert_int_eq(parse("slices:\n"
+	                       "  - {name: n, where: {column: src, equals: north}}\n"
+	                       "  - {name: s, where: {column: src, in: [south, west]}}\n",
+	                       &r, &err), ZM_OK);
+	string_doc(&doc, v1, "[\"east\",\"north\",\"south\"]");
+	/* west is not in the first batch's levels: the bind refuses it. */
+	ck_assert_int_eq(zm_slice_rules_bind(&r, &doc, 4, "r.yaml", &err),
+	                 ZM_ERR_CONFIG);
+	ck_assert_msg(strstr(err.msg, "r.yaml:3:5: slice 's': no value 'west' "
+	                     "in column 'src'") != NULL, "%s", err.msg);
+	zm_slice_rules_release(&r);
+	ck_assert_int_eq(parse("slices:\n"
+	                       "  - {name: n, where: {column: src, equals: north}}\n"
+	                       "  - {name: s, where: {column: src, in: [south]}}\n",
+	                       &r, &err), ZM_OK);
+	ck_assert_int_eq(zm_slice_rules_bind(&r, &doc, 4, "r.yaml", &err), ZM_OK);
+	ck_assert_int_eq(zm_slice_rules_use_batch(&r, &doc, 5, "b1", &err), ZM_OK);
+	zm_slice_match(&r, &rows[0][0], NULL, NULL, NULL, 5, 4, hits);
+	expect_rows(hits, 2, want1);
+	zm_doc_release(&doc);
+	string_doc(&doc, v2, "[\"north\",\"west\"]");
+	ck_assert_int_eq(zm_slice_rules_use_batch(&r, &doc, 5, "b2", &err), ZM_OK);
+	zm_slice_match(&r, &rows[0][0], NULL, NULL, NULL, 5, 4, hits);
+	expect_rows(hits, 2, want2);
+	zm_doc_release(&doc);
+	/* A batch without the column. */
+	zm_doc_init(&doc);
+	ck_assert_int_eq(zm_slice_rules_use_batch(&r, &doc, 5, "b3", &err),
+	                 ZM_ERR_DATA);
+	ck_assert_msg(strstr(err.msg, "b3: no string column 'src'") != NULL,
+	              "%s", err.msg);
+	zm_doc_release(&doc);
+	zm_slice_rules_release(&r);
+	/* A number for a string column. */
+	ck_assert_int_eq(parse("slices:\n  - {name: n, where: {column: src, in: [3]}}\n",
+	                       &r, &err), ZM_OK);
+	string_doc(&doc, v1, "[\"east\",\"north\",\"south\"]");
+	ck_assert_int_eq(zm_slice_rules_bind(&r, &doc, 4, "r.yaml", &err),
+	                 ZM_ERR_CONFIG);
+	ck_assert_msg(strstr(err.msg, "column 'src' holds strings, got the "
+	                     "number 3") != NULL, "%s", err.msg);
+	zm_doc_release(&doc);
+	zm_slice_rules_release(&r);
+}
+END_TEST
+
 START_TEST(test_hash_split)
 {
 	const size_t n = 100000;
@@ -415,6 +500,7 @@ Suite *suite_slice(void)
 	tcase_add_test(tc, test_criteria);
 	tcase_add_test(tc, test_partition_vs_overlapping);
 	tcase_add_test(tc, test_bind_errors);
+	tcase_add_test(tc, test_string_columns);
 	tcase_add_test(tc, test_hash_split);
 	tcase_add_test(tc, test_kmeans_recovers_clusters);
 	tcase_add_test(tc, test_reservoir_uniform);
