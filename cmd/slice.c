@@ -374,28 +374,27 @@ static enum zm_status add_strings(struct zm_doc *out, const struct zm_doc *src,
 	const size_t plen = strlen(ZM_DATA_COLUMN_PREFIX);
 	enum zm_status st = ZM_OK;
 	struct zm_tensor t;
-	char key[512];
-	size_t i;
+	size_t i, j;
 
 	zm_tensor_init(&t);
 	for (i = 0; st == ZM_OK && i < src->n_tensors; i++) {
 		const struct zm_tensor *c = &src->tensors[i];
-		const char *levels;
 		int64_t sh[ZM_MAX_DIMS] = { (int64_t)n };
 
 		if (strncmp(c->name, ZM_DATA_COLUMN_PREFIX, plen) != 0)
 			continue;
-		snprintf(key, sizeof(key), "%s%s", ZM_DATA_LEVELS_PREFIX,
-		         c->name + plen);
-		levels = zm_doc_meta(src, key);
 		st = gather(&t, c->name, ZM_DTYPE_I64, 1, sh, c->data,
 		            sizeof(int64_t), sel, m, err);
 		if (st == ZM_OK)
 			st = zm_doc_add(out, &t, err);
-		if (st == ZM_OK && levels)
-			st = zm_doc_set_meta(out, key, levels, err);
 	}
 	zm_tensor_release(&t);
+	/* Their levels: zm_data_check made sure every column has them. */
+	for (j = 0; st == ZM_OK && j < src->n_meta; j++)
+		if (strncmp(src->meta[j].key, ZM_DATA_LEVELS_PREFIX,
+		            strlen(ZM_DATA_LEVELS_PREFIX)) == 0)
+			st = zm_doc_set_meta(out, src->meta[j].key,
+			                     src->meta[j].value, err);
 	return st;
 }
 

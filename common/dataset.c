@@ -1393,6 +1393,21 @@ enum zm_status zm_data_check(const struct zm_doc *doc, const char *name,
 	return ZM_OK;
 }
 
+const char *zm_data_levels_json(const struct zm_doc *doc, const char *name)
+{
+	const size_t plen = strlen(ZM_DATA_LEVELS_PREFIX);
+	size_t i;
+
+	/* Compared in place: column names have no length limit. */
+	for (i = 0; i < doc->n_meta; i++) {
+		const char *key = doc->meta[i].key;
+		if (strncmp(key, ZM_DATA_LEVELS_PREFIX, plen) == 0 &&
+		    strcmp(key + plen, name) == 0)
+			return doc->meta[i].value;
+	}
+	return NULL;
+}
+
 void zm_data_columns_free(struct zm_data_column *c, size_t count)
 {
 	size_t i;
@@ -1411,7 +1426,6 @@ enum zm_status zm_data_columns(const struct zm_doc *doc, size_t n,
 	struct zm_data_column *c = NULL;
 	size_t i, k = 0, r;
 	enum zm_status st = ZM_OK;
-	char key[512];
 
 	*out = NULL;
 	*count = 0;
@@ -1434,14 +1448,13 @@ enum zm_status zm_data_columns(const struct zm_doc *doc, size_t n,
 			break;
 		}
 		dc->codes = t->data;
-		snprintf(key, sizeof(key), "%s%s", ZM_DATA_LEVELS_PREFIX,
-		         dc->name);
-		levels = zm_doc_meta(doc, key);
+		levels = zm_data_levels_json(doc, dc->name);
 		if (!levels || !zm_config_string_list(levels, &dc->levels,
 		                                      &dc->n_levels)) {
 			st = zm_error_set(err, ZM_ERR_DATA, "%s: string column "
-			                  "'%s' needs metadata %s, a JSON list of "
-			                  "its values", where, dc->name, key);
+			                  "'%s' needs metadata %s%s, a JSON list "
+			                  "of its values", where, dc->name,
+			                  ZM_DATA_LEVELS_PREFIX, dc->name);
 			break;
 		}
 		k++;

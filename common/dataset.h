@@ -135,6 +135,10 @@ struct zm_data_column {
 	size_t n_levels;
 };
 
+/* The levels (metadata zm.levels.NAME, a JSON list) of string column
+ * name in doc, or NULL; borrowed from doc. */
+const char *zm_data_levels_json(const struct zm_doc *doc, const char *name);
+
 /*
  * The string columns of data document doc of n rows, in tensor order, as
  * a new array *out of *count (NULL and 0 when there are none; free with

@@ -1064,6 +1064,28 @@ static enum zm_status doc_check(const struct zm_doc *doc, bool need_data,
 	return ZM_OK;
 }
 
+/* Longest key (metadata key or tensor name, as escaped JSON) written:
+ * YAML, which our reader parses JSON as, limits implicit keys to 1024
+ * characters, so a longer one would make a stream nobody can read. */
+#define ZM_MAX_KEY_BYTES 1000
+
+/* Appends key as a JSON string; false when it comes out too long. */
+static bool put_key(struct zm_buf *b, const char *key)
+{
+	size_t before = b->len;
+
+	zm_json_string(b, key, strlen(key));
+	return b->failed || b->len - before <= ZM_MAX_KEY_BYTES;
+}
+
+static enum zm_status key_too_long(struct zm_buf *b, const char *what,
+                                   const char *key, struct zm_error *err)
+{
+	zm_buf_release(b);
+	return zm_error_set(err, ZM_ERR_DATA, "%s '%.40s...' is longer than "
+	                    "%d bytes", what, key, ZM_MAX_KEY_BYTES);
+}
+
 /* The 8-byte length and the JSON header, padded with spaces to a multiple
  * of 8 bytes as the reference writer does (so the data is aligned). */
 static enum zm_status build_header(const struct zm_doc *doc, struct zm_buf *b,
@@ -1081,8 +1103,9 @@ static enum zm_status build_header(const struct zm_doc *doc, struct zm_buf *b,
 		for (i = 0; i < doc->n_meta; i++) {
 			if (i)
 				zm_buf_puts(b, ",");
-			zm_json_string(b, doc->meta[i].key,
-			               strlen(doc->meta[i].key));
+			if (!put_key(b, doc->meta[i].key))
+				return key_too_long(b, "metadata key",
+				                    doc->meta[i].key, err);
 			zm_buf_puts(b, ":");
 			zm_json_string(b, doc->meta[i].value,
 			               strlen(doc->meta[i].value));
@@ -1093,7 +1116,8 @@ static enum zm_status build_header(const struct zm_doc *doc, struct zm_buf *b,
 		const struct zm_tensor *t = &doc->tensors[i];
 		if (i || doc->n_meta)
 			zm_buf_puts(b, ",");
-		zm_json_string(b, t->name, strlen(t->name));
+		if (!put_key(b, t->name))
+			return key_too_long(b, "tensor name", t->name, err);
 		zm_buf_printf(b, ":{\"dtype\":\"%s\",\"shape\":[",
 		              zm_dtype_name(t->dtype));
 		for (d = 0; d < t->ndim; d++)

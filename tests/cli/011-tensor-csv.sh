@@ -58,6 +58,14 @@ expect_rc 1 "a column of text with a number in it is refused"
 expect_err "mixed.csv:2:1: column 'source': expected a number, got 'north'" "and the message names the first text"
 check "no output" test ! -e "$T/mixed.sgz"
 
+# A string column whose name makes a key no reader could parse back (over
+# 1000 bytes) is refused when writing, with no output.
+awk 'BEGIN { n = ""; for (i = 0; i < 1200; i++) n = n "s"; print n ",f"; print "a,1"; print "b,2" }' >"$T/longname.csv"
+run tensor import --from csv -o "$T/longname.sgz" "$T/longname.csv"
+expect_rc 1 "a 1200-byte string column name exits 1"
+expect_err "is longer than 1000 bytes" "and says why"
+check "no output" test ! -e "$T/longname.sgz"
+
 # A failed import leaves an existing output as it was.
 printf '\000\000\010\003\000\000\000\005\000\000\000\002\000\000\000\002\001\002' > "$T/short.idx"
 echo keep > "$T/old.safetensors.gz"

@@ -875,6 +875,67 @@ START_TEST(compress_env)
 }
 END_TEST
 
+/* Keys near the limit: a 990-byte tensor name and metadata key round trip
+ * (the limit sits below what the reader's YAML parser accepts); 1001 bytes
+ * are refused when writing, never written into an unreadable stream. */
+START_TEST(long_keys)
+{
+	size_t lens[2] = { 990, 1001 }, k;
+
+	for (k = 0; k < 2; k++) {
+		char *name = malloc(lens[k] + 1);
+		struct zm_doc doc, back;
+		struct zm_tensor t;
+		struct zm_error err;
+		struct zm_reader *r;
+		int64_t sh[1] = { 2 };
+		void *bytes;
+		size_t len;
+		bool eof;
+
+		ck_assert_ptr_nonnull(name);
+		memset(name, 'k', lens[k]);
+		name[lens[k]] = '\0';
+		zm_doc_init(&doc);
+		zm_tensor_init(&t);
+		ck_assert_int_eq(zm_tensor_alloc(&t, name, ZM_DTYPE_F32, 1, sh,
+		                                 &err), ZM_OK);
+		ck_assert_int_eq(zm_doc_add(&doc, &t, &err), ZM_OK);
+		ck_assert_int_eq(zm_doc_serialize(&doc, &bytes, &len, &err),
+		                 k ? ZM_ERR_DATA : ZM_OK);
+		if (k) {
+			ck_assert_ptr_nonnull(strstr(err.msg, "tensor name"));
+			ck_assert_ptr_nonnull(strstr(err.msg, "longer than 1000 bytes"));
+		} else {
+			free(bytes);
+		}
+		/* The same length as a metadata key. */
+		zm_doc_release(&doc);
+		zm_doc_init(&doc);
+		ck_assert_int_eq(zm_tensor_alloc(&t, "x", ZM_DTYPE_F32, 1, sh,
+		                                 &err), ZM_OK);
+		ck_assert_int_eq(zm_doc_add(&doc, &t, &err), ZM_OK);
+		ck_assert_int_eq(zm_doc_set_meta(&doc, name, "v", &err), ZM_OK);
+		ck_assert_int_eq(zm_doc_serialize(&doc, &bytes, &len, &err),
+		                 k ? ZM_ERR_DATA : ZM_OK);
+		if (!k) {
+			zm_doc_init(&back);
+			ck_assert_int_eq(zm_reader_open_mem(&r, bytes, len, "mem",
+			                                    &err), ZM_OK);
+			ck_assert_msg(zm_reader_next(r, &back, &eof, &err) == ZM_OK,
+			              "%s", err.msg);
+			ck_assert(!eof);
+			ck_assert_str_eq(zm_doc_meta(&back, name), "v");
+			zm_reader_close(r);
+			zm_doc_release(&back);
+			free(bytes);
+		}
+		zm_doc_release(&doc);
+		free(name);
+	}
+}
+END_TEST
+
 START_TEST(doc_operations)
 {
 	struct zm_doc doc;
@@ -930,6 +991,7 @@ Suite *suite_stream(void)
 	tcase_add_loop_test(tc, compress_env, 0,
 	                    (int)(sizeof(env_cases) / sizeof(env_cases[0])));
 	tcase_add_test(tc, doc_operations);
+	tcase_add_test(tc, long_keys);
 	suite_add_tcase(s, tc);
 	return s;
 }
