@@ -17,20 +17,6 @@
 #include "random.h"
 #include "unit.h"
 
-static struct zm_arch *arch_from(const char *yaml)
-{
-	struct zm_node *root;
-	struct zm_arch *arch;
-	struct zm_error err;
-
-	ck_assert_int_eq(zm_config_parse(yaml, strlen(yaml), "arch.yaml", &root,
-	                                 &err), ZM_OK);
-	if (zm_arch_parse(root, &arch, &err) != ZM_OK)
-		ck_abort_msg("arch: %s", err.msg);
-	zm_node_free(root);
-	return arch;
-}
-
 static enum zm_status arch_error(const char *yaml, struct zm_error *err)
 {
 	struct zm_node *root;
@@ -73,7 +59,7 @@ static struct zm_arch *conv_arch(const struct geom_case *k)
 	         "stride: [%d, %d], padding: %s}\n",
 	         k->c, k->h, k->w, k->oc, k->kh, k->kw, k->sh, k->sw,
 	         k->same ? "same" : "valid");
-	return arch_from(yaml);
+	return unit_arch(yaml);
 }
 
 static void fill(struct zm_rng *r, float *v, size_t n)
@@ -298,7 +284,7 @@ START_TEST(test_maxpool_fd)
 	         "input: [%d, %d, %d]\nlayers:\n"
 	         "  - {name: p, type: maxpool2d, size: %d, stride: %d}\n"
 	         "  - {name: o, units: 2}\n", k[0], k[1], k[2], k[3], k[4]);
-	a = arch_from(yaml);
+	a = unit_arch(yaml);
 	zm_conv_geom_of(&a->layers[0], &g);
 	ck_assert_uint_eq(g.oh, (size_t)(k[1] - k[3]) / k[4] + 1);
 	ck_assert_str_eq(a->layers[0].group, "maxpool2d");
@@ -365,7 +351,7 @@ END_TEST
  */
 START_TEST(test_model_fd)
 {
-	struct zm_arch *a = arch_from(
+	struct zm_arch *a = unit_arch(
 		"input: [2, 9, 8]\n"
 		"layers:\n"
 		"  - {name: c1, type: conv2d, filters: 3, kernel: 3, "
@@ -437,7 +423,7 @@ END_TEST
 
 START_TEST(test_parse_tf_net)
 {
-	struct zm_arch *a = arch_from(
+	struct zm_arch *a = unit_arch(
 		"input: [1, 28, 28]\n"
 		"layers:\n"
 		"  - {name: conv1, type: conv2d, filters: 32, kernel: 5, "

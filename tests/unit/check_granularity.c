@@ -20,19 +20,6 @@ static const char arch_yaml[] =
 	"  - {name: mid, units: 4, activation: tanh, group: neck}\n"
 	"  - {name: out, units: 3, group: head}\n";
 
-static struct zm_arch *test_arch(void)
-{
-	struct zm_node *root;
-	struct zm_arch *arch;
-	struct zm_error err;
-
-	ck_assert_int_eq(zm_config_parse(arch_yaml, strlen(arch_yaml), "a.yaml",
-	                                 &root, &err), ZM_OK);
-	ck_assert_int_eq(zm_arch_parse(root, &arch, &err), ZM_OK);
-	zm_node_free(root);
-	return arch;
-}
-
 static enum zm_status parse_text(const char *text, const struct zm_arch *arch,
                                  struct zm_gran_decision *d,
                                  struct zm_error *err)
@@ -49,7 +36,7 @@ static enum zm_status parse_text(const char *text, const struct zm_arch *arch,
 
 START_TEST(test_units)
 {
-	struct zm_arch *a = test_arch();
+	struct zm_arch *a = unit_arch(arch_yaml);
 	struct zm_gran_units u;
 	struct zm_error err;
 	static const size_t group_of[4] = { 0, 0, 1, 2 };
@@ -98,7 +85,7 @@ END_TEST
 
 START_TEST(test_parse_and_mask)
 {
-	struct zm_arch *a = test_arch();
+	struct zm_arch *a = unit_arch(arch_yaml);
 	struct zm_gran_decision d;
 	struct zm_error err;
 	bool mask[4];
@@ -154,7 +141,7 @@ static const struct {
 
 START_TEST(test_errors)
 {
-	struct zm_arch *a = test_arch();
+	struct zm_arch *a = unit_arch(arch_yaml);
 	struct zm_gran_decision d;
 	struct zm_error err;
 
@@ -171,7 +158,7 @@ END_TEST
 
 START_TEST(test_round_trip)
 {
-	struct zm_arch *a = test_arch();
+	struct zm_arch *a = unit_arch(arch_yaml);
 	struct zm_gran_decision d, e;
 	struct zm_error err;
 	struct zm_buf b;
@@ -222,7 +209,7 @@ END_TEST
 
 START_TEST(test_share_specs)
 {
-	struct zm_arch *a = test_arch();
+	struct zm_arch *a = unit_arch(arch_yaml);
 	struct zm_gran_decision d;
 	struct zm_error err;
 	bool mask[4];

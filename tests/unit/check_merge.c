@@ -29,19 +29,6 @@ static const char arch_yaml[] =
 	"  - {name: fc2, units: 3, activation: tanh, group: features}\n"
 	"  - {name: out, units: 2, group: head}\n";
 
-static struct zm_arch *arch_of(const char *yaml)
-{
-	struct zm_node *root;
-	struct zm_arch *arch;
-	struct zm_error err;
-
-	ck_assert_int_eq(zm_config_parse(yaml, strlen(yaml), "a.yaml", &root,
-	                                 &err), ZM_OK);
-	ck_assert_int_eq(zm_arch_parse(root, &arch, &err), ZM_OK);
-	zm_node_free(root);
-	return arch;
-}
-
 /* ---- kernels ---- */
 
 START_TEST(test_ties_trim)
@@ -314,7 +301,7 @@ static struct zm_node *yaml(const char *text)
 
 START_TEST(test_layer_weights)
 {
-	struct zm_arch *a = arch_of(arch_yaml);
+	struct zm_arch *a = unit_arch(arch_yaml);
 	struct zm_node *n;
 	struct zm_error err;
 	double w[3];
@@ -486,7 +473,7 @@ static size_t param_n(const struct zm_model *m, size_t l, int bias)
 
 START_TEST(test_static_merge)
 {
-	struct zm_arch *a = arch_of(arch_yaml);
+	struct zm_arch *a = unit_arch(arch_yaml);
 	struct zm_model *m[3], *r;
 	struct zm_merge_static_opts o;
 	struct zm_profile p;
@@ -606,14 +593,14 @@ END_TEST
 
 START_TEST(test_static_mismatch)
 {
-	struct zm_arch *a = arch_of(arch_yaml);
-	struct zm_arch *b = arch_of(
+	struct zm_arch *a = unit_arch(arch_yaml);
+	struct zm_arch *b = unit_arch(
 		"input: [3]\n"
 		"layers:\n"
 		"  - {name: fc1, units: 4, activation: relu, group: features}\n"
 		"  - {name: fc2, units: 5, activation: tanh, group: features}\n"
 		"  - {name: out, units: 2, group: head}\n");
-	struct zm_arch *c = arch_of(
+	struct zm_arch *c = unit_arch(
 		"input: [3]\n"
 		"layers:\n"
 		"  - {name: fc1, units: 4, activation: relu}\n"
@@ -670,7 +657,7 @@ END_TEST
 /* A zoo with models a, b, c (same arch, different seeds) at v1. */
 static void make_zoo(const char *dir, struct zm_model **m)
 {
-	struct zm_arch *a = arch_of(arch_yaml);
+	struct zm_arch *a = unit_arch(arch_yaml);
 	struct zm_zoo *zoo;
 	struct zm_error err;
 	static const char *const names[N_MODELS] = { "a", "b", "c" };
@@ -698,7 +685,7 @@ static void make_update(struct zm_doc *doc, const char *name, int parent,
                         const char *slice, double w, double samples,
                         uint64_t seed, struct zm_model **delta)
 {
-	struct zm_arch *a = arch_of(arch_yaml);
+	struct zm_arch *a = unit_arch(arch_yaml);
 	struct zm_error err;
 	char num[128];
 

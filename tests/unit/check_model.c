@@ -16,25 +16,11 @@
 #include "stream.h"
 #include "unit.h"
 
-static struct zm_arch *arch_from(const char *yaml)
-{
-	struct zm_node *root;
-	struct zm_arch *arch;
-	struct zm_error err;
-
-	ck_assert_int_eq(zm_config_parse(yaml, strlen(yaml), "arch.yaml", &root,
-	                                 &err), ZM_OK);
-	if (zm_arch_parse(root, &arch, &err) != ZM_OK)
-		ck_abort_msg("arch: %s", err.msg);
-	zm_node_free(root);
-	return arch;
-}
-
 /* ---- parsing ---- */
 
 START_TEST(test_arch_parse)
 {
-	struct zm_arch *a = arch_from(
+	struct zm_arch *a = unit_arch(
 		"input: [1, 28, 28]\n"
 		"loss: cross-entropy\n"
 		"layers:\n"
@@ -61,7 +47,7 @@ START_TEST(test_arch_parse)
 	zm_arch_free(a);
 
 	/* A dense layer on a multi-dimensional input flattens it. */
-	a = arch_from("input: [2, 3]\nloss: mse\nlayers: [{name: o, units: 1}]\n");
+	a = unit_arch("input: [2, 3]\nloss: mse\nlayers: [{name: o, units: 1}]\n");
 	ck_assert_uint_eq(a->layers[0].in_features, 6);
 	ck_assert_int_eq(a->loss, ZM_LOSS_MSE);
 	zm_arch_free(a);
@@ -158,7 +144,7 @@ END_TEST
 
 START_TEST(test_arch_json_round_trip)
 {
-	struct zm_arch *a = arch_from(
+	struct zm_arch *a = unit_arch(
 		"input: [1, 4, 4]\n"
 		"loss: mse\n"
 		"layers:\n"
@@ -202,7 +188,7 @@ END_TEST
 
 START_TEST(test_seeded_init)
 {
-	struct zm_arch *a = arch_from(
+	struct zm_arch *a = unit_arch(
 		"input: [400]\nlayers:\n"
 		"  - {name: h, units: 300, activation: relu}\n"
 		"  - {name: o, units: 200, activation: tanh}\n");
@@ -309,7 +295,7 @@ START_TEST(test_layer_vs_naive)
 	snprintf(yaml, sizeof(yaml),
 	         "input: [%zu]\nloss: mse\nlayers: [{name: l, units: %zu}]\n",
 	         nin, nout);
-	a = arch_from(yaml);
+	a = unit_arch(yaml);
 	ck_assert_int_eq(zm_model_new(a, (uint64_t)_i, &m, &err), ZM_OK);
 	zm_rng_seed(&r, 100 + (uint64_t)_i);
 	fill(&r, m->layers[0].bias.data, nout);
@@ -544,7 +530,7 @@ START_TEST(test_gradient_check)
 	         zm_loss_name(loss), zm_activation_name(act),
 	         zm_activation_name(act),
 	         loss == ZM_LOSS_MSE ? zm_activation_name(act) : "identity");
-	a = arch_from(yaml);
+	a = unit_arch(yaml);
 	nout = a->output_features;
 	ck_assert_int_eq(zm_model_new(a, 5 + (uint64_t)_i, &m, &err), ZM_OK);
 	ck_assert_int_eq(zm_workspace_new(m->arch, 4, true, &ws, &err), ZM_OK);
@@ -671,7 +657,7 @@ START_TEST(test_packed_forward)
 	         "  - {name: a, units: 37, activation: %s}\n"
 	         "  - {name: b, units: 70, activation: relu}\n"
 	         "  - {name: c, units: 5}\n", act_names[_i]);
-	a = arch_from(yaml);
+	a = unit_arch(yaml);
 	ck_assert(x && want);
 	ck_assert_int_eq(zm_model_new(a, 7, &m, &err), ZM_OK);
 	ck_assert_int_eq(zm_model_new(a, 8, &other, &err), ZM_OK);
@@ -730,7 +716,7 @@ END_TEST
 
 static struct zm_model *small_model(uint64_t seed)
 {
-	struct zm_arch *a = arch_from(
+	struct zm_arch *a = unit_arch(
 		"input: [5]\nlayers:\n"
 		"  - {name: h, units: 4, activation: relu, group: features}\n"
 		"  - {name: o, units: 3}\n");

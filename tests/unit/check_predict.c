@@ -16,22 +16,6 @@
 #include "stream.h"
 #include "unit.h"
 
-static struct zm_model *model_from(const char *yaml)
-{
-	struct zm_node *root;
-	struct zm_arch *arch;
-	struct zm_model *m;
-	struct zm_error err;
-
-	ck_assert_int_eq(zm_config_parse(yaml, strlen(yaml), "t.yaml", &root,
-	                                 &err), ZM_OK);
-	ck_assert_int_eq(zm_arch_parse(root, &arch, &err), ZM_OK);
-	ck_assert_int_eq(zm_model_new(arch, 1, &m, &err), ZM_OK);
-	zm_node_free(root);
-	zm_arch_free(arch);
-	return m;
-}
-
 /* Sets every parameter of layer l to a fixed pattern of small values with
  * both signs, so the reference below does not depend on the seed. */
 static void set_params(struct zm_model *m, size_t l, double scale)
@@ -109,7 +93,7 @@ static void fill_inputs(float *x, size_t count, unsigned seed)
 START_TEST(test_batch_vs_naive)
 {
 	const char *yaml = _i == 0 ? class_yaml : reg_yaml;
-	struct zm_model *m = model_from(yaml);
+	struct zm_model *m = unit_model(yaml, 1);
 	const struct zm_model *ms[1] = { m };
 	struct zm_predictor *p;
 	struct zm_error err;
@@ -148,8 +132,8 @@ END_TEST
  * vanishing one stays finite (so the loss of a wrong label is finite). */
 START_TEST(test_extreme_logits)
 {
-	struct zm_model *m = model_from(
-		"input: [1]\nlayers: [{name: out, units: 2}]\n");
+	struct zm_model *m = unit_model(
+		"input: [1]\nlayers: [{name: out, units: 2}]\n", 1);
 	const struct zm_model *ms[1] = { m };
 	struct zm_predictor *p;
 	struct zm_error err;
@@ -172,7 +156,7 @@ END_TEST
 
 START_TEST(test_bad_predictor_args)
 {
-	struct zm_model *m = model_from(class_yaml);
+	struct zm_model *m = unit_model(class_yaml, 1);
 	const struct zm_model *ms[2] = { m, m };
 	struct zm_predictor *p = (void *)1;
 	struct zm_error err;
@@ -360,7 +344,7 @@ static void make_doc(struct zm_doc *doc, size_t n, size_t d, bool with_id,
  */
 START_TEST(test_doc_csv)
 {
-	struct zm_model *m = model_from(class_yaml);
+	struct zm_model *m = unit_model(class_yaml, 1);
 	const struct zm_model *ms[1] = { m };
 	struct zm_predictor *p;
 	struct zm_pred_writer *w;
@@ -513,7 +497,7 @@ END_TEST
 
 START_TEST(test_doc_errors)
 {
-	struct zm_model *m = model_from(class_yaml);
+	struct zm_model *m = unit_model(class_yaml, 1);
 	const struct zm_model *ms[1] = { m };
 	struct zm_predictor *p;
 	struct zm_pred_metrics met;

@@ -14,22 +14,6 @@
 #include "train.h"
 #include "unit.h"
 
-static struct zm_model *model_from(const char *yaml, uint64_t seed)
-{
-	struct zm_node *root;
-	struct zm_arch *arch;
-	struct zm_model *m;
-	struct zm_error err;
-
-	ck_assert_int_eq(zm_config_parse(yaml, strlen(yaml), "t.yaml", &root,
-	                                 &err), ZM_OK);
-	ck_assert_int_eq(zm_arch_parse(root, &arch, &err), ZM_OK);
-	ck_assert_int_eq(zm_model_new(arch, seed, &m, &err), ZM_OK);
-	zm_node_free(root);
-	zm_arch_free(arch);
-	return m;
-}
-
 /*
  * A 2-in 2-out linear model with mse: out = W x + b, loss = mean over the
  * n*2 elements of (out - t)^2, so dL/dW[j][k] = 2/(2n) sum_r e_rj x_rk and
@@ -58,7 +42,7 @@ static const char linear_yaml[] =
 
 START_TEST(test_sgd_closed_form)
 {
-	struct zm_model *m = model_from(linear_yaml, 1);
+	struct zm_model *m = unit_model(linear_yaml, 1);
 	struct zm_optim_config cfg;
 	struct zm_optim *opt;
 	struct zm_workspace *ws;
@@ -107,7 +91,7 @@ END_TEST
 
 START_TEST(test_adam_closed_form)
 {
-	struct zm_model *m = model_from(linear_yaml, 2);
+	struct zm_model *m = unit_model(linear_yaml, 2);
 	struct zm_optim_config cfg;
 	struct zm_optim *opt;
 	struct zm_workspace *ws;
@@ -161,7 +145,7 @@ END_TEST
 
 START_TEST(test_lr_schedules)
 {
-	struct zm_model *m = model_from(linear_yaml, 3);
+	struct zm_model *m = unit_model(linear_yaml, 3);
 	struct zm_optim_config cfg;
 	struct zm_optim *opt;
 	struct zm_error err;
@@ -263,7 +247,7 @@ static void make_separable(float *x, int64_t *y)
 START_TEST(test_convergence)
 {
 	enum zm_optim_kind kind = _i ? ZM_OPTIM_ADAM : ZM_OPTIM_SGD;
-	struct zm_model *m = model_from(
+	struct zm_model *m = unit_model(
 		"input: [4]\nlayers:\n"
 		"  - {name: h, units: 16, activation: relu}\n"
 		"  - {name: o, units: 3}\n", 5);
@@ -313,7 +297,7 @@ END_TEST
 
 START_TEST(test_step_scale_and_errors)
 {
-	struct zm_model *a = model_from(
+	struct zm_model *a = unit_model(
 		"input: [3]\nlayers:\n"
 		"  - {name: h, units: 5, activation: tanh}\n"
 		"  - {name: o, units: 2}\n", 8), *b, *c;
@@ -388,7 +372,7 @@ END_TEST
  */
 START_TEST(test_sgd_fused_matches_separate)
 {
-	struct zm_model *a = model_from(
+	struct zm_model *a = unit_model(
 		"input: [1, 2, 3]\nlayers:\n"
 		"  - {name: f, type: flatten}\n"
 		"  - {name: h1, units: 7, activation: relu}\n"

@@ -453,23 +453,6 @@ START_TEST(test_split)
 }
 END_TEST
 
-static struct zm_model *model_from(const char *yaml, uint64_t seed)
-{
-	struct zm_node *root;
-	struct zm_arch *arch;
-	struct zm_model *m;
-	struct zm_error err;
-
-	ck_assert_int_eq(zm_config_parse(yaml, strlen(yaml), "t.yaml", &root,
-	                                 &err), ZM_OK);
-	if (zm_arch_parse(root, &arch, &err) != ZM_OK)
-		ck_abort_msg("arch: %s", err.msg);
-	ck_assert_int_eq(zm_model_new(arch, seed, &m, &err), ZM_OK);
-	zm_node_free(root);
-	zm_arch_free(arch);
-	return m;
-}
-
 /* Mean softmax cross-entropy and accuracy of a one-layer linear model
  * over rows, computed in double straight from the weights. */
 static void naive_loss(const struct zm_model *m, const float *x,
@@ -529,7 +512,7 @@ START_TEST(test_fit_separable)
 	enum { N = 400, D = 2, C = 2 };
 	float x[N * D];
 	int64_t y[N];
-	struct zm_model *m = model_from("input: [2]\nlayers:\n"
+	struct zm_model *m = unit_model("input: [2]\nlayers:\n"
 	                                "  - {name: out, units: 2}\n", 5);
 	struct batch b[1] = { { N, D, false, NULL, x, y, NULL, NULL, NULL } };
 	struct zm_trainset ts;
@@ -607,7 +590,7 @@ START_TEST(test_fit_separable)
 
 	/* A step scale of 0 (an assignment weight of 0) changes nothing. */
 	{
-		struct zm_model *m0 = model_from("input: [2]\nlayers:\n"
+		struct zm_model *m0 = unit_model("input: [2]\nlayers:\n"
 		                                 "  - {name: out, units: 2}\n", 5);
 		float w[4];
 		memcpy(w, m0->layers[0].weight.data, sizeof(w));
@@ -622,7 +605,7 @@ START_TEST(test_fit_separable)
 
 	/* Data of the wrong width is refused before any step. */
 	{
-		struct zm_model *m3 = model_from("input: [3]\nlayers:\n"
+		struct zm_model *m3 = unit_model("input: [3]\nlayers:\n"
 		                                 "  - {name: out, units: 2}\n", 5);
 		ck_assert_int_eq(zm_fit(m3, &ts, &cfg, NULL, NULL, NULL, &err),
 		                 ZM_ERR_DATA);
@@ -669,7 +652,7 @@ START_TEST(test_profile)
 		{ N1, D, true, xu, NULL, y, NULL, "0.00392156886", NULL },
 		{ N2, D, false, NULL, xf, y + N1, NULL, NULL, NULL },
 	};
-	struct zm_model *m = model_from(
+	struct zm_model *m = unit_model(
 		"input: [3]\nlayers:\n"
 		"  - {name: hidden, units: 4, activation: relu}\n"
 		"  - {name: out, units: 3}\n", 11);
@@ -755,7 +738,7 @@ START_TEST(test_profile_flatten)
 	float x[N * D];
 	int64_t y[N];
 	struct batch b[1] = { { N, D, false, NULL, x, y, NULL, NULL, NULL } };
-	struct zm_model *m = model_from(
+	struct zm_model *m = unit_model(
 		"input: [4]\nlayers:\n"
 		"  - {name: d1, units: 3, activation: tanh}\n"
 		"  - {name: flat, type: flatten}\n"

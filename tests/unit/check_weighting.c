@@ -40,19 +40,10 @@ static const char wide_yaml[] =
 /* A model of the arch in yaml with seeded weights and biases, no profile. */
 static struct zm_model *make_bare(uint64_t seed, const char *yaml)
 {
-	struct zm_node *root;
-	struct zm_arch *arch;
-	struct zm_model *m;
-	struct zm_error err;
+	struct zm_model *m = unit_model(yaml, seed);
 	struct zm_rng rng;
 	size_t i, l;
 
-	ck_assert_int_eq(zm_config_parse(yaml, strlen(yaml), "a.yaml", &root,
-	                                 &err), ZM_OK);
-	ck_assert_int_eq(zm_arch_parse(root, &arch, &err), ZM_OK);
-	ck_assert_int_eq(zm_model_new(arch, seed, &m, &err), ZM_OK);
-	zm_node_free(root);
-	zm_arch_free(arch);
 	/* Biases too, so that they are merged and checked. */
 	zm_rng_seed(&rng, seed + 100);
 	for (l = 0; l < m->arch->n_layers; l++) {

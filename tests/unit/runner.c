@@ -9,6 +9,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "config.h"
+#include "model.h"
 #include "unit.h"
 
 const char *unit_srcpath(const char *rel)
@@ -45,6 +47,32 @@ size_t unit_count_entries(const char *dir)
 			n++;
 	closedir(d);
 	return n;
+}
+
+struct zm_arch *unit_arch(const char *yaml)
+{
+	struct zm_node *root;
+	struct zm_arch *arch;
+	struct zm_error err;
+
+	if (zm_config_parse(yaml, strlen(yaml), "arch.yaml", &root, &err) != ZM_OK)
+		ck_abort_msg("arch: %s", err.msg);
+	if (zm_arch_parse(root, &arch, &err) != ZM_OK)
+		ck_abort_msg("arch: %s", err.msg);
+	zm_node_free(root);
+	return arch;
+}
+
+struct zm_model *unit_model(const char *yaml, uint64_t seed)
+{
+	struct zm_arch *arch = unit_arch(yaml);
+	struct zm_model *m;
+	struct zm_error err;
+
+	if (zm_model_new(arch, seed, &m, &err) != ZM_OK)
+		ck_abort_msg("model: %s", err.msg);
+	zm_arch_free(arch);
+	return m;
 }
 
 int main(void)

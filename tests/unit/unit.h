@@ -6,6 +6,11 @@
 #define ZM_UNIT_H
 
 #include <check.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct zm_arch;
+struct zm_model;
 
 #define ZM_SUITE(name) Suite *suite_##name(void);
 #include "suites.h"
@@ -21,5 +26,13 @@ const char *unit_tmpdir(void);
 /* Number of entries in dir, "." and ".." aside (so a test can see that a
  * failed write left no temporary file behind). */
 size_t unit_count_entries(const char *dir);
+
+/* The architecture in yaml; the test fails with the parser's message when
+ * it does not parse.  Free with zm_arch_free. */
+struct zm_arch *unit_arch(const char *yaml);
+
+/* A model of the architecture in yaml, initialised from seed.  Free with
+ * zm_model_free. */
+struct zm_model *unit_model(const char *yaml, uint64_t seed);
 
 #endif
