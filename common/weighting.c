@@ -1011,20 +1011,13 @@ enum zm_status zm_weighter_layer(struct zm_weighter *w, size_t l,
 	/* The similarity is measured where the unit begins (its first layer
 	 * with parameters) and reused for its other layers; the predictor
 	 * calls the layers in order, so that h is what that layer saw. */
-	if (sim_on && l == L && w->arch->layers[l].in_ndim == 3) {
-		st = spatial_scores(w, l, h, n, err);
-		if (st != ZM_OK)
-			return st;
-		for (i = 0; i < k; i++) {
-			double s = 0;
-			for (r = 0; r < rows; r++)
-				s += w->scores[r * k + i];
-			w->unit_sim[u * k + i] = s / (double)rows;
-		}
-		w->unit_has_sim[u] = true;
-	} else if (sim_on && l == L) {
+	if (sim_on && l == L) {
 		d = w->arch->layers[l].in_features;
-		if (w->o.per_row) {
+		if (w->arch->layers[l].in_ndim == 3) {
+			st = spatial_scores(w, l, h, n, err);
+			if (st != ZM_OK)
+				return st;
+		} else if (w->o.per_row) {
 			st = zm_similarity_rows(w->o.metric, h, n, d, w->pm[l],
 			                        w->o.metric == ZM_METRIC_COSINE ?
 			                        NULL : w->pv[l], k,
