@@ -249,12 +249,7 @@ out:
 
 static char *join_path(const char *dir, const char *name, const char *ext)
 {
-	size_t len = strlen(dir) + strlen(name) + strlen(ext) + 2;
-	char *p = zm_malloc(len);
-
-	if (p)
-		snprintf(p, len, "%s/%s%s", dir, name, ext);
-	return p;
+	return zm_strconcat(dir, "/", name, ext, NULL);
 }
 
 /* Metadata of the input worth keeping on every output document. */

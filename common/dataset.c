@@ -831,19 +831,6 @@ static enum zm_status not_a_number(const struct zm_dataset_reader *r,
 	                    b->text);
 }
 
-/* a followed by b, in new memory; NULL when out of memory. */
-static char *concat(const char *a, const char *b)
-{
-	size_t la = strlen(a), lb = strlen(b);
-	char *s = zm_malloc(la + lb + 1);
-
-	if (s) {
-		memcpy(s, a, la);
-		memcpy(s + la, b, lb + 1);
-	}
-	return s;
-}
-
 /* Finds the label column by name, else as a 0-based index. */
 static enum zm_status find_label(struct zm_dataset_reader *r,
                                  char **names, const char *label,
@@ -1003,8 +990,10 @@ static enum zm_status csv_scan(struct zm_dataset_reader *r,
 		}
 		sc = &r->strings[r->nstrings++];
 		sc->col = i;
-		if (!(sc->tensor_name = concat(ZM_DATA_COLUMN_PREFIX, names[i])) ||
-		    !(sc->meta_key = concat(ZM_DATA_LEVELS_PREFIX, names[i]))) {
+		sc->tensor_name = zm_strconcat(ZM_DATA_COLUMN_PREFIX, names[i],
+		                               NULL);
+		sc->meta_key = zm_strconcat(ZM_DATA_LEVELS_PREFIX, names[i], NULL);
+		if (!sc->tensor_name || !sc->meta_key) {
 			st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 			goto out;
 		}

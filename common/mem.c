@@ -3,6 +3,7 @@
  */
 #include <errno.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -154,4 +155,32 @@ char *zm_strndup(const char *s, size_t n)
 char *zm_strdup(const char *s)
 {
 	return zm_strndup(s, strlen(s));
+}
+
+char *zm_strconcat(const char *first, ...)
+{
+	va_list ap;
+	const char *p;
+	size_t len = 0, n;
+	char *d, *o;
+
+	va_start(ap, first);
+	for (p = first; p; p = va_arg(ap, const char *))
+		if (!zm_size_add(len, strlen(p), &len)) {
+			va_end(ap);
+			return NULL;
+		}
+	va_end(ap);
+	if (!zm_size_add(len, 1, &len) || !(d = zm_malloc(len)))
+		return NULL;
+	o = d;
+	va_start(ap, first);
+	for (p = first; p; p = va_arg(ap, const char *)) {
+		n = strlen(p);
+		memcpy(o, p, n);
+		o += n;
+	}
+	va_end(ap);
+	*o = '\0';
+	return d;
 }

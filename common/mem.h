@@ -23,6 +23,9 @@ void *zm_realloc(void *p, size_t n);
 /* Duplicates s into zm_malloc'd memory; NULL on failure. */
 char *zm_strdup(const char *s);
 char *zm_strndup(const char *s, size_t n);
+/* The strings up to a NULL argument joined, in zm_malloc'd memory; NULL on
+ * failure. */
+char *zm_strconcat(const char *first, ...) __attribute__((sentinel));
 
 /*
  * Test-only fault injection.  ZM_FAULT="KIND:N" (KIND one of alloc, write,

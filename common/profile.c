@@ -367,12 +367,7 @@ void zm_profile_entry_moments_f32(const struct zm_profile_entry *e,
 /* "profile." name suffix in a new string, or NULL. */
 static char *tensor_name(const char *name, const char *suffix)
 {
-	size_t len = strlen(PREFIX) + strlen(name) + strlen(suffix) + 1;
-	char *s = zm_malloc(len);
-
-	if (s)
-		snprintf(s, len, "%s%s%s", PREFIX, name, suffix);
-	return s;
+	return zm_strconcat(PREFIX, name, suffix, NULL);
 }
 
 /* Allocates t as the F64 [1] scalar named PREFIX name suffix holding v. */
