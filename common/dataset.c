@@ -1369,7 +1369,8 @@ enum zm_status zm_data_check(const struct zm_doc *doc, const char *name,
 		return zm_error_set(err, ZM_ERR_DATA,
 		                    "%s: tensor 'id' must be I64 [%lld]", name,
 		                    (long long)x->shape[0]);
-	if (doc->n_tensors > (size_t)(1 + (y != NULL) + (id != NULL))) {
+	{
+		/* Allocates nothing when there are no string columns. */
 		struct zm_data_column *cols;
 		size_t count;
 		enum zm_status st = zm_data_columns(doc, (size_t)x->shape[0],
