@@ -8,20 +8,7 @@
 . "$(dirname "$0")/lib.sh"
 
 # A small separable problem: class = which of 4 features is largest.
-gen() {
-	awk -v n="$1" -v scale="$2" 'BEGIN {
-		srand(7); print "f0,f1,f2,f3,label";
-		for (i = 0; i < n; i++) {
-			c = i % 4; line = "";
-			for (j = 0; j < 4; j++) {
-				v = rand() * 0.5; if (j == c) v += 1;
-				line = line (j ? "," : "") sprintf("%.4g", v * scale);
-			}
-			print line "," c;
-		}
-	}'
-}
-gen 400 1 >"$T/data.csv"
+separable_csv "$T/data.csv" 400 7 1
 tensor import --from csv --label label -o "$T/data.sgz" "$T/data.csv"
 cat >"$T/arch.yaml" <<'YAML'
 input: [4]
@@ -86,7 +73,7 @@ expect_rc 0 "a cap above the document size reads it"
 
 # train-step --max-memory bounds the data it keeps (4 floats + a label
 # per row: 80000 rows need about 1.9 MB).
-gen 80000 1 >"$T/big.csv"
+separable_csv "$T/big.csv" 80000 7 1
 tensor import --from csv --label label -o "$T/big.sgz" "$T/big.csv"
 run train-step --zoo "$Z" --model m --max-memory 1 --apply "$T/big.sgz"
 expect_rc 1 "--max-memory 1 refuses 1.9 MB of data"
@@ -201,7 +188,7 @@ expect_rc 1 "predict refuses a model holding NaN"
 printf 'input: [4]\nlayers:\n  - {name: out, units: 4}\n' >"$T/lin.yaml"
 zoo-add --zoo "$Z" --name lin --arch "$T/lin.yaml" --seed 3 2>/dev/null
 cp "$Z/zoo.yaml" "$T/before2.yaml"
-gen 400 1e18 >"$T/e18.csv"
+separable_csv "$T/e18.csv" 400 7 1e18
 tensor import --from csv --label label -o "$T/e18.sgz" "$T/e18.csv"
 run train-step --zoo "$Z" --model lin --lr 1000 --epochs 5 --apply --quiet "$T/e18.sgz"
 expect_rc 1 "a diverging train-step --apply is refused"
@@ -211,7 +198,7 @@ expect_rc 1 "a diverging train-step -o is refused"
 check "and writes no update" test ! -e "$T/div.sgz"
 # Inputs near 1e30 do not diverge with tanh, but their variance overflows
 # F32: the profile that would be stored in the model is refused.
-gen 400 1e30 >"$T/e30.csv"
+separable_csv "$T/e30.csv" 400 7 1e30
 tensor import --from csv --label label -o "$T/e30.sgz" "$T/e30.csv"
 run train-step --zoo "$Z" --model m --epochs 2 --apply --quiet "$T/e30.sgz"
 expect_rc 1 "a profile that overflows F32 is refused"

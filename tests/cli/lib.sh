@@ -44,17 +44,20 @@ check() {
 		fail "$_desc"; sed 's/^/#   /' "$T/check.out" | head -5; fi
 }
 
-# separable_csv FILE ROWS SEED: a 4-feature, 4-class CSV whose class is
-# the feature raised by 1 (noise in [0, 0.5)), with a header and a
-# 'label' column; easy to learn, so tests can train on it quickly.
+# separable_csv FILE ROWS SEED [SCALE]: a 4-feature, 4-class CSV whose
+# class is the feature raised by 1 (noise in [0, 0.5)), with a header and
+# a 'label' column; easy to learn, so tests can train on it quickly.  With
+# SCALE every feature is multiplied by it (written with 4 significant
+# digits), for values at the edges of F32.
 separable_csv() {
-	awk -v n="$2" -v seed="$3" 'BEGIN {
+	awk -v n="$2" -v seed="$3" -v scale="${4:-}" 'BEGIN {
 		srand(seed); print "f0,f1,f2,f3,label";
 		for (i = 0; i < n; i++) {
 			c = i % 4; line = "";
 			for (j = 0; j < 4; j++) {
 				v = rand() * 0.5; if (j == c) v += 1;
-				line = line (j ? "," : "") sprintf("%.4f", v);
+				f = scale == "" ? sprintf("%.4f", v) : sprintf("%.4g", v * scale)
+				line = line (j ? "," : "") f;
 			}
 			print line "," c;
 		}
