@@ -178,15 +178,10 @@ static const char arch_json[] =
 
 static struct zm_model *make_model(const char *name, uint64_t seed)
 {
-	struct zm_arch *arch = NULL;
-	struct zm_model *m = NULL;
+	struct zm_model *m = unit_model(arch_json, seed);   /* JSON is YAML */
 	struct zm_error err;
 
-	ck_assert_int_eq(zm_arch_parse_json(arch_json, strlen(arch_json), "t",
-	                                    &arch, &err), ZM_OK);
-	ck_assert_int_eq(zm_model_new(arch, seed, &m, &err), ZM_OK);
 	ck_assert_int_eq(zm_model_set_string(&m->name, name, &err), ZM_OK);
-	zm_arch_free(arch);
 	return m;
 }
 
