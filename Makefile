@@ -23,6 +23,9 @@ CHECK_LIBS := $(shell $(PKG_CONFIG) --libs check 2>/dev/null)
 override CFLAGS += -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE \
 	-Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
 	-Wformat=2 -Wvla -Icommon -DZM_VERSION='"$(VERSION)"'
+# Each object records the headers it includes (build/**/*.d), so a change
+# to one header rebuilds only what includes it.
+DEPFLAGS := -MMD -MP
 ifeq ($(DEVELOPER),1)
 override CFLAGS += -Werror
 endif
@@ -39,6 +42,11 @@ PROGRAMS := $(sort $(patsubst cmd/%.c,%,$(wildcard cmd/*.c)))
 LIB_SRC := $(sort $(wildcard common/*.c))
 LIB_OBJ := $(patsubst common/%.c,$(BUILD)/common/%.o,$(LIB_SRC))
 LIB := $(BUILD)/libzoomerge.a
+# The command-line plumbing (the only code that prints) is linked into the
+# programs only, never into libzoomerge.a.
+CLI_SRC := $(sort $(wildcard cmd/lib/*.c))
+CLI_OBJ := $(patsubst cmd/lib/%.c,$(BUILD)/cmd/lib/%.o,$(CLI_SRC))
+CLI_LIB := $(BUILD)/libzmcli.a
 BINS := $(addprefix $(BUILD)/bin/,$(PROGRAMS))
 UNIT_SRC := $(sort $(wildcard tests/unit/check_*.c))
 UNIT_OBJ := $(patsubst tests/unit/%.c,$(BUILD)/tests/%.o,$(UNIT_SRC))
@@ -52,17 +60,27 @@ BENCH_SRC := $(sort $(wildcard tests/bench/bench_*.c))
 
 all: $(BINS)
 
-$(BUILD)/common/%.o: common/%.c $(wildcard common/*.h) | $(BUILD)/common
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(DEP_CFLAGS) -c -o $@ $<
+$(BUILD)/common/%.o: common/%.c | $(BUILD)/common
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(DEPFLAGS) $(DEP_CFLAGS) -c -o $@ $<
 
 $(LIB): $(LIB_OBJ)
 	rm -f $@
 	$(AR) rcs $@ $^
 
-$(BUILD)/bin/%: cmd/%.c $(LIB) $(wildcard common/*.h) | $(BUILD)/bin
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(DEP_CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(DEP_LIBS)
+$(BUILD)/cmd/lib/%.o: cmd/lib/%.c | $(BUILD)/cmd/lib
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(DEPFLAGS) $(DEP_CFLAGS) -Icmd/lib -c -o $@ $<
 
-$(BUILD)/common $(BUILD)/bin $(BUILD)/tests $(BUILD)/fuzz $(BUILD)/bench:
+$(CLI_LIB): $(CLI_OBJ)
+	rm -f $@
+	$(AR) rcs $@ $^
+
+# The programs run threads (merge's workers): -pthread when compiling and
+# linking, not a bare -lpthread.
+$(BUILD)/bin/%: cmd/%.c $(CLI_LIB) $(LIB) | $(BUILD)/bin
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(DEPFLAGS) $(DEP_CFLAGS) -Icmd/lib -pthread \
+		$(LDFLAGS) -o $@ $< $(CLI_LIB) $(LIB) $(DEP_LIBS)
+
+$(BUILD)/common $(BUILD)/cmd/lib $(BUILD)/bin $(BUILD)/tests $(BUILD)/fuzz $(BUILD)/bench:
 	mkdir -p $@
 
 # The unit runner learns the suites from the file names: check_NAME.c
@@ -71,12 +89,12 @@ $(BUILD)/tests/suites.h: $(UNIT_SRC) | $(BUILD)/tests
 	for f in $(UNIT_SRC); do n=$${f##*/check_}; echo "ZM_SUITE($${n%.c})"; done > $@.tmp
 	mv $@.tmp $@
 
-$(BUILD)/tests/%.o: tests/unit/%.c tests/unit/unit.h $(BUILD)/tests/suites.h $(wildcard common/*.h) | $(BUILD)/tests
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(DEP_CFLAGS) $(CHECK_CFLAGS) -Itests/unit -I$(BUILD)/tests -c -o $@ $<
+$(BUILD)/tests/%.o: tests/unit/%.c $(BUILD)/tests/suites.h | $(BUILD)/tests
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(DEPFLAGS) $(DEP_CFLAGS) $(CHECK_CFLAGS) -Itests/unit -I$(BUILD)/tests -c -o $@ $<
 
 $(BUILD)/tests/runner: tests/unit/runner.c $(BUILD)/tests/suites.h $(UNIT_OBJ) $(LIB)
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(DEP_CFLAGS) $(CHECK_CFLAGS) -Itests/unit \
-		-I$(BUILD)/tests $(LDFLAGS) -o $@ tests/unit/runner.c $(UNIT_OBJ) \
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(DEPFLAGS) $(DEP_CFLAGS) $(CHECK_CFLAGS) -Itests/unit \
+		-I$(BUILD)/tests -pthread $(LDFLAGS) -o $@ tests/unit/runner.c $(UNIT_OBJ) \
 		$(LIB) $(CHECK_LIBS) $(DEP_LIBS)
 
 # Dependencies are installed (as root, through apt-get) only when missing.
@@ -116,16 +134,16 @@ FUZZ_CFLAGS := -g -O1 -fsanitize=address,undefined -Icommon \
 FUZZ_OBJ := $(patsubst common/%.c,build/fuzz/obj/%.o,$(LIB_SRC))
 fuzz-build: $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRC))
 
-build/fuzz/obj/%.o: common/%.c $(wildcard common/*.h)
+build/fuzz/obj/%.o: common/%.c
 	@mkdir -p build/fuzz/obj
-	$(CLANG) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(DEP_CFLAGS) -c -o $@ $<
+	$(CLANG) $(FUZZ_CFLAGS) $(DEPFLAGS) -fsanitize=fuzzer-no-link $(DEP_CFLAGS) -c -o $@ $<
 
 build/fuzz/libzoomerge-fuzz.a: $(FUZZ_OBJ)
 	rm -f $@
 	$(AR) rcs $@ $^
 
 build/fuzz/%: tests/fuzz/%.c build/fuzz/libzoomerge-fuzz.a
-	$(CLANG) $(FUZZ_CFLAGS) -fsanitize=fuzzer $(DEP_CFLAGS) -o $@ $< \
+	$(CLANG) $(FUZZ_CFLAGS) $(DEPFLAGS) -fsanitize=fuzzer $(DEP_CFLAGS) -pthread -o $@ $< \
 		build/fuzz/libzoomerge-fuzz.a $(DEP_LIBS)
 
 fuzz: deps fuzz-build
@@ -139,7 +157,7 @@ fuzz: deps fuzz-build
 	done
 
 $(BUILD)/bench/%: tests/bench/%.c $(LIB) | $(BUILD)/bench
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(DEP_CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(DEP_LIBS)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(DEPFLAGS) $(DEP_CFLAGS) -pthread $(LDFLAGS) -o $@ $< $(LIB) $(DEP_LIBS)
 
 bench: deps-bench
 	@$(MAKE) --no-print-directory all $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
@@ -165,3 +183,7 @@ uninstall:
 
 clean:
 	rm -rf build
+
+# The header dependencies recorded by -MMD (absent before the first build).
+-include $(wildcard $(BUILD)/common/*.d $(BUILD)/cmd/lib/*.d $(BUILD)/bin/*.d \
+	$(BUILD)/tests/*.d $(BUILD)/bench/*.d build/fuzz/obj/*.d build/fuzz/*.d)

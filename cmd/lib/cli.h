@@ -1,7 +1,8 @@
 /*
  * What every program of cmd/ shares: its name in messages, --version,
  * option-argument parsing with range checks, and closing stdout so that a
- * full disk is an error.  This is the only part of common/ that prints.
+ * full disk is an error.  This is the only library code that prints; it lives
+ * outside libzoomerge.a, in libzmcli.a, linked by the programs only.
  */
 #ifndef ZM_CLI_H
 #define ZM_CLI_H
