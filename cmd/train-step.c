@@ -27,6 +27,7 @@
 #include "profile.h"
 #include "stream.h"
 #include "trainset.h"
+#include "update.h"
 #include "zoo.h"
 
 static const char usage_str[] =
@@ -199,55 +200,6 @@ static enum zm_status load_models(const struct train_step_opts *o,
 	zm_doc_release(&doc);
 	zm_zoo_close(zoo);
 	return st;
-}
-
-/* The update document: trained minus base parameters, the profile of the
- * data trained on, and the run's metrics. */
-static enum zm_status make_update(const struct job *j,
-                                  const struct zm_trainset *ts,
-                                  struct zm_doc *doc, struct zm_error *err)
-{
-	struct zm_model *delta = NULL;
-	enum zm_status st;
-	char num[64];
-	size_t l, i;
-
-	st = zm_model_copy(j->trained, &delta, err);
-	if (st != ZM_OK)
-		return st;
-	for (l = 0; l < delta->arch->n_layers; l++) {
-		struct zm_layer *d = &delta->layers[l];
-		const struct zm_layer *b = &j->base->layers[l];
-		float *w = d->weight.data, *bias = d->bias.data;
-		const float *bw = b->weight.data, *bb = b->bias.data;
-		if (!d->spec->has_params)
-			continue;
-		for (i = 0; i < zm_tensor_numel(&d->weight); i++)
-			w[i] -= bw[i];
-		for (i = 0; i < zm_tensor_numel(&d->bias); i++)
-			bias[i] -= bb[i];
-	}
-	st = zm_model_to_doc(delta, doc, err);
-	zm_model_free(delta);
-	if (st != ZM_OK)
-		return st;
-	zm_profile_remove_from_doc(doc);
-	if ((st = zm_profile_to_doc(&j->data_profile, doc, err)))
-		return st;
-	snprintf(num, sizeof(num), "%" PRId64, j->version);
-	if ((st = zm_doc_set_meta(doc, "zm.kind", "update", err)) ||
-	    (st = zm_doc_set_meta(doc, "zm.name", j->name, err)) ||
-	    (st = zm_doc_set_meta(doc, "zm.parent", num, err)))
-		return st;
-	snprintf(num, sizeof(num), "%zu", ts->n_train);
-	if ((st = zm_doc_set_meta(doc, "zm.samples", num, err)))
-		return st;
-	snprintf(num, sizeof(num), "%.9g", (double)j->weight);
-	if ((st = zm_doc_set_meta(doc, "zm.weight", num, err)))
-		return st;
-	if (j->slice && (st = zm_doc_set_meta(doc, "zm.slice", j->slice, err)))
-		return st;
-	return ZM_OK;
 }
 
 /* Stores the trained models as their next versions in one change, unless
@@ -465,7 +417,15 @@ static int run(struct train_step_opts *o)
 			goto out;
 		if (!w)
 			continue;
-		if ((st = make_update(&jobs[i], &ts, &update, &err)) ||
+		struct zm_update_info u = {
+			.name = jobs[i].name, .slice = jobs[i].slice,
+			.parent = jobs[i].version, .samples = ts.n_train,
+			.weight = jobs[i].weight,
+			.profile = &jobs[i].data_profile,
+		};
+
+		if ((st = zm_update_to_doc(jobs[i].trained, jobs[i].base, &u,
+		                           &update, &err)) ||
 		    (st = zm_writer_write_doc(w, &update, &err)))
 			goto out;
 	}
