@@ -268,16 +268,6 @@ START_TEST(test_metrics_regression)
 }
 END_TEST
 
-static char *slurp(const char *path)
-{
-	struct zm_error err;
-	char *data;
-	size_t len;
-
-	ck_assert_int_eq(zm_read_file(path, 1 << 24, &data, &len, &err), ZM_OK);
-	return data;
-}
-
 START_TEST(test_metrics_yaml)
 {
 	struct zm_pred_metrics m;
@@ -288,14 +278,16 @@ START_TEST(test_metrics_yaml)
 	zm_pred_metrics_init(&m, ZM_LOSS_CROSS_ENTROPY, 3);
 	m.rows = 10;
 	ck_assert_int_eq(zm_pred_metrics_write(&m, NULL, path, &err), ZM_OK);
-	text = slurp(path);
+	text = unit_slurp(path, NULL);
+	ck_assert_ptr_nonnull(text);
 	ck_assert_str_eq(text, "rows: 10\n");
 	free(text);
 	m.labelled = 8;
 	m.correct = 6;
 	m.loss_sum = 2.0;
 	ck_assert_int_eq(zm_pred_metrics_write(&m, "m\"0", path, &err), ZM_OK);
-	text = slurp(path);
+	text = unit_slurp(path, NULL);
+	ck_assert_ptr_nonnull(text);
 	ck_assert_str_eq(text, "model: \"m\\\"0\"\nrows: 10\nlabelled: 8\n"
 	                 "correct: 6\naccuracy: 0.75\nloss: 0.25\n");
 	free(text);

@@ -92,24 +92,6 @@ static void assert_doc_eq(const struct zm_doc *a, const struct zm_doc *b)
 	}
 }
 
-static void *slurp(const char *path, size_t *len)
-{
-	FILE *f = fopen(path, "rb");
-	char *buf;
-	long n;
-
-	ck_assert_ptr_nonnull(f);
-	fseek(f, 0, SEEK_END);
-	n = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	buf = malloc((size_t)n + 1);
-	ck_assert_ptr_nonnull(buf);
-	ck_assert_uint_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
-	fclose(f);
-	*len = (size_t)n;
-	return buf;
-}
-
 /* gzip with zlib directly (an independent encoder for the reader). */
 static void *gzip_bytes(const void *data, size_t n, size_t *outlen)
 {
@@ -186,7 +168,8 @@ START_TEST(roundtrip_levels)
 	make_doc(&docs[1], 2);
 	snprintf(path, sizeof(path), "%s/out.safetensors.gz", unit_tmpdir());
 	write_file(path, docs, 2, levels[_i]);
-	bytes = slurp(path, &len);
+	bytes = unit_slurp(path, &len);
+	ck_assert_ptr_nonnull(bytes);
 	ck_assert_uint_ge(len, 2);
 	ck_assert_int_eq(bytes[0], 0x1f);
 	ck_assert_int_eq(bytes[1], 0x8b);
@@ -256,8 +239,10 @@ START_TEST(concatenated_members)
 	snprintf(pb, sizeof(pb), "%s/b.gz", dir);
 	write_file(pa, docs, 2, ZM_COMPRESS_AUTO);
 	write_file(pb, docs + 2, 1, 0);
-	a = slurp(pa, &la);
-	b = slurp(pb, &lb);
+	a = unit_slurp(pa, &la);
+	ck_assert_ptr_nonnull(a);
+	b = unit_slurp(pb, &lb);
+	ck_assert_ptr_nonnull(b);
 	cat = malloc(la + lb);
 	memcpy(cat, a, la);
 	memcpy(cat + la, b, lb);
@@ -747,7 +732,8 @@ START_TEST(streaming_writer)
 		                 ZM_OK);
 	ck_assert_int_eq(zm_writer_write_data(w, all, 1, &err), ZM_ERR_USAGE);
 	ck_assert_int_eq(zm_writer_commit(w, &err), ZM_OK);
-	bytes = slurp(path, &len);
+	bytes = unit_slurp(path, &len);
+	ck_assert_ptr_nonnull(bytes);
 	ck_assert_uint_eq(read_all_mem(bytes, len, back, 2), 1);
 	assert_doc_eq(&doc, &back[0]);
 	zm_doc_release(&back[0]);

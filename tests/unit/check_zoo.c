@@ -39,27 +39,6 @@ static bool exists(const char *dir, const char *rel)
 	return stat(path_in(dir, rel), &sb) == 0;
 }
 
-/* The whole content of a file in a malloc'd string (NULL when missing). */
-static char *slurp(const char *path)
-{
-	FILE *f = fopen(path, "rb");
-	char *text;
-	long n;
-
-	if (!f)
-		return NULL;
-	ck_assert_int_eq(fseek(f, 0, SEEK_END), 0);
-	n = ftell(f);
-	ck_assert_int_ge(n, 0);
-	rewind(f);
-	text = malloc((size_t)n + 1);
-	ck_assert_ptr_nonnull(text);
-	ck_assert_uint_eq(fread(text, 1, (size_t)n, f), (size_t)n);
-	text[n] = '\0';
-	fclose(f);
-	return text;
-}
-
 static void spit(const char *path, const char *text)
 {
 	FILE *f = fopen(path, "wb");
@@ -186,7 +165,7 @@ START_TEST(test_open_create)
 	commit(zoo);
 	zm_zoo_close(zoo);
 
-	text = slurp(path_in(dir, "zoo.yaml"));
+	text = unit_slurp(path_in(dir, "zoo.yaml"), NULL);
 	ck_assert_ptr_nonnull(text);
 	ck_assert_ptr_nonnull(strstr(text, "models: []"));
 	free(text);
@@ -228,7 +207,7 @@ START_TEST(test_versions)
 	ck_assert(exists(dir, "models/m/v1.safetensors.gz"));
 	ck_assert(exists(dir, "models/m/v2.safetensors.gz"));
 	ck_assert(exists(dir, "models/other/v1.safetensors.gz"));
-	text = slurp(path_in(dir, "zoo.yaml"));
+	text = unit_slurp(path_in(dir, "zoo.yaml"), NULL);
 	ck_assert_ptr_nonnull(strstr(text, "file: models/m/v2.safetensors.gz"));
 	ck_assert_ptr_nonnull(strstr(text, "versions: [1, 2]"));
 	free(text);
@@ -334,7 +313,7 @@ START_TEST(test_keep)
 	ck_assert(exists(dir, "models/m/v2.safetensors.gz"));
 	ck_assert(exists(dir, "models/m/v3.safetensors.gz"));
 	zm_zoo_close(zoo);
-	text = slurp(path_in(dir, "zoo.yaml"));
+	text = unit_slurp(path_in(dir, "zoo.yaml"), NULL);
 	ck_assert_ptr_nonnull(strstr(text, "keep: 2\n"));
 	ck_assert_ptr_nonnull(strstr(text, "versions: [2, 3]"));
 	free(text);
@@ -381,7 +360,7 @@ START_TEST(test_uncommitted_leaves_nothing)
 	put(zoo, "a", 1);
 	commit(zoo);
 	zm_zoo_close(zoo);
-	index = slurp(path_in(dir, "zoo.yaml"));
+	index = unit_slurp(path_in(dir, "zoo.yaml"), NULL);
 	before = count_tree(dir, &temp);
 
 	zoo = open_zoo(dir, ZM_ZOO_WRITE);
@@ -394,7 +373,7 @@ START_TEST(test_uncommitted_leaves_nothing)
 	ck_assert(!exists(dir, "models/b"));
 	ck_assert(!exists(dir, "models/a/v2.safetensors.gz"));
 	{
-		char *now = slurp(path_in(dir, "zoo.yaml"));
+		char *now = unit_slurp(path_in(dir, "zoo.yaml"), NULL);
 		ck_assert_str_eq(now, index);
 		free(now);
 	}
@@ -416,7 +395,7 @@ START_TEST(test_uncommitted_leaves_nothing)
 	ck_assert_uint_eq(count_tree(dir, &temp), before);
 	ck_assert(!temp);
 	{
-		char *now = slurp(path_in(dir, "zoo.yaml"));
+		char *now = unit_slurp(path_in(dir, "zoo.yaml"), NULL);
 		ck_assert_str_eq(now, index);
 		free(now);
 	}
@@ -517,7 +496,7 @@ START_TEST(test_yaml_round_trip)
 	commit(zoo);
 	zm_zoo_close(zoo);
 	/* commit writes exactly what zm_zoo_to_yaml renders. */
-	again = slurp(path_in(dir, "zoo.yaml"));
+	again = unit_slurp(path_in(dir, "zoo.yaml"), NULL);
 	ck_assert_str_eq(again, text);
 	free(again);
 
@@ -636,7 +615,7 @@ START_TEST(test_bad_index)
 	ck_assert_int_eq(zm_zoo_open(&zoo, dir, ZM_ZOO_WRITE, &err),
 	                 ZM_ERR_FORMAT);
 	{
-		char *now = slurp(path_in(dir, "zoo.yaml"));
+		char *now = unit_slurp(path_in(dir, "zoo.yaml"), NULL);
 		ck_assert_str_eq(now, bad_index[_i].yaml);
 		free(now);
 	}
@@ -846,7 +825,7 @@ START_TEST(test_stale_temps)
 	put(zoo, "m", 1);
 	commit(zoo);
 	zm_zoo_close(zoo);
-	before = slurp(path_in(dir, "zoo.yaml"));
+	before = unit_slurp(path_in(dir, "zoo.yaml"), NULL);
 	ck_assert_ptr_nonnull(before);
 	ck_assert_int_eq(mkdir(path_in(dir, "models/fresh"), 0755), 0);
 	ck_assert_int_eq(mkdir(path_in(dir, "models/orphan"), 0755), 0);
@@ -870,7 +849,7 @@ START_TEST(test_stale_temps)
 	ck_assert(!exists(dir, "models/fresh"));
 	ck_assert(exists(dir, "models/m/v1.safetensors.gz"));
 	ck_assert(exists(dir, "models/orphan/v1.safetensors.gz"));
-	after = slurp(path_in(dir, "zoo.yaml"));
+	after = unit_slurp(path_in(dir, "zoo.yaml"), NULL);
 	ck_assert_str_eq(after, before);
 	free(before);
 	free(after);
@@ -905,7 +884,8 @@ START_TEST(test_kv_long_keys)
 	zm_kv_release(&l);
 
 	/* The index the fuzzer found, kept in its corpus. */
-	text = slurp(unit_srcpath("tests/fuzz/corpus/zoo_index/long-key.yaml"));
+	text = unit_slurp(unit_srcpath("tests/fuzz/corpus/zoo_index/"
+	                               "long-key.yaml"), NULL);
 	ck_assert_ptr_nonnull(text);
 	spit(path_in(dir, "zoo.yaml"), text);
 	free(text);

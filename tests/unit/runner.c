@@ -49,6 +49,28 @@ size_t unit_count_entries(const char *dir)
 	return n;
 }
 
+void *unit_slurp(const char *path, size_t *len)
+{
+	FILE *f = fopen(path, "rb");
+	char *text;
+	long n;
+
+	if (!f)
+		return NULL;
+	ck_assert_int_eq(fseek(f, 0, SEEK_END), 0);
+	n = ftell(f);
+	ck_assert_int_ge(n, 0);
+	rewind(f);
+	text = malloc((size_t)n + 1);
+	ck_assert_ptr_nonnull(text);
+	ck_assert_uint_eq(fread(text, 1, (size_t)n, f), (size_t)n);
+	text[n] = '\0';
+	fclose(f);
+	if (len)
+		*len = (size_t)n;
+	return text;
+}
+
 struct zm_arch *unit_arch(const char *yaml)
 {
 	struct zm_node *root;

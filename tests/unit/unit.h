@@ -27,6 +27,11 @@ const char *unit_tmpdir(void);
  * failed write left no temporary file behind). */
 size_t unit_count_entries(const char *dir);
 
+/* The whole content of a file, NUL-terminated, in new memory (free it);
+ * NULL when it cannot be opened.  *len, when len is not NULL, is its
+ * size. */
+void *unit_slurp(const char *path, size_t *len);
+
 /* The architecture in yaml; the test fails with the parser's message when
  * it does not parse.  Free with zm_arch_free. */
 struct zm_arch *unit_arch(const char *yaml);
