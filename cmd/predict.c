@@ -27,6 +27,7 @@
 #include "dataset.h"
 #include "assignment.h"
 #include "config.h"
+#include "constants.h"
 #include "fileio.h"
 #include "gemm.h"
 #include "granularity.h"
@@ -213,7 +214,7 @@ static int run(const struct predict_opts *o)
 	struct zm_doc doc;
 	enum zm_status st;
 	const char *in_name, *model_name;
-	char where[4200];
+	char where[ZM_WHERE_MAX];
 	uint64_t row = 0;
 	size_t docno = 0, k = 0, i;
 	bool eof = false, progress;
@@ -463,7 +464,8 @@ int main(int argc, char **argv)
 		case 'q': o.quiet = true; break;
 		case 'P': o.progress = true; break;
 		case 'b':
-			if (!zm_cli_int("--batch-size", optarg, 1, 1 << 20, &v))
+			if (!zm_cli_int("--batch-size", optarg, 1,
+			                ZM_MODEL_BATCH_MAX, &v))
 				goto usage;
 			o.batch = (size_t)v;
 			break;

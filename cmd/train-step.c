@@ -20,6 +20,7 @@
 
 #include "assignment.h"
 #include "cli.h"
+#include "constants.h"
 #include "fileio.h"
 #include "gemm.h"
 #include "json.h"
@@ -548,7 +549,8 @@ int main(int argc, char **argv)
 			o.fit.epochs = (size_t)v;
 			break;
 		case 'b':
-			if (!zm_cli_int("--batch-size", optarg, 1, 1 << 20, &v))
+			if (!zm_cli_int("--batch-size", optarg, 1,
+			                ZM_MODEL_BATCH_MAX, &v))
 				return zm_cli_usage_error(usage_str, NULL);
 			o.fit.batch_size = (size_t)v;
 			break;

@@ -14,6 +14,7 @@
 #include <zlib.h>
 
 #include "config.h"
+#include "constants.h"
 #include "dataset.h"
 #include "json.h"
 #include "mem.h"
@@ -1244,7 +1245,7 @@ static enum zm_status stream_next(struct zm_dataset_reader *r,
 	enum zm_status st;
 	const char *kind;
 	size_t n;
-	char where[4200];
+	char where[ZM_WHERE_MAX];
 
 	st = zm_reader_next(r->stream, doc, eof, err);
 	if (st != ZM_OK || *eof)
@@ -1272,7 +1273,7 @@ enum zm_status zm_dataset_open(struct zm_dataset_reader **out,
 	enum zm_status st;
 
 	*out = NULL;
-	if (o->batch == 0 || o->batch > ((size_t)1 << 30))
+	if (o->batch == 0 || o->batch > ZM_DATA_BATCH_MAX)
 		return zm_error_set(err, ZM_ERR_USAGE,
 		                    "batch size %zu out of range", o->batch);
 	r = zm_calloc(1, sizeof(*r));
