@@ -23,6 +23,7 @@
 #include "model.h"
 #include "stream.h"
 #include "zoo.h"
+#include "zoomodel.h"
 
 static const char usage_str[] =
 	"usage: granctl --zoo DIR [--rules RULES.yaml] [--updates FILE]... [--log FILE]...\n"
@@ -52,20 +53,14 @@ static enum zm_status add_zoo_model(struct zm_gc_inputs *in,
                                     const struct zm_zoo *zoo,
                                     const char *name, struct zm_error *err)
 {
-	struct zm_zoo_entry *e;
 	struct zm_model *m = NULL;
-	struct zm_doc doc;
 	enum zm_status st;
 
 	if (zm_gc_find_model(in, name))
 		return ZM_OK;
-	zm_doc_init(&doc);
-	if (!(st = zm_zoo_get(zoo, name, &e, err)) &&
-	    !(st = zm_zoo_read_model(zoo, e, &doc, err)) &&
-	    !(st = zm_model_from_doc(&doc, NULL, &m, err)))
+	if (!(st = zm_zoo_load_model(zoo, name, &m, NULL, err)))
 		st = zm_gc_add_model(in, name, m, err);
 	zm_model_free(m);
-	zm_doc_release(&doc);
 	return st;
 }
 

@@ -37,6 +37,7 @@
 #include "stream.h"
 #include "weighting.h"
 #include "zoo.h"
+#include "zoomodel.h"
 
 static const char usage_str[] =
 	"usage: predict (--zoo DIR [--model NAME]... | --model-file FILE...)\n"
@@ -95,34 +96,6 @@ enum {
 	OPT_ADAPT_REG, OPT_ADAPT_TRUST
 };
 
-/* Reads the current version of a zoo model; the zoo's shared lock is held
- * only while the file is read. */
-static enum zm_status load_zoo_model(const char *dir, const char *name,
-                                     struct zm_model **m,
-                                     struct zm_error *err)
-{
-	struct zm_zoo *zoo = NULL;
-	struct zm_zoo_entry *e;
-	struct zm_doc doc;
-	enum zm_status st;
-
-	zm_doc_init(&doc);
-	st = zm_zoo_open(&zoo, dir, ZM_ZOO_READ, err);
-	if (st == ZM_OK)
-		st = zm_zoo_get(zoo, name, &e, err);
-	if (st == ZM_OK)
-		st = zm_zoo_read_model(zoo, e, &doc, err);
-	if (st == ZM_OK) {
-		st = zm_model_from_doc(&doc, NULL, m, err);
-		if (st != ZM_OK)
-			zm_error_prefix(err, "%s: model '%s' v%" PRId64 ": ", dir,
-			                name, e->version);
-	}
-	zm_doc_release(&doc);
-	zm_zoo_close(zoo);
-	return st;
-}
-
 static double now_seconds(void)
 {
 	struct timespec ts;
@@ -152,7 +125,7 @@ static enum zm_status load_models(const struct predict_opts *o,
 		return st;
 	}
 	if (o->n_models == 1 && !o->router) {
-		st = load_zoo_model(o->zoo_dir, o->model[0], &models[0], err);
+		st = zm_zoo_load_model_at(o->zoo_dir, o->model[0], &models[0], err);
 		if (st == ZM_OK)
 			*k = 1;
 		return st;
@@ -171,7 +144,7 @@ static enum zm_status load_models(const struct predict_opts *o,
 				                  o->zoo_dir, MAX_MODELS);
 				break;
 			}
-			st = load_zoo_model(o->zoo_dir, name, &models[*k], err);
+			st = zm_zoo_load_model_at(o->zoo_dir, name, &models[*k], err);
 			if (st == ZM_OK)
 				(*k)++;
 		}
@@ -180,14 +153,14 @@ static enum zm_status load_models(const struct predict_opts *o,
 			                  "predict with", o->zoo_dir);
 	} else {
 		for (i = 0; i < o->n_models && st == ZM_OK; i++) {
-			st = load_zoo_model(o->zoo_dir, o->model[i], &models[i], err);
+			st = zm_zoo_load_model_at(o->zoo_dir, o->model[i], &models[i], err);
 			if (st == ZM_OK)
 				(*k)++;
 		}
 	}
 	zm_zoo_close(zoo);
 	if (st == ZM_OK && o->router)
-		st = load_zoo_model(o->zoo_dir, o->router, router, err);
+		st = zm_zoo_load_model_at(o->zoo_dir, o->router, router, err);
 	return st;
 }
 

@@ -30,6 +30,7 @@
 #include "trainset.h"
 #include "update.h"
 #include "zoo.h"
+#include "zoomodel.h"
 
 static const char usage_str[] =
 	"usage: train-step --zoo DIR (--model NAME | --assignment FILE [--slice NAME])\n"
@@ -181,24 +182,13 @@ static enum zm_status load_models(const struct train_step_opts *o,
                                   struct zm_error *err)
 {
 	struct zm_zoo *zoo = NULL;
-	struct zm_zoo_entry *e = NULL;
-	struct zm_doc doc;
 	enum zm_status st;
 	size_t i;
 
-	zm_doc_init(&doc);
 	st = zm_zoo_open(&zoo, o->zoo_dir, ZM_ZOO_READ, err);
-	for (i = 0; st == ZM_OK && i < n; i++) {
-		st = zm_zoo_get(zoo, jobs[i].name, &e, err);
-		if (st == ZM_OK) {
-			jobs[i].version = e->version;
-			st = zm_zoo_read_model(zoo, e, &doc, err);
-		}
-		if (st == ZM_OK &&
-		    (st = zm_model_from_doc(&doc, NULL, &jobs[i].base, err)))
-			zm_error_prefix(err, "%s/%s: ", o->zoo_dir, e->file);
-	}
-	zm_doc_release(&doc);
+	for (i = 0; st == ZM_OK && i < n; i++)
+		st = zm_zoo_load_model(zoo, jobs[i].name, &jobs[i].base,
+		                       &jobs[i].version, err);
 	zm_zoo_close(zoo);
 	return st;
 }

@@ -23,6 +23,7 @@
 #include "mem.h"
 #include "merge.h"
 #include "profile.h"
+#include "zoomodel.h"
 
 /* Cosine above which two tensors count as colinear for SLERP: the angle
  * is then too small for sin(W) to be divided by safely (mergekit uses the
@@ -1814,15 +1815,9 @@ static enum zm_status load_states(struct zm_zoo *zoo, struct upd *us,
 			break;
 		}
 		if (j == n) {
-			struct zm_doc doc;
 			ms[n].name = name;
 			ms[n].old_version = e->version;
-			zm_doc_init(&doc);
-			st = zm_zoo_read_model(zoo, e, &doc, err);
-			if (st == ZM_OK &&
-			    (st = zm_model_from_doc(&doc, NULL, &ms[n].model, err)))
-				zm_error_prefix(err, "%s/%s: ", zoo->dir, e->file);
-			zm_doc_release(&doc);
+			st = zm_zoo_load_entry(zoo, e, &ms[n].model, err);
 			if (st == ZM_OK)
 				st = zm_model_copy(ms[n].model, &ms[n].delta, err);
 			n++;

@@ -1,0 +1,51 @@
+/*
+ * Models out of a zoo (zoomodel.h).
+ */
+#include "model.h"
+#include "stream.h"
+#include "zoo.h"
+#include "zoomodel.h"
+
+enum zm_status zm_zoo_load_entry(const struct zm_zoo *zoo,
+                                 const struct zm_zoo_entry *e,
+                                 struct zm_model **out, struct zm_error *err)
+{
+	struct zm_doc doc;
+	enum zm_status st;
+
+	zm_doc_init(&doc);
+	st = zm_zoo_read_model(zoo, e, &doc, err);
+	if (st == ZM_OK &&
+	    (st = zm_model_from_doc(&doc, NULL, out, err)))
+		zm_error_prefix(err, "%s/%s: ", zoo->dir, e->file);
+	zm_doc_release(&doc);
+	return st;
+}
+
+enum zm_status zm_zoo_load_model(const struct zm_zoo *zoo, const char *name,
+                                 struct zm_model **out, int64_t *version,
+                                 struct zm_error *err)
+{
+	struct zm_zoo_entry *e;
+	enum zm_status st;
+
+	if ((st = zm_zoo_get(zoo, name, &e, err)))
+		return st;
+	if (version)
+		*version = e->version;
+	return zm_zoo_load_entry(zoo, e, out, err);
+}
+
+enum zm_status zm_zoo_load_model_at(const char *dir, const char *name,
+                                    struct zm_model **out,
+                                    struct zm_error *err)
+{
+	struct zm_zoo *zoo = NULL;
+	enum zm_status st;
+
+	st = zm_zoo_open(&zoo, dir, ZM_ZOO_READ, err);
+	if (st == ZM_OK)
+		st = zm_zoo_load_model(zoo, name, out, NULL, err);
+	zm_zoo_close(zoo);
+	return st;
+}

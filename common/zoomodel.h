@@ -1,0 +1,37 @@
+/*
+ * Models out of a zoo: the glue of zoo.h (which version, which file, the
+ * lock) and model.h (a model from its document) that predict, train-step,
+ * granctl and merge share.
+ */
+#ifndef ZM_ZOOMODEL_H
+#define ZM_ZOOMODEL_H
+
+#include <stdint.h>
+
+#include "error.h"
+
+struct zm_model;
+struct zm_zoo;
+struct zm_zoo_entry;
+
+/* Reads the current version of entry e of zoo and builds its model into
+ * *out (new; free with zm_model_free).  Errors of the document are
+ * prefixed "ZOO/FILE: ". */
+enum zm_status zm_zoo_load_entry(const struct zm_zoo *zoo,
+                                 const struct zm_zoo_entry *e,
+                                 struct zm_model **out, struct zm_error *err);
+
+/* zm_zoo_load_entry for the model called name (ZM_ERR_NOTFOUND when the
+ * zoo has none); *version, when version is not NULL, is the version
+ * read. */
+enum zm_status zm_zoo_load_model(const struct zm_zoo *zoo, const char *name,
+                                 struct zm_model **out, int64_t *version,
+                                 struct zm_error *err);
+
+/* Opens the zoo at dir for reading, loads name and closes it again, so
+ * that the zoo's shared lock is held only while the file is read. */
+enum zm_status zm_zoo_load_model_at(const char *dir, const char *name,
+                                    struct zm_model **out,
+                                    struct zm_error *err);
+
+#endif

@@ -1,0 +1,72 @@
+/*
+ * Models out of a zoo (zoomodel.h): the model put in comes back with the
+ * same parameters and version, a missing name is ZM_ERR_NOTFOUND, and a
+ * document that is no model names the zoo file.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "unit.h"
+#include "model.h"
+#include "stream.h"
+#include "zoo.h"
+#include "zoomodel.h"
+
+static const char arch[] = "input: [2]\nlayers: [{name: out, units: 3}]\n";
+
+START_TEST(test_load)
+{
+	const char *dir = unit_tmpdir();
+	struct zm_model *m = unit_model(arch, 5), *got = NULL;
+	struct zm_zoo *zoo = NULL;
+	struct zm_doc doc;
+	struct zm_error err;
+	int64_t v = 0, v2 = 0;
+	size_t i;
+
+	zm_doc_init(&doc);
+	ck_assert_int_eq(zm_zoo_open(&zoo, dir, ZM_ZOO_WRITE | ZM_ZOO_CREATE,
+	                             &err), ZM_OK);
+	ck_assert_int_eq(zm_model_to_doc(m, &doc, &err), ZM_OK);
+	ck_assert_int_eq(zm_zoo_put_model(zoo, "a", &doc, &v, &err), ZM_OK);
+	zm_doc_release(&doc);
+	/* a second model whose document is data, not a model */
+	ck_assert_int_eq(zm_doc_set_meta(&doc, "zm.kind", "data", &err), ZM_OK);
+	ck_assert_int_eq(zm_zoo_put_model(zoo, "b", &doc, &v2, &err), ZM_OK);
+	zm_doc_release(&doc);
+	ck_assert_int_eq(zm_zoo_commit(zoo, &err), ZM_OK);
+	zm_zoo_close(zoo);
+
+	ck_assert_msg(zm_zoo_load_model_at(dir, "a", &got, &err) == ZM_OK,
+	              "%s", err.msg);
+	for (i = 0; i < zm_tensor_numel(&m->layers[0].weight); i++)
+		ck_assert_float_eq(((float *)got->layers[0].weight.data)[i],
+		                   ((float *)m->layers[0].weight.data)[i]);
+	zm_model_free(got);
+	got = NULL;
+	ck_assert_int_eq(zm_zoo_load_model_at(dir, "none", &got, &err),
+	                 ZM_ERR_NOTFOUND);
+	ck_assert_ptr_null(got);
+
+	ck_assert_int_eq(zm_zoo_open(&zoo, dir, ZM_ZOO_READ, &err), ZM_OK);
+	v2 = -1;
+	ck_assert_int_eq(zm_zoo_load_model(zoo, "a", &got, &v2, &err), ZM_OK);
+	ck_assert_int_eq(v2, v);
+	zm_model_free(got);
+	got = NULL;
+	ck_assert_int_ne(zm_zoo_load_model(zoo, "b", &got, NULL, &err), ZM_OK);
+	ck_assert_msg(strncmp(err.msg, dir, strlen(dir)) == 0, "%s", err.msg);
+	zm_zoo_close(zoo);
+	zm_model_free(m);
+}
+END_TEST
+
+Suite *suite_zoomodel(void)
+{
+	Suite *s = suite_create("zoomodel");
+	TCase *tc = tcase_create("zoomodel");
+
+	tcase_add_test(tc, test_load);
+	suite_add_tcase(s, tc);
+	return s;
+}
