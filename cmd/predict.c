@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "datain.h"
 #include "dataset.h"
 #include "assignment.h"
 #include "config.h"
@@ -460,17 +461,8 @@ int main(int argc, char **argv)
 			}
 			break;
 		case 'f':
-			if (strcmp(optarg, "stream") == 0)
-				o.from = ZM_DATASET_STREAM;
-			else if (strcmp(optarg, "csv") == 0)
-				o.from = ZM_DATASET_CSV;
-			else if (strcmp(optarg, "idx") == 0)
-				o.from = ZM_DATASET_IDX;
-			else {
-				zm_cli_warn("--from: expected stream, csv or idx, "
-				            "got '%s'", optarg);
+			if (!zm_cli_data_from(optarg, true, &o.from))
 				goto usage;
-			}
 			break;
 		case 'h':
 			fputs(usage_str, stdout);
@@ -638,20 +630,9 @@ int main(int argc, char **argv)
 		            "--feedback");
 		goto usage;
 	}
-	if (o.from == ZM_DATASET_IDX) {
-		if (!o.images || o.input) {
-			zm_cli_warn("--from idx reads --images IDX (and --labels "
-			            "IDX), not FILE");
-			goto usage;
-		}
-	} else if (o.images || o.labels) {
-		zm_cli_warn("--images and --labels need --from idx");
+	if (!zm_cli_data_check(o.from, o.images, o.labels, o.label,
+	                       o.input != NULL))
 		goto usage;
-	}
-	if (o.label && o.from != ZM_DATASET_CSV) {
-		zm_cli_warn("--label needs --from csv");
-		goto usage;
-	}
 	return zm_cli_close_stdout(run(&o));
 usage:
 	return zm_cli_usage_error(usage_str, NULL);

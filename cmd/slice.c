@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "datain.h"
 #include "dataset.h"
 #include "gemm.h"
 #include "json.h"
@@ -116,16 +117,8 @@ int main(int argc, char **argv)
 		case OPT_LABEL: o.s.label = optarg; break;
 		case OPT_CENTROIDS: o.s.centroids = optarg; break;
 		case OPT_FROM:
-			if (strcmp(optarg, "csv") == 0)
-				o.s.from = ZM_DATASET_CSV;
-			else if (strcmp(optarg, "idx") == 0)
-				o.s.from = ZM_DATASET_IDX;
-			else if (strcmp(optarg, "stream") == 0)
-				o.s.from = ZM_DATASET_STREAM;
-			else
-				return zm_cli_usage_error(usage_str, "--from: "
-				        "expected stream, csv or idx, got '%s'",
-				        optarg);
+			if (!zm_cli_data_from(optarg, true, &o.s.from))
+				return zm_cli_usage_error(usage_str, NULL);
 			break;
 		case OPT_UNMATCHED:
 			if (strcmp(optarg, "drop") == 0)
@@ -168,15 +161,9 @@ int main(int argc, char **argv)
 	if (!o.s.rules_path || !o.s.out_dir)
 		return zm_cli_usage_error(usage_str, "--rules and --out-dir "
 		                          "are required");
-	if (o.s.from == ZM_DATASET_IDX && (!o.s.images || o.s.input))
-		return zm_cli_usage_error(usage_str, "--from idx reads "
-		                          "--images (and --labels), not FILE");
-	if (o.s.from != ZM_DATASET_IDX && (o.s.images || o.s.labels))
-		return zm_cli_usage_error(usage_str, "--images and --labels "
-		                          "are for --from idx");
-	if (o.s.label && o.s.from != ZM_DATASET_CSV)
-		return zm_cli_usage_error(usage_str, "--label is for --from "
-		                          "csv");
+	if (!zm_cli_data_check(o.s.from, o.s.images, o.s.labels, o.s.label,
+	                       o.s.input != NULL))
+		return zm_cli_usage_error(usage_str, NULL);
 	zm_gemm_setup(o.threads);
 	return zm_cli_close_stdout(run(&o));
 }

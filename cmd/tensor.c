@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "datain.h"
 #include "config.h"
 #include "constants.h"
 #include "csv.h"
@@ -36,7 +37,8 @@ enum command { CMD_NONE, CMD_INFO, CMD_IMPORT, CMD_EXPORT };
 
 struct tensor_opts {
 	enum command cmd;
-	const char *from;            /* csv | idx */
+	bool has_from;
+	enum zm_dataset_kind from;   /* csv | idx */
 	const char *to;              /* csv */
 	const char *label;
 	const char *images, *labels;
@@ -160,7 +162,7 @@ static enum zm_status import(const struct tensor_opts *o,
 
 	zm_doc_init(&doc);
 	zm_dataset_options_init(&d);
-	d.kind = strcmp(o->from, "idx") == 0 ? ZM_DATASET_IDX : ZM_DATASET_CSV;
+	d.kind = o->from;
 	d.path = o->nfiles ? o->files[0] : "-";
 	d.images = o->images;
 	d.labels = o->labels;
@@ -270,11 +272,9 @@ int main(int argc, char **argv)
 	while ((c = getopt_long(argc, argv, "ho:", longopts, NULL)) != -1) {
 		switch (c) {
 		case OPT_FROM:
-			if (strcmp(optarg, "csv") && strcmp(optarg, "idx"))
-				return zm_cli_usage_error(usage_str,
-				        "--from: expected csv or idx, got '%s'",
-				        optarg);
-			o.from = optarg;
+			if (!zm_cli_data_from(optarg, false, &o.from))
+				return zm_cli_usage_error(usage_str, NULL);
+			o.has_from = true;
 			break;
 		case OPT_TO:
 			if (strcmp(optarg, "csv"))
@@ -328,31 +328,23 @@ int main(int argc, char **argv)
 			                          "unknown command '%s'", cmd);
 		return zm_cli_usage_error(usage_str, "missing command");
 	case CMD_INFO:
-		if (o.from || o.to || o.label || o.images || o.labels)
+		if (o.has_from || o.to || o.label || o.images || o.labels)
 			return zm_cli_usage_error(usage_str,
 			        "info takes only file names");
 		break;
 	case CMD_IMPORT:
-		if (!o.from)
+		if (!o.has_from)
 			return zm_cli_usage_error(usage_str,
 			        "import needs --from csv or --from idx");
-		if (strcmp(o.from, "idx") == 0) {
-			if (!o.images)
-				return zm_cli_usage_error(usage_str,
-				        "--from idx needs --images IDX");
-			if (o.nfiles || o.label)
-				return zm_cli_usage_error(usage_str,
-				        "--from idx reads --images and --labels "
-				        "only");
-		} else {
-			if (o.images || o.labels || o.image_shape)
-				return zm_cli_usage_error(usage_str,
-				        "--images, --labels and --shape are for "
-				        "--from idx");
-			if (o.nfiles > 1)
-				return zm_cli_usage_error(usage_str,
-				        "import reads one file");
-		}
+		if (!zm_cli_data_check(o.from, o.images, o.labels, o.label,
+		                       o.nfiles > 0))
+			return zm_cli_usage_error(usage_str, NULL);
+		if (o.from != ZM_DATASET_IDX && o.image_shape)
+			return zm_cli_usage_error(usage_str,
+			        "--shape needs --from idx");
+		if (o.nfiles > 1)
+			return zm_cli_usage_error(usage_str,
+			        "import reads one file");
 		break;
 	case CMD_EXPORT:
 		if (!o.to)
