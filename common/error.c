@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "error.h"
 
@@ -103,7 +104,15 @@ const char *zm_status_name(enum zm_status status)
 
 void zm_assert_fail(const char *expr, const char *file, int line)
 {
-	fprintf(stderr, "zoomerge: BUG: %s:%d: assertion failed: %s\n",
-	        file, line, expr);
+	char msg[1024];
+	int n;
+
+	/* Straight to the descriptor: the library has no stdio output, and
+	 * a bug must be seen even when stderr's buffer is in a bad state. */
+	n = snprintf(msg, sizeof(msg), "zoomerge: BUG: %s:%d: assertion "
+	             "failed: %s\n", file, line, expr);
+	if (n > 0)
+		(void)!write(2, msg, (size_t)n < sizeof(msg) ? (size_t)n :
+		             sizeof(msg) - 1);
 	abort();
 }
