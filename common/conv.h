@@ -17,9 +17,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "config.h"
-#include "error.h"
-#include "model.h"
+#include "layer.h"
 
 /* The sizes of one conv2d or maxpool2d layer, per sample. */
 struct zm_conv_geom {
@@ -96,18 +94,5 @@ size_t zm_layer_profile_dim(const struct zm_layer_spec *s);
  * over out's rows are per channel over batch and space. */
 void zm_channel_rows(const float *h, size_t n, size_t c, size_t hw,
                      float *out);
-
-/*
- * Parses the conv2d or maxpool2d keys of the layer mapping item into spec
- * (whose name and type are set) given its input shape (spec->in_*):
- * conv2d {filters, kernel (int or [kh, kw]), stride (default 1), padding
- * (same | valid, default valid), activation}, maxpool2d {size, stride
- * (default size)}.  Fills units, act, kernel, stride, pad, same,
- * out_shape, out_features, has_params, n_weight and n_bias.  Errors are
- * ZM_ERR_CONFIG at the node at fault.
- */
-enum zm_status zm_conv_parse_spec(const struct zm_node *item,
-                                  struct zm_layer_spec *spec,
-                                  struct zm_error *err);
 
 #endif

@@ -10,6 +10,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Elements of an array (not a pointer). */
+#define COUNT_OF(a) (sizeof(a) / sizeof((a)[0]))
+
 /* Stores a*b (a+b) in *out and returns true, or returns false on overflow. */
 bool zm_size_mul(size_t a, size_t b, size_t *out);
 bool zm_size_add(size_t a, size_t b, size_t *out);
