@@ -1,0 +1,554 @@
+/*
+ * What predict writes (predict.h): the weight trace, the running metrics,
+ * the predictions as CSV or as a data stream one batch at a time, and the
+ * loop over one data document.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dataset.h"
+#include "json.h"
+#include "mem.h"
+#include "predict.h"
+
+/* ---- trace ---- */
+
+enum zm_status zm_pred_trace_header(struct zm_outfile *f,
+                                    struct zm_error *err)
+{
+	static const char h[] = "batch,rows,model,unit,weight,similarity,score\n";
+
+	return zm_outfile_write(f, h, sizeof(h) - 1, err);
+}
+
+enum zm_status zm_pred_trace_write(struct zm_predictor *p,
+                                   struct zm_outfile *f, uint64_t batch,
+                                   size_t rows, struct zm_error *err)
+{
+	struct zm_weighter *w = p->wr;
+	size_t K = p->n_models, u, i;
+	double mx = -INFINITY, sum = 0;
+	enum zm_status st = ZM_OK;
+
+	if (K == 1) {
+		return zm_outfile_printf(f, err, "%llu,%zu,%s,model,1,,1\n",
+		                         (unsigned long long)batch, rows,
+		                         p->models[0]->name ? p->models[0]->name
+		                                            : "m0");
+	}
+	for (i = 0; i < K; i++)
+		if (p->hedge.score[i] > mx)
+			mx = p->hedge.score[i];
+	for (i = 0; i < K; i++)
+		sum += exp(p->hedge.score[i] - mx);
+	for (u = 0; u < w->units.n_units && st == ZM_OK; u++) {
+		if (w->unit_first[u] == SIZE_MAX)
+			continue;
+		if (p->o.merge == ZM_MERGE_ENSEMBLE && u > 0)
+			break;
+		for (i = 0; i < K && st == ZM_OK; i++) {
+			char sim[40] = "";
+			if (w->unit_has_sim[u])
+				snprintf(sim, sizeof(sim), "%.9g",
+				         w->unit_sim[u * K + i]);
+			st = zm_outfile_printf(f, err, "%llu,%zu,%s,%s,%.9g,%s,%.9g\n",
+			                       (unsigned long long)batch, rows,
+			                       p->hedge.names[i], w->units.names[u],
+			                       p->tw[u * K + i], sim,
+			                       exp(p->hedge.score[i] - mx) / sum);
+		}
+	}
+	return st;
+}
+
+size_t zm_predict_argmax(const float *scores, size_t c)
+{
+	size_t j, best = 0;
+
+	for (j = 1; j < c; j++)
+		if (scores[j] > scores[best])
+			best = j;
+	return best;
+}
+
+/* ---- metrics ---- */
+
+void zm_pred_metrics_init(struct zm_pred_metrics *m, enum zm_loss loss,
+                          size_t outputs)
+{
+	memset(m, 0, sizeof(*m));
+	m->loss = loss;
+	m->outputs = outputs;
+}
+
+static enum zm_status metrics_class(struct zm_pred_metrics *m,
+                                    const float *scores, const float *logp,
+                                    const struct zm_tensor *y, size_t first,
+                                    size_t n, struct zm_error *err)
+{
+	size_t c = m->outputs, i, correct = 0;
+	double loss = 0;
+
+	if (y->dtype != ZM_DTYPE_I64 || y->ndim != 1)
+		return zm_error_set(err, ZM_ERR_DATA,
+		                    "tensor 'y' is %s with %d dimensions; a "
+		                    "classification model needs I64 class ids [n]",
+		                    zm_dtype_name(y->dtype), y->ndim);
+	ZM_ASSERT(logp != NULL);
+	for (i = 0; i < n; i++) {
+		int64_t label;
+
+		memcpy(&label, (const char *)y->data +
+		       (first + i) * sizeof(int64_t), sizeof(label));
+		if (label < 0 || (uint64_t)label >= c)
+			return zm_error_set(err, ZM_ERR_DATA,
+			                    "row %zu: label %lld out of range "
+			                    "[0, %zu)", first + i,
+			                    (long long)label, c);
+		if (zm_predict_argmax(scores + i * c, c) == (size_t)label)
+			correct++;
+		loss -= logp[i * c + (size_t)label];
+	}
+	m->correct += correct;
+	m->loss_sum += loss;
+	return ZM_OK;
+}
+
+static enum zm_status metrics_regression(struct zm_pred_metrics *m,
+                                         const float *scores,
+                                         const struct zm_tensor *y,
+                                         size_t first, size_t n,
+                                         struct zm_error *err)
+{
+	size_t t = m->outputs, i, j;
+	size_t ty = y->ndim == 2 ? (size_t)y->shape[1] : 1;
+	double loss = 0;
+
+	if (ty != t)
+		return zm_error_set(err, ZM_ERR_DATA,
+		                    "tensor 'y' has %zu targets per row, the "
+		                    "model has %zu outputs", ty, t);
+	for (i = 0; i < n; i++) {
+		double row = 0;
+		float target[1];
+
+		for (j = 0; j < t; j++) {
+			double d;
+
+			zm_tensor_read_f32(y, (first + i) * t + j, 1, target);
+			if (!isfinite(target[0]))
+				return zm_error_set(err, ZM_ERR_DATA,
+				                    "row %zu: target %zu is not "
+				                    "finite", first + i, j);
+			d = (double)scores[i * t + j] - target[0];
+			row += d * d;
+		}
+		loss += row / (double)t;
+	}
+	m->loss_sum += loss;
+	return ZM_OK;
+}
+
+enum zm_status zm_pred_metrics_add(struct zm_pred_metrics *m,
+                                   const float *scores, const float *logp,
+                                   const struct zm_tensor *y, size_t first,
+                                   size_t n, struct zm_error *err)
+{
+	enum zm_status st;
+
+	if (y) {
+		ZM_ASSERT(y->ndim >= 1 && (uint64_t)y->shape[0] >= first + n);
+		if (m->loss == ZM_LOSS_CROSS_ENTROPY)
+			st = metrics_class(m, scores, logp, y, first, n, err);
+		else
+			st = metrics_regression(m, scores, y, first, n, err);
+		if (st != ZM_OK)
+			return st;
+		m->labelled += n;
+	}
+	m->rows += n;
+	return ZM_OK;
+}
+
+double zm_pred_metrics_accuracy(const struct zm_pred_metrics *m)
+{
+	if (m->loss != ZM_LOSS_CROSS_ENTROPY || m->labelled == 0)
+		return NAN;
+	return (double)m->correct / (double)m->labelled;
+}
+
+double zm_pred_metrics_loss(const struct zm_pred_metrics *m)
+{
+	if (m->labelled == 0)
+		return NAN;
+	return m->loss_sum / (double)m->labelled;
+}
+
+enum zm_status zm_pred_metrics_write(const struct zm_pred_metrics *m,
+                                     const char *model, const char *path,
+                                     struct zm_error *err)
+{
+	struct zm_outfile f;
+	struct zm_buf b;
+	enum zm_status st;
+
+	/* Built in memory first: the file is a few lines. */
+	zm_buf_init(&b);
+	if (model) {
+		zm_buf_puts(&b, "model: ");
+		zm_json_string(&b, model, strlen(model));
+		zm_buf_puts(&b, "\n");
+	}
+	zm_buf_printf(&b, "rows: %llu\n", (unsigned long long)m->rows);
+	if (m->labelled > 0) {
+		zm_buf_printf(&b, "labelled: %llu\n",
+		              (unsigned long long)m->labelled);
+		if (m->loss == ZM_LOSS_CROSS_ENTROPY)
+			zm_buf_printf(&b, "correct: %llu\naccuracy: %.9g\n",
+			              (unsigned long long)m->correct,
+			              zm_pred_metrics_accuracy(m));
+		zm_buf_printf(&b, "loss: %.9g\n", zm_pred_metrics_loss(m));
+	}
+	if (b.failed) {
+		zm_buf_release(&b);
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	}
+	st = zm_outfile_open(&f, path, false, err);
+	if (st != ZM_OK) {
+		zm_buf_release(&b);
+		return st;
+	}
+	st = zm_outfile_write(&f, b.data, b.len, err);
+	zm_buf_release(&b);
+	if (st != ZM_OK) {
+		zm_outfile_abort(&f);
+		return st;
+	}
+	return zm_outfile_commit(&f, err);
+}
+
+/* ---- output ---- */
+
+struct zm_pred_writer {
+	enum zm_pred_format format;
+	enum zm_loss loss;
+	size_t outputs;
+	uint64_t row;               /* running index for rows without ids */
+	struct zm_outfile csv;      /* ZM_PRED_CSV */
+	struct zm_writer *stream;   /* ZM_PRED_STREAM */
+	char *model;                /* owned copy, may be NULL */
+	char *line;                 /* CSV line buffer, owned */
+	size_t line_cap;
+};
+
+bool zm_pred_format_parse(const char *s, enum zm_pred_format *out)
+{
+	if (strcmp(s, "csv") == 0)
+		*out = ZM_PRED_CSV;
+	else if (strcmp(s, "stream") == 0)
+		*out = ZM_PRED_STREAM;
+	else
+		return false;
+	return true;
+}
+
+static enum zm_status csv_header(struct zm_pred_writer *w,
+                                 struct zm_error *err)
+{
+	const char *prefix = w->loss == ZM_LOSS_CROSS_ENTROPY ? "p" : "y";
+	enum zm_status st;
+	size_t j;
+
+	st = zm_outfile_printf(&w->csv, err, "id%s",
+	                       w->loss == ZM_LOSS_CROSS_ENTROPY ? ",pred" : "");
+	for (j = 0; st == ZM_OK && j < w->outputs; j++)
+		st = zm_outfile_printf(&w->csv, err, ",%s_%zu", prefix, j);
+	if (st == ZM_OK)
+		st = zm_outfile_write(&w->csv, "\n", 1, err);
+	return st;
+}
+
+enum zm_status zm_pred_writer_open(struct zm_pred_writer **out,
+                                   const char *path,
+                                   enum zm_pred_format format,
+                                   enum zm_loss loss, size_t outputs,
+                                   int level, const char *model,
+                                   struct zm_error *err)
+{
+	struct zm_pred_writer *w;
+	enum zm_status st;
+
+	*out = NULL;
+	ZM_ASSERT(outputs > 0);
+	w = zm_calloc(1, sizeof(*w));
+	if (!w)
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	w->format = format;
+	w->loss = loss;
+	w->outputs = outputs;
+	if (model && !(w->model = zm_strdup(model))) {
+		free(w);
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	}
+	if (format == ZM_PRED_CSV) {
+		/* id, pred, and up to 16 characters per %.9g value, with room. */
+		if (!zm_size_mul(outputs, 24, &w->line_cap) ||
+		    !zm_size_add(w->line_cap, 64, &w->line_cap) ||
+		    !(w->line = zm_malloc(w->line_cap))) {
+			zm_pred_writer_abort(w);
+			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		}
+		st = zm_outfile_open(&w->csv, path, false, err);
+		if (st == ZM_OK)
+			st = csv_header(w, err);
+	} else {
+		st = zm_writer_open(&w->stream, path, level, err);
+	}
+	if (st != ZM_OK) {
+		zm_pred_writer_abort(w);
+		return st;
+	}
+	*out = w;
+	return ZM_OK;
+}
+
+static enum zm_status write_csv(struct zm_pred_writer *w, const int64_t *ids,
+                                const float *scores, size_t n,
+                                struct zm_error *err)
+{
+	size_t c = w->outputs, i, j, len;
+	enum zm_status st;
+
+	for (i = 0; i < n; i++) {
+		const float *s = scores + i * c;
+		long long id = ids ? (long long)ids[i] : (long long)(w->row + i);
+
+		len = (size_t)snprintf(w->line, w->line_cap, "%lld", id);
+		if (w->loss == ZM_LOSS_CROSS_ENTROPY)
+			len += (size_t)snprintf(w->line + len, w->line_cap - len,
+			                        ",%zu", zm_predict_argmax(s, c));
+		for (j = 0; j < c; j++)
+			len += (size_t)snprintf(w->line + len, w->line_cap - len,
+			                        ",%.9g", (double)s[j]);
+		ZM_ASSERT(len + 1 < w->line_cap);
+		w->line[len++] = '\n';
+		st = zm_outfile_write(&w->csv, w->line, len, err);
+		if (st != ZM_OK)
+			return st;
+	}
+	return ZM_OK;
+}
+
+static enum zm_status write_stream(struct zm_pred_writer *w,
+                                   const int64_t *ids, const float *scores,
+                                   size_t n, struct zm_error *err)
+{
+	struct zm_doc doc;
+	struct zm_tensor t;
+	enum zm_status st;
+	int64_t shape[2] = { (int64_t)n, (int64_t)w->outputs };
+	char samples[32];
+	size_t c = w->outputs, i;
+	bool cls = w->loss == ZM_LOSS_CROSS_ENTROPY;
+
+	zm_doc_init(&doc);
+	zm_tensor_init(&t);
+	st = zm_tensor_alloc(&t, "id", ZM_DTYPE_I64, 1, shape, err);
+	if (st == ZM_OK) {
+		int64_t *d = t.data;
+		for (i = 0; i < n; i++)
+			d[i] = ids ? ids[i] : (int64_t)(w->row + i);
+		st = zm_doc_add(&doc, &t, err);
+	}
+	if (st == ZM_OK && cls) {
+		st = zm_tensor_alloc(&t, "pred", ZM_DTYPE_I64, 1, shape, err);
+		if (st == ZM_OK) {
+			int64_t *d = t.data;
+			for (i = 0; i < n; i++)
+				d[i] = (int64_t)zm_predict_argmax(scores + i * c, c);
+			st = zm_doc_add(&doc, &t, err);
+		}
+	}
+	if (st == ZM_OK)
+		st = zm_tensor_alloc(&t, cls ? "p" : "y", ZM_DTYPE_F32, 2, shape,
+		                     err);
+	if (st == ZM_OK) {
+		if (n)
+			memcpy(t.data, scores, n * c * sizeof(float));
+		st = zm_doc_add(&doc, &t, err);
+	}
+	snprintf(samples, sizeof(samples), "%zu", n);
+	if (st == ZM_OK)
+		st = zm_doc_set_meta(&doc, "zm.kind", "data", err);
+	if (st == ZM_OK)
+		st = zm_doc_set_meta(&doc, "zm.samples", samples, err);
+	if (st == ZM_OK && w->model)
+		st = zm_doc_set_meta(&doc, "zm.model", w->model, err);
+	if (st == ZM_OK)
+		st = zm_writer_write_doc(w->stream, &doc, err);
+	zm_tensor_release(&t);
+	zm_doc_release(&doc);
+	return st;
+}
+
+enum zm_status zm_pred_writer_write(struct zm_pred_writer *w,
+                                    const int64_t *ids, const float *scores,
+                                    size_t n, struct zm_error *err)
+{
+	enum zm_status st;
+
+	if (w->format == ZM_PRED_CSV)
+		st = write_csv(w, ids, scores, n, err);
+	else
+		st = write_stream(w, ids, scores, n, err);
+	if (st == ZM_OK)
+		w->row += n;
+	return st;
+}
+
+static void writer_free(struct zm_pred_writer *w)
+{
+	free(w->model);
+	free(w->line);
+	free(w);
+}
+
+enum zm_status zm_pred_writer_commit(struct zm_pred_writer *w,
+                                     struct zm_error *err)
+{
+	enum zm_status st;
+
+	if (w->format == ZM_PRED_CSV)
+		st = zm_outfile_commit(&w->csv, err);
+	else
+		st = zm_writer_commit(w->stream, err);
+	writer_free(w);
+	return st;
+}
+
+void zm_pred_writer_abort(struct zm_pred_writer *w)
+{
+	if (!w)
+		return;
+	/* The outfile is zeroed when never opened, which abort allows. */
+	if (w->format == ZM_PRED_CSV) {
+		zm_outfile_abort(&w->csv);
+	} else {
+		zm_writer_abort(w->stream);
+	}
+	writer_free(w);
+}
+
+/* ---- one data document ---- */
+
+/* The first non-finite value of rows x d, as row and feature; false when
+ * all are finite. */
+static bool find_nonfinite(const float *x, size_t rows, size_t d,
+                           size_t *row, size_t *col)
+{
+	size_t i, total = rows * d;
+
+	for (i = 0; i < total; i++)
+		if (!isfinite(x[i])) {
+			*row = i / d;
+			*col = i % d;
+			return true;
+		}
+	return false;
+}
+
+enum zm_status zm_predict_doc(struct zm_predictor *p,
+                              const struct zm_doc *doc, const char *name,
+                              uint64_t *row, struct zm_pred_writer *w,
+                              struct zm_pred_metrics *m,
+                              struct zm_error *err)
+{
+	const struct zm_tensor *y, *idt;
+	struct zm_tensor x;
+	enum zm_status st;
+	size_t n, d, done, bad_row, bad_col;
+	float *scores = p->scores;
+	int64_t *ids = p->ids;
+
+	zm_tensor_init(&x);
+	st = zm_data_check(doc, name, &n, err);
+	if (st != ZM_OK)
+		return st;
+	st = zm_data_features(doc, &x, err);
+	if (st != ZM_OK)
+		return zm_error_prefix(err, "%s: ", name);
+	d = (size_t)x.shape[1];
+	if (d != p->in_features) {
+		st = zm_error_set(err, ZM_ERR_DATA,
+		                  "%s: the input has %zu features per row, the "
+		                  "model expects %zu", name, d, p->in_features);
+		goto out;
+	}
+	if (find_nonfinite(x.data, n, d, &bad_row, &bad_col)) {
+		float v = ((const float *)x.data)[bad_row * d + bad_col];
+		st = zm_error_set(err, ZM_ERR_DATA,
+		                  "%s: row %zu (input row %llu), feature %zu: %s "
+		                  "input", name, bad_row,
+		                  (unsigned long long)(*row + bad_row), bad_col,
+		                  isnan(v) ? "NaN" : "infinite");
+		goto out;
+	}
+	y = zm_doc_find(doc, "y");
+	idt = zm_doc_find(doc, "id");
+	for (done = 0; done < n; ) {
+		size_t b = n - done < p->max_batch ? n - done : p->max_batch;
+		size_t i;
+
+		const float *xb = (const float *)x.data + done * d;
+
+		if (p->n_models > 1 && p->o.adapt) {
+			st = zm_predict_adapt(p, xb, b, NULL, NULL, err);
+			if (st != ZM_OK)
+				goto out;
+		}
+		st = zm_predict_run(p, xb, b, scores, p->loss ==
+		                    ZM_LOSS_CROSS_ENTROPY ? p->logp : NULL, err);
+		if (st != ZM_OK)
+			goto out;
+		p->batch_no++;
+		if (p->trace) {
+			st = zm_pred_trace_write(p, p->trace, p->batch_no, b, err);
+			if (st != ZM_OK)
+				goto out;
+		}
+		if (idt)
+			memcpy(ids, (const char *)idt->data +
+			       done * sizeof(int64_t), b * sizeof(int64_t));
+		else
+			for (i = 0; i < b; i++)
+				ids[i] = (int64_t)(*row + done + i);
+		if (m) {
+			st = zm_pred_metrics_add(m, scores, p->logp, y, done, b,
+			                         err);
+			if (st != ZM_OK) {
+				zm_error_prefix(err, "%s: ", name);
+				goto out;
+			}
+		}
+		if (w) {
+			st = zm_pred_writer_write(w, ids, scores, b, err);
+			if (st != ZM_OK)
+				goto out;
+		}
+		if (p->n_models > 1 && p->o.feedback && y) {
+			double loss[ZM_WEIGHTER_MAX_MODELS];
+			st = zm_predict_feedback(p, xb, b, y, done, loss, err);
+			if (st != ZM_OK) {
+				zm_error_prefix(err, "%s: ", name);
+				goto out;
+			}
+		}
+		done += b;
+	}
+	*row += n;
+out:
+	zm_tensor_release(&x);
+	return st;
+}
