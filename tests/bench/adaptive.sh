@@ -38,6 +38,7 @@
 # Lines: "bench: adaptive-ZOO-WHAT: VALUE UNIT (REF: VALUE UNIT, ratio R)",
 # the issue's targets as "bench:   target ...: PASS|FAIL" (informational),
 # then a table per zoo.  Exit 1 only when a program fails.
+# shellcheck disable=SC2046,SC2086 # lists of options and names split on purpose
 set -u
 LC_ALL=C
 export LC_ALL
@@ -225,7 +226,7 @@ static_merges() {
 
 # ---------------------------------------------------------------------------
 # The zoos.
-GROUPS="tops bottoms shoes bags"
+LABEL_GROUPS="tops bottoms shoes bags"
 
 build_groups() { # ZD BASE_EPOCHS
 	zd=$1
@@ -239,14 +240,14 @@ build_groups() { # ZD BASE_EPOCHS
 	fi
 	cp "$(mfile "$zd/init-zoo" base)" "$zd/models/base.safetensors.gz"
 	rm -rf "$zd/init-zoo"
-	specialists "$zd" $GROUPS
+	specialists "$zd" $LABEL_GROUPS
 	joint_from "$zd" "$EPOCHS" "$C/train.safetensors.gz"
 	router "$zd" 784 4
-	static_merges "$zd" $GROUPS
+	static_merges "$zd" $LABEL_GROUPS
 	cp "$C/test.safetensors.gz" "$zd/test.safetensors.gz"
 	test_parts "$zd" "$C/groups.yaml"
-	identity_assignment "$zd/assignment.yaml" $GROUPS
-	echo "$GROUPS" >"$zd/models.txt"
+	identity_assignment "$zd/assignment.yaml" $LABEL_GROUPS
+	echo "$LABEL_GROUPS" >"$zd/models.txt"
 }
 
 build_hparams() {
@@ -519,7 +520,7 @@ target() {
 	echo "bench:   target $1: $r ($2 vs $3)"
 }
 
-report() { # NAME ZD KIND(specialists|shift|hparams)
+report() { # NAME ZD KIND(specialists|mixed|hparams)
 	zn=$1 zd=$2 kind=$3
 	d=$(col "$zd" defaults 3)
 	dl=$(col "$zd" defaults 4)
@@ -559,7 +560,7 @@ report() { # NAME ZD KIND(specialists|shift|hparams)
 		target "$zn: router with defaults >= 1.0 x joint" "$rtr" "$joint" "a >= b"
 		target "$zn: log-loss of defaults <= 1.5 x joint's" "$dl" "$jl" "a <= 1.5 * b"
 		;;
-	shift)
+	mixed)
 		target "$zn: defaults >= 0.97 x perfect routing" "$d" "$perf" "a >= 0.97 * b"
 		target "$zn: defaults >= soup + 0.10" "$d" "$soup" "a >= b + 0.10"
 		target "$zn: log-loss of defaults <= 1.5 x joint's" "$dl" "$jl" "a <= 1.5 * b"
@@ -576,20 +577,54 @@ report() { # NAME ZD KIND(specialists|shift|hparams)
 		{ printf "  %-62s %8.4f %8.4f %9s %7s\n", $2, $3, $4, $5, ($6 == "" ? "-" : $6) }' "$zd/results.tsv"
 }
 
-# summary: one line per zoo, in markdown, for the README's table.
+# summary: the results table in markdown, a column per zoo: accuracy
+# (log-loss); routing accuracy; rows/s.
 summary() {
-	echo "| zoo | defaults | soup | TIES | best single | joint | perfect routing | router (defaults / --per row) | $TUNED1 | $TUNED2 | routing accuracy (defaults / cosine / router) | log-loss (defaults / joint) |"
-	echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-	for zn in $ZOOS; do
-		zd=$OUT/$zn
-		[ -s "$zd/results.tsv" ] || continue
-		best=0
-		for m in $(cat "$zd/models.txt"); do
-			best=$(awk -v a="$(col "$zd" "single-$m" 3)" -v b="$best" 'BEGIN { print (a > b ? a : b) }')
+	zs=
+	for zn in $ZOOS; do [ -s "$OUT/$zn/results.tsv" ] && zs="$zs $zn"; done
+	printf '| strategy |'
+	for zn in $zs; do printf ' %s |' "$zn"; done
+	printf '\n|---|'
+	for zn in $zs; do printf -- '---:|'; done
+	printf '\n'
+	# cell ZN KEY...: accuracy (log-loss) of the first key present.
+	cell() {
+		_z=$1
+		shift
+		for _k in "$@"; do
+			_v=$(awk -F'\t' -v k="$_k" '$1 == k { printf "%.3f (%.2f)", $3, $4; exit }' "$OUT/$_z/results.tsv")
+			[ -n "$_v" ] && { printf '%s' "$_v"; return; }
 		done
-		f() { v=$(col "$zd" "$1" "$2"); if [ -n "$v" ]; then printf '%.3f' "$v"; else printf -- '-'; fi; }
-		echo "| $zn | $(f defaults 3) | $(f soup 3) | $(f ties 3) | $(printf '%.3f' "$best") | $(f joint 3) | $(f perfect 3) | $(f router 3) / $(f router-row 3) | $(f tuned-cosine 3) | $(f tuned-mahalanobis 3) | $(f defaults 6) / $(f tuned-cosine 6) / $(f router 6) | $(f defaults 4) / $(f joint 4) |"
-	done
+		printf -- '-'
+	}
+	row() { # LABEL KIND ARGS
+		_l=$1 _kind=$2
+		shift 2
+		printf '| %s |' "$_l"
+		for zn in $zs; do
+			case $_kind in
+			cell) printf ' %s |' "$(cell "$zn" "$@")" ;;
+			best) printf ' %s |' "$(awk -F'\t' '$1 ~ /^single-/ && $3 > b { b = $3; l = $4 } END { printf "%.3f (%.2f)", b, l }' "$OUT/$zn/results.tsv")" ;;
+			route) printf ' %s |' "$(for k in defaults tuned-cosine router; do col "$OUT/$zn" $k 6; done |
+				awk '{ s = s (NR > 1 ? " / " : "") ($1 == "" ? "-" : sprintf("%.3f", $1)) } END { print (s ~ /[0-9]/ ? s : "-") }')" ;;
+			speed) printf ' %s |' "$(col "$OUT/$zn" defaults 5) / $(col "$OUT/$zn" kl-row 5)" ;;
+			esac
+		done
+		printf '\n'
+	}
+	row "defaults (no weighting flags)" cell defaults
+	row "similarity per row (\`--per row\`: kl, T 1)" cell kl-row
+	row "\`$TUNED1\`" cell tuned-cosine
+	row "\`$TUNED2\`" cell tuned-mahalanobis
+	row "soup (\`merge --method linear\`)" cell soup
+	row "TIES (density 0.2)" cell ties
+	row "best single model" best
+	row "jointly trained" cell joint
+	row "perfect routing" cell perfect
+	row "router, defaults" cell router
+	row "router, \`--per row\`" cell router-row
+	row "routing accuracy: defaults / cosine / router" route
+	row "rows/s: defaults / similarity per row" speed
 }
 
 readme() {
@@ -659,7 +694,7 @@ for zn in $ZOOS; do
 	case $zn in
 	finetuned | seeded) kind=specialists ;;
 	hparams) kind=hparams ;;
-	*) kind=shift ;;
+	*) kind=mixed ;;
 	esac
 	report "$zn" "$zd" "$kind"
 	readme
