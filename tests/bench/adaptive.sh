@@ -47,7 +47,8 @@ here=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${ZM_BIN:-$here/build/bin}
 BIN=$(cd "$BIN" && pwd)
 FM=${ZM_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
-ZOOS=${ZM_ADAPTIVE_ZOOS:-finetuned seeded hparams domains sources}
+ALL_ZOOS="finetuned seeded hparams domains sources"
+ZOOS=${ZM_ADAPTIVE_ZOOS:-$ALL_ZOOS}
 REUSE=${ZM_ADAPTIVE_REUSE:-0}
 EPOCHS=${ZM_ADAPTIVE_EPOCHS:-3}
 TUNED1="--per row --metric cosine --temperature 0.01"
@@ -552,6 +553,9 @@ report() { # NAME ZD KIND(specialists|mixed|hparams)
 		echo "bench: adaptive-$zn-routing-accuracy: $(col "$zd" defaults 6) (hand-tuned cosine: $(col "$zd" tuned-cosine 6), ratio $(ratio "$(col "$zd" defaults 6)" "$(col "$zd" tuned-cosine 6)"))"
 	fi
 	echo "bench: adaptive-$zn-throughput: $dr rows/s (similarity per row: $(col "$zd" kl-row 5) rows/s, ratio $(ratio "$dr" "$(col "$zd" kl-row 5)"))"
+	# What hard routing aims at: one model's forward pass per row.
+	one=$(col "$zd" "single-$bestn" 5)
+	echo "bench: adaptive-$zn-throughput-vs-one-model: $dr rows/s (single model $bestn: $one rows/s, ratio $(ratio "$dr" "$one"))"
 	case $kind in
 	specialists)
 		target "$zn: defaults >= soup + 0.10" "$d" "$soup" "a >= b + 0.10"
@@ -577,11 +581,11 @@ report() { # NAME ZD KIND(specialists|mixed|hparams)
 		{ printf "  %-62s %8.4f %8.4f %9s %7s\n", $2, $3, $4, $5, ($6 == "" ? "-" : $6) }' "$zd/results.tsv"
 }
 
-# summary: the results table in markdown, a column per zoo: accuracy
-# (log-loss); routing accuracy; rows/s.
+# summary ZOO...: the results table in markdown, a column per zoo:
+# accuracy (log-loss); routing accuracy; rows/s.
 summary() {
 	zs=
-	for zn in $ZOOS; do [ -s "$OUT/$zn/results.tsv" ] && zs="$zs $zn"; done
+	for zn in "$@"; do [ -s "$OUT/$zn/results.tsv" ] && zs="$zs $zn"; done
 	printf '| strategy |'
 	for zn in $zs; do printf ' %s |' "$zn"; done
 	printf '\n|---|'
@@ -634,6 +638,7 @@ readme() {
 		echo "Rebuild with your programs: ZM_BIN=\$PWD/build/bin sh tests/bench/adaptive.sh $OUT"
 		echo "Measure again without rebuilding: ZM_ADAPTIVE_REUSE=1 ZM_BIN=... sh tests/bench/adaptive.sh $OUT"
 		echo "(ZM_ADAPTIVE_ZOOS='finetuned domains' picks zoos.)  'predict' below is your build/bin/predict."
+		echo "A measuring run rewrites results.tsv and this file: measure on a copy (cp -r)."
 		echo
 		echo "Per zoo DIR: zoo/ (the models and 'router'), test.safetensors.gz (the test"
 		echo "stream, mixed), parts/SLICE.safetensors.gz (its rows of each slice),"
@@ -645,7 +650,7 @@ readme() {
 		echo "Routing accuracy: rows whose own slice's model has strictly the largest weight"
 		echo "in the trace (at --batch-size 1 per batch and per row are the same, so it"
 		echo "measures the metric and the router, not the choice between them)."
-		for zn in $ZOOS; do
+		for zn in $ALL_ZOOS; do
 			zd=$OUT/$zn
 			[ -s "$zd/results.tsv" ] || continue
 			K="--zoo $zd/zoo"
@@ -669,7 +674,7 @@ readme() {
 			awk -F'\t' '{ printf "  %-62s %8.4f %8.4f %9s %7s\n", $2, $3, $4, $5, ($6 == "" ? "-" : $6) }' "$zd/results.tsv"
 		done
 		echo
-		summary
+		summary $ALL_ZOOS
 	} >"$OUT/README.txt"
 }
 
@@ -699,6 +704,6 @@ for zn in $ZOOS; do
 	report "$zn" "$zd" "$kind"
 	readme
 done
-summary >"$OUT/summary.md"
+summary $ZOOS >"$OUT/summary.md"
 cat "$OUT/summary.md"
 echo "bench: $prog: done in $(elapsed) s"
