@@ -635,8 +635,9 @@ readme() {
 	{
 		echo "Zoos of tests/bench/adaptive.sh (issue 15), made $(date -u '+%Y-%m-%d %H:%M UTC')"
 		echo "with the programs in $BIN."
-		echo "Rebuild with your programs: ZM_BIN=\$PWD/build/bin sh tests/bench/adaptive.sh $OUT"
-		echo "Measure again without rebuilding: ZM_ADAPTIVE_REUSE=1 ZM_BIN=... sh tests/bench/adaptive.sh $OUT"
+		echo "The script is on branch zoos: git show zoos:tests/bench/adaptive.sh >adaptive.sh"
+		echo "Build the zoos with your programs: ZM_BIN=\$PWD/build/bin sh adaptive.sh DIR"
+		echo "Measure again without rebuilding: ZM_ADAPTIVE_REUSE=1 ZM_BIN=... sh adaptive.sh DIR"
 		echo "(ZM_ADAPTIVE_ZOOS='finetuned domains' picks zoos.)  'predict' below is your build/bin/predict."
 		echo "A measuring run rewrites results.tsv and this file: measure on a copy (cp -r)."
 		echo
