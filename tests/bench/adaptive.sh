@@ -18,10 +18,10 @@
 #              synthetic sources, with their own feature distribution and
 #              their own classes' geometry), one model per source
 #
-# Sizes: a 12,000-row subset of the Fashion-MNIST training set (a seeded
+# Sizes: an 11,950-row subset of the Fashion-MNIST training set (a seeded
 # hash of the id, 0.2), the 10,000 test images, an MLP 784-256-128-10; the
 # CSV has 20 features, 5 classes, 2,000 training and 1,000 test rows per
-# source.  Routing accuracy is measured on a 2,000-row subset of the test
+# source.  Routing accuracy is measured on a fifth of the test
 # stream with --batch-size 1, where predict's trace holds one row's weights:
 # a row counts when its own slice's model has a weight above every other's.
 #
@@ -643,7 +643,7 @@ readme() {
 		echo
 		echo "Per zoo DIR: zoo/ (the models and 'router'), test.safetensors.gz (the test"
 		echo "stream, mixed), parts/SLICE.safetensors.gz (its rows of each slice),"
-		echo "route.safetensors.gz + route-truth.txt (2000 test rows and each row's slice,"
+		echo "route.safetensors.gz + route-truth.txt (a fifth of the test rows and each row's slice,"
 		echo "for routing accuracy with --batch-size 1 --trace), models/{base,joint,soup,ties}"
 		echo "(joint: the base trained on all the training rows), assignment.yaml (slice i"
 		echo "to model i, for the router), slices/ and membership.safetensors.gz (training)."
@@ -680,7 +680,7 @@ readme() {
 }
 
 # ---------------------------------------------------------------------------
-echo "bench: $prog: zoos $ZOOS; 12000 training rows, 10000 test rows, $EPOCHS epochs; work in $OUT"
+echo "bench: $prog: zoos $ZOOS; 11950 training rows, 10000 test rows, $EPOCHS epochs; work in $OUT"
 for zn in $ZOOS; do
 	zd=$OUT/$zn
 	if [ "$REUSE" != 1 ] || [ ! -s "$zd/models.txt" ]; then
