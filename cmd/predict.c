@@ -87,6 +87,7 @@ struct predict_opts {
 	const char *weights;
 	const char *state;
 	const char *trace;
+	bool weighting_set;         /* --weighting given */
 };
 
 enum {
@@ -165,100 +166,125 @@ static enum zm_status load_models(const struct predict_opts *o,
 	return st;
 }
 
+/* What a run holds besides the data: the models, their names, and the
+ * inputs of their weighting. */
+struct predict_run {
+	struct zm_model *models[MAX_MODELS];
+	const char *names[MAX_MODELS];
+	char fallback[MAX_MODELS][24];
+	const char *model_name;      /* in outputs, when there is one model */
+	struct zm_model *router;
+	size_t k;
+	struct zm_predict_options po;
+	struct zm_assignment asg;
+	struct zm_gran_decision dec;
+	struct zm_hedge hedge;
+	struct zm_node *wroot;
+	double *stat;
+};
+
+/* The models and everything their weighting reads, before any data. */
+static enum zm_status prepare(const struct predict_opts *o,
+                              struct predict_run *s, struct zm_error *err)
+{
+	enum zm_status st;
+	size_t i;
+
+	st = load_models(o, s->models, &s->k, &s->router, err);
+	if (st != ZM_OK)
+		return st;
+	for (i = 0; i < s->k; i++) {
+		if (s->models[i]->name) {
+			s->names[i] = s->models[i]->name;
+		} else {
+			snprintf(s->fallback[i], sizeof(s->fallback[i]), "m%zu",
+			         i);
+			s->names[i] = s->fallback[i];
+		}
+	}
+	s->model_name = s->k == 1 ? (o->n_files ? o->model_file[0] :
+	                o->n_models ? o->model[0] : s->names[0]) : NULL;
+	s->po.names = s->names;
+	if (o->gran_from) {
+		st = zm_gran_decision_load(o->gran_from, s->models[0]->arch,
+		                           &s->dec, err);
+		if (st != ZM_OK)
+			return st;
+		s->po.w.level = s->dec.level;
+	}
+	if (o->assignment) {
+		st = zm_assignment_load(o->assignment, &s->asg, err);
+		if (st != ZM_OK)
+			return st;
+		s->po.assignment = &s->asg;
+	}
+	s->po.router = s->router;
+	if (o->weights) {
+		size_t cells;
+		st = zm_config_load(o->weights, &s->wroot, err);
+		if (st != ZM_OK)
+			return st;
+		if (!zm_size_mul(s->models[0]->arch->n_layers, s->k, &cells) ||
+		    !(s->stat = zm_calloc(cells ? cells : 1, sizeof(double)))) {
+			st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+			return st;
+		}
+		st = zm_static_weights(s->wroot, s->models[0]->arch, s->names,
+		                       s->k, s->stat, err);
+		if (st != ZM_OK)
+			return st;
+		s->po.stat = s->stat;
+	}
+	if (o->state && s->k > 1) {
+		/* A missing state file is the first run; anything else that
+		 * cannot be read or validated is an error, and the file stays
+		 * as it is. */
+		if (access(o->state, F_OK) == 0) {
+			st = zm_hedge_load(&s->hedge, o->state, s->names, s->k,
+			                   err);
+			if (st != ZM_OK)
+				return st;
+			s->po.hedge = &s->hedge;
+		}
+	}
+	return ZM_OK;
+}
+
 static int run(const struct predict_opts *o)
 {
 	struct zm_error err;
-	struct zm_model *models[MAX_MODELS] = { 0 };
-	const char *names[MAX_MODELS];
-	char fallback[MAX_MODELS][24];
-	struct zm_model *router = NULL;
+	struct predict_run s;
 	struct zm_predictor *pred = NULL;
 	struct zm_dataset_reader *r = NULL;
 	struct zm_pred_writer *w = NULL;
 	struct zm_dataset_options d;
 	struct zm_pred_metrics metrics;
-	struct zm_predict_options po = o->p;
-	struct zm_assignment asg;
-	struct zm_gran_decision dec;
-	struct zm_hedge hedge;
-	struct zm_node *wroot = NULL;
 	struct zm_outfile trace;
 	bool trace_open = false;
-	double *stat = NULL;
 	struct zm_doc doc;
 	enum zm_status st;
-	const char *in_name, *model_name;
+	const char *in_name;
 	char where[ZM_WHERE_MAX];
 	uint64_t row = 0;
-	size_t docno = 0, k = 0, i;
+	size_t docno = 0, i;
 	bool eof = false, progress;
 	double last = 0;
 
 	zm_error_clear(&err);
 	zm_doc_init(&doc);
-	zm_assignment_init(&asg);
-	zm_gran_decision_init(&dec);
-	zm_hedge_init(&hedge);
+	memset(&s, 0, sizeof(s));
+	s.po = o->p;
+	zm_assignment_init(&s.asg);
+	zm_gran_decision_init(&s.dec);
+	zm_hedge_init(&s.hedge);
 	memset(&trace, 0, sizeof(trace));
 	zm_gemm_setup(o->threads);
 	progress = zm_cli_progress_wanted(o->progress, o->quiet);
-	st = load_models(o, models, &k, &router, &err);
+	st = prepare(o, &s, &err);
 	if (st != ZM_OK)
 		goto out;
-	for (i = 0; i < k; i++) {
-		if (models[i]->name) {
-			names[i] = models[i]->name;
-		} else {
-			snprintf(fallback[i], sizeof(fallback[i]), "m%zu", i);
-			names[i] = fallback[i];
-		}
-	}
-	model_name = k == 1 ? (o->n_files ? o->model_file[0] :
-	                       o->n_models ? o->model[0] : names[0]) : NULL;
-	po.names = names;
-	if (o->gran_from) {
-		st = zm_gran_decision_load(o->gran_from, models[0]->arch, &dec,
-		                           &err);
-		if (st != ZM_OK)
-			goto out;
-		po.w.level = dec.level;
-	}
-	if (o->assignment) {
-		st = zm_assignment_load(o->assignment, &asg, &err);
-		if (st != ZM_OK)
-			goto out;
-		po.assignment = &asg;
-	}
-	po.router = router;
-	if (o->weights) {
-		size_t cells;
-		st = zm_config_load(o->weights, &wroot, &err);
-		if (st != ZM_OK)
-			goto out;
-		if (!zm_size_mul(models[0]->arch->n_layers, k, &cells) ||
-		    !(stat = zm_calloc(cells ? cells : 1, sizeof(double)))) {
-			st = zm_error_set(&err, ZM_ERR_NOMEM, "out of memory");
-			goto out;
-		}
-		st = zm_static_weights(wroot, models[0]->arch, names, k, stat,
-		                       &err);
-		if (st != ZM_OK)
-			goto out;
-		po.stat = stat;
-	}
-	if (o->state && k > 1) {
-		/* A missing state file is the first run; anything else that
-		 * cannot be read or validated is an error, and the file stays
-		 * as it is. */
-		if (access(o->state, F_OK) == 0) {
-			st = zm_hedge_load(&hedge, o->state, names, k, &err);
-			if (st != ZM_OK)
-				goto out;
-			po.hedge = &hedge;
-		}
-	}
-	st = zm_predictor_new_opts((const struct zm_model *const *)models, k,
-	                           o->batch, &po, &pred, &err);
+	st = zm_predictor_new_opts((const struct zm_model *const *)s.models, s.k,
+	                           o->batch, &s.po, &pred, &err);
 	if (st != ZM_OK)
 		goto out;
 	zm_pred_metrics_init(&metrics, pred->loss, pred->out_features);
@@ -286,7 +312,7 @@ static int run(const struct predict_opts *o)
 		pred->trace = &trace;
 	}
 	st = zm_pred_writer_open(&w, o->output, o->format, pred->loss,
-	                         pred->out_features, o->compress, model_name,
+	                         pred->out_features, o->compress, s.model_name,
 	                         &err);
 	if (st != ZM_OK)
 		goto out;
@@ -313,7 +339,7 @@ static int run(const struct predict_opts *o)
 	if (st != ZM_OK)
 		goto out;
 	if (o->metrics) {
-		st = zm_pred_metrics_write(&metrics, model_name, o->metrics,
+		st = zm_pred_metrics_write(&metrics, s.model_name, o->metrics,
 		                           &err);
 		if (st != ZM_OK)
 			goto out;
@@ -324,7 +350,7 @@ static int run(const struct predict_opts *o)
 		if (st != ZM_OK)
 			goto out;
 	}
-	if (o->state && k > 1 && po.feedback) {
+	if (o->state && s.k > 1 && s.po.feedback) {
 		st = zm_hedge_save(&pred->hedge, o->state, &err);
 		if (st != ZM_OK)
 			goto out;
@@ -338,62 +364,297 @@ out:
 	zm_doc_release(&doc);
 	zm_dataset_close(r);
 	zm_predictor_free(pred);
-	for (i = 0; i < k; i++)
-		zm_model_free(models[i]);
-	zm_model_free(router);
-	zm_assignment_release(&asg);
-	zm_gran_decision_release(&dec);
-	zm_hedge_release(&hedge);
-	zm_node_free(wroot);
-	free(stat);
+	for (i = 0; i < s.k; i++)
+		zm_model_free(s.models[i]);
+	zm_model_free(s.router);
+	zm_assignment_release(&s.asg);
+	zm_gran_decision_release(&s.dec);
+	zm_hedge_release(&s.hedge);
+	zm_node_free(s.wroot);
+	free(s.stat);
 	return st == ZM_OK ? ZM_EXIT_OK : zm_cli_report(&err);
+}
+
+static const struct option longopts[] = {
+	{ "zoo", required_argument, NULL, 'z' },
+	{ "model", required_argument, NULL, 'm' },
+	{ "model-file", required_argument, NULL, 'M' },
+	{ "batch-size", required_argument, NULL, 'b' },
+	{ "threads", required_argument, NULL, 'j' },
+	{ "metrics", required_argument, NULL, 'x' },
+	{ "output", required_argument, NULL, 'O' },
+	{ "compress", required_argument, NULL, 'c' },
+	{ "from", required_argument, NULL, 'f' },
+	{ "label", required_argument, NULL, 'l' },
+	{ "images", required_argument, NULL, 'i' },
+	{ "labels", required_argument, NULL, 'L' },
+	{ "quiet", no_argument, NULL, 'q' },
+	{ "progress", no_argument, NULL, 'P' },
+	{ "help", no_argument, NULL, 'h' },
+	{ "version", no_argument, NULL, 'V' },
+	{ "granularity", required_argument, NULL, OPT_GRAN },
+	{ "weighting", required_argument, NULL, OPT_WEIGHTING },
+	{ "router", required_argument, NULL, OPT_ROUTER },
+	{ "assignment", required_argument, NULL, OPT_ASSIGNMENT },
+	{ "per", required_argument, NULL, OPT_PER },
+	{ "top-k", required_argument, NULL, OPT_TOPK },
+	{ "temperature", required_argument, NULL, OPT_TEMP },
+	{ "merge", required_argument, NULL, OPT_MERGE },
+	{ "merge-point", required_argument, NULL, OPT_POINT },
+	{ "state", required_argument, NULL, OPT_STATE },
+	{ "granularity-from", required_argument, NULL, OPT_GRAN_FROM },
+	{ "weights", required_argument, NULL, OPT_WEIGHTS },
+	{ "adapt", required_argument, NULL, OPT_ADAPT },
+	{ "adapt-steps", required_argument, NULL, OPT_ADAPT_STEPS },
+	{ "trace", required_argument, NULL, OPT_TRACE },
+	{ "feedback", no_argument, NULL, OPT_FEEDBACK },
+	{ "metric", required_argument, NULL, OPT_METRIC },
+	{ "latency-budget-ms", required_argument, NULL, OPT_BUDGET },
+	{ "eta", required_argument, NULL, OPT_ETA },
+	{ "share", required_argument, NULL, OPT_SHARE },
+	{ "probe", required_argument, NULL, OPT_PROBE },
+	{ "adapt-reg", required_argument, NULL, OPT_ADAPT_REG },
+	{ "adapt-trust", required_argument, NULL, OPT_ADAPT_TRUST },
+	{ "prior", required_argument, NULL, OPT_PRIOR },
+	{ NULL, 0, NULL, 0 },
+};
+
+/* The options of dynamic inference (weighting, merging, adaptation). */
+static bool parse_dynamic_option(struct predict_opts *o, int c,
+                                 const char *arg)
+{
+	int64_t v;
+	double dv;
+
+	switch (c) {
+	case OPT_GRAN:
+		if (!zm_gran_level_parse(arg, &o->p.w.level)) {
+			zm_cli_warn("--granularity: expected full, group or "
+			            "layer, got '%s'", arg);
+			return false;
+		}
+		o->have_level = true;
+		break;
+	case OPT_GRAN_FROM: o->gran_from = arg; break;
+	case OPT_WEIGHTING:
+		if (!zm_weighting_parse(arg, &o->p.w.kind)) {
+			zm_cli_warn("--weighting: expected similarity, router, "
+			            "uniform, static or router+similarity, got "
+			            "'%s'", arg);
+			return false;
+		}
+		o->weighting_set = true;
+		break;
+	case OPT_ROUTER: o->router = arg; break;
+	case OPT_ASSIGNMENT: o->assignment = arg; break;
+	case OPT_WEIGHTS: o->weights = arg; break;
+	case OPT_STATE: o->state = arg; break;
+	case OPT_TRACE: o->trace = arg; break;
+	case OPT_FEEDBACK: o->p.feedback = true; break;
+	case OPT_PER:
+		if (strcmp(arg, "row") == 0)
+			o->p.w.per_row = true;
+		else if (strcmp(arg, "batch") == 0)
+			o->p.w.per_row = false;
+		else {
+			zm_cli_warn("--per: expected row or batch, got '%s'",
+			            arg);
+			return false;
+		}
+		break;
+	case OPT_TOPK:
+		if (!zm_cli_int("--top-k", arg, 0, MAX_MODELS, &v))
+			return false;
+		o->p.w.top_k = (size_t)v;
+		break;
+	case OPT_TEMP:
+		if (!zm_cli_double("--temperature", arg, 1e-12, 1e12, &dv))
+			return false;
+		o->p.w.temperature = dv;
+		break;
+	case OPT_BUDGET:
+		if (!zm_cli_double("--latency-budget-ms", arg, 0, 1e9, &dv))
+			return false;
+		o->p.w.latency_budget_ms = dv;
+		break;
+	case OPT_ETA:
+		if (!zm_cli_double("--eta", arg, 0, 1e6, &dv))
+			return false;
+		o->p.eta = dv;
+		break;
+	case OPT_SHARE:
+		if (!zm_cli_double("--share", arg, 0, 0.999, &dv))
+			return false;
+		o->p.share = dv;
+		break;
+	case OPT_PROBE:
+		if (!zm_cli_double("--probe", arg, 1e-6, 1, &dv))
+			return false;
+		o->p.probe = dv;
+		break;
+	case OPT_ADAPT_REG:
+		if (!zm_cli_double("--adapt-reg", arg, 0, 1e6, &dv))
+			return false;
+		o->p.adapt_o.reg = dv;
+		break;
+	case OPT_ADAPT_TRUST:
+		if (!zm_cli_double("--adapt-trust", arg, 1e-6, 100, &dv))
+			return false;
+		o->p.adapt_o.max_step = dv;
+		break;
+	case OPT_METRIC:
+		if (!zm_metric_parse(arg, &o->p.w.metric)) {
+			zm_cli_warn("--metric: expected cosine, kl or "
+			            "mahalanobis, got '%s'", arg);
+			return false;
+		}
+		break;
+	case OPT_MERGE:
+		if (!zm_merge_mode_parse(arg, &o->p.merge)) {
+			zm_cli_warn("--merge: expected outputs, params or "
+			            "ensemble, got '%s'", arg);
+			return false;
+		}
+		break;
+	case OPT_POINT:
+		if (!zm_merge_point_parse(arg, &o->p.point)) {
+			zm_cli_warn("--merge-point: expected pre or post, got "
+			            "'%s'", arg);
+			return false;
+		}
+		break;
+	case OPT_ADAPT:
+		if (strcmp(arg, "entropy") != 0) {
+			zm_cli_warn("--adapt: expected entropy, got '%s'",
+			            arg);
+			return false;
+		}
+		o->p.adapt = true;
+		break;
+	case OPT_ADAPT_STEPS:
+		if (!zm_cli_int("--adapt-steps", arg, 1, 100, &v))
+			return false;
+		o->p.adapt_o.steps = (size_t)v;
+		break;
+	case OPT_PRIOR:
+		if (strcmp(arg, "metrics") != 0) {
+			zm_cli_warn("--prior: expected metrics, got '%s'",
+			            arg);
+			return false;
+		}
+		o->p.use_metrics = true;
+		break;
+	default:
+		return false;
+	}
+	return true;
+}
+
+/* One option of the table: false after a message on a bad argument. */
+static bool parse_option(struct predict_opts *o, int c, const char *arg)
+{
+	int64_t v;
+
+	switch (c) {
+	case 'z': o->zoo_dir = arg; break;
+	case 'm':
+		if (o->n_models == MAX_MODELS) {
+			zm_cli_warn("--model: at most %d", MAX_MODELS);
+			return false;
+		}
+		o->model[o->n_models++] = arg;
+		break;
+	case 'M':
+		if (o->n_files == MAX_MODELS) {
+			zm_cli_warn("--model-file: at most %d", MAX_MODELS);
+			return false;
+		}
+		o->model_file[o->n_files++] = arg;
+		break;
+	case 'x': o->metrics = arg; break;
+	case 'o': o->output = arg; break;
+	case 'l': o->label = arg; break;
+	case 'i': o->images = arg; break;
+	case 'L': o->labels = arg; break;
+	case 'q': o->quiet = true; break;
+	case 'P': o->progress = true; break;
+	case 'b':
+		if (!zm_cli_int("--batch-size", arg, 1,
+		                ZM_MODEL_BATCH_MAX, &v))
+			return false;
+		o->batch = (size_t)v;
+		break;
+	case 'j':
+		if (!zm_cli_int("--threads", arg, 1, 1024, &v))
+			return false;
+		o->threads = (int)v;
+		break;
+	case 'c':
+		if (!zm_cli_int("--compress", arg, 0, 9, &v))
+			return false;
+		o->compress = (int)v;
+		break;
+	case 'O':
+		if (!zm_pred_format_parse(arg, &o->format)) {
+			zm_cli_warn("--output: expected csv or stream, got '%s'",
+			            arg);
+			return false;
+		}
+		break;
+	case 'f':
+		if (!zm_cli_data_from(arg, true, &o->from))
+			return false;
+		break;
+	default:
+		return c >= OPT_GRAN && parse_dynamic_option(o, c, arg);
+	}
+	return true;
+}
+
+/* The options together: false after a message naming the conflict. */
+static bool validate(struct predict_opts *o)
+{
+	if (o->n_files) {
+		if (o->zoo_dir || o->n_models || o->router) {
+			zm_cli_warn("--model-file takes no --zoo, --model or "
+			            "--router");
+			return false;
+		}
+	} else if (!o->zoo_dir) {
+		zm_cli_warn("--zoo (or --model-file) is required");
+		return false;
+	}
+	if (o->have_level && o->gran_from) {
+		zm_cli_warn("--granularity and --granularity-from exclude each "
+		            "other");
+		return false;
+	}
+	if (o->weights && !o->weighting_set)
+		o->p.w.kind = ZM_WEIGHTING_STATIC;
+	if (o->p.w.kind == ZM_WEIGHTING_STATIC && !o->weights) {
+		zm_cli_warn("--weighting static needs --weights FILE");
+		return false;
+	}
+	if ((o->p.w.kind == ZM_WEIGHTING_ROUTER ||
+	     o->p.w.kind == ZM_WEIGHTING_ROUTER_SIMILARITY) &&
+	    (!o->router || !o->assignment)) {
+		zm_cli_warn("--weighting %s needs --router NAME and --assignment "
+		            "FILE", zm_weighting_name(o->p.w.kind));
+		return false;
+	}
+	if (o->state && !o->p.feedback) {
+		zm_cli_warn("--state keeps the scores of --feedback; add "
+		            "--feedback");
+		return false;
+	}
+	if (!zm_cli_data_check(o->from, o->images, o->labels, o->label,
+	                       o->input != NULL))
+		return false;
+	return true;
 }
 
 int main(int argc, char **argv)
 {
-	static const struct option longopts[] = {
-		{ "zoo", required_argument, NULL, 'z' },
-		{ "model", required_argument, NULL, 'm' },
-		{ "model-file", required_argument, NULL, 'M' },
-		{ "batch-size", required_argument, NULL, 'b' },
-		{ "threads", required_argument, NULL, 'j' },
-		{ "metrics", required_argument, NULL, 'x' },
-		{ "output", required_argument, NULL, 'O' },
-		{ "compress", required_argument, NULL, 'c' },
-		{ "from", required_argument, NULL, 'f' },
-		{ "label", required_argument, NULL, 'l' },
-		{ "images", required_argument, NULL, 'i' },
-		{ "labels", required_argument, NULL, 'L' },
-		{ "quiet", no_argument, NULL, 'q' },
-		{ "progress", no_argument, NULL, 'P' },
-		{ "help", no_argument, NULL, 'h' },
-		{ "version", no_argument, NULL, 'V' },
-		{ "granularity", required_argument, NULL, OPT_GRAN },
-		{ "weighting", required_argument, NULL, OPT_WEIGHTING },
-		{ "router", required_argument, NULL, OPT_ROUTER },
-		{ "assignment", required_argument, NULL, OPT_ASSIGNMENT },
-		{ "per", required_argument, NULL, OPT_PER },
-		{ "top-k", required_argument, NULL, OPT_TOPK },
-		{ "temperature", required_argument, NULL, OPT_TEMP },
-		{ "merge", required_argument, NULL, OPT_MERGE },
-		{ "merge-point", required_argument, NULL, OPT_POINT },
-		{ "state", required_argument, NULL, OPT_STATE },
-		{ "granularity-from", required_argument, NULL, OPT_GRAN_FROM },
-		{ "weights", required_argument, NULL, OPT_WEIGHTS },
-		{ "adapt", required_argument, NULL, OPT_ADAPT },
-		{ "adapt-steps", required_argument, NULL, OPT_ADAPT_STEPS },
-		{ "trace", required_argument, NULL, OPT_TRACE },
-		{ "feedback", no_argument, NULL, OPT_FEEDBACK },
-		{ "metric", required_argument, NULL, OPT_METRIC },
-		{ "latency-budget-ms", required_argument, NULL, OPT_BUDGET },
-		{ "eta", required_argument, NULL, OPT_ETA },
-		{ "share", required_argument, NULL, OPT_SHARE },
-		{ "probe", required_argument, NULL, OPT_PROBE },
-		{ "adapt-reg", required_argument, NULL, OPT_ADAPT_REG },
-		{ "adapt-trust", required_argument, NULL, OPT_ADAPT_TRUST },
-		{ "prior", required_argument, NULL, OPT_PRIOR },
-		{ NULL, 0, NULL, 0 },
-	};
 	struct predict_opts o = {
 		.batch = ZM_PREDICT_BATCH_DEFAULT,
 		.format = ZM_PRED_CSV,
@@ -401,9 +662,6 @@ int main(int argc, char **argv)
 		.output = "-",
 		.from = ZM_DATASET_STREAM,
 	};
-	bool weighting_set = false;
-	int64_t v;
-	double dv;
 	int c;
 
 	zm_cli_init(argv[0]);
@@ -414,226 +672,19 @@ int main(int argc, char **argv)
 		return zm_cli_usage_error(usage_str, NULL);
 	}
 	while ((c = getopt_long(argc, argv, "o:qh", longopts, NULL)) != -1) {
-		switch (c) {
-		case 'z': o.zoo_dir = optarg; break;
-		case 'm':
-			if (o.n_models == MAX_MODELS) {
-				zm_cli_warn("--model: at most %d", MAX_MODELS);
-				goto usage;
-			}
-			o.model[o.n_models++] = optarg;
-			break;
-		case 'M':
-			if (o.n_files == MAX_MODELS) {
-				zm_cli_warn("--model-file: at most %d", MAX_MODELS);
-				goto usage;
-			}
-			o.model_file[o.n_files++] = optarg;
-			break;
-		case 'x': o.metrics = optarg; break;
-		case 'o': o.output = optarg; break;
-		case 'l': o.label = optarg; break;
-		case 'i': o.images = optarg; break;
-		case 'L': o.labels = optarg; break;
-		case 'q': o.quiet = true; break;
-		case 'P': o.progress = true; break;
-		case 'b':
-			if (!zm_cli_int("--batch-size", optarg, 1,
-			                ZM_MODEL_BATCH_MAX, &v))
-				goto usage;
-			o.batch = (size_t)v;
-			break;
-		case 'j':
-			if (!zm_cli_int("--threads", optarg, 1, 1024, &v))
-				goto usage;
-			o.threads = (int)v;
-			break;
-		case 'c':
-			if (!zm_cli_int("--compress", optarg, 0, 9, &v))
-				goto usage;
-			o.compress = (int)v;
-			break;
-		case 'O':
-			if (!zm_pred_format_parse(optarg, &o.format)) {
-				zm_cli_warn("--output: expected csv or stream, got '%s'",
-				            optarg);
-				goto usage;
-			}
-			break;
-		case 'f':
-			if (!zm_cli_data_from(optarg, true, &o.from))
-				goto usage;
-			break;
-		case 'h':
-			fputs(usage_str, stdout);
-			return zm_cli_close_stdout(ZM_EXIT_OK);
-		case 'V':
-			zm_cli_version();
-			return zm_cli_close_stdout(ZM_EXIT_OK);
-		case OPT_GRAN:
-			if (!zm_gran_level_parse(optarg, &o.p.w.level)) {
-				zm_cli_warn("--granularity: expected full, group or "
-				            "layer, got '%s'", optarg);
-				goto usage;
-			}
-			o.have_level = true;
-			break;
-		case OPT_GRAN_FROM: o.gran_from = optarg; break;
-		case OPT_WEIGHTING:
-			if (!zm_weighting_parse(optarg, &o.p.w.kind)) {
-				zm_cli_warn("--weighting: expected similarity, router, "
-				            "uniform, static or router+similarity, got "
-				            "'%s'", optarg);
-				goto usage;
-			}
-			weighting_set = true;
-			break;
-		case OPT_ROUTER: o.router = optarg; break;
-		case OPT_ASSIGNMENT: o.assignment = optarg; break;
-		case OPT_WEIGHTS: o.weights = optarg; break;
-		case OPT_STATE: o.state = optarg; break;
-		case OPT_TRACE: o.trace = optarg; break;
-		case OPT_FEEDBACK: o.p.feedback = true; break;
-		case OPT_PER:
-			if (strcmp(optarg, "row") == 0)
-				o.p.w.per_row = true;
-			else if (strcmp(optarg, "batch") == 0)
-				o.p.w.per_row = false;
-			else {
-				zm_cli_warn("--per: expected row or batch, got '%s'",
-				            optarg);
-				goto usage;
-			}
-			break;
-		case OPT_TOPK:
-			if (!zm_cli_int("--top-k", optarg, 0, MAX_MODELS, &v))
-				goto usage;
-			o.p.w.top_k = (size_t)v;
-			break;
-		case OPT_TEMP:
-			if (!zm_cli_double("--temperature", optarg, 1e-12, 1e12, &dv))
-				goto usage;
-			o.p.w.temperature = dv;
-			break;
-		case OPT_BUDGET:
-			if (!zm_cli_double("--latency-budget-ms", optarg, 0, 1e9, &dv))
-				goto usage;
-			o.p.w.latency_budget_ms = dv;
-			break;
-		case OPT_ETA:
-			if (!zm_cli_double("--eta", optarg, 0, 1e6, &dv))
-				goto usage;
-			o.p.eta = dv;
-			break;
-		case OPT_SHARE:
-			if (!zm_cli_double("--share", optarg, 0, 0.999, &dv))
-				goto usage;
-			o.p.share = dv;
-			break;
-		case OPT_PROBE:
-			if (!zm_cli_double("--probe", optarg, 1e-6, 1, &dv))
-				goto usage;
-			o.p.probe = dv;
-			break;
-		case OPT_ADAPT_REG:
-			if (!zm_cli_double("--adapt-reg", optarg, 0, 1e6, &dv))
-				goto usage;
-			o.p.adapt_o.reg = dv;
-			break;
-		case OPT_ADAPT_TRUST:
-			if (!zm_cli_double("--adapt-trust", optarg, 1e-6, 100, &dv))
-				goto usage;
-			o.p.adapt_o.max_step = dv;
-			break;
-		case OPT_METRIC:
-			if (!zm_metric_parse(optarg, &o.p.w.metric)) {
-				zm_cli_warn("--metric: expected cosine, kl or "
-				            "mahalanobis, got '%s'", optarg);
-				goto usage;
-			}
-			break;
-		case OPT_MERGE:
-			if (!zm_merge_mode_parse(optarg, &o.p.merge)) {
-				zm_cli_warn("--merge: expected outputs, params or "
-				            "ensemble, got '%s'", optarg);
-				goto usage;
-			}
-			break;
-		case OPT_POINT:
-			if (!zm_merge_point_parse(optarg, &o.p.point)) {
-				zm_cli_warn("--merge-point: expected pre or post, got "
-				            "'%s'", optarg);
-				goto usage;
-			}
-			break;
-		case OPT_ADAPT:
-			if (strcmp(optarg, "entropy") != 0) {
-				zm_cli_warn("--adapt: expected entropy, got '%s'",
-				            optarg);
-				goto usage;
-			}
-			o.p.adapt = true;
-			break;
-		case OPT_ADAPT_STEPS:
-			if (!zm_cli_int("--adapt-steps", optarg, 1, 100, &v))
-				goto usage;
-			o.p.adapt_o.steps = (size_t)v;
-			break;
-		case OPT_PRIOR:
-			if (strcmp(optarg, "metrics") != 0) {
-				zm_cli_warn("--prior: expected metrics, got '%s'",
-				            optarg);
-				goto usage;
-			}
-			o.p.use_metrics = true;
-			break;
-		default:
-			goto usage;
-		}
+		if (c == 'h')
+			return zm_cli_help(usage_str);
+		if (c == 'V')
+			return zm_cli_show_version();
+		if (!parse_option(&o, c, optarg))
+			return zm_cli_usage_error(usage_str, NULL);
 	}
 	if (optind < argc)
 		o.input = argv[optind++];
-	if (optind < argc) {
-		zm_cli_warn("unexpected argument '%s'", argv[optind]);
-		goto usage;
-	}
-	if (o.n_files) {
-		if (o.zoo_dir || o.n_models || o.router) {
-			zm_cli_warn("--model-file takes no --zoo, --model or "
-			            "--router");
-			goto usage;
-		}
-	} else if (!o.zoo_dir) {
-		zm_cli_warn("--zoo (or --model-file) is required");
-		goto usage;
-	}
-	if (o.have_level && o.gran_from) {
-		zm_cli_warn("--granularity and --granularity-from exclude each "
-		            "other");
-		goto usage;
-	}
-	if (o.weights && !weighting_set)
-		o.p.w.kind = ZM_WEIGHTING_STATIC;
-	if (o.p.w.kind == ZM_WEIGHTING_STATIC && !o.weights) {
-		zm_cli_warn("--weighting static needs --weights FILE");
-		goto usage;
-	}
-	if ((o.p.w.kind == ZM_WEIGHTING_ROUTER ||
-	     o.p.w.kind == ZM_WEIGHTING_ROUTER_SIMILARITY) &&
-	    (!o.router || !o.assignment)) {
-		zm_cli_warn("--weighting %s needs --router NAME and --assignment "
-		            "FILE", zm_weighting_name(o.p.w.kind));
-		goto usage;
-	}
-	if (o.state && !o.p.feedback) {
-		zm_cli_warn("--state keeps the scores of --feedback; add "
-		            "--feedback");
-		goto usage;
-	}
-	if (!zm_cli_data_check(o.from, o.images, o.labels, o.label,
-	                       o.input != NULL))
-		goto usage;
+	if (optind < argc)
+		return zm_cli_usage_error(usage_str, "unexpected argument '%s'",
+		                          argv[optind]);
+	if (!validate(&o))
+		return zm_cli_usage_error(usage_str, NULL);
 	return zm_cli_close_stdout(run(&o));
-usage:
-	return zm_cli_usage_error(usage_str, NULL);
 }
