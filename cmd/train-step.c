@@ -57,6 +57,13 @@ struct train_step_opts {
 	double val_fraction;
 	uint64_t max_memory;
 	struct zm_fit_config fit;
+	/* the optimizer's options, applied by validate */
+	struct {
+		enum zm_optim_kind kind;
+		double momentum, wd, gamma, min_lr, lr;   /* < 0: default */
+		enum zm_lr_schedule schedule;
+		int64_t step_size;
+	} opt;
 };
 
 /* Progress on stderr and JSON lines for the log, as training goes. */
@@ -472,44 +479,180 @@ enum {
 	OPT_SLICE,
 };
 
+static const struct option longopts[] = {
+	{ "zoo", required_argument, NULL, 'z' },
+	{ "model", required_argument, NULL, 'm' },
+	{ "assignment", required_argument, NULL, OPT_ASSIGNMENT },
+	{ "slice", required_argument, NULL, OPT_SLICE },
+	{ "epochs", required_argument, NULL, 'e' },
+	{ "batch-size", required_argument, NULL, 'b' },
+	{ "lr", required_argument, NULL, 'l' },
+	{ "optimizer", required_argument, NULL, 'O' },
+	{ "seed", required_argument, NULL, 's' },
+	{ "apply", no_argument, NULL, 'a' },
+	{ "log", required_argument, NULL, 'L' },
+	{ "output", required_argument, NULL, 'o' },
+	{ "momentum", required_argument, NULL, OPT_MOMENTUM },
+	{ "weight-decay", required_argument, NULL, OPT_WD },
+	{ "schedule", required_argument, NULL, OPT_SCHEDULE },
+	{ "step-size", required_argument, NULL, OPT_STEP_SIZE },
+	{ "gamma", required_argument, NULL, OPT_GAMMA },
+	{ "min-lr", required_argument, NULL, OPT_MIN_LR },
+	{ "step-scale", required_argument, NULL, OPT_STEP_SCALE },
+	{ "val-fraction", required_argument, NULL, OPT_VAL },
+	{ "max-memory", required_argument, NULL, OPT_MAXMEM },
+	{ "log-every", required_argument, NULL, OPT_LOG_EVERY },
+	{ "compress", required_argument, NULL, OPT_COMPRESS },
+	{ "threads", required_argument, NULL, OPT_THREADS },
+	{ "progress", no_argument, NULL, OPT_PROGRESS },
+	{ "quiet", no_argument, NULL, OPT_QUIET },
+	{ "help", no_argument, NULL, 'h' },
+	{ "version", no_argument, NULL, 'V' },
+	{ NULL, 0, NULL, 0 },
+};
+
+/* One option of the table: false after a message on a bad argument. */
+static bool parse_option(struct train_step_opts *o, int c, const char *arg)
+{
+	int64_t v;
+	double d;
+
+	switch (c) {
+	case 'z': o->zoo_dir = arg; break;
+	case 'm': o->model = arg; break;
+	case 'a': o->apply = true; break;
+	case 'L': o->log = arg; break;
+	case 'o': o->out = arg; break;
+	case OPT_PROGRESS: o->progress = true; break;
+	case OPT_QUIET: o->quiet = true; break;
+	case OPT_ASSIGNMENT: o->assignment = arg; break;
+	case OPT_SLICE: o->slice = arg; break;
+	case 'e':
+		if (!zm_cli_int("--epochs", arg, 1, 100000, &v))
+			return false;
+		o->fit.epochs = (size_t)v;
+		break;
+	case 'b':
+		if (!zm_cli_int("--batch-size", arg, 1, ZM_MODEL_BATCH_MAX,
+		                &v))
+			return false;
+		o->fit.batch_size = (size_t)v;
+		break;
+	case 'l':
+		if (!zm_cli_double("--lr", arg, 1e-12, 1e3, &o->opt.lr))
+			return false;
+		break;
+	case 'O':
+		if (!zm_optim_kind_parse(arg, &o->opt.kind)) {
+			zm_cli_warn("--optimizer: expected sgd or adam, got "
+			            "'%s'", arg);
+			return false;
+		}
+		break;
+	case 's':
+		if (!zm_cli_int("--seed", arg, 0, INT64_MAX, &v))
+			return false;
+		o->fit.seed = (uint64_t)v;
+		break;
+	case OPT_MOMENTUM:
+		if (!zm_cli_double("--momentum", arg, 0, 0.9999,
+		                   &o->opt.momentum))
+			return false;
+		break;
+	case OPT_WD:
+		if (!zm_cli_double("--weight-decay", arg, 0, 10, &o->opt.wd))
+			return false;
+		break;
+	case OPT_SCHEDULE:
+		if (!zm_lr_schedule_parse(arg, &o->opt.schedule)) {
+			zm_cli_warn("--schedule: expected constant, step or "
+			            "cosine, got '%s'", arg);
+			return false;
+		}
+		break;
+	case OPT_STEP_SIZE:
+		if (!zm_cli_int("--step-size", arg, 1, INT64_MAX,
+		                &o->opt.step_size))
+			return false;
+		break;
+	case OPT_GAMMA:
+		if (!zm_cli_double("--gamma", arg, 1e-9, 1, &o->opt.gamma))
+			return false;
+		break;
+	case OPT_MIN_LR:
+		if (!zm_cli_double("--min-lr", arg, 0, 1e3, &o->opt.min_lr))
+			return false;
+		break;
+	case OPT_STEP_SCALE:
+		if (!zm_cli_double("--step-scale", arg, 0, 1e3, &d))
+			return false;
+		o->fit.step_scale = (float)d;
+		break;
+	case OPT_VAL:
+		if (!zm_cli_double("--val-fraction", arg, 0, 0.9,
+		                   &o->val_fraction))
+			return false;
+		break;
+	case OPT_MAXMEM:
+		if (!zm_cli_int("--max-memory", arg, 1, INT64_C(1) << 30,
+		                &v))
+			return false;
+		o->max_memory = (uint64_t)v << 20;
+		break;
+	case OPT_LOG_EVERY:
+		if (!zm_cli_int("--log-every", arg, 0, INT64_MAX, &v))
+			return false;
+		o->fit.log_every = (size_t)v;
+		break;
+	case OPT_COMPRESS:
+		if (!zm_cli_int("--compress", arg, 0, 9, &v))
+			return false;
+		o->compress = (int)v;
+		break;
+	case OPT_THREADS:
+		if (!zm_cli_int("--threads", arg, 1, 1024, &v))
+			return false;
+		o->threads = (int)v;
+		break;
+	default:
+		return false;
+	}
+	return true;
+}
+
+/* The options together, and the optimizer they configure: false after
+ * a message naming the conflict. */
+static bool validate(struct train_step_opts *o)
+{
+	if (!o->zoo_dir || !o->model == !o->assignment) {
+		zm_cli_warn("--zoo and either --model or --assignment are "
+		            "required");
+		return false;
+	}
+	if (o->slice && !o->assignment) {
+		zm_cli_warn("--slice needs --assignment");
+		return false;
+	}
+	zm_optim_config_default(&o->fit.optim, o->opt.kind);
+	if (o->opt.lr > 0)
+		o->fit.optim.lr = o->opt.lr;
+	if (o->opt.momentum >= 0)
+		o->fit.optim.momentum = o->opt.momentum;
+	o->fit.optim.weight_decay = o->opt.wd;
+	o->fit.optim.schedule = o->opt.schedule;
+	o->fit.optim.gamma = o->opt.gamma;
+	o->fit.optim.min_lr = o->opt.min_lr;
+	o->fit.optim.step_size = (uint64_t)o->opt.step_size;
+	if (o->opt.schedule == ZM_LR_STEP && o->opt.step_size == 0) {
+		zm_cli_warn("--schedule step needs --step-size");
+		return false;
+	}
+	return true;
+}
+
 int main(int argc, char **argv)
 {
-	static const struct option longopts[] = {
-		{ "zoo", required_argument, NULL, 'z' },
-		{ "model", required_argument, NULL, 'm' },
-		{ "assignment", required_argument, NULL, OPT_ASSIGNMENT },
-		{ "slice", required_argument, NULL, OPT_SLICE },
-		{ "epochs", required_argument, NULL, 'e' },
-		{ "batch-size", required_argument, NULL, 'b' },
-		{ "lr", required_argument, NULL, 'l' },
-		{ "optimizer", required_argument, NULL, 'O' },
-		{ "seed", required_argument, NULL, 's' },
-		{ "apply", no_argument, NULL, 'a' },
-		{ "log", required_argument, NULL, 'L' },
-		{ "output", required_argument, NULL, 'o' },
-		{ "momentum", required_argument, NULL, OPT_MOMENTUM },
-		{ "weight-decay", required_argument, NULL, OPT_WD },
-		{ "schedule", required_argument, NULL, OPT_SCHEDULE },
-		{ "step-size", required_argument, NULL, OPT_STEP_SIZE },
-		{ "gamma", required_argument, NULL, OPT_GAMMA },
-		{ "min-lr", required_argument, NULL, OPT_MIN_LR },
-		{ "step-scale", required_argument, NULL, OPT_STEP_SCALE },
-		{ "val-fraction", required_argument, NULL, OPT_VAL },
-		{ "max-memory", required_argument, NULL, OPT_MAXMEM },
-		{ "log-every", required_argument, NULL, OPT_LOG_EVERY },
-		{ "compress", required_argument, NULL, OPT_COMPRESS },
-		{ "threads", required_argument, NULL, OPT_THREADS },
-		{ "progress", no_argument, NULL, OPT_PROGRESS },
-		{ "quiet", no_argument, NULL, OPT_QUIET },
-		{ "help", no_argument, NULL, 'h' },
-		{ "version", no_argument, NULL, 'V' },
-		{ NULL, 0, NULL, 0 },
-	};
 	struct train_step_opts o;
-	enum zm_optim_kind kind = ZM_OPTIM_SGD;
-	double momentum = -1, wd = 0, gamma = 0.1, min_lr = 0, lr = -1, d;
-	enum zm_lr_schedule schedule = ZM_LR_CONSTANT;
-	int64_t v, step_size = 0;
 	int c;
 
 	memset(&o, 0, sizeof(o));
@@ -518,133 +661,29 @@ int main(int argc, char **argv)
 	o.val_fraction = 0.1;
 	o.max_memory = (uint64_t)8 << 30;
 	o.compress = ZM_COMPRESS_AUTO;
+	o.opt.kind = ZM_OPTIM_SGD;
+	o.opt.momentum = -1;
+	o.opt.gamma = 0.1;
+	o.opt.lr = -1;
+	o.opt.schedule = ZM_LR_CONSTANT;
 	zm_cli_init(argv[0]);
 	if (!zm_compress_from_env(&o.compress))
 		return zm_cli_usage_error(usage_str, "ZM_COMPRESS: expected 0..9");
 	while ((c = getopt_long(argc, argv, "z:m:e:b:l:O:s:aL:o:h", longopts,
 	                        NULL)) != -1) {
-		switch (c) {
-		case 'z': o.zoo_dir = optarg; break;
-		case 'm': o.model = optarg; break;
-		case 'a': o.apply = true; break;
-		case 'L': o.log = optarg; break;
-		case 'o': o.out = optarg; break;
-		case OPT_PROGRESS: o.progress = true; break;
-		case OPT_QUIET: o.quiet = true; break;
-		case OPT_ASSIGNMENT: o.assignment = optarg; break;
-		case OPT_SLICE: o.slice = optarg; break;
-		case 'e':
-			if (!zm_cli_int("--epochs", optarg, 1, 100000, &v))
-				return zm_cli_usage_error(usage_str, NULL);
-			o.fit.epochs = (size_t)v;
-			break;
-		case 'b':
-			if (!zm_cli_int("--batch-size", optarg, 1,
-			                ZM_MODEL_BATCH_MAX, &v))
-				return zm_cli_usage_error(usage_str, NULL);
-			o.fit.batch_size = (size_t)v;
-			break;
-		case 'l':
-			if (!zm_cli_double("--lr", optarg, 1e-12, 1e3, &lr))
-				return zm_cli_usage_error(usage_str, NULL);
-			break;
-		case 'O':
-			if (!zm_optim_kind_parse(optarg, &kind))
-				return zm_cli_usage_error(usage_str, "--optimizer: "
-					"expected sgd or adam, got '%s'", optarg);
-			break;
-		case 's':
-			if (!zm_cli_int("--seed", optarg, 0, INT64_MAX, &v))
-				return zm_cli_usage_error(usage_str, NULL);
-			o.fit.seed = (uint64_t)v;
-			break;
-		case OPT_MOMENTUM:
-			if (!zm_cli_double("--momentum", optarg, 0, 0.9999, &momentum))
-				return zm_cli_usage_error(usage_str, NULL);
-			break;
-		case OPT_WD:
-			if (!zm_cli_double("--weight-decay", optarg, 0, 10, &wd))
-				return zm_cli_usage_error(usage_str, NULL);
-			break;
-		case OPT_SCHEDULE:
-			if (!zm_lr_schedule_parse(optarg, &schedule))
-				return zm_cli_usage_error(usage_str, "--schedule: "
-					"expected constant, step or cosine, got '%s'",
-					optarg);
-			break;
-		case OPT_STEP_SIZE:
-			if (!zm_cli_int("--step-size", optarg, 1, INT64_MAX,
-			                &step_size))
-				return zm_cli_usage_error(usage_str, NULL);
-			break;
-		case OPT_GAMMA:
-			if (!zm_cli_double("--gamma", optarg, 1e-9, 1, &gamma))
-				return zm_cli_usage_error(usage_str, NULL);
-			break;
-		case OPT_MIN_LR:
-			if (!zm_cli_double("--min-lr", optarg, 0, 1e3, &min_lr))
-				return zm_cli_usage_error(usage_str, NULL);
-			break;
-		case OPT_STEP_SCALE:
-			if (!zm_cli_double("--step-scale", optarg, 0, 1e3, &d))
-				return zm_cli_usage_error(usage_str, NULL);
-			o.fit.step_scale = (float)d;
-			break;
-		case OPT_VAL:
-			if (!zm_cli_double("--val-fraction", optarg, 0, 0.9,
-			                   &o.val_fraction))
-				return zm_cli_usage_error(usage_str, NULL);
-			break;
-		case OPT_MAXMEM:
-			if (!zm_cli_int("--max-memory", optarg, 1, INT64_C(1) << 30,
-			                &v))
-				return zm_cli_usage_error(usage_str, NULL);
-			o.max_memory = (uint64_t)v << 20;
-			break;
-		case OPT_LOG_EVERY:
-			if (!zm_cli_int("--log-every", optarg, 0, INT64_MAX, &v))
-				return zm_cli_usage_error(usage_str, NULL);
-			o.fit.log_every = (size_t)v;
-			break;
-		case OPT_COMPRESS:
-			if (!zm_cli_int("--compress", optarg, 0, 9, &v))
-				return zm_cli_usage_error(usage_str, NULL);
-			o.compress = (int)v;
-			break;
-		case OPT_THREADS:
-			if (!zm_cli_int("--threads", optarg, 1, 1024, &v))
-				return zm_cli_usage_error(usage_str, NULL);
-			o.threads = (int)v;
-			break;
-		case 'h':
+		if (c == 'h')
 			return zm_cli_help(usage_str);
-		case 'V':
+		if (c == 'V')
 			return zm_cli_show_version();
-		default:
+		if (!parse_option(&o, c, optarg))
 			return zm_cli_usage_error(usage_str, NULL);
-		}
 	}
 	if (optind < argc)
 		o.data = argv[optind++];
 	if (optind < argc)
 		return zm_cli_usage_error(usage_str, "unexpected argument '%s'",
 		                          argv[optind]);
-	if (!o.zoo_dir || !o.model == !o.assignment)
-		return zm_cli_usage_error(usage_str, "--zoo and either --model "
-		                          "or --assignment are required");
-	if (o.slice && !o.assignment)
-		return zm_cli_usage_error(usage_str, "--slice needs --assignment");
-	zm_optim_config_default(&o.fit.optim, kind);
-	if (lr > 0)
-		o.fit.optim.lr = lr;
-	if (momentum >= 0)
-		o.fit.optim.momentum = momentum;
-	o.fit.optim.weight_decay = wd;
-	o.fit.optim.schedule = schedule;
-	o.fit.optim.gamma = gamma;
-	o.fit.optim.min_lr = min_lr;
-	o.fit.optim.step_size = (uint64_t)step_size;
-	if (schedule == ZM_LR_STEP && step_size == 0)
-		return zm_cli_usage_error(usage_str, "--schedule step needs --step-size");
+	if (!validate(&o))
+		return zm_cli_usage_error(usage_str, NULL);
 	return zm_cli_close_stdout(run(&o));
 }
