@@ -231,6 +231,11 @@ static int run(const struct granctl_opts *o)
 		goto out;
 	if (o->measure && in.n_models && (st = measure(o, &in, &err)))
 		goto out;
+	if (!in.n_models || !in.arch) {
+		st = zm_error_set(&err, ZM_ERR_USAGE, "no model to decide for "
+		                  "(give --updates, or a zoo with models)");
+		goto out;
+	}
 	if ((st = zm_gc_analyze(&in, &o->gc, &a, &err)) ||
 	    (st = zm_gc_decide(&a, o->rules ? &rules : NULL, &o->gc, &d,
 	                       &err)))

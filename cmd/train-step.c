@@ -402,8 +402,11 @@ static int run(struct train_step_opts *o)
 	if (out && (st = zm_writer_open(&w, out, o->compress, &err)) != ZM_OK)
 		goto out;
 	if ((st = zm_trainset_load(&ts, o->data, &err)) != ZM_OK ||
-	    (st = zm_trainset_split(&ts, o->val_fraction, o->fit.seed, &err)))
+	    (st = zm_trainset_split(&ts, o->val_fraction, o->fit.seed, &err))) {
+		if (ts.over_limit)
+			zm_error_suffix(&err, " (--max-memory)");
 		goto out;
+	}
 	st = plan_jobs(o, o->assignment ? &assignment : NULL, &ts, &jobs,
 	               &n_jobs, &err);
 	for (i = 0; i < n_jobs; i++)

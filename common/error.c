@@ -78,6 +78,20 @@ enum zm_status zm_error_prefix(struct zm_error *err, const char *fmt, ...)
 	return err->status;
 }
 
+enum zm_status zm_error_suffix(struct zm_error *err, const char *fmt, ...)
+{
+	size_t len;
+	va_list ap;
+
+	if (!err)
+		return ZM_ERR_IO;
+	len = strnlen(err->msg, sizeof(err->msg) - 1);
+	va_start(ap, fmt);
+	vsnprintf(err->msg + len, sizeof(err->msg) - len, fmt, ap);
+	va_end(ap);
+	return err->status;
+}
+
 int zm_status_exit_code(enum zm_status status)
 {
 	switch (status) {

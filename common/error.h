@@ -46,6 +46,11 @@ enum zm_status zm_error_errno(struct zm_error *err, enum zm_status status,
 enum zm_status zm_error_prefix(struct zm_error *err, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 
+/* Appends context (" (--flag)") to an already set message; returns its
+ * status.  What does not fit is cut. */
+enum zm_status zm_error_suffix(struct zm_error *err, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
 /* The exit status a program should use for a status: 0, 1, or 2 for usage
  * and configuration errors. */
 int zm_status_exit_code(enum zm_status status);

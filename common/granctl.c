@@ -1138,7 +1138,7 @@ enum zm_status zm_gc_analyze(const struct zm_gc_inputs *in,
 	zm_gc_analysis_release(a);
 	if (!in->n_models || !in->arch)
 		return zm_error_set(err, ZM_ERR_USAGE, "no model to decide "
-		                    "for (give --updates, or a zoo with models)");
+		                    "for");
 	for (lv = 0; lv < 3; lv++) {
 		size_t n;
 		ls = &a->level[lv];

@@ -50,11 +50,13 @@ static enum zm_status grow(struct zm_trainset *ts, size_t rows,
 	 * when the buffer grows. */
 	per_row = ts->features * x_elem_size(ts) + sizeof(int64_t) * 2 +
 	          ts->n_targets * sizeof(float);
-	if (!zm_size_mul(need, per_row, &total) || total > ts->max_bytes)
+	if (!zm_size_mul(need, per_row, &total) || total > ts->max_bytes) {
+		ts->over_limit = true;
 		return zm_error_set(err, ZM_ERR_NOMEM,
 		                    "%s: data needs more than the %.0f MiB "
-		                    "allowed (--max-memory)", name,
+		                    "allowed", name,
 		                    (double)ts->max_bytes / 1048576.0);
+	}
 	if (need <= ts->cap)
 		return ZM_OK;
 	cap = ts->cap ? ts->cap : 1024;

@@ -32,6 +32,7 @@ struct zm_trainset {
 	size_t *val_idx, n_val;     /* owned, held-out rows */
 	size_t cap;                 /* allocated rows */
 	uint64_t max_bytes;         /* refuse data beyond this */
+	bool over_limit;            /* a load failed on max_bytes */
 	char *slice;                /* owned zm.slice of the data, or NULL */
 };
 
