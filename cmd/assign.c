@@ -21,6 +21,7 @@
 #include "mem.h"
 #include "profile.h"
 #include "similarity.h"
+#include "slicer.h"
 #include "stream.h"
 #include "zoo.h"
 

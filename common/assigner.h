@@ -66,18 +66,4 @@ enum zm_status zm_assign_create_model(struct zm_zoo *zoo, const char *base,
                                      struct zm_assignment_slice *s,
                                      struct zm_error *err);
 
-/*
- * Reads the profile of a slice file (the last document holding one, as
- * slice(1) writes it), reading only the headers of the data documents
- * before it, into p; *slice_name (freed and replaced; NULL when the file
- * has no zm.slice) is owned by the caller.  ZM_ERR_DATA when no document
- * holds a profile.
- */
-enum zm_status zm_slice_profile_read(const char *path, struct zm_profile *p,
-                                     char **slice_name, struct zm_error *err);
-
-/* The slice name when a slice file does not say: its base name without
- * .safetensors.gz or .safetensors.  New memory, NULL when out of it. */
-char *zm_slice_name_from_path(const char *path);
-
 #endif

@@ -2,10 +2,11 @@
  * The slicer behind slice(1): reads a data source in batches, matches
  * every row against the slicing rules (slice.h) and writes one data
  * stream per slice, each closed by its profile document, plus the
- * optional membership stream and the fitted k-means centroids.  These are
- * the writers of the profile, membership and centroids streams
- * (zoomerge(5)), and the centroids reader; profiles are read by
- * profile.c, the membership stream by any data reader (dataset.c).
+ * optional membership stream and the fitted k-means centroids: the
+ * writers and readers of the slice files (their closing profile document:
+ * zm_slice_profile_read) and of the centroids, and the writer of the
+ * membership stream, a data stream that any data reader (dataset.c)
+ * reads.  The profile entries inside a document are profile.c's.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -738,6 +739,80 @@ void zm_slicer_release(struct zm_slicer *s)
 		free(s->spool);
 	}
 	memset(s, 0, sizeof(*s));
+}
+
+/* Reads the last document of a slice file that holds a profile, reading
+ * only the headers of the data documents before it. */
+enum zm_status zm_slice_profile_read(const char *path, struct zm_profile *p,
+                                     char **slice_name, struct zm_error *err)
+{
+	struct zm_reader *r = NULL;
+	struct zm_doc doc;
+	enum zm_status st;
+	bool eof = false, found = false;
+	size_t i;
+
+	zm_doc_init(&doc);
+	if ((st = zm_reader_open(&r, path, err)))
+		return st;
+	for (;;) {
+		bool has = false;
+		const char *name;
+
+		if ((st = zm_reader_next_header(r, &doc, &eof, err)) || eof)
+			break;
+		for (i = 0; i < doc.n_tensors && !has; i++)
+			has = strncmp(doc.tensors[i].name, "profile.", 8) == 0;
+		if (!has)
+			continue;
+		for (i = 0; i < doc.n_tensors; i++) {
+			struct zm_tensor *t = &doc.tensors[i];
+
+			if (!(t->data = zm_malloc(t->nbytes ? t->nbytes : 1))) {
+				st = zm_error_set(err, ZM_ERR_NOMEM,
+				                  "out of memory");
+				goto out;
+			}
+			t->owns_data = true;
+			if ((st = zm_reader_read_data(r, i, t->data, err)))
+				goto out;
+		}
+		if ((st = zm_profile_from_doc(p, &doc, err))) {
+			zm_error_prefix(err, "%s: ", path);
+			goto out;
+		}
+		found = true;
+		name = zm_doc_meta(&doc, "zm.slice");
+		free(*slice_name);
+		*slice_name = name ? zm_strdup(name) : NULL;
+	}
+	if (st == ZM_OK && !found)
+		st = zm_error_set(err, ZM_ERR_DATA, "%s: no profile (expected "
+		                  "a slice file written by slice)", path);
+out:
+	zm_doc_release(&doc);
+	zm_reader_close(r);
+	return st;
+}
+
+/* The slice name when the file does not say: its base name without
+ * the .safetensors.gz extension. */
+char *zm_slice_name_from_path(const char *path)
+{
+	const char *b = strrchr(path, '/');
+	const char *ext[] = { ".safetensors.gz", ".safetensors" };
+	size_t len, i;
+
+	b = b ? b + 1 : path;
+	len = strlen(b);
+	for (i = 0; i < 2; i++) {
+		size_t e = strlen(ext[i]);
+		if (len > e && strcmp(b + len - e, ext[i]) == 0) {
+			len -= e;
+			break;
+		}
+	}
+	return zm_strndup(b, len);
 }
 
 void zm_slicer_summary(const struct zm_slicer *s, struct zm_buf *b)

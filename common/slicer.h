@@ -90,6 +90,20 @@ enum zm_status zm_slicer_commit(struct zm_slicer *s, struct zm_error *err);
  * files, row counts and mean profile) to b. */
 void zm_slicer_summary(const struct zm_slicer *s, struct zm_buf *b);
 
+/*
+ * Reads the profile of a slice file (the last document holding one, as
+ * slice(1) writes it), reading only the headers of the data documents
+ * before it, into p; *slice_name (freed and replaced; NULL when the file
+ * has no zm.slice) is owned by the caller.  ZM_ERR_DATA when no document
+ * holds a profile.
+ */
+enum zm_status zm_slice_profile_read(const char *path, struct zm_profile *p,
+                                     char **slice_name, struct zm_error *err);
+
+/* The slice name when a slice file does not say: its base name without
+ * .safetensors.gz or .safetensors.  New memory, NULL when out of it. */
+char *zm_slice_name_from_path(const char *path);
+
 /* Aborts uncommitted outputs, removes the stdin spool, frees everything. */
 void zm_slicer_release(struct zm_slicer *s);
 

@@ -10,6 +10,7 @@
 
 #include "unit.h"
 #include "assigner.h"
+#include "slicer.h"
 
 /* n rows of width d around centre c (a fixed spread). */
 static void add_rows(struct zm_profile *p, size_t d, float c)

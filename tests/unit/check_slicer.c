@@ -119,6 +119,20 @@ START_TEST(test_slices_and_profiles)
 	count_file(low, &rows, &prof_rows);
 	ck_assert_uint_eq(rows, 10);
 	ck_assert_double_eq(prof_rows, 10.0);
+	/* the reader of slice files finds the same profile and the name */
+	{
+		struct zm_profile p;
+		char *name = NULL;
+
+		zm_profile_init(&p);
+		ck_assert_msg(zm_slice_profile_read(low, &p, &name, &err) ==
+		              ZM_OK, "%s", err.msg);
+		ck_assert_str_eq(name, "low");
+		ck_assert_double_eq(zm_profile_find(&p, ZM_PROFILE_INPUT)->count,
+		                    10.0);
+		free(name);
+		zm_profile_release(&p);
+	}
 	zm_buf_init(&b);
 	zm_slicer_summary(&s, &b);
 	ck_assert(!b.failed);
