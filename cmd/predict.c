@@ -551,8 +551,9 @@ static bool parse_dynamic_option(struct predict_opts *o, int c,
 }
 
 /* One option of the table: false after a message on a bad argument. */
-static bool parse_option(struct predict_opts *o, int c, const char *arg)
+static bool parse_option(void *ctx, int c, const char *arg)
 {
+	struct predict_opts *o = ctx;
 	int64_t v;
 
 	switch (c) {
@@ -662,7 +663,7 @@ int main(int argc, char **argv)
 		.output = "-",
 		.from = ZM_DATASET_STREAM,
 	};
-	int c;
+	int status;
 
 	zm_cli_init(argv[0]);
 	zm_predict_options_init(&o.p);
@@ -671,19 +672,10 @@ int main(int argc, char **argv)
 		zm_cli_warn("ZM_COMPRESS: expected a level from 0 to 9");
 		return zm_cli_usage_error(usage_str, NULL);
 	}
-	while ((c = getopt_long(argc, argv, "o:qh", longopts, NULL)) != -1) {
-		if (c == 'h')
-			return zm_cli_help(usage_str);
-		if (c == 'V')
-			return zm_cli_show_version();
-		if (!parse_option(&o, c, optarg))
-			return zm_cli_usage_error(usage_str, NULL);
-	}
-	if (optind < argc)
-		o.input = argv[optind++];
-	if (optind < argc)
-		return zm_cli_usage_error(usage_str, "unexpected argument '%s'",
-		                          argv[optind]);
+	status = zm_cli_getopt(argc, argv, "o:qh", longopts, usage_str,
+	                       parse_option, &o, &o.input);
+	if (status >= 0)
+		return status;
 	if (!validate(&o))
 		return zm_cli_usage_error(usage_str, NULL);
 	return zm_cli_close_stdout(run(&o));

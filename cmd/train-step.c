@@ -515,8 +515,9 @@ static const struct option longopts[] = {
 };
 
 /* One option of the table: false after a message on a bad argument. */
-static bool parse_option(struct train_step_opts *o, int c, const char *arg)
+static bool parse_option(void *ctx, int c, const char *arg)
 {
+	struct train_step_opts *o = ctx;
 	int64_t v;
 	double d;
 
@@ -656,7 +657,7 @@ static bool validate(struct train_step_opts *o)
 int main(int argc, char **argv)
 {
 	struct train_step_opts o;
-	int c;
+	int status;
 
 	memset(&o, 0, sizeof(o));
 	zm_fit_config_default(&o.fit);
@@ -672,20 +673,10 @@ int main(int argc, char **argv)
 	zm_cli_init(argv[0]);
 	if (!zm_compress_from_env(&o.compress))
 		return zm_cli_usage_error(usage_str, "ZM_COMPRESS: expected 0..9");
-	while ((c = getopt_long(argc, argv, "z:m:e:b:l:O:s:aL:o:h", longopts,
-	                        NULL)) != -1) {
-		if (c == 'h')
-			return zm_cli_help(usage_str);
-		if (c == 'V')
-			return zm_cli_show_version();
-		if (!parse_option(&o, c, optarg))
-			return zm_cli_usage_error(usage_str, NULL);
-	}
-	if (optind < argc)
-		o.data = argv[optind++];
-	if (optind < argc)
-		return zm_cli_usage_error(usage_str, "unexpected argument '%s'",
-		                          argv[optind]);
+	status = zm_cli_getopt(argc, argv, "z:m:e:b:l:O:s:aL:o:h", longopts,
+	                       usage_str, parse_option, &o, &o.data);
+	if (status >= 0)
+		return status;
 	if (!validate(&o))
 		return zm_cli_usage_error(usage_str, NULL);
 	return zm_cli_close_stdout(run(&o));

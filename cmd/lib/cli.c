@@ -2,6 +2,7 @@
  * Shared command-line plumbing for cmd/.
  */
 #include <errno.h>
+#include <getopt.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -71,6 +72,29 @@ void zm_cli_version(void)
 {
 	printf("%s (zoomerge) %s\n", program_name, ZM_VERSION);
 	printf("BLIS kernels: %s\n", zm_gemm_arch());
+}
+
+int zm_cli_getopt(int argc, char **argv, const char *shortopts,
+                  const struct option *longopts, const char *usage,
+                  bool (*parse)(void *ctx, int c, const char *arg),
+                  void *ctx, const char **file)
+{
+	int c;
+
+	while ((c = getopt_long(argc, argv, shortopts, longopts, NULL)) != -1) {
+		if (c == 'h')
+			return zm_cli_help(usage);
+		if (c == 'V')
+			return zm_cli_show_version();
+		if (!parse(ctx, c, optarg))
+			return zm_cli_usage_error(usage, NULL);
+	}
+	if (optind < argc)
+		*file = argv[optind++];
+	if (optind < argc)
+		return zm_cli_usage_error(usage, "unexpected argument '%s'",
+		                          argv[optind]);
+	return -1;
 }
 
 int zm_cli_help(const char *usage)

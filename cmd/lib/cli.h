@@ -45,6 +45,21 @@ bool zm_cli_int(const char *option, const char *text, int64_t min,
 bool zm_cli_double(const char *option, const char *text, double min,
                    double max, double *out);
 
+/*
+ * The option loop of a program with one option table: getopt_long over
+ * argv with shortopts and longopts, where 'h' (-h, --help) and 'V'
+ * (--version) answer at once and every other option goes to
+ * parse(ctx, c, optarg), which prints what is wrong and returns false.
+ * One optional FILE operand goes to *file; a second is a usage error.
+ * Returns -1 to go on, else the exit status for main to return (usage
+ * printed).
+ */
+struct option;
+int zm_cli_getopt(int argc, char **argv, const char *shortopts,
+                  const struct option *longopts, const char *usage,
+                  bool (*parse)(void *ctx, int c, const char *arg),
+                  void *ctx, const char **file);
+
 /* Flushes and closes stdout; on failure (full disk, closed pipe) prints
  * the error and returns ZM_EXIT_FAILURE, else status unchanged. */
 int zm_cli_close_stdout(int status);
