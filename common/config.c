@@ -122,16 +122,117 @@ static bool map_has_key(const struct zm_node *map, const char *key,
 	return false;
 }
 
+/* The tree being built from the parser's events. */
+struct builder {
+	struct zm_node *stack[MAX_DEPTH + 1];
+	bool key_next[MAX_DEPTH + 1];	/* map at this depth expects a key */
+	int depth;
+	struct zm_node *top;
+	char *src;
+};
+
+/* The node a scalar, sequence-start or mapping-start event makes; NULL
+ * when out of memory. */
+static struct zm_node *node_from_event(const yaml_event_t *event,
+                                       const char *src)
+{
+	struct zm_node *n = NULL;
+
+	switch (event->type) {
+	case YAML_SCALAR_EVENT:
+		n = node_new(ZM_NODE_SCALAR, &event->start_mark, src);
+		if (n) {
+			n->value = zm_strndup((const char *)event->data.scalar.value,
+			                      event->data.scalar.length);
+			n->len = event->data.scalar.length;
+			n->plain = event->data.scalar.style ==
+			           YAML_PLAIN_SCALAR_STYLE;
+			if (!n->value) {
+				free(n);
+				n = NULL;
+			}
+		}
+		break;
+	case YAML_SEQUENCE_START_EVENT:
+		n = node_new(ZM_NODE_SEQ, &event->start_mark, src);
+		break;
+	case YAML_MAPPING_START_EVENT:
+		n = node_new(ZM_NODE_MAP, &event->start_mark, src);
+		break;
+	default:
+		break;
+	}
+	return n;
+}
+
+/* Hangs the new node n (NULL: out of memory) into the tree: as the root,
+ * or as the next key or value of the open collection, which it then
+ * opens itself when it is one.  Errors set *done. */
+static enum zm_status attach(struct builder *b, struct zm_node *n,
+                             const yaml_event_t *event, bool *done,
+                             struct zm_error *err)
+{
+	enum zm_status st = ZM_OK;
+	bool as_key = false;
+	const char *src = b->src;
+
+	if (!n) {
+		*done = true;
+		return zm_error_set(err, ZM_ERR_NOMEM, "%s: out of memory", src);
+	} else if (b->depth == 0) {
+		b->top = n;
+	} else {
+		struct zm_node *parent = b->stack[b->depth - 1];
+		if (parent->type == ZM_NODE_MAP) {
+			as_key = b->key_next[b->depth - 1];
+			b->key_next[b->depth - 1] = !as_key;
+			if (as_key && n->type != ZM_NODE_SCALAR) {
+				st = mark_error(err, src, &event->start_mark,
+				                "expected a scalar key");
+				node_free_one(n);
+				n = NULL;
+				*done = true;
+			} else if (as_key &&
+			           map_has_key(parent, n->value, n->len)) {
+				st = mark_error(err, src, &event->start_mark,
+				                "duplicate key '%s'", n->value);
+				node_free_one(n);
+				n = NULL;
+				*done = true;
+			}
+		}
+		if (n && !node_append(parent, n, as_key)) {
+			node_free_one(n);
+			n = NULL;
+			st = zm_error_set(err, ZM_ERR_NOMEM,
+			                  "%s: out of memory", src);
+			*done = true;
+		}
+	}
+	if (n && n->type != ZM_NODE_SCALAR) {
+		if (b->depth >= MAX_DEPTH) {
+			st = mark_error(err, src, &event->start_mark,
+			                "nesting deeper than %d levels",
+			                MAX_DEPTH);
+			if (b->depth == 0)
+				node_free_one(n);
+			*done = true;
+		} else {
+			b->stack[b->depth] = n;
+			b->key_next[b->depth] = true;
+			b->depth++;
+		}
+	}
+	return st;
+}
+
 enum zm_status zm_config_parse(const char *bytes, size_t len,
                                const char *source, struct zm_node **root,
                                struct zm_error *err)
 {
 	yaml_parser_t parser;
 	yaml_event_t event;
-	struct zm_node *stack[MAX_DEPTH + 1];
-	bool key_next[MAX_DEPTH + 1];	/* map at this depth expects a key */
-	int depth = 0;
-	struct zm_node *top = NULL;
+	struct builder b;
 	char *src;
 	enum zm_status st = ZM_OK;
 	bool done = false, seen_doc = false;
@@ -145,11 +246,10 @@ enum zm_status zm_config_parse(const char *bytes, size_t len,
 		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 	}
 	yaml_parser_set_input_string(&parser, (const unsigned char *)bytes, len);
+	memset(&b, 0, sizeof(b));
+	b.src = src;
 
 	while (!done) {
-		struct zm_node *n = NULL;
-		bool as_key = false;
-
 		if (!yaml_parser_parse(&parser, &event)) {
 			const yaml_mark_t *m = parser.problem_mark.line ||
 			                       parser.problem_mark.column ?
@@ -184,84 +284,17 @@ enum zm_status zm_config_parse(const char *bytes, size_t len,
 			done = true;
 			break;
 		case YAML_SCALAR_EVENT:
-			n = node_new(ZM_NODE_SCALAR, &event.start_mark, src);
-			if (n) {
-				n->value = zm_strndup((const char *)event.data.scalar.value,
-				                      event.data.scalar.length);
-				n->len = event.data.scalar.length;
-				n->plain = event.data.scalar.style ==
-				           YAML_PLAIN_SCALAR_STYLE;
-				if (!n->value) {
-					free(n);
-					n = NULL;
-				}
-			}
-			break;
 		case YAML_SEQUENCE_START_EVENT:
-			n = node_new(ZM_NODE_SEQ, &event.start_mark, src);
-			break;
 		case YAML_MAPPING_START_EVENT:
-			n = node_new(ZM_NODE_MAP, &event.start_mark, src);
+			st = attach(&b, node_from_event(&event, src), &event,
+			            &done, err);
 			break;
 		case YAML_SEQUENCE_END_EVENT:
 		case YAML_MAPPING_END_EVENT:
-			depth--;
+			b.depth--;
 			break;
 		default:
 			break;
-		}
-		if (st == ZM_OK && !done &&
-		    (event.type == YAML_SCALAR_EVENT ||
-		     event.type == YAML_SEQUENCE_START_EVENT ||
-		     event.type == YAML_MAPPING_START_EVENT)) {
-			if (!n) {
-				st = zm_error_set(err, ZM_ERR_NOMEM,
-				                  "%s: out of memory", src);
-				done = true;
-			} else if (depth == 0) {
-				top = n;
-			} else {
-				struct zm_node *parent = stack[depth - 1];
-				if (parent->type == ZM_NODE_MAP) {
-					as_key = key_next[depth - 1];
-					key_next[depth - 1] = !as_key;
-					if (as_key && n->type != ZM_NODE_SCALAR) {
-						st = mark_error(err, src, &event.start_mark,
-						                "expected a scalar key");
-						node_free_one(n);
-						n = NULL;
-						done = true;
-					} else if (as_key &&
-					           map_has_key(parent, n->value, n->len)) {
-						st = mark_error(err, src, &event.start_mark,
-						                "duplicate key '%s'", n->value);
-						node_free_one(n);
-						n = NULL;
-						done = true;
-					}
-				}
-				if (n && !node_append(parent, n, as_key)) {
-					node_free_one(n);
-					n = NULL;
-					st = zm_error_set(err, ZM_ERR_NOMEM,
-					                  "%s: out of memory", src);
-					done = true;
-				}
-			}
-			if (n && n->type != ZM_NODE_SCALAR) {
-				if (depth >= MAX_DEPTH) {
-					st = mark_error(err, src, &event.start_mark,
-					                "nesting deeper than %d levels",
-					                MAX_DEPTH);
-					if (depth == 0)
-						node_free_one(n);
-					done = true;
-				} else {
-					stack[depth] = n;
-					key_next[depth] = true;
-					depth++;
-				}
-			}
 		}
 		yaml_event_delete(&event);
 	}
@@ -269,20 +302,20 @@ enum zm_status zm_config_parse(const char *bytes, size_t len,
 	/* A map with a dangling key (only possible after an error) is fixed up
 	 * so the tree can be freed. */
 	if (st != ZM_OK) {
-		if (top)
-			node_free_one(top);
+		if (b.top)
+			node_free_one(b.top);
 		free(src);
 		return st;
 	}
-	if (!top) {
+	if (!b.top) {
 		yaml_mark_t m = { 0, 0, 0 };
-		top = node_new(ZM_NODE_MAP, &m, src);
-		if (!top) {
+		b.top = node_new(ZM_NODE_MAP, &m, src);
+		if (!b.top) {
 			free(src);
 			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 		}
 	}
-	*root = top;
+	*root = b.top;
 	return ZM_OK;
 }
 
