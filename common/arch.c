@@ -260,6 +260,88 @@ static const char *const layer_keys[] = {
  * shape its input has (the previous layer's output).  The type and name
  * are read first so that later messages can name the layer.
  */
+/* The keys of one layer kind (dense, flatten; conv2d and maxpool2d in
+ * conv_parse_spec), once its name, type, group and input are known. */
+static enum zm_status parse_layer_kind(const struct zm_node *item,
+                                       struct zm_layer_spec *spec,
+                                       struct zm_error *err)
+{
+	const int64_t in_features = (int64_t)spec->in_features;
+	const struct zm_node *n;
+	const char *s;
+	enum zm_status st;
+	int i;
+
+	spec->act = ZM_ACT_IDENTITY;
+	if (spec->type == ZM_LAYER_CONV2D || spec->type == ZM_LAYER_MAXPOOL2D)
+		return conv_parse_spec(item, spec, err);
+	if (spec->type != ZM_LAYER_FLATTEN) {
+		static const char *const spatial[] = {
+			"filters", "kernel", "stride", "padding", "size"
+		};
+		for (i = 0; i < 5; i++) {
+			size_t k;
+			for (k = 0; k < item->count; k++)
+				if (!strcmp(item->keys[k]->value, spatial[i]))
+					return zm_node_error(item->keys[k], err,
+					        ZM_ERR_CONFIG,
+					        "layer '%s': dense takes no '%s'",
+					        spec->name, spatial[i]);
+		}
+	}
+	if (spec->type == ZM_LAYER_FLATTEN) {
+		static const char *const unused[] = {
+			"units", "activation", "filters", "kernel", "stride",
+			"padding", "size"
+		};
+		for (i = 0; i < 7; i++) {
+			size_t k;
+			for (k = 0; k < item->count; k++)
+				if (!strcmp(item->keys[k]->value, unused[i]))
+					return zm_node_error(item->keys[k], err,
+					        ZM_ERR_CONFIG,
+					        "layer '%s': flatten takes no '%s'",
+					        spec->name, unused[i]);
+		}
+		spec->out_ndim = 1;
+		spec->out_shape[0] = in_features;
+		spec->out_features = (size_t)in_features;
+		return ZM_OK;
+	}
+
+	/* Dense: inputs of any shape are flattened. */
+	n = zm_node_get(item, "activation");
+	if (n) {
+		st = zm_node_string(n, "activation", &s, err);
+		if (st != ZM_OK)
+			return st;
+		if (!zm_activation_parse(s, &spec->act))
+			return zm_node_error(n, err, ZM_ERR_CONFIG,
+			                     "layer '%s': unknown activation '%s' "
+			                     "(expected relu, tanh, sigmoid, gelu "
+			                     "or identity)", spec->name, s);
+	}
+	n = zm_node_get(item, "units");
+	if (!n)
+		return zm_node_error(item, err, ZM_ERR_CONFIG,
+		                     "layer '%s': missing 'units'", spec->name);
+	st = zm_node_int(n, "units", 1, ZM_ARCH_MAX_UNITS, &spec->units, err);
+	if (st != ZM_OK)
+		return st;
+	if (spec->units > ZM_ARCH_MAX_PARAMS / in_features)
+		return zm_node_error(n, err, ZM_ERR_CONFIG,
+		                     "layer '%s': %lld x %lld weights is too many",
+		                     spec->name, (long long)spec->units,
+		                     (long long)in_features);
+	spec->out_ndim = 1;
+	spec->out_shape[0] = spec->units;
+	spec->out_features = (size_t)spec->units;
+	spec->has_params = true;
+	spec->n_weight = (size_t)spec->units * (size_t)in_features;
+	spec->n_bias = (size_t)spec->units;
+	return ZM_OK;
+}
+
 static enum zm_status parse_layer(const struct zm_node *item,
                                   struct zm_arch *arch, size_t idx,
                                   struct zm_error *err)
@@ -350,74 +432,7 @@ static enum zm_status parse_layer(const struct zm_node *item,
 	}
 	spec->in_features = (size_t)in_features;
 
-	spec->act = ZM_ACT_IDENTITY;
-	if (spec->type == ZM_LAYER_CONV2D || spec->type == ZM_LAYER_MAXPOOL2D)
-		return conv_parse_spec(item, spec, err);
-	if (spec->type != ZM_LAYER_FLATTEN) {
-		static const char *const spatial[] = {
-			"filters", "kernel", "stride", "padding", "size"
-		};
-		for (i = 0; i < 5; i++) {
-			size_t k;
-			for (k = 0; k < item->count; k++)
-				if (!strcmp(item->keys[k]->value, spatial[i]))
-					return zm_node_error(item->keys[k], err,
-					        ZM_ERR_CONFIG,
-					        "layer '%s': dense takes no '%s'",
-					        spec->name, spatial[i]);
-		}
-	}
-	if (spec->type == ZM_LAYER_FLATTEN) {
-		static const char *const unused[] = {
-			"units", "activation", "filters", "kernel", "stride",
-			"padding", "size"
-		};
-		for (i = 0; i < 7; i++) {
-			size_t k;
-			for (k = 0; k < item->count; k++)
-				if (!strcmp(item->keys[k]->value, unused[i]))
-					return zm_node_error(item->keys[k], err,
-					        ZM_ERR_CONFIG,
-					        "layer '%s': flatten takes no '%s'",
-					        spec->name, unused[i]);
-		}
-		spec->out_ndim = 1;
-		spec->out_shape[0] = in_features;
-		spec->out_features = (size_t)in_features;
-		return ZM_OK;
-	}
-
-	/* Dense: inputs of any shape are flattened. */
-	n = zm_node_get(item, "activation");
-	if (n) {
-		st = zm_node_string(n, "activation", &s, err);
-		if (st != ZM_OK)
-			return st;
-		if (!zm_activation_parse(s, &spec->act))
-			return zm_node_error(n, err, ZM_ERR_CONFIG,
-			                     "layer '%s': unknown activation '%s' "
-			                     "(expected relu, tanh, sigmoid, gelu "
-			                     "or identity)", spec->name, s);
-	}
-	n = zm_node_get(item, "units");
-	if (!n)
-		return zm_node_error(item, err, ZM_ERR_CONFIG,
-		                     "layer '%s': missing 'units'", spec->name);
-	st = zm_node_int(n, "units", 1, ZM_ARCH_MAX_UNITS, &spec->units, err);
-	if (st != ZM_OK)
-		return st;
-	if (spec->units > ZM_ARCH_MAX_PARAMS / in_features)
-		return zm_node_error(n, err, ZM_ERR_CONFIG,
-		                     "layer '%s': %lld x %lld weights is too many",
-		                     spec->name, (long long)spec->units,
-		                     (long long)in_features);
-	spec->out_ndim = 1;
-	spec->out_shape[0] = spec->units;
-	spec->out_features = (size_t)spec->units;
-	spec->has_params = true;
-	spec->n_weight = (size_t)spec->units * (size_t)in_features;
-	spec->n_bias = (size_t)spec->units;
-	return ZM_OK;
+	return parse_layer_kind(item, spec, err);
 }
 
 /* Derived sizes every consumer wants, computed once. */
