@@ -354,16 +354,121 @@ static enum zm_status add_rule(struct zm_slice_rules *r,
 	return ZM_OK;
 }
 
+/* One item of slices: its name, and default: true or where: (parsed by
+ * parse_where); appended to r. */
+static enum zm_status parse_rule(const struct zm_node *s,
+                                 struct zm_slice_rules *r,
+                                 struct zm_error *err)
+{
+	static const char *const rule_keys[] = { "name", "where", "default",
+		NULL };
+	const struct zm_node *n, *w, *d;
+	enum zm_status st;
+	size_t j;
+	struct zm_slice_rule *u;
+	const char *name;
+	bool dflt = false;
+
+	if ((st = zm_node_expect(s, ZM_NODE_MAP, "slice", err)) ||
+	    (st = zm_node_check_keys(s, rule_keys, "slice", err)))
+		return st;
+	if (!(n = zm_node_get(s, "name"))) {
+		st = zm_node_error(s, err, ZM_ERR_CONFIG,
+		                   "slice: name is required");
+		return st;
+	}
+	if ((st = zm_node_string(n, "name", &name, err)))
+		return st;
+	if (!zm_zoo_valid_name(name)) {
+		st = zm_node_error(n, err, ZM_ERR_CONFIG, "name: '%s' is "
+		                   "not a valid slice name (letters, "
+		                   "digits, '_', '.', '-'; at most 63)",
+		                   name);
+		return st;
+	}
+	if (strcmp(name, "centroids") == 0) {
+		/* slice(1) writes DIR/centroids.safetensors.gz. */
+		st = zm_node_error(n, err, ZM_ERR_CONFIG, "name: "
+		                   "'centroids' is reserved");
+		return st;
+	}
+	for (j = 0; j < r->n_rules; j++)
+		if (strcmp(r->rules[j].name, name) == 0) {
+			st = zm_node_error(n, err, ZM_ERR_CONFIG,
+			                   "name: duplicate slice '%s'",
+			                   name);
+			return st;
+		}
+	d = zm_node_get(s, "default");
+	w = zm_node_get(s, "where");
+	if (d && (st = zm_node_bool(d, "default", &dflt, err)))
+		return st;
+	if (dflt == !!w) {
+		st = zm_node_error(s, err, ZM_ERR_CONFIG, "slice '%s': "
+		                   "expected either where: or "
+		                   "default: true", name);
+		return st;
+	}
+	if (dflt && r->has_default) {
+		st = zm_node_error(d, err, ZM_ERR_CONFIG,
+		                   "default: only one slice may be "
+		                   "the default");
+		return st;
+	}
+	if ((st = add_rule(r, &u, err)))
+		return st;
+	u->line = s->line;
+	u->col = s->col;
+	if (!(u->name = zm_strdup(name))) {
+		st = nomem(err);
+		return st;
+	}
+	if (dflt) {
+		u->kind = ZM_SLICE_DEFAULT;
+		r->has_default = true;
+	} else if ((st = parse_where(w, r, u, err))) {
+		return st;
+	}
+	return ZM_OK;
+}
+
+/* In partition mode without a default slice, two range rules on the same
+ * target must not overlap. */
+static enum zm_status check_overlaps(const struct zm_node *slices,
+                                     const struct zm_slice_rules *r,
+                                     struct zm_error *err)
+{
+	enum zm_status st;
+	size_t i, j;
+
+	for (i = 0; i < r->n_rules; i++)
+		for (j = 0; j < i; j++) {
+			const struct zm_slice_rule *a = &r->rules[j];
+			const struct zm_slice_rule *b = &r->rules[i];
+
+			if (!same_target(a, b) || !(a->lo < b->hi) ||
+			    !(b->lo < a->hi))
+				continue;
+			st = zm_node_error(slices->items[i], err,
+			                   ZM_ERR_CONFIG, "slice '%s': "
+			                   "range [%g, %g) overlaps slice "
+			                   "'%s' [%g, %g) in partition mode "
+			                   "without a default slice",
+			                   b->name, b->lo, b->hi, a->name,
+			                   a->lo, a->hi);
+			return st;
+		}
+	return ZM_OK;
+}
+
 enum zm_status zm_slice_rules_parse(const struct zm_node *root,
                                     struct zm_slice_rules *r,
                                     struct zm_error *err)
 {
 	static const char *const top[] = { "mode", "slices", "clusters", NULL };
-	static const char *const rule_keys[] = { "name", "where", "default",
-		NULL };
 	const struct zm_node *mode, *slices, *clusters;
 	enum zm_status st;
-	size_t i, j;
+	size_t i;
 
 	zm_slice_rules_release(r);
 	if ((st = zm_node_expect(root, ZM_NODE_MAP, "slice rules", err)) ||
@@ -420,92 +525,12 @@ enum zm_status zm_slice_rules_parse(const struct zm_node *root,
 		                   "slices: expected at least one slice");
 		goto fail;
 	}
-	for (i = 0; i < slices->count; i++) {
-		const struct zm_node *s = slices->items[i], *n, *w, *d;
-		struct zm_slice_rule *u;
-		const char *name;
-		bool dflt = false;
-
-		if ((st = zm_node_expect(s, ZM_NODE_MAP, "slice", err)) ||
-		    (st = zm_node_check_keys(s, rule_keys, "slice", err)))
+	for (i = 0; i < slices->count; i++)
+		if ((st = parse_rule(slices->items[i], r, err)))
 			goto fail;
-		if (!(n = zm_node_get(s, "name"))) {
-			st = zm_node_error(s, err, ZM_ERR_CONFIG,
-			                   "slice: name is required");
-			goto fail;
-		}
-		if ((st = zm_node_string(n, "name", &name, err)))
-			goto fail;
-		if (!zm_zoo_valid_name(name)) {
-			st = zm_node_error(n, err, ZM_ERR_CONFIG, "name: '%s' is "
-			                   "not a valid slice name (letters, "
-			                   "digits, '_', '.', '-'; at most 63)",
-			                   name);
-			goto fail;
-		}
-		if (strcmp(name, "centroids") == 0) {
-			/* slice(1) writes DIR/centroids.safetensors.gz. */
-			st = zm_node_error(n, err, ZM_ERR_CONFIG, "name: "
-			                   "'centroids' is reserved");
-			goto fail;
-		}
-		for (j = 0; j < r->n_rules; j++)
-			if (strcmp(r->rules[j].name, name) == 0) {
-				st = zm_node_error(n, err, ZM_ERR_CONFIG,
-				                   "name: duplicate slice '%s'",
-				                   name);
-				goto fail;
-			}
-		d = zm_node_get(s, "default");
-		w = zm_node_get(s, "where");
-		if (d && (st = zm_node_bool(d, "default", &dflt, err)))
-			goto fail;
-		if (dflt == !!w) {
-			st = zm_node_error(s, err, ZM_ERR_CONFIG, "slice '%s': "
-			                   "expected either where: or "
-			                   "default: true", name);
-			goto fail;
-		}
-		if (dflt && r->has_default) {
-			st = zm_node_error(d, err, ZM_ERR_CONFIG,
-			                   "default: only one slice may be "
-			                   "the default");
-			goto fail;
-		}
-		if ((st = add_rule(r, &u, err)))
-			goto fail;
-		u->line = s->line;
-		u->col = s->col;
-		if (!(u->name = zm_strdup(name))) {
-			st = nomem(err);
-			goto fail;
-		}
-		if (dflt) {
-			u->kind = ZM_SLICE_DEFAULT;
-			r->has_default = true;
-		} else if ((st = parse_where(w, r, u, err))) {
-			goto fail;
-		}
-	}
-	if (!r->overlapping && !r->has_default) {
-		for (i = 0; i < r->n_rules; i++)
-			for (j = 0; j < i; j++) {
-				const struct zm_slice_rule *a = &r->rules[j];
-				const struct zm_slice_rule *b = &r->rules[i];
-
-				if (!same_target(a, b) || !(a->lo < b->hi) ||
-				    !(b->lo < a->hi))
-					continue;
-				st = zm_node_error(slices->items[i], err,
-				                   ZM_ERR_CONFIG, "slice '%s': "
-				                   "range [%g, %g) overlaps slice "
-				                   "'%s' [%g, %g) in partition mode "
-				                   "without a default slice",
-				                   b->name, b->lo, b->hi, a->name,
-				                   a->lo, a->hi);
-				goto fail;
-			}
-	}
+	if (!r->overlapping && !r->has_default &&
+	    (st = check_overlaps(slices, r, err)))
+		goto fail;
 	return ZM_OK;
 fail:
 	zm_slice_rules_release(r);
