@@ -568,6 +568,106 @@ static void prefetch_stop(struct prefetch *p)
 	pthread_mutex_unlock(&p->mu);
 }
 
+/* The output document's header: the parameters in the first model's
+ * order (F32), then the merged profile's tensors, and the metadata; *cap
+ * is the largest parameter tensor, *n_params their count. */
+static enum zm_status output_header(const struct zm_merge_static_opts *o,
+                                    struct input *ins, struct zm_doc *out,
+                                    size_t *cap, size_t *n_params,
+                                    struct zm_error *err)
+{
+	const struct zm_arch *arch = ins[0].arch;
+	enum zm_status st = ZM_OK;
+	struct zm_buf b;
+	size_t t;
+
+	zm_buf_init(&b);
+	/* The output header: parameters in the first model's order, then the
+	 * merged profile. */
+	for (t = 0; t < ins[0].hdr.n_tensors && st == ZM_OK; t++) {
+		const struct zm_tensor *h = &ins[0].hdr.tensors[t];
+		size_t numel;
+		if (!is_param(arch, h->name))
+			continue;
+		zm_shape_numel(h->ndim, h->shape, &numel);
+		if (numel > *cap)
+			*cap = numel;
+		st = add_header_tensor(out, h->name, ZM_DTYPE_F32, h->ndim,
+		                       h->shape, err);
+	}
+	*n_params = out->n_tensors;
+	if (st == ZM_OK)
+		st = announce_profile(ins, o->n_models, out, err);
+	zm_arch_to_json(arch, &b);
+	if (b.failed)
+		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	if (st == ZM_OK &&
+	    ((st = zm_doc_set_meta(out, "zm.kind", "model", err)) ||
+	     (st = zm_doc_set_meta(out, "zm.arch", b.data, err))))
+		goto done;
+	zm_buf_release(&b);
+	zm_buf_init(&b);
+	hparams_json(o, &b);
+	if (b.failed)
+		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	if (st == ZM_OK &&
+	    ((st = zm_doc_set_meta(out, "zm.hparams", b.data, err)) ||
+	     (o->name && (st = zm_doc_set_meta(out, "zm.name", o->name, err)))))
+		goto done;
+done:
+	zm_buf_release(&b);
+	return st;
+}
+
+/* The merged model's profile: the merge of the models' (the base's is not
+ * counted), read after their parameters. */
+static enum zm_status merge_profiles(const struct zm_merge_static_opts *o,
+                                     struct input *ins,
+                                     const struct zm_arch *arch,
+                                     struct zm_profile *merged,
+                                     struct zm_error *err)
+{
+	struct zm_profile one;
+	enum zm_status st = ZM_OK;
+	size_t i;
+
+	zm_profile_init(&one);
+	for (i = 0; i < o->n_models; i++) {
+		if ((st = drain(&ins[i], arch, err)))
+			goto done;
+		st = zm_profile_from_doc(&one, &ins[i].prof, err);
+		if (st == ZM_ERR_NOTFOUND) {
+			st = ZM_OK;
+			continue;
+		}
+		if (st != ZM_OK || (st = zm_profile_merge(merged, &one, err))) {
+			zm_error_prefix(err, "%s: ", ins[i].label);
+			goto done;
+		}
+	}
+done:
+	zm_profile_release(&one);
+	return st;
+}
+
+/* What the options must say before any input is opened. */
+static enum zm_status check_opts(const struct zm_merge_static_opts *o,
+                                 struct zm_error *err)
+{
+	bool base = zm_merge_method_needs_base(o->method);
+
+	if (o->n_models == 0)
+		return zm_error_set(err, ZM_ERR_USAGE, "no models to merge");
+	if (o->method == ZM_MERGE_SLERP && o->n_models != 2)
+		return zm_error_set(err, ZM_ERR_USAGE, "slerp merges exactly "
+		                    "two models, not %zu", o->n_models);
+	if (base && !o->base_path)
+		return zm_error_set(err, ZM_ERR_USAGE, "%s needs a base model "
+		                    "(--base or base: in the config)",
+		                    zm_merge_method_name(o->method));
+	return ZM_OK;
+}
+
 enum zm_status zm_merge_static(const struct zm_merge_static_opts *o,
                                struct zm_error *err)
 {
@@ -577,8 +677,7 @@ enum zm_status zm_merge_static(const struct zm_merge_static_opts *o,
 	struct zm_doc out;
 	struct zm_merge_acc acc;
 	struct zm_writer *w = NULL;
-	struct zm_profile merged, one;
-	struct zm_buf b;
+	struct zm_profile merged;
 	double *wts = NULL;
 	float *x = NULL, *bx = NULL, *res = NULL, *res2 = NULL;
 	const struct zm_arch *arch;
@@ -589,20 +688,11 @@ enum zm_status zm_merge_static(const struct zm_merge_static_opts *o,
 	enum zm_status st = ZM_OK;
 
 	zm_doc_init(&out);
-	zm_buf_init(&b);
 	memset(&pf, 0, sizeof(pf));
 	zm_profile_init(&merged);
-	zm_profile_init(&one);
 	memset(&acc, 0, sizeof(acc));
-	if (o->n_models == 0)
-		return zm_error_set(err, ZM_ERR_USAGE, "no models to merge");
-	if (o->method == ZM_MERGE_SLERP && o->n_models != 2)
-		return zm_error_set(err, ZM_ERR_USAGE, "slerp merges exactly "
-		                    "two models, not %zu", o->n_models);
-	if (base && !o->base_path)
-		return zm_error_set(err, ZM_ERR_USAGE, "%s needs a base model "
-		                    "(--base or base: in the config)",
-		                    zm_merge_method_name(o->method));
+	if ((st = check_opts(o, err)))
+		return st;
 	if (!(ins = zm_calloc(n_in, sizeof(*ins))))
 		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 	for (i = 0; i < n_in; i++) {
@@ -621,39 +711,7 @@ enum zm_status zm_merge_static(const struct zm_merge_static_opts *o,
 	if (st != ZM_OK)
 		goto out;
 	arch = ins[0].arch;
-	/* The output header: parameters in the first model's order, then the
-	 * merged profile. */
-	for (t = 0; t < ins[0].hdr.n_tensors && st == ZM_OK; t++) {
-		const struct zm_tensor *h = &ins[0].hdr.tensors[t];
-		size_t numel;
-		if (!is_param(arch, h->name))
-			continue;
-		zm_shape_numel(h->ndim, h->shape, &numel);
-		if (numel > cap)
-			cap = numel;
-		st = add_header_tensor(&out, h->name, ZM_DTYPE_F32, h->ndim,
-		                       h->shape, err);
-	}
-	n_params = out.n_tensors;
-	if (st == ZM_OK)
-		st = announce_profile(ins, o->n_models, &out, err);
-	zm_arch_to_json(arch, &b);
-	if (b.failed)
-		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
-	if (st == ZM_OK &&
-	    ((st = zm_doc_set_meta(&out, "zm.kind", "model", err)) ||
-	     (st = zm_doc_set_meta(&out, "zm.arch", b.data, err))))
-		goto out;
-	zm_buf_release(&b);
-	zm_buf_init(&b);
-	hparams_json(o, &b);
-	if (b.failed)
-		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
-	if (st == ZM_OK &&
-	    ((st = zm_doc_set_meta(&out, "zm.hparams", b.data, err)) ||
-	     (o->name && (st = zm_doc_set_meta(&out, "zm.name", o->name, err)))))
-		goto out;
-	if (st != ZM_OK)
+	if ((st = output_header(o, ins, &out, &cap, &n_params, err)))
 		goto out;
 	/* Weights per model and layer. */
 	if (!(wts = zm_calloc(o->n_models * arch->n_layers + 1, sizeof(double))))
@@ -729,20 +787,8 @@ enum zm_status zm_merge_static(const struct zm_merge_static_opts *o,
 	}
 	pthread_join(thread, NULL);
 	running = false;
-	/* The profiles: merge of the models' (the base's is not counted). */
-	for (i = 0; i < o->n_models; i++) {
-		if ((st = drain(&ins[i], arch, err)))
-			goto out;
-		st = zm_profile_from_doc(&one, &ins[i].prof, err);
-		if (st == ZM_ERR_NOTFOUND) {
-			st = ZM_OK;
-			continue;
-		}
-		if (st != ZM_OK || (st = zm_profile_merge(&merged, &one, err))) {
-			zm_error_prefix(err, "%s: ", ins[i].label);
-			goto out;
-		}
-	}
+	if ((st = merge_profiles(o, ins, arch, &merged, err)))
+		goto out;
 	if ((st = write_profile(w, &out, n_params, &merged, err)))
 		goto out;
 	st = zm_writer_commit(w, err);
@@ -770,8 +816,6 @@ out:
 	free(res2);
 	zm_merge_acc_release(&acc);
 	zm_profile_release(&merged);
-	zm_profile_release(&one);
 	zm_doc_release(&out);
-	zm_buf_release(&b);
 	return st;
 }
