@@ -650,6 +650,18 @@ done:
 	return st;
 }
 
+/* Input i: a model, or after the models the base. */
+static void init_input(struct input *in, const struct zm_merge_static_opts *o,
+                       size_t i)
+{
+	zm_doc_init(&in->hdr);
+	zm_doc_init(&in->ahead);
+	zm_doc_init(&in->prof);
+	in->path = i < o->n_models ? o->paths[i] : o->base_path;
+	in->label = i < o->n_models ? o->labels[i]
+	            : (o->base_label ? o->base_label : o->base_path);
+}
+
 /* What the options must say before any input is opened. */
 static enum zm_status check_opts(const struct zm_merge_static_opts *o,
                                  struct zm_error *err)
@@ -695,14 +707,8 @@ enum zm_status zm_merge_static(const struct zm_merge_static_opts *o,
 		return st;
 	if (!(ins = zm_calloc(n_in, sizeof(*ins))))
 		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
-	for (i = 0; i < n_in; i++) {
-		zm_doc_init(&ins[i].hdr);
-		zm_doc_init(&ins[i].ahead);
-		zm_doc_init(&ins[i].prof);
-		ins[i].path = i < o->n_models ? o->paths[i] : o->base_path;
-		ins[i].label = i < o->n_models ? o->labels[i]
-		               : (o->base_label ? o->base_label : o->base_path);
-	}
+	for (i = 0; i < n_in; i++)
+		init_input(&ins[i], o, i);
 	/* Every header first: nothing is written for mismatched inputs. */
 	for (i = 0; i < n_in && st == ZM_OK; i++)
 		st = open_input(&ins[i], err);
