@@ -457,6 +457,51 @@ static enum zm_status update_profile(struct mstate *m, const struct upd *us,
 	return st;
 }
 
+/* Model state j with its updates applied, stored in the zoo as the next
+ * version (*v) with the updates' profile and metrics. */
+static enum zm_status store_state(struct zm_zoo *zoo, struct mstate *m,
+                                  const struct upd *us, size_t n_updates,
+                                  size_t j, struct zm_doc *doc, int64_t *v,
+                                  struct zm_error *err)
+{
+	struct zm_zoo_entry *e;
+	struct zm_kv_list metrics;
+	struct zm_buf b;
+	enum zm_status st;
+
+	memset(&metrics, 0, sizeof(metrics));
+	zm_buf_init(&b);
+	if ((st = add_params(m, err)) ||
+	    (st = update_profile(m, us, n_updates, j, err)) ||
+	    (st = combine_metrics(us, n_updates, j, &metrics, err))) {
+		zm_kv_release(&metrics);
+		return st;
+	}
+	if (metrics.count) {
+		zm_kv_to_json(&metrics, &b);
+		if (b.failed)
+			st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		else
+			st = zm_model_set_string(&m->model->metrics,
+			                         b.data, err);
+	}
+	zm_buf_release(&b);
+	if (st == ZM_OK)
+		st = zm_model_to_doc(m->model, doc, err);
+	if (st == ZM_OK)
+		st = zm_zoo_put_model(zoo, m->name, doc, v, err);
+	if (st == ZM_OK && (e = zm_zoo_find(zoo, m->name))) {
+		e->params = (int64_t)zm_arch_param_count(m->model->arch);
+		if (metrics.count) {
+			zm_kv_release(&e->metrics);
+			e->metrics = metrics;
+			memset(&metrics, 0, sizeof(metrics));
+		}
+	}
+	zm_kv_release(&metrics);
+	return st;
+}
+
 enum zm_status zm_merge_apply_updates(struct zm_zoo *zoo,
                                       const struct zm_doc *updates,
                                       size_t n_updates,
@@ -557,41 +602,10 @@ enum zm_status zm_merge_apply_updates(struct zm_zoo *zoo,
 	if (!(res->models = zm_calloc(n_ms, sizeof(*res->models))))
 		goto nomem;
 	for (j = 0; j < n_ms; j++) {
-		struct zm_zoo_entry *e;
-		struct zm_kv_list metrics;
-		struct zm_buf b;
 		int64_t v;
-		memset(&metrics, 0, sizeof(metrics));
-		zm_buf_init(&b);
-		if ((st = add_params(&ms[j], err)) ||
-		    (st = update_profile(&ms[j], us, n_updates, j, err)) ||
-		    (st = combine_metrics(us, n_updates, j, &metrics, err))) {
-			zm_kv_release(&metrics);
-			goto out;
-		}
-		if (metrics.count) {
-			zm_kv_to_json(&metrics, &b);
-			if (b.failed)
-				st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
-			else
-				st = zm_model_set_string(&ms[j].model->metrics,
-				                         b.data, err);
-		}
-		zm_buf_release(&b);
-		if (st == ZM_OK)
-			st = zm_model_to_doc(ms[j].model, &doc, err);
-		if (st == ZM_OK)
-			st = zm_zoo_put_model(zoo, ms[j].name, &doc, &v, err);
-		if (st == ZM_OK && (e = zm_zoo_find(zoo, ms[j].name))) {
-			e->params = (int64_t)zm_arch_param_count(ms[j].model->arch);
-			if (metrics.count) {
-				zm_kv_release(&e->metrics);
-				e->metrics = metrics;
-				memset(&metrics, 0, sizeof(metrics));
-			}
-		}
-		zm_kv_release(&metrics);
-		if (st != ZM_OK)
+
+		if ((st = store_state(zoo, &ms[j], us, n_updates, j, &doc, &v,
+		                      err)))
 			goto out;
 		if (!(res->models[j].name = zm_strdup(ms[j].name)))
 			goto nomem;
