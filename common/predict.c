@@ -199,6 +199,58 @@ static enum zm_status pack_layers(struct zm_predictor *p, struct zm_error *err)
 	return ZM_OK;
 }
 
+/* The buffers of the merged passes, sized by the widest layer. */
+static enum zm_status alloc_buffers(struct zm_predictor *p,
+                                    const struct zm_predict_options *o,
+                                    size_t nk, size_t nlogp,
+                                    struct zm_error *err)
+{
+	const struct zm_arch *arch = p->models[0]->arch;
+	const size_t max_batch = p->max_batch, k = p->n_models;
+	size_t hw, zw, maxw = 0, maxout = 0, l, maxsc = 0;
+	enum zm_status st;
+
+	for (l = 0; l < arch->n_layers; l++) {
+		const struct zm_layer_spec *s = &arch->layers[l];
+		size_t wn = s->n_weight;
+		size_t sc = zm_layer_scratch_floats(s, max_batch, false);
+		if (s->out_features > maxout)
+			maxout = s->out_features;
+		if (s->has_params && wn > maxw)
+			maxw = wn;
+		if (sc > maxsc)
+			maxsc = sc;
+	}
+	if (!zm_size_mul(max_batch, arch->max_features, &hw) ||
+	    !zm_size_mul(nk, maxout, &zw)) {
+		st = zm_error_set(err, ZM_ERR_NOMEM, "batch size too large");
+		return st;
+	}
+	p->ha = zm_malloc(hw * sizeof(float));
+	p->hb = zm_malloc(hw * sizeof(float));
+	p->z = zm_malloc((o->merge == ZM_MERGE_OUTPUTS ? zw : nlogp) *
+	                 sizeof(float));
+	p->wm = zm_malloc((maxw ? maxw : 1) * sizeof(float));
+	p->bm = zm_malloc((maxout ? maxout : 1) * sizeof(float));
+	p->wl = zm_malloc(nk * sizeof(double));
+	if (maxsc && !(p->scratch = zm_malloc(maxsc < SIZE_MAX / sizeof(float) ?
+	                                      maxsc * sizeof(float) : SIZE_MAX))) {
+		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		return st;
+	}
+	p->ascores = zm_malloc(nlogp * sizeof(float));
+	p->adapt_scratch = zm_malloc(3 * p->wr->units.n_units * k *
+	                             sizeof(double));
+	p->targets = zm_malloc(nlogp * sizeof(float));
+	p->tw = zm_calloc(p->wr->units.n_units * k, sizeof(double));
+	if (!p->ha || !p->hb || !p->z || !p->wm || !p->bm || !p->wl ||
+	    !p->ascores || !p->adapt_scratch || !p->targets || !p->tw) {
+		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		return st;
+	}
+	return ZM_OK;
+}
+
 enum zm_status zm_predictor_new_opts(const struct zm_model *const *models,
                                      size_t k, size_t max_batch,
                                      const struct zm_predict_options *o,
@@ -208,7 +260,7 @@ enum zm_status zm_predictor_new_opts(const struct zm_model *const *models,
 	struct zm_predictor *p;
 	const struct zm_arch *arch;
 	enum zm_status st;
-	size_t nlogp, i, nk, hw, zw, maxw = 0, maxout = 0, l, maxsc = 0;
+	size_t nlogp, i, nk;
 	char **auto_names = NULL;
 	const char *const *names;
 
@@ -305,17 +357,6 @@ enum zm_status zm_predictor_new_opts(const struct zm_model *const *models,
 			if (st != ZM_OK)
 				goto fail;
 		}
-	for (l = 0; l < arch->n_layers; l++) {
-		const struct zm_layer_spec *s = &arch->layers[l];
-		size_t wn = s->n_weight;
-		size_t sc = zm_layer_scratch_floats(s, max_batch, false);
-		if (s->out_features > maxout)
-			maxout = s->out_features;
-		if (s->has_params && wn > maxw)
-			maxw = wn;
-		if (sc > maxsc)
-			maxsc = sc;
-	}
 	if (o->merge != ZM_MERGE_ENSEMBLE) {
 		st = stack_layers(p, err);
 		if (st == ZM_OK)
@@ -323,33 +364,8 @@ enum zm_status zm_predictor_new_opts(const struct zm_model *const *models,
 		if (st != ZM_OK)
 			goto fail;
 	}
-	if (!zm_size_mul(max_batch, arch->max_features, &hw) ||
-	    !zm_size_mul(nk, maxout, &zw)) {
-		st = zm_error_set(err, ZM_ERR_NOMEM, "batch size too large");
+	if ((st = alloc_buffers(p, o, nk, nlogp, err)))
 		goto fail;
-	}
-	p->ha = zm_malloc(hw * sizeof(float));
-	p->hb = zm_malloc(hw * sizeof(float));
-	p->z = zm_malloc((o->merge == ZM_MERGE_OUTPUTS ? zw : nlogp) *
-	                 sizeof(float));
-	p->wm = zm_malloc((maxw ? maxw : 1) * sizeof(float));
-	p->bm = zm_malloc((maxout ? maxout : 1) * sizeof(float));
-	p->wl = zm_malloc(nk * sizeof(double));
-	if (maxsc && !(p->scratch = zm_malloc(maxsc < SIZE_MAX / sizeof(float) ?
-	                                      maxsc * sizeof(float) : SIZE_MAX))) {
-		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
-		goto fail;
-	}
-	p->ascores = zm_malloc(nlogp * sizeof(float));
-	p->adapt_scratch = zm_malloc(3 * p->wr->units.n_units * k *
-	                             sizeof(double));
-	p->targets = zm_malloc(nlogp * sizeof(float));
-	p->tw = zm_calloc(p->wr->units.n_units * k, sizeof(double));
-	if (!p->ha || !p->hb || !p->z || !p->wm || !p->bm || !p->wl ||
-	    !p->ascores || !p->adapt_scratch || !p->targets || !p->tw) {
-		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
-		goto fail;
-	}
 	if (auto_names) {
 		for (i = 0; i < k; i++)
 			free(auto_names[i]);
