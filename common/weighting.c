@@ -704,6 +704,62 @@ static double metric_accuracy(const struct zm_model *m)
 	return v > 0 && v <= 1 ? v : NAN;
 }
 
+/* Router weighting: the router's workspace and, per slice of the
+ * assignment (router class j is slice j), its models' weights. */
+static enum zm_status setup_router(struct zm_weighter *w,
+                                   const char *const *names,
+                                   const struct zm_model *router,
+                                   const struct zm_assignment *assignment,
+                                   size_t nk, struct zm_error *err)
+{
+	const struct zm_arch *ra = router->arch;
+	const size_t k = w->k, max_batch = w->max_batch;
+	enum zm_status st;
+	size_t s, i;
+
+	if (ra->input_features != w->arch->input_features ||
+	    ra->loss != ZM_LOSS_CROSS_ENTROPY) {
+		st = zm_error_set(err, ZM_ERR_DATA, "the router takes %zu "
+		                  "features (%s), the models %zu: it must "
+		                  "be a classifier of the same inputs",
+		                  ra->input_features, zm_loss_name(ra->loss),
+		                  w->arch->input_features);
+		return st;
+	}
+	if (ra->output_features != assignment->n_slices) {
+		st = zm_error_set(err, ZM_ERR_DATA, "the router has %zu "
+		                  "classes, the assignment %zu slices: "
+		                  "router class j must be slice j",
+		                  ra->output_features, assignment->n_slices);
+		return st;
+	}
+	w->router = router;
+	w->n_route = assignment->n_slices;
+	w->route = zm_calloc(w->n_route * k, sizeof(double));
+	w->router_w = zm_calloc(nk, sizeof(double));
+	if (!w->route || !w->router_w) {
+		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		return st;
+	}
+	st = zm_workspace_new(ra, max_batch, false, &w->rws, err);
+	if (st == ZM_OK)
+		st = zm_workspace_pack(w->rws, router, err);
+	if (st != ZM_OK)
+		return st;
+	/* Models of the assignment that are not predicting are left
+	 * out; the weights are renormalised per row anyway. */
+	for (s = 0; s < w->n_route; s++) {
+		const struct zm_assignment_slice *sl = &assignment->slices[s];
+		for (i = 0; i < sl->n_models; i++) {
+			ptrdiff_t m = name_index(names, k, sl->models[i].model);
+			if (m >= 0)
+				w->route[s * k + (size_t)m] +=
+					sl->models[i].weight;
+		}
+	}
+	return ZM_OK;
+}
+
 enum zm_status zm_weighter_new(const struct zm_weighter_options *o,
                                const struct zm_model *const *models,
                                const char *const *names, size_t k,
@@ -727,12 +783,12 @@ enum zm_status zm_weighter_new(const struct zm_weighter_options *o,
 		return zm_error_set(err, ZM_ERR_USAGE, "the temperature must be "
 		                    "a positive number");
 	if (uses_router(o->kind) && (!router || !assignment))
-		return zm_error_set(err, ZM_ERR_USAGE, "--weighting %s needs "
-		                    "--router NAME and --assignment FILE",
+		return zm_error_set(err, ZM_ERR_USAGE, "%s weighting needs a "
+		                    "router model and an assignment",
 		                    zm_weighting_name(o->kind));
 	if (o->kind == ZM_WEIGHTING_STATIC && !stat)
-		return zm_error_set(err, ZM_ERR_USAGE, "--weighting static needs "
-		                    "--weights FILE");
+		return zm_error_set(err, ZM_ERR_USAGE, "static weighting needs "
+		                    "the static weights");
 	if (!zm_size_mul(max_batch, k, &nk))
 		return zm_error_set(err, ZM_ERR_NOMEM, "batch too large");
 	w = zm_calloc(1, sizeof(*w));
@@ -812,51 +868,9 @@ enum zm_status zm_weighter_new(const struct zm_weighter_options *o,
 				goto fail;
 		}
 	}
-	if (uses_router(o->kind)) {
-		const struct zm_arch *ra = router->arch;
-		size_t s;
-
-		if (ra->input_features != w->arch->input_features ||
-		    ra->loss != ZM_LOSS_CROSS_ENTROPY) {
-			st = zm_error_set(err, ZM_ERR_DATA, "the router takes %zu "
-			                  "features (%s), the models %zu: it must "
-			                  "be a classifier of the same inputs",
-			                  ra->input_features, zm_loss_name(ra->loss),
-			                  w->arch->input_features);
-			goto fail;
-		}
-		if (ra->output_features != assignment->n_slices) {
-			st = zm_error_set(err, ZM_ERR_DATA, "the router has %zu "
-			                  "classes, the assignment %zu slices: "
-			                  "router class j must be slice j",
-			                  ra->output_features, assignment->n_slices);
-			goto fail;
-		}
-		w->router = router;
-		w->n_route = assignment->n_slices;
-		w->route = zm_calloc(w->n_route * k, sizeof(double));
-		w->router_w = zm_calloc(nk, sizeof(double));
-		if (!w->route || !w->router_w) {
-			st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
-			goto fail;
-		}
-		st = zm_workspace_new(ra, max_batch, false, &w->rws, err);
-		if (st == ZM_OK)
-			st = zm_workspace_pack(w->rws, router, err);
-		if (st != ZM_OK)
-			goto fail;
-		/* Models of the assignment that are not predicting are left
-		 * out; the weights are renormalised per row anyway. */
-		for (s = 0; s < w->n_route; s++) {
-			const struct zm_assignment_slice *sl = &assignment->slices[s];
-			for (i = 0; i < sl->n_models; i++) {
-				ptrdiff_t m = name_index(names, k, sl->models[i].model);
-				if (m >= 0)
-					w->route[s * k + (size_t)m] +=
-						sl->models[i].weight;
-			}
-		}
-	}
+	if (uses_router(o->kind) &&
+	    (st = setup_router(w, names, router, assignment, nk, err)))
+		goto fail;
 	if (profs) {
 		for (i = 0; i < k; i++)
 			zm_profile_release(&profs[i]);
