@@ -862,6 +862,106 @@ static enum zm_status find_label(struct zm_dataset_reader *r,
  * First pass: the header, then every record, checking shape and numbers
  * and learning the label's type and classes and whether id is integer.
  */
+/* The header's column names into names[0..r->ncols) (owned by the
+ * caller), each once; the label column (o->label) and an id column. */
+static enum zm_status csv_header(struct zm_dataset_reader *r,
+                                 const struct zm_dataset_options *o,
+                                 char **names, struct zm_error *err)
+{
+	struct csv *c = r->csv;
+	enum zm_status st;
+	size_t i, j;
+
+	for (i = 0; i < r->ncols; i++) {
+		names[i] = zm_strdup(csv_field(c, i));
+		if (!names[i]) {
+			st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+			return st;
+		}
+		for (j = 0; j < i; j++) {
+			if (strcmp(names[i], names[j]) == 0) {
+				st = zm_error_set(err, ZM_ERR_DATA,
+				                  "%s:%lu: column '%s' appears twice",
+				                  c->src.name, c->rec_line, names[i]);
+				return st;
+			}
+		}
+	}
+	r->label_col = r->id_col = -1;
+	if (o->label) {
+		st = find_label(r, names, o->label, err);
+		if (st != ZM_OK)
+			return st;
+		r->label_name = zm_strdup(names[r->label_col]);
+		if (!r->label_name) {
+			st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+			return st;
+		}
+	}
+	for (i = 0; i < r->ncols; i++)
+		if (strcmp(names[i], "id") == 0 && (long)i != r->label_col)
+			r->id_col = (long)i;
+	return ZM_OK;
+}
+
+/* Class names and string levels need a pass of their own: only once the
+ * first pass is done is it known which columns hold them. */
+static enum zm_status csv_levels(struct zm_dataset_reader *r,
+                                 struct zm_error *err)
+{
+	struct csv *c = r->csv;
+	enum zm_status st;
+	bool eof;
+	size_t j;
+
+	st = src_rewind(&c->src, err);
+	if (st != ZM_OK)
+		return st;
+	csv_reset(c);
+	st = csv_record(c, &eof, err);        /* header */
+	while (st == ZM_OK) {
+		st = csv_record(c, &eof, err);
+		if (st != ZM_OK || eof)
+			break;
+		if (r->label_kind == LABEL_CLASS)
+			st = set_add(r, &r->classes, &r->nclasses,
+			             csv_field(c, (size_t)r->label_col),
+			             "labels", err);
+		for (j = 0; st == ZM_OK && j < r->nstrings; j++) {
+			struct csv_strings *sc = &r->strings[j];
+			st = set_add(r, &sc->levels, &sc->nlevels,
+			             csv_field(c, sc->col), "values in a "
+			             "string column", err);
+		}
+	}
+	if (st == ZM_OK && r->label_kind == LABEL_CLASS)
+		st = json_list(&r->classes_json, r->classes,
+		               r->nclasses, err);
+	for (j = 0; st == ZM_OK && j < r->nstrings; j++)
+		st = json_list(&r->strings[j].levels_json,
+		               r->strings[j].levels,
+		               r->strings[j].nlevels, err);
+	return st;
+}
+
+/* zm.columns: the names of the feature columns as a JSON list. */
+static enum zm_status csv_columns_json(struct zm_dataset_reader *r,
+                                       char *const *names,
+                                       struct zm_error *err)
+{
+	char **fnames = zm_calloc(r->nfeatures, sizeof(*fnames));
+	enum zm_status st;
+	size_t i;
+
+	if (!fnames)
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	for (i = 0; i < r->nfeatures; i++)
+		fnames[i] = names[r->feature_cols[i]];
+	st = json_list(&r->columns_json, fnames, r->nfeatures, err);
+	free(fnames);
+	return st;
+}
+
 static enum zm_status csv_scan(struct zm_dataset_reader *r,
                                const struct zm_dataset_options *o,
                                struct zm_error *err)
@@ -873,7 +973,7 @@ static enum zm_status csv_scan(struct zm_dataset_reader *r,
 	bool *text = NULL;           /* ... some other value is not empty */
 	bool label_int = true, label_num = true, eof, id_int = true;
 	enum zm_status st;
-	size_t i, j;
+	size_t i;
 	char *hdr;
 
 	st = csv_record(c, &eof, err);
@@ -899,35 +999,8 @@ static enum zm_status csv_scan(struct zm_dataset_reader *r,
 		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 		goto out;
 	}
-	for (i = 0; i < r->ncols; i++) {
-		names[i] = zm_strdup(csv_field(c, i));
-		if (!names[i]) {
-			st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
-			goto out;
-		}
-		for (j = 0; j < i; j++) {
-			if (strcmp(names[i], names[j]) == 0) {
-				st = zm_error_set(err, ZM_ERR_DATA,
-				                  "%s:%lu: column '%s' appears twice",
-				                  c->src.name, c->rec_line, names[i]);
-				goto out;
-			}
-		}
-	}
-	r->label_col = r->id_col = -1;
-	if (o->label) {
-		st = find_label(r, names, o->label, err);
-		if (st != ZM_OK)
-			goto out;
-		r->label_name = zm_strdup(names[r->label_col]);
-		if (!r->label_name) {
-			st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
-			goto out;
-		}
-	}
-	for (i = 0; i < r->ncols; i++)
-		if (strcmp(names[i], "id") == 0 && (long)i != r->label_col)
-			r->id_col = (long)i;
+	if ((st = csv_header(r, o, names, err)))
+		goto out;
 
 	for (;;) {
 		st = csv_record(c, &eof, err);
@@ -1010,53 +1083,11 @@ static enum zm_status csv_scan(struct zm_dataset_reader *r,
 	if (r->label_col >= 0)
 		r->label_kind = label_int ? LABEL_INT
 		              : label_num ? LABEL_FLOAT : LABEL_CLASS;
-	/* Class names and string levels need a pass of their own: only now
-	 * is it known which columns hold them. */
-	if (r->label_kind == LABEL_CLASS || r->nstrings) {
-		st = src_rewind(&c->src, err);
-		if (st != ZM_OK)
-			goto out;
-		csv_reset(c);
-		st = csv_record(c, &eof, err);        /* header */
-		while (st == ZM_OK) {
-			st = csv_record(c, &eof, err);
-			if (st != ZM_OK || eof)
-				break;
-			if (r->label_kind == LABEL_CLASS)
-				st = set_add(r, &r->classes, &r->nclasses,
-				             csv_field(c, (size_t)r->label_col),
-				             "labels", err);
-			for (j = 0; st == ZM_OK && j < r->nstrings; j++) {
-				struct csv_strings *sc = &r->strings[j];
-				st = set_add(r, &sc->levels, &sc->nlevels,
-				             csv_field(c, sc->col), "values in a "
-				             "string column", err);
-			}
-		}
-		if (st == ZM_OK && r->label_kind == LABEL_CLASS)
-			st = json_list(&r->classes_json, r->classes,
-			               r->nclasses, err);
-		for (j = 0; st == ZM_OK && j < r->nstrings; j++)
-			st = json_list(&r->strings[j].levels_json,
-			               r->strings[j].levels,
-			               r->strings[j].nlevels, err);
-		if (st != ZM_OK)
-			goto out;
-	}
-	{
-		char **fnames = zm_calloc(r->nfeatures, sizeof(*fnames));
-
-		if (!fnames) {
-			st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
-			goto out;
-		}
-		for (i = 0; i < r->nfeatures; i++)
-			fnames[i] = names[r->feature_cols[i]];
-		st = json_list(&r->columns_json, fnames, r->nfeatures, err);
-		free(fnames);
-		if (st != ZM_OK)
-			goto out;
-	}
+	if ((r->label_kind == LABEL_CLASS || r->nstrings) &&
+	    (st = csv_levels(r, err)))
+		goto out;
+	if ((st = csv_columns_json(r, names, err)))
+		goto out;
 	/* Position the second pass after the header. */
 	st = src_rewind(&c->src, err);
 	if (st != ZM_OK)
