@@ -175,9 +175,10 @@ install: all
 		install -m 644 $$m $(DESTDIR)$(MANDIR)/man1/$(PROGRAM_PREFIX)$$b; done
 	for m in $(MAN5); do install -m 644 $$m $(DESTDIR)$(MANDIR)/man5/; done
 	install -m 755 scripts/k8s-jobs $(DESTDIR)$(BINDIR)/$(PROGRAM_PREFIX)k8s-jobs
+	install -m 755 scripts/zm-stage $(DESTDIR)$(BINDIR)/$(PROGRAM_PREFIX)zm-stage
 
 uninstall:
-	for p in $(PROGRAMS) k8s-jobs; do rm -f $(DESTDIR)$(BINDIR)/$(PROGRAM_PREFIX)$$p; done
+	for p in $(PROGRAMS) k8s-jobs zm-stage; do rm -f $(DESTDIR)$(BINDIR)/$(PROGRAM_PREFIX)$$p; done
 	for m in $(MAN1); do rm -f $(DESTDIR)$(MANDIR)/man1/$(PROGRAM_PREFIX)$${m##*/}; done
 	for m in $(MAN5); do rm -f $(DESTDIR)$(MANDIR)/man5/$${m##*/}; done
 
