@@ -55,7 +55,7 @@ MAN5 := $(sort $(wildcard man/*.5))
 FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 BENCH_SRC := $(sort $(wildcard tests/bench/bench_*.c))
 
-.PHONY: all check check-unit check-cli deps deps-bench demo bench install \
+.PHONY: all check check-container check-unit check-cli deps deps-bench demo bench install \
 	uninstall clean lint-man valgrind fuzz fuzz-build
 
 all: $(BINS)
@@ -107,6 +107,12 @@ deps-bench:
 check: deps
 	@$(MAKE) --no-print-directory all $(BUILD)/tests/runner
 	@ZM_BIN=$(CURDIR)/$(BUILD)/bin ZM_SRCDIR=$(CURDIR) sh tests/check.sh $(CURDIR)/$(BUILD)/tests/runner
+
+# The image built with podman and every Job's pod run in it on a small data
+# set (scripts/install-deps --container installs podman); exits 77 with the
+# reason when this host cannot run containers.  See README.md.
+check-container: deps
+	@sh tests/k8s/check-container
 
 check-unit: $(BUILD)/tests/runner
 	cd tests/unit && ZM_SRCDIR=$(CURDIR) $(CURDIR)/$(BUILD)/tests/runner
