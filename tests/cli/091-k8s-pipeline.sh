@@ -150,6 +150,14 @@ check "default: the slice list holds the 4 slices, not the k-means centroids" sh
 	"test \$(wc -l < '$T/default/vol/runs/t/slices.list') -eq 4 && ! grep -q centroids '$T/default/vol/runs/t/slices.list'"
 check "default: bootstrap is a Job of its own" grep -q '^  name: zoomerge-bootstrap$' "$T/default/manifests.yaml"
 check "default: every train-step index trained a fresh zoo" test "$(cat "$T"/default/pods/train-step-*.rc | tr -d '\n')" = 0000
+# The CronJob's pod: the training stages in order, in a run directory of its
+# own, on the zoo the pipeline made: every model gets a new version.
+zoo-ls --zoo "$T/default/vol/zoo" | awk 'NR > 1 { print $1, $2 + 1 }' > "$T/want-versions"
+run env ZM_ROOT="$T/default/vol" ZM_CONF="$T/default/pods/conf" ZM_RUN="$T/default/vol/runs/retrain-1" \
+	sh "$T/default/pods/conf/zm-stage" retrain
+expect_rc 0 "retrain (the CronJob's command) completes"
+check "retrain: a new version of every model" sh -c \
+	"zoo-ls --zoo '$T/default/vol/zoo' | awk 'NR > 1 { print \$1, \$2 }' | cmp -s - '$T/want-versions'"
 
 # Under valgrind (make valgrind) the defaults alone: every program runs there.
 if [ -z "${ZM_VALGRIND:-}" ]; then
