@@ -231,6 +231,9 @@ check "run-pipeline: corrupt data fails the run" test "$rc" -ne 0
 expect_err 'stage slice failed' "run-pipeline names the failing stage"
 check "run-pipeline: no stage after it ran" test ! -e "$T/rpbad/assignment.yaml"
 
+if command -v mandoc >/dev/null 2>&1; then
+	check "man/zm-stage.1 is mandoc -T lint -W warning clean" mandoc -T lint -W warning "$SRC/man/zm-stage.1"
+fi
 if command -v shellcheck >/dev/null 2>&1; then
 	for f in validate idx-rows jobs-table configmap-files run-pods check-container; do
 		check "shellcheck tests/k8s/$f" shellcheck -s sh "$TK/$f"

@@ -1,7 +1,7 @@
 // validate.mjs: the test suite's offline check of Kubernetes manifests.
 //   node validate.mjs [--lint] [--werror] [-q] FILE...     ('-' is stdin)
 // Run through tests/k8s/validate, which finds the pinned dependencies that
-// scripts/install-deps installed (see tests/k8s/README).
+// scripts/install-deps installed into build/k8s with npm ci.
 //
 // Each object is checked against the Kubernetes OpenAPI schema as generated
 // into the npm package kubernetes-models (pinned in package-lock.json), with
