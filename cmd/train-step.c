@@ -336,9 +336,9 @@ static enum zm_status conform_data(const struct train_step_opts *o,
 	if ((st = zm_schema_of_model_doc(schema, &j->base->extra, what, err)))
 		return st;
 	if ((st = zm_trainset_conform(ts, schema,
-	                              j->base->arch->output_features, what,
-	                              &adopted, &note, err)))
-		return zm_error_prefix(err, "%s: ", o->data);
+	                              j->base->arch->output_features, o->data,
+	                              what, &adopted, &note, err)))
+		return st;
 	/* A model trained before it recorded names was trained by
 	 * position; say once that the data's names are now taken as its. */
 	if (adopted && j->base->metrics && !o->quiet)

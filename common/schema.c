@@ -223,6 +223,48 @@ enum zm_status zm_schema_to_model_doc(const struct zm_schema *s,
 	                                  ZM_META_FEATURES, err);
 }
 
+enum zm_status zm_schema_adopt(struct zm_doc *model, const struct zm_doc *from,
+                               const char *where, struct zm_error *err)
+{
+	static const char *const keys[] = { ZM_META_CLASSES, ZM_META_FEATURES,
+	                                    ZM_META_ROLE };
+	struct zm_names a, b;
+	enum zm_status st = ZM_OK;
+	size_t i;
+
+	zm_names_init(&a);
+	zm_names_init(&b);
+	for (i = 0; st == ZM_OK && i < 3; i++) {
+		const char *mine = zm_doc_meta(model, keys[i]);
+		const char *theirs = zm_doc_meta(from, keys[i]);
+
+		if (!theirs)
+			continue;
+		if (!mine) {
+			st = zm_doc_set_meta(model, keys[i], theirs, err);
+			continue;
+		}
+		if (i == 2) {
+			if (strcmp(mine, theirs) != 0)
+				st = zm_error_set(err, ZM_ERR_DATA, "%s: %s '%s', "
+				                  "the model's '%s'", where,
+				                  keys[i], theirs, mine);
+			continue;
+		}
+		if ((st = zm_names_from_meta(&a, model, keys[i], "the model",
+		                             err)) ||
+		    (st = zm_names_from_meta(&b, from, keys[i], where, err)))
+			break;
+		if (!zm_names_equal(&a, &b))
+			st = zm_error_set(err, ZM_ERR_DATA, "%s: %s %s differ from "
+			                  "the model's (trained on other data)",
+			                  where, keys[i], theirs);
+	}
+	zm_names_release(&a);
+	zm_names_release(&b);
+	return st;
+}
+
 /* ---- maps ---- */
 
 /* The name of data label i: its entry in data, or the number itself. */

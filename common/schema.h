@@ -160,6 +160,15 @@ enum zm_status zm_schema_feature_map(const struct zm_names *data,
                                      const char *where, const char *what,
                                      struct zm_error *err);
 
+/*
+ * Gives a model document (model, its metadata changed in place) the
+ * classes, features and role of a document derived from it (an update)
+ * where the model names none; where both name them and they differ,
+ * ZM_ERR_DATA naming where (the derived one was trained on other data).
+ */
+enum zm_status zm_schema_adopt(struct zm_doc *model, const struct zm_doc *from,
+                               const char *where, struct zm_error *err);
+
 /* What zm_schema_conform_doc did that a program may want to say. */
 struct zm_schema_note {
 	size_t extra_columns;       /* data columns the target ignores */

@@ -333,7 +333,8 @@ static enum zm_status permute_columns(struct zm_trainset *ts,
 
 enum zm_status zm_trainset_conform(struct zm_trainset *ts,
                                    struct zm_schema *model, size_t outputs,
-                                   const char *what, bool *adopted,
+                                   const char *where, const char *what,
+                                   bool *adopted,
                                    struct zm_schema_note *note,
                                    struct zm_error *err)
 {
@@ -348,8 +349,9 @@ enum zm_status zm_trainset_conform(struct zm_trainset *ts,
 		/* First training: the model takes the data's class names. */
 		if (ts->schema.classes.known) {
 			if (ts->schema.classes.n > outputs)
-				return zm_error_set(err, ZM_ERR_DATA, "the data has "
-				                    "%zu classes, %s has %zu outputs",
+				return zm_error_set(err, ZM_ERR_DATA, "%s: the data "
+				                    "has %zu classes, %s has %zu "
+				                    "outputs", where,
 				                    ts->schema.classes.n, what,
 				                    outputs);
 			st = zm_names_copy(&model->classes, &ts->schema.classes,
@@ -367,12 +369,12 @@ enum zm_status zm_trainset_conform(struct zm_trainset *ts,
 			if (ts->labels[i] > max)
 				max = ts->labels[i];
 		st = zm_schema_class_map(&ts->schema.classes, &model->classes,
-		                         max, false, &map, &nmap, "the data",
+		                         max, false, &map, &nmap, where,
 		                         err);
 		if (st == ZM_OK)
 			st = zm_schema_map_labels(ts->labels, ts->rows, map, nmap,
 			                          &ts->schema.classes,
-			                          &model->classes, "the data",
+			                          &model->classes, where,
 			                          what, err);
 	}
 	if (st == ZM_OK && ts->labels)
@@ -393,7 +395,7 @@ enum zm_status zm_trainset_conform(struct zm_trainset *ts,
 	}
 	st = zm_schema_feature_map(&ts->schema.features, &model->features,
 	                           &perm, &identity, &extra, &first_extra,
-	                           "the data", what, err);
+	                           where, what, err);
 	if (st != ZM_OK || identity)
 		goto out;
 	if (extra)

@@ -80,12 +80,14 @@ void zm_trainset_gather(const struct zm_trainset *ts, const size_t *idx,
  * (labels that are their own names give it "0" .. outputs-1), and
  * *adopted says so.  Errors (ZM_ERR_DATA): a label the model does not
  * know, a column it needs that the data lacks, more classes than the
- * model has outputs; what names the model.  note reports dropped
+ * model has outputs; where names the data, what the model.  note
+ * reports dropped
  * columns and position matching.
  */
 enum zm_status zm_trainset_conform(struct zm_trainset *ts,
                                    struct zm_schema *model, size_t outputs,
-                                   const char *what, bool *adopted,
+                                   const char *where, const char *what,
+                                   bool *adopted,
                                    struct zm_schema_note *note,
                                    struct zm_error *err);
 
