@@ -341,11 +341,15 @@ static enum zm_status conform_data(const struct train_step_opts *o,
 		return st;
 	/* A model trained before it recorded names was trained by
 	 * position; say once that the data's names are now taken as its. */
-	if (adopted && j->base->metrics && !o->quiet)
+	if (adopted && j->base->metrics && !o->quiet) {
+		char names[512] = "";
+		zm_names_list(&schema->classes, 12, names, sizeof(names));
 		zm_cli_warn("warning: model '%s' v%" PRId64 " records no class "
 		            "or column names (written before zoomerge kept "
-		            "them): matched by position, recording the data's",
-		            j->name, j->version);
+		            "them): matched by position, recording the data's "
+		            "classes (%s)", j->name, j->version,
+		            schema->classes.known ? names : "none");
+	}
 	if (note.by_position && !o->quiet)
 		zm_cli_warn("warning: %s: the data names no columns: matched "
 		            "to model '%s' by position", o->data, j->name);
