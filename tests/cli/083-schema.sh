@@ -172,6 +172,22 @@ check "3: nothing written" test ! -e "$T/r3.csv"
 run predict --zoo "$R" --from csv --label label --weighting uniform "$T/test.csv"
 expect_rc 0 "7: predict over the whole zoo takes its experts"
 
+# Roles given by hand.
+run zoo-add --zoo "$R" --name b --role boss --arch "$T/arch.yaml"
+expect_rc 2 "zoo-add --role: an unknown role is a usage error"
+check "and adds nothing" sh -c "! grep -q 'name: b$' '$R/zoo.yaml'"
+run zoo-add --zoo "$R" --name b --role base --arch "$T/arch.yaml" --seed 9
+expect_rc 0 "zoo-add --role base"
+run tensor info "$R/models/b/v1.safetensors.gz"
+check "the file says zm.role = base" grep -q 'zm.role = base' "$T/out"
+run zoo-ls --zoo "$R"
+check "zoo-ls shows it" awk '$1 == "b" && $8 == "base" { f = 1 } END { exit !f }' "$T/out"
+run predict --zoo "$R" --from csv --label label --weighting uniform --trace "$T/tr.csv" "$T/test.csv"
+expect_rc 0 "predict over the whole zoo with a base"
+check "takes the three experts only" sh -c "test \"\$(tail -n +2 '$T/tr.csv' | cut -d, -f3 | sort -u | tr '\n' ' ')\" = 'e-high e-low e-mid '"
+run zoo-add --zoo "$R" --rollback b --role expert
+expect_rc 2 "--rollback takes no --role"
+
 # A model that names no classes (created from an architecture and never
 # trained, as models written before zoomerge kept names): position, once.
 zoo-add --zoo "$Z" --name fresh --arch "$T/arch.yaml" --seed 5 2>/dev/null
