@@ -172,6 +172,20 @@ check "3: nothing written" test ! -e "$T/r3.csv"
 run predict --zoo "$R" --from csv --label label --weighting uniform "$T/test.csv"
 expect_rc 0 "7: predict over the whole zoo takes its experts"
 
+# Updates carry the names: a model first trained through an update and
+# merge records them; a static merge keeps them and refuses models that
+# name other classes.
+zoo-add --zoo "$Z" --name u --arch "$T/arch.yaml" --seed 3 2>/dev/null
+train-step --zoo "$Z" --model u --epochs 1 -o "$T/uu.st.gz" "$T/train.st.gz" 2>/dev/null
+run merge --zoo "$Z" "$T/uu.st.gz"
+expect_rc 0 "merge an update of a model that names nothing yet"
+run tensor info "$Z/models/u/v2.safetensors.gz"
+check "the merged version records the update's classes" grep -q 'zm.classes = \["high","low","mid"\]' "$T/out"
+run merge --method linear -o "$T/lin.st.gz" "$Z/models/m/v3.safetensors.gz" "$Z/models/u/v2.safetensors.gz"
+expect_rc 0 "a static merge of two models with the same classes"
+run tensor info "$T/lin.st.gz"
+check "keeps them" grep -q 'zm.classes = \["high","low","mid"\]' "$T/out"
+
 # Roles given by hand.
 run zoo-add --zoo "$R" --name b --role boss --arch "$T/arch.yaml"
 expect_rc 2 "zoo-add --role: an unknown role is a usage error"
@@ -209,6 +223,10 @@ zoo-add --zoo "$Z" --name q --arch "$T/arch.yaml" --seed 1 2>/dev/null
 train-step --zoo "$Z" --model q --epochs 1 --apply --quiet "$T/q.st.gz"
 run predict --zoo "$Z" --model q "$T/q.st.gz"
 check "a quoted class name in the header" sh -c "head -1 '$T/out' | grep -qx 'id,pred,p_high,p_low,\"p_mid, or so\"'"
+run merge --method linear -o "$T/lin2.st.gz" "$Z/models/m/v3.safetensors.gz" "$Z/models/q/v2.safetensors.gz"
+expect_rc 1 "a static merge of models with other classes is refused"
+expect_err "zm.classes .* differ from the model's" "saying the classes differ"
+check "and writes nothing" test ! -e "$T/lin2.st.gz"
 
 # The nightly retraining: each night a CSV file is imported, the model is
 # trained on it and applied, and the fixed test file is predicted.  Night
