@@ -21,6 +21,7 @@
 #include "granularity.h"
 #include "mem.h"
 #include "model.h"
+#include "schema.h"
 #include "stream.h"
 #include "zoo.h"
 #include "zoomodel.h"
@@ -48,17 +49,23 @@ struct granctl_opts {
 	struct zm_gc_opts gc;
 };
 
-/* Loads model name from the zoo into the inputs, once. */
+/* Loads model name from the zoo into the inputs, once; with
+ * experts_only, routers and bases are passed over (they are not merged
+ * with the experts). */
 static enum zm_status add_zoo_model(struct zm_gc_inputs *in,
                                     const struct zm_zoo *zoo,
-                                    const char *name, struct zm_error *err)
+                                    const char *name, bool experts_only,
+                                    struct zm_error *err)
 {
 	struct zm_model *m = NULL;
 	enum zm_status st;
+	enum zm_role role;
 
 	if (zm_gc_find_model(in, name))
 		return ZM_OK;
-	if (!(st = zm_zoo_load_model(zoo, name, &m, NULL, err)))
+	if (!(st = zm_zoo_load_model(zoo, name, &m, NULL, err)) &&
+	    !(experts_only && zm_role_of_doc(&m->extra, &role) &&
+	      role != ZM_ROLE_EXPERT))
 		st = zm_gc_add_model(in, name, m, err);
 	zm_model_free(m);
 	return st;
@@ -81,7 +88,7 @@ static enum zm_status read_updates(struct zm_gc_inputs *in,
 		const char *name = zm_doc_meta(&doc, "zm.name");
 		snprintf(src, sizeof(src), "%s: document %zu", path,
 		         zm_reader_doc_number(r));
-		if (name && (st = add_zoo_model(in, zoo, name, err)))
+		if (name && (st = add_zoo_model(in, zoo, name, false, err)))
 			zm_error_prefix(err, "%s: ", src);
 		else
 			st = zm_gc_add_update(in, &doc, src, err);
@@ -212,14 +219,15 @@ static int run(const struct granctl_opts *o)
 	if ((st = zm_zoo_open(&zoo, o->zoo_dir, ZM_ZOO_READ, &err)))
 		goto out;
 	for (i = 0; i < o->n_models; i++)
-		if ((st = add_zoo_model(&in, zoo, o->models[i], &err)))
+		if ((st = add_zoo_model(&in, zoo, o->models[i], false, &err)))
 			goto out;
 	for (i = 0; i < o->n_updates; i++)
 		if ((st = read_updates(&in, zoo, o->updates[i], &err)))
 			goto out;
 	/* Without updates or --model, the decision is about the whole zoo. */
 	for (i = 0; !o->n_models && !o->n_updates && i < zoo->n_models; i++)
-		if ((st = add_zoo_model(&in, zoo, zoo->models[i].name, &err)))
+		if ((st = add_zoo_model(&in, zoo, zoo->models[i].name, true,
+		                        &err)))
 			goto out;
 	zm_zoo_close(zoo);
 	zoo = NULL;

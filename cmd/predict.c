@@ -35,6 +35,7 @@
 #include "mem.h"
 #include "model.h"
 #include "predict.h"
+#include "schema.h"
 #include "stream.h"
 #include "weighting.h"
 #include "zoo.h"
@@ -107,7 +108,7 @@ static double now_seconds(void)
 }
 
 /* Reads the models of the run: --model-file files, the --model names of
- * the zoo, or every model of the zoo but the router; the router too. */
+ * the zoo, or every expert of the zoo (not the router); the router too. */
 static enum zm_status load_models(const struct predict_opts *o,
                                   struct zm_model **models, size_t *k,
                                   struct zm_model **router,
@@ -115,6 +116,7 @@ static enum zm_status load_models(const struct predict_opts *o,
 {
 	struct zm_zoo *zoo = NULL;
 	enum zm_status st = ZM_OK;
+	enum zm_role role;
 	size_t i;
 
 	*k = 0;
@@ -147,8 +149,17 @@ static enum zm_status load_models(const struct predict_opts *o,
 				break;
 			}
 			st = zm_zoo_load_model_at(o->zoo_dir, name, &models[*k], err);
-			if (st == ZM_OK)
-				(*k)++;
+			if (st != ZM_OK)
+				break;
+			/* The whole zoo means its experts: routers and bases
+			 * predict nothing of the data's classes. */
+			if (zm_role_of_doc(&models[*k]->extra, &role) &&
+			    role != ZM_ROLE_EXPERT) {
+				zm_model_free(models[*k]);
+				models[*k] = NULL;
+				continue;
+			}
+			(*k)++;
 		}
 		if (st == ZM_OK && *k == 0)
 			st = zm_error_set(err, ZM_ERR_DATA, "%s: no models to "
@@ -250,6 +261,85 @@ static enum zm_status prepare(const struct predict_opts *o,
 	return ZM_OK;
 }
 
+/*
+ * The schema the inputs are matched to: models[0]'s.  Models predicting
+ * together must name the same classes and features in the same order
+ * (their outputs are merged unit by unit); models that name none are
+ * taken to agree by position.
+ */
+static enum zm_status models_schema(struct zm_model *const *models,
+                                    const char *const *names, size_t k,
+                                    struct zm_schema *schema,
+                                    struct zm_error *err)
+{
+	struct zm_schema other;
+	enum zm_status st;
+	size_t i;
+	char what[128];
+
+	zm_schema_init(&other);
+	snprintf(what, sizeof(what), "model '%s'", names[0]);
+	st = zm_schema_of_model_doc(schema, &models[0]->extra, what, err);
+	for (i = 1; st == ZM_OK && i < k; i++) {
+		snprintf(what, sizeof(what), "model '%s'", names[i]);
+		if ((st = zm_schema_of_model_doc(&other, &models[i]->extra, what,
+		                                 err)))
+			break;
+		if ((other.classes.known && schema->classes.known &&
+		     !zm_names_equal(&other.classes, &schema->classes)) ||
+		    (other.features.known && schema->features.known &&
+		     !zm_names_equal(&other.features, &schema->features)))
+			st = zm_error_set(err, ZM_ERR_DATA, "models '%s' and '%s' "
+			                  "name different %s: they cannot predict "
+			                  "together", names[0], names[i],
+			                  zm_names_equal(&other.classes,
+			                                 &schema->classes) ?
+			                  "features" : "classes");
+		if (st == ZM_OK && !schema->classes.known)
+			st = zm_names_copy(&schema->classes, &other.classes, err);
+		if (st == ZM_OK && !schema->features.known)
+			st = zm_names_copy(&schema->features, &other.features, err);
+	}
+	zm_schema_release(&other);
+	return st;
+}
+
+/*
+ * Brings one input document to the models' classes and columns by name;
+ * says once when they name none (position matching) and, with
+ * --progress, which columns they ignore.
+ */
+static enum zm_status conform(const struct predict_opts *o,
+                              struct zm_schema *schema, const char *model,
+                              struct zm_doc *doc, const char *where,
+                              struct zm_schema_note *note, bool *warned,
+                              struct zm_error *err)
+{
+	char what[128];
+	size_t n, extra = note->extra_columns;
+	enum zm_status st;
+
+	if (model)
+		snprintf(what, sizeof(what), "model '%s'", model);
+	else
+		snprintf(what, sizeof(what), "the models");
+	if ((st = zm_data_check(doc, where, &n, err)) ||
+	    (st = zm_schema_conform_doc(schema, false, doc, n, where, what,
+	                                note, err)))
+		return st;
+	if (note->by_position && !*warned && !o->quiet) {
+		zm_cli_warn("warning: %s records no class or column names "
+		            "(written before zoomerge kept them): the input is "
+		            "matched by position", what);
+		*warned = true;
+	}
+	if (note->extra_columns && !extra && o->progress)
+		zm_cli_warn("%s: %zu column(s) %s does not use, such as '%s', "
+		            "ignored", where, note->extra_columns, what,
+		            note->first_extra);
+	return ZM_OK;
+}
+
 static int run(const struct predict_opts *o)
 {
 	struct zm_error err;
@@ -260,7 +350,9 @@ static int run(const struct predict_opts *o)
 	struct zm_dataset_options d;
 	struct zm_pred_metrics metrics;
 	struct zm_outfile trace;
-	bool trace_open = false;
+	struct zm_schema schema;
+	struct zm_schema_note note;
+	bool trace_open = false, warned = false;
 	struct zm_doc doc;
 	enum zm_status st;
 	const char *in_name;
@@ -277,10 +369,14 @@ static int run(const struct predict_opts *o)
 	zm_assignment_init(&s.asg);
 	zm_gran_decision_init(&s.dec);
 	zm_hedge_init(&s.hedge);
+	zm_schema_init(&schema);
+	memset(&note, 0, sizeof(note));
 	memset(&trace, 0, sizeof(trace));
 	zm_gemm_setup(o->threads);
 	progress = zm_cli_progress_wanted(o->progress, o->quiet);
 	st = prepare(o, &s, &err);
+	if (st == ZM_OK)
+		st = models_schema(s.models, s.names, s.k, &schema, &err);
 	if (st != ZM_OK)
 		goto out;
 	st = zm_predictor_new_opts((const struct zm_model *const *)s.models, s.k,
@@ -313,7 +409,8 @@ static int run(const struct predict_opts *o)
 	}
 	st = zm_pred_writer_open(&w, o->output, o->format, pred->loss,
 	                         pred->out_features, o->compress, s.model_name,
-	                         &err);
+	                         pred->loss == ZM_LOSS_CROSS_ENTROPY ?
+	                         &schema.classes : NULL, &err);
 	if (st != ZM_OK)
 		goto out;
 	for (;;) {
@@ -324,6 +421,10 @@ static int run(const struct predict_opts *o)
 		snprintf(where, sizeof(where), "%s: %s %zu", in_name,
 		         o->from == ZM_DATASET_STREAM ? "document" : "batch",
 		         docno);
+		st = conform(o, &schema, s.k == 1 ? s.names[0] : NULL, &doc,
+		             where, &note, &warned, &err);
+		if (st != ZM_OK)
+			break;
 		st = zm_predict_doc(pred, &doc, where, &row, w, &metrics, &err);
 		if (st != ZM_OK)
 			break;
@@ -368,6 +469,7 @@ out:
 		zm_model_free(s.models[i]);
 	zm_model_free(s.router);
 	zm_assignment_release(&s.asg);
+	zm_schema_release(&schema);
 	zm_gran_decision_release(&s.dec);
 	zm_hedge_release(&s.hedge);
 	zm_node_free(s.wroot);

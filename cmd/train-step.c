@@ -26,6 +26,7 @@
 #include "json.h"
 #include "model.h"
 #include "profile.h"
+#include "schema.h"
 #include "stream.h"
 #include "trainset.h"
 #include "update.h"
@@ -238,6 +239,9 @@ static enum zm_status apply_to_zoo(const struct train_step_opts *o,
 			st = zm_kv_from_json(&e->metrics, m->metrics,
 			                     "zm.metrics", err);
 		}
+		if (st == ZM_OK && zm_doc_meta(&m->extra, ZM_META_ROLE))
+			st = zm_kv_set(&e->tags, ZM_ROLE_TAG,
+			               zm_doc_meta(&m->extra, ZM_META_ROLE), err);
 		if (st == ZM_OK && !o->quiet)
 			fprintf(stderr, "%s: %s is now v%" PRId64 "\n",
 			        zm_cli_name(), jobs[i].name, version);
@@ -311,9 +315,54 @@ static enum zm_status plan_jobs(const struct train_step_opts *o,
 	return ZM_OK;
 }
 
+/*
+ * Brings the data to the model's classes and columns by name (a model
+ * that names none takes the data's into *schema, which the trained
+ * version then records).
+ */
+static enum zm_status conform_data(const struct train_step_opts *o,
+                                   const struct job *j,
+                                   struct zm_trainset *ts,
+                                   struct zm_schema *schema,
+                                   struct zm_error *err)
+{
+	struct zm_schema_note note;
+	char what[128];
+	enum zm_status st;
+	bool adopted;
+
+	memset(&note, 0, sizeof(note));
+	snprintf(what, sizeof(what), "model '%s'", j->name);
+	if ((st = zm_schema_of_model_doc(schema, &j->base->extra, what, err)))
+		return st;
+	if ((st = zm_trainset_conform(ts, schema,
+	                              j->base->arch->output_features, o->data,
+	                              what, &adopted, &note, err)))
+		return st;
+	/* A model trained before it recorded names was trained by
+	 * position; say once that the data's names are now taken as its. */
+	if (adopted && j->base->metrics && !o->quiet) {
+		char names[512] = "";
+		zm_names_list(&schema->classes, 12, names, sizeof(names));
+		zm_cli_warn("warning: model '%s' v%" PRId64 " records no class "
+		            "or column names (written before zoomerge kept "
+		            "them): matched by position, recording the data's "
+		            "classes (%s)", j->name, j->version,
+		            schema->classes.known ? names : "none");
+	}
+	if (note.by_position && !o->quiet)
+		zm_cli_warn("warning: %s: the data names no columns: matched "
+		            "to model '%s' by position", o->data, j->name);
+	if (note.extra_columns && o->progress)
+		zm_cli_warn("%s: %zu column(s) model '%s' does not use, such as "
+		            "'%s', ignored", o->data, note.extra_columns, j->name,
+		            note.first_extra);
+	return ZM_OK;
+}
+
 /* Trains one model and fills in its trained copy, profile and metrics. */
 static enum zm_status train_one(const struct train_step_opts *o,
-                                struct job *j, const struct zm_trainset *ts,
+                                struct job *j, struct zm_trainset *ts,
                                 struct reporter *rep, struct zm_error *err)
 {
 	struct zm_fit_config fit = o->fit;
@@ -321,14 +370,18 @@ static enum zm_status train_one(const struct train_step_opts *o,
 	struct zm_batch_stats before;
 	struct zm_profile merged;
 	struct zm_buf metrics, hparams;
+	struct zm_schema schema;
 	enum zm_status st;
 	size_t l;
 
 	zm_profile_init(&merged);
 	zm_buf_init(&metrics);
 	zm_buf_init(&hparams);
+	zm_schema_init(&schema);
 	fit.step_scale = j->weight;
 	rep->model = j->name;
+	if ((st = conform_data(o, j, ts, &schema, err)))
+		goto out;
 	if ((st = zm_trainset_evaluate(j->base, ts, &before, err)) ||
 	    (st = zm_model_copy(j->base, &j->trained, err)) ||
 	    (st = zm_fit(j->trained, ts, &fit, report, rep, &last, err))) {
@@ -363,9 +416,18 @@ static enum zm_status train_one(const struct train_step_opts *o,
 		goto out;
 	}
 	if ((st = zm_model_set_string(&j->trained->metrics, metrics.data, err)) ||
-	    (st = zm_model_set_string(&j->trained->hparams, hparams.data, err)))
+	    (st = zm_model_set_string(&j->trained->hparams, hparams.data, err)) ||
+	    (st = zm_schema_to_model_doc(&schema, &j->trained->extra, err)))
+		goto out;
+	/* What slice --membership trains is a router: its classes are
+	 * slices, and assign and granctl must not take it for an expert. */
+	if (!zm_doc_meta(&j->trained->extra, ZM_META_ROLE) && ts->label &&
+	    strcmp(ts->label, ZM_MEMBERSHIP_LABEL) == 0 &&
+	    (st = zm_doc_set_meta(&j->trained->extra, ZM_META_ROLE,
+	                          zm_role_name(ZM_ROLE_ROUTER), err)))
 		goto out;
 out:
+	zm_schema_release(&schema);
 	zm_profile_release(&merged);
 	zm_buf_release(&metrics);
 	zm_buf_release(&hparams);

@@ -14,12 +14,14 @@
 #include "cli.h"
 #include "json.h"
 #include "model.h"
+#include "schema.h"
 #include "stream.h"
 #include "zoo.h"
 
 static const char usage_str[] =
 	"usage: zoo-add --zoo DIR --name NAME (--arch ARCH.yaml [--seed N] | MODEL_FILE)\n"
-	"               [--tag KEY=VALUE]... [--hparam KEY=VALUE]... [--keep K]\n"
+	"               [--role expert|router|base] [--tag KEY=VALUE]...\n"
+	"               [--hparam KEY=VALUE]... [--keep K]\n"
 	"       zoo-add --zoo DIR --rollback NAME\n"
 	"       zoo-add -h | --help | --version\n";
 
@@ -29,6 +31,7 @@ struct zoo_add_opts {
 	const char *arch_path;
 	const char *model_path;
 	const char *rollback;
+	const char *role;          /* --role, or NULL */
 	uint64_t seed;
 	int64_t keep;              /* -1: leave the zoo's setting */
 	struct zm_kv_list tags;
@@ -60,6 +63,29 @@ static enum zm_status set_model_hparams(struct zm_model *m,
 		st = zm_model_set_string(&m->hparams, b.data, err);
 	zm_buf_release(&b);
 	return st;
+}
+
+/*
+ * The model's role (zm.role, mirrored in the index's role tag): --role,
+ * else a --tag role=..., else what the file says, else what the model's
+ * earlier versions were.
+ */
+static enum zm_status set_role(const struct zoo_add_opts *o,
+                               const struct zm_zoo *zoo, struct zm_model *m,
+                               struct zm_error *err)
+{
+	const struct zm_zoo_entry *e = zm_zoo_find(zoo, o->name);
+	const char *role = o->role ? o->role : zm_kv_get(&o->tags, ZM_ROLE_TAG);
+	enum zm_role r;
+
+	if (!role && !zm_doc_meta(&m->extra, ZM_META_ROLE) && e)
+		role = zm_kv_get(&e->tags, ZM_ROLE_TAG);
+	if (!role)
+		return ZM_OK;
+	if (!zm_role_parse(role, &r))
+		return zm_error_set(err, ZM_ERR_USAGE, "role '%s': expected "
+		                    "expert, router or base", role);
+	return zm_doc_set_meta(&m->extra, ZM_META_ROLE, role, err);
 }
 
 static enum zm_status add_model(const struct zoo_add_opts *o,
@@ -97,6 +123,8 @@ static enum zm_status add_model(const struct zoo_add_opts *o,
 	if (st == ZM_OK)
 		st = set_model_hparams(m, &o->hparams, &hp, err);
 	if (st == ZM_OK)
+		st = set_role(o, zoo, m, err);
+	if (st == ZM_OK)
 		st = zm_model_to_doc(m, &doc, err);
 	if (st == ZM_OK)
 		st = zm_zoo_put_model(zoo, o->name, &doc, version, err);
@@ -107,6 +135,9 @@ static enum zm_status add_model(const struct zoo_add_opts *o,
 	for (i = 0; st == ZM_OK && i < o->tags.count; i++)
 		st = zm_kv_set(&e->tags, o->tags.items[i].key,
 		               o->tags.items[i].value, err);
+	if (st == ZM_OK && zm_doc_meta(&m->extra, ZM_META_ROLE))
+		st = zm_kv_set(&e->tags, ZM_ROLE_TAG,
+		               zm_doc_meta(&m->extra, ZM_META_ROLE), err);
 	for (i = 0; st == ZM_OK && i < hp.count; i++)
 		st = zm_kv_set(&e->hparams, hp.items[i].key, hp.items[i].value,
 		               err);
@@ -163,12 +194,14 @@ int main(int argc, char **argv)
 		{ "hparam", required_argument, NULL, 'p' },
 		{ "keep", required_argument, NULL, 'k' },
 		{ "rollback", required_argument, NULL, 'r' },
+		{ "role", required_argument, NULL, 'R' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct zoo_add_opts o = { .seed = 0, .keep = -1 };
 	struct zm_error err;
+	enum zm_role role;
 	int64_t v;
 	int c, status;
 
@@ -181,6 +214,14 @@ int main(int argc, char **argv)
 		case 'n': o.name = optarg; break;
 		case 'a': o.arch_path = optarg; break;
 		case 'r': o.rollback = optarg; break;
+		case 'R':
+			if (!zm_role_parse(optarg, &role)) {
+				zm_cli_warn("--role: expected expert, router or "
+				            "base, got '%s'", optarg);
+				goto usage;
+			}
+			o.role = optarg;
+			break;
 		case 's':
 			if (!zm_cli_int("--seed", optarg, 0, INT64_MAX, &v))
 				goto usage;
@@ -218,8 +259,9 @@ int main(int argc, char **argv)
 		goto usage;
 	}
 	if (o.rollback) {
-		if (o.name || o.arch_path || o.model_path) {
-			zm_cli_warn("--rollback takes no --name, --arch or model file");
+		if (o.name || o.arch_path || o.model_path || o.role) {
+			zm_cli_warn("--rollback takes no --name, --arch, --role or "
+			            "model file");
 			goto usage;
 		}
 	} else {

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "schema.h"
 #include "zoo.h"
 
 static const char usage_str[] =
@@ -48,15 +49,17 @@ static void print_table(const struct zm_zoo *zoo)
 	for (i = 0; i < zoo->n_models; i++)
 		if (strlen(zoo->models[i].name) > w)
 			w = strlen(zoo->models[i].name);
-	printf("%-*s %7s %8s %10s %9s %9s %8s  %s\n", (int)w, "NAME",
+	printf("%-*s %7s %8s %10s %9s %9s %8s %-6s  %s\n", (int)w, "NAME",
 	       "VERSION", "VERSIONS", "PARAMS", "ACCURACY", "LOSS",
-	       "SAMPLES", "TAGS");
+	       "SAMPLES", "ROLE", "TAGS");
 	for (i = 0; i < zoo->n_models; i++) {
 		const struct zm_zoo_entry *e = &zoo->models[i];
-		printf("%-*s %7" PRId64 " %8zu %10" PRId64 " %9s %9s %8s  ",
+		const char *role = zm_kv_get(&e->tags, ZM_ROLE_TAG);
+		printf("%-*s %7" PRId64 " %8zu %10" PRId64 " %9s %9s %8s %-6s  ",
 		       (int)w, e->name, e->version, e->n_versions, e->params,
 		       metric_or_dash(e, "accuracy"), metric_or_dash(e, "loss"),
-		       metric_or_dash(e, "samples"));
+		       metric_or_dash(e, "samples"),
+		       role ? role : zm_role_name(ZM_ROLE_EXPERT));
 		print_kv(&e->tags);
 		putchar('\n');
 	}

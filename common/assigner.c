@@ -12,6 +12,7 @@
 
 #include "assigner.h"
 #include "mem.h"
+#include "schema.h"
 #include "stream.h"
 
 enum zm_status zm_assign_load_models(const struct zm_zoo *zoo,
@@ -20,6 +21,7 @@ enum zm_status zm_assign_load_models(const struct zm_zoo *zoo,
 {
 	struct zm_doc doc;
 	enum zm_status st = ZM_OK;
+	enum zm_role role;
 	size_t i;
 
 	zm_doc_init(&doc);
@@ -27,6 +29,17 @@ enum zm_status zm_assign_load_models(const struct zm_zoo *zoo,
 		mp[i].name = zoo->models[i].name;
 		if ((st = zm_zoo_read_model(zoo, &zoo->models[i], &doc, err)))
 			break;
+		/* Routers and bases are not experts of any slice. */
+		if (!zm_role_of_doc(&doc, &role)) {
+			st = zm_error_set(err, ZM_ERR_DATA, "model '%s': bad %s "
+			                  "'%s'", mp[i].name, ZM_META_ROLE,
+			                  zm_doc_meta(&doc, ZM_META_ROLE));
+			break;
+		}
+		if (role != ZM_ROLE_EXPERT) {
+			mp[i].note = ZM_ASSIGN_NOT_EXPERT;
+			continue;
+		}
 		st = zm_profile_from_doc(&mp[i].prof, &doc, err);
 		if (st == ZM_ERR_NOTFOUND) {
 			mp[i].note = ZM_ASSIGN_NO_PROFILE;

@@ -21,7 +21,8 @@
 enum zm_assign_note {
 	ZM_ASSIGN_COMPARABLE,      /* it does */
 	ZM_ASSIGN_NO_PROFILE,      /* not trained yet */
-	ZM_ASSIGN_EMPTY_PROFILE    /* an input profile of no rows */
+	ZM_ASSIGN_EMPTY_PROFILE,   /* an input profile of no rows */
+	ZM_ASSIGN_NOT_EXPERT       /* a router or a base (zm.role) */
 };
 
 /* One model of the zoo; zm_profile_init prof before loading, release it
@@ -36,8 +37,9 @@ struct zm_assign_model {
 };
 
 /* Loads the profile of every model of zoo into mp[0..zoo->n_models), in
- * the zoo's order; models without a usable profile get a note and input
- * NULL.  Errors (unreadable model, corrupt profile) name the model. */
+ * the zoo's order; models without a usable profile, and routers and bases
+ * (not experts of any slice), get a note and input NULL.  Errors
+ * (unreadable model, corrupt profile, a bad zm.role) name the model. */
 enum zm_status zm_assign_load_models(const struct zm_zoo *zoo,
                                     struct zm_assign_model *mp,
                                     struct zm_error *err);

@@ -22,6 +22,7 @@
 #include "mem.h"
 #include "merge.h"
 #include "profile.h"
+#include "schema.h"
 
 /* ---- static merges ---- */
 
@@ -604,6 +605,12 @@ static enum zm_status output_header(const struct zm_merge_static_opts *o,
 	if (st == ZM_OK &&
 	    ((st = zm_doc_set_meta(out, "zm.kind", "model", err)) ||
 	     (st = zm_doc_set_meta(out, "zm.arch", b.data, err))))
+		goto done;
+	/* The merged model predicts the classes its inputs name, which
+	 * must be the same ones. */
+	for (t = 0; t < o->n_models && st == ZM_OK; t++)
+		st = zm_schema_adopt(out, &ins[t].hdr, ins[t].label, err);
+	if (st != ZM_OK)
 		goto done;
 	zm_buf_release(&b);
 	zm_buf_init(&b);

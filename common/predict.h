@@ -38,6 +38,7 @@
 #include "error.h"
 #include "fileio.h"
 #include "model.h"
+#include "schema.h"
 #include "stream.h"
 #include "tensor.h"
 #include "weighting.h"
@@ -290,13 +291,16 @@ struct zm_pred_writer;
  * temporary name and renamed at zm_pred_writer_commit.  The CSV header is
  * written here.  Stream output is refused on a terminal (ZM_ERR_USAGE)
  * and compressed at level (0-9 or ZM_COMPRESS_AUTO).  model, when not
- * NULL, goes to the stream's zm.model metadata.
+ * NULL, goes to the stream's zm.model metadata.  classes (copied; NULL or
+ * unknown: the ids) name the outputs: CSV pred values and p_NAME headers
+ * (quoted when a name needs it), the stream's zm.classes.
  */
 enum zm_status zm_pred_writer_open(struct zm_pred_writer **w,
                                    const char *path,
                                    enum zm_pred_format format,
                                    enum zm_loss loss, size_t outputs,
                                    int level, const char *model,
+                                   const struct zm_names *classes,
                                    struct zm_error *err);
 
 /*

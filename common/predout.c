@@ -12,6 +12,7 @@
 #include "json.h"
 #include "mem.h"
 #include "predict.h"
+#include "schema.h"
 
 /* ---- trace ---- */
 
@@ -241,7 +242,38 @@ struct zm_pred_writer {
 	char *model;                /* owned copy, may be NULL */
 	char *line;                 /* CSV line buffer, owned */
 	size_t line_cap;
+	char **pred;                /* owned: each class's pred CSV field */
+	struct zm_names classes;    /* the model's class names, or unknown */
 };
+
+/* A class's name as a CSV field (quoted when it must be), prefixed;
+ * its id where the model names no such class. */
+static char *class_field(const struct zm_names *classes, size_t j,
+                         const char *prefix)
+{
+	struct zm_buf b;
+	const char *name, *p;
+	char num[32];
+
+	snprintf(num, sizeof(num), "%zu", j);
+	name = j < classes->n ? classes->v[j] : num;
+	zm_buf_init(&b);
+	if (strpbrk(name, ",\"\r\n") || strpbrk(prefix, ",\"")) {
+		zm_buf_puts(&b, "\"");
+		zm_buf_puts(&b, prefix);
+		for (p = name; *p; p++)
+			zm_buf_puts(&b, *p == '"' ? "\"\"" : (char[]){ *p, 0 });
+		zm_buf_puts(&b, "\"");
+	} else {
+		zm_buf_puts(&b, prefix);
+		zm_buf_puts(&b, name);
+	}
+	if (b.failed) {
+		zm_buf_release(&b);
+		return NULL;
+	}
+	return b.data ? b.data : zm_strdup("");
+}
 
 bool zm_pred_format_parse(const char *s, enum zm_pred_format *out)
 {
@@ -257,14 +289,20 @@ bool zm_pred_format_parse(const char *s, enum zm_pred_format *out)
 static enum zm_status csv_header(struct zm_pred_writer *w,
                                  struct zm_error *err)
 {
-	const char *prefix = w->loss == ZM_LOSS_CROSS_ENTROPY ? "p" : "y";
 	enum zm_status st;
 	size_t j;
 
 	st = zm_outfile_printf(&w->csv, err, "id%s",
 	                       w->loss == ZM_LOSS_CROSS_ENTROPY ? ",pred" : "");
-	for (j = 0; st == ZM_OK && j < w->outputs; j++)
-		st = zm_outfile_printf(&w->csv, err, ",%s_%zu", prefix, j);
+	for (j = 0; st == ZM_OK && j < w->outputs; j++) {
+		char *f = class_field(&w->classes, j,
+		                      w->loss == ZM_LOSS_CROSS_ENTROPY ? "p_" :
+		                      "y_");
+		if (!f)
+			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		st = zm_outfile_printf(&w->csv, err, ",%s", f);
+		free(f);
+	}
 	if (st == ZM_OK)
 		st = zm_outfile_write(&w->csv, "\n", 1, err);
 	return st;
@@ -275,10 +313,12 @@ enum zm_status zm_pred_writer_open(struct zm_pred_writer **out,
                                    enum zm_pred_format format,
                                    enum zm_loss loss, size_t outputs,
                                    int level, const char *model,
+                                   const struct zm_names *classes,
                                    struct zm_error *err)
 {
 	struct zm_pred_writer *w;
 	enum zm_status st;
+	size_t j, longest = 0;
 
 	*out = NULL;
 	ZM_ASSERT(outputs > 0);
@@ -288,14 +328,27 @@ enum zm_status zm_pred_writer_open(struct zm_pred_writer **out,
 	w->format = format;
 	w->loss = loss;
 	w->outputs = outputs;
-	if (model && !(w->model = zm_strdup(model))) {
-		free(w);
+	zm_names_init(&w->classes);
+	if ((model && !(w->model = zm_strdup(model))) ||
+	    !(w->pred = zm_calloc(outputs, sizeof(*w->pred))) ||
+	    (classes && zm_names_copy(&w->classes, classes, err))) {
+		zm_pred_writer_abort(w);
 		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 	}
+	for (j = 0; j < outputs; j++) {
+		if (!(w->pred[j] = class_field(&w->classes, j, ""))) {
+			zm_pred_writer_abort(w);
+			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		}
+		if (strlen(w->pred[j]) > longest)
+			longest = strlen(w->pred[j]);
+	}
 	if (format == ZM_PRED_CSV) {
-		/* id, pred, and up to 16 characters per %.9g value, with room. */
+		/* id, pred (the longest class field), and up to 16
+		 * characters per %.9g value, with room. */
 		if (!zm_size_mul(outputs, 24, &w->line_cap) ||
 		    !zm_size_add(w->line_cap, 64, &w->line_cap) ||
+		    !zm_size_add(w->line_cap, longest, &w->line_cap) ||
 		    !(w->line = zm_malloc(w->line_cap))) {
 			zm_pred_writer_abort(w);
 			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
@@ -328,7 +381,8 @@ static enum zm_status write_csv(struct zm_pred_writer *w, const int64_t *ids,
 		len = (size_t)snprintf(w->line, w->line_cap, "%lld", id);
 		if (w->loss == ZM_LOSS_CROSS_ENTROPY)
 			len += (size_t)snprintf(w->line + len, w->line_cap - len,
-			                        ",%zu", zm_predict_argmax(s, c));
+			                        ",%s",
+			                        w->pred[zm_predict_argmax(s, c)]);
 		for (j = 0; j < c; j++)
 			len += (size_t)snprintf(w->line + len, w->line_cap - len,
 			                        ",%.9g", (double)s[j]);
@@ -386,6 +440,9 @@ static enum zm_status write_stream(struct zm_pred_writer *w,
 		st = zm_doc_set_meta(&doc, "zm.samples", samples, err);
 	if (st == ZM_OK && w->model)
 		st = zm_doc_set_meta(&doc, "zm.model", w->model, err);
+	/* pred holds class ids; zm.classes names them. */
+	if (st == ZM_OK && cls)
+		st = zm_names_to_meta(&w->classes, &doc, ZM_META_CLASSES, err);
 	if (st == ZM_OK)
 		st = zm_writer_write_doc(w->stream, &doc, err);
 	zm_tensor_release(&t);
@@ -410,6 +467,12 @@ enum zm_status zm_pred_writer_write(struct zm_pred_writer *w,
 
 static void writer_free(struct zm_pred_writer *w)
 {
+	size_t j;
+
+	for (j = 0; w->pred && j < w->outputs; j++)
+		free(w->pred[j]);
+	free(w->pred);
+	zm_names_release(&w->classes);
 	free(w->model);
 	free(w->line);
 	free(w);

@@ -3,6 +3,7 @@
  * the profile of what a model was trained on.
  */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -16,6 +17,7 @@
 void zm_trainset_init(struct zm_trainset *ts, uint64_t max_bytes)
 {
 	memset(ts, 0, sizeof(*ts));
+	zm_schema_init(&ts->schema);
 	ts->scale = 1.0f;
 	ts->max_bytes = max_bytes;
 }
@@ -29,6 +31,8 @@ void zm_trainset_release(struct zm_trainset *ts)
 	free(ts->train_idx);
 	free(ts->val_idx);
 	free(ts->slice);
+	free(ts->label);
+	zm_schema_release(&ts->schema);
 	zm_trainset_init(ts, ts->max_bytes);
 }
 
@@ -110,10 +114,12 @@ static enum zm_status widen_to_f32(struct zm_trainset *ts,
 	return ZM_OK;
 }
 
-static enum zm_status add_doc(struct zm_trainset *ts, const struct zm_doc *doc,
+static enum zm_status add_doc(struct zm_trainset *ts, struct zm_doc *doc,
                               const char *path, size_t docno,
                               struct zm_error *err)
 {
+	struct zm_schema_note note;
+	char where[1100];
 	const struct zm_tensor *x = zm_doc_find(doc, "x");
 	const struct zm_tensor *y = zm_doc_find(doc, "y");
 	const struct zm_tensor *id = zm_doc_find(doc, "id");
@@ -129,6 +135,15 @@ static enum zm_status add_doc(struct zm_trainset *ts, const struct zm_doc *doc,
 		return st;
 	if (n == 0)
 		return ZM_OK;
+	/* Every document's classes and columns by name onto the first's. */
+	memset(&note, 0, sizeof(note));
+	snprintf(where, sizeof(where), "%s: document %zu", path, docno);
+	st = zm_schema_conform_doc(&ts->schema, true, doc, n, where,
+	                           "the data's first document", &note, err);
+	if (st != ZM_OK)
+		return st;
+	x = zm_doc_find(doc, "x");
+	y = zm_doc_find(doc, "y");
 	d = zm_tensor_numel(x) / n;
 	if (!zm_data_scale(doc, &scale))
 		return zm_error_set(err, ZM_ERR_DATA, "%s: document %zu: bad "
@@ -225,6 +240,9 @@ enum zm_status zm_trainset_load(struct zm_trainset *ts, const char *path,
 		if (!ts->slice && zm_doc_meta(&doc, "zm.slice") &&
 		    !(ts->slice = zm_strdup(zm_doc_meta(&doc, "zm.slice"))))
 			st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		if (st == ZM_OK && !ts->label && zm_doc_meta(&doc, ZM_META_LABEL) &&
+		    !(ts->label = zm_strdup(zm_doc_meta(&doc, ZM_META_LABEL))))
+			st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 		if (st == ZM_OK)
 			st = add_doc(ts, &doc, path, docno, err);
 	}
@@ -289,6 +307,108 @@ void zm_trainset_gather(const struct zm_trainset *ts, const size_t *idx,
 	} else {
 		zm_gather_labels(ts->labels, idx, n, y);
 	}
+}
+
+/* Keeps columns perm[0..m) of every row of x, in that order. */
+static enum zm_status permute_columns(struct zm_trainset *ts,
+                                      const size_t *perm, size_t m,
+                                      struct zm_error *err)
+{
+	size_t es = x_elem_size(ts), d = ts->features, bytes, i, j;
+	unsigned char *nx;
+	const unsigned char *src = ts->x;
+
+	if (!zm_size_mul(ts->cap ? ts->cap : 1, m * es, &bytes) ||
+	    !(nx = zm_malloc(bytes ? bytes : 1)))
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	for (i = 0; i < ts->rows; i++)
+		for (j = 0; j < m; j++)
+			memcpy(nx + (i * m + j) * es, src + (i * d + perm[j]) * es,
+			       es);
+	free(ts->x);
+	ts->x = nx;
+	ts->features = m;
+	return ZM_OK;
+}
+
+enum zm_status zm_trainset_conform(struct zm_trainset *ts,
+                                   struct zm_schema *model, size_t outputs,
+                                   const char *where, const char *what,
+                                   bool *adopted,
+                                   struct zm_schema_note *note,
+                                   struct zm_error *err)
+{
+	int64_t *map = NULL, max = -1;
+	size_t *perm = NULL, nmap, extra, i;
+	const char *first_extra;
+	bool identity;
+	enum zm_status st = ZM_OK;
+
+	*adopted = false;
+	if (ts->labels && !model->classes.known) {
+		/* First training: the model takes the data's class names. */
+		if (ts->schema.classes.known) {
+			if (ts->schema.classes.n > outputs)
+				return zm_error_set(err, ZM_ERR_DATA, "%s: the data "
+				                    "has %zu classes, %s has %zu "
+				                    "outputs", where,
+				                    ts->schema.classes.n, what,
+				                    outputs);
+			st = zm_names_copy(&model->classes, &ts->schema.classes,
+			                   err);
+		} else {
+			char num[32];
+			for (i = 0; st == ZM_OK && i < outputs; i++) {
+				snprintf(num, sizeof(num), "%zu", i);
+				st = zm_names_add(&model->classes, num, err);
+			}
+		}
+		*adopted = true;
+	} else if (ts->labels) {
+		for (i = 0; i < ts->rows; i++)
+			if (ts->labels[i] > max)
+				max = ts->labels[i];
+		st = zm_schema_class_map(&ts->schema.classes, &model->classes,
+		                         max, false, &map, &nmap, where,
+		                         err);
+		if (st == ZM_OK)
+			st = zm_schema_map_labels(ts->labels, ts->rows, map, nmap,
+			                          &ts->schema.classes,
+			                          &model->classes, where,
+			                          what, err);
+	}
+	if (st == ZM_OK && ts->labels)
+		st = zm_names_copy(&ts->schema.classes, &model->classes, err);
+	if (st != ZM_OK)
+		goto out;
+	if (!model->features.known) {
+		if (ts->schema.features.known) {
+			st = zm_names_copy(&model->features, &ts->schema.features,
+			                   err);
+			*adopted = true;
+		}
+		goto out;
+	}
+	if (!ts->schema.features.known) {
+		note->by_position = true;
+		goto out;
+	}
+	st = zm_schema_feature_map(&ts->schema.features, &model->features,
+	                           &perm, &identity, &extra, &first_extra,
+	                           where, what, err);
+	if (st != ZM_OK || identity)
+		goto out;
+	if (extra)
+		snprintf(note->first_extra, sizeof(note->first_extra), "%s",
+		         first_extra);
+	note->extra_columns = extra;
+	note->reordered = true;
+	if ((st = permute_columns(ts, perm, model->features.n, err)) == ZM_OK)
+		st = zm_names_copy(&ts->schema.features, &model->features, err);
+out:
+	free(map);
+	free(perm);
+	return st;
 }
 
 void zm_fit_config_default(struct zm_fit_config *cfg)

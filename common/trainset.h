@@ -16,6 +16,7 @@
 #include "error.h"
 #include "model.h"
 #include "profile.h"
+#include "schema.h"
 #include "train.h"
 
 struct zm_trainset {
@@ -34,6 +35,12 @@ struct zm_trainset {
 	uint64_t max_bytes;         /* refuse data beyond this */
 	bool over_limit;            /* a load failed on max_bytes */
 	char *slice;                /* owned zm.slice of the data, or NULL */
+	char *label;                /* owned zm.label of the data, or NULL */
+	/* The data's class names (labels are ids into them; unknown: the
+	 * labels are their own names) and column names, as the documents
+	 * named them: each document's labels and columns are matched to the
+	 * first's by name, new classes appended. */
+	struct zm_schema schema;
 };
 
 /* Initialises ts empty; max_bytes caps the memory the data may take. */
@@ -64,6 +71,25 @@ enum zm_status zm_trainset_split(struct zm_trainset *ts, double val_fraction,
  */
 void zm_trainset_gather(const struct zm_trainset *ts, const size_t *idx,
                         size_t n, float *x, void *y);
+
+/*
+ * Brings ts to a model's schema so that label i and column j mean what
+ * they mean to the model: labels are mapped to the model's classes by
+ * name, and when both name their columns x is reordered (extra columns
+ * dropped).  A model whose classes or features are unknown adopts ts's
+ * (labels that are their own names give it "0" .. outputs-1), and
+ * *adopted says so.  Errors (ZM_ERR_DATA): a label the model does not
+ * know, a column it needs that the data lacks, more classes than the
+ * model has outputs; where names the data, what the model.  note
+ * reports dropped
+ * columns and position matching.
+ */
+enum zm_status zm_trainset_conform(struct zm_trainset *ts,
+                                   struct zm_schema *model, size_t outputs,
+                                   const char *where, const char *what,
+                                   bool *adopted,
+                                   struct zm_schema_note *note,
+                                   struct zm_error *err);
 
 /* Settings of one training run. */
 struct zm_fit_config {

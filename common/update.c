@@ -14,6 +14,7 @@
 #include "merge.h"
 #include "model.h"
 #include "profile.h"
+#include "schema.h"
 #include "stream.h"
 #include "update.h"
 #include "zoomodel.h"
@@ -457,6 +458,25 @@ static enum zm_status update_profile(struct mstate *m, const struct upd *us,
 	return st;
 }
 
+/* The classes and columns an update's training gave a model that named
+ * none (its first training); updates that disagree with it are refused. */
+static enum zm_status update_schema(struct mstate *m, const struct upd *us,
+                                    size_t n_us, size_t model,
+                                    struct zm_error *err)
+{
+	enum zm_status st = ZM_OK;
+	char where[64];
+	size_t i;
+
+	for (i = 0; i < n_us && st == ZM_OK; i++) {
+		if (us[i].model != model)
+			continue;
+		snprintf(where, sizeof(where), "update %zu", us[i].index);
+		st = zm_schema_adopt(&m->model->extra, us[i].doc, where, err);
+	}
+	return st;
+}
+
 /* Model state j with its updates applied, stored in the zoo as the next
  * version (*v) with the updates' profile and metrics. */
 static enum zm_status store_state(struct zm_zoo *zoo, struct mstate *m,
@@ -473,6 +493,7 @@ static enum zm_status store_state(struct zm_zoo *zoo, struct mstate *m,
 	zm_buf_init(&b);
 	if ((st = add_params(m, err)) ||
 	    (st = update_profile(m, us, n_updates, j, err)) ||
+	    (st = update_schema(m, us, n_updates, j, err)) ||
 	    (st = combine_metrics(us, n_updates, j, &metrics, err))) {
 		zm_kv_release(&metrics);
 		return st;

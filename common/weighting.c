@@ -13,6 +13,7 @@
 #include "fileio.h"
 #include "json.h"
 #include "mem.h"
+#include "schema.h"
 #include "weighting.h"
 #include "zoo.h"
 
@@ -704,8 +705,45 @@ static double metric_accuracy(const struct zm_model *m)
 	return v > 0 && v <= 1 ? v : NAN;
 }
 
+/*
+ * slice_of[c]: the assignment slice of router class c, by name (the
+ * router's zm.classes are the slices it learned from slice --membership).
+ * A router that names no classes was written before zoomerge kept them:
+ * class c is slice c.  The counts are equal (checked by the caller).
+ */
+static enum zm_status router_slices(const struct zm_model *router,
+                                    const struct zm_assignment *a,
+                                    size_t *slice_of, struct zm_error *err)
+{
+	struct zm_names rc;
+	enum zm_status st;
+	size_t c, s;
+
+	zm_names_init(&rc);
+	st = zm_names_from_meta(&rc, &router->extra, ZM_META_CLASSES,
+	                        "the router", err);
+	for (c = 0; st == ZM_OK && c < a->n_slices; c++) {
+		slice_of[c] = c;
+		if (!rc.known)
+			continue;
+		for (s = 0; s < a->n_slices; s++)
+			if (strcmp(a->slices[s].slice, rc.v[c]) == 0)
+				break;
+		if (c >= rc.n || s == a->n_slices)
+			st = zm_error_set(err, ZM_ERR_DATA, "router class '%s' is "
+			                  "not a slice of the assignment: the "
+			                  "router was trained on other slices",
+			                  c < rc.n ? rc.v[c] : "?");
+		else
+			slice_of[c] = s;
+	}
+	zm_names_release(&rc);
+	return st;
+}
+
 /* Router weighting: the router's workspace and, per slice of the
- * assignment (router class j is slice j), its models' weights. */
+ * assignment (router class j is the slice of its name), its models'
+ * weights. */
 static enum zm_status setup_router(struct zm_weighter *w,
                                    const char *const *names,
                                    const struct zm_model *router,
@@ -714,6 +752,7 @@ static enum zm_status setup_router(struct zm_weighter *w,
 {
 	const struct zm_arch *ra = router->arch;
 	const size_t k = w->k, max_batch = w->max_batch;
+	size_t *slice_of = NULL;      /* router class -> assignment slice */
 	enum zm_status st;
 	size_t s, i;
 
@@ -729,8 +768,14 @@ static enum zm_status setup_router(struct zm_weighter *w,
 	if (ra->output_features != assignment->n_slices) {
 		st = zm_error_set(err, ZM_ERR_DATA, "the router has %zu "
 		                  "classes, the assignment %zu slices: "
-		                  "router class j must be slice j",
+		                  "each router class must be a slice",
 		                  ra->output_features, assignment->n_slices);
+		return st;
+	}
+	if (!(slice_of = zm_calloc(assignment->n_slices, sizeof(*slice_of))))
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	if ((st = router_slices(router, assignment, slice_of, err))) {
+		free(slice_of);
 		return st;
 	}
 	w->router = router;
@@ -738,18 +783,21 @@ static enum zm_status setup_router(struct zm_weighter *w,
 	w->route = zm_calloc(w->n_route * k, sizeof(double));
 	w->router_w = zm_calloc(nk, sizeof(double));
 	if (!w->route || !w->router_w) {
-		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
-		return st;
+		free(slice_of);
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 	}
 	st = zm_workspace_new(ra, max_batch, false, &w->rws, err);
 	if (st == ZM_OK)
 		st = zm_workspace_pack(w->rws, router, err);
-	if (st != ZM_OK)
+	if (st != ZM_OK) {
+		free(slice_of);
 		return st;
+	}
 	/* Models of the assignment that are not predicting are left
 	 * out; the weights are renormalised per row anyway. */
 	for (s = 0; s < w->n_route; s++) {
-		const struct zm_assignment_slice *sl = &assignment->slices[s];
+		const struct zm_assignment_slice *sl =
+			&assignment->slices[slice_of[s]];
 		for (i = 0; i < sl->n_models; i++) {
 			ptrdiff_t m = name_index(names, k, sl->models[i].model);
 			if (m >= 0)
@@ -757,6 +805,7 @@ static enum zm_status setup_router(struct zm_weighter *w,
 					sl->models[i].weight;
 		}
 	}
+	free(slice_of);
 	return ZM_OK;
 }
 

@@ -3,13 +3,15 @@
  * turned into a model with zm_model_from_doc (the arch from zm.arch, the
  * parameters checked against it).  A model that loads is written back with
  * zm_model_to_doc and must load again with the same arch and the same
- * parameter bytes.
+ * parameter bytes.  The schema metadata (zm.classes, zm.features,
+ * zm.role) is read too: names that load must write back to the same list.
  */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "model.h"
+#include "schema.h"
 #include "stream.h"
 
 /* Keeps hostile sizes cheap: the limit is checked before allocating. */
@@ -52,6 +54,32 @@ static void check_roundtrip(const struct zm_model *m)
 	zm_doc_release(&doc);
 }
 
+static void check_schema(const struct zm_doc *doc)
+{
+	struct zm_schema s, back;
+	struct zm_doc out;
+	struct zm_error err;
+	enum zm_role role;
+
+	zm_schema_init(&s);
+	zm_schema_init(&back);
+	zm_doc_init(&out);
+	(void)zm_role_of_doc(doc, &role);
+	if (zm_schema_of_model_doc(&s, doc, "fuzz", &err) == ZM_OK &&
+	    zm_schema_to_model_doc(&s, &out, &err) == ZM_OK) {
+		if (zm_schema_of_model_doc(&back, &out, "back", &err) != ZM_OK ||
+		    s.classes.known != back.classes.known ||
+		    (s.classes.known && !zm_names_equal(&s.classes,
+		                                        &back.classes)) ||
+		    (s.features.known && !zm_names_equal(&s.features,
+		                                         &back.features)))
+			abort();
+	}
+	zm_schema_release(&s);
+	zm_schema_release(&back);
+	zm_doc_release(&out);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -67,6 +95,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	zm_doc_init(&doc);
 	while (zm_reader_next(r, &doc, &eof, &err) == ZM_OK && !eof) {
 		struct zm_model *m = NULL;
+		check_schema(&doc);
 		if (zm_model_from_doc(&doc, NULL, &m, &err) == ZM_OK) {
 			check_roundtrip(m);
 			zm_model_free(m);

@@ -357,7 +357,7 @@ START_TEST(test_doc_csv)
 	ck_assert_int_eq(zm_predictor_new(ms, 1, 4, &p, &err), ZM_OK);
 	zm_pred_metrics_init(&met, p->loss, p->out_features);
 	ck_assert_int_eq(zm_pred_writer_open(&w, path, ZM_PRED_CSV, p->loss, 3,
-	                                     ZM_COMPRESS_AUTO, "m", &err), ZM_OK);
+	                                     ZM_COMPRESS_AUTO, "m", NULL, &err), ZM_OK);
 	ck_assert_int_eq(zm_predict_doc(p, &d1, "d: document 1", &row, w, &met,
 	                                &err), ZM_OK);
 	ck_assert_uint_eq(row, 10);
@@ -425,7 +425,7 @@ START_TEST(test_stream_writer)
 	snprintf(path, sizeof(path), "%s/p%d.safetensors.gz", unit_tmpdir(), _i);
 	ck_assert_int_eq(zm_pred_writer_open(&w, path, ZM_PRED_STREAM,
 	                                     cls ? ZM_LOSS_CROSS_ENTROPY :
-	                                     ZM_LOSS_MSE, 3, 1, "mm", &err),
+	                                     ZM_LOSS_MSE, 3, 1, "mm", NULL, &err),
 	                 ZM_OK);
 	ck_assert_int_eq(zm_pred_writer_write(w, ids, s, 2, &err), ZM_OK);
 	ck_assert_int_eq(zm_pred_writer_write(w, NULL, s + 3, 1, &err), ZM_OK);
@@ -479,7 +479,7 @@ START_TEST(test_writer_abort)
 	snprintf(path, sizeof(path), "%s/aborted.csv", unit_tmpdir());
 	ck_assert_int_eq(zm_pred_writer_open(&w, path, ZM_PRED_CSV,
 	                                     ZM_LOSS_CROSS_ENTROPY, 3,
-	                                     ZM_COMPRESS_AUTO, NULL, &err), ZM_OK);
+	                                     ZM_COMPRESS_AUTO, NULL, NULL, &err), ZM_OK);
 	ck_assert_int_eq(zm_pred_writer_write(w, NULL, s, 1, &err), ZM_OK);
 	zm_pred_writer_abort(w);
 	f = fopen(path, "r");
