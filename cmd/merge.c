@@ -97,6 +97,37 @@ static enum zm_status read_updates(char **paths, size_t n, struct zm_doc **docs,
 	return ZM_OK;
 }
 
+/* --share before any update is read, in the words of the options (the
+ * library checks the same and more, against each model). */
+static enum zm_status check_share(const char *share, enum zm_gran_level level,
+                                  struct zm_error *err)
+{
+	const char *p;
+	bool groups = strncmp(share, "groups=", 7) == 0;
+
+	if (strcmp(share, "all") == 0 || strcmp(share, "none") == 0)
+		return ZM_OK;
+	if (!groups && strncmp(share, "layers=", 7) != 0)
+		return zm_error_set(err, ZM_ERR_USAGE, "--share: expected all, "
+		                    "none, groups=G,... or layers=L,..., not '%s'",
+		                    share);
+	if (groups && level == ZM_GRAN_FULL)
+		return zm_error_set(err, ZM_ERR_USAGE, "--share groups=... "
+		                    "needs --granularity group or layer");
+	if (!groups && level != ZM_GRAN_LAYER)
+		return zm_error_set(err, ZM_ERR_USAGE, "--share layers=... "
+		                    "needs --granularity layer");
+	for (p = share + 7;; p += strcspn(p, ",") + 1) {
+		size_t len = strcspn(p, ",");
+
+		if (len == 0 || len > ZM_LAYER_NAME_MAX)
+			return zm_error_set(err, ZM_ERR_USAGE, "--share: expected "
+			                    "NAME,... in '%s'", share + 7);
+		if (p[len] == '\0')
+			return ZM_OK;
+	}
+}
+
 static int run_apply(const struct merge_opts *o)
 {
 	struct zm_error err;
@@ -116,6 +147,8 @@ static int run_apply(const struct merge_opts *o)
 	ao.share = o->share;
 	if (o->level_text)
 		zm_gran_level_parse(o->level_text, &ao.level);
+	if (o->share && (st = check_share(o->share, ao.level, &err)))
+		goto out;
 	/* The decision is checked against each model's arch when applied. */
 	if (o->decision_path &&
 	    (st = zm_gran_decision_load(o->decision_path, NULL, &dec, &err)))
@@ -279,6 +312,12 @@ static int run_static(const struct merge_opts *o)
 	so.out = o->out;
 	so.name = o->name;
 	so.compress = o->compress;
+	if (n > 0 && zm_merge_method_needs_base(so.method) && !base_path) {
+		st = zm_error_set(&err, ZM_ERR_USAGE, "%s needs a base model "
+		                  "(--base or base: in the config)",
+		                  zm_merge_method_name(so.method));
+		goto out;
+	}
 	st = zm_merge_static(&so, &err);
 	if (st == ZM_OK && !o->quiet && strcmp(o->out, "-") != 0)
 		fprintf(stderr, "%s: %s merge of %zu models written to %s\n",

@@ -177,6 +177,27 @@ static enum zm_status load_models(const struct predict_opts *o,
 	return st;
 }
 
+/* The merge options together, in their words (the predictor checks the
+ * same); the level may come from --granularity-from, so this runs once it
+ * is known. */
+static enum zm_status check_merge(const struct zm_predict_options *po,
+                                  struct zm_error *err)
+{
+	if (po->merge == ZM_MERGE_PARAMS && po->w.per_row)
+		return zm_error_set(err, ZM_ERR_USAGE, "--merge params needs "
+		                    "per-batch weights (--per batch): one set of "
+		                    "merged parameters serves the whole batch");
+	if (po->merge == ZM_MERGE_PARAMS && po->point == ZM_MERGE_POST)
+		return zm_error_set(err, ZM_ERR_USAGE, "--merge params merges "
+		                    "before the activation; --merge-point post "
+		                    "needs --merge outputs");
+	if (po->merge == ZM_MERGE_ENSEMBLE && po->w.level != ZM_GRAN_FULL)
+		return zm_error_set(err, ZM_ERR_USAGE, "--merge ensemble mixes "
+		                    "only the final outputs: it needs "
+		                    "--granularity full");
+	return ZM_OK;
+}
+
 /* What a run holds besides the data: the models, their names, and the
  * inputs of their weighting. */
 struct predict_run {
@@ -378,6 +399,8 @@ static int run(const struct predict_opts *o)
 	if (st == ZM_OK)
 		st = models_schema(s.models, s.names, s.k, &schema, &err);
 	if (st != ZM_OK)
+		goto out;
+	if (s.k > 1 && (st = check_merge(&s.po, &err)))
 		goto out;
 	st = zm_predictor_new_opts((const struct zm_model *const *)s.models, s.k,
 	                           o->batch, &s.po, &pred, &err);

@@ -346,8 +346,7 @@ static enum zm_status share_names(struct zm_gran_decision *d,
 		bool found = false;
 		if (len == 0 || len > ZM_LAYER_NAME_MAX)
 			return zm_error_set(err, ZM_ERR_USAGE,
-			                    "--share: expected NAME,... in '%s'",
-			                    list);
+			                    "expected NAME,... in '%s'", list);
 		memcpy(name, p, len);
 		name[len] = '\0';
 		for (l = 0; l < arch->n_layers; l++) {
@@ -364,7 +363,7 @@ static enum zm_status share_names(struct zm_gran_decision *d,
 		}
 		if (!found)
 			return zm_error_set(err, ZM_ERR_USAGE,
-			                    "--share: the model has no %s '%s'",
+			                    "the model has no %s '%s' to share",
 			                    groups ? "layer group" : "layer", name);
 		if (p[len] == '\0')
 			return ZM_OK;
@@ -393,18 +392,18 @@ enum zm_status zm_gran_decision_from_share(struct zm_gran_decision *d,
 			                          "--share", err);
 	} else if (strncmp(share, "groups=", 7) == 0) {
 		if (level == ZM_GRAN_FULL)
-			st = zm_error_set(err, ZM_ERR_USAGE, "--share groups=... "
-			                  "needs --granularity group or layer");
+			st = zm_error_set(err, ZM_ERR_USAGE, "sharing groups=... "
+			                  "needs the group or layer level");
 		else
 			st = share_names(d, share + 7, true, arch, &u, err);
 	} else if (strncmp(share, "layers=", 7) == 0) {
 		if (level != ZM_GRAN_LAYER)
-			st = zm_error_set(err, ZM_ERR_USAGE, "--share layers=... "
-			                  "needs --granularity layer");
+			st = zm_error_set(err, ZM_ERR_USAGE, "sharing layers=... "
+			                  "needs the layer level");
 		else
 			st = share_names(d, share + 7, false, arch, &u, err);
 	} else {
-		st = zm_error_set(err, ZM_ERR_USAGE, "--share: expected all, "
+		st = zm_error_set(err, ZM_ERR_USAGE, "sharing: expected all, "
 		                  "none, groups=G,... or layers=L,..., not '%s'",
 		                  share);
 	}

@@ -681,8 +681,7 @@ static enum zm_status check_opts(const struct zm_merge_static_opts *o,
 		return zm_error_set(err, ZM_ERR_USAGE, "slerp merges exactly "
 		                    "two models, not %zu", o->n_models);
 	if (base && !o->base_path)
-		return zm_error_set(err, ZM_ERR_USAGE, "%s needs a base model "
-		                    "(--base or base: in the config)",
+		return zm_error_set(err, ZM_ERR_USAGE, "%s needs a base model",
 		                    zm_merge_method_name(o->method));
 	return ZM_OK;
 }

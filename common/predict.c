@@ -103,17 +103,17 @@ static enum zm_status check_models(const struct zm_model *const *models,
 			                       "outputs): ", names[0], names[i]);
 	}
 	if (o->merge == ZM_MERGE_PARAMS && o->w.per_row)
-		return zm_error_set(err, ZM_ERR_USAGE, "--merge params needs "
-		                    "per-batch weights (--per batch): one set of "
-		                    "merged parameters serves the whole batch");
+		return zm_error_set(err, ZM_ERR_USAGE, "merging parameters needs "
+		                    "per-batch weights: one set of merged "
+		                    "parameters serves the whole batch");
 	if (o->merge == ZM_MERGE_PARAMS && o->point == ZM_MERGE_POST)
-		return zm_error_set(err, ZM_ERR_USAGE, "--merge params merges "
-		                    "before the activation; --merge-point post "
-		                    "needs --merge outputs");
+		return zm_error_set(err, ZM_ERR_USAGE, "merging parameters "
+		                    "merges before the activation; merging after "
+		                    "it needs merged outputs");
 	if (o->merge == ZM_MERGE_ENSEMBLE && o->w.level != ZM_GRAN_FULL)
-		return zm_error_set(err, ZM_ERR_USAGE, "--merge ensemble mixes "
-		                    "only the final outputs: it needs "
-		                    "--granularity full");
+		return zm_error_set(err, ZM_ERR_USAGE, "an ensemble mixes only "
+		                    "the final outputs: it needs the full "
+		                    "granularity");
 	return ZM_OK;
 }
 
