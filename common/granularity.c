@@ -358,7 +358,7 @@ static enum zm_status share_names(struct zm_gran_decision *d,
 			if (zm_gran_decision_shared(d, unit))
 				continue;
 			if ((st = zm_gran_decision_add(d, unit, true, false, 0,
-			                               "--share", err)))
+			                               "share list", err)))
 				return st;
 		}
 		if (!found)
@@ -389,7 +389,7 @@ enum zm_status zm_gran_decision_from_share(struct zm_gran_decision *d,
 		bool all = share[0] == 'a';
 		for (i = 0; i < u.n_units && st == ZM_OK; i++)
 			st = zm_gran_decision_add(d, u.names[i], all, false, 0,
-			                          "--share", err);
+			                          "share list", err);
 	} else if (strncmp(share, "groups=", 7) == 0) {
 		if (level == ZM_GRAN_FULL)
 			st = zm_error_set(err, ZM_ERR_USAGE, "sharing groups=... "
