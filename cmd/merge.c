@@ -19,6 +19,7 @@
 #include "mem.h"
 #include "merge.h"
 #include "stream.h"
+#include "update.h"
 #include "zoo.h"
 
 static const char usage_str[] =
@@ -50,52 +51,6 @@ struct merge_opts {
 	char **args;
 	size_t n_args;
 };
-
-/* Reads every document of every update stream into *docs. */
-static enum zm_status read_updates(char **paths, size_t n, struct zm_doc **docs,
-                                   size_t *n_docs, struct zm_error *err)
-{
-	struct zm_doc *d = NULL;
-	size_t count = 0, cap = 0, i;
-	enum zm_status st = ZM_OK;
-
-	for (i = 0; i < n && st == ZM_OK; i++) {
-		struct zm_reader *r = NULL;
-		bool eof = false;
-		if ((st = zm_reader_open(&r, paths[i], err)))
-			break;
-		while (st == ZM_OK) {
-			if (count == cap) {
-				size_t nc = cap ? cap * 2 : 8;
-				struct zm_doc *g = zm_realloc(d, nc * sizeof(*g));
-				if (!g) {
-					st = zm_error_set(err, ZM_ERR_NOMEM,
-					                  "out of memory");
-					break;
-				}
-				d = g;
-				cap = nc;
-			}
-			zm_doc_init(&d[count]);
-			st = zm_reader_next(r, &d[count], &eof, err);
-			if (st != ZM_OK || eof)
-				break;
-			count++;
-		}
-		if (st == ZM_OK || eof)
-			zm_doc_release(&d[count]);
-		zm_reader_close(r);
-	}
-	if (st != ZM_OK) {
-		for (i = 0; i <= count && i < cap; i++)
-			zm_doc_release(&d[i]);
-		free(d);
-		return st;
-	}
-	*docs = d;
-	*n_docs = count;
-	return ZM_OK;
-}
 
 /* --share before any update is read, in the words of the options (the
  * library checks the same and more, against each model). */
@@ -155,7 +110,8 @@ static int run_apply(const struct merge_opts *o)
 		goto out;
 	if (o->decision_path)
 		ao.decision = &dec;
-	if ((st = read_updates(o->args, o->n_args, &docs, &n_docs, &err)))
+	if ((st = zm_update_read_all((const char *const *)o->args, o->n_args,
+	                              &docs, &n_docs, &err)))
 		goto out;
 	if (n_docs == 0) {
 		st = zm_error_set(&err, ZM_ERR_DATA, "no update documents in "

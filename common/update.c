@@ -69,6 +69,53 @@ enum zm_status zm_update_to_doc(const struct zm_model *trained,
 	return ZM_OK;
 }
 
+/* Reads every document of every update stream into *docs. */
+enum zm_status zm_update_read_all(const char *const *paths, size_t n,
+                                  struct zm_doc **docs, size_t *n_docs,
+                                  struct zm_error *err)
+{
+	struct zm_doc *d = NULL;
+	size_t count = 0, cap = 0, i;
+	enum zm_status st = ZM_OK;
+
+	for (i = 0; i < n && st == ZM_OK; i++) {
+		struct zm_reader *r = NULL;
+		bool eof = false;
+		if ((st = zm_reader_open(&r, paths[i], err)))
+			break;
+		while (st == ZM_OK) {
+			if (count == cap) {
+				size_t nc = cap ? cap * 2 : 8;
+				struct zm_doc *g = zm_realloc(d, nc * sizeof(*g));
+				if (!g) {
+					st = zm_error_set(err, ZM_ERR_NOMEM,
+					                  "out of memory");
+					break;
+				}
+				d = g;
+				cap = nc;
+			}
+			zm_doc_init(&d[count]);
+			st = zm_reader_next(r, &d[count], &eof, err);
+			if (st != ZM_OK || eof)
+				break;
+			count++;
+		}
+		if (st == ZM_OK || eof)
+			zm_doc_release(&d[count]);
+		zm_reader_close(r);
+	}
+	if (st != ZM_OK) {
+		for (i = 0; i <= count && i < cap; i++)
+			zm_doc_release(&d[i]);
+		free(d);
+		return st;
+	}
+	*docs = d;
+	*n_docs = count;
+	return ZM_OK;
+}
+
 /* ---- applying updates ---- */
 
 void zm_apply_result_release(struct zm_apply_result *r)

@@ -34,4 +34,14 @@ enum zm_status zm_update_to_doc(const struct zm_model *trained,
                                 const struct zm_update_info *u,
                                 struct zm_doc *doc, struct zm_error *err);
 
+/*
+ * Reads every document of the streams paths[0..n) ("-": stdin), in order,
+ * into *docs (new array of *n_docs documents, each to be released with
+ * zm_doc_release, the array freed); errors name the stream.  Used for
+ * update streams, which merge --apply takes as a whole.
+ */
+enum zm_status zm_update_read_all(const char *const *paths, size_t n,
+                                  struct zm_doc **docs, size_t *n_docs,
+                                  struct zm_error *err);
+
 #endif

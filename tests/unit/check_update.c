@@ -3,6 +3,7 @@
  * by element, the profile is the data's and not the model's, and the
  * metadata that merge --apply and granctl read is there.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -72,12 +73,71 @@ START_TEST(test_update_doc)
 }
 END_TEST
 
+/* A stream of n one-tensor documents whose metadata "i" counts from
+ * first. */
+static void write_docs(const char *path, int first, int n)
+{
+	struct zm_writer *w = NULL;
+	struct zm_error err;
+	int i;
+
+	ck_assert_int_eq(zm_writer_open(&w, path, 1, &err), ZM_OK);
+	for (i = 0; i < n; i++) {
+		struct zm_doc doc;
+		struct zm_tensor t;
+		int64_t sh[1] = { 1 };
+		char num[16];
+
+		zm_doc_init(&doc);
+		ck_assert_int_eq(zm_tensor_alloc(&t, "t", ZM_DTYPE_F32, 1, sh,
+		                                 &err), ZM_OK);
+		ck_assert_int_eq(zm_doc_add(&doc, &t, &err), ZM_OK);
+		snprintf(num, sizeof(num), "%d", first + i);
+		ck_assert_int_eq(zm_doc_set_meta(&doc, "i", num, &err), ZM_OK);
+		ck_assert_int_eq(zm_writer_write_doc(w, &doc, &err), ZM_OK);
+		zm_doc_release(&doc);
+	}
+	ck_assert_int_eq(zm_writer_commit(w, &err), ZM_OK);
+}
+
+START_TEST(test_read_all)
+{
+	const char *dir = unit_tmpdir();
+	char a[512], b[512], none[512];
+	const char *paths[3] = { a, b, none };
+	struct zm_doc *docs = NULL;
+	struct zm_error err;
+	size_t n = 0, i;
+
+	snprintf(a, sizeof(a), "%s/a.gz", dir);
+	snprintf(b, sizeof(b), "%s/b.gz", dir);
+	snprintf(none, sizeof(none), "%s/none.gz", dir);
+	write_docs(a, 0, 2);
+	write_docs(b, 2, 3);
+	ck_assert_msg(zm_update_read_all(paths, 2, &docs, &n, &err) == ZM_OK,
+	              "%s", err.msg);
+	ck_assert_uint_eq(n, 5);
+	for (i = 0; i < n; i++) {
+		char num[32];
+
+		snprintf(num, sizeof(num), "%zu", i);
+		ck_assert_str_eq(zm_doc_meta(&docs[i], "i"), num);
+		zm_doc_release(&docs[i]);
+	}
+	free(docs);
+	docs = NULL;
+	ck_assert_int_ne(zm_update_read_all(paths, 3, &docs, &n, &err), ZM_OK);
+	ck_assert_ptr_nonnull(strstr(err.msg, "none.gz"));
+}
+END_TEST
+
 Suite *suite_update(void)
 {
 	Suite *s = suite_create("update");
 	TCase *tc = tcase_create("update");
 
 	tcase_add_test(tc, test_update_doc);
+	tcase_add_test(tc, test_read_all);
 	suite_add_tcase(s, tc);
 	return s;
 }
