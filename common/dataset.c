@@ -13,11 +13,11 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include "config.h"
 #include "constants.h"
 #include "dataset.h"
+#include "fileio.h"
 #include "json.h"
 #include "mem.h"
 
@@ -29,107 +29,40 @@
 /* A batch of huge images holds fewer rows, to keep memory bounded. */
 #define IDX_MAX_BATCH_BYTES ((size_t)256 << 20)
 
-/* ---- byte sources: gzip or raw files, spooled pipes, memory ---- */
+/* ---- byte sources: the input files of fileio.h ---- */
 
 struct src {
 	char *name;                  /* owned, for messages */
-	gzFile gz;
-	FILE *spool;                 /* pipes are copied here to rewind */
-	const unsigned char *mem;    /* in-memory input (borrowed) */
-	size_t mem_len, mem_pos;
+	struct zm_infile *in;
 };
 
 static void src_close(struct src *s)
 {
-	if (s->gz)
-		gzclose(s->gz);
-	if (s->spool)
-		fclose(s->spool);
+	zm_infile_close(s->in);
 	free(s->name);
 	memset(s, 0, sizeof(*s));
-}
-
-/* Copies fd to an anonymous temporary file so that it can be read twice. */
-static enum zm_status spool_fd(struct src *s, int fd, struct zm_error *err)
-{
-	char buf[65536];
-	ssize_t n;
-
-	s->spool = tmpfile();
-	if (!s->spool)
-		return zm_error_errno(err, ZM_ERR_IO,
-		                      "%s: cannot create a temporary file", s->name);
-	for (;;) {
-		n = read(fd, buf, sizeof(buf));
-		if (n == 0)
-			break;
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return zm_error_errno(err, ZM_ERR_IO, "%s: read", s->name);
-		}
-		if (fwrite(buf, 1, (size_t)n, s->spool) != (size_t)n)
-			return zm_error_errno(err, ZM_ERR_IO,
-			                      "%s: writing the temporary copy", s->name);
-	}
-	if (fflush(s->spool) != 0 || fseek(s->spool, 0, SEEK_SET) != 0)
-		return zm_error_errno(err, ZM_ERR_IO,
-		                      "%s: writing the temporary copy", s->name);
-	return ZM_OK;
 }
 
 /*
  * Opens path ("-" or NULL: stdin) or the memory mem/len.  With rewindable,
  * anything that is not a regular file is spooled first.  gzip input is
- * inflated, anything else is read as it is (zlib's transparent mode).
+ * inflated and each member checked whole (truncation is an error), anything
+ * else is read as it is.
  */
 static enum zm_status src_open(struct src *s, const char *path,
                                const void *mem, size_t len, bool rewindable,
                                struct zm_error *err)
 {
 	bool is_stdin = !path || strcmp(path, "-") == 0;
-	enum zm_status st;
-	struct stat sb;
-	int fd;
 
 	memset(s, 0, sizeof(*s));
 	s->name = zm_strdup(mem && path ? path : is_stdin ? "<stdin>" : path);
 	if (!s->name)
 		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
-	if (mem) {
-		s->mem = mem;
-		s->mem_len = len;
-		return ZM_OK;
-	}
-	fd = is_stdin ? dup(STDIN_FILENO) : open(path, O_RDONLY);
-	if (fd < 0)
-		return zm_error_errno(err, errno == ENOENT ? ZM_ERR_NOTFOUND
-		                                           : ZM_ERR_IO,
-		                      "%s", s->name);
-	if (fstat(fd, &sb) != 0) {
-		close(fd);
-		return zm_error_errno(err, ZM_ERR_IO, "%s", s->name);
-	}
-	if (S_ISDIR(sb.st_mode)) {
-		close(fd);
-		return zm_error_set(err, ZM_ERR_IO, "%s: is a directory", s->name);
-	}
-	if (rewindable && !S_ISREG(sb.st_mode)) {
-		st = spool_fd(s, fd, err);
-		close(fd);
-		if (st != ZM_OK)
-			return st;
-		fd = dup(fileno(s->spool));
-		if (fd < 0)
-			return zm_error_errno(err, ZM_ERR_IO, "%s", s->name);
-	}
-	s->gz = gzdopen(fd, "rb");
-	if (!s->gz) {
-		close(fd);
-		return zm_error_set(err, ZM_ERR_NOMEM, "%s: out of memory", s->name);
-	}
-	gzbuffer(s->gz, 1 << 17);
-	return ZM_OK;
+	if (mem)
+		return zm_infile_open_mem(&s->in, mem, len, s->name, err);
+	return zm_infile_open(&s->in, is_stdin ? "-" : path,
+	                      rewindable ? ZM_INFILE_REWINDABLE : 0, err);
 }
 
 /* Reads up to n bytes; *got < n only at the end of the input. */
@@ -138,35 +71,17 @@ static enum zm_status src_read(struct src *s, void *dst, size_t n,
 {
 	unsigned char *p = dst;
 	size_t done = 0;
-	int errnum;
 
-	if (s->mem) {
-		size_t left = s->mem_len - s->mem_pos;
-
-		if (n > left)
-			n = left;
-		memcpy(dst, s->mem + s->mem_pos, n);
-		s->mem_pos += n;
-		*got = n;
-		return ZM_OK;
-	}
 	while (done < n) {
-		unsigned chunk = n - done > (1u << 30) ? 1u << 30
-		                                       : (unsigned)(n - done);
-		int r = gzread(s->gz, p + done, chunk);
+		size_t one;
+		enum zm_status st = zm_infile_read(s->in, p + done, n - done,
+		                                   &one, err);
 
-		if (r < 0) {
-			const char *msg = gzerror(s->gz, &errnum);
-
-			if (errnum == Z_ERRNO)
-				return zm_error_errno(err, ZM_ERR_IO, "%s: read",
-				                      s->name);
-			return zm_error_set(err, ZM_ERR_FORMAT,
-			                    "%s: corrupt gzip data: %s", s->name, msg);
-		}
-		if (r == 0)
+		if (st != ZM_OK)
+			return st;
+		if (one == 0)
 			break;
-		done += (size_t)r;
+		done += one;
 	}
 	*got = done;
 	return ZM_OK;
@@ -174,13 +89,7 @@ static enum zm_status src_read(struct src *s, void *dst, size_t n,
 
 static enum zm_status src_rewind(struct src *s, struct zm_error *err)
 {
-	if (s->mem) {
-		s->mem_pos = 0;
-		return ZM_OK;
-	}
-	if (gzrewind(s->gz) != 0)
-		return zm_error_errno(err, ZM_ERR_IO, "%s: cannot rewind", s->name);
-	return ZM_OK;
+	return zm_infile_rewind(s->in, err);
 }
 
 /* ---- CSV records (RFC 4180) ---- */

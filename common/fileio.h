@@ -82,4 +82,62 @@ enum zm_status zm_fsync_dir_of(const char *path, struct zm_error *err);
 enum zm_status zm_read_file(const char *path, size_t max, char **data,
                             size_t *len, struct zm_error *err);
 
+/*
+ * Input files: a path ("-": standard input), or bytes in memory, read as
+ * they are or, when they begin with the gzip magic, inflated member by
+ * member (any number of members, one after the other).  This is the one
+ * place zoomerge reads compressed bytes, so every reader -- streams, CSV,
+ * IDX -- refuses the same damage: each member must end with its trailer
+ * and the trailer's CRC-32 and length must match, or the read fails with
+ * ZM_ERR_FORMAT "NAME: truncated (gzip stream ends inside member N)" or
+ * "NAME: corrupt gzip data in member N (...)"; bytes after a member that
+ * do not start another one are "trailing garbage".  A cut pipe is as
+ * truncated as a cut file: the end of input is the end either way.
+ */
+struct zm_infile;
+
+/* With ZM_INFILE_REWINDABLE, input that is not a regular file (a pipe,
+ * a terminal) is first copied to an anonymous temporary file, so that
+ * zm_infile_rewind works on anything. */
+#define ZM_INFILE_REWINDABLE 1u
+
+/* Opens path ("-": standard input, left open at close).  *f is new, to be
+ * closed with zm_infile_close.  ZM_ERR_NOTFOUND for a missing file,
+ * ZM_ERR_IO for one that cannot be read or is a directory. */
+enum zm_status zm_infile_open(struct zm_infile **f, const char *path,
+                              unsigned flags, struct zm_error *err);
+
+/* Reads the len bytes at data, which must outlive *f; name is used in
+ * messages. */
+enum zm_status zm_infile_open_mem(struct zm_infile **f, const void *data,
+                                  size_t len, const char *name,
+                                  struct zm_error *err);
+
+/* Closes the file (not standard input) and frees f; NULL is fine. */
+void zm_infile_close(struct zm_infile *f);
+
+/* The name used in messages ("<stdin>" for standard input). */
+const char *zm_infile_name(const struct zm_infile *f);
+
+/*
+ * Reads up to cap bytes (decompressed) into dst.  *got may be short of cap
+ * but is 0 only at the clean end of the input: after the last member's
+ * verified trailer, or at the end of uncompressed input.  Errors name the
+ * file: truncation, corrupt data, trailing garbage, read errors.
+ */
+enum zm_status zm_infile_read(struct zm_infile *f, void *dst, size_t cap,
+                              size_t *got, struct zm_error *err);
+
+/*
+ * Verifies the trailer of the current gzip member when the member ends at
+ * the position read so far, without reading past it; does nothing when
+ * more of the member follows or the input is not gzip.  Readers call it
+ * after the last byte they need (the end of a document), so that a file
+ * cut in its trailer is refused even by a reader that stops there.
+ */
+enum zm_status zm_infile_settle(struct zm_infile *f, struct zm_error *err);
+
+/* Starts reading again from the beginning (see ZM_INFILE_REWINDABLE). */
+enum zm_status zm_infile_rewind(struct zm_infile *f, struct zm_error *err);
+
 #endif

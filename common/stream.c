@@ -3,14 +3,14 @@
  * document at a time) and the writer (one gzip member per document,
  * compression chosen per payload).  Documents in memory are doc.c's.
  *
- * Reading is layered: an input window (fd or memory), a producer that
- * turns it into decompressed bytes (inflate, or a plain copy), and a
- * buffered byte reader on top that the document parser uses.  Large reads
+ * Reading is layered: an input file of fileio.h (fd or memory) that turns
+ * the input into decompressed bytes (inflate, or a plain copy) and checks
+ * every gzip member, and a buffered byte reader on top that the document
+ * parser uses.  Large reads
  * bypass the buffer and inflate straight into the tensor's memory, so a
  * document costs little more than inflating it.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -27,7 +27,6 @@
 #include "stream.h"
 
 enum {
-	IN_BUF = 256 * 1024,
 	OUT_BUF = 256 * 1024,
 	ZBUF = 256 * 1024
 };
@@ -38,21 +37,13 @@ enum {
 
 struct zm_reader {
 	char *name;                 /* for messages, owned */
-	int fd;                     /* -1 for memory input */
-	bool close_fd;
-	/* Input window: compressed (or raw) bytes not yet consumed. */
-	unsigned char *in;          /* fd input buffer, owned */
-	const unsigned char *in_ptr;
-	size_t in_avail;
-	bool in_eof;                /* nothing more will arrive */
-	/* Decoding. */
-	bool started, gzip, member_end, z_ready;
-	z_stream z;
+	struct zm_infile *in;       /* the bytes, inflated and checked */
 	/* Decompressed bytes produced but not yet consumed. */
 	unsigned char *out;         /* owned */
 	size_t out_pos, out_len;
 	uint64_t limit;
 	size_t doc_no;              /* 1-based number of the current document */
+	bool any_bytes;             /* some byte has been read */
 	/* The current document while its data is being read. */
 	bool in_doc;
 	size_t n_tensors, next_index;
@@ -122,7 +113,6 @@ static enum zm_status reader_new(struct zm_reader **rp, const char *name,
 	*rp = NULL;
 	if (!r)
 		return zm_error_set(err, ZM_ERR_NOMEM, "%s: out of memory", name);
-	r->fd = -1;
 	r->name = zm_strdup(name);
 	r->out = zm_malloc(OUT_BUF);
 	if (!r->name || !r->out) {
@@ -150,28 +140,10 @@ enum zm_status zm_reader_open(struct zm_reader **rp, const char *path,
 	st = reader_new(&r, is_stdin ? "<stdin>" : path, err);
 	if (st != ZM_OK)
 		return st;
-	r->in = zm_malloc(IN_BUF);
-	if (!r->in) {
+	st = zm_infile_open(&r->in, path, 0, err);
+	if (st != ZM_OK) {
 		zm_reader_close(r);
-		return zm_error_set(err, ZM_ERR_NOMEM, "%s: out of memory", path);
-	}
-	r->in_ptr = r->in;
-	if (is_stdin) {
-		r->fd = STDIN_FILENO;
-	} else {
-		if (zm_fault_hit("open")) {
-			errno = EIO;
-			r->fd = -1;
-		} else {
-			r->fd = open(path, O_RDONLY | O_CLOEXEC);
-		}
-		if (r->fd < 0) {
-			st = zm_error_errno(err, errno == ENOENT ? ZM_ERR_NOTFOUND :
-			                    ZM_ERR_IO, "%s", path);
-			zm_reader_close(r);
-			return st;
-		}
-		r->close_fd = true;
+		return st;
 	}
 	*rp = r;
 	return ZM_OK;
@@ -187,9 +159,11 @@ enum zm_status zm_reader_open_mem(struct zm_reader **rp, const void *data,
 	st = reader_new(&r, name ? name : "<memory>", err);
 	if (st != ZM_OK)
 		return st;
-	r->in_ptr = data;
-	r->in_avail = len;
-	r->in_eof = true;
+	st = zm_infile_open_mem(&r->in, data, len, r->name, err);
+	if (st != ZM_OK) {
+		zm_reader_close(r);
+		return st;
+	}
 	*rp = r;
 	return ZM_OK;
 }
@@ -214,12 +188,8 @@ void zm_reader_close(struct zm_reader *r)
 {
 	if (!r)
 		return;
-	if (r->z_ready)
-		inflateEnd(&r->z);
-	if (r->close_fd)
-		close(r->fd);
+	zm_infile_close(r->in);
 	reader_forget_doc(r);
-	free(r->in);
 	free(r->out);
 	free(r->name);
 	free(r);
@@ -263,173 +233,40 @@ static enum zm_status rerr(struct zm_reader *r, struct zm_error *err,
 	return status;
 }
 
-/* Moves the unconsumed input to the front and reads more; sets in_eof at
- * the end of the file. */
-static enum zm_status in_fill(struct zm_reader *r, struct zm_error *err)
+/* Remembers an error of the input file (which names the file and says
+ * what is wrong with its bytes: truncation, corrupt gzip) as it is. */
+static enum zm_status in_failed(struct zm_reader *r, struct zm_error *err,
+                                enum zm_status st)
 {
-	ssize_t got;
-
-	if (r->in_eof)
-		return ZM_OK;
-	if (r->in_avail && r->in_ptr != r->in)
-		memmove(r->in, r->in_ptr, r->in_avail);
-	r->in_ptr = r->in;
-	if (r->in_avail == IN_BUF)
-		return ZM_OK;
-	do
-		got = read(r->fd, r->in + r->in_avail, IN_BUF - r->in_avail);
-	while (got < 0 && errno == EINTR);
-	if (got < 0) {
-		char msg[256];
-		snprintf(msg, sizeof(msg), "read error: %s", strerror(errno));
-		return rerr(r, err, ZM_ERR_IO, "%s", msg);
-	}
-	if (got == 0)
-		r->in_eof = true;
-	r->in_avail += (size_t)got;
-	return ZM_OK;
+	r->failed = true;
+	if (err)
+		*err = r->fail;
+	return st;
 }
 
-/* Makes at least n input bytes available unless the input ends first. */
-static enum zm_status in_need(struct zm_reader *r, size_t n,
-                              struct zm_error *err)
-{
-	while (r->in_avail < n && !r->in_eof) {
-		enum zm_status st = in_fill(r, err);
-		if (st != ZM_OK)
-			return st;
-	}
-	return ZM_OK;
-}
-
-static bool is_gzip_magic(const unsigned char *p)
-{
-	return p[0] == 0x1f && p[1] == 0x8b;
-}
-
-/* Decides between gzip and raw input from the first two bytes. */
-static enum zm_status reader_start(struct zm_reader *r, struct zm_error *err)
-{
-	enum zm_status st = in_need(r, 2, err);
-	int zr;
-
-	if (st != ZM_OK)
-		return st;
-	r->started = true;
-	if (r->in_avail < 2 || !is_gzip_magic(r->in_ptr))
-		return ZM_OK;
-	r->gzip = true;
-	r->z.zalloc = z_alloc;
-	r->z.zfree = z_free;
-	r->z.opaque = Z_NULL;
-	r->z.next_in = Z_NULL;
-	r->z.avail_in = 0;
-	/* 15 + 32: a 32 KiB window, gzip or zlib header detected. */
-	zr = inflateInit2(&r->z, 15 + 32);
-	if (zr != Z_OK)
-		return rerr(r, err, ZM_ERR_NOMEM, "cannot start inflate: %s",
-		            zr == Z_MEM_ERROR ? "out of memory" : "zlib error");
-	r->z_ready = true;
-	return ZM_OK;
-}
-
-/*
- * Produces up to cap decompressed bytes into dst; *got is 0 only at the
- * clean end of the input.  Truncated or corrupt gzip and bytes after a
- * gzip member that do not start another one are errors.
- */
+/* Decompressed bytes from the input: up to cap, 0 only at its clean end. */
 static enum zm_status produce(struct zm_reader *r, unsigned char *dst,
                               size_t cap, size_t *got, struct zm_error *err)
 {
+	enum zm_status st = zm_infile_read(r->in, dst, cap, got, &r->fail);
+
+	if (st != ZM_OK)
+		return in_failed(r, err, st);
+	if (*got)
+		r->any_bytes = true;
+	return ZM_OK;
+}
+
+/* At the end of a document: the gzip member that ends there must end
+ * whole (see zm_infile_settle). */
+static enum zm_status settle(struct zm_reader *r, struct zm_error *err)
+{
 	enum zm_status st;
 
-	*got = 0;
-	if (!r->started) {
-		st = reader_start(r, err);
-		if (st != ZM_OK)
-			return st;
-	}
-	if (!r->gzip) {
-		if (r->in_avail == 0 && !r->in_eof) {
-			ssize_t n;
-			/* Nothing buffered: read straight into the destination. */
-			do
-				n = read(r->fd, dst, cap);
-			while (n < 0 && errno == EINTR);
-			if (n < 0) {
-				char msg[256];
-				snprintf(msg, sizeof(msg), "read error: %s",
-				         strerror(errno));
-				return rerr(r, err, ZM_ERR_IO, "%s", msg);
-			}
-			if (n == 0)
-				r->in_eof = true;
-			*got = (size_t)n;
-			return ZM_OK;
-		}
-		*got = r->in_avail < cap ? r->in_avail : cap;
-		memcpy(dst, r->in_ptr, *got);
-		r->in_ptr += *got;
-		r->in_avail -= *got;
-		return ZM_OK;
-	}
-	for (;;) {
-		int zr;
-		size_t chunk = cap > UINT_MAX ? UINT_MAX : cap;
-
-		if (r->member_end) {
-			st = in_need(r, 2, err);
-			if (st != ZM_OK)
-				return st;
-			if (r->in_avail == 0)
-				return ZM_OK;	/* clean end after the last member */
-			if (r->in_avail < 2 || !is_gzip_magic(r->in_ptr))
-				return rerr(r, err, ZM_ERR_FORMAT,
-				            "trailing garbage after gzip member");
-			inflateReset(&r->z);
-			r->member_end = false;
-		}
-		if (r->in_avail == 0 && !r->in_eof) {
-			st = in_fill(r, err);
-			if (st != ZM_OK)
-				return st;
-		}
-		r->z.next_in = (unsigned char *)r->in_ptr;
-		r->z.avail_in = r->in_avail > UINT_MAX ? UINT_MAX :
-		                (uInt)r->in_avail;
-		r->z.next_out = dst;
-		r->z.avail_out = (uInt)chunk;
-		zr = inflate(&r->z, Z_NO_FLUSH);
-		{
-			size_t used = (size_t)(r->z.next_in - r->in_ptr);
-			r->in_ptr += used;
-			r->in_avail -= used;
-		}
-		*got = chunk - r->z.avail_out;
-		switch (zr) {
-		case Z_STREAM_END:
-			r->member_end = true;
-			if (*got)
-				return ZM_OK;
-			continue;
-		case Z_OK:
-			if (*got)
-				return ZM_OK;
-			continue;
-		case Z_BUF_ERROR:
-			if (r->in_avail == 0 && r->in_eof)
-				return rerr(r, err, ZM_ERR_FORMAT,
-				            "truncated gzip stream");
-			if (r->in_avail == 0)
-				continue;
-			return rerr(r, err, ZM_ERR_FORMAT, "corrupt gzip data");
-		case Z_MEM_ERROR:
-			return rerr(r, err, ZM_ERR_NOMEM, "out of memory in inflate");
-		default:
-			return rerr(r, err, ZM_ERR_FORMAT, "corrupt gzip data (%s)",
-			            r->z.msg ? r->z.msg : "bad stream");
-		}
-	}
+	if (r->out_pos < r->out_len)
+		return ZM_OK;           /* more was inflated: no member end here */
+	st = zm_infile_settle(r->in, &r->fail);
+	return st == ZM_OK ? ZM_OK : in_failed(r, err, st);
 }
 
 /* Reads up to n bytes; *got < n only at the end of the input. */
@@ -724,6 +561,39 @@ out:
 	return st;
 }
 
+/*
+ * The first bytes of the input are not the length of a safetensors
+ * header: say what the input looks like instead, since the usual cause is
+ * a CSV or IDX file given where a stream was expected.
+ */
+static enum zm_status not_a_stream(struct zm_reader *r,
+                                   const unsigned char *p, size_t n,
+                                   struct zm_error *err)
+{
+	const char *what = "not a zoomerge stream, gzip or CSV";
+	bool text = n > 0;
+	size_t i = 0;
+
+	/* Plain ASCII text, after a UTF-8 byte order mark: random bytes
+	 * pass this less than once in 2,000 tries. */
+	if (n >= 3 && p[0] == 0xef && p[1] == 0xbb && p[2] == 0xbf)
+		i = 3;
+	for (; i < n; i++)
+		if ((p[i] < 0x20 || p[i] > 0x7e) && p[i] != '\t' &&
+		    p[i] != '\n' && p[i] != '\r')
+			text = false;
+	if (n >= 4 && p[0] == 0 && p[1] == 0 && p[2] == 8 &&
+	    (p[3] == 1 || p[3] == 3))
+		what = "looks like IDX: give --from idx --images FILE";
+	else if (text)
+		what = "looks like CSV: give --from csv";
+	r->failed = true;
+	zm_error_set(&r->fail, ZM_ERR_FORMAT, "%s: %s", r->name, what);
+	if (err)
+		*err = r->fail;
+	return ZM_ERR_FORMAT;
+}
+
 enum zm_status zm_reader_next_header(struct zm_reader *r, struct zm_doc *doc,
                                      bool *eof, struct zm_error *err)
 {
@@ -762,12 +632,16 @@ enum zm_status zm_reader_next_header(struct zm_reader *r, struct zm_doc *doc,
 		*eof = true;
 		return ZM_OK;
 	}
+	if (got < sizeof(lenbuf) && r->doc_no == 1)
+		return not_a_stream(r, lenbuf, got, err);
 	if (got < sizeof(lenbuf))
 		return rerr(r, err, ZM_ERR_FORMAT, "trailing garbage (%zu bytes"
 		            " after the last document)", got);
 	hlen = 0;
 	for (i = 7; i >= 0; i--)
 		hlen = (hlen << 8) | lenbuf[i];
+	if ((hlen == 0 || hlen > ZM_MAX_HEADER_BYTES) && r->doc_no == 1)
+		return not_a_stream(r, lenbuf, got, err);
 	if (hlen == 0 || hlen > ZM_MAX_HEADER_BYTES)
 		return rerr(r, err, ZM_ERR_FORMAT, "bad header length %llu (must"
 		            " be 1 to %llu bytes; trailing garbage?)",
@@ -828,6 +702,8 @@ enum zm_status zm_reader_next_header(struct zm_reader *r, struct zm_doc *doc,
 	if (st != ZM_OK)
 		goto out;
 	r->in_doc = true;
+	if (r->data_left == 0)
+		st = settle(r, err);
 out:
 	zm_node_free(root);
 	free(hdr);
@@ -862,7 +738,7 @@ enum zm_status zm_reader_read_data(struct zm_reader *r, size_t index,
 		            " (%zu of %zu bytes)", r->names[index], got, n);
 	r->data_left -= n;
 	r->next_index++;
-	return ZM_OK;
+	return r->data_left == 0 ? settle(r, err) : ZM_OK;
 }
 
 enum zm_status zm_reader_next(struct zm_reader *r, struct zm_doc *doc,
