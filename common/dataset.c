@@ -4,6 +4,7 @@
  * data.c's.
  */
 #include <errno.h>
+#include <float.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -106,6 +107,7 @@ struct csv {
 	size_t *starts;
 	size_t nfields, fields_cap;
 	unsigned long rec_line;      /* line where the record started */
+	bool rec_cut;                /* it ended at the end of input, no newline */
 };
 
 static void csv_reset(struct csv *c)
@@ -219,6 +221,7 @@ static enum zm_status csv_record(struct csv *c, bool *eof,
 		return ZM_OK;
 	}
 	c->rec_line = c->line;
+	c->rec_cut = false;
 	if (!csv_new_field(c))
 		goto toolong;
 	for (;;) {
@@ -232,7 +235,8 @@ static enum zm_status csv_record(struct csv *c, bool *eof,
 		if (in_quotes) {
 			if (ch < 0)
 				return zm_error_set(err, ZM_ERR_FORMAT,
-				                    "%s:%lu: unterminated quoted field",
+				                    "%s:%lu: truncated (a quoted field "
+				                    "is open at the end of the input)",
 				                    c->src.name, c->rec_line);
 			if (ch == '"') {
 				int next = csv_peek(c, &st, err);
@@ -280,6 +284,7 @@ static enum zm_status csv_record(struct csv *c, bool *eof,
 			}
 			if (ch == '\n')
 				c->line++;
+			c->rec_cut = ch < 0;
 			return ZM_OK;
 		}
 		if (quoted)
@@ -743,6 +748,16 @@ static enum zm_status not_a_number(const struct zm_dataset_reader *r,
 	                    b->text);
 }
 
+static enum zm_status not_f32(const struct csv *c, size_t field,
+                              const char *column, const char *text,
+                              struct zm_error *err)
+{
+	return zm_error_set(err, ZM_ERR_DATA,
+	                    "%s:%lu:%zu: column '%s': %s is not finite as F32 "
+	                    "(beyond +-3.4e38)", c->src.name, c->rec_line, field,
+	                    column, text);
+}
+
 /* Finds the label column by name, else as a 0-based index. */
 static enum zm_status find_label(struct zm_dataset_reader *r,
                                  char **names, const char *label,
@@ -917,6 +932,16 @@ static enum zm_status csv_scan(struct zm_dataset_reader *r,
 			goto out;
 		if (eof)
 			break;
+		/* A short last row without its newline is a cut file, not a
+		 * ragged one (a cut gzip file fails below the CSV layer). */
+		if (c->nfields < r->ncols && c->rec_cut) {
+			st = zm_error_set(err, ZM_ERR_FORMAT,
+			                  "%s:%lu: truncated (the last row has %zu "
+			                  "of %zu fields and no newline)",
+			                  c->src.name, c->rec_line, c->nfields,
+			                  r->ncols);
+			goto out;
+		}
 		if (c->nfields != r->ncols) {
 			st = zm_error_set(err, ZM_ERR_DATA,
 			                  "%s:%lu: %zu fields, expected %zu as in "
@@ -941,12 +966,22 @@ static enum zm_status csv_scan(struct zm_dataset_reader *r,
 					label_int = false;
 				if (label_num && !csv_number(f, &v))
 					label_num = false;
+				if (label_num && !label_int && fabs(v) > FLT_MAX) {
+					st = not_f32(c, i + 1, names[i], f, err);
+					goto out;
+				}
 				continue;
 			}
 			if ((long)i == r->id_col && id_int &&
 			    !csv_integer(f, &iv))
 				id_int = false;
 			if (csv_number(f, &v)) {
+				/* Features are F32: a value past its range
+				 * would be infinite after the import. */
+				if (fabs(v) > FLT_MAX) {
+					st = not_f32(c, i + 1, names[i], f, err);
+					goto out;
+				}
 				numbers[i] = true;
 				continue;
 			}

@@ -326,7 +326,18 @@ static const struct {
 	{ "a,b\n1,\n", NULL, ZM_ERR_DATA,
 	  "t.csv:2:2: column 'b': expected a number, got ''" },
 	{ "a,b\n1,\"2\n", NULL, ZM_ERR_FORMAT,
-	  "t.csv:2: unterminated quoted field" },
+	  "t.csv:2: truncated (a quoted field is open at the end of the input)" },
+	/* A short last row without a newline is a cut file; with its
+	 * newline it is a ragged row. */
+	{ "a,b,c\n1,2,3\n4,5", NULL, ZM_ERR_FORMAT,
+	  "t.csv:3: truncated (the last row has 2 of 3 fields and no newline)" },
+	{ "a,b,c\n1,2,3\n4,5\n", NULL, ZM_ERR_DATA,
+	  "t.csv:3: 2 fields, expected 3 as in the header" },
+	/* Numbers that parse but are not finite as F32, like NaN. */
+	{ "a,b\n1,2\n3,1e39\n", NULL, ZM_ERR_DATA,
+	  "t.csv:3:2: column 'b': 1e39 is not finite as F32" },
+	{ "a,y\n1,0.5\n2,-4e38\n", "y", ZM_ERR_DATA,
+	  "t.csv:3:2: column 'y': -4e38 is not finite as F32" },
 	{ "a,b\n1,\"2\"x\n", NULL, ZM_ERR_FORMAT,
 	  "t.csv:2: field 2: unexpected 'x' after a closing quote" },
 	{ "a,b\n1,2\n", "c", ZM_ERR_USAGE, "t.csv: no column 'c'" },
