@@ -57,6 +57,9 @@ int zm_cli_usage_error(const char *usage, const char *fmt, ...)
 {
 	va_list ap;
 
+	/* The whole usage would bury the one line that says what is wrong
+	 * (and scroll it off a cron mail's first screen); --help has it. */
+	(void)usage;
 	if (fmt) {
 		fprintf(stderr, "%s: ", program_name);
 		va_start(ap, fmt);
@@ -64,7 +67,7 @@ int zm_cli_usage_error(const char *usage, const char *fmt, ...)
 		va_end(ap);
 		fputc('\n', stderr);
 	}
-	fputs(usage, stderr);
+	fprintf(stderr, "Try '%s --help'.\n", program_name);
 	return ZM_EXIT_USAGE;
 }
 

@@ -25,8 +25,11 @@ void zm_cli_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Prints "PROGRAM: err->msg" and returns the exit status for err. */
 int zm_cli_report(const struct zm_error *err);
 
-/* Prints the usage text on stderr (after "PROGRAM: message" when msg is
- * non-NULL) and returns ZM_EXIT_USAGE. */
+/* A usage error: prints "PROGRAM: message" (when fmt is non-NULL; without
+ * it the message was printed already, by getopt or zm_cli_warn) and the
+ * hint "Try 'PROGRAM --help'." on stderr, not the usage text itself, and
+ * returns ZM_EXIT_USAGE.  usage is kept for the callers' symmetry with
+ * zm_cli_help. */
 int zm_cli_usage_error(const char *usage, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 
