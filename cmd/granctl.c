@@ -93,6 +93,11 @@ static enum zm_status read_updates(struct zm_gc_inputs *in,
 		else
 			st = zm_gc_add_update(in, &doc, src, err);
 	}
+	/* An empty --updates file is a failed train-step upstream, not
+	 * "no updates to weigh". */
+	if (st == ZM_OK && zm_reader_doc_number(r) == 0)
+		st = zm_error_set(err, ZM_ERR_DATA, "%s: no update documents",
+		                  zm_reader_name(r));
 	zm_reader_close(r);
 	zm_doc_release(&doc);
 	return st;

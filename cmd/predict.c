@@ -89,6 +89,7 @@ struct predict_opts {
 	const char *state;
 	const char *trace;
 	bool weighting_set;         /* --weighting given */
+	uint64_t min_rows;          /* --min-rows: fewer is an error */
 };
 
 enum {
@@ -96,7 +97,7 @@ enum {
 	OPT_TOPK, OPT_TEMP, OPT_MERGE, OPT_POINT, OPT_STATE, OPT_GRAN_FROM,
 	OPT_WEIGHTS, OPT_ADAPT, OPT_TRACE, OPT_FEEDBACK, OPT_METRIC,
 	OPT_BUDGET, OPT_ETA, OPT_PRIOR, OPT_ADAPT_STEPS, OPT_SHARE, OPT_PROBE,
-	OPT_ADAPT_REG, OPT_ADAPT_TRUST
+	OPT_ADAPT_REG, OPT_ADAPT_TRUST, OPT_MIN_ROWS
 };
 
 static double now_seconds(void)
@@ -460,6 +461,12 @@ static int run(const struct predict_opts *o)
 	if (progress)
 		fprintf(stderr, "\r%s: %" PRIu64 " rows%s\n", zm_cli_name(), row,
 		        st == ZM_OK ? "" : " (failed)");
+	/* An empty input is not an error by itself (a quiet night); a cron
+	 * job that expects data says how much with --min-rows. */
+	if (st == ZM_OK && row < o->min_rows)
+		st = zm_error_set(&err, ZM_ERR_DATA, "%s: %" PRIu64 " rows, "
+		                  "fewer than --min-rows %" PRIu64, in_name, row,
+		                  o->min_rows);
 	if (st != ZM_OK)
 		goto out;
 	if (o->metrics) {
@@ -541,6 +548,7 @@ static const struct option longopts[] = {
 	{ "adapt-reg", required_argument, NULL, OPT_ADAPT_REG },
 	{ "adapt-trust", required_argument, NULL, OPT_ADAPT_TRUST },
 	{ "prior", required_argument, NULL, OPT_PRIOR },
+	{ "min-rows", required_argument, NULL, OPT_MIN_ROWS },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -714,6 +722,11 @@ static bool parse_option(void *ctx, int c, const char *arg)
 		if (!zm_cli_int("--threads", arg, 1, 1024, &v))
 			return false;
 		o->threads = (int)v;
+		break;
+	case OPT_MIN_ROWS:
+		if (!zm_cli_int("--min-rows", arg, 0, INT64_MAX, &v))
+			return false;
+		o->min_rows = (uint64_t)v;
 		break;
 	case 'c':
 		if (!zm_cli_int("--compress", arg, 0, 9, &v))

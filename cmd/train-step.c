@@ -57,6 +57,7 @@ struct train_step_opts {
 	int compress;
 	double val_fraction;
 	uint64_t max_memory;
+	uint64_t min_rows;         /* --min-rows: fewer is an error */
 	struct zm_fit_config fit;
 	/* the optimizer's options, applied by validate */
 	struct {
@@ -463,7 +464,12 @@ static int run(struct train_step_opts *o)
 	/* Open the output before the long work: a bad path fails at once. */
 	if (out && (st = zm_writer_open(&w, out, o->compress, &err)) != ZM_OK)
 		goto out;
-	if ((st = zm_trainset_load(&ts, o->data, &err)) != ZM_OK ||
+	if ((st = zm_trainset_load(&ts, o->data, &err)) == ZM_OK &&
+	    ts.rows < o->min_rows)
+		st = zm_error_set(&err, ZM_ERR_DATA, "%s: %zu rows, fewer than "
+		                  "--min-rows %" PRIu64, strcmp(o->data, "-") ?
+		                  o->data : "<stdin>", ts.rows, o->min_rows);
+	if (st != ZM_OK ||
 	    (st = zm_trainset_split(&ts, o->val_fraction, o->fit.seed, &err))) {
 		if (ts.over_limit)
 			zm_error_suffix(&err, " (--max-memory)");
@@ -541,7 +547,7 @@ enum {
 	OPT_MOMENTUM = 256, OPT_WD, OPT_SCHEDULE, OPT_STEP_SIZE, OPT_GAMMA,
 	OPT_MIN_LR, OPT_STEP_SCALE, OPT_VAL, OPT_MAXMEM, OPT_LOG_EVERY,
 	OPT_COMPRESS, OPT_THREADS, OPT_PROGRESS, OPT_QUIET, OPT_ASSIGNMENT,
-	OPT_SLICE,
+	OPT_SLICE, OPT_MIN_ROWS,
 };
 
 static const struct option longopts[] = {
@@ -566,6 +572,7 @@ static const struct option longopts[] = {
 	{ "step-scale", required_argument, NULL, OPT_STEP_SCALE },
 	{ "val-fraction", required_argument, NULL, OPT_VAL },
 	{ "max-memory", required_argument, NULL, OPT_MAXMEM },
+	{ "min-rows", required_argument, NULL, OPT_MIN_ROWS },
 	{ "log-every", required_argument, NULL, OPT_LOG_EVERY },
 	{ "compress", required_argument, NULL, OPT_COMPRESS },
 	{ "threads", required_argument, NULL, OPT_THREADS },
@@ -665,6 +672,11 @@ static bool parse_option(void *ctx, int c, const char *arg)
 			return false;
 		o->max_memory = (uint64_t)v << 20;
 		break;
+	case OPT_MIN_ROWS:
+		if (!zm_cli_int("--min-rows", arg, 1, INT64_MAX, &v))
+			return false;
+		o->min_rows = (uint64_t)v;
+		break;
 	case OPT_LOG_EVERY:
 		if (!zm_cli_int("--log-every", arg, 0, INT64_MAX, &v))
 			return false;
@@ -726,6 +738,7 @@ int main(int argc, char **argv)
 	o.data = "-";
 	o.val_fraction = 0.1;
 	o.max_memory = (uint64_t)8 << 30;
+	o.min_rows = 1;
 	o.compress = ZM_COMPRESS_AUTO;
 	o.opt.kind = ZM_OPTIM_SGD;
 	o.opt.momentum = -1;

@@ -163,6 +163,11 @@ static enum zm_status fit_centroids(struct zm_slicer *s, const char *path,
 	}
 	if (st != ZM_OK)
 		goto out;
+	if (res.n == 0) {
+		st = zm_error_set(err, ZM_ERR_DATA, "%s: no data rows",
+		                  path && strcmp(path, "-") ? path : "<stdin>");
+		goto out;
+	}
 	if (res.n < s->rules.k) {
 		st = zm_error_set(err, ZM_ERR_DATA, "k-means: %zu rows for %zu "
 		                  "clusters", res.n, s->rules.k);
@@ -662,6 +667,10 @@ enum zm_status zm_slicer_read(struct zm_slicer *s, struct zm_error *err)
 		if ((st = zm_data_features(&doc, &xf, err)))
 			break;
 		d = (size_t)xf.shape[1];
+		/* An empty batch (a CSV with only its header) says nothing
+		 * about the data; the rules are checked against a real one. */
+		if (xf.shape[0] == 0)
+			continue;
 		if (!started) {
 			if ((st = start(s, &doc, d, err)))
 				break;
@@ -679,8 +688,8 @@ enum zm_status zm_slicer_read(struct zm_slicer *s, struct zm_error *err)
 	if (st != ZM_OK)
 		goto out;
 	if (!started)
-		st = zm_error_set(err, ZM_ERR_DATA, "%s: no data",
-		                  path ? path : "standard input");
+		st = zm_error_set(err, ZM_ERR_DATA, "%s: no data rows",
+		                  path && strcmp(path, "-") ? path : "<stdin>");
 out:
 	zm_tensor_release(&xf);
 	zm_doc_release(&doc);
