@@ -31,6 +31,23 @@ static const char usage_str[] =
 	"              [--create --base NAME] [-o FILE] SLICE...\n"
 	"       assign -h | --help | --version\n";
 
+/* --help: every option with its default in brackets. */
+static const char options_str[] =
+	"\n"
+	"Weighs the zoo's models for each slice by similarity of their profiles.\n"
+	"\n"
+	"      --zoo DIR                 the model zoo [required]\n"
+	"      --metric KIND             cosine, kl or mahalanobis [cosine]\n"
+	"      --top-k K                 keep the K most similar models [0: all]\n"
+	"      --temperature T           softmax temperature [1]\n"
+	"      --min-weight W            drop weights below W [0]\n"
+	"      --new-model-threshold S   similarity a slice needs with some model\n"
+	"                                not to ask for a new one [none]\n"
+	"      --create --base NAME      add the new models, cloned from NAME [off]\n"
+	"  -o, --output FILE             where the assignment goes [standard output]\n"
+	"  -h, --help                    print this help and exit\n"
+	"      --version                 print the version and exit\n";
+
 struct assign_opts {
 	const char *zoo_dir;
 	enum zm_metric metric;
@@ -229,6 +246,7 @@ int main(int argc, char **argv)
 	int c;
 
 	zm_cli_init(argv[0]);
+	zm_cli_options(options_str);
 	while ((c = getopt_long(argc, argv, "z:o:h", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'z': o.zoo_dir = optarg; break;

@@ -34,6 +34,34 @@ static const char usage_str[] =
 	"               [--window N] [--model NAME]... [--predict PROGRAM] [-o FILE]\n"
 	"       granctl -h | --help | --version\n";
 
+/* --help: every option with its default in brackets. */
+static const char options_str[] =
+	"\n"
+	"Decides the merge granularity (full, group or layer) and what is shared.\n"
+	"\n"
+	"      --zoo DIR                 the model zoo [required]\n"
+	"      --rules FILE              granularity rules (YAML) [built in]\n"
+	"      --updates FILE            a train-step update stream; repeatable\n"
+	"      --log FILE                a train-step --log file; repeatable [none]\n"
+	"      --explain                 print the metrics and units as a table [off]\n"
+	"      --data FILE               data sample for drift, --measure [none]\n"
+	"      --measure                 measure predict at every level on --data [off]\n"
+	"      --latency-budget-ms MS    budget of the chosen level [none]\n"
+	"      --memory-budget MIB       budget of the chosen level [none]\n"
+	"      --metric KIND             cosine, kl or mahalanobis [cosine]\n"
+	"      --share-threshold A       agreement from which a unit is shared [0.5]\n"
+	"      --drift-threshold D       drift that goes to the layer level\n"
+	"                                [0.1 cosine, 1 kl, 0.5 mahalanobis]\n"
+	"      --default-level LEVEL     the level without evidence [group]\n"
+	"      --window N                log points of the loss slope [20]\n"
+	"      --model NAME              consider this zoo model; repeatable\n"
+	"                                [the updates' models, else all]\n"
+	"      --predict PROGRAM         predict program for --measure\n"
+	"                                [predict beside granctl, else from PATH]\n"
+	"  -o, --output FILE             where the decision goes [standard output]\n"
+	"  -h, --help                    print this help and exit\n"
+	"      --version                 print the version and exit\n";
+
 /* The most rows of --data that enter its profile and the measured run. */
 #define DATA_MAX_ROWS 65536
 
@@ -324,6 +352,7 @@ int main(int argc, char **argv)
 	bool ok = true;
 
 	zm_cli_init(argv[0]);
+	zm_cli_options(options_str);
 	zm_gc_opts_init(&o.gc);
 	while ((c = getopt_long(argc, argv, "z:o:h", longopts, NULL)) != -1) {
 		switch (c) {

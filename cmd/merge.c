@@ -32,6 +32,34 @@ static const char usage_str[] =
 	"  output:  --quiet\n"
 	"       merge -h | --help | --version\n";
 
+/* --help: every option with its default in brackets. */
+static const char options_str[] =
+	"\n"
+	"Applies update streams to the zoo, or merges models statically.\n"
+	"\n"
+	"      --zoo DIR                 the model zoo [required to apply]\n"
+	"      --granularity LEVEL       full, group or layer\n"
+	"                                [full when applying, layer when merging]\n"
+	"      --share SPEC              all, none, groups=G,... or layers=L,... [all]\n"
+	"      --granularity-from FILE   a granctl decision [none]\n"
+	"      --rebase                  apply updates of a superseded version [off]\n"
+	"      --method METHOD           linear, task-arithmetic, ties, dare or slerp\n"
+	"                                [none: apply updates]\n"
+	"      --weights W,...           one weight per model [equal]\n"
+	"      --config FILE             merge config (YAML) [none]\n"
+	"      --base MODEL              base of the task-vector methods [none]\n"
+	"      --density D               ties/dare density [0.2]\n"
+	"      --lambda L                task-vector scale [1]\n"
+	"      --drop P                  dare drop probability [0.9]\n"
+	"      --dare-ties               dare with ties' sign election [off]\n"
+	"      --seed N                  dare's seed [0]\n"
+	"      --name NAME               zm.name of the merged model [none]\n"
+	"      --compress LEVEL          gzip level 0..9 [ZM_COMPRESS, else per payload]\n"
+	"  -o, --output OUT              the merged model file [required to merge]\n"
+	"      --quiet                   no summary [off]\n"
+	"  -h, --help                    print this help and exit\n"
+	"      --version                 print the version and exit\n";
+
 struct merge_opts {
 	const char *zoo_dir;
 	const char *level_text;
@@ -332,6 +360,7 @@ int main(int argc, char **argv)
 	zm_merge_params_init(&o.params);
 	o.compress = ZM_COMPRESS_AUTO;
 	zm_cli_init(argv[0]);
+	zm_cli_options(options_str);
 	if (!zm_compress_from_env(&o.compress))
 		return zm_cli_usage_error(usage_str, "ZM_COMPRESS: expected 0..9");
 	while ((c = getopt_long(argc, argv, "z:o:h", longopts, NULL)) != -1) {

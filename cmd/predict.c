@@ -56,8 +56,59 @@ static const char usage_str[] =
 	"               [--batch-size N] [--threads N] [--metrics FILE]\n"
 	"               [--output csv|stream] [--compress LEVEL] [-o OUT]\n"
 	"               [--from stream|csv|idx] [--label COLUMN]\n"
-	"               [--images IDX [--labels IDX]] [--quiet|--progress] [FILE]\n"
+	"               [--images IDX [--labels IDX]] [--min-rows N] [--quiet|--progress]\n"
+	"               [FILE]\n"
 	"       predict -h | --help | --version\n";
+
+/* --help: every option with its default in brackets. */
+static const char options_str[] =
+	"\n"
+	"Predicts with one model or a weighted merge of several, row by row.\n"
+	"\n"
+	"      --zoo DIR                 the model zoo [required, or --model-file]\n"
+	"      --model NAME              a zoo model; repeatable [all of the zoo]\n"
+	"      --model-file FILE         a model file instead of a zoo; repeatable\n"
+	"      --granularity LEVEL       full, group or layer [full]\n"
+	"      --granularity-from FILE   the level of a granctl decision [none]\n"
+	"      --weighting KIND          similarity, router, router+similarity,\n"
+	"                                uniform or static [similarity; static\n"
+	"                                with --weights]\n"
+	"      --router NAME             the zoo model that tells slices apart [none]\n"
+	"      --assignment FILE         the assignment of slices to models [none]\n"
+	"      --weights FILE            static weights [none]\n"
+	"      --metric KIND             cosine, kl or mahalanobis [kl]\n"
+	"      --per row|batch           weights per row or per batch [batch]\n"
+	"      --top-k K                 models per unit and row [0: all]\n"
+	"      --temperature T           divides the similarities [1]\n"
+	"      --latency-budget-ms MS    time a batch may take [none]\n"
+	"      --merge HOW               outputs, params or ensemble [outputs]\n"
+	"      --merge-point pre|post    mix before or after the activation [pre]\n"
+	"      --prior metrics           add log zoo accuracy to the logits [off]\n"
+	"      --feedback                Hedge scores from labelled batches [off]\n"
+	"      --eta ETA                 Hedge learning rate [0.5]\n"
+	"      --share ALPHA             fixed share [0.1]\n"
+	"      --probe P                 share moved to a model to score it [0.1]\n"
+	"      --state FILE              keep the Hedge scores between runs [none]\n"
+	"      --adapt entropy           entropy adaptation [off]\n"
+	"      --adapt-steps N           descent steps [3]\n"
+	"      --adapt-reg R             penalty toward the weights [0.1]\n"
+	"      --adapt-trust D           largest change in a step [0.5]\n"
+	"      --trace FILE              the weights of every batch [none]\n"
+	"      --batch-size N            rows per forward pass [1024]\n"
+	"      --threads N               BLIS threads [BLIS_NUM_THREADS, else 1]\n"
+	"      --metrics FILE            accuracy and loss as YAML [none]\n"
+	"      --output csv|stream       the output format [csv]\n"
+	"      --compress LEVEL          gzip level 0..9 [ZM_COMPRESS, else per payload]\n"
+	"  -o OUT                        where the predictions go [standard output]\n"
+	"      --from stream|csv|idx     the input format [stream]\n"
+	"      --label COLUMN            CSV label column, name or index [none]\n"
+	"      --images IDX              IDX images for --from idx [none]\n"
+	"      --labels IDX              IDX labels for --from idx [none]\n"
+	"      --min-rows N              fewer input rows is an error [0]\n"
+	"      --quiet, --progress       rows done on standard error\n"
+	"                                [only when it is a terminal]\n"
+	"  -h, --help                    print this help and exit\n"
+	"      --version                 print the version and exit\n";
 
 #define MAX_MODELS ZM_WEIGHTER_MAX_MODELS
 
@@ -804,6 +855,7 @@ int main(int argc, char **argv)
 	int status;
 
 	zm_cli_init(argv[0]);
+	zm_cli_options(options_str);
 	zm_predict_options_init(&o.p);
 	o.p.w.kind = ZM_WEIGHTING_SIMILARITY;
 	if (!zm_compress_from_env(&o.compress)) {

@@ -29,6 +29,26 @@ static const char usage_str[] =
 	"         --centroids FILE  --unmatched fail|drop  --compress 0..9\n"
 	"         --threads N  -h/--help  --version\n";
 
+/* --help: every option with its default in brackets. */
+static const char options_str[] =
+	"\n"
+	"Splits data by rules into one stream per slice, each with its profile.\n"
+	"\n"
+	"      --rules FILE              the slice rules (YAML) [required]\n"
+	"      --out-dir DIR             where the slice files go [required]\n"
+	"      --membership FILE         also write a router's training set [none]\n"
+	"      --from stream|csv|idx     the input format [stream]\n"
+	"      --label COLUMN            CSV label column, name or index [none]\n"
+	"      --images IDX              IDX images for --from idx [none]\n"
+	"      --labels IDX              IDX labels for --from idx [none]\n"
+	"      --batch N                 rows per batch of CSV and IDX input [4096]\n"
+	"      --centroids FILE          k-means centroids to use [fit new ones]\n"
+	"      --unmatched fail|drop     rows that match no slice [fail]\n"
+	"      --compress LEVEL          gzip level 0..9 [ZM_COMPRESS, else per payload]\n"
+	"      --threads N               BLIS threads [BLIS_NUM_THREADS, else 1]\n"
+	"  -h, --help                    print this help and exit\n"
+	"      --version                 print the version and exit\n";
+
 struct slice_opts {
 	struct zm_slicer_options s;
 	bool drop_unmatched;
@@ -104,6 +124,7 @@ int main(int argc, char **argv)
 	int c;
 
 	zm_cli_init(argv[0]);
+	zm_cli_options(options_str);
 	if (!zm_compress_from_env(&o.s.compress))
 		return zm_cli_usage_error(usage_str, "ZM_COMPRESS: expected "
 		                          "0..9");

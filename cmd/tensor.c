@@ -33,6 +33,23 @@ static const char usage_str[] =
 	"       tensor export --to csv [-o OUT] [FILE]\n"
 	"options: --compress 0..9, -h/--help, --version\n";
 
+/* --help: every option with its default in brackets. */
+static const char options_str[] =
+	"\n"
+	"Inspects streams, imports CSV and IDX, exports CSV.\n"
+	"\n"
+	"      --from csv|idx            import: the input format [required]\n"
+	"      --to csv                  export: the output format [required]\n"
+	"      --label COLUMN            CSV label column, name or index [none]\n"
+	"      --images IDX              IDX image file [required with --from idx]\n"
+	"      --labels IDX              IDX label file [none]\n"
+	"      --batch N                 rows per document [4096]\n"
+	"      --shape flat|image        imported image shape [flat]\n"
+	"      --compress LEVEL          gzip level 0..9 [ZM_COMPRESS, else per payload]\n"
+	"  -o, --output OUT              where to write [standard output]\n"
+	"  -h, --help                    print this help and exit\n"
+	"      --version                 print the version and exit\n";
+
 enum command { CMD_NONE, CMD_INFO, CMD_IMPORT, CMD_EXPORT };
 
 struct tensor_opts {
@@ -252,6 +269,7 @@ int main(int argc, char **argv)
 	int c, status;
 
 	zm_cli_init(argv[0]);
+	zm_cli_options(options_str);
 	if (!zm_compress_from_env(&o.compress))
 		return zm_cli_usage_error(usage_str,
 		                          "ZM_COMPRESS: expected 0..9, got '%s'",

@@ -39,9 +39,45 @@ static const char usage_str[] =
 	"                  [--seed N] [--apply] [--log FILE] [-o UPDATES] [DATA]\n"
 	"  training:   --momentum M  --weight-decay W  --schedule constant|step|cosine\n"
 	"              --step-size N  --gamma G  --min-lr LR  --step-scale W\n"
-	"  data:       --val-fraction F (default 0.1)  --max-memory MIB\n"
+	"  data:       --val-fraction F (default 0.1)  --max-memory MIB  --min-rows N\n"
 	"  output:     --log-every N  --compress 0..9  --threads N  --progress  --quiet\n"
 	"       train-step -h | --help | --version\n";
+
+/* --help: every option with its default in brackets. */
+static const char options_str[] =
+	"\n"
+	"Trains zoo models on data; writes update streams or applies them.\n"
+	"\n"
+	"      --zoo DIR                 the model zoo [required]\n"
+	"      --model NAME              the model to train [or --assignment]\n"
+	"      --assignment FILE         train the slice's models with their weights\n"
+	"      --slice NAME              the slice to look up [the data's zm.slice]\n"
+	"      --epochs E                passes over the training rows [1]\n"
+	"      --batch-size B            rows per step [128]\n"
+	"      --lr LR                   learning rate [0.01 sgd, 0.001 adam]\n"
+	"      --optimizer sgd|adam      the optimizer [sgd]\n"
+	"      --seed N                  shuffling and held-out split [0]\n"
+	"      --apply                   store the trained model in the zoo [off]\n"
+	"      --log FILE                JSON lines of the losses [none]\n"
+	"  -o, --output UPDATES          the update stream\n"
+	"                                [standard output; none with --apply]\n"
+	"      --momentum M              SGD momentum [0.9]\n"
+	"      --weight-decay W          decay of every parameter [0]\n"
+	"      --schedule KIND           constant, step or cosine [constant]\n"
+	"      --step-size N             steps between decays of step [required by it]\n"
+	"      --gamma G                 decay factor of step [0.1]\n"
+	"      --min-lr LR               floor of cosine [0]\n"
+	"      --step-scale W            multiplies every step [1]\n"
+	"      --val-fraction F          fraction of rows held out [0.1]\n"
+	"      --max-memory MIB          refuse larger data [8192]\n"
+	"      --min-rows N              fewer input rows is an error [1]\n"
+	"      --log-every N             steps between reports [50]\n"
+	"      --compress LEVEL          gzip level 0..9 [ZM_COMPRESS, else per payload]\n"
+	"      --threads N               BLIS threads [BLIS_NUM_THREADS, else 1]\n"
+	"      --progress, --quiet       one line per epoch on standard error\n"
+	"                                [only when it is a terminal]\n"
+	"  -h, --help                    print this help and exit\n"
+	"      --version                 print the version and exit\n";
 
 struct train_step_opts {
 	const char *zoo_dir;
@@ -746,6 +782,7 @@ int main(int argc, char **argv)
 	o.opt.lr = -1;
 	o.opt.schedule = ZM_LR_CONSTANT;
 	zm_cli_init(argv[0]);
+	zm_cli_options(options_str);
 	if (!zm_compress_from_env(&o.compress))
 		return zm_cli_usage_error(usage_str, "ZM_COMPRESS: expected 0..9");
 	status = zm_cli_getopt(argc, argv, "z:m:e:b:l:O:s:aL:o:h", longopts,

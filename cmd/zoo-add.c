@@ -25,6 +25,22 @@ static const char usage_str[] =
 	"       zoo-add --zoo DIR --rollback NAME\n"
 	"       zoo-add -h | --help | --version\n";
 
+/* --help: every option with its default in brackets. */
+static const char options_str[] =
+	"\n"
+	"Creates, versions and rolls back the models of a zoo.\n"
+	"\n"
+	"      --zoo DIR                 the zoo directory [required]\n"
+	"      --name NAME               the model's name [required]\n"
+	"      --arch ARCH.yaml          create a new model from this architecture\n"
+	"      --seed N                  seed of the initial weights [0]\n"
+	"      --tag KEY=VALUE           a tag of the index entry; repeatable [none]\n"
+	"      --hparam KEY=VALUE        a hyper-parameter; repeatable [none]\n"
+	"      --keep K                  versions kept of each model [0: all]\n"
+	"      --rollback NAME           point NAME back at its previous version\n"
+	"  -h, --help                    print this help and exit\n"
+	"      --version                 print the version and exit\n";
+
 struct zoo_add_opts {
 	const char *zoo_dir;
 	const char *name;
@@ -206,6 +222,7 @@ int main(int argc, char **argv)
 	int c, status;
 
 	zm_cli_init(argv[0]);
+	zm_cli_options(options_str);
 	zm_error_clear(&err);
 	while ((c = getopt_long(argc, argv, "z:n:a:s:t:p:k:r:h", longopts,
 	                        NULL)) != -1) {

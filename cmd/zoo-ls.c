@@ -18,6 +18,16 @@ static const char usage_str[] =
 	"usage: zoo-ls --zoo DIR [--format table|yaml]\n"
 	"       zoo-ls -h | --help | --version\n";
 
+/* --help: every option with its default in brackets. */
+static const char options_str[] =
+	"\n"
+	"Lists the models of a zoo.\n"
+	"\n"
+	"      --zoo DIR                 the zoo directory [required]\n"
+	"      --format table|yaml       the output format [table]\n"
+	"  -h, --help                    print this help and exit\n"
+	"      --version                 print the version and exit\n";
+
 struct zoo_ls_opts {
 	const char *zoo_dir;
 	bool yaml;
@@ -105,6 +115,7 @@ int main(int argc, char **argv)
 	int c;
 
 	zm_cli_init(argv[0]);
+	zm_cli_options(options_str);
 	while ((c = getopt_long(argc, argv, "z:f:h", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'z':

@@ -15,6 +15,7 @@
 #include "gemm.h"
 
 static const char *program_name = "zoomerge";
+static const char *program_options;
 
 void zm_cli_init(const char *argv0)
 {
@@ -100,9 +101,16 @@ int zm_cli_getopt(int argc, char **argv, const char *shortopts,
 	return -1;
 }
 
+void zm_cli_options(const char *options)
+{
+	program_options = options;
+}
+
 int zm_cli_help(const char *usage)
 {
 	fputs(usage, stdout);
+	if (program_options)
+		fputs(program_options, stdout);
 	return zm_cli_close_stdout(ZM_EXIT_OK);
 }
 

@@ -17,6 +17,9 @@ enum { ZM_EXIT_OK = 0, ZM_EXIT_FAILURE = 1, ZM_EXIT_USAGE = 2 };
 
 /* Remembers the program name (basename of argv0) for messages. */
 void zm_cli_init(const char *argv0);
+/* Remembers the text --help prints after the usage: the options, one a
+ * line, each with its default in brackets (static, not copied). */
+void zm_cli_options(const char *options);
 const char *zm_cli_name(void);
 
 /* Prints "PROGRAM: message" on stderr. */
@@ -36,9 +39,11 @@ int zm_cli_usage_error(const char *usage, const char *fmt, ...)
 /* Prints "PROGRAM (zoomerge) VERSION" and the BLIS kernel set on stdout. */
 void zm_cli_version(void);
 
-/* -h and --version: print usage (or the version) on stdout, close it and
- * return the exit status (0, or 1 when stdout could not be written). */
+/* -h and --version: print usage and the options (or the version) on
+ * stdout, close it and return the exit status (0, or 1 when stdout could
+ * not be written). */
 int zm_cli_help(const char *usage);
+
 int zm_cli_show_version(void);
 
 /* Option arguments: parse text as a number within [min, max]; on failure
