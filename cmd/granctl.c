@@ -41,7 +41,7 @@ static const char options_str[] =
 	"\n"
 	"      --zoo DIR                 the model zoo [required]\n"
 	"      --rules FILE              granularity rules (YAML) [built in]\n"
-	"      --updates FILE            a train-step update stream; repeatable\n"
+	"      --updates FILE            a train-step update stream; repeatable [none]\n"
 	"      --log FILE                a train-step --log file; repeatable [none]\n"
 	"      --explain                 print the metrics and units as a table [off]\n"
 	"      --data FILE               data sample for drift, --measure [none]\n"

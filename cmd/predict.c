@@ -68,6 +68,7 @@ static const char options_str[] =
 	"      --zoo DIR                 the model zoo [required, or --model-file]\n"
 	"      --model NAME              a zoo model; repeatable [all of the zoo]\n"
 	"      --model-file FILE         a model file instead of a zoo; repeatable\n"
+	"                                [none]\n"
 	"      --granularity LEVEL       full, group or layer [full]\n"
 	"      --granularity-from FILE   the level of a granctl decision [none]\n"
 	"      --weighting KIND          similarity, router, router+similarity,\n"

@@ -51,6 +51,7 @@ static const char options_str[] =
 	"      --zoo DIR                 the model zoo [required]\n"
 	"      --model NAME              the model to train [or --assignment]\n"
 	"      --assignment FILE         train the slice's models with their weights\n"
+	"                                [or --model]\n"
 	"      --slice NAME              the slice to look up [the data's zm.slice]\n"
 	"      --epochs E                passes over the training rows [1]\n"
 	"      --batch-size B            rows per step [128]\n"

@@ -33,11 +33,13 @@ static const char options_str[] =
 	"      --zoo DIR                 the zoo directory [required]\n"
 	"      --name NAME               the model's name [required]\n"
 	"      --arch ARCH.yaml          create a new model from this architecture\n"
+	"                                [or MODEL_FILE]\n"
 	"      --seed N                  seed of the initial weights [0]\n"
 	"      --tag KEY=VALUE           a tag of the index entry; repeatable [none]\n"
 	"      --hparam KEY=VALUE        a hyper-parameter; repeatable [none]\n"
 	"      --keep K                  versions kept of each model [0: all]\n"
 	"      --rollback NAME           point NAME back at its previous version\n"
+	"                                [none]\n"
 	"  -h, --help                    print this help and exit\n"
 	"      --version                 print the version and exit\n";
 
