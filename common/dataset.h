@@ -48,9 +48,10 @@ enum zm_dataset_kind {
  * What to open.  The strings are borrowed for the duration of
  * zm_dataset_open only (the reader copies what it keeps).  In-memory
  * inputs (data/len, images_data/labels_data) replace the paths when
- * non-NULL, raw bytes only (no gzip), and must outlive the reader; the
- * paths then only name them in messages.  Files may be gzip-compressed or
- * raw; "-" is standard input.
+ * non-NULL and must outlive the reader; the paths then only name them in
+ * messages.  Files and memory may be gzip-compressed (each member checked
+ * whole: truncation is an error, see zm_infile_read) or raw; "-" is
+ * standard input.
  */
 struct zm_dataset_options {
 	enum zm_dataset_kind kind;
@@ -91,8 +92,8 @@ enum zm_status zm_dataset_open(struct zm_dataset_reader **r,
  * in doc afterwards).  At the end returns ZM_OK with *eof true and doc
  * empty.  A CSV with a header and no rows yields one batch of 0 rows, so
  * its column names still reach the output.  Errors name the file (IDX:
- * truncation, trailing bytes, corrupt gzip; stream: the reader's errors
- * and documents that are not data).
+ * truncation, trailing bytes, corrupt gzip; CSV: a truncated last row;
+ * stream: the reader's errors and documents that are not data).
  */
 enum zm_status zm_dataset_next(struct zm_dataset_reader *r,
                                struct zm_doc *doc, bool *eof,
