@@ -571,7 +571,7 @@ static enum zm_status not_a_stream(struct zm_reader *r,
                                    struct zm_error *err)
 {
 	const char *what = "not a zoomerge stream, gzip or CSV";
-	bool text = n > 0;
+	bool text = n > 0, idx;
 	size_t i = 0;
 
 	/* Plain ASCII text, after a UTF-8 byte order mark: random bytes
@@ -582,13 +582,26 @@ static enum zm_status not_a_stream(struct zm_reader *r,
 		if ((p[i] < 0x20 || p[i] > 0x7e) && p[i] != '\t' &&
 		    p[i] != '\n' && p[i] != '\r')
 			text = false;
-	if (n >= 4 && p[0] == 0 && p[1] == 0 && p[2] == 8 &&
-	    (p[3] == 1 || p[3] == 3))
+	idx = n >= 4 && p[0] == 0 && p[1] == 0 && p[2] == 8 &&
+	      (p[3] == 1 || p[3] == 3);
+	if (idx)
 		what = "looks like IDX: give --from idx --images FILE";
 	else if (text)
 		what = "looks like CSV: give --from csv";
 	r->failed = true;
-	zm_error_set(&r->fail, ZM_ERR_FORMAT, "%s: %s", r->name, what);
+	/* Neither: the header length it would have is all there is to say. */
+	if (!text && !idx && n == 8) {
+		uint64_t hlen = 0;
+		int k;
+
+		for (k = 7; k >= 0; k--)
+			hlen = (hlen << 8) | p[k];
+		zm_error_set(&r->fail, ZM_ERR_FORMAT, "%s: %s (bad header "
+		             "length %llu)", r->name, what,
+		             (unsigned long long)hlen);
+	} else {
+		zm_error_set(&r->fail, ZM_ERR_FORMAT, "%s: %s", r->name, what);
+	}
 	if (err)
 		*err = r->fail;
 	return ZM_ERR_FORMAT;

@@ -637,7 +637,8 @@ not_stream_cases[] = {
 	{ "\0\0\x08\x03\0\0\0\x01\0\0\0\x02", 12,
 	  "x: looks like IDX: give --from idx --images FILE" },
 	{ "\x93\x01\xff\x7f\x10\x80\x02\x05\x11", 9,
-	  "x: not a zoomerge stream, gzip or CSV" },
+	  "x: not a zoomerge stream, gzip or CSV (bad header length "
+	  "360991728498311571)" },
 	{ "abc", 3, "x: looks like CSV: give --from csv" },
 };
 
