@@ -775,6 +775,10 @@ enum zm_status zm_infile_read(struct zm_infile *f, void *dst, size_t cap,
 				return st;
 			if (f->in_avail == 0)
 				return ZM_OK;	/* clean end after the last member */
+			if (f->in_avail == 1 && f->in_ptr[0] == 0x1f) {
+				f->member++;    /* the first byte of a magic */
+				return truncated(f, err);
+			}
 			if (f->in_avail < 2 || !is_gzip_magic(f->in_ptr))
 				return zm_error_set(err, ZM_ERR_FORMAT, "%s: trailing "
 				                    "garbage after gzip member %lu",

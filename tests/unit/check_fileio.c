@@ -2,7 +2,8 @@
  * Atomic output files: commit makes the exact bytes appear with ordinary
  * permissions, abort and every injected failure (open, write, fsync,
  * rename) leave the old file and no temporary file behind; whole-file
- * reads respect their size limit.
+ * reads respect their size limit; input files inflate gzip members,
+ * rewind (a pipe through its spooled copy) and refuse every cut.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -12,6 +13,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <zlib.h>
 
 #include "fileio.h"
 #include "mem.h"
@@ -276,6 +279,152 @@ START_TEST(fifo_written_in_place)
 }
 END_TEST
 
+/* One gzip member of text, by zlib directly (an independent encoder). */
+static size_t gz_member(const char *text, unsigned char *out, size_t cap)
+{
+	z_stream z;
+	size_t n;
+
+	memset(&z, 0, sizeof(z));
+	ck_assert_int_eq(deflateInit2(&z, 6, Z_DEFLATED, 31, 8,
+	                              Z_DEFAULT_STRATEGY), Z_OK);
+	z.next_in = (unsigned char *)text;
+	z.avail_in = (uInt)strlen(text);
+	z.next_out = out;
+	z.avail_out = (uInt)cap;
+	ck_assert_int_eq(deflate(&z, Z_FINISH), Z_STREAM_END);
+	n = cap - z.avail_out;
+	deflateEnd(&z);
+	return n;
+}
+
+/* Everything f gives, as a string in buf, or the error's status. */
+static enum zm_status slurp(struct zm_infile *f, char *buf, size_t cap,
+                            struct zm_error *err)
+{
+	size_t len = 0, got;
+	enum zm_status st;
+
+	do {
+		st = zm_infile_read(f, buf + len, cap - 1 - len, &got, err);
+		if (st != ZM_OK)
+			return st;
+		len += got;
+	} while (got > 0 && len < cap - 1);
+	buf[len] = '\0';
+	return ZM_OK;
+}
+
+/* Two members read as one text, from memory, a file and a pipe, again
+ * after a rewind; each cut, in either member, is "truncated" naming it. */
+START_TEST(infile_members)
+{
+	unsigned char gz[512];
+	char buf[256], path[4096];
+	struct zm_infile *f;
+	struct zm_error err;
+	size_t n1, n;
+	int fds[2], saved;
+	FILE *w;
+
+	n1 = gz_member("a,b\n1,2\n", gz, sizeof(gz));
+	n = n1 + gz_member("3,4\n", gz + n1, sizeof(gz) - n1);
+	ck_assert_int_eq(zm_infile_open_mem(&f, gz, n, "m", &err), ZM_OK);
+	ck_assert_int_eq(slurp(f, buf, sizeof(buf), &err), ZM_OK);
+	ck_assert_str_eq(buf, "a,b\n1,2\n3,4\n");
+	ck_assert_int_eq(zm_infile_rewind(f, &err), ZM_OK);
+	ck_assert_int_eq(slurp(f, buf, sizeof(buf), &err), ZM_OK);
+	ck_assert_str_eq(buf, "a,b\n1,2\n3,4\n");
+	zm_infile_close(f);
+
+	/* Every cut: in member 1's body or trailer, at the boundary plus a
+	 * part of member 2's header, in member 2.  (One byte alone is not
+	 * gzip: without the whole magic, input is taken as it is.) */
+	for (size_t cut = 1; cut + 2 <= n; cut++) {
+		unsigned long want = n - cut <= n1 ? 1 : 2;
+		char msg[64];
+
+		if (n - cut == n1)
+			continue;       /* a whole first member: a clean end */
+		ck_assert_int_eq(zm_infile_open_mem(&f, gz, n - cut, "m", &err),
+		                 ZM_OK);
+		ck_assert_int_eq(slurp(f, buf, sizeof(buf), &err), ZM_ERR_FORMAT);
+		snprintf(msg, sizeof(msg), "m: truncated (gzip stream ends inside "
+		         "member %lu)", want);
+		ck_assert_msg(strcmp(err.msg, msg) == 0, "cut %zu: %s", cut,
+		              err.msg);
+		zm_infile_close(f);
+	}
+
+	/* A file, rewound by seeking. */
+	snprintf(path, sizeof(path), "%s/two.gz", unit_tmpdir());
+	w = fopen(path, "wb");
+	ck_assert_ptr_nonnull(w);
+	ck_assert_uint_eq(fwrite(gz, 1, n, w), n);
+	ck_assert_int_eq(fclose(w), 0);
+	ck_assert_int_eq(zm_infile_open(&f, path, ZM_INFILE_REWINDABLE, &err),
+	                 ZM_OK);
+	ck_assert_int_eq(slurp(f, buf, sizeof(buf), &err), ZM_OK);
+	ck_assert_int_eq(zm_infile_rewind(f, &err), ZM_OK);
+	ck_assert_int_eq(slurp(f, buf, sizeof(buf), &err), ZM_OK);
+	ck_assert_str_eq(buf, "a,b\n1,2\n3,4\n");
+	zm_infile_close(f);
+
+	/* Standard input as a pipe, spooled so it can be rewound. */
+	ck_assert_int_eq(pipe(fds), 0);
+	ck_assert_int_eq(write(fds[1], gz, n), (ssize_t)n);
+	close(fds[1]);
+	saved = dup(STDIN_FILENO);
+	ck_assert_int_eq(dup2(fds[0], STDIN_FILENO), STDIN_FILENO);
+	close(fds[0]);
+	ck_assert_int_eq(zm_infile_open(&f, "-", ZM_INFILE_REWINDABLE, &err),
+	                 ZM_OK);
+	ck_assert_str_eq(zm_infile_name(f), "<stdin>");
+	ck_assert_int_eq(slurp(f, buf, sizeof(buf), &err), ZM_OK);
+	ck_assert_int_eq(zm_infile_rewind(f, &err), ZM_OK);
+	ck_assert_int_eq(slurp(f, buf, sizeof(buf), &err), ZM_OK);
+	ck_assert_str_eq(buf, "a,b\n1,2\n3,4\n");
+	zm_infile_close(f);
+	dup2(saved, STDIN_FILENO);
+	close(saved);
+}
+END_TEST
+
+/* settle: at the end of a member it checks the trailer, inside one it
+ * reads nothing, on raw input it does nothing. */
+START_TEST(infile_settle)
+{
+	unsigned char gz[256];
+	char buf[16];
+	struct zm_infile *f;
+	struct zm_error err;
+	size_t n, got;
+
+	n = gz_member("hello", gz, sizeof(gz));
+	ck_assert_int_eq(zm_infile_open_mem(&f, gz, n - 2, "s", &err), ZM_OK);
+	ck_assert_int_eq(zm_infile_read(f, buf, 5, &got, &err), ZM_OK);
+	ck_assert_uint_eq(got, 5);
+	ck_assert_int_eq(zm_infile_settle(f, &err), ZM_ERR_FORMAT);
+	ck_assert_str_eq(err.msg, "s: truncated (gzip stream ends inside "
+	                 "member 1)");
+	zm_infile_close(f);
+	ck_assert_int_eq(zm_infile_open_mem(&f, gz, n, "s", &err), ZM_OK);
+	ck_assert_int_eq(zm_infile_read(f, buf, 2, &got, &err), ZM_OK);
+	ck_assert_uint_eq(got, 2);
+	ck_assert_int_eq(zm_infile_settle(f, &err), ZM_OK);   /* mid-member */
+	ck_assert_int_eq(zm_infile_read(f, buf, 3, &got, &err), ZM_OK);
+	ck_assert(got == 3 && memcmp(buf, "llo", 3) == 0);
+	ck_assert_int_eq(zm_infile_settle(f, &err), ZM_OK);   /* whole */
+	ck_assert_int_eq(zm_infile_read(f, buf, 3, &got, &err), ZM_OK);
+	ck_assert_uint_eq(got, 0);
+	zm_infile_close(f);
+	ck_assert_int_eq(zm_infile_open_mem(&f, "raw", 3, "r", &err), ZM_OK);
+	ck_assert_int_eq(zm_infile_read(f, buf, 3, &got, &err), ZM_OK);
+	ck_assert_int_eq(zm_infile_settle(f, &err), ZM_OK);
+	zm_infile_close(f);
+}
+END_TEST
+
 Suite *suite_fileio(void)
 {
 	Suite *s = suite_create("fileio");
@@ -291,6 +440,8 @@ Suite *suite_fileio(void)
 	tcase_add_test(tc, fifo_written_in_place);
 	tcase_add_test(tc, read_file_limits);
 	tcase_add_test(tc, read_file_large);
+	tcase_add_test(tc, infile_members);
+	tcase_add_test(tc, infile_settle);
 	suite_add_tcase(s, tc);
 	return s;
 }
