@@ -165,7 +165,8 @@ static enum zm_status fit_centroids(struct zm_slicer *s, const char *path,
 		goto out;
 	if (res.n == 0) {
 		st = zm_error_set(err, ZM_ERR_DATA, "%s: no data rows",
-		                  path && strcmp(path, "-") ? path : "<stdin>");
+		                  s->o->input && strcmp(s->o->input, "-") ?
+		                  s->o->input : "<stdin>");
 		goto out;
 	}
 	if (res.n < s->rules.k) {
@@ -689,7 +690,8 @@ enum zm_status zm_slicer_read(struct zm_slicer *s, struct zm_error *err)
 		goto out;
 	if (!started)
 		st = zm_error_set(err, ZM_ERR_DATA, "%s: no data rows",
-		                  path && strcmp(path, "-") ? path : "<stdin>");
+		                  s->o->input && strcmp(s->o->input, "-") ?
+		                  s->o->input : "<stdin>");
 out:
 	zm_tensor_release(&xf);
 	zm_doc_release(&doc);
