@@ -38,6 +38,8 @@ static const char options_str[] =
 	"      --tag KEY=VALUE           a tag of the index entry; repeatable [none]\n"
 	"      --hparam KEY=VALUE        a hyper-parameter; repeatable [none]\n"
 	"      --keep K                  versions kept of each model [0: all]\n"
+	"      --role ROLE               expert, router or base\n"
+	"                                [the file's or earlier version's, else expert]\n"
 	"      --rollback NAME           point NAME back at its previous version\n"
 	"                                [none]\n"
 	"  -h, --help                    print this help and exit\n"

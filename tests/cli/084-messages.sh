@@ -120,14 +120,16 @@ expect_rc 2 "a bad value exits 2"
 check "a bad value is two lines" test "$(wc -l < "$T/err")" -eq 2
 expect_err "^predict: --batch-size: expected an integer" "a bad value says which option"
 
-# --help lists every long option the program accepts, each with its default
-# in brackets (on its line or the next) unless it is -h or --version.
+# --help lists every long option the program accepts in its option list
+# (after the usage and a line of description), each with its default in
+# brackets (on its line or the next) unless it is -h or --version.
 for p in assign granctl merge predict slice tensor train-step zoo-add zoo-ls; do
 	run $p --help
 	expect_rc 0 "$p --help exits 0"
+	awk '/^$/ { blank++; next } blank >= 2' "$T/out" > "$T/options"
 	missing=
 	for opt in $(sed -n 's/^[[:space:]]*{ "\([a-z0-9-]*\)", [a-z_]*argument.*/\1/p' "$SRC/cmd/$p.c"); do
-		grep -q -- "--$opt\\b" "$T/out" || missing="$missing --$opt"
+		grep -q -- "--$opt\\b" "$T/options" || missing="$missing --$opt"
 	done
 	check "$p --help lists every option:${missing:- all there}" test -z "$missing"
 	# The option list follows the usage and a line of description.
