@@ -1,9 +1,13 @@
 /*
  * zoo-add: puts a model into a zoo.  From an architecture (--arch) it
  * creates a model with seeded initial weights; from a model file it checks
- * the file is a valid zoomerge/PyTorch-layout model and adds it as the
- * model's next version.  --rollback points a model back at its previous
- * version.  Every change is one atomic update of the zoo's index.
+ * the file is a valid zoomerge/PyTorch-layout model (a plain safetensors
+ * file given --arch takes that architecture) and adds it as the model's
+ * next version.  A created model records its origin (the digest of its
+ * initial weights); an imported one has unknown lineage unless --base
+ * names the zoo model it was fine-tuned from.  --rollback points a model
+ * back at the version its current one was made from, or --to another.
+ * Every change is one atomic update of the zoo's index.
  */
 #include <getopt.h>
 #include <inttypes.h>
@@ -13,16 +17,17 @@
 
 #include "cli.h"
 #include "json.h"
+#include "lineage.h"
 #include "model.h"
 #include "schema.h"
 #include "stream.h"
 #include "zoo.h"
 
 static const char usage_str[] =
-	"usage: zoo-add --zoo DIR --name NAME (--arch ARCH.yaml [--seed N] | MODEL_FILE)\n"
-	"               [--role expert|router|base] [--tag KEY=VALUE]...\n"
+	"usage: zoo-add --zoo DIR --name NAME (--arch ARCH.yaml [--seed N] | [--arch ARCH.yaml] MODEL_FILE\n"
+	"               [--base MODEL]) [--role expert|router|base] [--tag KEY=VALUE]...\n"
 	"               [--hparam KEY=VALUE]... [--keep K]\n"
-	"       zoo-add --zoo DIR --rollback NAME\n"
+	"       zoo-add --zoo DIR --rollback NAME [--to VERSION]\n"
 	"       zoo-add -h | --help | --version\n";
 
 /* --help: every option with its default in brackets. */
@@ -52,6 +57,8 @@ struct zoo_add_opts {
 	const char *model_path;
 	const char *rollback;
 	const char *role;          /* --role, or NULL */
+	const char *base;          /* --base: lineage of an imported file */
+	int64_t to;                /* --rollback --to; 0: the parent */
 	uint64_t seed;
 	int64_t keep;              /* -1: leave the zoo's setting */
 	struct zm_kv_list tags;
@@ -108,6 +115,65 @@ static enum zm_status set_role(const struct zoo_add_opts *o,
 	return zm_doc_set_meta(&m->extra, ZM_META_ROLE, role, err);
 }
 
+/* Reads the first document of path and builds the model with arch (a
+ * plain safetensors file) or its own zm.arch; a file that has zm.arch and
+ * is given another architecture is refused. */
+static enum zm_status load_with_arch(const char *path,
+                                     const struct zm_arch *arch,
+                                     struct zm_model **m, struct zm_error *err)
+{
+	struct zm_reader *r = NULL;
+	struct zm_doc doc;
+	enum zm_status st;
+	bool eof = false;
+
+	zm_doc_init(&doc);
+	st = zm_reader_open(&r, path, err);
+	if (st == ZM_OK)
+		st = zm_reader_next(r, &doc, &eof, err);
+	if (st == ZM_OK && eof)
+		st = zm_error_set(err, ZM_ERR_FORMAT, "%s: no document", path);
+	if (st == ZM_OK && (st = zm_model_from_doc(&doc, arch, m, err)))
+		zm_error_prefix(err, "%s: ", path);
+	if (st == ZM_OK && zm_doc_meta(&doc, "zm.arch")) {
+		struct zm_model *own = NULL;
+		/* Its own architecture must be the one given. */
+		if ((st = zm_model_from_doc(&doc, NULL, &own, err)) ||
+		    (st = zm_model_same_arch(own->arch, arch, err)))
+			zm_error_prefix(err, "%s: its zm.arch is not --arch: ",
+			                path);
+		zm_model_free(own);
+	}
+	zm_doc_release(&doc);
+	zm_reader_close(r);
+	return st;
+}
+
+/* The lineage of an imported model: unknown, or --base's origin. */
+static enum zm_status set_import_lineage(const struct zoo_add_opts *o,
+                                         struct zm_zoo *zoo,
+                                         struct zm_model *m,
+                                         struct zm_error *err)
+{
+	struct zm_zoo_entry *b;
+	char ref[128];
+	enum zm_status st;
+
+	if (!o->base)
+		return zm_lineage_set_origin(m, NULL, err);
+	if ((st = zm_zoo_get(zoo, o->base, &b, err)) != ZM_OK) {
+		zm_error_prefix(err, "--base: ");
+		return st;
+	}
+	if (!b->origin)
+		zm_cli_warn("--base %s: its own lineage is unknown, so is "
+		            "%s's", o->base, o->name);
+	snprintf(ref, sizeof(ref), "%s@v%" PRId64, o->base, b->version);
+	if ((st = zm_doc_set_meta(&m->extra, "zm.base", ref, err)))
+		return st;
+	return zm_lineage_set_origin(m, b->origin, err);
+}
+
 static enum zm_status add_model(const struct zoo_add_opts *o,
                                 struct zm_zoo *zoo, int64_t *version,
                                 struct zm_error *err)
@@ -117,28 +183,35 @@ static enum zm_status add_model(const struct zoo_add_opts *o,
 	struct zm_zoo_entry *e;
 	struct zm_kv_list hp = { NULL, 0 };
 	struct zm_doc doc;
-	enum zm_status st;
+	enum zm_status st = ZM_OK;
 	size_t i;
 
 	zm_doc_init(&doc);
-	if (o->arch_path) {
-		if (zm_zoo_find(zoo, o->name)) {
-			st = zm_error_set(err, ZM_ERR_USAGE,
-			                  "model '%s' already exists in %s; add a "
-			                  "model file to give it a new version",
-			                  o->name, o->zoo_dir);
-			goto out;
-		}
+	if (o->arch_path && !o->model_path && zm_zoo_find(zoo, o->name)) {
+		st = zm_error_set(err, ZM_ERR_USAGE,
+		                  "model '%s' already exists in %s; add a "
+		                  "model file to give it a new version",
+		                  o->name, o->zoo_dir);
+		goto out;
+	}
+	if (o->arch_path)
 		st = zm_arch_load(o->arch_path, &arch, err);
+	if (st != ZM_OK)
+		goto out;
+	if (o->model_path) {
+		st = arch ? load_with_arch(o->model_path, arch, &m, err)
+		          : zm_model_load(o->model_path, &m, err);
 		if (st == ZM_OK)
-			st = zm_model_new(arch, o->seed, &m, err);
+			st = set_import_lineage(o, zoo, m, err);
+	} else {
+		st = zm_model_new(arch, o->seed, &m, err);
+		if (st == ZM_OK)
+			st = zm_lineage_set_initial(m, err);
 		if (st == ZM_OK) {
 			char seed[32];
 			snprintf(seed, sizeof(seed), "%" PRIu64, o->seed);
 			st = zm_kv_set(&hp, "seed", seed, err);
 		}
-	} else {
-		st = zm_model_load(o->model_path, &m, err);
 	}
 	if (st == ZM_OK)
 		st = set_model_hparams(m, &o->hparams, &hp, err);
@@ -150,19 +223,14 @@ static enum zm_status add_model(const struct zoo_add_opts *o,
 		st = zm_zoo_put_model(zoo, o->name, &doc, version, err);
 	if (st != ZM_OK)
 		goto out;
+	/* params, metrics and hparams come from the version file. */
 	e = zm_zoo_find(zoo, o->name);
-	e->params = (int64_t)zm_arch_param_count(m->arch);
 	for (i = 0; st == ZM_OK && i < o->tags.count; i++)
 		st = zm_kv_set(&e->tags, o->tags.items[i].key,
 		               o->tags.items[i].value, err);
 	if (st == ZM_OK && zm_doc_meta(&m->extra, ZM_META_ROLE))
 		st = zm_kv_set(&e->tags, ZM_ROLE_TAG,
 		               zm_doc_meta(&m->extra, ZM_META_ROLE), err);
-	for (i = 0; st == ZM_OK && i < hp.count; i++)
-		st = zm_kv_set(&e->hparams, hp.items[i].key, hp.items[i].value,
-		               err);
-	if (st == ZM_OK && m->metrics)
-		st = zm_kv_from_json(&e->metrics, m->metrics, "zm.metrics", err);
 out:
 	zm_kv_release(&hp);
 	zm_doc_release(&doc);
@@ -186,7 +254,7 @@ static int run(const struct zoo_add_opts *o)
 	if (o->keep >= 0)
 		zoo->keep = o->keep;
 	if (o->rollback) {
-		st = zm_zoo_rollback(zoo, o->rollback, &err);
+		st = zm_zoo_rollback_to(zoo, o->rollback, o->to, &err);
 		if (st == ZM_OK)
 			version = zm_zoo_find(zoo, o->rollback)->version;
 	} else {
@@ -215,6 +283,8 @@ int main(int argc, char **argv)
 		{ "keep", required_argument, NULL, 'k' },
 		{ "rollback", required_argument, NULL, 'r' },
 		{ "role", required_argument, NULL, 'R' },
+		{ "to", required_argument, NULL, 'T' },
+		{ "base", required_argument, NULL, 'b' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{ NULL, 0, NULL, 0 },
@@ -242,6 +312,11 @@ int main(int argc, char **argv)
 				goto usage;
 			}
 			o.role = optarg;
+			break;
+		case 'b': o.base = optarg; break;
+		case 'T':
+			if (!zm_cli_int("--to", optarg, 1, INT32_MAX, &o.to))
+				goto usage;
 			break;
 		case 's':
 			if (!zm_cli_int("--seed", optarg, 0, INT64_MAX, &v))
@@ -280,9 +355,10 @@ int main(int argc, char **argv)
 		goto usage;
 	}
 	if (o.rollback) {
-		if (o.name || o.arch_path || o.model_path || o.role) {
-			zm_cli_warn("--rollback takes no --name, --arch, --role or "
-			            "model file");
+		if (o.name || o.arch_path || o.model_path || o.base ||
+		    o.role) {
+			zm_cli_warn("--rollback takes no --name, --arch, --base, "
+			            "--role or model file");
 			goto usage;
 		}
 	} else {
@@ -296,8 +372,17 @@ int main(int argc, char **argv)
 			            o.name);
 			goto usage;
 		}
-		if (!o.arch_path == !o.model_path) {
-			zm_cli_warn("give either --arch or a model file");
+		if (!o.arch_path && !o.model_path) {
+			zm_cli_warn("give --arch, a model file, or both");
+			goto usage;
+		}
+		if (o.to) {
+			zm_cli_warn("--to goes with --rollback");
+			goto usage;
+		}
+		if (o.base && !o.model_path) {
+			zm_cli_warn("--base goes with a model file (a model "
+			            "created from --arch has its own origin)");
 			goto usage;
 		}
 	}

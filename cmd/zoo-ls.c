@@ -2,7 +2,10 @@
  * zoo-ls: prints a zoo's index — each model's name, current version,
  * retained versions, parameter count, metrics and tags — as a table for
  * people or as YAML (the zoo.yaml format) for programs.  It reads only the
- * index, under a shared lock, so it never sees a half-made change.
+ * index, under a shared lock, so it never sees a half-made change.  With
+ * --related it reads the models too and prints, for every two of them,
+ * whether their units correspond (lineage.h): by their recorded origins,
+ * or by the alignment of their weights when an origin is unknown.
  */
 #include <getopt.h>
 #include <inttypes.h>
@@ -11,11 +14,14 @@
 #include <string.h>
 
 #include "cli.h"
+#include "lineage.h"
+#include "mem.h"
+#include "model.h"
 #include "schema.h"
 #include "zoo.h"
 
 static const char usage_str[] =
-	"usage: zoo-ls --zoo DIR [--format table|yaml]\n"
+	"usage: zoo-ls --zoo DIR [--format table|yaml] [--related]\n"
 	"       zoo-ls -h | --help | --version\n";
 
 /* --help: every option with its default in brackets. */
@@ -31,6 +37,7 @@ static const char options_str[] =
 struct zoo_ls_opts {
 	const char *zoo_dir;
 	bool yaml;
+	bool related;
 };
 
 static void print_kv(const struct zm_kv_list *l)
@@ -75,6 +82,61 @@ static void print_table(const struct zm_zoo *zoo)
 	}
 }
 
+/*
+ * Prints one line per two models: their verdict, its basis and the
+ * alignment of their weights (the lowest hidden layer's score, and the
+ * layer).  Models that cannot be read are an error: a listing that leaves
+ * pairs out would read as "unrelated".
+ */
+static enum zm_status print_related(const struct zm_zoo *zoo,
+                                    struct zm_error *err)
+{
+	struct zm_model **ms;
+	enum zm_status st = ZM_OK;
+	size_t i, j, w = 7;
+
+	if (!(ms = zm_calloc(zoo->n_models + 1, sizeof(*ms))))
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	for (i = 0; i < zoo->n_models && st == ZM_OK; i++) {
+		struct zm_doc doc;
+		zm_doc_init(&doc);
+		st = zm_zoo_read_model(zoo, &zoo->models[i], &doc, err);
+		if (st == ZM_OK && (st = zm_model_from_doc(&doc, NULL, &ms[i],
+		                                           err)))
+			zm_error_prefix(err, "model '%s': ",
+			                zoo->models[i].name);
+		zm_doc_release(&doc);
+		if (strlen(zoo->models[i].name) > w)
+			w = strlen(zoo->models[i].name);
+	}
+	if (st == ZM_OK)
+		printf("%-*s %-*s %-9s %-9s %9s  %s\n", (int)w, "MODEL_A",
+		       (int)w, "MODEL_B", "VERDICT", "BASIS", "ALIGNMENT",
+		       "LAYER");
+	for (i = 0; i < zoo->n_models && st == ZM_OK; i++) {
+		for (j = i + 1; j < zoo->n_models && st == ZM_OK; j++) {
+			struct zm_lineage_info info;
+			if ((st = zm_lineage_related(ms[i], ms[j], &info, err)))
+				break;
+			printf("%-*s %-*s %-9s %-9s ", (int)w,
+			       zoo->models[i].name, (int)w, zoo->models[j].name,
+			       zm_lineage_verdict_name(info.verdict),
+			       zm_lineage_basis_name(info.basis));
+			if (!info.has_alignment)
+				printf("%9s  -\n", "-");
+			else if (info.worst_layer == SIZE_MAX)
+				printf("%9.4f  -\n", info.alignment);
+			else
+				printf("%9.4f  %s\n", info.alignment,
+				       ms[i]->arch->layers[info.worst_layer].name);
+		}
+	}
+	for (i = 0; i < zoo->n_models; i++)
+		zm_model_free(ms[i]);
+	free(ms);
+	return st;
+}
+
 static int run(const struct zoo_ls_opts *o)
 {
 	struct zm_error err;
@@ -93,6 +155,11 @@ static int run(const struct zoo_ls_opts *o)
 			goto out;
 		}
 		fputs(text, stdout);
+	} else if (o->related) {
+		if (print_related(zoo, &err) != ZM_OK) {
+			status = zm_cli_report(&err);
+			goto out;
+		}
 	} else {
 		print_table(zoo);
 	}
@@ -107,6 +174,7 @@ int main(int argc, char **argv)
 	static const struct option longopts[] = {
 		{ "zoo", required_argument, NULL, 'z' },
 		{ "format", required_argument, NULL, 'f' },
+		{ "related", no_argument, NULL, 'R' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{ NULL, 0, NULL, 0 },
@@ -131,6 +199,9 @@ int main(int argc, char **argv)
 					"--format: expected table or yaml, got '%s'",
 					optarg);
 			break;
+		case 'R':
+			o.related = true;
+			break;
 		case 'h':
 			return zm_cli_help(usage_str);
 		case 'V':
@@ -144,5 +215,8 @@ int main(int argc, char **argv)
 		                          argv[optind]);
 	if (!o.zoo_dir)
 		return zm_cli_usage_error(usage_str, "--zoo is required");
+	if (o.related && o.yaml)
+		return zm_cli_usage_error(usage_str, "--related prints a table; "
+		                          "it does not go with --format yaml");
 	return zm_cli_close_stdout(run(&o));
 }

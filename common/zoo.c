@@ -17,7 +17,9 @@
 #include "config.h"
 #include "fileio.h"
 #include "json.h"
+#include "lineage.h"
 #include "mem.h"
+#include "model.h"
 #include "zoo.h"
 
 #define ZM_PATH_MAX 4096
@@ -174,6 +176,7 @@ static void entry_release(struct zm_zoo_entry *e)
 	zm_kv_release(&e->tags);
 	zm_kv_release(&e->metrics);
 	zm_kv_release(&e->hparams);
+	free(e->origin);
 	memset(e, 0, sizeof(*e));
 }
 
@@ -348,6 +351,12 @@ static enum zm_status parse_entry(const struct zm_node *node,
 	if ((n = zm_node_get(node, "hparams")) &&
 	    (st = parse_kv_map(n, "hparams", &e->hparams, err)))
 		return st;
+	if ((n = zm_node_get(node, "origin"))) {
+		if ((st = zm_node_string(n, "origin", &s, err)) != ZM_OK)
+			return st;
+		if (!(e->origin = zm_strdup(s)))
+			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	}
 	return ZM_OK;
 }
 
@@ -687,6 +696,55 @@ static enum zm_status ensure_dir(struct zm_zoo *zoo, const char *path,
 	return zm_error_errno(err, ZM_ERR_IO, "mkdir %s", path);
 }
 
+/*
+ * Sets the entry's params, metrics, hparams and origin from a version's
+ * document (source names it in messages), replacing what it held: the
+ * index says what the version file says, whichever version is current.
+ */
+static enum zm_status entry_from_doc(struct zm_zoo_entry *e,
+                                     const struct zm_doc *doc,
+                                     const char *source,
+                                     struct zm_error *err)
+{
+	const char *arch_json = zm_doc_meta(doc, "zm.arch");
+	const char *metrics = zm_doc_meta(doc, "zm.metrics");
+	const char *hparams = zm_doc_meta(doc, "zm.hparams");
+	const char *origin = zm_doc_meta(doc, ZM_LINEAGE_ORIGIN_KEY);
+	struct zm_kv_list m = { NULL, 0 }, h = { NULL, 0 };
+	struct zm_arch *arch = NULL;
+	char *o = NULL;
+	enum zm_status st = ZM_OK;
+
+	if (metrics)
+		st = zm_kv_from_json(&m, metrics, "zm.metrics", err);
+	if (st == ZM_OK && hparams)
+		st = zm_kv_from_json(&h, hparams, "zm.hparams", err);
+	if (st == ZM_OK && arch_json &&
+	    (st = zm_arch_parse_json(arch_json, strlen(arch_json), "zm.arch",
+	                             &arch, err)) == ZM_ERR_CONFIG)
+		err->status = st = ZM_ERR_FORMAT;
+	if (st == ZM_OK && origin && *origin && !(o = zm_strdup(origin)))
+		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	if (st != ZM_OK) {
+		zm_error_prefix(err, "%s: ", source);
+		zm_kv_release(&m);
+		zm_kv_release(&h);
+		zm_arch_free(arch);
+		free(o);
+		return st;
+	}
+	zm_kv_release(&e->metrics);
+	zm_kv_release(&e->hparams);
+	e->metrics = m;
+	e->hparams = h;
+	free(e->origin);
+	e->origin = o;
+	if (arch)
+		e->params = (int64_t)zm_arch_param_count(arch);
+	zm_arch_free(arch);
+	return ZM_OK;
+}
+
 enum zm_status zm_zoo_put_model(struct zm_zoo *zoo, const char *name,
                                 struct zm_doc *doc, int64_t *version,
                                 struct zm_error *err)
@@ -746,6 +804,8 @@ enum zm_status zm_zoo_put_model(struct zm_zoo *zoo, const char *name,
 	}
 	if ((st = zm_writer_commit(w, err)) != ZM_OK)
 		return st;
+	if (e && (st = entry_from_doc(e, doc, rel, err)) != ZM_OK)
+		return st;
 	if (!e) {
 		struct zm_zoo_entry *grown = zm_realloc(zoo->models,
 			(zoo->n_models + 1) * sizeof(*grown));
@@ -757,6 +817,8 @@ enum zm_status zm_zoo_put_model(struct zm_zoo *zoo, const char *name,
 		if (!(e->name = zm_strdup(name)))
 			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 		zoo->n_models++;
+		if ((st = entry_from_doc(e, doc, rel, err)) != ZM_OK)
+			return st;
 	}
 	versions = zm_realloc(e->versions, (e->n_versions + 1) *
 	                      sizeof(*versions));
@@ -783,34 +845,101 @@ enum zm_status zm_zoo_put_model(struct zm_zoo *zoo, const char *name,
 	return ZM_OK;
 }
 
-enum zm_status zm_zoo_rollback(struct zm_zoo *zoo, const char *name,
-                               struct zm_error *err)
+/* Reads the header of version v of model name into doc. */
+static enum zm_status read_version_header(const struct zm_zoo *zoo,
+                                          const char *rel,
+                                          struct zm_doc *doc,
+                                          struct zm_error *err)
+{
+	char path[ZM_PATH_MAX];
+	struct zm_reader *r = NULL;
+	enum zm_status st;
+	bool eof = false;
+
+	ZM_ASSERT(zm_zoo_path(zoo, rel, path, sizeof(path)));
+	if ((st = zm_reader_open(&r, path, err)) != ZM_OK)
+		return st;
+	st = zm_reader_next_header(r, doc, &eof, err);
+	if (st == ZM_OK && eof)
+		st = zm_error_set(err, ZM_ERR_FORMAT, "%s: empty model file",
+		                  path);
+	zm_reader_close(r);
+	return st;
+}
+
+static bool retained(const struct zm_zoo_entry *e, int64_t v)
+{
+	size_t i;
+
+	for (i = 0; i < e->n_versions; i++)
+		if (e->versions[i] == v)
+			return true;
+	return false;
+}
+
+enum zm_status zm_zoo_rollback_to(struct zm_zoo *zoo, const char *name,
+                                  int64_t to, struct zm_error *err)
 {
 	struct zm_zoo_entry *e;
 	char rel[ZM_PATH_MAX], path[ZM_PATH_MAX];
+	struct zm_doc doc;
 	enum zm_status st;
 	size_t i;
 
 	ZM_ASSERT(zoo->writable);
 	if ((st = zm_zoo_get(zoo, name, &e, err)) != ZM_OK)
 		return st;
-	for (i = e->n_versions; i-- > 0;) {
-		if (e->versions[i] >= e->version)
-			continue;
-		snprintf(rel, sizeof(rel), "models/%s/v%" PRId64
-		         ".safetensors.gz", name, e->versions[i]);
-		ZM_ASSERT(zm_zoo_path(zoo, rel, path, sizeof(path)));
-		if (access(path, R_OK) != 0)
-			continue;
-		free(e->file);
-		if (!(e->file = zm_strdup(rel)))
-			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
-		e->version = e->versions[i];
-		return ZM_OK;
+	zm_doc_init(&doc);
+	if (to == 0) {
+		const char *p;
+		int64_t parent = 0;
+		/* The version the current one was made from, when kept. */
+		if (read_version_header(zoo, e->file, &doc, err) == ZM_OK &&
+		    (p = zm_doc_meta(&doc, "zm.parent")))
+			parent = strtoll(p, NULL, 10);
+		zm_doc_release(&doc);
+		if (parent > 0 && parent < e->version && retained(e, parent))
+			to = parent;
+		for (i = e->n_versions; to == 0 && i-- > 0;)
+			if (e->versions[i] < e->version)
+				to = e->versions[i];
+		if (to == 0)
+			return zm_error_set(err, ZM_ERR_NOTFOUND,
+			                    "model '%s': no version before v%"
+			                    PRId64 " is retained", name,
+			                    e->version);
 	}
-	return zm_error_set(err, ZM_ERR_NOTFOUND,
-	                    "model '%s': no version before v%" PRId64
-	                    " is retained", name, e->version);
+	snprintf(rel, sizeof(rel), "models/%s/v%" PRId64 ".safetensors.gz",
+	         name, to);
+	ZM_ASSERT(zm_zoo_path(zoo, rel, path, sizeof(path)));
+	if (!retained(e, to) || access(path, R_OK) != 0) {
+		struct zm_buf b;
+		zm_buf_init(&b);
+		for (i = 0; i < e->n_versions; i++)
+			zm_buf_printf(&b, "%sv%" PRId64, i ? ", " : "",
+			              e->versions[i]);
+		st = zm_error_set(err, ZM_ERR_NOTFOUND, "model '%s': v%" PRId64
+		                  " is not retained (retained: %s)", name, to,
+		                  b.failed || !b.data ? "?" : b.data);
+		zm_buf_release(&b);
+		return st;
+	}
+	if ((st = read_version_header(zoo, rel, &doc, err)) == ZM_OK)
+		st = entry_from_doc(e, &doc, rel, err);
+	zm_doc_release(&doc);
+	if (st != ZM_OK)
+		return st;
+	free(e->file);
+	if (!(e->file = zm_strdup(rel)))
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	e->version = to;
+	return ZM_OK;
+}
+
+enum zm_status zm_zoo_rollback(struct zm_zoo *zoo, const char *name,
+                               struct zm_error *err)
+{
+	return zm_zoo_rollback_to(zoo, name, 0, err);
 }
 
 /* ---- rendering and committing ---- */
@@ -860,6 +989,11 @@ enum zm_status zm_zoo_to_yaml(const struct zm_zoo *zoo, char **text,
 		yaml_kv_map(&b, "tags", &e->tags);
 		yaml_kv_map(&b, "metrics", &e->metrics);
 		yaml_kv_map(&b, "hparams", &e->hparams);
+		if (e->origin) {
+			zm_buf_puts(&b, "    origin: ");
+			zm_yaml_scalar(&b, e->origin, false);
+			zm_buf_puts(&b, "\n");
+		}
 	}
 	if (b.failed) {
 		zm_buf_release(&b);

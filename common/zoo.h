@@ -56,6 +56,8 @@ struct zm_zoo_entry {
 	struct zm_kv_list tags;     /* data source, etc. */
 	struct zm_kv_list metrics;  /* accuracy, loss, samples, ... */
 	struct zm_kv_list hparams;  /* training settings */
+	char *origin;               /* owned: zm.origin of the current
+	                               version (lineage.h); NULL unknown */
 };
 
 struct zm_zoo {
@@ -116,14 +118,28 @@ enum zm_status zm_zoo_read_model(const struct zm_zoo *zoo,
  * Writes doc as the next version of model name (creating the entry when
  * new) and points the in-memory index at it; nothing is visible to others
  * until zm_zoo_commit.  Sets zm.name, zm.version and zm.parent in doc's
- * metadata.  *version receives the new version number.  Requires
- * ZM_ZOO_WRITE.
+ * metadata.  The entry's params, metrics, hparams and origin are derived
+ * from doc (zm.arch, zm.metrics, zm.hparams, zm.origin), never carried
+ * over from the version before; its tags stay.  *version receives the
+ * new version number.  Requires ZM_ZOO_WRITE.
  */
 enum zm_status zm_zoo_put_model(struct zm_zoo *zoo, const char *name,
                                 struct zm_doc *doc, int64_t *version,
                                 struct zm_error *err);
 
-/* Points name back at its previous retained version (in memory). */
+/*
+ * Points name back (in memory) at version to, or when to is 0 at the
+ * version the current one was made from (its zm.parent) when that is
+ * retained, else at the newest retained version before the current.  So
+ * after a rollback and a new version, a rollback returns to the version
+ * the new one started from, not to the abandoned one.  The entry's
+ * params, metrics, hparams and origin are read from that version's file.
+ * ZM_ERR_NOTFOUND when the version is not retained (the message lists
+ * those that are) or there is none before the current.
+ */
+enum zm_status zm_zoo_rollback_to(struct zm_zoo *zoo, const char *name,
+                                  int64_t to, struct zm_error *err);
+/* zm_zoo_rollback_to(zoo, name, 0, err). */
 enum zm_status zm_zoo_rollback(struct zm_zoo *zoo, const char *name,
                                struct zm_error *err);
 
