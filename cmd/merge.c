@@ -16,6 +16,7 @@
 
 #include "cli.h"
 #include "granularity.h"
+#include "lineage.h"
 #include "mem.h"
 #include "merge.h"
 #include "stream.h"
@@ -24,11 +25,11 @@
 
 static const char usage_str[] =
 	"usage: merge --zoo DIR [--granularity full|group|layer [--share all|none|groups=G,...|layers=L,...]\n"
-	"             | --granularity-from FILE] [--rebase] UPDATES...\n"
+	"             | --granularity-from FILE] [--rebase] [--allow-unrelated] UPDATES...\n"
 	"       merge --method linear|task-arithmetic|ties|dare|slerp [--weights W,...] [--config FILE]\n"
 	"             [--granularity full|group|layer] [--base MODEL] [--zoo DIR] -o OUT MODEL...\n"
 	"  static:  --density D  --lambda L  --drop P  --dare-ties  --seed N  --name NAME\n"
-	"           --compress 0..9\n"
+	"           --compress 0..9  --allow-unrelated\n"
 	"  output:  --quiet\n"
 	"       merge -h | --help | --version\n";
 
@@ -67,6 +68,7 @@ struct merge_opts {
 	const char *decision_path;
 	bool rebase;
 	bool quiet;
+	bool allow_unrelated;
 	const char *method_text;
 	const char *weights_text;
 	const char *config_path;
@@ -127,6 +129,7 @@ static int run_apply(const struct merge_opts *o)
 	memset(&res, 0, sizeof(res));
 	memset(&ao, 0, sizeof(ao));
 	ao.rebase = o->rebase;
+	ao.allow_unrelated = o->allow_unrelated;
 	ao.share = o->share;
 	if (o->level_text)
 		zm_gran_level_parse(o->level_text, &ao.level);
@@ -214,6 +217,7 @@ static int run_static(const struct merge_opts *o)
 	char **paths = NULL, *base_path = NULL;
 	const struct zm_node **specs = NULL;
 	double *weights = NULL;
+	char origin[ZM_LINEAGE_ID_MAX + 8];
 	enum zm_status st = ZM_OK;
 	size_t n = 0, i, j;
 
@@ -246,8 +250,9 @@ static int run_static(const struct merge_opts *o)
 		st = zm_error_set(&err, ZM_ERR_USAGE, "no models to merge");
 		goto out;
 	}
-	labels = zm_calloc(n, sizeof(*labels));
-	paths = zm_calloc(n, sizeof(*paths));
+	/* One more label and path: the base, for the lineage check. */
+	labels = zm_calloc(n + 1, sizeof(*labels));
+	paths = zm_calloc(n + 1, sizeof(*paths));
 	specs = zm_calloc(n, sizeof(*specs));
 	weights = zm_calloc(n, sizeof(*weights));
 	if (!labels || !paths || !specs || !weights) {
@@ -287,6 +292,22 @@ static int run_static(const struct merge_opts *o)
 		st = resolve(zoo, so.base_label, &base_path, &err);
 	if (st != ZM_OK)
 		goto out;
+	/* Parameters average meaningfully only across models whose units
+	 * correspond: the base and every model against the first. */
+	if (base_path) {
+		paths[n] = base_path;
+		labels[n] = so.base_label;
+	}
+	st = zm_lineage_check_files((const char *const *)paths, labels,
+	                            n + (base_path != NULL),
+	                            !o->allow_unrelated, "nothing was written "
+	                            "(give --allow-unrelated to merge them "
+	                            "anyway)", origin, &err);
+	paths[n] = NULL;
+	if (st != ZM_OK)
+		goto out;
+	if (*origin)
+		so.origin = origin;
 	so.n_models = n;
 	so.paths = (const char *const *)paths;
 	so.labels = labels;
@@ -322,7 +343,8 @@ out:
 enum {
 	OPT_VERSION = 256, OPT_GRAN, OPT_SHARE, OPT_GRAN_FROM, OPT_REBASE,
 	OPT_METHOD, OPT_WEIGHTS, OPT_CONFIG, OPT_BASE, OPT_DENSITY, OPT_LAMBDA,
-	OPT_DROP, OPT_DARE_TIES, OPT_SEED, OPT_NAME, OPT_COMPRESS, OPT_QUIET
+	OPT_DROP, OPT_DARE_TIES, OPT_SEED, OPT_NAME, OPT_COMPRESS, OPT_QUIET,
+	OPT_ALLOW_UNRELATED
 };
 
 int main(int argc, char **argv)
@@ -346,6 +368,7 @@ int main(int argc, char **argv)
 		{ "compress", required_argument, NULL, OPT_COMPRESS },
 		{ "output", required_argument, NULL, 'o' },
 		{ "quiet", no_argument, NULL, OPT_QUIET },
+		{ "allow-unrelated", no_argument, NULL, OPT_ALLOW_UNRELATED },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, OPT_VERSION },
 		{ NULL, 0, NULL, 0 }
@@ -421,6 +444,7 @@ int main(int argc, char **argv)
 			o.compress = (int)v;
 			break;
 		case OPT_QUIET: o.quiet = true; break;
+		case OPT_ALLOW_UNRELATED: o.allow_unrelated = true; break;
 		case 'h':
 			return zm_cli_help(usage_str);
 		case OPT_VERSION:

@@ -181,6 +181,8 @@ struct zm_merge_static_opts {
 	const char *base_label;
 	const char *out;              /* output file ("-": stdout) */
 	const char *name;             /* zm.name of the result, or NULL */
+	const char *origin;           /* zm.origin of the result (the one
+	                                 the inputs share), or NULL */
 	int compress;                 /* 0-9 or ZM_COMPRESS_AUTO */
 };
 
@@ -205,6 +207,8 @@ struct zm_apply_opts {
 	enum zm_gran_level level;
 	const char *share;
 	bool rebase;        /* apply updates whose base is no longer current */
+	bool allow_unrelated; /* share units between models that are not
+	                         related (lineage.h); else ZM_ERR_USAGE */
 };
 
 struct zm_apply_model {

@@ -619,7 +619,9 @@ static enum zm_status output_header(const struct zm_merge_static_opts *o,
 		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 	if (st == ZM_OK &&
 	    ((st = zm_doc_set_meta(out, "zm.hparams", b.data, err)) ||
-	     (o->name && (st = zm_doc_set_meta(out, "zm.name", o->name, err)))))
+	     (o->name && (st = zm_doc_set_meta(out, "zm.name", o->name, err))) ||
+	     (o->origin && (st = zm_doc_set_meta(out, "zm.origin", o->origin,
+	                                         err)))))
 		goto done;
 done:
 	zm_buf_release(&b);

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lineage.h"
 #include "mem.h"
 #include "merge.h"
 #include "model.h"
@@ -28,7 +29,7 @@ enum zm_status zm_update_to_doc(const struct zm_model *trained,
 {
 	struct zm_model *delta = NULL;
 	enum zm_status st;
-	char num[64];
+	char num[64], id[ZM_LINEAGE_ID_MAX];
 	size_t l, i;
 
 	st = zm_model_copy(trained, &delta, err);
@@ -66,7 +67,9 @@ enum zm_status zm_update_to_doc(const struct zm_model *trained,
 		return st;
 	if (u->slice && (st = zm_doc_set_meta(doc, "zm.slice", u->slice, err)))
 		return st;
-	return ZM_OK;
+	/* The id merge records in the versions it makes from this update. */
+	zm_lineage_digest_doc(doc, id);
+	return zm_doc_set_meta(doc, "zm.id", id, err);
 }
 
 /* Reads every document of every update stream into *docs. */
@@ -235,6 +238,77 @@ static void scale_params(struct zm_model *m, float s)
 	}
 }
 
+/*
+ * The training settings of a merged version: the zm.hparams of the
+ * updates applied to model, a key's values joined by '|' where the
+ * updates differ (in update order, each value once), and "updates", the
+ * ids (zm_lineage_digest_doc) of those updates joined by ','.  The
+ * model's old hparams are not carried: they describe how the version
+ * before was made.
+ */
+static enum zm_status combine_hparams(const struct upd *us, size_t n_us,
+                                      size_t model, struct zm_kv_list *out,
+                                      struct zm_error *err)
+{
+	struct zm_kv_list one;
+	struct zm_buf ids;
+	char id[ZM_LINEAGE_ID_MAX];
+	enum zm_status st = ZM_OK;
+	size_t i, k;
+
+	memset(&one, 0, sizeof(one));
+	zm_buf_init(&ids);
+	for (i = 0; i < n_us && st == ZM_OK; i++) {
+		const char *js;
+		if (us[i].model != model)
+			continue;
+		zm_lineage_digest_doc(us[i].doc, id);
+		zm_buf_printf(&ids, "%s%s", ids.len ? "," : "", id);
+		if (!(js = zm_doc_meta(us[i].doc, "zm.hparams")))
+			continue;
+		zm_kv_release(&one);
+		if ((st = zm_kv_from_json(&one, js, "zm.hparams", err))) {
+			zm_error_prefix(err, "update %zu: ", us[i].index);
+			break;
+		}
+		for (k = 0; k < one.count && st == ZM_OK; k++) {
+			const char *key = one.items[k].key;
+			const char *v = one.items[k].value, *old;
+			struct zm_buf b;
+			size_t vl = strlen(v);
+			bool seen = false;
+			const char *p;
+			if (!(old = zm_kv_get(out, key))) {
+				st = zm_kv_set(out, key, v, err);
+				continue;
+			}
+			/* Each value once: look for v between '|'s. */
+			for (p = old; *p; p += strcspn(p, "|"), p += *p == '|') {
+				if (strncmp(p, v, vl) == 0 &&
+				    (p[vl] == '|' || p[vl] == '\0')) {
+					seen = true;
+					break;
+				}
+			}
+			if (seen)
+				continue;
+			zm_buf_init(&b);
+			zm_buf_printf(&b, "%s|%s", old, v);
+			st = b.failed ? zm_error_set(err, ZM_ERR_NOMEM,
+			                             "out of memory")
+			              : zm_kv_set(out, key, b.data, err);
+			zm_buf_release(&b);
+		}
+	}
+	if (st == ZM_OK && ids.failed)
+		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	if (st == ZM_OK && ids.len)
+		st = zm_kv_set(out, "updates", ids.data, err);
+	zm_kv_release(&one);
+	zm_buf_release(&ids);
+	return st;
+}
+
 /* Combines the updates' zm.metrics: sample counts add up, other numbers
  * are averaged weighted by each update's samples. */
 static enum zm_status combine_metrics(const struct upd *us, size_t n_us,
@@ -382,11 +456,13 @@ static enum zm_status load_states(struct zm_zoo *zoo, struct upd *us,
 /* Replaces, on the shared layers, each member's delta of a group of
  * models by the group's weighted average delta. */
 static enum zm_status share_group(struct mstate *ms, size_t n_ms, size_t comp,
-                                  const bool *shared, struct zm_error *err)
+                                  const bool *shared, bool allow_unrelated,
+                                  struct zm_error *err)
 {
 	size_t first = SIZE_MAX, m, l, k, i;
 	double c = 0;
 	enum zm_status st;
+	bool any = false;
 
 	for (m = 0; m < n_ms; m++) {
 		if (ms[m].comp != comp)
@@ -403,6 +479,20 @@ static enum zm_status share_group(struct mstate *ms, size_t n_ms, size_t comp,
 	}
 	if (first == SIZE_MAX || c <= 0)
 		return ZM_OK;
+	for (l = 0; l < ms[first].model->arch->n_layers; l++)
+		any |= shared[l] && ms[first].model->arch->layers[l].has_params;
+	/* An averaged delta means the same to every model only when their
+	 * units correspond. */
+	for (m = first + 1; any && !allow_unrelated && m < n_ms; m++)
+		if (ms[m].comp == comp &&
+		    (st = zm_lineage_require_related(ms[first].model,
+		                                     ms[first].name,
+		                                     ms[m].model, ms[m].name,
+		                                     "nothing was applied (give "
+		                                     "--allow-unrelated to share "
+		                                     "units anyway, or --share "
+		                                     "none)", err)))
+			return st;
 	for (l = 0; l < ms[first].model->arch->n_layers; l++) {
 		if (!shared[l] || !ms[first].model->arch->layers[l].has_params)
 			continue;
@@ -532,20 +622,31 @@ static enum zm_status store_state(struct zm_zoo *zoo, struct mstate *m,
                                   struct zm_error *err)
 {
 	struct zm_zoo_entry *e;
-	struct zm_kv_list metrics;
+	struct zm_kv_list metrics, hparams;
 	struct zm_buf b;
 	enum zm_status st;
 
 	memset(&metrics, 0, sizeof(metrics));
+	memset(&hparams, 0, sizeof(hparams));
 	zm_buf_init(&b);
 	if ((st = add_params(m, err)) ||
 	    (st = update_profile(m, us, n_updates, j, err)) ||
 	    (st = update_schema(m, us, n_updates, j, err)) ||
-	    (st = combine_metrics(us, n_updates, j, &metrics, err))) {
+	    (st = combine_metrics(us, n_updates, j, &metrics, err)) ||
+	    (st = combine_hparams(us, n_updates, j, &hparams, err))) {
 		zm_kv_release(&metrics);
+		zm_kv_release(&hparams);
 		return st;
 	}
-	if (metrics.count) {
+	zm_kv_to_json(&hparams, &b);
+	zm_kv_release(&hparams);
+	if (b.failed)
+		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	else
+		st = zm_model_set_string(&m->model->hparams, b.data, err);
+	zm_buf_release(&b);
+	zm_buf_init(&b);
+	if (st == ZM_OK && metrics.count) {
 		zm_kv_to_json(&metrics, &b);
 		if (b.failed)
 			st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
@@ -664,7 +765,8 @@ enum zm_status zm_merge_apply_updates(struct zm_zoo *zoo,
 		                                    err)) ||
 		    (st = zm_gran_decision_layer_mask(dec, ms[j].model->arch,
 		                                      mask, err)) ||
-		    (st = share_group(ms, n_ms, j, mask, err)))
+		    (st = share_group(ms, n_ms, j, mask, o->allow_unrelated,
+		                      err)))
 			goto out;
 	}
 	if (!(res->models = zm_calloc(n_ms, sizeof(*res->models))))

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "lineage.h"
 #include "mem.h"
 #include "merge.h"
 #include "model.h"
@@ -669,6 +670,11 @@ static void make_zoo(const char *dir, struct zm_model **m)
 	for (i = 0; i < N_MODELS; i++) {
 		struct zm_doc doc;
 		m[i] = model_with_profile(a, 10 + i, 4);
+		/* Models that share units must share an origin (lineage.h);
+		 * their weights differ so that the sums below tell them
+		 * apart. */
+		ck_assert_int_eq(zm_lineage_set_origin(m[i], "init:test", &err),
+		                 ZM_OK);
 		zm_doc_init(&doc);
 		ck_assert_int_eq(zm_model_to_doc(m[i], &doc, &err), ZM_OK);
 		ck_assert_int_eq(zm_zoo_put_model(zoo, names[i], &doc, &v, &err),
