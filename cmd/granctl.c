@@ -167,21 +167,43 @@ static enum zm_status read_data(struct zm_gc_inputs *in, const char *path,
 	return st;
 }
 
-/* predict next to our own executable when it is there, else from PATH. */
-static const char *predict_program(char *buf, size_t size)
+/*
+ * The predict installed beside us: our own executable's directory, and the
+ * prefix of our own name (make install PROGRAM_PREFIX=zm- installs
+ * zm-granctl beside zm-predict).  When it is not there, the same name
+ * from PATH, and *beside names where we looked (for the message).
+ */
+static const char *predict_program(char *buf, size_t size, char *beside,
+                                   size_t beside_size)
 {
+	static const char self[] = "granctl";
 	ssize_t n = readlink("/proc/self/exe", buf, size - 1);
+	const char *base;
 	char *slash;
+	size_t plen = 0;
 
-	if (n > 0 && (size_t)n < size - 16) {
-		buf[n] = '\0';
-		if ((slash = strrchr(buf, '/'))) {
-			strcpy(slash + 1, "predict");
-			if (access(buf, X_OK) == 0)
-				return buf;
-		}
+	beside[0] = '\0';
+	if (n <= 0 || (size_t)n >= size - 16) {
+		snprintf(buf, size, "predict");
+		return buf;
 	}
-	return "predict";
+	buf[n] = '\0';
+	slash = strrchr(buf, '/');
+	base = slash ? slash + 1 : buf;
+	if (strlen(base) >= strlen(self) &&
+	    strcmp(base + strlen(base) - strlen(self), self) == 0)
+		plen = strlen(base) - strlen(self);
+	if (slash && plen + sizeof("predict") <= size - (size_t)(slash + 1 - buf)) {
+		memmove(slash + 1, base, plen);
+		memcpy(slash + 1 + plen, "predict", sizeof("predict"));
+		if (access(buf, X_OK) == 0)
+			return buf;
+		snprintf(beside, beside_size, "%s", buf);
+		memmove(buf, slash + 1, plen + sizeof("predict"));
+		return buf;
+	}
+	snprintf(buf, size, "predict");
+	return buf;
 }
 
 /*
@@ -193,7 +215,7 @@ static const char *predict_program(char *buf, size_t size)
 static enum zm_status measure(const struct granctl_opts *o,
                               struct zm_gc_inputs *in, struct zm_error *err)
 {
-	char prog[PATH_MAX];
+	char prog[PATH_MAX], beside[PATH_MAX];
 	const char **argv;
 	enum zm_status st = ZM_OK;
 	size_t i, n = 0, cap = 2 * in->n_models + 16;
@@ -201,7 +223,13 @@ static enum zm_status measure(const struct granctl_opts *o,
 
 	if (!(argv = zm_calloc(cap, sizeof(*argv))))
 		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
-	argv[n++] = o->predict ? o->predict : predict_program(prog, sizeof(prog));
+	beside[0] = '\0';
+	argv[n++] = o->predict ? o->predict : predict_program(prog, sizeof(prog),
+	                                                      beside,
+	                                                      sizeof(beside));
+	if (*beside)
+		zm_cli_warn("--measure: no %s beside granctl; running %s from "
+		            "PATH", beside, argv[0]);
 	argv[n++] = "--zoo";
 	argv[n++] = o->zoo_dir;
 	for (i = 0; i < in->n_models; i++) {
@@ -221,6 +249,13 @@ static enum zm_status measure(const struct granctl_opts *o,
 		st = zm_gc_measure_child((char *const *)argv,
 		                         &in->latency_ms[lv],
 		                         &in->memory_mib[lv], err);
+		if (st != ZM_OK && *beside) {
+			char why[ZM_ERROR_MAX];
+			snprintf(why, sizeof(why), "%s", err->msg);
+			zm_error_set(err, st, "%.600s (there is no %.300s "
+			             "beside granctl; give --predict PROGRAM)",
+			             why, beside);
+		}
 		if (st != ZM_OK)
 			zm_error_prefix(err, "--measure at the %s level: ",
 			                zm_gran_level_name((enum zm_gran_level)lv));

@@ -18,6 +18,7 @@
 
 #include "dataset.h"
 #include "granctl.h"
+#include "lineage.h"
 #include "mem.h"
 
 extern char **environ;
@@ -752,6 +753,7 @@ void zm_gc_analysis_release(struct zm_gc_analysis *a)
 		free(a->level[l].delta_norm);
 		free(a->level[l].pairs);
 	}
+	zm_buf_release(&a->lineage);
 	zm_gc_analysis_init(a);
 }
 
@@ -1125,6 +1127,40 @@ out:
 	return st;
 }
 
+/* The lineage of every two models: shared units average deltas, which
+ * means something only where the models' units correspond. */
+static enum zm_status lineage_pairs(const struct zm_gc_inputs *in,
+                                    struct zm_gc_analysis *a,
+                                    struct zm_error *err)
+{
+	size_t i, j;
+	enum zm_status st;
+
+	for (i = 0; i < in->n_models; i++) {
+		for (j = i + 1; j < in->n_models; j++) {
+			const struct zm_gc_model *x = &in->models[i];
+			const struct zm_gc_model *y = &in->models[j];
+			struct zm_lineage_info info;
+			if ((st = zm_lineage_related(x->model, y->model, &info,
+			                             err)))
+				return st;
+			zm_buf_printf(&a->lineage, "%s %s: ", x->name, y->name);
+			zm_lineage_describe(&info, x->model->arch, &a->lineage);
+			zm_buf_puts(&a->lineage, "\n");
+			if (info.verdict != ZM_LINEAGE_RELATED &&
+			    !a->unrelated[0])
+				snprintf(a->unrelated, sizeof(a->unrelated),
+				         "models '%s' and '%s' are %s by %s",
+				         x->name, y->name,
+				         zm_lineage_verdict_name(info.verdict),
+				         zm_lineage_basis_name(info.basis));
+		}
+	}
+	if (a->lineage.failed)
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	return ZM_OK;
+}
+
 enum zm_status zm_gc_analyze(const struct zm_gc_inputs *in,
                              const struct zm_gc_opts *o,
                              struct zm_gc_analysis *a, struct zm_error *err)
@@ -1189,6 +1225,8 @@ enum zm_status zm_gc_analyze(const struct zm_gc_inputs *in,
 	v->v[ZM_GC_MODELS] = (double)in->n_models;
 	v->v[ZM_GC_UPDATES] = (double)in->n_updates;
 	v->v[ZM_GC_SLICES] = (double)n_slices;
+	if ((st = lineage_pairs(in, a, err)))
+		goto fail;
 	return ZM_OK;
 fail:
 	zm_gc_analysis_release(a);
@@ -1335,7 +1373,10 @@ enum zm_status zm_gc_decide(const struct zm_gc_analysis *a,
 		uw.len = 0;
 		if (uw.data)
 			uw.data[0] = '\0';
-		if (rules && rules->has_share) {
+		if (a->unrelated[0]) {
+			shared = false;
+			zm_buf_printf(&uw, "%s: never shared", a->unrelated);
+		} else if (rules && rules->has_share) {
 			shared = zm_gc_cond_eval(&rules->share, &uv);
 			zm_buf_puts(&uw, shared ? "share rule holds: " :
 			            "share rule fails: ");
@@ -1388,6 +1429,9 @@ void zm_gc_explain(const struct zm_gc_analysis *a,
 	zm_buf_printf(b, "agreement pairs: %s\n", a->slice_pairs ?
 	              "updates of a common slice" :
 	              "models over all their slices");
+	if (a->lineage.len)
+		zm_buf_printf(b, "\nlineage (alignment threshold %.2g):\n%s",
+		              ZM_LINEAGE_THRESHOLD, a->lineage.data);
 	zm_buf_printf(b, "\nlevel: %s\nreason: %s\n\n",
 	              zm_gran_level_name(d->level), d->reason ? d->reason : "");
 	zm_buf_puts(b, "unit                  shared  agreement  delta_norm  "
@@ -1415,7 +1459,8 @@ void zm_gc_explain(const struct zm_gc_analysis *a,
 enum zm_status zm_gc_measure_child(char *const *argv, double *ms,
                                    double *mib, struct zm_error *err)
 {
-	char tmpl[] = "/tmp/zm-granctl.XXXXXX";
+	const char *tmpdir = getenv("TMPDIR");
+	char tmpl[4096];
 	posix_spawn_file_actions_t fa;
 	struct timespec t0, t1;
 	struct rusage ru;
@@ -1424,8 +1469,15 @@ enum zm_status zm_gc_measure_child(char *const *argv, double *ms,
 	ssize_t got;
 	pid_t pid;
 
+	/* The child's stderr goes to a file under TMPDIR, as for mktemp. */
+	if (!tmpdir || !*tmpdir)
+		tmpdir = "/tmp";
+	if (snprintf(tmpl, sizeof(tmpl), "%s/zm-granctl.XXXXXX", tmpdir) >=
+	    (int)sizeof(tmpl))
+		return zm_error_set(err, ZM_ERR_IO, "TMPDIR is too long");
 	if ((fd = mkstemp(tmpl)) < 0)
-		return zm_error_errno(err, ZM_ERR_IO, "%s", tmpl);
+		return zm_error_errno(err, ZM_ERR_IO, "temporary file %s "
+		                      "(TMPDIR)", tmpl);
 	unlink(tmpl);
 	if ((rc = posix_spawn_file_actions_init(&fa))) {
 		close(fd);

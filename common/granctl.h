@@ -288,6 +288,11 @@ struct zm_gc_analysis {
 	struct zm_gc_values values;
 	bool slice_pairs;            /* agreement from common-slice pairs */
 	struct zm_gc_level_stats level[3];   /* by enum zm_gran_level */
+	/* Lineage (lineage.h) of every two models, one line each; and the
+	 * first pair that is not related ("" when all are): then no unit
+	 * is shared, whatever the rules say. */
+	struct zm_buf lineage;
+	char unrelated[256];
 };
 
 void zm_gc_analysis_init(struct zm_gc_analysis *a);
@@ -323,7 +328,8 @@ void zm_gc_explain(const struct zm_gc_analysis *a,
 /*
  * Runs argv (argv[0] a path, or a name searched in PATH) as a child process
  * with stdin from /dev/null, stdout to /dev/null and stderr to a temporary
- * file, and measures its wall time (CLOCK_MONOTONIC) and peak resident
+ * file in TMPDIR (default /tmp; removed at once, so nothing is left
+ * behind), and measures its wall time (CLOCK_MONOTONIC) and peak resident
  * memory (ru_maxrss from wait4).  A child that cannot start, or exits
  * non-zero or by a signal, is ZM_ERR_IO naming argv[0] and quoting the
  * last line of its stderr.

@@ -20,7 +20,8 @@ layers:
 YAML
 Z=$T/zoo
 zoo-add --zoo "$Z" --name m1 --arch "$T/arch.yaml" --seed 3 2>/dev/null
-zoo-add --zoo "$Z" --name m2 --arch "$T/arch.yaml" --seed 4 2>/dev/null
+# m2 is a copy of m1: units are shared only between related models.
+zoo-add --zoo "$Z" --name m2 --base m1 "$Z/models/m1/v1.safetensors.gz" 2>/dev/null
 cat >"$T/assignment.yaml" <<'YAML'
 metric: cosine
 temperature: 1.0
