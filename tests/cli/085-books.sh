@@ -1,0 +1,206 @@
+#!/bin/sh
+# The zoo's bookkeeping and lineage: rollback restores the version's own
+# metrics and hparams, goes back to the version the current one was made
+# from, and --to N; merge records its updates' hparams and ids; zoo-add
+# gives a plain safetensors file the --arch it is given; granctl --measure
+# runs the predict installed beside it and honours TMPDIR; models record
+# their origin, zoo-ls --related reports pairs, and merge and granctl
+# refuse to mix the units of unrelated models.
+. "$(dirname "$0")/lib.sh"
+
+# yaml_of MODEL KEY: the model's KEY line in zoo.yaml ("    metrics: {...}").
+yaml_of() {
+	awk -v m="$1" -v k="$2" '$1 == "-" && $2 == "name:" { cur = $3 }
+		cur == m && $1 == k ":" { sub(/^ +/, ""); print }' "$Z/zoo.yaml"
+}
+# meta_of FILE KEY: a metadata value as tensor info prints it.
+meta_of() {
+	tensor info "$1" | awk -v k="$2" '$1 == k && $2 == "=" { sub(/^ *[^ ]+ = /, ""); print; exit }'
+}
+
+separable_csv "$T/data.csv" 400 5
+tensor import --from csv --label label -o "$T/data.st.gz" "$T/data.csv"
+cat >"$T/arch.yaml" <<'YAML'
+input: [4]
+layers:
+  - {name: hidden, units: 8, activation: tanh, group: features}
+  - {name: out, units: 4, group: head}
+YAML
+Z=$T/zoo
+
+# ---- rollback restores the version's own metrics and hparams ----
+zoo-add --zoo "$Z" --name m --arch "$T/arch.yaml" --seed 1 2>/dev/null
+train-step --zoo "$Z" --model m --epochs 1 --lr 0.05 --seed 1 --apply --quiet "$T/data.st.gz"
+train-step --zoo "$Z" --model m --epochs 4 --lr 0.2 --seed 2 --apply --quiet "$T/data.st.gz"
+v2_loss=$(yaml_of m metrics)
+run zoo-add --zoo "$Z" --rollback m
+expect_rc 0 "rollback from v3"
+check "the index points at v2" grep -q 'file: models/m/v2.safetensors.gz' "$Z/zoo.yaml"
+want=$(meta_of "$Z/models/m/v2.safetensors.gz" zm.metrics | sed 's/.*"loss":\([^,}]*\).*/\1/')
+got=$(yaml_of m metrics | sed 's/.*[{ ,]loss: \([^,}]*\).*/\1/')
+check "v2's own loss is listed ($got, file $want), not v3's" test -n "$want" -a "$got" = "$want"
+check "and v2's own hparams (lr 0.05, 1 epoch)" sh -c "grep -A12 'name: m\$' '$Z/zoo.yaml' | grep 'hparams:' | grep -q 'lr: 0.05.*epochs: 1,'"
+run zoo-ls --zoo "$Z"
+check "zoo-ls shows v2 with v2's loss" grep -Eq "^m +2 +3 .* $want " "$T/out"
+
+# ---- rollback-then-apply, then rollback: back to the parent, not v3 ----
+train-step --zoo "$Z" --model m --epochs 1 --lr 0.01 --seed 3 --apply --quiet "$T/data.st.gz"
+check "the apply after a rollback is v4, made from v2" sh -c "tensor info '$Z/models/m/v4.safetensors.gz' | grep -q 'zm.parent = 2'"
+run zoo-add --zoo "$Z" --rollback m
+expect_rc 0 "rollback from v4"
+expect_err "m rolled back to v2" "goes to v2, the version v4 was made from"
+check "not to the abandoned v3" grep -q 'file: models/m/v2.safetensors.gz' "$Z/zoo.yaml"
+run zoo-add --zoo "$Z" --rollback m --to 3
+expect_rc 0 "--to 3"
+check "the index points at v3" grep -q 'file: models/m/v3.safetensors.gz' "$Z/zoo.yaml"
+check "with v3's hparams (lr 0.2)" sh -c "grep -A12 'name: m\$' '$Z/zoo.yaml' | grep 'hparams:' | grep -q 'lr: 0.2,'"
+cp "$Z/zoo.yaml" "$T/zoo.before"
+run zoo-add --zoo "$Z" --rollback m --to 9
+expect_rc 1 "--to a version that is not retained"
+expect_err "v9 is not retained \(retained: v1, v2, v3, v4\)" "says which are"
+check "and leaves the index as it was" cmp -s "$Z/zoo.yaml" "$T/zoo.before"
+run zoo-add --zoo "$Z" --rollback m --to 0
+expect_rc 2 "--to 0 is a usage error"
+run zoo-add --zoo "$Z" --name m --to 2 "$Z/models/m/v1.safetensors.gz"
+expect_rc 2 "--to without --rollback is a usage error"
+
+# ---- merge records the updates' hparams and ids ----
+zoo-add --zoo "$Z" --name h --arch "$T/arch.yaml" --seed 1 --hparam lr=0.003 --hparam epochs=20 2>/dev/null
+check "h starts with the old hparams" sh -c "grep -A12 'name: h\$' '$Z/zoo.yaml' | grep -q 'lr: 0.003'"
+train-step --zoo "$Z" --model h --epochs 3 --lr 0.001 --seed 1 --quiet -o "$T/uh.st.gz" "$T/data.st.gz"
+uid=$(meta_of "$T/uh.st.gz" zm.id)
+check "train-step gives the update an id ($uid)" sh -c "echo '$uid' | grep -Eq '^[0-9a-f]{16}$'"
+run merge --zoo "$Z" --quiet "$T/uh.st.gz"
+expect_rc 0 "merge the update"
+hp=$(meta_of "$Z/models/h/v2.safetensors.gz" zm.hparams)
+check "v2's zm.hparams are the update's: lr 0.001, 3 epochs ($hp)" sh -c "echo '$hp' | grep -q '\"lr\":0.001' && echo '$hp' | grep -q '\"epochs\":3'"
+check "not the model's old lr 0.003 and 20 epochs" sh -c "! echo '$hp' | grep -Eq '0.003|\"epochs\":20'"
+check "and name the update" sh -c "echo '$hp' | grep -q '\"updates\":\"$uid\"'"
+check "zoo.yaml says the same" sh -c "grep -A12 'name: h\$' '$Z/zoo.yaml' | grep 'hparams:' | grep -q 'lr: 0.001.*updates: \"*$uid'"
+
+# ---- zoo-add --arch gives a plain safetensors file its architecture ----
+if command -v python3 >/dev/null 2>&1; then
+	python3 - "$Z/models/m/v2.safetensors.gz" "$T/plain.safetensors" <<'PY'
+import gzip, json, struct, sys
+raw = gzip.open(sys.argv[1]).read()
+n = struct.unpack('<Q', raw[:8])[0]
+hdr = json.loads(raw[8:8 + n])
+hdr.pop('__metadata__')
+h = json.dumps(hdr).encode()
+h += b' ' * (-len(h) % 8)
+open(sys.argv[2], 'wb').write(struct.pack('<Q', len(h)) + h + raw[8 + n:])
+PY
+	run zoo-add --zoo "$Z" --name plain "$T/plain.safetensors"
+	expect_rc 1 "a plain safetensors file without --arch is refused"
+	expect_err "give its architecture" "and the message says to give it"
+	run zoo-add --zoo "$Z" --name plain --arch "$T/arch.yaml" "$T/plain.safetensors"
+	expect_rc 0 "with --arch it is added"
+	check "with that architecture" sh -c "tensor info '$Z/models/plain/v1.safetensors.gz' | grep -q 'zm.arch = .*\"hidden\"'"
+	check "and the same weights" sh -c "predict --zoo '$Z' --model plain --quiet '$T/data.st.gz' >'$T/p1.csv' && predict --model-file '$Z/models/m/v2.safetensors.gz' --quiet '$T/data.st.gz' | cmp -s - '$T/p1.csv'"
+	sed 's/units: 8/units: 6/' "$T/arch.yaml" >"$T/arch6.yaml"
+	cp "$Z/zoo.yaml" "$T/zoo.before"
+	run zoo-add --zoo "$Z" --name plain6 --arch "$T/arch6.yaml" "$T/plain.safetensors"
+	expect_rc 1 "an architecture of other shapes is refused"
+	expect_err "tensor 'hidden.weight': shape \[8, 4\], expected \[6, 4\]" "naming the tensor and both shapes"
+	check "and the zoo is as before" cmp -s "$Z/zoo.yaml" "$T/zoo.before"
+	check "with no directory for the model" test ! -e "$Z/models/plain6"
+	run zoo-add --zoo "$Z" --name m2b --arch "$T/arch6.yaml" "$Z/models/m/v2.safetensors.gz"
+	expect_rc 1 "a zoomerge model with another zm.arch than --arch is refused"
+else
+	echo "# python3 missing: plain safetensors checks skipped"
+fi
+
+# ---- granctl --measure: the predict beside it, and TMPDIR ----
+mkdir "$T/inst" "$T/decoy"
+cp "$BIN/granctl" "$T/inst/zm-granctl"
+cp "$BIN/predict" "$T/inst/zm-predict"
+printf '#!/bin/sh\necho "decoy predict ran" >&2\nexit 3\n' >"$T/decoy/predict"
+chmod +x "$T/decoy/predict"
+run env PATH="$T/decoy:/usr/bin:/bin" "$T/inst/zm-granctl" --zoo "$Z" --model m --measure --data "$T/data.st.gz" --explain -o "$T/measured.yaml"
+expect_rc 0 "zm-granctl --measure runs zm-predict beside it, not predict from PATH"
+check "and measured each level" grep -Eq '^latency_layer_ms +[0-9]' "$T/out"
+rm "$T/inst/zm-predict"
+run env PATH="$T/decoy:/usr/bin:/bin" "$T/inst/zm-granctl" --zoo "$Z" --model m --measure --data "$T/data.st.gz"
+expect_rc 1 "without zm-predict beside it, it fails"
+expect_err "no .*/inst/zm-predict beside granctl" "saying where it looked"
+expect_err "give --predict PROGRAM" "and what to do"
+run env TMPDIR="$T/no/such/dir" granctl --zoo "$Z" --model m --measure --data "$T/data.st.gz"
+expect_rc 1 "--measure with a TMPDIR that does not exist fails"
+expect_err "$T/no/such/dir/zm-granctl" "so its temporary file is under TMPDIR"
+mkdir "$T/tmp"
+run env TMPDIR="$T/tmp" granctl --zoo "$Z" --model m --measure --data "$T/data.st.gz"
+expect_rc 0 "and works with one that does"
+check "leaving nothing there" test "$(ls -A "$T/tmp" | wc -l)" -eq 0
+
+# ---- lineage ----
+L=$T/lzoo
+Z=$L   # for yaml_of
+zoo-add --zoo "$L" --name a --arch "$T/arch.yaml" --seed 1 2>/dev/null
+zoo-add --zoo "$L" --name b --arch "$T/arch.yaml" --seed 2 2>/dev/null
+zoo-add --zoo "$L" --name a2 --base a "$L/models/a/v1.safetensors.gz" 2>/dev/null
+zoo-add --zoo "$L" --name anon "$L/models/a/v1.safetensors.gz" 2>/dev/null
+zoo-add --zoo "$L" --name anonb "$L/models/b/v1.safetensors.gz" 2>/dev/null
+oa=$(yaml_of a origin)
+check "a created model records its origin ($oa)" sh -c "echo '$oa' | grep -Eq 'origin: \"?init:[0-9a-f]{16}'"
+check "in its file too" sh -c "tensor info '$L/models/a/v1.safetensors.gz' | grep -Eq 'zm.origin = init:[0-9a-f]{16}'"
+check "another seed, another origin" test "$(yaml_of b origin)" != "$oa"
+check "--base gives the base's origin" test "$(yaml_of a2 origin)" = "$oa"
+check "and records the base" sh -c "tensor info '$L/models/a2/v1.safetensors.gz' | grep -q 'zm.base = a@v1'"
+check "an imported model has unknown lineage" test -z "$(yaml_of anon origin)"
+train-step --zoo "$L" --model a --epochs 2 --lr 0.1 --seed 1 --apply --quiet "$T/data.st.gz"
+check "a new version keeps the origin" test "$(yaml_of a origin)" = "$oa"
+run zoo-add --zoo "$L" --name x --base nosuch "$L/models/a/v1.safetensors.gz"
+expect_rc 1 "--base of a model not in the zoo"
+expect_err "--base: .*no model named 'nosuch'" "is refused naming it"
+run zoo-add --zoo "$L" --name x --base a --arch "$T/arch.yaml"
+expect_rc 2 "--base without a model file is a usage error"
+
+run zoo-ls --zoo "$L" --related
+expect_rc 0 "zoo-ls --related"
+check "a and a2 related by origin" grep -Eq '^a +a2 +related +origin ' "$T/out"
+check "a and b unrelated by origin" grep -Eq '^a +b +unrelated +origin ' "$T/out"
+check "a2 and anon (same weights, one origin unknown) related by alignment" grep -Eq '^a2 +anon +related +alignment +1\.0000 +hidden$' "$T/out"
+check "anon and anonb unrelated by alignment" grep -Eq '^anon +anonb +unrelated +alignment ' "$T/out"
+run zoo-ls --zoo "$L" --related --format yaml
+expect_rc 2 "--related with --format yaml is a usage error"
+
+# Static merges refuse unrelated models, naming the pair.
+run merge --zoo "$L" --method linear -o "$T/soup.st.gz" a b
+expect_rc 2 "merge --method linear of unrelated models is refused"
+expect_err "models 'a' and 'b' are unrelated" "naming the pair"
+expect_err "allow-unrelated" "and the way out"
+check "nothing was written" test ! -e "$T/soup.st.gz"
+run merge --zoo "$L" --method ties --base anon -o "$T/soup.st.gz" a2 anon
+expect_rc 0 "models related by origin and by alignment merge"
+run merge --zoo "$L" --method linear -o "$T/soup.st.gz" anon anonb
+expect_rc 2 "unknown lineage and unaligned units are refused too"
+expect_err "do not align: .* at layer 'hidden'" "with the alignment"
+run merge --zoo "$L" --method linear --allow-unrelated -o "$T/soup.st.gz" a b
+expect_rc 0 "--allow-unrelated merges them anyway"
+check "and the result has no origin" sh -c "! tensor info '$T/soup.st.gz' | grep -q zm.origin"
+run merge --zoo "$L" --method linear -o "$T/soup2.st.gz" a a2
+oid=$(echo "$oa" | sed 's/.*\(init:[0-9a-f]*\).*/\1/')
+check "a merge of one origin keeps it ($oid)" sh -c "tensor info '$T/soup2.st.gz' | grep -q 'zm.origin = $oid\$'"
+
+# Updates on a common slice of unrelated models: no shared units.
+printf 'mode: partition\nslices:\n  - {name: all, default: true}\n' >"$T/one.yaml"
+slice --rules "$T/one.yaml" --out-dir "$T/slices" "$T/data.st.gz" >/dev/null
+for m in a b; do
+	train-step --zoo "$L" --model $m --epochs 1 --lr 0.1 --seed 1 --quiet -o "$T/u$m.st.gz" "$T/slices/all.safetensors.gz"
+done
+cp -r "$L" "$T/lzoo.before"
+run merge --zoo "$L" --share all "$T/ua.st.gz" "$T/ub.st.gz"
+expect_rc 2 "merge --zoo sharing units of unrelated models is refused"
+expect_err "models '(a|b)' and '(a|b)' are unrelated" "naming the pair"
+check "and the zoo is unchanged" diff -r "$L" "$T/lzoo.before"
+run granctl --zoo "$L" --updates "$T/ua.st.gz" --updates "$T/ub.st.gz" --explain -o "$T/dec.yaml"
+expect_rc 0 "granctl over unrelated models"
+check "marks no unit shared" sh -c "! grep -q 'shared: true' '$T/dec.yaml' && grep -q 'shared: false' '$T/dec.yaml'"
+check "and says why" grep -q "models 'a' and 'b' are unrelated by origin: never shared" "$T/dec.yaml"
+check "--explain lists the lineage" grep -Eq "^a b: unrelated by origin; alignment per layer: hidden" "$T/out"
+run merge --zoo "$L" --granularity-from "$T/dec.yaml" "$T/ua.st.gz" "$T/ub.st.gz"
+expect_rc 0 "merge applies that decision"
+run merge --zoo "$T/lzoo.before" --share all --allow-unrelated "$T/ua.st.gz" "$T/ub.st.gz"
+expect_rc 0 "--allow-unrelated shares anyway"
+
+finish
