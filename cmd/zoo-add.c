@@ -156,6 +156,9 @@ static enum zm_status set_import_lineage(const struct zoo_add_opts *o,
                                          struct zm_error *err)
 {
 	struct zm_zoo_entry *b;
+	struct zm_model *base = NULL;
+	struct zm_lineage_info info;
+	struct zm_doc doc;
 	char ref[128];
 	enum zm_status st;
 
@@ -168,6 +171,25 @@ static enum zm_status set_import_lineage(const struct zoo_add_opts *o,
 	if (!b->origin)
 		zm_cli_warn("--base %s: its own lineage is unknown, so is "
 		            "%s's", o->base, o->name);
+	/* A claim the weights contradict is kept (the user knows where the
+	 * file came from) but said aloud. */
+	zm_doc_init(&doc);
+	st = zm_zoo_read_model(zoo, b, &doc, err);
+	if (st == ZM_OK)
+		st = zm_model_from_doc(&doc, NULL, &base, err);
+	zm_doc_release(&doc);
+	if (st == ZM_OK)
+		st = zm_lineage_set_origin(base, NULL, err);
+	if (st == ZM_OK && (st = zm_lineage_related(base, m, &info, err)) ==
+	    ZM_OK && info.verdict == ZM_LINEAGE_UNRELATED)
+		zm_cli_warn("--base %s: the weights do not align with %s's "
+		            "(%.3f < %.2f at layer '%s'); recorded as its "
+		            "descendant anyway", o->base, o->base,
+		            info.alignment, ZM_LINEAGE_THRESHOLD,
+		            base->arch->layers[info.worst_layer].name);
+	zm_model_free(base);
+	if (st != ZM_OK)
+		return st;
 	snprintf(ref, sizeof(ref), "%s@v%" PRId64, o->base, b->version);
 	if ((st = zm_doc_set_meta(&m->extra, "zm.base", ref, err)))
 		return st;

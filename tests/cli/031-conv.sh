@@ -27,8 +27,9 @@ layers:
   - {name: out, units: 3}
 YAML
 Z=$T/z
+# One initialisation, so that their layers can be merged (lineage).
 for m in m0 m1; do
-	zoo-add --zoo "$Z" --name $m --arch "$T/arch.yaml" --seed ${m#m} 2>/dev/null
+	zoo-add --zoo "$Z" --name $m --arch "$T/arch.yaml" --seed 1 2>/dev/null
 done
 run train-step --zoo "$Z" --model m0 --epochs 15 --lr 0.01 --optimizer adam \
 	--val-fraction 0 --apply --quiet --log "$T/log0" "$T/img.st.gz"
