@@ -22,6 +22,7 @@
 #include "schema.h"
 #include "stream.h"
 #include "zoo.h"
+#include "zoomodel.h"
 
 static const char usage_str[] =
 	"usage: zoo-add --zoo DIR --name NAME (--arch ARCH.yaml [--seed N] | [--arch ARCH.yaml] MODEL_FILE\n"
@@ -158,7 +159,6 @@ static enum zm_status set_import_lineage(const struct zoo_add_opts *o,
 	struct zm_zoo_entry *b;
 	struct zm_model *base = NULL;
 	struct zm_lineage_info info;
-	struct zm_doc doc;
 	char ref[128];
 	enum zm_status st;
 
@@ -173,11 +173,7 @@ static enum zm_status set_import_lineage(const struct zoo_add_opts *o,
 		            "%s's", o->base, o->name);
 	/* A claim the weights contradict is kept (the user knows where the
 	 * file came from) but said aloud. */
-	zm_doc_init(&doc);
-	st = zm_zoo_read_model(zoo, b, &doc, err);
-	if (st == ZM_OK)
-		st = zm_model_from_doc(&doc, NULL, &base, err);
-	zm_doc_release(&doc);
+	st = zm_zoo_load_entry(zoo, b, &base, err);
 	if (st == ZM_OK)
 		st = zm_lineage_set_origin(base, NULL, err);
 	if (st == ZM_OK && (st = zm_lineage_related(base, m, &info, err)) ==

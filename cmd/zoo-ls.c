@@ -19,6 +19,7 @@
 #include "model.h"
 #include "schema.h"
 #include "zoo.h"
+#include "zoomodel.h"
 
 static const char usage_str[] =
 	"usage: zoo-ls --zoo DIR [--format table|yaml] [--related]\n"
@@ -98,14 +99,7 @@ static enum zm_status print_related(const struct zm_zoo *zoo,
 	if (!(ms = zm_calloc(zoo->n_models + 1, sizeof(*ms))))
 		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 	for (i = 0; i < zoo->n_models && st == ZM_OK; i++) {
-		struct zm_doc doc;
-		zm_doc_init(&doc);
-		st = zm_zoo_read_model(zoo, &zoo->models[i], &doc, err);
-		if (st == ZM_OK && (st = zm_model_from_doc(&doc, NULL, &ms[i],
-		                                           err)))
-			zm_error_prefix(err, "model '%s': ",
-			                zoo->models[i].name);
-		zm_doc_release(&doc);
+		st = zm_zoo_load_entry(zoo, &zoo->models[i], &ms[i], err);
 		if (strlen(zoo->models[i].name) > w)
 			w = strlen(zoo->models[i].name);
 	}
