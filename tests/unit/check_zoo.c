@@ -236,6 +236,84 @@ START_TEST(test_versions)
 }
 END_TEST
 
+/* A version whose metadata names its own metrics, hparams and origin,
+ * all derived from value. */
+static int64_t put_described(struct zm_zoo *zoo, const char *name,
+                             float value)
+{
+	struct zm_doc doc;
+	struct zm_error err;
+	char text[128];
+	int64_t v = -1;
+
+	make_doc(&doc, value);
+	snprintf(text, sizeof(text), "{\"accuracy\":%g}", value / 10);
+	ck_assert_int_eq(zm_doc_set_meta(&doc, "zm.metrics", text, &err), ZM_OK);
+	snprintf(text, sizeof(text), "{\"lr\":%g}", value / 1000);
+	ck_assert_int_eq(zm_doc_set_meta(&doc, "zm.hparams", text, &err), ZM_OK);
+	snprintf(text, sizeof(text), "init:%g", value);
+	ck_assert_int_eq(zm_doc_set_meta(&doc, "zm.origin", text, &err), ZM_OK);
+	if (zm_zoo_put_model(zoo, name, &doc, &v, &err) != ZM_OK)
+		ck_abort_msg("put_model %s: %s", name, err.msg);
+	zm_doc_release(&doc);
+	return v;
+}
+
+/* The entry says what its current version's file says. */
+static void assert_described(const struct zm_zoo *zoo, const char *name,
+                             int64_t version, float value)
+{
+	struct zm_zoo_entry *e = zm_zoo_find(zoo, name);
+	char text[64];
+
+	ck_assert_ptr_nonnull(e);
+	ck_assert_int_eq(e->version, version);
+	snprintf(text, sizeof(text), "%g", value / 10);
+	ck_assert_str_eq(zm_kv_get(&e->metrics, "accuracy"), text);
+	snprintf(text, sizeof(text), "%g", value / 1000);
+	ck_assert_str_eq(zm_kv_get(&e->hparams, "lr"), text);
+	ck_assert_uint_eq(e->hparams.count, 1);
+	snprintf(text, sizeof(text), "init:%g", value);
+	ck_assert_str_eq(e->origin, text);
+}
+
+/* Rollback goes to the current version's parent, restores that version's
+ * own metrics, hparams and origin, and --to picks any retained one. */
+START_TEST(test_rollback_parent_and_to)
+{
+	const char *dir = unit_tmpdir();
+	struct zm_zoo *zoo = open_zoo(dir, ZM_ZOO_WRITE | ZM_ZOO_CREATE);
+	struct zm_error err;
+
+	put_described(zoo, "m", 1);
+	put_described(zoo, "m", 2);
+	put_described(zoo, "m", 3);
+	assert_described(zoo, "m", 3, 3);
+	ck_assert_int_eq(zm_zoo_rollback(zoo, "m", &err), ZM_OK);
+	assert_described(zoo, "m", 2, 2);
+	/* v4 is made from v2; rolling back returns to v2, not to v3. */
+	ck_assert_int_eq(put_described(zoo, "m", 4), 4);
+	commit(zoo);
+	zm_zoo_close(zoo);
+	zoo = open_zoo(dir, ZM_ZOO_WRITE);
+	assert_described(zoo, "m", 4, 4);
+	ck_assert_int_eq(zm_zoo_rollback(zoo, "m", &err), ZM_OK);
+	assert_described(zoo, "m", 2, 2);
+	ck_assert_int_eq(zm_zoo_rollback_to(zoo, "m", 3, &err), ZM_OK);
+	assert_described(zoo, "m", 3, 3);
+	ck_assert_int_eq(zm_zoo_rollback_to(zoo, "m", 7, &err),
+	                 ZM_ERR_NOTFOUND);
+	ck_assert_ptr_nonnull(strstr(err.msg, "retained: v1, v2, v3, v4"));
+	assert_described(zoo, "m", 3, 3);
+	commit(zoo);
+	zm_zoo_close(zoo);
+	/* What was committed reads back the same. */
+	zoo = open_zoo(dir, ZM_ZOO_READ);
+	assert_described(zoo, "m", 3, 3);
+	zm_zoo_close(zoo);
+}
+END_TEST
+
 START_TEST(test_rollback)
 {
 	const char *dir = unit_tmpdir();
@@ -904,6 +982,7 @@ Suite *suite_zoo(void)
 	tcase_add_test(tc, test_open_create);
 	tcase_add_test(tc, test_versions);
 	tcase_add_test(tc, test_rollback);
+	tcase_add_test(tc, test_rollback_parent_and_to);
 	tcase_add_test(tc, test_keep);
 	tcase_add_test(tc, test_uncommitted_leaves_nothing);
 	tcase_add_test(tc, test_lock_timeout);
