@@ -187,9 +187,9 @@ static enum zm_status set_import_lineage(const struct zoo_add_opts *o,
 	if (st != ZM_OK)
 		return st;
 	snprintf(ref, sizeof(ref), "%s@v%" PRId64, o->base, b->version);
-	if ((st = zm_doc_set_meta(&m->extra, "zm.base", ref, err)))
+	if ((st = zm_lineage_set_origin(m, b->origin, err)))
 		return st;
-	return zm_lineage_set_origin(m, b->origin, err);
+	return zm_doc_set_meta(&m->extra, ZM_LINEAGE_BASE_KEY, ref, err);
 }
 
 static enum zm_status add_model(const struct zoo_add_opts *o,

@@ -103,26 +103,31 @@ const char *zm_lineage_origin(const struct zm_model *m)
 	return o && *o ? o : NULL;
 }
 
-enum zm_status zm_lineage_set_origin(struct zm_model *m, const char *origin,
-                                     struct zm_error *err)
+/* The stream API has no removal of a metadata key. */
+static void remove_meta(struct zm_doc *doc, const char *key)
 {
 	size_t i;
 
+	for (i = 0; i < doc->n_meta; i++) {
+		struct zm_meta_entry *e = &doc->meta[i];
+		if (strcmp(e->key, key) == 0) {
+			free(e->key);
+			free(e->value);
+			memmove(e, e + 1, (doc->n_meta - i - 1) * sizeof(*e));
+			doc->n_meta--;
+			return;
+		}
+	}
+}
+
+enum zm_status zm_lineage_set_origin(struct zm_model *m, const char *origin,
+                                     struct zm_error *err)
+{
 	if (origin)
 		return zm_doc_set_meta(&m->extra, ZM_LINEAGE_ORIGIN_KEY, origin,
 		                       err);
-	/* The stream API has no removal of a metadata key; an empty value
-	 * reads as unknown and is dropped here. */
-	for (i = 0; i < m->extra.n_meta; i++) {
-		struct zm_meta_entry *e = &m->extra.meta[i];
-		if (strcmp(e->key, ZM_LINEAGE_ORIGIN_KEY) == 0) {
-			free(e->key);
-			free(e->value);
-			memmove(e, e + 1, (m->extra.n_meta - i - 1) * sizeof(*e));
-			m->extra.n_meta--;
-			break;
-		}
-	}
+	remove_meta(&m->extra, ZM_LINEAGE_ORIGIN_KEY);
+	remove_meta(&m->extra, ZM_LINEAGE_BASE_KEY);
 	return ZM_OK;
 }
 

@@ -94,9 +94,14 @@ void zm_lineage_digest_doc(const struct zm_doc *doc, char *out);
  * layer order. */
 void zm_lineage_digest_model(const struct zm_model *m, char *out);
 
+/* The metadata key of the zoo model an imported file was declared
+ * fine-tuned from ("NAME@vN"; zoo-add --base). */
+#define ZM_LINEAGE_BASE_KEY "zm.base"
+
 /* The model's recorded origin, or NULL when unknown. */
 const char *zm_lineage_origin(const struct zm_model *m);
-/* Records origin (NULL: removes it, the lineage becomes unknown). */
+/* Records origin (NULL: removes it and zm.base, the lineage becomes
+ * unknown). */
 enum zm_status zm_lineage_set_origin(struct zm_model *m, const char *origin,
                                      struct zm_error *err);
 /* Records "init:DIGEST" of the model's current weights as its origin:

@@ -147,6 +147,8 @@ check "another seed, another origin" test "$(yaml_of b origin)" != "$oa"
 check "--base gives the base's origin" test "$(yaml_of a2 origin)" = "$oa"
 check "and records the base" sh -c "tensor info '$L/models/a2/v1.safetensors.gz' | grep -q 'zm.base = a@v1'"
 check "an imported model has unknown lineage" test -z "$(yaml_of anon origin)"
+zoo-add --zoo "$L" --name anon2 "$L/models/a2/v1.safetensors.gz" 2>/dev/null
+check "whatever lineage its file records" sh -c "test -z \"\$(tensor info '$L/models/anon2/v1.safetensors.gz' | grep -E 'zm.(origin|base) =')\""
 train-step --zoo "$L" --model a --epochs 2 --lr 0.1 --seed 1 --apply --quiet "$T/data.st.gz"
 check "a new version keeps the origin" test "$(yaml_of a origin)" = "$oa"
 run zoo-add --zoo "$L" --name claimed --base a "$L/models/b/v1.safetensors.gz"
