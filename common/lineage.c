@@ -255,6 +255,36 @@ enum zm_status zm_lineage_related(const struct zm_model *a,
 	return ZM_OK;
 }
 
+enum zm_status zm_lineage_all_related(const struct zm_model *const *models,
+                                      size_t n, bool *all, size_t *a,
+                                      size_t *b, struct zm_lineage_info *info,
+                                      struct zm_error *err)
+{
+	struct zm_lineage_info one;
+	enum zm_status st;
+	size_t i, j;
+
+	*all = true;
+	for (i = 0; i < n; i++) {
+		for (j = i + 1; j < n; j++) {
+			st = zm_lineage_related(models[i], models[j], &one, err);
+			if (st != ZM_OK)
+				return st;
+			if (one.verdict == ZM_LINEAGE_RELATED)
+				continue;
+			*all = false;
+			if (a)
+				*a = i;
+			if (b)
+				*b = j;
+			if (info)
+				*info = one;
+			return ZM_OK;
+		}
+	}
+	return ZM_OK;
+}
+
 enum zm_status zm_lineage_require_related(const struct zm_model *a,
                                           const char *label_a,
                                           const struct zm_model *b,

@@ -133,6 +133,17 @@ enum zm_status zm_lineage_related(const struct zm_model *a,
                                   struct zm_error *err);
 
 /*
+ * Whether every two of models[0..n) are related (true for n < 2): for a
+ * predictor deciding between merging layers and combining outputs.  When
+ * not, *a < *b index the first pair (in order 01, 02, ..., 12, ...) that
+ * is not, and *info describes it (a, b and info may be NULL).
+ */
+enum zm_status zm_lineage_all_related(const struct zm_model *const *models,
+                                      size_t n, bool *all, size_t *a,
+                                      size_t *b, struct zm_lineage_info *info,
+                                      struct zm_error *err);
+
+/*
  * ZM_OK when a and b are related, or their parameter shapes differ (a
  * merge refuses them anyway, with a message naming the tensor);
  * otherwise ZM_ERR_USAGE with a message

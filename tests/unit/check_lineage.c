@@ -243,6 +243,42 @@ START_TEST(test_unknown_and_no_hidden)
 }
 END_TEST
 
+/* A set is related when every two are: the first pair that is not is
+ * named. */
+START_TEST(test_all_related)
+{
+	static const int perm[3] = { 2, 0, 1 };
+	struct zm_model *ms[3] = { hadamard_model(0, NULL),
+	                           hadamard_model(1, NULL),
+	                           hadamard_model(0, perm) };
+	struct zm_lineage_info info;
+	struct zm_error err;
+	size_t a = 9, b = 9;
+	bool all = false;
+
+	ck_assert_int_eq(zm_lineage_all_related((const struct zm_model *const *)ms,
+	                                        2, &all, &a, &b, &info, &err),
+	                 ZM_OK);
+	ck_assert(all);
+	ck_assert_uint_eq(a, 9);
+	ck_assert_int_eq(zm_lineage_all_related((const struct zm_model *const *)ms,
+	                                        3, &all, &a, &b, &info, &err),
+	                 ZM_OK);
+	ck_assert(!all);
+	ck_assert_uint_eq(a, 0);
+	ck_assert_uint_eq(b, 2);
+	ck_assert_int_eq(info.verdict, ZM_LINEAGE_UNRELATED);
+	ck_assert_double_eq_tol(info.score[0], 0, 1e-6);
+	ck_assert_int_eq(zm_lineage_all_related((const struct zm_model *const *)ms,
+	                                        1, &all, NULL, NULL, NULL, &err),
+	                 ZM_OK);
+	ck_assert(all);
+	zm_model_free(ms[0]);
+	zm_model_free(ms[1]);
+	zm_model_free(ms[2]);
+}
+END_TEST
+
 /* The digest follows the numbers, not the metadata. */
 START_TEST(test_digest)
 {
@@ -291,6 +327,7 @@ Suite *suite_lineage(void)
 	tcase_add_test(tc, test_independent_inits_unrelated);
 	tcase_add_test(tc, test_origin_decides);
 	tcase_add_test(tc, test_unknown_and_no_hidden);
+	tcase_add_test(tc, test_all_related);
 	tcase_add_test(tc, test_digest);
 	suite_add_tcase(s, tc);
 	return s;
