@@ -241,8 +241,9 @@ static enum zm_status add_model(const struct zoo_add_opts *o,
 		st = zm_zoo_put_model(zoo, o->name, &doc, version, err);
 	if (st != ZM_OK)
 		goto out;
-	/* params, metrics and hparams come from the version file. */
+	/* metrics and hparams come from the version file. */
 	e = zm_zoo_find(zoo, o->name);
+	e->params = (int64_t)zm_arch_param_count(m->arch);
 	for (i = 0; st == ZM_OK && i < o->tags.count; i++)
 		st = zm_kv_set(&e->tags, o->tags.items[i].key,
 		               o->tags.items[i].value, err);
@@ -272,9 +273,18 @@ static int run(const struct zoo_add_opts *o)
 	if (o->keep >= 0)
 		zoo->keep = o->keep;
 	if (o->rollback) {
+		struct zm_zoo_entry *e;
+		struct zm_model *m = NULL;
 		st = zm_zoo_rollback_to(zoo, o->rollback, o->to, &err);
+		/* The parameter count of the version rolled back to. */
+		if (st == ZM_OK) {
+			e = zm_zoo_find(zoo, o->rollback);
+			version = e->version;
+			st = zm_zoo_load_entry(zoo, e, &m, &err);
+		}
 		if (st == ZM_OK)
-			version = zm_zoo_find(zoo, o->rollback)->version;
+			e->params = (int64_t)zm_arch_param_count(m->arch);
+		zm_model_free(m);
 	} else {
 		st = add_model(o, zoo, &version, &err);
 	}

@@ -17,9 +17,7 @@
 #include "config.h"
 #include "fileio.h"
 #include "json.h"
-#include "lineage.h"
 #include "mem.h"
-#include "model.h"
 #include "zoo.h"
 
 #define ZM_PATH_MAX 4096
@@ -697,21 +695,20 @@ static enum zm_status ensure_dir(struct zm_zoo *zoo, const char *path,
 }
 
 /*
- * Sets the entry's params, metrics, hparams and origin from a version's
- * document (source names it in messages), replacing what it held: the
- * index says what the version file says, whichever version is current.
+ * Sets the entry's metrics, hparams and origin from a version's document
+ * (source names it in messages), replacing what it held: the index says
+ * what the version file says, whichever version is current.  (params
+ * needs the architecture, a layer above this one: callers set it.)
  */
 static enum zm_status entry_from_doc(struct zm_zoo_entry *e,
                                      const struct zm_doc *doc,
                                      const char *source,
                                      struct zm_error *err)
 {
-	const char *arch_json = zm_doc_meta(doc, "zm.arch");
 	const char *metrics = zm_doc_meta(doc, "zm.metrics");
 	const char *hparams = zm_doc_meta(doc, "zm.hparams");
-	const char *origin = zm_doc_meta(doc, ZM_LINEAGE_ORIGIN_KEY);
+	const char *origin = zm_doc_meta(doc, "zm.origin"); /* lineage.h */
 	struct zm_kv_list m = { NULL, 0 }, h = { NULL, 0 };
-	struct zm_arch *arch = NULL;
 	char *o = NULL;
 	enum zm_status st = ZM_OK;
 
@@ -719,17 +716,12 @@ static enum zm_status entry_from_doc(struct zm_zoo_entry *e,
 		st = zm_kv_from_json(&m, metrics, "zm.metrics", err);
 	if (st == ZM_OK && hparams)
 		st = zm_kv_from_json(&h, hparams, "zm.hparams", err);
-	if (st == ZM_OK && arch_json &&
-	    (st = zm_arch_parse_json(arch_json, strlen(arch_json), "zm.arch",
-	                             &arch, err)) == ZM_ERR_CONFIG)
-		err->status = st = ZM_ERR_FORMAT;
 	if (st == ZM_OK && origin && *origin && !(o = zm_strdup(origin)))
 		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 	if (st != ZM_OK) {
 		zm_error_prefix(err, "%s: ", source);
 		zm_kv_release(&m);
 		zm_kv_release(&h);
-		zm_arch_free(arch);
 		free(o);
 		return st;
 	}
@@ -739,9 +731,6 @@ static enum zm_status entry_from_doc(struct zm_zoo_entry *e,
 	e->hparams = h;
 	free(e->origin);
 	e->origin = o;
-	if (arch)
-		e->params = (int64_t)zm_arch_param_count(arch);
-	zm_arch_free(arch);
 	return ZM_OK;
 }
 

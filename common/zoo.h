@@ -118,10 +118,11 @@ enum zm_status zm_zoo_read_model(const struct zm_zoo *zoo,
  * Writes doc as the next version of model name (creating the entry when
  * new) and points the in-memory index at it; nothing is visible to others
  * until zm_zoo_commit.  Sets zm.name, zm.version and zm.parent in doc's
- * metadata.  The entry's params, metrics, hparams and origin are derived
- * from doc (zm.arch, zm.metrics, zm.hparams, zm.origin), never carried
- * over from the version before; its tags stay.  *version receives the
- * new version number.  Requires ZM_ZOO_WRITE.
+ * metadata.  The entry's metrics, hparams and origin are derived from
+ * doc (zm.metrics, zm.hparams, zm.origin), never carried over from the
+ * version before; its tags stay; its params, which need the architecture,
+ * are the caller's to set.  *version receives the new version number.
+ * Requires ZM_ZOO_WRITE.
  */
 enum zm_status zm_zoo_put_model(struct zm_zoo *zoo, const char *name,
                                 struct zm_doc *doc, int64_t *version,
@@ -133,7 +134,8 @@ enum zm_status zm_zoo_put_model(struct zm_zoo *zoo, const char *name,
  * retained, else at the newest retained version before the current.  So
  * after a rollback and a new version, a rollback returns to the version
  * the new one started from, not to the abandoned one.  The entry's
- * params, metrics, hparams and origin are read from that version's file.
+ * metrics, hparams and origin are read from that version's file (its
+ * params are the caller's to set, as for zm_zoo_put_model).
  * ZM_ERR_NOTFOUND when the version is not retained (the message lists
  * those that are) or there is none before the current.
  */

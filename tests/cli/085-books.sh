@@ -106,6 +106,12 @@ PY
 	check "with no directory for the model" test ! -e "$Z/models/plain6"
 	run zoo-add --zoo "$Z" --name m2b --arch "$T/arch6.yaml" "$Z/models/m/v2.safetensors.gz"
 	expect_rc 1 "a zoomerge model with another zm.arch than --arch is refused"
+	# A version of other shapes, then back: the parameter count follows.
+	zoo-add --zoo "$Z" --name w --arch "$T/arch6.yaml" 2>/dev/null
+	zoo-add --zoo "$Z" --name w "$Z/models/m/v2.safetensors.gz" 2>/dev/null
+	check "params of the wider v2 (76)" test "$(yaml_of w params)" = "params: 76"
+	zoo-add --zoo "$Z" --rollback w 2>/dev/null
+	check "rollback restores v1's params (58)" test "$(yaml_of w params)" = "params: 58"
 else
 	echo "# python3 missing: plain safetensors checks skipped"
 fi
