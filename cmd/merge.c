@@ -44,6 +44,8 @@ static const char options_str[] =
 	"      --share SPEC              all, none, groups=G,... or layers=L,... [all]\n"
 	"      --granularity-from FILE   a granctl decision [none]\n"
 	"      --rebase                  apply updates of a superseded version [off]\n"
+	"      --allow-unrelated         merge or share units of unrelated models\n"
+	"                                [off: refused]\n"
 	"      --method METHOD           linear, task-arithmetic, ties, dare or slerp\n"
 	"                                [none: apply updates]\n"
 	"      --weights W,...           one weight per model [equal]\n"

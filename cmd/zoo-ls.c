@@ -32,6 +32,8 @@ static const char options_str[] =
 	"\n"
 	"      --zoo DIR                 the zoo directory [required]\n"
 	"      --format table|yaml       the output format [table]\n"
+	"      --related                 whether every two models can be merged\n"
+	"                                (origin, alignment) [off]\n"
 	"  -h, --help                    print this help and exit\n"
 	"      --version                 print the version and exit\n";
 
