@@ -5,7 +5,11 @@
  * model weights (temperature softmax, top-k, minimum weight).  Writes the
  * assignment YAML (zoomerge-assignment(5)) that train-step reads.  A slice
  * no model matches well enough is marked as needing a new model; with
- * --create that model is added to the zoo, cloned from --base.
+ * --create that model is added to the zoo, cloned from --base.  With
+ * --calibrate it also fits the temperature of predict's routing posterior
+ * (calibrate.h) on the slices' own rows, each slice's source being its
+ * most weighted model, reports the routing accuracy, and stores both in
+ * the zoo as the models' route_temperature and route_accuracy metrics.
  */
 #include <getopt.h>
 #include <inttypes.h>
@@ -16,7 +20,10 @@
 
 #include "assigner.h"
 #include "assignment.h"
+#include "calibrate.h"
 #include "cli.h"
+#include "dataset.h"
+#include "density.h"
 #include "fileio.h"
 #include "mem.h"
 #include "profile.h"
@@ -28,7 +35,8 @@
 static const char usage_str[] =
 	"usage: assign --zoo DIR [--metric cosine|kl|mahalanobis] [--top-k K]\n"
 	"              [--temperature T] [--min-weight W] [--new-model-threshold S]\n"
-	"              [--create --base NAME] [-o FILE] SLICE...\n"
+	"              [--create --base NAME] [--calibrate [--calibrate-rows N]]\n"
+	"              [-o FILE] SLICE...\n"
 	"       assign -h | --help | --version\n";
 
 struct assign_opts {
@@ -42,6 +50,8 @@ struct assign_opts {
 	bool create;
 	const char *base;
 	const char *output;
+	bool calibrate;
+	int64_t calibrate_rows;
 	char **slices;
 	int n_slices;
 };
@@ -73,6 +83,176 @@ static void warn_widths(const struct zm_assign_model *mp, size_t k,
 			            mp[i].name, mp[i].input->dim);
 }
 
+/* Reads up to max rows of the data documents of path into *x (grown;
+ * *cap floats) after *n rows of width d. */
+static enum zm_status read_rows(const char *path, size_t d, size_t max,
+                                float **x, size_t *cap, size_t *n,
+                                struct zm_error *err)
+{
+	struct zm_dataset_reader *r = NULL;
+	struct zm_dataset_options o;
+	struct zm_tensor t;
+	struct zm_doc doc;
+	enum zm_status st;
+	size_t got = 0, m, need;
+	bool eof = false;
+
+	zm_doc_init(&doc);
+	zm_tensor_init(&t);
+	zm_dataset_options_init(&o);
+	o.kind = ZM_DATASET_STREAM;
+	o.path = path;
+	if ((st = zm_dataset_open(&r, &o, err)))
+		return st;
+	while (got < max) {
+		if ((st = zm_dataset_next(r, &doc, &eof, err)) || eof)
+			break;
+		if (zm_doc_meta(&doc, "zm.profile"))
+			continue;
+		zm_tensor_release(&t);
+		if ((st = zm_data_features(&doc, &t, err))) {
+			zm_error_prefix(err, "%s: ", path);
+			break;
+		}
+		if ((size_t)t.shape[1] != d) {
+			st = zm_error_set(err, ZM_ERR_DATA, "%s: %zu features, the "
+			                  "models %zu", path, (size_t)t.shape[1], d);
+			break;
+		}
+		m = (size_t)t.shape[0];
+		if (m > max - got)
+			m = max - got;
+		need = (*n + got + m) * d;
+		if (need > *cap) {
+			float *g = zm_realloc(*x, need * 2 * sizeof(float));
+			if (!g) {
+				st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+				break;
+			}
+			*x = g;
+			*cap = need * 2;
+		}
+		memcpy(*x + (*n + got) * d, t.data, m * d * sizeof(float));
+		got += m;
+	}
+	*n += got;
+	zm_tensor_release(&t);
+	zm_doc_release(&doc);
+	zm_dataset_close(r);
+	return st;
+}
+
+/*
+ * --calibrate: the routing temperature on the slices' rows, each slice's
+ * source its most weighted model; reported, and stored in the metrics of
+ * the zoo's models that took part.
+ */
+static enum zm_status calibrate(const struct assign_opts *o,
+                                struct zm_zoo *zoo, struct model_prof *mp,
+                                size_t k, const struct zm_assignment *a,
+                                struct zm_error *err)
+{
+	struct zm_density *dens = NULL;
+	const struct zm_density **dp = NULL;
+	size_t *col = NULL, *src = NULL, i, s, n = 0, cap = 0, used = 0, d = 0;
+	size_t sources = 0;
+	float *x = NULL;
+	double *ll = NULL;
+	struct zm_calibration c;
+	enum zm_status st = ZM_OK;
+	char v[64];
+
+	if (!(dens = zm_calloc(k ? k : 1, sizeof(*dens))) ||
+	    !(dp = zm_calloc(k ? k : 1, sizeof(*dp))) ||
+	    !(col = zm_calloc(k ? k : 1, sizeof(*col)))) {
+		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	for (i = 0; i < k; i++) {
+		zm_density_init(&dens[i]);
+		col[i] = SIZE_MAX;
+	}
+	/* The models that are some slice's source: the ones predict routes
+	 * between (a zoo's router or a base that no slice picks stays out). */
+	for (i = 0; i < k; i++) {
+		bool source = false;
+		for (s = 0; s < a->n_slices && !source; s++)
+			source = !a->slices[s].new_model &&
+			         a->slices[s].n_models > 0 &&
+			         strcmp(a->slices[s].models[0].model,
+			                mp[i].name) == 0;
+		if (!source || !mp[i].input || (d && mp[i].input->dim != d))
+			continue;
+		if ((st = zm_profile_density(&mp[i].prof, &dens[i], err))) {
+			zm_error_prefix(err, "model '%s': ", mp[i].name);
+			goto out;
+		}
+		d = mp[i].input->dim;
+		col[i] = used;
+		dp[used++] = &dens[i];
+	}
+	for (s = 0; s < a->n_slices; s++) {
+		const struct zm_assignment_slice *sl = &a->slices[s];
+		size_t before = n, m = SIZE_MAX, r;
+		size_t *grown;
+		for (i = 0; i < k && !sl->new_model && sl->n_models; i++)
+			if (strcmp(mp[i].name, sl->models[0].model) == 0)
+				m = i;
+		if (m == SIZE_MAX || col[m] == SIZE_MAX || !sl->file)
+			continue;
+		if ((st = read_rows(sl->file, d, (size_t)o->calibrate_rows, &x,
+		                    &cap, &n, err)))
+			goto out;
+		if (!(grown = zm_realloc(src, (n ? n : 1) * sizeof(*src)))) {
+			st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		src = grown;
+		for (r = before; r < n; r++)
+			src[r] = col[m];
+		sources++;
+	}
+	if (used < 2 || sources < 2 || n == 0) {
+		zm_cli_warn("--calibrate: needs rows of slices of at least two "
+		            "models with profiles; nothing calibrated");
+		goto out;
+	}
+	if (!(ll = zm_malloc(n * used * sizeof(double)))) {
+		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	if ((st = zm_density_loglik(dp, used, x, n, ll, err)) ||
+	    (st = zm_calibrate(ll, src, n, used, &c, err)))
+		goto out;
+	fprintf(stderr, "%s: routing calibration on %zu rows of %zu slices: "
+	        "temperature %.4g; the top model is the slice's own on %.4f of "
+	        "the rows (mean -log posterior %.4g; %.4g at temperature 1)\n",
+	        zm_cli_name(), n, sources, c.temperature, c.accuracy, c.nll,
+	        c.nll_t1);
+	for (i = 0; i < k; i++) {
+		if (col[i] == SIZE_MAX)
+			continue;
+		snprintf(v, sizeof(v), "%.6g", c.temperature);
+		if ((st = zm_kv_set(&zoo->models[i].metrics, "route_temperature",
+		                    v, err)))
+			goto out;
+		snprintf(v, sizeof(v), "%.6g", c.accuracy);
+		if ((st = zm_kv_set(&zoo->models[i].metrics, "route_accuracy", v,
+		                    err)))
+			goto out;
+	}
+out:
+	for (i = 0; dens && i < k; i++)
+		zm_density_release(&dens[i]);
+	free(dens);
+	free(dp);
+	free(col);
+	free(src);
+	free(x);
+	free(ll);
+	return st;
+}
+
 static int run(const struct assign_opts *o)
 {
 	struct zm_assignment a;
@@ -100,8 +280,8 @@ static int run(const struct assign_opts *o)
 	a.min_weight = o->min_weight;
 	a.has_threshold = o->has_threshold;
 	a.new_model_threshold = o->threshold;
-	st = zm_zoo_open(&zoo, o->zoo_dir, o->create ? ZM_ZOO_WRITE :
-	                 ZM_ZOO_READ, &err);
+	st = zm_zoo_open(&zoo, o->zoo_dir, o->create || o->calibrate ?
+	                 ZM_ZOO_WRITE : ZM_ZOO_READ, &err);
 	if (st != ZM_OK)
 		goto out;
 	if (o->create && (st = zm_zoo_get(zoo, o->base, &base, &err)))
@@ -167,6 +347,8 @@ static int run(const struct assign_opts *o)
 	}
 	if ((st = zm_assignment_validate(&a, &err)))
 		goto out;
+	if (o->calibrate && (st = calibrate(o, zoo, mp, k, &a, &err)))
+		goto out;
 	zm_assignment_to_yaml(&a, &b);
 	if (b.failed) {
 		st = zm_error_set(&err, ZM_ERR_NOMEM, "out of memory");
@@ -185,7 +367,7 @@ static int run(const struct assign_opts *o)
 	out_open = false;
 	if ((st = zm_outfile_commit(&out, &err)))
 		goto out;
-	if (o->create)
+	if (o->create || o->calibrate)
 		st = zm_zoo_commit(zoo, &err);
 out:
 	if (out_open)
@@ -207,7 +389,7 @@ out:
 int main(int argc, char **argv)
 {
 	enum { OPT_METRIC = 256, OPT_TOPK, OPT_TEMP, OPT_MINW, OPT_THRESH,
-	       OPT_CREATE, OPT_BASE };
+	       OPT_CREATE, OPT_BASE, OPT_CALIBRATE, OPT_CALIBRATE_ROWS };
 	static const struct option longopts[] = {
 		{ "zoo", required_argument, NULL, 'z' },
 		{ "metric", required_argument, NULL, OPT_METRIC },
@@ -217,6 +399,8 @@ int main(int argc, char **argv)
 		{ "new-model-threshold", required_argument, NULL, OPT_THRESH },
 		{ "create", no_argument, NULL, OPT_CREATE },
 		{ "base", required_argument, NULL, OPT_BASE },
+		{ "calibrate", no_argument, NULL, OPT_CALIBRATE },
+		{ "calibrate-rows", required_argument, NULL, OPT_CALIBRATE_ROWS },
 		{ "output", required_argument, NULL, 'o' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
@@ -225,6 +409,7 @@ int main(int argc, char **argv)
 	struct assign_opts o = {
 		.metric = ZM_METRIC_COSINE,
 		.temperature = 1.0,
+		.calibrate_rows = 2000,
 	};
 	int c;
 
@@ -235,6 +420,12 @@ int main(int argc, char **argv)
 		case 'o': o.output = optarg; break;
 		case OPT_BASE: o.base = optarg; break;
 		case OPT_CREATE: o.create = true; break;
+		case OPT_CALIBRATE: o.calibrate = true; break;
+		case OPT_CALIBRATE_ROWS:
+			if (!zm_cli_int("--calibrate-rows", optarg, 1, 1 << 24,
+			                &o.calibrate_rows))
+				return zm_cli_usage_error(usage_str, NULL);
+			break;
 		case OPT_METRIC:
 			if (!zm_metric_parse(optarg, &o.metric))
 				return zm_cli_usage_error(usage_str, "--metric: "
