@@ -17,6 +17,7 @@ struct zm_route_state {
 	float *xg;          /* [max_batch, in] gathered rows */
 	float *sg, *lg;     /* [max_batch, C] their scores, log-probabilities */
 	double *mix;        /* [max_batch, C] mixed probabilities */
+	double *prior;      /* [K, C] class prior of each model (see below) */
 };
 
 size_t zm_route_assign(const double *w, size_t n, size_t k,
@@ -58,6 +59,38 @@ bool zm_route_rows_disagree(const double *w, size_t n, size_t k)
 	return false;
 }
 
+/*
+ * The class prior of each model, [K, C]: its profile's label histogram
+ * with one added to every class (Laplace), uniform without one.  A model
+ * that is not evaluated for a row still owns its weight there; its prior
+ * stands in for its prediction, so a row routed to the wrong specialist
+ * keeps the residual posterior mass on the classes the others know.
+ */
+static void class_priors(const struct zm_predictor *p, double *prior)
+{
+	size_t K = p->n_models, C = p->out_features, i, c;
+
+	for (i = 0; i < K; i++) {
+		const struct zm_tensor *t = zm_doc_find(&p->models[i]->extra,
+		                                        "profile.labels");
+		double *pr = prior + i * C, tot = 0;
+		for (c = 0; c < C; c++)
+			pr[c] = 1;
+		if (p->loss == ZM_LOSS_CROSS_ENTROPY && t &&
+		    t->dtype == ZM_DTYPE_I64 && t->ndim == 1 && t->data &&
+		    t->shape[0] > 0 && t->nbytes == (size_t)t->shape[0] * 8)
+			for (c = 0; c < C && c < (size_t)t->shape[0]; c++) {
+				int64_t v;
+				memcpy(&v, (const char *)t->data + c * 8, 8);
+				pr[c] += v > 0 ? (double)v : 0;
+			}
+		for (c = 0; c < C; c++)
+			tot += pr[c];
+		for (c = 0; c < C; c++)
+			pr[c] /= tot;
+	}
+}
+
 void zm_route_state_free(struct zm_route_state *s)
 {
 	if (!s)
@@ -69,6 +102,7 @@ void zm_route_state_free(struct zm_route_state *s)
 	free(s->sg);
 	free(s->lg);
 	free(s->mix);
+	free(s->prior);
 	free(s);
 }
 
@@ -94,11 +128,13 @@ enum zm_status zm_route_state_new(const struct zm_predictor *p,
 	s->sg = zm_malloc(cn * sizeof(float));
 	s->lg = zm_malloc(cn * sizeof(float));
 	s->mix = zm_malloc(cn * sizeof(double));
+	s->prior = zm_malloc(p->n_models * p->out_features * sizeof(double));
 	if (!s->stats.rows_model || !s->group || !s->rows || !s->xg ||
-	    !s->sg || !s->lg || !s->mix) {
+	    !s->sg || !s->lg || !s->mix || !s->prior) {
 		zm_route_state_free(s);
 		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 	}
+	class_priors(p, s->prior);
 	*out = s;
 	return ZM_OK;
 }
@@ -128,6 +164,7 @@ enum zm_status zm_route_forward(struct zm_predictor *p, const float *x,
 	bool per_row = p->wr->o.per_row, ce = p->loss == ZM_LOSS_CROSS_ENTROPY;
 	const double *wl = p->wl;
 	double wbatch[ZM_WEIGHTER_MAX_MODELS];
+	bool ev[ZM_WEIGHTER_MAX_MODELS];
 	enum zm_status st;
 
 	zm_weighter_begin(p->wr, x, n);
@@ -163,17 +200,36 @@ enum zm_status zm_route_forward(struct zm_predictor *p, const float *x,
 			xi = s->xg;
 		}
 		z = zm_model_forward(p->models[i], p->ws[i], xi, m);
-		if (m == n) {
-			zm_predict_finish(p, z, n, scores, logp);
+		if (!ce) {
+			/* Regression: the model's outputs as they are. */
+			zm_predict_finish(p, z, m, s->sg, NULL);
+			for (r = 0; r < m; r++)
+				memcpy(scores + s->rows[r] * C, s->sg + r * C,
+				       C * sizeof(float));
 			continue;
 		}
-		zm_predict_finish(p, z, m, s->sg, ce && logp ? s->lg : NULL);
+		zm_predict_finish(p, z, m, s->sg, s->lg);
 		for (r = 0; r < m; r++) {
-			memcpy(scores + s->rows[r] * C, s->sg + r * C,
-			       C * sizeof(float));
-			if (ce && logp)
-				memcpy(logp + s->rows[r] * C, s->lg + r * C,
-				       C * sizeof(float));
+			const double *wr = per_row ? wl + s->rows[r] * K : wbatch;
+			float *sc = scores + s->rows[r] * C;
+			size_t q;
+			for (j = 0; j < C; j++) {
+				/* log(w_i p_ij + rest) from the model's own log p,
+				 * so that a tiny p keeps its log. */
+				double rest = 0, a, v;
+				for (q = 0; q < K; q++)
+					if (q != i)
+						rest += wr[q] * s->prior[q * C + j];
+				a = log(wr[i]) + s->lg[r * C + j];
+				v = rest > 0 ? log(rest) : -INFINITY;
+				if (a > v)
+					v = a + log1p(exp(v - a));
+				else if (a > -INFINITY)
+					v = v + log1p(exp(a - v));
+				sc[j] = (float)exp(v);
+				if (logp)
+					logp[s->rows[r] * C + j] = (float)v;
+			}
 		}
 	}
 	s->stats.rows_hard += n - mixed;
@@ -198,6 +254,7 @@ enum zm_status zm_route_forward(struct zm_predictor *p, const float *x,
 		for (r = 0; r < m && !any; r++)
 			any = (per_row ? wl[s->rows[r] * K + i] : wbatch[i]) >=
 			      ZM_ROUTE_MIN_WEIGHT;
+		ev[i] = any;
 		if (!any)
 			continue;
 		used++;
@@ -205,20 +262,28 @@ enum zm_status zm_route_forward(struct zm_predictor *p, const float *x,
 		zm_predict_finish(p, z, m, s->sg, NULL);
 		for (r = 0; r < m; r++) {
 			double wi = per_row ? wl[s->rows[r] * K + i] : wbatch[i];
-			if (wi < ZM_ROUTE_MIN_WEIGHT)
-				continue;
 			for (j = 0; j < C; j++)
 				s->mix[r * C + j] += wi * s->sg[r * C + j];
 		}
 	}
 	if (used > p->evaluated)
 		p->evaluated = used;
+	for (i = 0; i < K; i++) {
+		if (ev[i] || !ce)
+			continue;
+		/* A model left out of every mixed row: its prior. */
+		for (r = 0; r < m; r++) {
+			double wi = per_row ? wl[s->rows[r] * K + i] : wbatch[i];
+			for (j = 0; j < C; j++)
+				s->mix[r * C + j] += wi * s->prior[i * C + j];
+		}
+	}
 	for (r = 0; r < m; r++) {
 		const double *wr = per_row ? wl + s->rows[r] * K : wbatch;
 		double tot = 0;
 		float *sc = scores + s->rows[r] * C;
 		for (i = 0; i < K; i++)
-			if (wr[i] >= ZM_ROUTE_MIN_WEIGHT)
+			if (ce || ev[i])
 				tot += wr[i];
 		for (j = 0; j < C; j++) {
 			sc[j] = (float)(s->mix[r * C + j] / tot);
