@@ -576,10 +576,17 @@ enum zm_status zm_density_loglik(const struct zm_density *const *m,
 				const float *xr = x + (r0 + r) * d;
 				float *xo = xc + r * d;
 				double quad = 0;
-				for (j = 0; j < d; j++) {
-					float e = xr[j] - mi->mean[j];
-					xo[j] = e;
-					quad += (double)(e * e) * mi->ivar[j];
+				/* F32 partial sums of 64 features (vectorised),
+				 * added in double. */
+				for (j = 0; j < d; j += 64) {
+					size_t e = j + 64 < d ? j + 64 : d, t;
+					float acc = 0;
+					for (t = j; t < e; t++) {
+						float v = xr[t] - mi->mean[t];
+						xo[t] = v;
+						acc += v * v * mi->ivar[t];
+					}
+					quad += acc;
 				}
 				out[(r0 + r) * k + i] = quad;
 			}
@@ -630,13 +637,22 @@ static double inv_form(const struct zm_density *b, const double *v,
 double zm_density_kl(const struct zm_density *a, const struct zm_density *b)
 {
 	size_t d = a->d, j, k, m;
-	double tr = 0, maha, *delta, *u;
+	double tr = 0, maha, *delta;
+	float *cross = NULL;
 
 	ZM_ASSERT(a->d == b->d);
-	delta = malloc(2 * d * sizeof(double));
-	if (!delta)
+	delta = malloc(d * sizeof(double));
+	if (a->q && b->q)
+		cross = malloc(a->q * b->q * sizeof(float));
+	if (!delta || (a->q && b->q && !cross)) {
+		free(delta);
+		free(cross);
 		return NAN;
-	u = delta + d;
+	}
+	/* cross[m, k] = u_am . u_bk, one GEMM. */
+	if (cross)
+		zm_gemm(false, true, a->q, b->q, d, 1.0f, a->pc, d, b->pc, d, 0.0f,
+		        cross, b->q);
 	/* tr(C_b^-1 C_a), C_a = diag(var_a) + sum_m g_m u_m u_m'. */
 	for (j = 0; j < d; j++) {
 		double dj = (double)b->ivar[j];
@@ -647,13 +663,20 @@ double zm_density_kl(const struct zm_density *a, const struct zm_density *b)
 		tr += a->var[j] * dj;
 	}
 	for (m = 0; m < a->q; m++) {
+		const float *u = a->pc + m * d;
+		double f = 0;
 		for (j = 0; j < d; j++)
-			u[j] = a->pc[m * d + j];
-		tr += (a->pcvar[m] - a->s2) * inv_form(b, u, u);
+			f += (double)u[j] * u[j] * b->ivar[j];
+		for (k = 0; k < b->q; k++) {
+			double c = cross[m * b->q + k];
+			f -= b->coef[k] * c * c;
+		}
+		tr += (a->pcvar[m] - a->s2) * f;
 	}
 	for (j = 0; j < d; j++)
 		delta[j] = (double)a->mean[j] - b->mean[j];
 	maha = inv_form(b, delta, delta);
 	free(delta);
+	free(cross);
 	return 0.5 * (tr + maha - (double)d + b->logdet - a->logdet);
 }
