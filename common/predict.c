@@ -89,14 +89,16 @@ static enum zm_status check_models(const struct zm_model *const *models,
 			    a->output_features != a0->output_features ||
 			    a->loss != a0->loss)
 				return zm_error_set(err, ZM_ERR_DATA, "models '%s' "
-				                    "and '%s' differ in inputs (%zu, "
-				                    "%zu), outputs (%zu, %zu) or loss: "
-				                    "they cannot predict together",
-				                    names[0], names[i],
+				                    "and '%s' differ (inputs %zu vs "
+				                    "%zu, outputs %zu vs %zu, loss %s "
+				                    "vs %s): they cannot predict "
+				                    "together", names[0], names[i],
 				                    a0->input_features,
 				                    a->input_features,
 				                    a0->output_features,
-				                    a->output_features);
+				                    a->output_features,
+				                    zm_loss_name(a0->loss),
+				                    zm_loss_name(a->loss));
 			continue;
 		}
 		if (zm_model_same_arch(a0, a, err) != ZM_OK)
@@ -880,7 +882,7 @@ static enum zm_status mixture_loss(struct zm_predictor *p, const float *x,
 		*loss = sum / (double)n;
 		return ZM_OK;
 	}
-	st = predict_pass(p, x, n, p->ascores, NULL, err);
+	st = zm_predict_pass(p, x, n, p->ascores, NULL, err);
 	if (st != ZM_OK)
 		return st;
 	if (p->loss != ZM_LOSS_CROSS_ENTROPY) {
