@@ -194,7 +194,8 @@ enum zm_status zm_route_forward(struct zm_predictor *p, const float *x,
 		if (m == 0)
 			continue;
 		p->evaluated++;
-		s->stats.rows_model[i] += m;
+		if (p->recording)
+			s->stats.rows_model[i] += m;
 		if (m < n) {
 			gather(x, d, s->rows, m, s->xg);
 			xi = s->xg;
@@ -232,12 +233,15 @@ enum zm_status zm_route_forward(struct zm_predictor *p, const float *x,
 			}
 		}
 	}
-	s->stats.rows_hard += n - mixed;
-	s->stats.rows_mixed += mixed;
-	if (mixed == 0 && p->evaluated == 1)
-		s->stats.batches_one++;
-	else
-		s->stats.batches_split++;
+	/* Counted for the predicted batch, not for feedback's probes. */
+	if (p->recording) {
+		s->stats.rows_hard += n - mixed;
+		s->stats.rows_mixed += mixed;
+		if (mixed == 0 && p->evaluated == 1)
+			s->stats.batches_one++;
+		else
+			s->stats.batches_split++;
+	}
 	if (mixed == 0)
 		return ZM_OK;
 	/* Mixed rows: gathered once, every model that matters run on them,
