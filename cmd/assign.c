@@ -5,7 +5,11 @@
  * model weights (temperature softmax, top-k, minimum weight).  Writes the
  * assignment YAML (zoomerge-assignment(5)) that train-step reads.  A slice
  * no model matches well enough is marked as needing a new model; with
- * --create that model is added to the zoo, cloned from --base.
+ * --create that model is added to the zoo, cloned from --base.  With
+ * --calibrate it also fits the temperature of predict's routing posterior
+ * (calibrate.h) on the slices' own rows, each slice's source being its
+ * most weighted model, reports the routing accuracy, and stores both in
+ * the zoo as the models' route_temperature and route_accuracy metrics.
  */
 #include <getopt.h>
 #include <inttypes.h>
@@ -16,6 +20,7 @@
 
 #include "assigner.h"
 #include "assignment.h"
+#include "calibrate.h"
 #include "cli.h"
 #include "fileio.h"
 #include "mem.h"
@@ -28,7 +33,8 @@
 static const char usage_str[] =
 	"usage: assign --zoo DIR [--metric cosine|kl|mahalanobis] [--top-k K]\n"
 	"              [--temperature T] [--min-weight W] [--new-model-threshold S]\n"
-	"              [--create --base NAME] [-o FILE] SLICE...\n"
+	"              [--create --base NAME] [--calibrate [--calibrate-rows N]]\n"
+	"              [-o FILE] SLICE...\n"
 	"       assign -h | --help | --version\n";
 
 /* --help: every option with its default in brackets. */
@@ -59,6 +65,8 @@ struct assign_opts {
 	bool create;
 	const char *base;
 	const char *output;
+	bool calibrate;
+	int64_t calibrate_rows;
 	char **slices;
 	int n_slices;
 };
@@ -117,8 +125,8 @@ static int run(const struct assign_opts *o)
 	a.min_weight = o->min_weight;
 	a.has_threshold = o->has_threshold;
 	a.new_model_threshold = o->threshold;
-	st = zm_zoo_open(&zoo, o->zoo_dir, o->create ? ZM_ZOO_WRITE :
-	                 ZM_ZOO_READ, &err);
+	st = zm_zoo_open(&zoo, o->zoo_dir, o->create || o->calibrate ?
+	                 ZM_ZOO_WRITE : ZM_ZOO_READ, &err);
 	if (st != ZM_OK)
 		goto out;
 	if (o->create && (st = zm_zoo_get(zoo, o->base, &base, &err)))
@@ -184,6 +192,25 @@ static int run(const struct assign_opts *o)
 	}
 	if ((st = zm_assignment_validate(&a, &err)))
 		goto out;
+	if (o->calibrate) {
+		struct zm_calibration c;
+		bool done;
+		if ((st = zm_calibrate_slices(zoo, mp, k, &a,
+		                              (size_t)o->calibrate_rows, &c,
+		                              &done, &err)))
+			goto out;
+		if (done)
+			fprintf(stderr, "%s: routing calibration on %zu rows of "
+			        "%zu slices: temperature %.4g; the top model is the "
+			        "slice's own on %.4f of the rows (mean -log "
+			        "posterior %.4g; %.4g at temperature 1)\n",
+			        zm_cli_name(), c.rows, c.sources, c.temperature,
+			        c.accuracy, c.nll, c.nll_t1);
+		else
+			zm_cli_warn("--calibrate: needs rows of slices of at "
+			            "least two models with profiles; nothing "
+			            "calibrated");
+	}
 	zm_assignment_to_yaml(&a, &b);
 	if (b.failed) {
 		st = zm_error_set(&err, ZM_ERR_NOMEM, "out of memory");
@@ -202,7 +229,7 @@ static int run(const struct assign_opts *o)
 	out_open = false;
 	if ((st = zm_outfile_commit(&out, &err)))
 		goto out;
-	if (o->create)
+	if (o->create || o->calibrate)
 		st = zm_zoo_commit(zoo, &err);
 out:
 	if (out_open)
@@ -224,7 +251,7 @@ out:
 int main(int argc, char **argv)
 {
 	enum { OPT_METRIC = 256, OPT_TOPK, OPT_TEMP, OPT_MINW, OPT_THRESH,
-	       OPT_CREATE, OPT_BASE };
+	       OPT_CREATE, OPT_BASE, OPT_CALIBRATE, OPT_CALIBRATE_ROWS };
 	static const struct option longopts[] = {
 		{ "zoo", required_argument, NULL, 'z' },
 		{ "metric", required_argument, NULL, OPT_METRIC },
@@ -234,6 +261,8 @@ int main(int argc, char **argv)
 		{ "new-model-threshold", required_argument, NULL, OPT_THRESH },
 		{ "create", no_argument, NULL, OPT_CREATE },
 		{ "base", required_argument, NULL, OPT_BASE },
+		{ "calibrate", no_argument, NULL, OPT_CALIBRATE },
+		{ "calibrate-rows", required_argument, NULL, OPT_CALIBRATE_ROWS },
 		{ "output", required_argument, NULL, 'o' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
@@ -242,6 +271,7 @@ int main(int argc, char **argv)
 	struct assign_opts o = {
 		.metric = ZM_METRIC_COSINE,
 		.temperature = 1.0,
+		.calibrate_rows = 2000,
 	};
 	int c;
 
@@ -253,6 +283,12 @@ int main(int argc, char **argv)
 		case 'o': o.output = optarg; break;
 		case OPT_BASE: o.base = optarg; break;
 		case OPT_CREATE: o.create = true; break;
+		case OPT_CALIBRATE: o.calibrate = true; break;
+		case OPT_CALIBRATE_ROWS:
+			if (!zm_cli_int("--calibrate-rows", optarg, 1, 1 << 24,
+			                &o.calibrate_rows))
+				return zm_cli_usage_error(usage_str, NULL);
+			break;
 		case OPT_METRIC:
 			if (!zm_metric_parse(optarg, &o.metric))
 				return zm_cli_usage_error(usage_str, "--metric: "

@@ -14,9 +14,16 @@
  * granularity, and the models are merged layer by layer (outputs), by
  * parameters (params) or at their outputs (ensemble).  --trace writes the
  * weights of every batch, --state keeps the Hedge scores between runs.
+ *
+ * Without weighting flags it routes (route.h): each row's posterior over
+ * the models' data (density weighting: the PPCA of each model's profile)
+ * sends it to one model when sure, mixes the models' outputs when not,
+ * and falls back to uniform weights when the models' data cannot be told
+ * apart.  --explain says what was chosen and why.
  */
 #include <getopt.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,11 +51,13 @@
 static const char usage_str[] =
 	"usage: predict (--zoo DIR [--model NAME]... | --model-file FILE...)\n"
 	"               [--granularity full|group|layer | --granularity-from FILE]\n"
-	"               [--weighting similarity|router|uniform|static|router+similarity]\n"
+	"               [--weighting density|similarity|router|uniform|static|\n"
+	"                            router+similarity]\n"
 	"               [--router NAME] [--assignment FILE] [--weights FILE]\n"
 	"               [--metric cosine|kl|mahalanobis] [--per row|batch]\n"
 	"               [--top-k K] [--temperature T] [--latency-budget-ms MS]\n"
-	"               [--merge outputs|params|ensemble] [--merge-point pre|post]\n"
+	"               [--merge route|outputs|params|ensemble] [--threshold P]\n"
+	"               [--merge-point pre|post] [--explain]\n"
 	"               [--prior metrics] [--feedback] [--eta ETA] [--share ALPHA]\n"
 	"               [--probe P] [--state FILE]\n"
 	"               [--adapt entropy] [--adapt-steps N] [--adapt-reg R]\n"
@@ -71,18 +80,27 @@ static const char options_str[] =
 	"                                [none]\n"
 	"      --granularity LEVEL       full, group or layer [full]\n"
 	"      --granularity-from FILE   the level of a granctl decision [none]\n"
-	"      --weighting KIND          similarity, router, router+similarity,\n"
-	"                                uniform or static [similarity; static\n"
-	"                                with --weights]\n"
+	"      --weighting KIND          density, similarity, router,\n"
+	"                                router+similarity, uniform or static\n"
+	"                                [density; similarity with --metric;\n"
+	"                                static with --weights]\n"
 	"      --router NAME             the zoo model that tells slices apart [none]\n"
 	"      --assignment FILE         the assignment of slices to models [none]\n"
 	"      --weights FILE            static weights [none]\n"
 	"      --metric KIND             cosine, kl or mahalanobis [kl]\n"
-	"      --per row|batch           weights per row or per batch [batch]\n"
+	"      --per row|batch           weights per row or per batch [density:\n"
+	"                                per row where rows disagree; else batch]\n"
 	"      --top-k K                 models per unit and row [0: all]\n"
-	"      --temperature T           divides the similarities [1]\n"
+	"      --temperature T           divides the similarities or log densities\n"
+	"                                [density: the zoo's calibration, else\n"
+	"                                features/8; 1 otherwise]\n"
 	"      --latency-budget-ms MS    time a batch may take [none]\n"
-	"      --merge HOW               outputs, params or ensemble [outputs]\n"
+	"      --merge HOW               route, outputs, params or ensemble\n"
+	"                                [route for density and router weighting\n"
+	"                                at full granularity; outputs otherwise]\n"
+	"      --threshold P             a row whose top weight reaches P is\n"
+	"                                computed by that model alone [0.99]\n"
+	"      --explain                 say what was chosen and why [off]\n"
 	"      --merge-point pre|post    mix before or after the activation [pre]\n"
 	"      --prior metrics           add log zoo accuracy to the logits [off]\n"
 	"      --feedback                Hedge scores from labelled batches [off]\n"
@@ -142,6 +160,8 @@ struct predict_opts {
 	const char *trace;
 	bool weighting_set;         /* --weighting given */
 	uint64_t min_rows;          /* --min-rows: fewer is an error */
+	bool merge_set, per_set, metric_set, temperature_set;
+	bool explain;
 };
 
 enum {
@@ -149,7 +169,8 @@ enum {
 	OPT_TOPK, OPT_TEMP, OPT_MERGE, OPT_POINT, OPT_STATE, OPT_GRAN_FROM,
 	OPT_WEIGHTS, OPT_ADAPT, OPT_TRACE, OPT_FEEDBACK, OPT_METRIC,
 	OPT_BUDGET, OPT_ETA, OPT_PRIOR, OPT_ADAPT_STEPS, OPT_SHARE, OPT_PROBE,
-	OPT_ADAPT_REG, OPT_ADAPT_TRUST, OPT_MIN_ROWS
+	OPT_ADAPT_REG, OPT_ADAPT_TRUST, OPT_MIN_ROWS, OPT_THRESHOLD,
+	OPT_EXPLAIN
 };
 
 static double now_seconds(void)
@@ -162,9 +183,24 @@ static double now_seconds(void)
 
 /* Reads the models of the run: --model-file files, the --model names of
  * the zoo, or every expert of the zoo (not the router); the router too. */
+/* The routing temperature assign --calibrate stored for the model
+ * called name in the open zoo, or NAN. */
+static double route_temperature(const struct zm_zoo *zoo, const char *name)
+{
+	const struct zm_zoo_entry *e = zm_zoo_find(zoo, name);
+	const char *v = e ? zm_kv_get(&e->metrics, "route_temperature") : NULL;
+	char *end;
+	double t;
+
+	if (!v)
+		return NAN;
+	t = strtod(v, &end);
+	return *end == '\0' && t > 0 && isfinite(t) ? t : NAN;
+}
+
 static enum zm_status load_models(const struct predict_opts *o,
                                   struct zm_model **models, size_t *k,
-                                  struct zm_model **router,
+                                  struct zm_model **router, double *route_t,
                                   struct zm_error *err)
 {
 	struct zm_zoo *zoo = NULL;
@@ -212,7 +248,7 @@ static enum zm_status load_models(const struct predict_opts *o,
 				models[*k] = NULL;
 				continue;
 			}
-			(*k)++;
+			route_t[(*k)++] = route_temperature(zoo, name);
 		}
 		if (st == ZM_OK && *k == 0)
 			st = zm_error_set(err, ZM_ERR_DATA, "%s: no models to "
@@ -221,7 +257,8 @@ static enum zm_status load_models(const struct predict_opts *o,
 		for (i = 0; i < o->n_models && st == ZM_OK; i++) {
 			st = zm_zoo_load_model_at(o->zoo_dir, o->model[i], &models[i], err);
 			if (st == ZM_OK)
-				(*k)++;
+				route_t[(*k)++] = route_temperature(zoo,
+				                                    o->model[i]);
 		}
 	}
 	zm_zoo_close(zoo);
@@ -244,10 +281,12 @@ static enum zm_status check_merge(const struct zm_predict_options *po,
 		return zm_error_set(err, ZM_ERR_USAGE, "--merge params merges "
 		                    "before the activation; --merge-point post "
 		                    "needs --merge outputs");
-	if (po->merge == ZM_MERGE_ENSEMBLE && po->w.level != ZM_GRAN_FULL)
-		return zm_error_set(err, ZM_ERR_USAGE, "--merge ensemble mixes "
-		                    "only the final outputs: it needs "
-		                    "--granularity full");
+	if ((po->merge == ZM_MERGE_ENSEMBLE || po->merge == ZM_MERGE_ROUTE) &&
+	    po->w.level != ZM_GRAN_FULL)
+		return zm_error_set(err, ZM_ERR_USAGE, "--merge %s mixes only "
+		                    "the final outputs: it needs --granularity "
+		                    "full", po->merge == ZM_MERGE_ROUTE ? "route" :
+		                    "ensemble");
 	return ZM_OK;
 }
 
@@ -260,6 +299,7 @@ struct predict_run {
 	const char *model_name;      /* in outputs, when there is one model */
 	struct zm_model *router;
 	size_t k;
+	double route_t[MAX_MODELS];  /* assign --calibrate's, or NAN */
 	struct zm_predict_options po;
 	struct zm_assignment asg;
 	struct zm_gran_decision dec;
@@ -275,9 +315,35 @@ static enum zm_status prepare(const struct predict_opts *o,
 	enum zm_status st;
 	size_t i;
 
-	st = load_models(o, s->models, &s->k, &s->router, err);
+	for (i = 0; i < MAX_MODELS; i++)
+		s->route_t[i] = NAN;
+	st = load_models(o, s->models, &s->k, &s->router, s->route_t, err);
 	if (st != ZM_OK)
 		return st;
+	/* The calibrated temperature of density weighting, when every model
+	 * has one (assign --calibrate), unless --temperature says otherwise:
+	 * the largest, the most cautious; else the default for the width. */
+	if (s->po.w.kind == ZM_WEIGHTING_DENSITY && !o->temperature_set &&
+	    s->k > 1) {
+		double t = 0;
+		for (i = 0; i < s->k && t >= 0; i++)
+			t = isfinite(s->route_t[i]) && s->route_t[i] > t ?
+			    s->route_t[i] : isfinite(s->route_t[i]) ? t : -1;
+		if (t > 0) {
+			s->po.w.temperature = t;
+			s->po.w.temperature_origin = "calibrated by assign "
+			                             "--calibrate";
+		} else {
+			t = ZM_DENSITY_T_PER_FEATURE *
+			    (double)s->models[0]->arch->input_features;
+			s->po.w.temperature = t > 1 ? t : 1;
+			s->po.w.temperature_origin = "uncalibrated: the default "
+			                             "for the input width (assign "
+			                             "--calibrate fits one)";
+		}
+	} else if (o->temperature_set) {
+		s->po.w.temperature_origin = "--temperature";
+	}
 	for (i = 0; i < s->k; i++) {
 		if (s->models[i]->name) {
 			s->names[i] = s->models[i]->name;
@@ -527,6 +593,19 @@ static int run(const struct predict_opts *o)
 		if (st != ZM_OK)
 			goto out;
 	}
+	if (o->explain) {
+		struct zm_buf b;
+		bool to_err = !o->output || strcmp(o->output, "-") == 0;
+		zm_buf_init(&b);
+		zm_predict_explain(pred, s.names, &b);
+		if (b.failed) {
+			zm_buf_release(&b);
+			st = zm_error_set(&err, ZM_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		fputs(b.len ? b.data : "", to_err ? stderr : stdout);
+		zm_buf_release(&b);
+	}
 	if (trace_open) {
 		trace_open = false;
 		st = zm_outfile_commit(&trace, &err);
@@ -577,6 +656,8 @@ static const struct option longopts[] = {
 	{ "help", no_argument, NULL, 'h' },
 	{ "version", no_argument, NULL, 'V' },
 	{ "granularity", required_argument, NULL, OPT_GRAN },
+	{ "threshold", required_argument, NULL, OPT_THRESHOLD },
+	{ "explain", no_argument, NULL, OPT_EXPLAIN },
 	{ "weighting", required_argument, NULL, OPT_WEIGHTING },
 	{ "router", required_argument, NULL, OPT_ROUTER },
 	{ "assignment", required_argument, NULL, OPT_ASSIGNMENT },
@@ -623,9 +704,9 @@ static bool parse_dynamic_option(struct predict_opts *o, int c,
 	case OPT_GRAN_FROM: o->gran_from = arg; break;
 	case OPT_WEIGHTING:
 		if (!zm_weighting_parse(arg, &o->p.w.kind)) {
-			zm_cli_warn("--weighting: expected similarity, router, "
-			            "uniform, static or router+similarity, got "
-			            "'%s'", arg);
+			zm_cli_warn("--weighting: expected density, similarity, "
+			            "router, uniform, static or "
+			            "router+similarity, got '%s'", arg);
 			return false;
 		}
 		o->weighting_set = true;
@@ -636,7 +717,14 @@ static bool parse_dynamic_option(struct predict_opts *o, int c,
 	case OPT_STATE: o->state = arg; break;
 	case OPT_TRACE: o->trace = arg; break;
 	case OPT_FEEDBACK: o->p.feedback = true; break;
+	case OPT_THRESHOLD:
+		if (!zm_cli_double("--threshold", arg, 0, 1, &dv))
+			return false;
+		o->p.threshold = dv;
+		break;
+	case OPT_EXPLAIN: o->explain = true; break;
 	case OPT_PER:
+		o->per_set = true;
 		if (strcmp(arg, "row") == 0)
 			o->p.w.per_row = true;
 		else if (strcmp(arg, "batch") == 0)
@@ -656,6 +744,7 @@ static bool parse_dynamic_option(struct predict_opts *o, int c,
 		if (!zm_cli_double("--temperature", arg, 1e-12, 1e12, &dv))
 			return false;
 		o->p.w.temperature = dv;
+		o->temperature_set = true;
 		break;
 	case OPT_BUDGET:
 		if (!zm_cli_double("--latency-budget-ms", arg, 0, 1e9, &dv))
@@ -688,6 +777,7 @@ static bool parse_dynamic_option(struct predict_opts *o, int c,
 		o->p.adapt_o.max_step = dv;
 		break;
 	case OPT_METRIC:
+		o->metric_set = true;
 		if (!zm_metric_parse(arg, &o->p.w.metric)) {
 			zm_cli_warn("--metric: expected cosine, kl or "
 			            "mahalanobis, got '%s'", arg);
@@ -695,9 +785,10 @@ static bool parse_dynamic_option(struct predict_opts *o, int c,
 		}
 		break;
 	case OPT_MERGE:
+		o->merge_set = true;
 		if (!zm_merge_mode_parse(arg, &o->p.merge)) {
-			zm_cli_warn("--merge: expected outputs, params or "
-			            "ensemble, got '%s'", arg);
+			zm_cli_warn("--merge: expected route, outputs, params "
+			            "or ensemble, got '%s'", arg);
 			return false;
 		}
 		break;
@@ -822,6 +913,24 @@ static bool validate(struct predict_opts *o)
 	}
 	if (o->weights && !o->weighting_set)
 		o->p.w.kind = ZM_WEIGHTING_STATIC;
+	/* The defaults decide: without weighting flags, the posterior of the
+	 * models' data (density); a model without a profile then means
+	 * uniform weights rather than an error.  --metric alone keeps the
+	 * similarity weighting it belongs to. */
+	if (!o->weighting_set && !o->weights && !o->metric_set) {
+		o->p.w.kind = ZM_WEIGHTING_DENSITY;
+		o->p.w.lenient = true;
+	}
+	/* Per-row weights, and routing on them, for the weightings that
+	 * judge each row (density, router) unless asked otherwise. */
+	if (o->p.w.kind == ZM_WEIGHTING_DENSITY ||
+	    o->p.w.kind == ZM_WEIGHTING_ROUTER ||
+	    o->p.w.kind == ZM_WEIGHTING_ROUTER_SIMILARITY) {
+		if (!o->per_set)
+			o->p.w.per_row = true;
+		if (!o->merge_set && !o->have_level && !o->gran_from)
+			o->p.merge = ZM_MERGE_ROUTE;
+	}
 	if (o->p.w.kind == ZM_WEIGHTING_STATIC && !o->weights) {
 		zm_cli_warn("--weighting static needs --weights FILE");
 		return false;

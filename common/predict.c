@@ -29,6 +29,8 @@ bool zm_merge_mode_parse(const char *s, enum zm_merge_mode *out)
 		*out = ZM_MERGE_PARAMS;
 	else if (strcmp(s, "ensemble") == 0)
 		*out = ZM_MERGE_ENSEMBLE;
+	else if (strcmp(s, "route") == 0)
+		*out = ZM_MERGE_ROUTE;
 	else
 		return false;
 	return true;
@@ -57,6 +59,7 @@ void zm_predict_options_init(struct zm_predict_options *o)
 	o->probe = ZM_PREDICT_PROBE_DEFAULT;
 	zm_adapt_options_init(&o->adapt_o);
 	o->adapt_rows = 256;
+	o->threshold = ZM_ROUTE_THRESHOLD_DEFAULT;
 }
 
 enum zm_status zm_predictor_new(const struct zm_model *const *models,
@@ -81,19 +84,21 @@ static enum zm_status check_models(const struct zm_model *const *models,
 
 	for (i = 1; i < k; i++) {
 		const struct zm_arch *a = models[i]->arch;
-		if (o->merge == ZM_MERGE_ENSEMBLE) {
+		if (o->merge == ZM_MERGE_ENSEMBLE || o->merge == ZM_MERGE_ROUTE) {
 			if (a->input_features != a0->input_features ||
 			    a->output_features != a0->output_features ||
 			    a->loss != a0->loss)
 				return zm_error_set(err, ZM_ERR_DATA, "models '%s' "
-				                    "and '%s' differ in inputs (%zu, "
-				                    "%zu), outputs (%zu, %zu) or loss: "
-				                    "they cannot predict together",
-				                    names[0], names[i],
+				                    "and '%s' differ (inputs %zu vs "
+				                    "%zu, outputs %zu vs %zu, loss %s "
+				                    "vs %s): they cannot predict "
+				                    "together", names[0], names[i],
 				                    a0->input_features,
 				                    a->input_features,
 				                    a0->output_features,
-				                    a->output_features);
+				                    a->output_features,
+				                    zm_loss_name(a0->loss),
+				                    zm_loss_name(a->loss));
 			continue;
 		}
 		if (zm_model_same_arch(a0, a, err) != ZM_OK)
@@ -110,10 +115,12 @@ static enum zm_status check_models(const struct zm_model *const *models,
 		return zm_error_set(err, ZM_ERR_USAGE, "merging parameters "
 		                    "merges before the activation; merging after "
 		                    "it needs merged outputs");
-	if (o->merge == ZM_MERGE_ENSEMBLE && o->w.level != ZM_GRAN_FULL)
-		return zm_error_set(err, ZM_ERR_USAGE, "an ensemble mixes only "
-		                    "the final outputs: it needs the full "
-		                    "granularity");
+	if ((o->merge == ZM_MERGE_ENSEMBLE || o->merge == ZM_MERGE_ROUTE) &&
+	    o->w.level != ZM_GRAN_FULL)
+		return zm_error_set(err, ZM_ERR_USAGE, "%s mixes only the final "
+		                    "outputs: it needs the full granularity",
+		                    o->merge == ZM_MERGE_ROUTE ? "routing" :
+		                    "an ensemble");
 	return ZM_OK;
 }
 
@@ -348,7 +355,8 @@ enum zm_status zm_predictor_new_opts(const struct zm_model *const *models,
 	p->wr->hedge = &p->hedge;
 	/* Workspaces of the models alone: the ensemble runs them, feedback
 	 * measures each model's own loss. */
-	if (o->merge == ZM_MERGE_ENSEMBLE || o->feedback)
+	if (o->merge == ZM_MERGE_ENSEMBLE || o->merge == ZM_MERGE_ROUTE ||
+	    o->feedback)
 		for (i = 0; i < k; i++) {
 			st = zm_workspace_new(models[i]->arch, max_batch, false,
 			                      &p->ws[i], err);
@@ -357,7 +365,10 @@ enum zm_status zm_predictor_new_opts(const struct zm_model *const *models,
 			if (st != ZM_OK)
 				goto fail;
 		}
-	if (o->merge != ZM_MERGE_ENSEMBLE) {
+	if (o->merge == ZM_MERGE_ROUTE &&
+	    (st = zm_route_state_new(p, &p->route, err)) != ZM_OK)
+		goto fail;
+	if (o->merge != ZM_MERGE_ENSEMBLE && o->merge != ZM_MERGE_ROUTE) {
 		st = stack_layers(p, err);
 		if (st == ZM_OK)
 			st = pack_layers(p, err);
@@ -428,6 +439,7 @@ void zm_predictor_free(struct zm_predictor *p)
 	free(p->adapt_scratch);
 	free(p->targets);
 	free(p->tw);
+	zm_route_state_free(p->route);
 	free(p);
 }
 
@@ -455,9 +467,8 @@ static void softmax_row(const float *z, size_t c, float *prob, float *logp)
 	}
 }
 
-/* Scores (and log-probabilities) from final outputs. */
-static void finish_scores(const struct zm_predictor *p, const float *outp,
-                          size_t n, float *scores, float *logp)
+void zm_predict_finish(const struct zm_predictor *p, const float *outp,
+                       size_t n, float *scores, float *logp)
 {
 	size_t c = p->out_features, i;
 
@@ -470,9 +481,7 @@ static void finish_scores(const struct zm_predictor *p, const float *outp,
 		            logp ? logp + i * c : NULL);
 }
 
-/* Adds this layer's (rows x K) weights to the trace when l begins its
- * unit. */
-static void record_weights(struct zm_predictor *p, size_t l, size_t rows)
+void zm_predict_record(struct zm_predictor *p, size_t l, size_t rows)
 {
 	struct zm_weighter *w = p->wr;
 	size_t K = p->n_models, u = w->units.layer_unit[l], r, i;
@@ -684,7 +693,7 @@ static enum zm_status merged_forward(struct zm_predictor *p, const float *x,
 		if (st != ZM_OK)
 			return st;
 		rows = per_row ? n : 1;
-		record_weights(p, l, rows);
+		zm_predict_record(p, l, rows);
 		if (s->type == ZM_LAYER_CONV2D) {
 			active = conv_merged(p, l, h, n, dst);
 		} else if (p->o.merge == ZM_MERGE_PARAMS) {
@@ -756,7 +765,7 @@ static enum zm_status ensemble_forward(struct zm_predictor *p, const float *x,
 	st = zm_weighter_layer(p->wr, l0, x, n, p->wl, err);
 	if (st != ZM_OK)
 		return st;
-	record_weights(p, l0, per_row ? n : 1);
+	zm_predict_record(p, l0, per_row ? n : 1);
 	memset(scores, 0, n * c * sizeof(float));
 	p->evaluated = 0;
 	for (i = 0; i < K; i++) {
@@ -769,7 +778,7 @@ static enum zm_status ensemble_forward(struct zm_predictor *p, const float *x,
 			continue;
 		p->evaluated++;
 		z = zm_model_forward(p->models[i], p->ws[i], x, n);
-		finish_scores(p, z, n, p->z, NULL);
+		zm_predict_finish(p, z, n, p->z, NULL);
 		for (r = 0; r < n; r++) {
 			float wi = (float)p->wl[(per_row ? r * K : 0) + i];
 			for (j = 0; j < c; j++)
@@ -800,9 +809,11 @@ enum zm_status zm_predict_pass(struct zm_predictor *p, const float *x,
 
 	if (p->o.merge == ZM_MERGE_ENSEMBLE)
 		return ensemble_forward(p, x, n, scores, logp, err);
+	if (p->o.merge == ZM_MERGE_ROUTE)
+		return zm_route_forward(p, x, n, scores, logp, err);
 	st = merged_forward(p, x, n, &outp, err);
 	if (st == ZM_OK)
-		finish_scores(p, outp, n, scores, logp);
+		zm_predict_finish(p, outp, n, scores, logp);
 	return st;
 }
 
@@ -817,7 +828,7 @@ enum zm_status zm_predict_run(struct zm_predictor *p, const float *x,
 	if (n == 0)
 		return ZM_OK;
 	if (p->n_models == 1) {
-		finish_scores(p, zm_model_forward(p->models[0], p->ws[0], x, n),
+		zm_predict_finish(p, zm_model_forward(p->models[0], p->ws[0], x, n),
 		              n, scores, logp);
 		return ZM_OK;
 	}
@@ -856,7 +867,7 @@ static enum zm_status mixture_loss(struct zm_predictor *p, const float *x,
 	double sum = 0;
 	enum zm_status st;
 
-	if (p->o.merge != ZM_MERGE_ENSEMBLE) {
+	if (p->o.merge != ZM_MERGE_ENSEMBLE && p->o.merge != ZM_MERGE_ROUTE) {
 		st = merged_forward(p, x, n, &outp, err);
 		if (st != ZM_OK)
 			return st;
@@ -871,7 +882,7 @@ static enum zm_status mixture_loss(struct zm_predictor *p, const float *x,
 		*loss = sum / (double)n;
 		return ZM_OK;
 	}
-	st = ensemble_forward(p, x, n, p->ascores, NULL, err);
+	st = zm_predict_pass(p, x, n, p->ascores, NULL, err);
 	if (st != ZM_OK)
 		return st;
 	if (p->loss != ZM_LOSS_CROSS_ENTROPY) {

@@ -17,7 +17,11 @@
  *             weights this equals outputs with merge point pre, for 1/K
  *             of the products;
  *   ensemble  each model alone, the final probabilities (regression
- *             outputs) mixed; architectures may differ.
+ *             outputs) mixed; architectures may differ;
+ *   route     (route.h) a row whose largest weight reaches o.threshold is
+ *             computed by that model alone, rows going to the same model
+ *             as one pass; the other rows as the ensemble; architectures
+ *             may differ.
  * With feedback, each model's loss where it is used (the batch predicted
  * again with a share of the weight moved to it) updates its fixed-share
  * Hedge score after the batch is predicted; with entropy adaptation the
@@ -43,16 +47,19 @@
 #include "tensor.h"
 #include "weighting.h"
 #include "adapt.h"
+#include "route.h"
 
 #define ZM_PREDICT_BATCH_DEFAULT 1024
 /* Defaults of --eta and --probe (zm_predict_feedback). */
 #define ZM_PREDICT_ETA_DEFAULT 0.5
 #define ZM_PREDICT_PROBE_DEFAULT 0.1
 
-enum zm_merge_mode { ZM_MERGE_OUTPUTS, ZM_MERGE_PARAMS, ZM_MERGE_ENSEMBLE };
+enum zm_merge_mode { ZM_MERGE_OUTPUTS, ZM_MERGE_PARAMS, ZM_MERGE_ENSEMBLE,
+                     ZM_MERGE_ROUTE };
 enum zm_merge_point { ZM_MERGE_PRE, ZM_MERGE_POST };
 
-/* "outputs", "params", "ensemble" / "pre", "post"; false when unknown. */
+/* "outputs", "params", "ensemble", "route" / "pre", "post"; false when
+ * unknown. */
 bool zm_merge_mode_parse(const char *s, enum zm_merge_mode *out);
 bool zm_merge_point_parse(const char *s, enum zm_merge_point *out);
 
@@ -74,6 +81,8 @@ struct zm_predict_options {
 	bool adapt;                      /* entropy adaptation */
 	struct zm_adapt_options adapt_o;
 	size_t adapt_rows;               /* rows adapted on (default 256) */
+	double threshold;                /* route: a model alone from this
+	                                  * weight (ZM_ROUTE_THRESHOLD_DEFAULT) */
 };
 
 void zm_predict_options_init(struct zm_predict_options *o);
@@ -113,6 +122,7 @@ struct zm_predictor {
 	bool recording;                     /* the pass records the trace */
 	uint64_t batch_no;
 	struct zm_outfile *trace;           /* borrowed, open trace file */
+	struct zm_route_state *route;       /* owned; merge route only */
 };
 
 /*
@@ -206,6 +216,16 @@ enum zm_status zm_pred_trace_header(struct zm_outfile *f,
 enum zm_status zm_pred_trace_write(struct zm_predictor *p,
                                    struct zm_outfile *f, uint64_t batch,
                                    size_t rows, struct zm_error *err);
+
+/* Scores of final outputs outp [n, C] into scores (softmax for
+ * classification, a copy for regression) and logp (classification, may
+ * be NULL). */
+void zm_predict_finish(const struct zm_predictor *p, const float *outp,
+                       size_t n, float *scores, float *logp);
+
+/* Keeps the mean over rows of the weights p->wl of layer l (rows x K)
+ * for the trace, when l begins its unit and the pass records. */
+void zm_predict_record(struct zm_predictor *p, size_t l, size_t rows);
 
 /* Frees the predictor and its buffers (not the models); NULL is fine. */
 void zm_predictor_free(struct zm_predictor *p);

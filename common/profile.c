@@ -21,6 +21,7 @@ void zm_profile_init(struct zm_profile *p)
 	p->n_entries = 0;
 	p->labels = NULL;
 	p->n_classes = 0;
+	zm_scatter_init(&p->scatter);
 }
 
 static void entry_release(struct zm_profile_entry *e)
@@ -38,6 +39,7 @@ void zm_profile_release(struct zm_profile *p)
 		entry_release(&p->entries[i]);
 	free(p->entries);
 	free(p->labels);
+	zm_scatter_release(&p->scatter);
 	zm_profile_init(p);
 }
 
@@ -146,6 +148,17 @@ static enum zm_status reserve_entries(struct zm_profile *p, size_t want,
 	return ZM_OK;
 }
 
+/* Whether p's scatter describes the same rows as its input entry (an
+ * empty scatter does for a profile without input rows). */
+static bool scatter_valid(const struct zm_profile *p)
+{
+	const struct zm_profile_entry *in = zm_profile_find(p, ZM_PROFILE_INPUT);
+
+	if (!in || in->count == 0)
+		return p->scatter.d == 0 || p->scatter.count == 0;
+	return p->scatter.d == in->dim && p->scatter.count == in->count;
+}
+
 /* Two-pass mean and M2 of one batch into e->scratch (mean, then M2);
  * ZM_ERR_DATA naming the first non-finite element. */
 static enum zm_status batch_moments(struct zm_profile_entry *e,
@@ -213,12 +226,18 @@ enum zm_status zm_profile_add_batch(struct zm_profile *p, const char *name,
 		e = &fresh;
 	}
 	if (n > 0) {
+		bool keep = strcmp(name, ZM_PROFILE_INPUT) == 0 &&
+		            d <= ZM_SCATTER_MAX_DIM && scatter_valid(p);
 		st = batch_moments(e, x, n, d, err);
+		if (st == ZM_OK && keep)
+			st = zm_scatter_add(&p->scatter, x, n, d, err);
 		if (st != ZM_OK) {
 			if (e == &fresh)
 				entry_release(&fresh);
 			return st;
 		}
+		if (strcmp(name, ZM_PROFILE_INPUT) == 0 && !keep)
+			zm_scatter_release(&p->scatter);
 		entry_combine(e, (double)n, e->scratch, e->scratch + d);
 	}
 	if (e == &fresh)
@@ -276,10 +295,19 @@ enum zm_status zm_profile_merge(struct zm_profile *dst,
                                 struct zm_error *err)
 {
 	struct zm_profile_entry *fresh = NULL;
+	const struct zm_profile_entry *s_in = zm_profile_find(src,
+	                                                     ZM_PROFILE_INPUT);
+	struct zm_scatter sc;
 	size_t i, n_new = 0, k = 0;
 	enum zm_status st = ZM_OK;
+	/* The merged scatter: src adds no input rows (dst's stays), both
+	 * valid (combined), else none. */
+	bool src_rows = s_in && s_in->count > 0;
+	bool both = scatter_valid(dst) && scatter_valid(src) &&
+	            (src->scatter.d || !src_rows);
 
 	ZM_ASSERT(dst != src);
+	zm_scatter_init(&sc);
 	for (i = 0; i < src->n_entries; i++) {
 		const struct zm_profile_entry *s = &src->entries[i];
 		const struct zm_profile_entry *d = zm_profile_find(dst, s->name);
@@ -304,13 +332,22 @@ enum zm_status zm_profile_merge(struct zm_profile *dst,
 		if (st == ZM_OK)
 			st = reserve_entries(dst, dst->n_entries + n_new, err);
 	}
+	if (st == ZM_OK && src_rows && both &&
+	    (st = zm_scatter_copy(&sc, &dst->scatter, err)) == ZM_OK)
+		st = zm_scatter_merge(&sc, &src->scatter, err);
+	/* Last: it grows dst's histogram, the only change before commit. */
 	if (st == ZM_OK)
 		st = grow_labels(dst, src->n_classes, err);
 	if (st != ZM_OK) {
 		for (i = 0; i < k; i++)
 			entry_release(&fresh[i]);
 		free(fresh);
+		zm_scatter_release(&sc);
 		return st;
+	}
+	if (src_rows) {
+		zm_scatter_release(&dst->scatter);
+		dst->scatter = sc;
 	}
 	for (i = 0; i < src->n_entries; i++) {
 		const struct zm_profile_entry *s = &src->entries[i];
@@ -424,6 +461,42 @@ static enum zm_status make_moment(struct zm_tensor *t,
 	return ZM_OK;
 }
 
+/* The PPCA of a valid input scatter as the three tensors at ts (*added
+ * of them set; none when the fit has no directions). */
+static enum zm_status make_ppca(const struct zm_profile *p,
+                                struct zm_tensor *ts, size_t *added,
+                                struct zm_error *err)
+{
+	struct zm_density m;
+	int64_t shape[2];
+	enum zm_status st;
+	size_t k;
+
+	*added = 0;
+	zm_density_init(&m);
+	if ((st = zm_density_fit(&m, &p->scatter, ZM_DENSITY_RANK, err)))
+		return st;
+	if (m.q == 0)
+		goto out;
+	shape[0] = (int64_t)m.q;
+	shape[1] = (int64_t)m.d;
+	if ((st = zm_tensor_alloc(&ts[0], PREFIX ZM_PROFILE_INPUT ".pc",
+	                          ZM_DTYPE_F32, 2, shape, err)))
+		goto out;
+	memcpy(ts[0].data, m.pc, m.q * m.d * sizeof(float));
+	if ((st = zm_tensor_alloc(&ts[1], PREFIX ZM_PROFILE_INPUT ".pcvar",
+	                          ZM_DTYPE_F32, 1, shape, err)))
+		goto out;
+	for (k = 0; k < m.q; k++)
+		((float *)ts[1].data)[k] = (float)m.pcvar[k];
+	if ((st = make_count(&ts[2], ZM_PROFILE_INPUT, ".resvar", m.s2, err)))
+		goto out;
+	*added = 3;
+out:
+	zm_density_release(&m);
+	return st;
+}
+
 static void release_tensors(struct zm_tensor *ts, size_t n)
 {
 	size_t i;
@@ -443,7 +516,7 @@ static enum zm_status build_tensors(const struct zm_profile *p,
 	enum zm_status st = ZM_OK;
 	size_t cap, n = 0, i;
 
-	if (!zm_size_mul(p->n_entries, 3, &cap) || !zm_size_add(cap, 2, &cap) ||
+	if (!zm_size_mul(p->n_entries, 3, &cap) || !zm_size_add(cap, 5, &cap) ||
 	    !(ts = zm_calloc(cap, sizeof(*ts))))
 		return zm_error_set(err, ZM_ERR_NOMEM, "profile: out of memory");
 	for (i = 0; i < cap; i++)
@@ -465,6 +538,12 @@ static enum zm_status build_tensors(const struct zm_profile *p,
 		if (st == ZM_OK && e->count != count)
 			st = make_count(&ts[n++], e->name, ".count", e->count,
 			                err);
+	}
+	if (st == ZM_OK && p->scatter.d && p->scatter.count > 0 &&
+	    scatter_valid(p)) {
+		size_t added;
+		st = make_ppca(p, ts + n, &added, err);
+		n += added;
 	}
 	if (st != ZM_OK) {
 		release_tensors(ts, cap);
@@ -728,6 +807,116 @@ static const struct zm_tensor *find_part(const struct zm_doc *doc,
 	return t;
 }
 
+/*
+ * The density of the PPCA tensors of doc (profile.input.pc, .pcvar,
+ * .resvar) for an input entry of width dim with mean (F32 [dim]) and
+ * count rows.  ZM_ERR_DATA naming the tensor when one is missing or
+ * malformed.
+ */
+static enum zm_status ppca_tensors(const struct zm_doc *doc,
+                                   const float *mean, size_t dim,
+                                   double count, struct zm_density *m,
+                                   struct zm_error *err)
+{
+	const struct zm_tensor *pc = zm_doc_find(doc, PREFIX ZM_PROFILE_INPUT
+	                                         ".pc");
+	const struct zm_tensor *pv = zm_doc_find(doc, PREFIX ZM_PROFILE_INPUT
+	                                         ".pcvar");
+	const struct zm_tensor *rv = zm_doc_find(doc, PREFIX ZM_PROFILE_INPUT
+	                                         ".resvar");
+	double s2, *pcvar = NULL;
+	float *dirs = NULL;
+	enum zm_status st;
+	size_t q, k;
+
+	if (!pc || !pv || !rv)
+		return zm_error_set(err, ZM_ERR_DATA, "%s%s.pc, .pcvar and "
+		                    ".resvar go together", PREFIX,
+		                    ZM_PROFILE_INPUT);
+	if (pc->dtype != ZM_DTYPE_F32 || pc->ndim != 2 || pc->shape[0] <= 0 ||
+	    pc->shape[1] != (int64_t)dim || (size_t)pc->shape[0] >= dim ||
+	    !dtype_ok_size(pc))
+		return zm_error_set(err, ZM_ERR_DATA, "%s: expected F32 [q, %zu] "
+		                    "with 0 < q < %zu", pc->name, dim, dim);
+	q = (size_t)pc->shape[0];
+	if ((st = check_vector(pv, &k, err)))
+		return st;
+	if (k != q)
+		return zm_error_set(err, ZM_ERR_DATA, "%s: %zu values, but %s has "
+		                    "%zu directions", pv->name, k, pc->name, q);
+	if ((st = read_count(rv, &s2, err)))
+		return st;
+	if (!(pcvar = zm_malloc(q * sizeof(double))) ||
+	    !(dirs = zm_malloc(q * dim * sizeof(float)))) {
+		st = zm_error_set(err, ZM_ERR_NOMEM, "profile: out of memory");
+		goto out;
+	}
+	for (k = 0; k < q; k++)
+		pcvar[k] = load_float(pv, k);
+	memcpy(dirs, pc->data, q * dim * sizeof(float));
+	for (k = 0; k < q * dim; k++)
+		if (!isfinite(dirs[k])) {
+			st = zm_error_set(err, ZM_ERR_DATA, "%s: element %zu is not "
+			                  "finite", pc->name, k);
+			goto out;
+		}
+	st = zm_density_ppca(m, mean, dirs, pcvar, q, dim, s2, count, err);
+	if (st != ZM_OK)
+		zm_error_prefix(err, "%s: ", pc->name);
+out:
+	free(pcvar);
+	free(dirs);
+	return st;
+}
+
+/* Rebuilds p's scatter from the PPCA doc stores for p's input entry. */
+static enum zm_status read_ppca(struct zm_profile *p, const struct zm_doc *doc,
+                                struct zm_error *err)
+{
+	const struct zm_profile_entry *in = zm_profile_find(p, ZM_PROFILE_INPUT);
+	struct zm_density m;
+	enum zm_status st;
+	float *mf;
+	size_t j, dd;
+
+	if (!zm_doc_find(doc, PREFIX ZM_PROFILE_INPUT ".pc") &&
+	    !zm_doc_find(doc, PREFIX ZM_PROFILE_INPUT ".pcvar") &&
+	    !zm_doc_find(doc, PREFIX ZM_PROFILE_INPUT ".resvar"))
+		return ZM_OK;
+	if (!in)
+		return zm_error_set(err, ZM_ERR_DATA, "%s%s.pc without %s%s.mean",
+		                    PREFIX, ZM_PROFILE_INPUT, PREFIX,
+		                    ZM_PROFILE_INPUT);
+	if (in->dim > ZM_SCATTER_MAX_DIM)
+		return zm_error_set(err, ZM_ERR_DATA, "%s%s.pc: %zu features, at "
+		                    "most %d", PREFIX, ZM_PROFILE_INPUT, in->dim,
+		                    ZM_SCATTER_MAX_DIM);
+	if (!(mf = zm_malloc(in->dim * sizeof(float))))
+		return zm_error_set(err, ZM_ERR_NOMEM, "profile: out of memory");
+	for (j = 0; j < in->dim; j++)
+		mf[j] = (float)in->mean[j];
+	zm_density_init(&m);
+	st = ppca_tensors(doc, mf, in->dim, in->count, &m, err);
+	free(mf);
+	if (st != ZM_OK)
+		return st;
+	zm_scatter_release(&p->scatter);
+	dd = in->dim * in->dim;
+	p->scatter.mean = zm_malloc(in->dim * sizeof(double));
+	p->scatter.m2 = zm_calloc(dd, sizeof(double));
+	if (!p->scatter.mean || !p->scatter.m2) {
+		zm_density_release(&m);
+		zm_scatter_release(&p->scatter);
+		return zm_error_set(err, ZM_ERR_NOMEM, "profile: out of memory");
+	}
+	p->scatter.d = in->dim;
+	p->scatter.count = in->count;
+	memcpy(p->scatter.mean, in->mean, in->dim * sizeof(double));
+	zm_density_scatter(&m, in->count, p->scatter.m2);
+	zm_density_release(&m);
+	return ZM_OK;
+}
+
 enum zm_status zm_profile_from_doc(struct zm_profile *p,
                                    const struct zm_doc *doc,
                                    struct zm_error *err)
@@ -787,8 +976,77 @@ enum zm_status zm_profile_from_doc(struct zm_profile *p,
 		if (st != ZM_OK)
 			goto fail;
 	}
+	if ((st = read_ppca(p, doc, err)) != ZM_OK)
+		goto fail;
 	return ZM_OK;
 fail:
 	zm_profile_release(p);
+	return st;
+}
+
+enum zm_status zm_profile_density(const struct zm_profile *p,
+                                  struct zm_density *m,
+                                  struct zm_error *err)
+{
+	const struct zm_profile_entry *in = zm_profile_find(p, ZM_PROFILE_INPUT);
+	double *mv;
+	enum zm_status st;
+
+	if (!in || in->count <= 0)
+		return zm_error_set(err, ZM_ERR_NOTFOUND, "no input profile");
+	if (p->scatter.d && scatter_valid(p))
+		return zm_density_fit(m, &p->scatter, ZM_DENSITY_RANK, err);
+	if (!(mv = zm_malloc(2 * in->dim * sizeof(double))))
+		return zm_error_set(err, ZM_ERR_NOMEM, "profile: out of memory");
+	zm_profile_entry_moments(in, mv, mv + in->dim);
+	st = zm_density_diag(m, mv, mv + in->dim, in->dim, in->count, err);
+	free(mv);
+	return st;
+}
+
+enum zm_status zm_profile_density_from_doc(const struct zm_doc *doc,
+                                           struct zm_density *m,
+                                           struct zm_error *err)
+{
+	const struct zm_tensor *mean = zm_doc_find(doc, PREFIX ZM_PROFILE_INPUT
+	                                           ".mean");
+	const struct zm_tensor *var = zm_doc_find(doc, PREFIX ZM_PROFILE_INPUT
+	                                          ".var");
+	const struct zm_tensor *pc = zm_doc_find(doc, PREFIX ZM_PROFILE_INPUT
+	                                         ".pc");
+	struct zm_profile p;
+	enum zm_status st;
+
+	if (!mean || !var)
+		return zm_error_set(err, ZM_ERR_NOTFOUND, "no input profile");
+	if (pc) {
+		const struct zm_tensor *cnt;
+		size_t dim;
+		double count;
+		float *mf;
+		/* The stored PPCA as it is: no scatter, no refit. */
+		if ((st = check_vector(mean, &dim, err)))
+			return st;
+		cnt = zm_doc_find(doc, PREFIX ZM_PROFILE_INPUT ".count");
+		if (!cnt)
+			cnt = zm_doc_find(doc, PREFIX "count");
+		if (!cnt)
+			return zm_error_set(err, ZM_ERR_NOTFOUND, "document holds "
+			                    "no %scount", PREFIX);
+		if ((st = read_count(cnt, &count, err)))
+			return st;
+		if (!(mf = zm_malloc(dim * sizeof(float))))
+			return zm_error_set(err, ZM_ERR_NOMEM, "profile: out of "
+			                    "memory");
+		zm_tensor_read_f32(mean, 0, dim, mf);
+		st = ppca_tensors(doc, mf, dim, count, m, err);
+		free(mf);
+		return st;
+	}
+	zm_profile_init(&p);
+	st = zm_profile_from_doc(&p, doc, err);
+	if (st == ZM_OK)
+		st = zm_profile_density(&p, m, err);
+	zm_profile_release(&p);
 	return st;
 }

@@ -21,6 +21,16 @@
  *                                 rows than profile.count
  * The variance, not M2, is stored so that the file is directly useful;
  * the reader rebuilds M2 = var * count.
+ *
+ * The input entry also keeps its full scatter (density.h) when it has at
+ * most ZM_SCATTER_MAX_DIM features, and a document then stores the PPCA
+ * fitted from it (predict's routing density):
+ *   profile.input.pc     F32 [q, d]  orthonormal principal directions
+ *   profile.input.pcvar  F32 [q]     the variance along each, decreasing
+ *   profile.input.resvar F64 [1]     the residual variance per feature
+ * The reader rebuilds the scatter from them (exact for the fitted model),
+ * so merging profiles refits the PPCA.  A profile without them (older
+ * files, wider inputs) routes by a diagonal Gaussian of mean and var.
  */
 #ifndef ZM_PROFILE_H
 #define ZM_PROFILE_H
@@ -29,6 +39,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "density.h"
 #include "error.h"
 
 struct zm_doc;
@@ -55,6 +66,10 @@ struct zm_profile {
 	size_t n_entries;
 	int64_t *labels;                   /* owned [n_classes] histogram */
 	size_t n_classes;
+	/* The scatter of the input entry; valid only while its count equals
+	 * that entry's (rows added to the entry without it, as after reading
+	 * a profile stored without a PPCA, make it stale: it is dropped). */
+	struct zm_scatter scatter;
 };
 
 /* Sets p to an empty profile that owns nothing. */
@@ -119,6 +134,26 @@ void zm_profile_entry_moments(const struct zm_profile_entry *e,
 /* The same, rounded to F32 (for zm_similarity_rows and the GEMM paths). */
 void zm_profile_entry_moments_f32(const struct zm_profile_entry *e,
                                   float *mean, float *var);
+
+/*
+ * The routing density of the profile's input: the PPCA of its scatter
+ * when that is valid (fitted here, at most ZM_DENSITY_RANK directions),
+ * else the diagonal Gaussian of the input entry.  ZM_ERR_NOTFOUND when
+ * the profile has no input entry with rows.
+ */
+enum zm_status zm_profile_density(const struct zm_profile *p,
+                                  struct zm_density *m,
+                                  struct zm_error *err);
+
+/*
+ * The same straight from a document, without rebuilding the scatter: the
+ * stored PPCA when there is one, else the diagonal Gaussian.
+ * ZM_ERR_NOTFOUND when doc holds no input profile; ZM_ERR_DATA naming
+ * the tensor for a malformed one.
+ */
+enum zm_status zm_profile_density_from_doc(const struct zm_doc *doc,
+                                           struct zm_density *m,
+                                           struct zm_error *err);
 
 /*
  * Adds p's tensors (see the top of this file) to doc, which may already

@@ -26,6 +26,7 @@ static const char *const kind_names[] = {
 	[ZM_WEIGHTING_UNIFORM] = "uniform",
 	[ZM_WEIGHTING_STATIC] = "static",
 	[ZM_WEIGHTING_ROUTER_SIMILARITY] = "router+similarity",
+	[ZM_WEIGHTING_DENSITY] = "density",
 };
 
 const char *zm_weighting_name(enum zm_weighting w)
@@ -584,7 +585,82 @@ void zm_weighter_free(struct zm_weighter *w)
 	free(w->qv);
 	free(w->unit_sim);
 	free(w->unit_has_sim);
+	if (w->dens)
+		for (l = 0; l < w->k; l++)
+			zm_density_release(&w->dens[l]);
+	free(w->dens);
+	free(w->ll);
 	free(w);
+}
+
+/*
+ * Loads every model's density and decides whether they can be told apart:
+ * the largest symmetric KL over pairs against ZM_DENSITY_KL_MIN plus four
+ * times what estimation noise alone gives two fits of the same data,
+ * about (parameters) (1/n_a + 1/n_b) / 2 nats.
+ */
+static enum zm_status load_densities(struct zm_weighter *w,
+                                     const struct zm_model *const *models,
+                                     const char *const *names,
+                                     struct zm_error *err)
+{
+	size_t k = w->k, i, j, nk;
+	enum zm_status st;
+
+	if (!zm_size_mul(w->max_batch, k, &nk) ||
+	    !(w->dens = zm_calloc(k, sizeof(*w->dens))) ||
+	    !(w->ll = zm_calloc(nk, sizeof(double))))
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	for (i = 0; i < k; i++)
+		zm_density_init(&w->dens[i]);
+	for (i = 0; i < k; i++) {
+		st = zm_profile_density_from_doc(&models[i]->extra, &w->dens[i],
+		                                 err);
+		if (st == ZM_OK && w->dens[i].d != w->arch->input_features)
+			st = zm_error_set(err, ZM_ERR_DATA, "its input profile has "
+			                  "%zu features, the model %zu",
+			                  w->dens[i].d, w->arch->input_features);
+		if (st == ZM_ERR_NOTFOUND && w->o.lenient) {
+			snprintf(w->why, sizeof(w->why), "model '%s' has no "
+			         "profile of its inputs", names[i]);
+			return ZM_OK;
+		}
+		if (st == ZM_ERR_NOTFOUND)
+			return zm_error_set(err, ZM_ERR_DATA, "model '%s' has no "
+			                    "profile: density weighting needs one "
+			                    "(train it with train-step); use "
+			                    "--weighting uniform or static",
+			                    names[i]);
+		if (st != ZM_OK)
+			return zm_error_prefix(err, "model '%s': ", names[i]);
+	}
+	w->sep_kl = -1;
+	for (i = 0; i < k; i++)
+		for (j = i + 1; j < k; j++) {
+			const struct zm_density *a = &w->dens[i], *b = &w->dens[j];
+			double skl = 0.5 * (zm_density_kl(a, b) +
+			                    zm_density_kl(b, a));
+			double params = (double)a->d * (double)(a->q + b->q + 2);
+			double need = ZM_DENSITY_KL_MIN + 4 * 0.5 * params *
+			              (1 / (a->count > 1 ? a->count : 1) +
+			               1 / (b->count > 1 ? b->count : 1));
+			if (!isfinite(skl))
+				continue;
+			if (skl - need > w->sep_kl - w->sep_need ||
+			    w->sep_kl < 0) {
+				w->sep_kl = skl;
+				w->sep_need = need;
+				w->sep_a = i;
+				w->sep_b = j;
+			}
+		}
+	w->separable = w->sep_kl >= w->sep_need && w->sep_kl >= 0;
+	if (!w->separable)
+		snprintf(w->why, sizeof(w->why), "the models' input densities "
+		         "are indistinguishable (symmetric KL %.3g between '%s' "
+		         "and '%s', below %.3g)", w->sep_kl, names[w->sep_a],
+		         names[w->sep_b], w->sep_need);
+	return ZM_OK;
 }
 
 /*
@@ -917,6 +993,9 @@ enum zm_status zm_weighter_new(const struct zm_weighter_options *o,
 				goto fail;
 		}
 	}
+	if (o->kind == ZM_WEIGHTING_DENSITY &&
+	    (st = load_densities(w, models, names, err)) != ZM_OK)
+		goto fail;
 	if (uses_router(o->kind) &&
 	    (st = setup_router(w, names, router, assignment, nk, err)))
 		goto fail;
@@ -954,6 +1033,18 @@ void zm_weighter_begin(struct zm_weighter *w, const float *x, size_t n)
 
 	for (u = 0; u < w->units.n_units; u++)
 		w->unit_has_sim[u] = false;
+	w->pending = ZM_OK;
+	if (w->o.kind == ZM_WEIGHTING_DENSITY && n > 0) {
+		if (w->separable) {
+			const struct zm_density *dp[ZM_WEIGHTER_MAX_MODELS];
+			for (u = 0; u < w->k; u++)
+				dp[u] = &w->dens[u];
+			w->pending = zm_density_loglik(dp, w->k, x, n, w->ll,
+			                               &w->pending_err);
+		} else {
+			memset(w->ll, 0, n * w->k * sizeof(double));
+		}
+	}
 	if (w->router && n > 0) {
 		const float *z = zm_model_forward(w->router, w->rws, x, n);
 		size_t S = w->n_route, k = w->k, r, s, i;
@@ -1071,6 +1162,20 @@ enum zm_status zm_weighter_layer(struct zm_weighter *w, size_t l,
 	lg = logits;
 	if (n == 0)
 		return ZM_OK;
+	if (w->pending != ZM_OK) {
+		*err = w->pending_err;
+		return w->pending;
+	}
+	if (w->o.kind == ZM_WEIGHTING_DENSITY && l == L) {
+		/* The trace's similarity: the mean log-likelihood. */
+		for (i = 0; i < k; i++) {
+			double s = 0;
+			for (r = 0; r < n; r++)
+				s += w->ll[r * k + i];
+			w->unit_sim[u * k + i] = s / (double)n;
+		}
+		w->unit_has_sim[u] = true;
+	}
 	/* The similarity is measured where the unit begins (its first layer
 	 * with parameters) and reused for its other layers; the predictor
 	 * calls the layers in order, so that h is what that layer saw. */
@@ -1133,6 +1238,10 @@ enum zm_status zm_weighter_layer(struct zm_weighter *w, size_t l,
 				v += sw > 0 ? log(sw) : -INFINITY;
 				break;
 			}
+			case ZM_WEIGHTING_DENSITY:
+				v += (w->o.per_row ? w->ll[r * k + i] :
+				      w->unit_sim[u * k + i]) / T;
+				break;
 			default:
 				break;
 			}

@@ -19,6 +19,18 @@
  *                two weightings, renormalised
  *   static       logit_i = log v_i, v from a weights file (merge's
  *                config format), resolved per layer
+ *   density      logit_i = log p_i(x) / T: the log-likelihood of the row
+ *                under model i's density of its training inputs (the PPCA
+ *                of its profile, else a diagonal Gaussian; density.h), so
+ *                that with T = 1 the weights are the Bayes posterior of
+ *                "x comes from model i's data" under equal priors.  Per
+ *                batch, the mean log-likelihood over the rows.  When no
+ *                pair of models is distinguishable (every symmetric KL
+ *                between their densities below ZM_DENSITY_KL_MIN plus what
+ *                sampling noise alone gives: models of the same data), or
+ *                a model has no profile and the weighting was not asked
+ *                for explicitly, the log-likelihoods are 0: uniform
+ *                weights, the static merge.
  * to each logit are added the model's prior (log of its zoo accuracy,
  * opt-in), its online Hedge score h_i (feedback; see below) and the
  * adaptation offset a_{u,i} of the unit (entropy adaptation).  The
@@ -59,10 +71,12 @@ enum zm_weighting {
 	ZM_WEIGHTING_ROUTER,
 	ZM_WEIGHTING_UNIFORM,
 	ZM_WEIGHTING_STATIC,
-	ZM_WEIGHTING_ROUTER_SIMILARITY
+	ZM_WEIGHTING_ROUTER_SIMILARITY,
+	ZM_WEIGHTING_DENSITY
 };
 
-/* "similarity", "router", "uniform", "static", "router+similarity". */
+/* "similarity", "router", "uniform", "static", "router+similarity",
+ * "density". */
 const char *zm_weighting_name(enum zm_weighting w);
 bool zm_weighting_parse(const char *s, enum zm_weighting *out);
 
@@ -166,7 +180,20 @@ struct zm_weighter_options {
 	double latency_budget_ms;    /* 0: none */
 	bool use_loadavg;            /* halve k when the machine is saturated */
 	enum zm_gran_level level;
+	/* density: a model without a profile gives uniform weights instead
+	 * of an error (the weighting was chosen by default, not asked for). */
+	bool lenient;
+	const char *temperature_origin;  /* for --explain; borrowed or NULL */
 };
+
+/* Symmetric KL (nats) below which two densities are the same data. */
+#define ZM_DENSITY_KL_MIN 4.0
+/* The temperature of density weighting where the zoo has no calibration
+ * (assign --calibrate): d times this, at least 1.  Features of real data
+ * are correlated, so a row's log-likelihood ratios grow with d much as if
+ * only some of the d features were independent; on images the calibrated
+ * temperature is near d / 8. */
+#define ZM_DENSITY_T_PER_FEATURE 0.125
 
 void zm_weighter_options_init(struct zm_weighter_options *o);
 
@@ -199,6 +226,16 @@ struct zm_weighter {
 	double *qm, *qv;                   /* [max_features] batch moments */
 	double *unit_sim;                  /* [n_units, k]: mean similarity */
 	bool *unit_has_sim;                /* [n_units] */
+	/* density */
+	struct zm_density *dens;           /* [k] or NULL (no routing) */
+	double *ll;                        /* [max_batch, k] log p_i(row) */
+	bool separable;                    /* some pair of models differs */
+	double sep_kl, sep_need;           /* largest pair's symmetric KL and
+	                                    * the level it had to reach */
+	size_t sep_a, sep_b;               /* that pair */
+	char why[160];                     /* why no routing, when not */
+	enum zm_status pending;            /* a failure of zm_weighter_begin */
+	struct zm_error pending_err;
 };
 
 /*
@@ -226,7 +263,9 @@ void zm_weighter_free(struct zm_weighter *w);
 
 /*
  * Starts a batch of the input x (n x input features): runs the router
- * when there is one and clears the per-unit similarities.
+ * when there is one, the densities' log-likelihoods (w->ll) for density
+ * weighting, and clears the per-unit similarities.  Running out of memory
+ * here is reported by the next zm_weighter_layer.
  */
 void zm_weighter_begin(struct zm_weighter *w, const float *x, size_t n);
 

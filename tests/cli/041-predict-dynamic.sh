@@ -75,7 +75,7 @@ check "group level has the units features and head" sh -c "cut -d, -f4 '$T/tr-gr
 
 # top-k 1: one model per batch and unit.
 predict --zoo "$Z" --model m0 --model m1 --top-k 1 --granularity layer \
-	--batch-size 100 --trace "$T/tk.csv" "$T/a.st.gz" >/dev/null
+	--per batch --batch-size 100 --trace "$T/tk.csv" "$T/a.st.gz" >/dev/null
 check "--top-k 1 keeps one model per batch and unit" awk -F, '
 	NR > 1 && $5 > 0 { n[$1, $4]++ } END { for (k in n) if (n[k] != 1) bad = 1; exit bad }' "$T/tk.csv"
 
@@ -141,9 +141,14 @@ for bad in "--share 1" "--share -0.1" "--probe 0" "--probe 1.5" "--adapt-reg -1"
 done
 
 # Bad inputs.
-run predict --zoo "$Z" --model m0 --model m2 "$T/a.st.gz"
+run predict --zoo "$Z" --model m0 --model m2 --weighting similarity "$T/a.st.gz"
 expect_rc 1 "similarity with a model without profile exits 1"
 expect_err "'m2' has no profile.*uniform or static" "names the model and the way out"
+run predict --zoo "$Z" --model m0 --model m2 --weighting density "$T/a.st.gz"
+expect_rc 1 "density weighting asked for with a model without profile exits 1"
+run predict --zoo "$Z" --model m0 --model m2 --explain "$T/a.st.gz"
+expect_rc 0 "the defaults with a model without profile: uniform weights"
+expect_err "'m2' has no profile of its inputs.*uniform" "and --explain says why"
 run predict --zoo "$Z" --model m0 --model m2 --weighting uniform "$T/a.st.gz"
 expect_rc 0 "uniform weighting needs no profile"
 printf 'input: [4]\nlayers:\n  - {name: hidden, units: 6, activation: tanh}\n  - {name: out, units: 4}\n' >"$T/arch2.yaml"

@@ -29,7 +29,7 @@ run env DEMO_DIR="$D" ZM_BIN="$BIN" ZM_FASHION_MNIST="$FM" DEMO_TRAIN_FRACTION=0
 expect_rc 0 "the small demo runs end to end"
 check "no stage reported a failure" sh -c "! grep -q 'failed' '$T/err'"
 
-rows="joint (all data)|slice model: tops|slice model: bottoms|slice model: shoes|slice model: bags|soup (merge --method linear)|merge --method ties|merge --method dare|output ensemble (uniform)|similarity, per row, full|similarity, per row, group|similarity, per row, layer|router, per row, full|router, per row, group|router, per row, layer|shifting stream, no feedback|shifting stream, --feedback|segmented stream (4 shifts), per batch, no feedback|segmented stream (4 shifts), per batch, --feedback|segmented stream (4 shifts), per batch, --adapt entropy"
+rows="joint (all data)|slice model: tops|slice model: bottoms|slice model: shoes|slice model: bags|soup (merge --method linear)|merge --method ties|merge --method dare|defaults (no weighting flags)|router, defaults|output ensemble (uniform)|similarity, per row, full|similarity, per row, group|similarity, per row, layer|router, per row, full|router, per row, group|router, per row, layer|shifting stream, no feedback|shifting stream, --feedback|segmented stream (4 shifts), per batch, no feedback|segmented stream (4 shifts), per batch, --feedback|segmented stream (4 shifts), per batch, --adapt entropy"
 check "results.md has every row, each with accuracy, loss and rows/s" awk -F'|' -v want="$rows" '
 	BEGIN { n = split(want, w, "|"); for (i = 1; i <= n; i++) need[w[i]] = 1 }
 	NF >= 6 { name = $2; gsub(/^ +| +$/, "", name)

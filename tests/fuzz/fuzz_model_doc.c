@@ -5,12 +5,16 @@
  * zm_model_to_doc and must load again with the same arch and the same
  * parameter bytes.  The schema metadata (zm.classes, zm.features,
  * zm.role) is read too: names that load must write back to the same list.
+ * Every document's profile is also read, with its routing density (the
+ * stored PPCA, or the one rebuilt from it).
  */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "density.h"
 #include "model.h"
+#include "profile.h"
 #include "schema.h"
 #include "stream.h"
 
@@ -95,7 +99,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	zm_doc_init(&doc);
 	while (zm_reader_next(r, &doc, &eof, &err) == ZM_OK && !eof) {
 		struct zm_model *m = NULL;
+		struct zm_profile p;
+		struct zm_density dm;
+
 		check_schema(&doc);
+		zm_profile_init(&p);
+		zm_density_init(&dm);
+		if (zm_profile_from_doc(&p, &doc, &err) == ZM_OK)
+			(void)zm_profile_density(&p, &dm, &err);
+		zm_density_release(&dm);
+		(void)zm_profile_density_from_doc(&doc, &dm, &err);
+		zm_density_release(&dm);
+		zm_profile_release(&p);
 		if (zm_model_from_doc(&doc, NULL, &m, &err) == ZM_OK) {
 			check_roundtrip(m);
 			zm_model_free(m);

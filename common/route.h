@@ -1,0 +1,85 @@
+/*
+ * Routing rows to models (predict's default merge, "route"): the
+ * weighter's per-row weights (for the default density weighting, the
+ * posterior of "the row comes from model i's data") decide for each row
+ * whether one model is sure enough to compute it alone.
+ *
+ *   hard   the largest weight of the row is at least the threshold: that
+ *          model alone computes the row, as if it predicted alone (its
+ *          own softmax); rows of a batch that go to the same model are
+ *          gathered and run as one forward pass (one GEMM per layer), and
+ *          a batch whose rows all go to one model runs unchanged: per
+ *          batch where the rows agree, per row where they disagree.
+ *   mixed  otherwise the final outputs of the models are mixed with the
+ *          row's weights, p = sum_i w_i p_i (models whose weight is below
+ *          ZM_ROUTE_MIN_WEIGHT in every mixed row are skipped and the
+ *          rest renormalised).  Mixing outputs, not hidden units, is
+ *          right for models trained apart, whose units do not correspond,
+ *          and keeps the mixture's probabilities calibrated when routing
+ *          is unsure: a row that two specialists claim gets both views.
+ */
+#ifndef ZM_ROUTE_H
+#define ZM_ROUTE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+#include "json.h"
+
+struct zm_predictor;
+
+/* The default threshold for a model to compute a row alone. */
+#define ZM_ROUTE_THRESHOLD_DEFAULT 0.99
+/* Weights below this in every mixed row leave a model out of the mix. */
+#define ZM_ROUTE_MIN_WEIGHT 1e-4
+
+/* What routing did, summed over batches (for --explain). */
+struct zm_route_stats {
+	uint64_t rows_hard, rows_mixed;
+	uint64_t batches_one;      /* every row to one model: per batch */
+	uint64_t batches_split;    /* rows to several models or mixed */
+	uint64_t *rows_model;      /* owned [K]: rows computed alone */
+	size_t k;
+};
+
+/*
+ * For n rows of weights w [n, k] (rows summing to 1): group[r] = the model
+ * that computes row r alone (its weight >= threshold; the first on ties),
+ * or SIZE_MAX for a mixed row.  Returns the number of mixed rows.
+ */
+size_t zm_route_assign(const double *w, size_t n, size_t k,
+                       double threshold, size_t *group);
+
+/* Whether the rows of w [n, k] disagree about their most weighted model
+ * (first index on ties). */
+bool zm_route_rows_disagree(const double *w, size_t n, size_t k);
+
+struct zm_route_state;
+
+/* Buffers of routing for predictor p (its models, batch size, outputs);
+ * freed with zm_route_state_free (NULL is fine). */
+enum zm_status zm_route_state_new(const struct zm_predictor *p,
+                                  struct zm_route_state **out,
+                                  struct zm_error *err);
+void zm_route_state_free(struct zm_route_state *s);
+
+/* The counts so far (borrowed from the state). */
+const struct zm_route_stats *zm_route_stats(const struct zm_route_state *s);
+
+/*
+ * Predicts n rows of x with routing (see the top of this file) into
+ * scores [n, C] and, for classification, logp [n, C] when not NULL.
+ * Fails as zm_weighter_layer (ZM_ERR_NOMEM).
+ */
+enum zm_status zm_route_forward(struct zm_predictor *p, const float *x,
+                                size_t n, float *scores, float *logp,
+                                struct zm_error *err);
+
+/* What predictor p chose and why, and what routing did so far, as lines
+ * of text appended to b (predict --explain); names [K] the models'. */
+void zm_predict_explain(const struct zm_predictor *p,
+                        const char *const *names, struct zm_buf *b);
+
+#endif
