@@ -50,6 +50,9 @@ static const char options_str[] =
 	"      --new-model-threshold S   similarity a slice needs with some model\n"
 	"                                not to ask for a new one [none]\n"
 	"      --create --base NAME      add the new models, cloned from NAME [off]\n"
+	"      --calibrate               fit predict's routing temperature on the\n"
+	"                                slices' rows and store it in the zoo [off]\n"
+	"      --calibrate-rows N        rows per slice for --calibrate [2000]\n"
 	"  -o, --output FILE             where the assignment goes [standard output]\n"
 	"  -h, --help                    print this help and exit\n"
 	"      --version                 print the version and exit\n";
