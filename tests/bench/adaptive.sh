@@ -486,8 +486,8 @@ measure() { # ZD HAS_SLICES
 	# The speed target compares these two: best of three runs each.
 	REPS=3
 	pred "$zd" defaults "defaults (no weighting flags)" $K
-	routing "$zd" $K --per row
-	pred "$zd" kl-row "similarity per row (kl, T 1)" $K --per row
+	routing "$zd" $K --weighting similarity --per row
+	pred "$zd" kl-row "similarity per row (kl, T 1)" $K --weighting similarity --per row
 	REPS=1
 	routing "$zd" $K $TUNED1
 	pred "$zd" tuned-cosine "hand-tuned: $TUNED1" $K $TUNED1

@@ -69,5 +69,4 @@ t_info=$(best_of "$ZM_BENCH_REPS" "'$BIN/tensor' info '$ZM_BENCH_TRAIN' > /dev/n
 echo "bench: tensor-info-60k: $t_info s (zcat > /dev/null: $t_zcat s, ratio $(ratio "$t_info" "$t_zcat"))"
 t_exp=$(best_of 1 "'$BIN/tensor' export --to csv '$ZM_BENCH_TRAIN' > /dev/null")
 echo "bench: tensor-export-csv-60k: $t_exp s (zcat > /dev/null: $t_zcat s, ratio $(ratio "$t_exp" "$t_zcat"))"
-sh "$(dirname "$0")/bench_slice.sh" || { echo "bench: bench_slice.sh failed"; status=1; }
 exit $status
