@@ -39,6 +39,7 @@
 #include "fileio.h"
 #include "gemm.h"
 #include "granularity.h"
+#include "lineage.h"
 #include "mem.h"
 #include "model.h"
 #include "predict.h"
@@ -308,6 +309,52 @@ struct predict_run {
 	double *stat;
 };
 
+/*
+ * Merging layers (hidden activations or parameters) means something only
+ * when the models' units correspond (lineage.h).  For models that are
+ * unrelated a merge that predict chose itself becomes a mix of the final
+ * outputs at the full level (routing where the weighting judges rows);
+ * one the user asked for with --merge goes ahead after one warning.
+ */
+static enum zm_status check_lineage(const struct predict_opts *o,
+                                    struct predict_run *s,
+                                    struct zm_error *err)
+{
+	struct zm_lineage_info info;
+	enum zm_status st;
+	size_t a, b;
+	bool all;
+
+	if (s->k < 2 || (s->po.merge != ZM_MERGE_OUTPUTS &&
+	                 s->po.merge != ZM_MERGE_PARAMS))
+		return ZM_OK;
+	st = zm_lineage_all_related((const struct zm_model *const *)s->models,
+	                            s->k, &all, &a, &b, &info, err);
+	if (st != ZM_OK || all || info.verdict != ZM_LINEAGE_UNRELATED)
+		return st;
+	if (o->merge_set) {
+		zm_cli_warn("models '%s' and '%s' are unrelated (%s): merging "
+		            "their layers mixes units that do not correspond; "
+		            "going ahead as --merge %s asks", s->names[a],
+		            s->names[b], zm_lineage_basis_name(info.basis),
+		            s->po.merge == ZM_MERGE_PARAMS ? "params" : "outputs");
+		return ZM_OK;
+	}
+	s->po.merge = s->po.w.kind == ZM_WEIGHTING_DENSITY ||
+	              s->po.w.kind == ZM_WEIGHTING_ROUTER ||
+	              s->po.w.kind == ZM_WEIGHTING_ROUTER_SIMILARITY ?
+	              ZM_MERGE_ROUTE : ZM_MERGE_ENSEMBLE;
+	s->po.w.level = ZM_GRAN_FULL;
+	if (o->explain || o->have_level || o->gran_from)
+		zm_cli_warn("models '%s' and '%s' are unrelated (%s): their "
+		            "final outputs are mixed (--merge %s) instead of "
+		            "their layers", s->names[a], s->names[b],
+		            zm_lineage_basis_name(info.basis),
+		            s->po.merge == ZM_MERGE_ROUTE ? "route" : "ensemble");
+	return ZM_OK;
+}
+
+
 /* The models and everything their weighting reads, before any data. */
 static enum zm_status prepare(const struct predict_opts *o,
                               struct predict_run *s, struct zm_error *err)
@@ -518,6 +565,8 @@ static int run(const struct predict_opts *o)
 	if (st == ZM_OK)
 		st = models_schema(s.models, s.names, s.k, &schema, &err);
 	if (st != ZM_OK)
+		goto out;
+	if ((st = check_lineage(o, &s, &err)))
 		goto out;
 	if (s.k > 1 && (st = check_merge(&s.po, &err)))
 		goto out;

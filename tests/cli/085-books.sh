@@ -214,4 +214,23 @@ expect_rc 0 "merge applies that decision"
 run merge --zoo "$T/lzoo.before" --share all --allow-unrelated "$T/ua.st.gz" "$T/ub.st.gz"
 expect_rc 0 "--allow-unrelated shares anyway"
 
+
+# predict merges layers only across related models: for unrelated ones a
+# merge it chose itself mixes the final outputs; an explicit --merge goes
+# ahead after a warning.
+train-step --zoo "$L" --model b --epochs 2 --lr 0.1 --seed 1 --apply --quiet "$T/data.st.gz"
+run predict --zoo "$L" --model a --model b --granularity layer -o "$T/pl.csv" "$T/data.st.gz"
+expect_rc 0 "predict --granularity layer over unrelated models"
+expect_err "models 'a' and 'b' are unrelated \\(origin\\): their final outputs are mixed \\(--merge route\\)" "mixes their final outputs and says so"
+run predict --zoo "$L" --model a --model b -o "$T/pd.csv" "$T/data.st.gz"
+check "as the defaults at the full level do" cmp "$T/pl.csv" "$T/pd.csv"
+check "without a word there" sh -c "! grep -q unrelated '$T/err'"
+run predict --zoo "$L" --model a --model b --granularity layer --merge outputs -o "$T/po.csv" "$T/data.st.gz"
+expect_rc 0 "an explicit --merge outputs over unrelated models"
+expect_err "unrelated .*going ahead as --merge outputs asks" "goes ahead after a warning"
+check "and merges their layers" sh -c "! cmp -s '$T/po.csv' '$T/pd.csv'"
+run predict --zoo "$L" --model a --model a2 --granularity layer -o "$T/pr.csv" "$T/data.st.gz"
+expect_rc 0 "predict --granularity layer over related models"
+check "merges their layers without a warning" sh -c "! grep -q unrelated '$T/err'"
+
 finish
