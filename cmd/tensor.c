@@ -1,8 +1,11 @@
 /*
  * tensor: inspect and convert zoomerge streams.  `info` lists the
  * documents, metadata and tensors of streams; `import` turns CSV files or
- * IDX files (Fashion-MNIST) into a data stream of batch documents; `export`
- * writes the rows of a data stream as CSV, with zm.scale applied.  All three
+ * IDX files (Fashion-MNIST) into a data stream of batch documents, and a
+ * NumPy .npz archive into one document of its arrays (a PyTorch state dict
+ * saved with numpy.savez becomes a plain safetensors file); `export` writes
+ * the rows of a data stream as CSV, with zm.scale applied, or a model's
+ * parameters as a PyTorch state dict.  All three
  * work one document or one batch at a time, so memory does not grow with
  * the number of rows.
  */
@@ -23,6 +26,9 @@
 #include "dataset.h"
 #include "fileio.h"
 #include "mem.h"
+#include "model.h"
+#include "npz.h"
+#include "statedict.h"
 #include "stream.h"
 
 static const char usage_str[] =
@@ -30,7 +36,9 @@ static const char usage_str[] =
 	"       tensor import --from csv [--label COLUMN] [--batch N] [-o OUT] [FILE]\n"
 	"       tensor import --from idx --images IDX [--labels IDX] [--batch N]\n"
 	"                     [--shape flat|image] [-o OUT]\n"
+	"       tensor import --from npz [-o OUT] [FILE]\n"
 	"       tensor export --to csv [-o OUT] [FILE]\n"
+	"       tensor export --state-dict [-o OUT] [MODEL]\n"
 	"options: --compress 0..9, -h/--help, --version\n";
 
 /* --help: every option with its default in brackets. */
@@ -55,6 +63,8 @@ enum command { CMD_NONE, CMD_INFO, CMD_IMPORT, CMD_EXPORT };
 struct tensor_opts {
 	enum command cmd;
 	bool has_from;
+	bool npz;                    /* --from npz */
+	bool state_dict;             /* export --state-dict */
 	enum zm_dataset_kind from;   /* csv | idx */
 	const char *to;              /* csv */
 	const char *label;
@@ -178,6 +188,14 @@ static enum zm_status import(const struct tensor_opts *o,
 	bool eof;
 
 	zm_doc_init(&doc);
+	if (o->npz) {
+		st = zm_npz_load(o->nfiles ? o->files[0] : "-", &doc, err);
+		if (st == ZM_OK)
+			st = zm_writer_open(&w, o->output, o->compress, err);
+		if (st == ZM_OK)
+			st = zm_writer_write_doc(w, &doc, err);
+		goto commit;
+	}
 	zm_dataset_options_init(&d);
 	d.kind = o->from;
 	d.path = o->nfiles ? o->files[0] : "-";
@@ -200,6 +218,7 @@ static enum zm_status import(const struct tensor_opts *o,
 		if (st != ZM_OK)
 			break;
 	}
+commit:
 	if (st == ZM_OK) {
 		st = zm_writer_commit(w, err);
 		w = NULL;
@@ -212,6 +231,41 @@ out:
 }
 
 /* ---- export ---- */
+
+/* A model's parameters as a plain (uncompressed) safetensors file, which
+ * is what safetensors.torch.load_file reads. */
+static enum zm_status export_state_dict(const char *path, const char *output,
+                                        struct zm_error *err)
+{
+	struct zm_model *m = NULL;
+	struct zm_outfile f;
+	struct zm_doc doc;
+	void *bytes = NULL;
+	size_t len = 0;
+	bool open = false;
+	enum zm_status st;
+
+	zm_doc_init(&doc);
+	st = zm_model_load(path, &m, err);
+	if (st == ZM_OK)
+		st = zm_state_dict_export(m, &doc, err);
+	if (st == ZM_OK)
+		st = zm_doc_serialize(&doc, &bytes, &len, err);
+	if (st == ZM_OK)
+		open = (st = zm_outfile_open(&f, output, true, err)) == ZM_OK;
+	if (st == ZM_OK)
+		st = zm_outfile_write(&f, bytes, len, err);
+	if (open) {
+		if (st == ZM_OK)
+			st = zm_outfile_commit(&f, err);
+		else
+			zm_outfile_abort(&f);
+	}
+	free(bytes);
+	zm_doc_release(&doc);
+	zm_model_free(m);
+	return st;
+}
 
 static int run(const struct tensor_opts *o)
 {
@@ -236,6 +290,11 @@ static int run(const struct tensor_opts *o)
 		st = import(o, &err);
 		break;
 	case CMD_EXPORT:
+		if (o->state_dict) {
+			st = export_state_dict(o->nfiles ? o->files[0] : "-",
+			                       o->output, &err);
+			break;
+		}
 		st = zm_csv_export(o->nfiles ? o->files[0] : "-", o->output,
 		                   &err);
 		break;
@@ -248,7 +307,8 @@ static int run(const struct tensor_opts *o)
 int main(int argc, char **argv)
 {
 	enum { OPT_FROM = 256, OPT_TO, OPT_LABEL, OPT_IMAGES, OPT_LABELS,
-	       OPT_BATCH, OPT_SHAPE, OPT_COMPRESS, OPT_VERSION };
+	       OPT_BATCH, OPT_SHAPE, OPT_COMPRESS, OPT_VERSION,
+	       OPT_STATE_DICT };
 	static const struct option longopts[] = {
 		{ "from", required_argument, NULL, OPT_FROM },
 		{ "to", required_argument, NULL, OPT_TO },
@@ -258,6 +318,7 @@ int main(int argc, char **argv)
 		{ "batch", required_argument, NULL, OPT_BATCH },
 		{ "shape", required_argument, NULL, OPT_SHAPE },
 		{ "compress", required_argument, NULL, OPT_COMPRESS },
+		{ "state-dict", no_argument, NULL, OPT_STATE_DICT },
 		{ "output", required_argument, NULL, 'o' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, OPT_VERSION },
@@ -290,15 +351,24 @@ int main(int argc, char **argv)
 	while ((c = getopt_long(argc, argv, "ho:", longopts, NULL)) != -1) {
 		switch (c) {
 		case OPT_FROM:
+			o.has_from = true;
+			/* Arrays, not rows: none of the data options apply. */
+			if (strcmp(optarg, "npz") == 0) {
+				o.npz = true;
+				break;
+			}
+			o.npz = false;
 			if (!zm_cli_data_from(optarg, false, &o.from))
 				return zm_cli_usage_error(usage_str, NULL);
-			o.has_from = true;
 			break;
 		case OPT_TO:
 			if (strcmp(optarg, "csv"))
 				return zm_cli_usage_error(usage_str,
 				        "--to: expected csv, got '%s'", optarg);
 			o.to = optarg;
+			break;
+		case OPT_STATE_DICT:
+			o.state_dict = true;
 			break;
 		case OPT_LABEL:
 			o.label = optarg;
@@ -346,18 +416,27 @@ int main(int argc, char **argv)
 			                          "unknown command '%s'", cmd);
 		return zm_cli_usage_error(usage_str, "missing command");
 	case CMD_INFO:
-		if (o.has_from || o.to || o.label || o.images || o.labels)
+		if (o.has_from || o.to || o.label || o.images || o.labels ||
+		    o.state_dict)
 			return zm_cli_usage_error(usage_str,
 			        "info takes only file names");
 		break;
 	case CMD_IMPORT:
 		if (!o.has_from)
 			return zm_cli_usage_error(usage_str,
-			        "import needs --from csv or --from idx");
-		if (!zm_cli_data_check(o.from, o.images, o.labels, o.label,
+			        "import needs --from csv, idx or npz");
+		if (o.to || o.state_dict)
+			return zm_cli_usage_error(usage_str,
+			        "--to and --state-dict go with export");
+		if (o.npz && (o.label || o.images || o.labels ||
+		              o.image_shape || o.batch != opts_default.batch))
+			return zm_cli_usage_error(usage_str,
+			        "--from npz takes no --label, --images, --labels, "
+			        "--shape or --batch");
+		if (!o.npz && !zm_cli_data_check(o.from, o.images, o.labels, o.label,
 		                       o.nfiles > 0))
 			return zm_cli_usage_error(usage_str, NULL);
-		if (o.from != ZM_DATASET_IDX && o.image_shape)
+		if (!o.npz && o.from != ZM_DATASET_IDX && o.image_shape)
 			return zm_cli_usage_error(usage_str,
 			        "--shape needs --from idx");
 		if (o.nfiles > 1)
@@ -365,9 +444,9 @@ int main(int argc, char **argv)
 			        "import reads one file");
 		break;
 	case CMD_EXPORT:
-		if (!o.to)
+		if (!o.to == !o.state_dict)
 			return zm_cli_usage_error(usage_str,
-			        "export needs --to csv");
+			        "export needs --to csv or --state-dict");
 		if (o.nfiles > 1)
 			return zm_cli_usage_error(usage_str,
 			        "export reads one file");

@@ -1,9 +1,10 @@
 /*
  * zoo-add: puts a model into a zoo.  From an architecture (--arch) it
  * creates a model with seeded initial weights; from a model file it checks
- * the file is a valid zoomerge/PyTorch-layout model (a plain safetensors
- * file given --arch takes that architecture) and adds it as the model's
- * next version.  A created model records its origin (the digest of its
+ * the file is a valid zoomerge/PyTorch-layout model (a PyTorch state dict,
+ * safetensors or numpy .npz, given --arch takes that architecture, its
+ * tensor names matched by statedict.c) and adds it as the model's next
+ * version.  A created model records its origin (the digest of its
  * initial weights); an imported one has unknown lineage unless --base
  * names the zoo model it was fine-tuned from.  --rollback points a model
  * back at the version its current one was made from, or --to another.
@@ -20,6 +21,7 @@
 #include "lineage.h"
 #include "model.h"
 #include "schema.h"
+#include "statedict.h"
 #include "stream.h"
 #include "zoo.h"
 #include "zoomodel.h"
@@ -120,40 +122,6 @@ static enum zm_status set_role(const struct zoo_add_opts *o,
 	return zm_doc_set_meta(&m->extra, ZM_META_ROLE, role, err);
 }
 
-/* Reads the first document of path and builds the model with arch (a
- * plain safetensors file) or its own zm.arch; a file that has zm.arch and
- * is given another architecture is refused. */
-static enum zm_status load_with_arch(const char *path,
-                                     const struct zm_arch *arch,
-                                     struct zm_model **m, struct zm_error *err)
-{
-	struct zm_reader *r = NULL;
-	struct zm_doc doc;
-	enum zm_status st;
-	bool eof = false;
-
-	zm_doc_init(&doc);
-	st = zm_reader_open(&r, path, err);
-	if (st == ZM_OK)
-		st = zm_reader_next(r, &doc, &eof, err);
-	if (st == ZM_OK && eof)
-		st = zm_error_set(err, ZM_ERR_FORMAT, "%s: no document", path);
-	if (st == ZM_OK && (st = zm_model_from_doc(&doc, arch, m, err)))
-		zm_error_prefix(err, "%s: ", path);
-	if (st == ZM_OK && zm_doc_meta(&doc, "zm.arch")) {
-		struct zm_model *own = NULL;
-		/* Its own architecture must be the one given. */
-		if ((st = zm_model_from_doc(&doc, NULL, &own, err)) ||
-		    (st = zm_model_same_arch(own->arch, arch, err)))
-			zm_error_prefix(err, "%s: its zm.arch is not --arch: ",
-			                path);
-		zm_model_free(own);
-	}
-	zm_doc_release(&doc);
-	zm_reader_close(r);
-	return st;
-}
-
 /* The lineage of an imported model: unknown, or --base's origin. */
 static enum zm_status set_import_lineage(const struct zoo_add_opts *o,
                                          struct zm_zoo *zoo,
@@ -221,8 +189,7 @@ static enum zm_status add_model(const struct zoo_add_opts *o,
 	if (st != ZM_OK)
 		goto out;
 	if (o->model_path) {
-		st = arch ? load_with_arch(o->model_path, arch, &m, err)
-		          : zm_model_load(o->model_path, &m, err);
+		st = zm_state_dict_load(o->model_path, arch, &m, err);
 		if (st == ZM_OK)
 			st = set_import_lineage(o, zoo, m, err);
 	} else {

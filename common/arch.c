@@ -450,8 +450,62 @@ static void arch_finish(struct zm_arch *arch)
 }
 
 static const char *const arch_keys[] = {
-	"input", "loss", "classes", "layers", NULL
+	"input", "loss", "classes", "layers", "map", NULL
 };
+
+/* A PyTorch module path: names joined by dots ("0", "net.fc1"). */
+static bool valid_torch_name(const char *s, size_t len)
+{
+	size_t i;
+
+	if (len == 0 || len > ZM_LAYER_NAME_MAX || strlen(s) != len ||
+	    s[0] == '.' || s[len - 1] == '.')
+		return false;
+	for (i = 0; i < len; i++) {
+		char c = s[i];
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		      (c >= '0' && c <= '9') || c == '_' || c == '-' ||
+		      (c == '.' && s[i + 1] != '.')))
+			return false;
+	}
+	return true;
+}
+
+/* map: {LAYER: TORCH_NAME, ...}: the state-dict names of layers with
+ * parameters, each used once. */
+static enum zm_status parse_map(const struct zm_node *n, struct zm_arch *arch,
+                                struct zm_error *err)
+{
+	enum zm_status st = zm_node_expect(n, ZM_NODE_MAP, "map", err);
+	size_t i, j;
+
+	for (i = 0; st == ZM_OK && i < n->count; i++) {
+		const struct zm_node *k = n->keys[i], *v = n->items[i];
+		ptrdiff_t l = zm_arch_find_layer(arch, k->value);
+		const char *s;
+		if (l < 0 || !arch->layers[l].has_params)
+			return zm_node_error(k, err, ZM_ERR_CONFIG, "map: '%s' "
+			                     "is not a layer with parameters",
+			                     k->value);
+		if ((st = zm_node_string(v, "map value", &s, err)))
+			return st;
+		if (!valid_torch_name(s, v->len))
+			return zm_node_error(v, err, ZM_ERR_CONFIG, "map: '%s' "
+			                     "is not a PyTorch module name "
+			                     "(e.g. 0 or net.fc1)", s);
+		for (j = 0; j < arch->n_layers; j++)
+			if (arch->layers[j].torch &&
+			    !strcmp(arch->layers[j].torch, s))
+				return zm_node_error(v, err, ZM_ERR_CONFIG,
+				                     "map: '%s' given twice", s);
+		if (arch->layers[l].torch)
+			return zm_node_error(k, err, ZM_ERR_CONFIG, "map: "
+			                     "layer '%s' mapped twice", k->value);
+		if (!(arch->layers[l].torch = zm_strdup(s)))
+			return nomem(err);
+	}
+	return st;
+}
 
 enum zm_status zm_arch_parse(const struct zm_node *root, struct zm_arch **out,
                              struct zm_error *err)
@@ -537,6 +591,9 @@ enum zm_status zm_arch_parse(const struct zm_node *root, struct zm_arch **out,
 		goto fail;
 	}
 	arch_finish(arch);
+	n = zm_node_get(root, "map");
+	if (n && (st = parse_map(n, arch, err)) != ZM_OK)
+		goto fail;
 
 	if (arch->loss == ZM_LOSS_CROSS_ENTROPY && arch->output_features < 2) {
 		st = zm_node_error(last_units, err, ZM_ERR_CONFIG,
@@ -647,7 +704,17 @@ void zm_arch_to_json(const struct zm_arch *arch, struct zm_buf *b)
 		zm_json_string(b, l->group, strlen(l->group));
 		zm_buf_puts(b, "}");
 	}
-	zm_buf_puts(b, "]}");
+	zm_buf_puts(b, "]");
+	for (i = 0, d = 0; i < arch->n_layers; i++) {
+		const struct zm_layer_spec *l = &arch->layers[i];
+		if (!l->torch)
+			continue;
+		zm_buf_puts(b, d++ ? ", " : ", \"map\": {");
+		zm_json_string(b, l->name, strlen(l->name));
+		zm_buf_puts(b, ": ");
+		zm_json_string(b, l->torch, strlen(l->torch));
+	}
+	zm_buf_puts(b, d ? "}}" : "}");
 }
 
 void zm_arch_free(struct zm_arch *arch)
@@ -659,6 +726,7 @@ void zm_arch_free(struct zm_arch *arch)
 	for (i = 0; i < arch->n_layers; i++) {
 		free(arch->layers[i].name);
 		free(arch->layers[i].group);
+		free(arch->layers[i].torch);
 	}
 	free(arch->layers);
 	free(arch);
@@ -683,8 +751,11 @@ enum zm_status zm_arch_copy(const struct zm_arch *src, struct zm_arch **out,
 		a->layers[i] = src->layers[i];
 		a->layers[i].name = zm_strdup(src->layers[i].name);
 		a->layers[i].group = zm_strdup(src->layers[i].group);
+		a->layers[i].torch = src->layers[i].torch ?
+		                     zm_strdup(src->layers[i].torch) : NULL;
 		a->n_layers = i + 1;
-		if (!a->layers[i].name || !a->layers[i].group)
+		if (!a->layers[i].name || !a->layers[i].group ||
+		    (src->layers[i].torch && !a->layers[i].torch))
 			goto fail;
 	}
 	*out = a;
@@ -748,10 +819,14 @@ bool zm_arch_equal(const struct zm_arch *a, const struct zm_arch *b)
 	if (!same_input(a, b) || a->loss != b->loss ||
 	    a->n_layers != b->n_layers)
 		return false;
-	for (i = 0; i < a->n_layers; i++)
+	for (i = 0; i < a->n_layers; i++) {
+		const char *ta = a->layers[i].torch, *tb = b->layers[i].torch;
 		if (spec_diff(&a->layers[i], &b->layers[i], true, buf,
 		              sizeof(buf)))
 			return false;
+		if (!ta != !tb || (ta && strcmp(ta, tb)))
+			return false;
+	}
 	return true;
 }
 

@@ -69,6 +69,10 @@ struct zm_layer_spec {
 	int64_t kernel[2], stride[2], pad[2];
 	bool same;                    /* conv2d: padding 'same', else 'valid' */
 	size_t n_weight, n_bias;      /* parameter counts; 0 without params */
+	/* Owned; the module name its parameters have in a PyTorch state
+	 * dict (the arch's map:, or set when a state dict was matched by
+	 * order), NULL when it is the layer's own name. */
+	char *torch;
 };
 
 /* Names of the enums as written in the arch ("cross-entropy", "gelu"). */

@@ -101,7 +101,7 @@ PY
 	cp "$Z/zoo.yaml" "$T/zoo.before"
 	run zoo-add --zoo "$Z" --name plain6 --arch "$T/arch6.yaml" "$T/plain.safetensors"
 	expect_rc 1 "an architecture of other shapes is refused"
-	expect_err "tensor 'hidden.weight': shape \[8, 4\], expected \[6, 4\]" "naming the tensor and both shapes"
+	expect_err "tensor 'hidden.weight' has shape \[8, 4\], layer 'hidden' needs \[6, 4\]" "naming the tensor and both shapes"
 	check "and the zoo is as before" cmp -s "$Z/zoo.yaml" "$T/zoo.before"
 	check "with no directory for the model" test ! -e "$Z/models/plain6"
 	run zoo-add --zoo "$Z" --name m2b --arch "$T/arch6.yaml" "$Z/models/m/v2.safetensors.gz"
