@@ -184,6 +184,40 @@ done
 run zoo-add --zoo "$Z" --name again --arch "$T/arch.yaml" "$T/seq.out.safetensors"
 check "the export imports again" within_ref again
 
+# A CNN as nn.Sequential(Conv2d, ReLU, MaxPool2d, Flatten, Linear) names
+# its parameters 0.* and 4.*: a zoo CNN exported under those names (map:)
+# comes back by order alone and predicts exactly as before.
+cat >"$T/cnn.yaml" <<'YAML'
+input: [1, 6, 6]
+layers:
+  - {name: c1, type: conv2d, filters: 2, kernel: 3, activation: relu}
+  - {name: p1, type: maxpool2d, size: 2}
+  - {name: flat, type: flatten}
+  - {name: out, units: 3}
+YAML
+{ cat "$T/cnn.yaml"; printf 'map: {c1: "0", out: "4"}\n'; } >"$T/cnn-map.yaml"
+awk 'BEGIN { s = 99; for (c = 0; c < 36; c++) printf "%sp%d", c ? "," : "", c
+	print ""; for (i = 0; i < 20; i++) { for (c = 0; c < 36; c++) {
+		s = (s * 1103515245 + 12345) % 2147483648
+		printf "%s%.4f", c ? "," : "", s / 2147483648 } print "" } }' >"$T/img.csv"
+run tensor import --from csv -o "$T/img.st" "$T/img.csv"
+run zoo-add --zoo "$Z" --name cnn --arch "$T/cnn-map.yaml" --seed 5
+expect_rc 0 "a CNN with a map"
+run tensor export --state-dict -o "$T/cnn.safetensors" "$Z/$(file_of cnn)"
+expect_rc 0 "the CNN's state dict"
+check "the CNN's state dict has nn.Sequential's names" "$PY" -c '
+import json, struct, sys
+raw = open(sys.argv[1], "rb").read()
+h = json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]]); h.pop("__metadata__", None)
+want = {"0.weight": [2, 1, 3, 3], "0.bias": [2], "4.weight": [3, 8], "4.bias": [3]}
+sys.exit(0 if {k: e["shape"] for k, e in h.items()} == want else 1)' "$T/cnn.safetensors"
+run zoo-add --zoo "$Z" --name cnn2 --arch "$T/cnn.yaml" "$T/cnn.safetensors"
+expect_rc 0 "the CNN comes back by order"
+check "and predicts exactly as the original" sh -c "
+	predict --zoo '$Z' --model cnn '$T/img.st' >'$T/c1.csv' &&
+	predict --zoo '$Z' --model cnn2 '$T/img.st' >'$T/c2.csv' &&
+	test \$(wc -l <'$T/c1.csv') -eq 21 && cmp '$T/c1.csv' '$T/c2.csv'"
+
 # Refusals: exit 1 naming the file, member or tensor, the zoo untouched.
 cp "$Z/zoo.yaml" "$T/zoo.before"
 refuse() {
