@@ -300,6 +300,22 @@ out:
 	return st;
 }
 
+/* True when the file begins as a ZIP archive; false also when it cannot be
+ * read (the stream reader then reports why). */
+static bool looks_like_zip(const char *path)
+{
+	unsigned char head[4];
+	FILE *f = fopen(path, "rb");
+	bool zip;
+
+	if (!f)
+		return false;
+	zip = fread(head, 1, sizeof(head), f) == sizeof(head) &&
+	      zm_npz_is_zip(head, sizeof(head));
+	fclose(f);
+	return zip;
+}
+
 enum zm_status zm_state_dict_load(const char *path,
                                   const struct zm_arch *arch,
                                   struct zm_model **out,
@@ -311,34 +327,42 @@ enum zm_status zm_state_dict_load(const char *path,
 	struct zm_doc doc;
 	char *data = NULL;
 	size_t len = 0;
-	enum zm_status st;
+	enum zm_status st = ZM_OK;
 	bool eof = false;
 
 	*out = NULL;
 	zm_doc_init(&doc);
-	/* Read whole, so that standard input can be either format. */
-	st = zm_read_file(path, ZM_NPZ_MAX_BYTES, &data, &len, err);
+	/* Standard input is read whole, so that it can be either format; a
+	 * named stream file is streamed as usual. */
+	if (!strcmp(path, "-") || looks_like_zip(path))
+		st = zm_read_file(path, ZM_NPZ_MAX_BYTES, &data, &len, err);
 	if (st != ZM_OK)
 		goto out;
-	if (zm_npz_is_zip(data, len)) {
+	if (data && zm_npz_is_zip(data, len)) {
 		st = zm_npz_parse(data, len, source, &doc, err);
 	} else {
-		st = zm_reader_open_mem(&r, data, len, source, err);
+		st = data ? zm_reader_open_mem(&r, data, len, source, err)
+		          : zm_reader_open(&r, path, err);
 		if (st == ZM_OK)
 			st = zm_reader_next(r, &doc, &eof, err);
 		if (st == ZM_OK && eof)
 			st = zm_error_set(err, ZM_ERR_FORMAT, "%s: no document",
 			                  source);
 	}
+	if (st == ZM_OK && !arch && zm_npz_is_zip(data, len))
+		st = zm_error_set(err, ZM_ERR_USAGE, "%s: a NumPy archive "
+		                  "holds no architecture; give it with --arch",
+		                  source);
 	if (st != ZM_OK)
 		goto out;
-	if (!zm_doc_meta(&doc, "zm.arch")) {
+	if (arch && !zm_doc_meta(&doc, "zm.arch")) {
 		st = zm_state_dict_import(&doc, source, arch, out, err);
 		goto out;
 	}
 	/* A zoomerge model: its own architecture must be the one given. */
 	st = zm_model_from_doc(&doc, NULL, &own, err);
-	if (st == ZM_OK && (st = zm_model_same_arch(own->arch, arch, err)))
+	if (st == ZM_OK && arch &&
+	    (st = zm_model_same_arch(own->arch, arch, err)))
 		zm_error_prefix(err, "its zm.arch is not the architecture "
 		                "given: ");
 	if (st != ZM_OK) {

@@ -41,7 +41,9 @@ enum zm_status zm_state_dict_import(const struct zm_doc *src,
  * (recognised by its bytes, not its name) or the first document of a
  * safetensors stream, plain or gzip.  A plain state dict goes through
  * zm_state_dict_import; a zoomerge model document (one with zm.arch) must
- * have arch as its architecture and keeps its own metadata.
+ * have arch as its architecture and keeps its own metadata.  With arch
+ * NULL only a zoomerge model is accepted, as zm_model_load does; a .npz
+ * is then refused with ZM_ERR_USAGE (it needs an architecture).
  */
 enum zm_status zm_state_dict_load(const char *path,
                                   const struct zm_arch *arch,

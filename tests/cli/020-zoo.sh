@@ -93,6 +93,8 @@ run zoo-add --zoo "$Z" --arch "$arch"
 expect_rc 2 "--name is required"
 run zoo-add --zoo "$Z" --name x --to 1 "$T/m2.safetensors.gz"
 expect_rc 2 "--to without --rollback is a usage error"
+run zoo-add --zoo "$Z" --name x
+expect_rc 2 "neither --arch nor a file is a usage error"
 run zoo-add --zoo "$Z" --name x --arch "$arch" --seed -1
 expect_rc 2 "a negative seed is a usage error"
 run zoo-ls --zoo "$T/nowhere"

@@ -139,6 +139,9 @@ done
 run zoo-add --zoo "$Z" --name st --arch "$T/arch.yaml" "$T/seq.safetensors"
 expect_rc 0 "zoo-add --arch imports a plain safetensors state dict"
 check "the safetensors import predicts as the reference" within_ref st
+run sh -c "zoo-add --zoo '$Z' --name stdin --arch '$T/arch.yaml' - <'$T/seq-deflate.npz'"
+expect_rc 0 "zoo-add reads an .npz from standard input"
+check "the .npz from standard input predicts as the reference" within_ref stdin
 run zoo-add --zoo "$Z" --name mapped --arch "$T/mapped.yaml" "$T/seq.npz"
 expect_rc 0 "an arch's map: names the modules"
 check "the mapped import predicts as the reference" within_ref mapped
@@ -242,7 +245,12 @@ run zoo-add --zoo "$Z" --name bad --arch "$T/badmap.yaml" "$T/seq.npz"
 expect_rc 2 "a map: naming no layer is a configuration error"
 expect_err "map: 'fc2' is not a layer" "the map error names the key"
 run zoo-add --zoo "$Z" --name bad "$T/seq.npz"
-expect_rc 1 "a state dict without --arch is refused"
+expect_rc 2 "an .npz without --arch is a usage error"
+expect_err "seq.npz: a NumPy archive holds no architecture; give it with --arch" \
+	"the message says to give --arch"
+run zoo-add --zoo "$Z" --name bad "$T/seq.safetensors"
+expect_rc 1 "a plain safetensors state dict without --arch is refused"
+expect_err "no zm.arch metadata" "the message says it has no architecture"
 run tensor import --from npz --label y "$T/seq.npz"
 expect_rc 2 "--from npz with --label is a usage error"
 run tensor export "$T/seq.st.gz"
