@@ -44,10 +44,14 @@ static const char usage_str[] =
 /* --help: every option with its default in brackets. */
 static const char options_str[] =
 	"\n"
-	"Inspects streams, imports CSV and IDX, exports CSV.\n"
+	"Inspects streams, imports CSV, IDX and NumPy .npz, exports CSV and\n"
+	"PyTorch state dicts.\n"
 	"\n"
-	"      --from csv|idx            import: the input format [required]\n"
-	"      --to csv                  export: the output format [required]\n"
+	"      --from csv|idx|npz        import: the input format [required]\n"
+	"      --to csv                  export: the output format\n"
+	"                                [required, or --state-dict]\n"
+	"      --state-dict              export: a model's parameters as a plain\n"
+	"                                safetensors PyTorch state dict [off]\n"
 	"      --label COLUMN            CSV label column, name or index [none]\n"
 	"      --images IDX              IDX image file [required with --from idx]\n"
 	"      --labels IDX              IDX label file [none]\n"
