@@ -60,14 +60,14 @@ BENCH_SRC := $(sort $(wildcard tests/bench/bench_*.c))
 
 all: $(BINS)
 
-$(BUILD)/common/%.o: common/%.c | $(BUILD)/common
+$(BUILD)/common/%.o: common/%.c $(BUILD)/common/%.d | $(BUILD)/common
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(DEPFLAGS) $(DEP_CFLAGS) -c -o $@ $<
 
 $(LIB): $(LIB_OBJ)
 	rm -f $@
 	$(AR) rcs $@ $^
 
-$(BUILD)/cmd/lib/%.o: cmd/lib/%.c | $(BUILD)/cmd/lib
+$(BUILD)/cmd/lib/%.o: cmd/lib/%.c $(BUILD)/cmd/lib/%.d | $(BUILD)/cmd/lib
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(DEPFLAGS) $(DEP_CFLAGS) -Icmd/lib -c -o $@ $<
 
 $(CLI_LIB): $(CLI_OBJ)
@@ -76,7 +76,7 @@ $(CLI_LIB): $(CLI_OBJ)
 
 # The programs run threads (merge's workers): -pthread when compiling and
 # linking, not a bare -lpthread.
-$(BUILD)/bin/%: cmd/%.c $(CLI_LIB) $(LIB) | $(BUILD)/bin
+$(BUILD)/bin/%: cmd/%.c $(BUILD)/bin/%.d $(CLI_LIB) $(LIB) | $(BUILD)/bin
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(DEPFLAGS) $(DEP_CFLAGS) -Icmd/lib -pthread \
 		$(LDFLAGS) -o $@ $< $(CLI_LIB) $(LIB) $(DEP_LIBS)
 
@@ -89,7 +89,7 @@ $(BUILD)/tests/suites.h: $(UNIT_SRC) | $(BUILD)/tests
 	for f in $(UNIT_SRC); do n=$${f##*/check_}; echo "ZM_SUITE($${n%.c})"; done > $@.tmp
 	mv $@.tmp $@
 
-$(BUILD)/tests/%.o: tests/unit/%.c $(BUILD)/tests/suites.h | $(BUILD)/tests
+$(BUILD)/tests/%.o: tests/unit/%.c $(BUILD)/tests/%.d $(BUILD)/tests/suites.h | $(BUILD)/tests
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(DEPFLAGS) $(DEP_CFLAGS) $(CHECK_CFLAGS) -Itests/unit -I$(BUILD)/tests -c -o $@ $<
 
 $(BUILD)/tests/runner: tests/unit/runner.c $(BUILD)/tests/suites.h $(UNIT_OBJ) $(LIB)
@@ -140,7 +140,7 @@ FUZZ_CFLAGS := -g -O1 -fsanitize=address,undefined -Icommon \
 FUZZ_OBJ := $(patsubst common/%.c,build/fuzz/obj/%.o,$(LIB_SRC))
 fuzz-build: $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRC))
 
-build/fuzz/obj/%.o: common/%.c
+build/fuzz/obj/%.o: common/%.c build/fuzz/obj/%.d
 	@mkdir -p build/fuzz/obj
 	$(CLANG) $(FUZZ_CFLAGS) $(DEPFLAGS) -fsanitize=fuzzer-no-link $(DEP_CFLAGS) -c -o $@ $<
 
@@ -190,6 +190,14 @@ uninstall:
 
 clean:
 	rm -rf build
+
+# An object whose dependency file is missing (built before -MMD, or the
+# file removed) is rebuilt: without it make would not know its headers and
+# could link an object compiled against an older struct layout.  The empty
+# rule lets a missing .d count as out of date instead of an error.
+DEP_FILES := $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(BINS:=.d) $(UNIT_OBJ:.o=.d) \
+	$(FUZZ_OBJ:.o=.d)
+$(DEP_FILES):
 
 # The header dependencies recorded by -MMD (absent before the first build).
 -include $(wildcard $(BUILD)/common/*.d $(BUILD)/cmd/lib/*.d $(BUILD)/bin/*.d \

@@ -23,8 +23,10 @@ layers:
   - {name: out, units: 4, group: head}
 YAML
 Z=$T/z
-for m in m0 m1 m2; do
-	zoo-add --zoo "$Z" --name $m --arch "$T/arch.yaml" --seed ${m#m} 2>/dev/null
+# One initialisation (related models), so their layers may be merged.
+zoo-add --zoo "$Z" --name m0 --arch "$T/arch.yaml" --seed 0 2>/dev/null
+for m in m1 m2; do
+	zoo-add --zoo "$Z" --name $m --base m0 "$Z/models/m0/v1.safetensors.gz" 2>/dev/null
 done
 train-step --zoo "$Z" --model m0 --epochs 5 --lr 0.1 --apply --quiet "$T/a.st.gz"
 train-step --zoo "$Z" --model m1 --epochs 1 --lr 0.1 --apply --quiet "$T/b.st.gz"
@@ -153,7 +155,11 @@ run predict --zoo "$Z" --model m0 --model m2 --weighting uniform "$T/a.st.gz"
 expect_rc 0 "uniform weighting needs no profile"
 printf 'input: [4]\nlayers:\n  - {name: hidden, units: 6, activation: tanh}\n  - {name: out, units: 4}\n' >"$T/arch2.yaml"
 zoo-add --zoo "$Z" --name w --arch "$T/arch2.yaml" 2>/dev/null
-run predict --zoo "$Z" --model m0 --model w --weighting uniform -o "$T/x.csv" "$T/a.st.gz"
+run predict --zoo "$Z" --model m0 --model w --weighting uniform -o "$T/xd.csv" "$T/a.st.gz"
+expect_rc 0 "different architectures of unrelated models: their outputs are mixed"
+predict --zoo "$Z" --model m0 --model w --weighting uniform --merge ensemble -o "$T/xe.csv" "$T/a.st.gz"
+check "as --merge ensemble does" cmp "$T/xd.csv" "$T/xe.csv"
+run predict --zoo "$Z" --model m0 --model w --weighting uniform --merge outputs -o "$T/x.csv" "$T/a.st.gz"
 expect_rc 1 "different architectures with --merge outputs exit 1"
 expect_err "layer 0 'hidden'.*units 8 vs 6|hidden.*8.*6" "the first differing layer is named"
 expect_err "--merge ensemble" "ensemble is suggested"
