@@ -29,7 +29,7 @@ static const char usage_str[] =
 	"       merge --method linear|task-arithmetic|ties|dare|slerp [--weights W,...] [--config FILE]\n"
 	"             [--granularity full|group|layer] [--base MODEL] [--zoo DIR] -o OUT MODEL...\n"
 	"  static:  --density D  --lambda L  --drop P  --dare-ties  --seed N  --name NAME\n"
-	"           --compress 0..9  --allow-unrelated\n"
+	"           --compress 0..9  --allow-unrelated  --missing error|copy-base\n"
 	"  output:  --quiet\n"
 	"       merge -h | --help | --version\n";
 
@@ -78,6 +78,8 @@ struct merge_opts {
 	const char *out;
 	const char *name;
 	int compress;
+	bool set_compress;
+	bool copy_missing;
 	struct zm_merge_params params;
 	bool set_density, set_lambda, set_drop, set_seed, set_dare_ties;
 	char **args;
@@ -171,19 +173,34 @@ out:
 	return st == ZM_OK ? ZM_EXIT_OK : zm_cli_report(&err);
 }
 
-/* Parses "W,W,..." into n weights. */
-static bool parse_weights(const char *text, size_t n, double *w)
+/*
+ * Parses "W,W,..." into n weights, each a finite number >= 0 (negating a
+ * task is --lambda's job).  On failure *bad points at the offending item
+ * (NULL when the count is wrong) and *bad_len is its length.
+ */
+static bool parse_weights(const char *text, size_t n, double *w,
+                          const char **bad, size_t *bad_len)
 {
 	const char *p = text;
 	size_t i;
 
+	*bad = NULL;
+	*bad_len = 0;
 	for (i = 0; i < n; i++) {
-		char *end;
-		w[i] = strtod(p, &end);
-		if (end == p || (*end != ',' && *end != '\0') ||
-		    (*end == '\0') != (i == n - 1))
+		const char *comma = strchr(p, ',');
+		size_t len = comma ? (size_t)(comma - p) : strlen(p);
+		char item[64];
+		if ((comma != NULL) != (i + 1 < n))
 			return false;
-		p = end + 1;
+		if (len >= sizeof(item) || (memcpy(item, p, len),
+		                            item[len] = '\0',
+		                            !zm_parse_double(item, &w[i])) ||
+		    w[i] < 0 || w[i] > 1e6) {
+			*bad = p;
+			*bad_len = len;
+			return false;
+		}
+		p = comma ? comma + 1 : p + len;
 	}
 	return true;
 }
@@ -277,9 +294,18 @@ static int run_static(const struct merge_opts *o)
 		}
 	}
 	if (o->weights_text) {
-		if (!parse_weights(o->weights_text, n, weights)) {
-			st = zm_error_set(&err, ZM_ERR_USAGE, "--weights: expected "
-			                  "%zu numbers separated by commas", n);
+		const char *bad;
+		size_t bad_len;
+		if (!parse_weights(o->weights_text, n, weights, &bad,
+		                   &bad_len)) {
+			if (bad)
+				st = zm_error_set(&err, ZM_ERR_USAGE, "--weights:"
+				                  " '%.*s' is not a finite number "
+				                  "in [0, 1e6]", (int)bad_len, bad);
+			else
+				st = zm_error_set(&err, ZM_ERR_USAGE, "--weights:"
+				                  " expected %zu numbers separated "
+				                  "by commas", n);
 			goto out;
 		}
 		for (i = 0; i < n; i++)
@@ -325,6 +351,12 @@ static int run_static(const struct merge_opts *o)
 		                  zm_merge_method_name(so.method));
 		goto out;
 	}
+	so.copy_missing = o->copy_missing;
+	/* The name says what the file is: plain safetensors bytes for
+	 * *.safetensors, gzip otherwise. */
+	if (!o->set_compress && strlen(o->out) >= 12 &&
+	    strcmp(o->out + strlen(o->out) - 12, ".safetensors") == 0)
+		so.compress = ZM_COMPRESS_NONE;
 	st = zm_merge_static(&so, &err);
 	if (st == ZM_OK && !o->quiet && strcmp(o->out, "-") != 0)
 		fprintf(stderr, "%s: %s merge of %zu models written to %s\n",
@@ -346,7 +378,7 @@ enum {
 	OPT_VERSION = 256, OPT_GRAN, OPT_SHARE, OPT_GRAN_FROM, OPT_REBASE,
 	OPT_METHOD, OPT_WEIGHTS, OPT_CONFIG, OPT_BASE, OPT_DENSITY, OPT_LAMBDA,
 	OPT_DROP, OPT_DARE_TIES, OPT_SEED, OPT_NAME, OPT_COMPRESS, OPT_QUIET,
-	OPT_ALLOW_UNRELATED
+	OPT_ALLOW_UNRELATED, OPT_MISSING
 };
 
 int main(int argc, char **argv)
@@ -368,6 +400,7 @@ int main(int argc, char **argv)
 		{ "seed", required_argument, NULL, OPT_SEED },
 		{ "name", required_argument, NULL, OPT_NAME },
 		{ "compress", required_argument, NULL, OPT_COMPRESS },
+		{ "missing", required_argument, NULL, OPT_MISSING },
 		{ "output", required_argument, NULL, 'o' },
 		{ "quiet", no_argument, NULL, OPT_QUIET },
 		{ "allow-unrelated", no_argument, NULL, OPT_ALLOW_UNRELATED },
@@ -444,6 +477,16 @@ int main(int argc, char **argv)
 			if (!zm_cli_int("--compress", optarg, 0, 9, &v))
 				return zm_cli_usage_error(usage_str, NULL);
 			o.compress = (int)v;
+			o.set_compress = true;
+			break;
+		case OPT_MISSING:
+			if (strcmp(optarg, "copy-base") == 0)
+				o.copy_missing = true;
+			else if (strcmp(optarg, "error") == 0)
+				o.copy_missing = false;
+			else
+				return zm_cli_usage_error(usage_str, "--missing: "
+				        "expected error or copy-base");
 			break;
 		case OPT_QUIET: o.quiet = true; break;
 		case OPT_ALLOW_UNRELATED: o.allow_unrelated = true; break;
