@@ -272,6 +272,249 @@ static enum zm_status check_names(struct pin *ins, size_t n_in, size_t ref,
 	return ZM_OK;
 }
 
+/*
+ * TIES on a tensor larger than a chunk.  The trimming threshold of each
+ * task vector is its k-th largest magnitude, found exactly by refining a
+ * histogram of the magnitudes' bit patterns (for non-negative floats their
+ * order is the order of the patterns as integers): 11 top bits in the
+ * first pass, while the task vector is computed and spilled to a temporary
+ * file, then 10 and 10 more bits over the spilled values among those that
+ * share the prefix found so far.  Memory is three histograms and a chunk;
+ * the same sums as zm_merge_acc's TIES are then formed chunk by chunk.
+ */
+struct select {
+	size_t k;                /* rank still sought within the prefix */
+	uint32_t prefix;
+	int round;               /* 0, 1, 2: bits 31..20, 19..10, 9..0 */
+	size_t cnt[1u << 11];
+};
+
+static const int sel_shift[3] = { 20, 10, 0 };
+static const uint32_t sel_buckets[3] = { 1u << 11, 1u << 10, 1u << 10 };
+
+static void select_add(struct select *s, const float *tau, size_t m)
+{
+	int sh = sel_shift[s->round];
+	uint32_t mask = sel_buckets[s->round] - 1;
+	size_t i;
+
+	for (i = 0; i < m; i++) {
+		uint32_t u;
+		memcpy(&u, &tau[i], sizeof(u));
+		u &= 0x7fffffffu;
+		if (s->round == 0 || u >> (sel_shift[s->round - 1]) == s->prefix)
+			s->cnt[(u >> sh) & mask]++;
+	}
+}
+
+/* Ends a round: true when the threshold is known (*th). */
+static bool select_next(struct select *s, float *th)
+{
+	uint32_t b = sel_buckets[s->round];
+
+	while (b-- > 0) {
+		if (s->k <= s->cnt[b])
+			break;
+		s->k -= s->cnt[b];
+	}
+	s->prefix = s->round == 0 ? b
+	            : s->prefix << (sel_shift[s->round - 1] -
+	                            sel_shift[s->round]) | b;
+	memset(s->cnt, 0, sizeof(s->cnt));
+	if (++s->round < 3)
+		return false;
+	memcpy(th, &s->prefix, sizeof(*th));
+	return true;
+}
+
+/* Reads m floats of a spill file. */
+static enum zm_status spill_read(FILE *f, float *x, size_t m,
+                                 struct zm_error *err)
+{
+	if (fread(x, sizeof(float), m, f) != m)
+		return zm_error_set(err, ZM_ERR_IO, "merge: reading a "
+		                    "temporary file failed");
+	return ZM_OK;
+}
+
+static enum zm_status spill_write(FILE *f, const float *x, size_t m,
+                                  struct zm_error *err)
+{
+	if (fwrite(x, sizeof(float), m, f) != m)
+		return zm_error_set(err, ZM_ERR_IO, "merge: writing a "
+		                    "temporary file failed (TMPDIR full?)");
+	return ZM_OK;
+}
+
+/* The TIES merge of tensor h (n elements) in chunks of c: ins and wts as
+ * in zm_merge_plain, ref the base; res receives each merged chunk, which
+ * emit converts and writes. */
+struct ties_stream {
+	struct pin *ins;
+	const bool *cached;
+	const double *wts;
+	size_t n_models, ref, c;
+	const struct zm_merge_params *params;
+	float *x, *bx, *res, *sum[4];
+	void *raw;
+};
+
+static enum zm_status ties_stream(struct ties_stream *ts,
+                                  const struct zm_tensor *h, size_t n,
+                                  enum zm_status (*emit)(void *, size_t,
+                                                         size_t,
+                                                         struct zm_error *),
+                                  void *ctx, struct zm_error *err)
+{
+	size_t nm = ts->n_models, i, off, m, j, kk;
+	FILE **spill = NULL;
+	struct select *sel = NULL;
+	float *th = NULL;
+	enum zm_status st = ZM_OK;
+
+	kk = (size_t)floor(ts->params->density * (double)n + 0.5);
+	if (kk < 1)
+		kk = 1;
+	if (!(spill = zm_calloc(nm + 1, sizeof(*spill))) ||
+	    !(sel = zm_calloc(nm, sizeof(*sel))) ||
+	    !(th = zm_calloc(nm, sizeof(*th)))) {
+		st = zm_error_set(err, ZM_ERR_NOMEM, "merge: out of memory");
+		goto out;
+	}
+	for (i = 0; i <= nm && st == ZM_OK; i++)
+		if (!(spill[i] = tmpfile()))
+			st = zm_error_set(err, ZM_ERR_IO, "merge: cannot create "
+			                  "a temporary file");
+	for (i = 0; i < nm; i++)
+		sel[i].k = kk;
+	/* Pass 1: task vectors spilled, top-bit histograms. */
+	for (off = 0; off < n && st == ZM_OK; off += m) {
+		m = n - off < ts->c ? n - off : ts->c;
+		st = pin_read(&ts->ins[ts->ref], h->name, ts->cached[ts->ref],
+		              off, m, ts->bx, ts->raw, err);
+		if (st == ZM_OK && (j = first_nonfinite(ts->bx, m)) < m)
+			st = zm_error_set(err, ZM_ERR_DATA, "%s: tensor %s element "
+			                  "%zu is not finite",
+			                  ts->ins[ts->ref].label, h->name, off + j);
+		if (st == ZM_OK)
+			st = spill_write(spill[nm], ts->bx, m, err);
+		for (i = 0; i < nm && st == ZM_OK; i++) {
+			st = pin_read(&ts->ins[i], h->name, ts->cached[i], off, m,
+			              ts->x, ts->raw, err);
+			if (st == ZM_OK && (j = first_nonfinite(ts->x, m)) < m)
+				st = zm_error_set(err, ZM_ERR_DATA, "%s: tensor %s "
+				                  "element %zu is not finite",
+				                  ts->ins[i].label, h->name, off + j);
+			if (st != ZM_OK)
+				break;
+			for (j = 0; j < m; j++)
+				ts->x[j] -= ts->bx[j];
+			select_add(&sel[i], ts->x, m);
+			st = spill_write(spill[i], ts->x, m, err);
+		}
+	}
+	/* Passes 2 and 3 over each spilled task vector: the exact cut. */
+	for (i = 0; i < nm && st == ZM_OK; i++) {
+		if (kk >= n) {
+			th[i] = 0.0f;   /* every entry kept */
+			continue;
+		}
+		while (st == ZM_OK && !select_next(&sel[i], &th[i])) {
+			rewind(spill[i]);
+			for (off = 0; off < n && st == ZM_OK; off += m) {
+				m = n - off < ts->c ? n - off : ts->c;
+				if ((st = spill_read(spill[i], ts->x, m, err)))
+					break;
+				select_add(&sel[i], ts->x, m);
+			}
+		}
+	}
+	for (i = 0; i <= nm && st == ZM_OK; i++)
+		rewind(spill[i]);
+	/* The sums of zm_merge_acc's TIES, chunk by chunk, same order. */
+	for (off = 0; off < n && st == ZM_OK; off += m) {
+		float *pos = ts->sum[0], *neg = ts->sum[1];
+		float *wpos = ts->sum[2], *wneg = ts->sum[3];
+		float lambda = (float)ts->params->lambda;
+		m = n - off < ts->c ? n - off : ts->c;
+		for (j = 0; j < 4; j++)
+			memset(ts->sum[j], 0, m * sizeof(float));
+		for (i = 0; i < nm && st == ZM_OK; i++) {
+			float w = (float)ts->wts[i];
+			if ((st = spill_read(spill[i], ts->x, m, err)))
+				break;
+			for (j = 0; j < m; j++) {
+				float v = ts->x[j];
+				if (fabsf(v) < th[i])
+					continue;
+				if (v > 0) {
+					pos[j] += w * v;
+					wpos[j] += w;
+				} else if (v < 0) {
+					neg[j] += w * v;
+					wneg[j] += w;
+				}
+			}
+		}
+		if (st == ZM_OK)
+			st = spill_read(spill[nm], ts->bx, m, err);
+		for (j = 0; j < m && st == ZM_OK; j++) {
+			float mass = pos[j] + neg[j], mm = 0.0f;
+			if (mass > 0 && wpos[j] != 0)
+				mm = pos[j] / wpos[j];
+			else if (mass < 0 && wneg[j] != 0)
+				mm = neg[j] / wneg[j];
+			ts->res[j] = ts->bx[j] + lambda * mm;
+		}
+		if (st == ZM_OK)
+			st = emit(ctx, off, m, err);
+	}
+out:
+	for (i = 0; spill && i <= nm; i++)
+		if (spill[i])
+			fclose(spill[i]);
+	free(spill);
+	free(sel);
+	free(th);
+	return st;
+}
+
+/* Writes merged chunk res[0..m) (elements off.. of tensor h) in h's
+ * dtype, refusing non-finite values and F16 overflow. */
+struct emit_ctx {
+	const struct zm_tensor *h;
+	const float *res;
+	void *obuf;
+	struct zm_writer *w;
+};
+
+static enum zm_status emit_chunk(void *ctx, size_t off, size_t m,
+                                 struct zm_error *err)
+{
+	struct emit_ctx *e = ctx;
+	const struct zm_tensor *h = e->h;
+	size_t bad;
+
+	if ((bad = first_nonfinite(e->res, m)) < m)
+		return zm_error_set(err, ZM_ERR_DATA, "merged tensor %s element "
+		                    "%zu is not finite", h->name, off + bad);
+	zm_merge_f32_to_dtype(e->res, m, h->dtype, e->obuf);
+	if (h->dtype == ZM_DTYPE_F16) {
+		/* Finite in F32, but beyond F16's range. */
+		for (bad = 0; bad < m; bad++) {
+			uint16_t v;
+			memcpy(&v, (char *)e->obuf + 2 * bad, sizeof(v));
+			if ((v & 0x7c00u) == 0x7c00u)
+				return zm_error_set(err, ZM_ERR_DATA, "merged "
+				                    "tensor %s element %zu (%g) "
+				                    "overflows F16", h->name,
+				                    off + bad, (double)e->res[bad]);
+		}
+	}
+	return zm_writer_write_data(e->w, e->obuf, m * zm_dtype_size(h->dtype),
+	                            err);
+}
+
 /* Elements per chunk of the streamed methods: 1 Mi (4 MiB of F32). */
 #define PLAIN_CHUNK ((size_t)1 << 20)
 
@@ -290,6 +533,7 @@ enum zm_status zm_merge_plain(const struct zm_merge_static_opts *o,
 	double *wts = NULL;
 	float *x = NULL, *bx = NULL, *res = NULL;
 	void *raw = NULL, *obuf = NULL;
+	struct emit_ctx ec;
 	enum zm_status st = ZM_OK;
 
 	zm_doc_init(&out);
@@ -343,7 +587,8 @@ enum zm_status zm_merge_plain(const struct zm_merge_static_opts *o,
 	}
 	if (st != ZM_OK)
 		goto out;
-	if (chunked && cap > chunk)
+	/* TIES streams the tensors larger than a chunk (ties_stream). */
+	if ((chunked || o->method == ZM_MERGE_TIES) && cap > chunk)
 		cap = chunk;
 	if ((st = zm_merge_acc_init(&acc, o->method, &o->params, cap, err)))
 		goto out;
@@ -356,6 +601,9 @@ enum zm_status zm_merge_plain(const struct zm_merge_static_opts *o,
 	if ((st = zm_writer_open(&w, o->out, o->compress, err)) ||
 	    (st = zm_writer_begin_doc(w, &out, err)))
 		goto out;
+	ec.res = res;
+	ec.obuf = obuf;
+	ec.w = w;
 	for (t = 0; t < out.n_tensors; t++) {
 		const struct zm_tensor *h = &out.tensors[t];
 		size_t es = zm_dtype_size(h->dtype), n = h->nbytes / es;
@@ -398,6 +646,28 @@ enum zm_status zm_merge_plain(const struct zm_merge_static_opts *o,
 				goto out;
 			continue;
 		}
+		ec.h = h;
+		if (o->method == ZM_MERGE_TIES && n > chunk) {
+			struct ties_stream ts;
+			memset(&ts, 0, sizeof(ts));
+			ts.ins = ins;
+			ts.cached = cch;
+			ts.wts = wts;
+			ts.n_models = o->n_models;
+			ts.ref = ref;
+			ts.c = chunk;
+			ts.params = &o->params;
+			ts.x = x;
+			ts.bx = bx;
+			ts.res = res;
+			memcpy(ts.sum, acc.sum, sizeof(ts.sum));
+			ts.raw = raw;
+			st = ties_stream(&ts, h, n, emit_chunk, &ec, err);
+			free(cch);
+			if (st != ZM_OK)
+				goto out;
+			continue;
+		}
 		for (off = 0; off < n || off == 0; off += m) {
 			size_t bad;
 			m = n - off < step ? n - off : step;
@@ -427,29 +697,8 @@ enum zm_status zm_merge_plain(const struct zm_merge_static_opts *o,
 			if (st == ZM_OK &&
 			    (st = zm_merge_acc_finish(&acc, bx, res, err)))
 				zm_error_prefix(err, "%s: ", h->name);
-			if (st == ZM_OK && (bad = first_nonfinite(res, m)) < m)
-				st = zm_error_set(err, ZM_ERR_DATA, "merged "
-				                  "tensor %s element %zu is not "
-				                  "finite", h->name, off + bad);
-			if (st == ZM_OK) {
-				zm_merge_f32_to_dtype(res, m, h->dtype, obuf);
-				if (h->dtype == ZM_DTYPE_F16) {
-					/* Finite F32, but beyond F16's range. */
-					for (bad = 0; bad < m; bad++)
-						if ((((uint16_t *)obuf)[bad] &
-						     0x7c00u) == 0x7c00u)
-							break;
-					if (bad < m)
-						st = zm_error_set(err,
-						        ZM_ERR_DATA, "merged "
-						        "tensor %s element %zu "
-						        "(%g) overflows F16",
-						        h->name, off + bad,
-						        (double)res[bad]);
-				}
-			}
 			if (st == ZM_OK)
-				st = zm_writer_write_data(w, obuf, m * es, err);
+				st = emit_chunk(&ec, off, m, err);
 			if (st != ZM_OK || m == 0)
 				break;
 		}
