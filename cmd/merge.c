@@ -27,9 +27,10 @@ static const char usage_str[] =
 	"usage: merge --zoo DIR [--granularity full|group|layer [--share all|none|groups=G,...|layers=L,...]\n"
 	"             | --granularity-from FILE] [--rebase] [--allow-unrelated] UPDATES...\n"
 	"       merge --method linear|task-arithmetic|ties|dare|slerp [--weights W,...] [--config FILE]\n"
-	"             [--granularity full|group|layer] [--base MODEL] [--zoo DIR] -o OUT MODEL...\n"
+	"             [--granularity full|group|layer] [--base MODEL] [--zoo DIR]\n"
+	"             [--missing error|copy-base] -o OUT MODEL...\n"
 	"  static:  --density D  --lambda L  --drop P  --dare-ties  --seed N  --name NAME\n"
-	"           --compress 0..9  --allow-unrelated  --missing error|copy-base\n"
+	"           --compress 0..9  --allow-unrelated\n"
 	"  output:  --quiet\n"
 	"       merge -h | --help | --version\n";
 
