@@ -204,6 +204,33 @@ enum zm_status zm_merge_static(const struct zm_merge_static_opts *o,
                                struct zm_error *err);
 
 /*
+ * A Hugging Face shard index (model.safetensors.index.json): the shard
+ * files of a checkpoint and which tensor each holds, from "weight_map"
+ * ("metadata" and other keys are ignored).  Shard names must be plain
+ * file names (no '/', not "." or ".."), as they are opened next to the
+ * index.
+ */
+struct zm_shard_index {
+	struct zm_node *root;         /* owned tree */
+	const struct zm_node *map;    /* the weight_map node, in root */
+	const char **files;           /* owned array of names into root, in
+	                               * order of first appearance */
+	size_t n_files;
+};
+
+void zm_shard_index_init(struct zm_shard_index *ix);
+void zm_shard_index_release(struct zm_shard_index *ix);
+/* Parses index bytes (source names them in messages) into ix (released
+ * first).  Errors are ZM_ERR_CONFIG with line and column. */
+enum zm_status zm_shard_index_parse(const char *bytes, size_t len,
+                                    const char *source,
+                                    struct zm_shard_index *ix,
+                                    struct zm_error *err);
+/* The shard file of tensor name, or NULL when the index lacks it. */
+const char *zm_shard_index_file(const struct zm_shard_index *ix,
+                                const char *name);
+
+/*
  * The same for plain safetensors checkpoints (no zm.arch, such as Hugging
  * Face models): tensors are matched by name against the reference (the
  * base for the task-vector methods, else the first model), with their
@@ -218,14 +245,17 @@ enum zm_status zm_merge_static(const struct zm_merge_static_opts *o,
  * the other methods hold one tensor per input.  Per-model weights must
  * be numbers (ZM_ERR_CONFIG for lists and maps).  On failure nothing
  * appears at o->out.  zm_merge_static calls it when the first model is a
- * plain checkpoint.
+ * plain checkpoint.  A model path may also be a shard index
+ * (*.index.json) or a directory holding model.safetensors.index.json or
+ * model.safetensors; the shards' tensors must be exactly those the index
+ * assigns to them.
  */
 enum zm_status zm_merge_plain(const struct zm_merge_static_opts *o,
                               struct zm_error *err);
 
 /* *plain becomes true when path holds a safetensors document without
- * zm.arch (false for "-", which cannot be read twice).  Errors are the
- * reader's. */
+ * zm.arch, or is a directory or a *.index.json (false for "-", which
+ * cannot be read twice).  Errors are the reader's. */
 enum zm_status zm_merge_probe_plain(const char *path, bool *plain,
                                     struct zm_error *err);
 

@@ -19,17 +19,29 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include "fileio.h"
 #include "mem.h"
 #include "merge.h"
 
-/* One input: its reader, its header, and tensors read ahead of their turn
- * when its data order differs from the reference's. */
-struct pin {
-	const char *path, *label;
+/* One file of an input: its reader and header, and the reader's next
+ * tensor. */
+struct shard {
+	char *path;              /* owned */
 	struct zm_reader *r;
 	struct zm_doc hdr;       /* tensors without data, in data order */
-	size_t next;             /* the reader's next tensor (index in hdr) */
+	size_t next;             /* index in hdr */
+};
+
+/* One input (a file, or the shards of an index), and tensors read ahead
+ * of their turn when its data order differs from the reference's. */
+struct pin {
+	const char *path, *label;
+	struct shard *sh;        /* owned, n_sh */
+	size_t n_sh;
+	struct zm_doc hdr;       /* every shard's tensors, no data */
 	struct zm_doc ahead;     /* owned copies read ahead (other order) */
 };
 
@@ -41,62 +53,224 @@ static size_t doc_index(const struct zm_doc *doc, const char *name)
 	return t ? (size_t)(t - doc->tensors) : (size_t)-1;
 }
 
-static enum zm_status pin_open(struct pin *in, struct zm_error *err)
+/* The shard holding tensor name and its index there (it must exist). */
+static struct shard *pin_shard(struct pin *in, const char *name, size_t *k)
 {
+	size_t s;
+
+	for (s = 0; s < in->n_sh; s++)
+		if ((*k = doc_index(&in->sh[s].hdr, name)) != (size_t)-1)
+			return &in->sh[s];
+	ZM_ASSERT(!"tensor in no shard");
+	return NULL;
+}
+
+/* Opens shard s of in at path (taken) and appends its tensors to in's
+ * header, refusing zoomerge models and names in two shards. */
+static enum zm_status shard_open(struct pin *in, size_t s, char *path,
+                                 struct zm_error *err)
+{
+	struct shard *sh = &in->sh[s];
 	enum zm_status st;
 	bool eof;
+	size_t t;
 
-	if ((st = zm_reader_open(&in->r, in->path, err)) ||
-	    (st = zm_reader_next_header(in->r, &in->hdr, &eof, err)))
+	sh->path = path;
+	if ((st = zm_reader_open(&sh->r, path, err)) ||
+	    (st = zm_reader_next_header(sh->r, &sh->hdr, &eof, err)))
 		return st;
 	if (eof)
-		return zm_error_set(err, ZM_ERR_FORMAT, "%s: empty file",
-		                    in->label);
-	if (zm_doc_meta(&in->hdr, "zm.arch"))
+		return zm_error_set(err, ZM_ERR_FORMAT, "%s: empty file", path);
+	if (zm_doc_meta(&sh->hdr, "zm.arch"))
 		return zm_error_set(err, ZM_ERR_DATA, "%s is a zoomerge model "
 		                    "and the others are plain checkpoints: "
 		                    "merge models of one kind", in->label);
+	for (t = 0; t < sh->hdr.n_tensors; t++) {
+		struct zm_tensor c = sh->hdr.tensors[t];
+		if (zm_doc_find(&in->hdr, c.name))
+			return zm_error_set(err, ZM_ERR_FORMAT, "%s: tensor %s "
+			                    "is in two shards", in->label, c.name);
+		c.data = NULL;
+		c.owns_data = false;
+		if (!(c.name = zm_strdup(c.name)))
+			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		if ((st = zm_doc_add(&in->hdr, &c, err)))
+			return st;
+	}
+	for (t = 0; s == 0 && t < sh->hdr.n_meta; t++)
+		if ((st = zm_doc_set_meta(&in->hdr, sh->hdr.meta[t].key,
+		                          sh->hdr.meta[t].value, err)))
+			return st;
 	return ZM_OK;
+}
+
+static bool ends_with(const char *s, const char *tail)
+{
+	size_t a = strlen(s), b = strlen(tail);
+
+	return a >= b && strcmp(s + a - b, tail) == 0;
+}
+
+static bool is_dir(const char *path)
+{
+	struct stat sb;
+
+	return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
+/* dir + "/" + name in new memory, or NULL. */
+static char *join(const char *dir, size_t dir_len, const char *name)
+{
+	size_t n = dir_len + 1 + strlen(name) + 1;
+	char *p = zm_malloc(n);
+
+	if (p)
+		snprintf(p, n, "%.*s/%s", (int)dir_len, dir, name);
+	return p;
+}
+
+/* Index files above this size are refused (a 7B model's is 25 KiB). */
+#define INDEX_MAX ((size_t)64 << 20)
+
+static enum zm_status pin_open_index(struct pin *in, const char *ipath,
+                                     struct zm_error *err)
+{
+	struct zm_shard_index ix;
+	const char *slash = strrchr(ipath, '/');
+	size_t dlen = slash ? (size_t)(slash - ipath) : 1, s, t;
+	const char *dir = slash ? ipath : ".";
+	char *bytes = NULL;
+	size_t len;
+	enum zm_status st;
+
+	zm_shard_index_init(&ix);
+	if ((st = zm_read_file(ipath, INDEX_MAX, &bytes, &len, err)) ||
+	    (st = zm_shard_index_parse(bytes, len, ipath, &ix, err)))
+		goto out;
+	if (!(in->sh = zm_calloc(ix.n_files, sizeof(*in->sh)))) {
+		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	for (s = 0; s < ix.n_files && st == ZM_OK; s++) {
+		char *p = join(dir, dlen, ix.files[s]);
+		zm_doc_init(&in->sh[s].hdr);
+		in->n_sh++;
+		if (!p)
+			st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		else
+			st = shard_open(in, s, p, err);
+		/* Each shard holds exactly what the index says. */
+		for (t = 0; st == ZM_OK && t < in->sh[s].hdr.n_tensors; t++) {
+			const char *name = in->sh[s].hdr.tensors[t].name;
+			const char *f = zm_shard_index_file(&ix, name);
+			if (!f || strcmp(f, ix.files[s]) != 0)
+				st = zm_error_set(err, ZM_ERR_FORMAT, "%s: tensor "
+				                  "%s is in %s, but the index says "
+				                  "%s", ipath, name, ix.files[s],
+				                  f ? f : "nothing");
+		}
+	}
+	if (st == ZM_OK && in->hdr.n_tensors != ix.map->count) {
+		for (t = 0; t < ix.map->count; t++)
+			if (!zm_doc_find(&in->hdr, ix.map->keys[t]->value))
+				break;
+		st = zm_error_set(err, ZM_ERR_FORMAT, "%s: tensor %s is in no "
+		                  "shard", ipath, t < ix.map->count
+		                  ? ix.map->keys[t]->value : "?");
+	}
+out:
+	free(bytes);
+	zm_shard_index_release(&ix);
+	return st;
+}
+
+/*
+ * Opens an input: a safetensors file, a shard index (*.index.json), or a
+ * directory holding model.safetensors.index.json or model.safetensors.
+ */
+static enum zm_status pin_open(struct pin *in, struct zm_error *err)
+{
+	enum zm_status st;
+	char *p = NULL;
+
+	if (is_dir(in->path)) {
+		size_t dl = strlen(in->path);
+		if (!(p = join(in->path, dl, "model.safetensors.index.json")))
+			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		if (access(p, F_OK) == 0) {
+			st = pin_open_index(in, p, err);
+			free(p);
+			return st;
+		}
+		free(p);
+		if (!(p = join(in->path, dl, "model.safetensors")))
+			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		if (access(p, F_OK) != 0) {
+			st = zm_error_set(err, ZM_ERR_NOTFOUND, "%s: a directory "
+			                  "without model.safetensors.index.json "
+			                  "or model.safetensors", in->path);
+			free(p);
+			return st;
+		}
+	} else if (ends_with(in->path, ".index.json")) {
+		return pin_open_index(in, in->path, err);
+	} else if (!(p = zm_strdup(in->path))) {
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	}
+	if (!(in->sh = zm_calloc(1, sizeof(*in->sh)))) {
+		free(p);
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	}
+	zm_doc_init(&in->sh[0].hdr);
+	in->n_sh = 1;
+	return shard_open(in, 0, p, err);
 }
 
 static void pin_close(struct pin *in)
 {
-	zm_reader_close(in->r);
+	size_t s;
+
+	for (s = 0; s < in->n_sh; s++) {
+		zm_reader_close(in->sh[s].r);
+		zm_doc_release(&in->sh[s].hdr);
+		free(in->sh[s].path);
+	}
+	free(in->sh);
 	zm_doc_release(&in->hdr);
 	zm_doc_release(&in->ahead);
 }
 
 /*
  * Positions in so that tensor name can be read with pin_read: when it is
- * stored later than the reader's position, the tensors before it are read
- * whole into in->ahead.  *cached tells whether it is in in->ahead.
+ * stored later than its shard reader's position, the tensors before it
+ * are read whole into in->ahead.  *cached tells whether it is there.
  */
 static enum zm_status pin_seek(struct pin *in, const char *name, bool *cached,
                                struct zm_error *err)
 {
-	size_t k = doc_index(&in->hdr, name);
+	size_t k;
+	struct shard *sh = pin_shard(in, name, &k);
 	enum zm_status st;
 
-	ZM_ASSERT(k != (size_t)-1);
 	*cached = zm_doc_find(&in->ahead, name) != NULL;
 	if (*cached)
 		return ZM_OK;
 	/* Every tensor is read once: one before the reader's position is
 	 * in in->ahead. */
-	ZM_ASSERT(k >= in->next);
-	while (in->next < k) {
-		const struct zm_tensor *h = &in->hdr.tensors[in->next];
+	ZM_ASSERT(k >= sh->next);
+	while (sh->next < k) {
+		const struct zm_tensor *h = &sh->hdr.tensors[sh->next];
 		struct zm_tensor t;
 		zm_tensor_init(&t);
 		if ((st = zm_tensor_alloc(&t, h->name, h->dtype, h->ndim,
 		                          h->shape, err)))
 			return st;
-		if ((st = zm_reader_read_data(in->r, in->next, t.data, err)) ||
+		if ((st = zm_reader_read_data(sh->r, sh->next, t.data, err)) ||
 		    (st = zm_doc_add(&in->ahead, &t, err))) {
 			zm_tensor_release(&t);
 			return st;
 		}
-		in->next++;
+		sh->next++;
 	}
 	return ZM_OK;
 }
@@ -110,8 +284,9 @@ static enum zm_status pin_read(struct pin *in, const char *name, bool cached,
                                size_t off, size_t m, float *dst, void *raw,
                                struct zm_error *err)
 {
-	size_t k = doc_index(&in->hdr, name);
-	struct zm_tensor *h = &in->hdr.tensors[k], v;
+	size_t k;
+	struct shard *sh = pin_shard(in, name, &k);
+	struct zm_tensor *h = &sh->hdr.tensors[k], v;
 	size_t es = zm_dtype_size(h->dtype), n = h->nbytes / es;
 	enum zm_status st;
 
@@ -122,14 +297,14 @@ static enum zm_status pin_read(struct pin *in, const char *name, bool cached,
 			zm_doc_remove(&in->ahead, name);
 		return ZM_OK;
 	}
-	if ((st = zm_reader_read_part(in->r, k, raw, m * es, err)))
+	if ((st = zm_reader_read_part(sh->r, k, raw, m * es, err)))
 		return st;
 	v = *h;
 	v.data = raw;
 	v.nbytes = m * es;
 	zm_tensor_read_f32(&v, 0, m, dst);
 	if (off + m == n)
-		in->next = k + 1;
+		sh->next = k + 1;
 	return ZM_OK;
 }
 
@@ -139,8 +314,9 @@ static enum zm_status pin_read_raw(struct pin *in, const char *name,
                                    bool cached, size_t off, size_t len,
                                    void *dst, struct zm_error *err)
 {
-	size_t k = doc_index(&in->hdr, name);
-	struct zm_tensor *h = &in->hdr.tensors[k];
+	size_t k;
+	struct shard *sh = pin_shard(in, name, &k);
+	struct zm_tensor *h = &sh->hdr.tensors[k];
 	enum zm_status st;
 
 	if (cached) {
@@ -150,10 +326,10 @@ static enum zm_status pin_read_raw(struct pin *in, const char *name,
 			zm_doc_remove(&in->ahead, name);
 		return ZM_OK;
 	}
-	if ((st = zm_reader_read_part(in->r, k, dst, len, err)))
+	if ((st = zm_reader_read_part(sh->r, k, dst, len, err)))
 		return st;
 	if (off + len == h->nbytes)
-		in->next = k + 1;
+		sh->next = k + 1;
 	return ZM_OK;
 }
 
@@ -738,6 +914,10 @@ enum zm_status zm_merge_probe_plain(const char *path, bool *plain,
 	*plain = false;
 	if (strcmp(path, "-") == 0)
 		return ZM_OK;
+	if (is_dir(path) || ends_with(path, ".index.json")) {
+		*plain = true;
+		return ZM_OK;
+	}
 	zm_doc_init(&hdr);
 	st = zm_reader_open(&r, path, err);
 	if (st == ZM_OK)
@@ -747,4 +927,77 @@ enum zm_status zm_merge_probe_plain(const char *path, bool *plain,
 	zm_doc_release(&hdr);
 	zm_reader_close(r);
 	return st;
+}
+
+void zm_shard_index_init(struct zm_shard_index *ix)
+{
+	memset(ix, 0, sizeof(*ix));
+}
+
+void zm_shard_index_release(struct zm_shard_index *ix)
+{
+	zm_node_free(ix->root);
+	free(ix->files);
+	zm_shard_index_init(ix);
+}
+
+enum zm_status zm_shard_index_parse(const char *bytes, size_t len,
+                                    const char *source,
+                                    struct zm_shard_index *ix,
+                                    struct zm_error *err)
+{
+	const struct zm_node *map;
+	enum zm_status st;
+	size_t i, j;
+
+	zm_shard_index_release(ix);
+	if ((st = zm_config_parse(bytes, len, source, &ix->root, err)))
+		return st;
+	if ((st = zm_node_expect(ix->root, ZM_NODE_MAP, "shard index", err)))
+		goto fail;
+	if (!(map = zm_node_get(ix->root, "weight_map"))) {
+		st = zm_node_error(ix->root, err, ZM_ERR_CONFIG, "shard index "
+		                   "without weight_map");
+		goto fail;
+	}
+	if ((st = zm_node_expect(map, ZM_NODE_MAP, "weight_map", err)))
+		goto fail;
+	if (map->count == 0) {
+		st = zm_node_error(map, err, ZM_ERR_CONFIG, "empty weight_map");
+		goto fail;
+	}
+	ix->map = map;
+	if (!(ix->files = zm_calloc(map->count, sizeof(*ix->files)))) {
+		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		goto fail;
+	}
+	for (i = 0; i < map->count; i++) {
+		const struct zm_node *v = map->items[i];
+		const char *f;
+		if ((st = zm_node_string(v, "shard file", &f, err)))
+			goto fail;
+		if (f[0] == '\0' || strchr(f, '/') || strlen(f) != v->len ||
+		    strcmp(f, ".") == 0 || strcmp(f, "..") == 0) {
+			st = zm_node_error(v, err, ZM_ERR_CONFIG, "'%s' is not "
+			                   "a file name next to the index", f);
+			goto fail;
+		}
+		for (j = 0; j < ix->n_files; j++)
+			if (strcmp(ix->files[j], f) == 0)
+				break;
+		if (j == ix->n_files)
+			ix->files[ix->n_files++] = f;
+	}
+	return ZM_OK;
+fail:
+	zm_shard_index_release(ix);
+	return st;
+}
+
+const char *zm_shard_index_file(const struct zm_shard_index *ix,
+                                const char *name)
+{
+	const struct zm_node *v = ix->map ? zm_node_get(ix->map, name) : NULL;
+
+	return v && v->type == ZM_NODE_SCALAR ? v->value : NULL;
 }

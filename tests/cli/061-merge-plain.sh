@@ -1,6 +1,6 @@
 #!/bin/sh
-# merge of plain safetensors checkpoints (no zm.arch, Hugging Face names):
-# BF16, F16 and F32 inputs merged by tensor name against a naive reference
+# merge of plain safetensors checkpoints (no zm.arch, Hugging Face names),
+# single files and shards with an index: BF16, F16 and F32 inputs merged by tensor name against a naive reference
 # computed here in Python (struct and json only), the output's dtypes,
 # names and metadata read back by that independent reader, plain and gzip
 # outputs, tensors stored in another order, and every mismatch refused
@@ -171,10 +171,34 @@ def check(out_path, method, weights, base_path, model_paths, *kw):
             assert abs(g - w) <= tol, '%s[%d]: %r, want %r' % (name, i, g, w)
     print('ok', len(got), 'tensors')
 
+def shard(src, d, nshards, *edits):
+    """Splits src into nshards files in d with a Hugging Face index."""
+    import os
+    tensors, meta, order = load(src)
+    os.makedirs(d, exist_ok=True)
+    n = int(nshards)
+    wmap = {}
+    for s in range(n):
+        fname = 'model-%05d-of-%05d.safetensors' % (s + 1, n)
+        names = order[s::n]
+        save(os.path.join(d, fname), tensors, meta, names)
+        for name in names:
+            wmap[name] = fname
+    for e in edits:
+        what, _, arg = e.partition('=')
+        if what == 'unmap':
+            del wmap[arg]
+        elif what == 'slash':
+            wmap[arg] = '../' + wmap[arg]
+    with open(os.path.join(d, 'model.safetensors.index.json'), 'w') as f:
+        json.dump({'metadata': {'total_size': 0}, 'weight_map': wmap}, f)
+
 if __name__ == '__main__':
     cmd = sys.argv[1]
     if cmd == 'gen':
         gen(*sys.argv[2:])
+    elif cmd == 'shard':
+        shard(*sys.argv[2:])
     elif cmd == 'check':
         a = sys.argv[2:]
         check(a[0], a[1], a[2], a[3], a[4].split(':'), *a[5:])
@@ -253,6 +277,31 @@ run merge --method linear -o "$T/x.safetensors" "$T/a.safetensors" "$T/nan.safet
 expect_rc 1 "a NaN in an input is refused"
 expect_err "tensor model.norm.weight element 1 is not finite" "... naming tensor and element"
 check "nothing written by the refused merges" test ! -e "$T/x.safetensors"
+
+# Sharded checkpoints: a directory with model.safetensors.index.json, or
+# the index itself, give the same tensors as the single files (in the
+# base's shard order).
+py shard "$T/base.safetensors" "$T/base-sh" 2
+py shard "$T/a.safetensors" "$T/a-sh" 3
+py shard "$T/c.safetensors" "$T/c-sh" 2
+run merge --method ties --density 0.5 --base "$T/base-sh" -o "$T/ties-sh.safetensors" \
+	"$T/a-sh/model.safetensors.index.json" "$T/b.safetensors.gz" "$T/c-sh"
+expect_rc 0 "TIES over sharded checkpoints (directory and index)"
+check "... the same tensors, bit for bit, as over the single files" python3 -c "
+import sys; sys.path.insert(0, '$T'); import st
+a, b = st.load('$T/ties.safetensors'), st.load('$T/ties-sh.safetensors')
+assert a[0] == b[0] and a[1] == b[1], 'differ'"
+py shard "$T/a.safetensors" "$T/bad-sh" 2 unmap=lm_head.weight
+run merge --method linear -o "$T/x.safetensors" "$T/bad-sh" "$T/a.safetensors"
+expect_rc 1 "a shard holding a tensor its index does not list is refused"
+expect_err "tensor lm_head.weight is in model-0000[12]-of-00002.safetensors, but the index says nothing" "... naming tensor and shard"
+py shard "$T/a.safetensors" "$T/slash-sh" 2 slash=lm_head.weight
+run merge --method linear -o "$T/x.safetensors" "$T/slash-sh" "$T/a.safetensors"
+expect_rc 2 "an index naming a file outside its directory is refused"
+expect_err "model.safetensors.index.json:[0-9]+:[0-9]+: '../model" "... with line and column"
+mkdir "$T/empty-dir"
+run merge --method linear -o "$T/x.safetensors" "$T/empty-dir" "$T/a.safetensors"
+expect_rc 1 "a directory without a checkpoint is refused"
 
 run merge --method linear --weights 1,nan -o "$T/x.safetensors" "$T/a.safetensors" "$T/f32a.safetensors"
 expect_rc 2 "--weights 1,nan is a usage error"
