@@ -462,6 +462,7 @@ struct select {
 	size_t k;                /* rank still sought within the prefix */
 	uint32_t prefix;
 	int round;               /* 0, 1, 2: bits 31..20, 19..10, 9..0 */
+	size_t in_prefix;        /* values that share the prefix */
 	size_t cnt[1u << 11];
 };
 
@@ -493,6 +494,7 @@ static bool select_next(struct select *s, float *th)
 			break;
 		s->k -= s->cnt[b];
 	}
+	s->in_prefix = s->cnt[b];
 	s->prefix = s->round == 0 ? b
 	            : s->prefix << (sel_shift[s->round - 1] -
 	                            sel_shift[s->round]) | b;
@@ -595,7 +597,33 @@ static enum zm_status ties_stream(struct ties_stream *ts,
 			th[i] = 0.0f;   /* every entry kept */
 			continue;
 		}
-		while (st == ZM_OK && !select_next(&sel[i], &th[i])) {
+		if (select_next(&sel[i], &th[i]))
+			continue;
+		/* Usually the values that share the top bits fit in a chunk:
+		 * they are gathered in one pass, and the last two rounds run
+		 * on them in memory. */
+		if (sel[i].in_prefix <= ts->c) {
+			size_t g = 0;
+			rewind(spill[i]);
+			for (off = 0; off < n && st == ZM_OK; off += m) {
+				m = n - off < ts->c ? n - off : ts->c;
+				if ((st = spill_read(spill[i], ts->x, m, err)))
+					break;
+				for (j = 0; j < m; j++) {
+					uint32_t u;
+					memcpy(&u, &ts->x[j], sizeof(u));
+					if ((u & 0x7fffffffu) >> 20 == sel[i].prefix)
+						ts->res[g++] = ts->x[j];
+				}
+			}
+			while (st == ZM_OK) {
+				select_add(&sel[i], ts->res, g);
+				if (select_next(&sel[i], &th[i]))
+					break;
+			}
+			continue;
+		}
+		while (st == ZM_OK) {
 			rewind(spill[i]);
 			for (off = 0; off < n && st == ZM_OK; off += m) {
 				m = n - off < ts->c ? n - off : ts->c;
@@ -603,6 +631,8 @@ static enum zm_status ties_stream(struct ties_stream *ts,
 					break;
 				select_add(&sel[i], ts->x, m);
 			}
+			if (st == ZM_OK && select_next(&sel[i], &th[i]))
+				break;
 		}
 	}
 	for (i = 0; i <= nm && st == ZM_OK; i++)

@@ -160,11 +160,11 @@ START_TEST(test_chunked_vs_whole)
 		ZM_MERGE_LINEAR, ZM_MERGE_TASK_ARITHMETIC, ZM_MERGE_TIES
 	};
 	enum zm_merge_method method = methods[_i];
-	char path[4][512], out[2][512];
+	char path[4][512], out[3][512];
 	const char *paths[3], *labels[3] = { "m0", "m1", "m2" };
 	double w[3] = { 1, 2, 0.5 };
 	struct zm_merge_static_opts o;
-	struct zm_doc in[4], res[2];
+	struct zm_doc in[4], res[3];
 	struct zm_error err;
 	size_t i, k, j;
 
@@ -189,11 +189,15 @@ START_TEST(test_chunked_vs_whole)
 	o.weights = w;
 	o.base_path = path[3];
 	o.compress = ZM_COMPRESS_NONE;
-	for (k = 0; k < 2; k++) {
+	/* Whole tensors; chunks of 7, where TIES refines its threshold
+	 * over the spilled file; chunks of 1000, where the candidates of
+	 * the top bits fit in a chunk and are refined in memory. */
+	for (k = 0; k < 3; k++) {
+		static const size_t chunks[3] = { 0, 7, 1000 };
 		snprintf(out[k], sizeof(out[k]), "%s/out%zu.safetensors",
 		         unit_tmpdir(), k);
 		o.out = out[k];
-		o.chunk = k ? 7 : 0;
+		o.chunk = chunks[k];
 		ck_assert_msg(zm_merge_static(&o, &err) == ZM_OK, "%s", err.msg);
 		zm_doc_init(&res[k]);
 		read_doc(out[k], &res[k]);
@@ -203,12 +207,15 @@ START_TEST(test_chunked_vs_whole)
 	for (k = 0; k < res[0].n_tensors; k++) {
 		const struct zm_tensor *a = &res[0].tensors[k];
 		const struct zm_tensor *b = &res[1].tensors[k];
+		const struct zm_tensor *c = &res[2].tensors[k];
 		const struct zm_tensor *ref = zm_doc_find(&in[0], a->name);
 		size_t n = zm_tensor_numel(a);
 		ck_assert_str_eq(a->name, b->name);
 		ck_assert_int_eq(a->dtype, ref->dtype);
 		ck_assert_uint_eq(a->nbytes, b->nbytes);
 		ck_assert(memcmp(a->data, b->data, a->nbytes) == 0);
+		ck_assert_uint_eq(a->nbytes, c->nbytes);
+		ck_assert(memcmp(a->data, c->data, a->nbytes) == 0);
 		if (a->dtype == ZM_DTYPE_I64) {
 			ck_assert(memcmp(a->data, ref->data, a->nbytes) == 0);
 			continue;
@@ -243,8 +250,8 @@ START_TEST(test_chunked_vs_whole)
 	}
 	for (i = 0; i < 4; i++)
 		zm_doc_release(&in[i]);
-	zm_doc_release(&res[0]);
-	zm_doc_release(&res[1]);
+	for (k = 0; k < 3; k++)
+		zm_doc_release(&res[k]);
 }
 END_TEST
 
