@@ -106,6 +106,9 @@ def gen(path, seed, dtype, *edits):
             tensors[arg] = (d, [len(v)], v)
         elif what == 'reverse':
             order.reverse()
+        elif what == 'big':
+            d, s, v = tensors[arg]
+            tensors[arg] = (d, s, [40000.0] * len(v))
         elif what == 'nan':
             d, s, v = tensors[arg]
             v[1] = float('nan')
@@ -302,6 +305,25 @@ expect_err "model.safetensors.index.json:[0-9]+:[0-9]+: '../model" "... with lin
 mkdir "$T/empty-dir"
 run merge --method linear -o "$T/x.safetensors" "$T/empty-dir" "$T/a.safetensors"
 expect_rc 1 "a directory without a checkpoint is refused"
+
+py gen "$T/big1.safetensors" 13 F16 big=model.norm.weight
+py gen "$T/big2.safetensors" 14 F16 big=model.norm.weight
+run merge --method linear --weights 1,1 -o "$T/big.safetensors" "$T/big1.safetensors" "$T/big2.safetensors"
+expect_rc 0 "F16 values of 40000 average within F16"
+run merge --method task-arithmetic --base "$T/f16a.safetensors" -o "$T/x.safetensors" \
+	"$T/big1.safetensors" "$T/big2.safetensors"
+expect_rc 1 "a merged value beyond F16's range is refused"
+expect_err "merged tensor model.norm.weight element 0 .* overflows F16" "... naming tensor and element"
+cat >"$T/plain.yaml" <<YAML
+method: linear
+models:
+  - {model: $T/a.safetensors, weight: [1, 2]}
+  - {model: $T/c.safetensors}
+YAML
+run merge --config "$T/plain.yaml" -o "$T/y.safetensors"
+expect_rc 2 "per-layer weights on plain checkpoints are a configuration error"
+expect_err "plain.yaml:[0-9]+:[0-9]+: per-layer weights need zoomerge models" "... with line and column"
+check "nothing written by the refused merges" test ! -e "$T/x.safetensors" -a ! -e "$T/y.safetensors"
 
 run merge --method linear --weights 1,nan -o "$T/x.safetensors" "$T/a.safetensors" "$T/f32a.safetensors"
 expect_rc 2 "--weights 1,nan is a usage error"
