@@ -7,6 +7,7 @@
  * --method, it merges models statically into one model file (linear, task
  * arithmetic, TIES, DARE, SLERP), streaming tensor by tensor.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -28,7 +29,7 @@ static const char usage_str[] =
 	"             | --granularity-from FILE] [--rebase] [--allow-unrelated] UPDATES...\n"
 	"       merge --method linear|task-arithmetic|ties|dare|slerp [--weights W,...] [--config FILE]\n"
 	"             [--granularity full|group|layer] [--base MODEL] [--zoo DIR]\n"
-	"             [--missing error|copy-base] -o OUT MODEL...\n"
+	"             [--missing error|copy-base] [--shard-size BYTES[K|M|G]] -o OUT MODEL...\n"
 	"  static:  --density D  --lambda L  --drop P  --dare-ties  --seed N  --name NAME\n"
 	"           --compress 0..9  --allow-unrelated\n"
 	"  output:  --quiet\n"
@@ -81,6 +82,7 @@ struct merge_opts {
 	int compress;
 	bool set_compress;
 	bool copy_missing;
+	uint64_t shard_size;
 	struct zm_merge_params params;
 	bool set_density, set_lambda, set_drop, set_seed, set_dare_ties;
 	char **args;
@@ -203,6 +205,31 @@ static bool parse_weights(const char *text, size_t n, double *w,
 		}
 		p = comma ? comma + 1 : p + len;
 	}
+	return true;
+}
+
+/* Parses "N", "NK", "NM" or "NG" (powers of 1024) into *out > 0. */
+static bool parse_size(const char *text, uint64_t *out)
+{
+	char *end;
+	unsigned long long v;
+	unsigned shift = 0;
+
+	errno = 0;
+	if (!(*text >= '0' && *text <= '9'))
+		return false;
+	v = strtoull(text, &end, 10);
+	if (errno)
+		return false;
+	switch (*end) {
+	case 'K': shift = 10; end++; break;
+	case 'M': shift = 20; end++; break;
+	case 'G': shift = 30; end++; break;
+	default: break;
+	}
+	if (*end || v == 0 || v > (UINT64_MAX >> shift))
+		return false;
+	*out = (uint64_t)v << shift;
 	return true;
 }
 
@@ -353,6 +380,7 @@ static int run_static(const struct merge_opts *o)
 		goto out;
 	}
 	so.copy_missing = o->copy_missing;
+	so.shard_size = o->shard_size;
 	/* The name says what the file is: plain safetensors bytes for
 	 * *.safetensors, gzip otherwise. */
 	if (!o->set_compress && strlen(o->out) >= 12 &&
@@ -379,7 +407,7 @@ enum {
 	OPT_VERSION = 256, OPT_GRAN, OPT_SHARE, OPT_GRAN_FROM, OPT_REBASE,
 	OPT_METHOD, OPT_WEIGHTS, OPT_CONFIG, OPT_BASE, OPT_DENSITY, OPT_LAMBDA,
 	OPT_DROP, OPT_DARE_TIES, OPT_SEED, OPT_NAME, OPT_COMPRESS, OPT_QUIET,
-	OPT_ALLOW_UNRELATED, OPT_MISSING
+	OPT_ALLOW_UNRELATED, OPT_MISSING, OPT_SHARD_SIZE
 };
 
 int main(int argc, char **argv)
@@ -402,6 +430,7 @@ int main(int argc, char **argv)
 		{ "name", required_argument, NULL, OPT_NAME },
 		{ "compress", required_argument, NULL, OPT_COMPRESS },
 		{ "missing", required_argument, NULL, OPT_MISSING },
+		{ "shard-size", required_argument, NULL, OPT_SHARD_SIZE },
 		{ "output", required_argument, NULL, 'o' },
 		{ "quiet", no_argument, NULL, OPT_QUIET },
 		{ "allow-unrelated", no_argument, NULL, OPT_ALLOW_UNRELATED },
@@ -479,6 +508,12 @@ int main(int argc, char **argv)
 				return zm_cli_usage_error(usage_str, NULL);
 			o.compress = (int)v;
 			o.set_compress = true;
+			break;
+		case OPT_SHARD_SIZE:
+			if (!parse_size(optarg, &o.shard_size))
+				return zm_cli_usage_error(usage_str, "--shard-size:"
+				        " expected a positive number of bytes "
+				        "with an optional K, M or G");
 			break;
 		case OPT_MISSING:
 			if (strcmp(optarg, "copy-base") == 0)

@@ -188,6 +188,9 @@ struct zm_merge_static_opts {
 	 * base (else the first model) instead of refused. */
 	bool copy_missing;
 	size_t chunk;                 /* plain: elements per chunk, 0: 1 Mi */
+	/* Plain: when not 0, out is a directory that receives shards of at
+	 * most this many bytes of data and model.safetensors.index.json. */
+	uint64_t shard_size;
 };
 
 /*

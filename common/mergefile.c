@@ -720,6 +720,10 @@ enum zm_status zm_merge_static(const struct zm_merge_static_opts *o,
 			return st;
 		if (plain)
 			return zm_merge_plain(o, err);
+		if (o->shard_size)
+			return zm_error_set(err, ZM_ERR_USAGE, "--shard-size "
+			                    "applies to plain checkpoints, not "
+			                    "zoomerge models");
 	}
 	if (!(ins = zm_calloc(n_in, sizeof(*ins))))
 		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");

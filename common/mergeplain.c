@@ -14,6 +14,7 @@
  * input (a per-tensor threshold, the drop sequence, the angle) and hold
  * one tensor at a time.
  */
+#include <errno.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -23,6 +24,7 @@
 #include <unistd.h>
 
 #include "fileio.h"
+#include "json.h"
 #include "mem.h"
 #include "merge.h"
 
@@ -721,6 +723,167 @@ static enum zm_status emit_chunk(void *ctx, size_t off, size_t m,
 	                            err);
 }
 
+/*
+ * Sharded output (o->shard_size): out's tensors cut, in order, into files
+ * of at most shard_size bytes of data (a larger tensor gets a file of its
+ * own) named model-NNNNN-of-NNNNN.safetensors in the directory o->out,
+ * and model.safetensors.index.json.  Every file is prepared (written and
+ * synced) before any is renamed into place.
+ */
+struct outset {
+	size_t n, cur;
+	size_t *first;               /* n + 1 boundaries, owned */
+	struct zm_writer **w;        /* owned, n */
+	char **names;                /* owned, n */
+	const char *dir;
+};
+
+static void outset_abort(struct outset *os)
+{
+	size_t s;
+
+	for (s = 0; s < os->n; s++) {
+		if (os->w)
+			zm_writer_abort(os->w[s]);
+		if (os->names)
+			free(os->names[s]);
+	}
+	free(os->w);
+	free(os->names);
+	free(os->first);
+	memset(os, 0, sizeof(*os));
+}
+
+static enum zm_status outset_plan(struct outset *os, const struct zm_doc *out,
+                                  uint64_t size, const char *dir,
+                                  struct zm_error *err)
+{
+	uint64_t fill = 0;
+	size_t t, s;
+
+	memset(os, 0, sizeof(*os));
+	os->dir = dir;
+	if (!(os->first = zm_calloc(out->n_tensors + 2, sizeof(size_t))))
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	os->n = 1;
+	for (t = 0; t < out->n_tensors; t++) {
+		uint64_t b = out->tensors[t].nbytes;
+		if (fill > 0 && fill + b > size) {
+			os->first[os->n++] = t;
+			fill = 0;
+		}
+		fill += b;
+	}
+	os->first[os->n] = out->n_tensors;
+	if (!(os->w = zm_calloc(os->n, sizeof(*os->w))) ||
+	    !(os->names = zm_calloc(os->n, sizeof(*os->names))))
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	for (s = 0; s < os->n; s++) {
+		char name[64];
+		snprintf(name, sizeof(name), "model-%05zu-of-%05zu.safetensors",
+		         s + 1, os->n);
+		if (!(os->names[s] = zm_strdup(name)))
+			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	}
+	if (mkdir(dir, 0777) != 0 && errno != EEXIST)
+		return zm_error_set(err, ZM_ERR_IO, "%s: %s", dir,
+		                    strerror(errno));
+	return ZM_OK;
+}
+
+/* Opens shard s: its header holds out's tensors of that shard. */
+static enum zm_status outset_open(struct outset *os, size_t s,
+                                  const struct zm_doc *out,
+                                  struct zm_error *err)
+{
+	struct zm_doc sub;
+	enum zm_status st = ZM_OK;
+	size_t t;
+	char *path = join(os->dir, strlen(os->dir), os->names[s]);
+
+	zm_doc_init(&sub);
+	if (!path)
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	for (t = os->first[s]; t < os->first[s + 1] && st == ZM_OK; t++) {
+		struct zm_tensor c = out->tensors[t];
+		if (!(c.name = zm_strdup(c.name)))
+			st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		else
+			st = zm_doc_add(&sub, &c, err);
+	}
+	for (t = 0; t < out->n_meta && st == ZM_OK; t++)
+		st = zm_doc_set_meta(&sub, out->meta[t].key, out->meta[t].value,
+		                     err);
+	if (st == ZM_OK &&
+	    (st = zm_writer_open(&os->w[s], path, ZM_COMPRESS_NONE, err)) ==
+	    ZM_OK)
+		st = zm_writer_begin_doc(os->w[s], &sub, err);
+	zm_doc_release(&sub);
+	free(path);
+	return st;
+}
+
+/* Prepares every shard, writes the index, then renames them all. */
+static enum zm_status outset_commit(struct outset *os,
+                                    const struct zm_doc *out,
+                                    struct zm_error *err)
+{
+	struct zm_outfile f;
+	struct zm_buf b;
+	uint64_t total = 0;
+	enum zm_status st = ZM_OK;
+	size_t s, t;
+	char *path;
+
+	/* A checkpoint without tensors still gets its one (empty) shard. */
+	for (s = 0; s < os->n && st == ZM_OK; s++)
+		if (!os->w[s])
+			st = outset_open(os, s, out, err);
+	for (s = 0; s < os->n && st == ZM_OK; s++)
+		st = zm_writer_prepare(os->w[s], err);
+	if (st != ZM_OK)
+		return st;
+	zm_buf_init(&b);
+	for (t = 0; t < out->n_tensors; t++)
+		total += out->tensors[t].nbytes;
+	zm_buf_printf(&b, "{\"metadata\": {\"total_size\": %llu}, "
+	              "\"weight_map\": {", (unsigned long long)total);
+	for (s = 0; s < os->n; s++)
+		for (t = os->first[s]; t < os->first[s + 1]; t++) {
+			const char *name = out->tensors[t].name;
+			zm_buf_puts(&b, t ? ", " : "");
+			zm_json_string(&b, name, strlen(name));
+			zm_buf_puts(&b, ": ");
+			zm_json_string(&b, os->names[s], strlen(os->names[s]));
+		}
+	zm_buf_puts(&b, "}}\n");
+	if (b.failed || !(path = join(os->dir, strlen(os->dir),
+	                              "model.safetensors.index.json"))) {
+		zm_buf_release(&b);
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	}
+	st = zm_outfile_open(&f, path, false, err);
+	free(path);
+	if (st == ZM_OK) {
+		if ((st = zm_outfile_write(&f, b.data, b.len, err)) ||
+		    (st = zm_outfile_prepare(&f, err)))
+			zm_outfile_abort(&f);
+	}
+	zm_buf_release(&b);
+	if (st != ZM_OK)
+		return st;
+	for (s = 0; s < os->n; s++) {
+		enum zm_status cs = zm_writer_commit(os->w[s], err);
+		os->w[s] = NULL;
+		if (cs != ZM_OK && st == ZM_OK)
+			st = cs;
+	}
+	if (st == ZM_OK)
+		return zm_outfile_commit(&f, err);
+	zm_outfile_abort(&f);
+	return st;
+}
+
 /* Elements per chunk of the streamed methods: 1 Mi (4 MiB of F32). */
 #define PLAIN_CHUNK ((size_t)1 << 20)
 
@@ -740,10 +903,12 @@ enum zm_status zm_merge_plain(const struct zm_merge_static_opts *o,
 	float *x = NULL, *bx = NULL, *res = NULL;
 	void *raw = NULL, *obuf = NULL;
 	struct emit_ctx ec;
+	struct outset os;
 	enum zm_status st = ZM_OK;
 
 	zm_doc_init(&out);
 	memset(&acc, 0, sizeof(acc));
+	memset(&os, 0, sizeof(os));
 	if (o->n_models == 0)
 		return zm_error_set(err, ZM_ERR_USAGE, "no models to merge");
 	if (o->method == ZM_MERGE_SLERP && o->n_models != 2)
@@ -804,14 +969,23 @@ enum zm_status zm_merge_plain(const struct zm_merge_static_opts *o,
 	    !(raw = zm_malloc((cap ? cap : 1) * 8)) ||
 	    !(obuf = zm_malloc((cap ? cap : 1) * 8)))
 		goto nomem;
-	if ((st = zm_writer_open(&w, o->out, o->compress, err)) ||
-	    (st = zm_writer_begin_doc(w, &out, err)))
+	if (o->shard_size) {
+		if ((st = outset_plan(&os, &out, o->shard_size, o->out, err)))
+			goto out;
+	} else if ((st = zm_writer_open(&w, o->out, o->compress, err)) ||
+	           (st = zm_writer_begin_doc(w, &out, err))) {
 		goto out;
+	}
 	ec.res = res;
 	ec.obuf = obuf;
 	ec.w = w;
 	for (t = 0; t < out.n_tensors; t++) {
 		const struct zm_tensor *h = &out.tensors[t];
+		if (o->shard_size && t == os.first[os.cur]) {
+			if ((st = outset_open(&os, os.cur, &out, err)))
+				goto out;
+			ec.w = os.w[os.cur++];
+		}
 		size_t es = zm_dtype_size(h->dtype), n = h->nbytes / es;
 		size_t step = chunked ? chunk : (n ? n : 1), off, m;
 		bool have_all = true, *cch;
@@ -843,7 +1017,8 @@ enum zm_status zm_merge_plain(const struct zm_merge_static_opts *o,
 					                  err);
 				}
 				if (st == ZM_OK)
-					st = zm_writer_write_data(w, obuf, m, err);
+					st = zm_writer_write_data(ec.w, obuf, m,
+					                          err);
 				if (st != ZM_OK || m == 0)
 					break;
 			}
@@ -912,13 +1087,18 @@ enum zm_status zm_merge_plain(const struct zm_merge_static_opts *o,
 		if (st != ZM_OK)
 			goto out;
 	}
-	st = zm_writer_commit(w, err);
-	w = NULL;
+	if (o->shard_size) {
+		st = outset_commit(&os, &out, err);
+	} else {
+		st = zm_writer_commit(w, err);
+		w = NULL;
+	}
 	goto out;
 nomem:
 	st = zm_error_set(err, ZM_ERR_NOMEM, "merge: out of memory");
 out:
 	zm_writer_abort(w);
+	outset_abort(&os);
 	for (i = 0; ins && i < n_in; i++)
 		pin_close(&ins[i]);
 	free(ins);

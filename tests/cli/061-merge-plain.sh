@@ -294,6 +294,30 @@ check "... the same tensors, bit for bit, as over the single files" python3 -c "
 import sys; sys.path.insert(0, '$T'); import st
 a, b = st.load('$T/ties.safetensors'), st.load('$T/ties-sh.safetensors')
 assert a[0] == b[0] and a[1] == b[1], 'differ'"
+run merge --method ties --density 0.5 --shard-size 100 --base "$T/base-sh" \
+	-o "$T/ties-out" "$T/a-sh" "$T/b.safetensors.gz" "$T/c-sh"
+expect_rc 0 "--shard-size writes shards and an index"
+check "... shards of at most 100 bytes of data (one tensor may exceed it), an index naming each tensor's shard, the same tensors as one file" python3 -c "
+import sys, json, os; sys.path.insert(0, '$T'); import st
+d = '$T/ties-out'
+ix = json.load(open(d + '/model.safetensors.index.json'))['weight_map']
+files = sorted(set(ix.values()))
+assert len(files) > 1 and files == sorted(f for f in os.listdir(d) if f.endswith('.safetensors')), files
+got, meta = {}, None
+for f in files:
+    t, m, order = st.load(os.path.join(d, f))
+    size = sum(len(st.encode(v[0], v[2])) for v in t.values())
+    assert size <= 100 or len(t) == 1, (f, size)
+    for k in t:
+        assert ix[k] == f, k
+    got.update(t)
+    meta = m
+want, wmeta, _ = st.load('$T/ties.safetensors')
+assert got == want and meta == wmeta and set(ix) == set(want)"
+run merge --method linear -o "$T/round.safetensors" "$T/ties-out" "$T/ties.safetensors"
+expect_rc 0 "the sharded output reads back as an input"
+run merge --method linear --shard-size 0 -o "$T/x-dir" "$T/a.safetensors"
+expect_rc 2 "--shard-size 0 is a usage error"
 py shard "$T/a.safetensors" "$T/bad-sh" 2 unmap=lm_head.weight
 run merge --method linear -o "$T/x.safetensors" "$T/bad-sh" "$T/a.safetensors"
 expect_rc 1 "a shard holding a tensor its index does not list is refused"
