@@ -269,7 +269,8 @@ static int run_static(const struct merge_opts *o)
 	char **paths = NULL, *base_path = NULL;
 	const struct zm_node **specs = NULL;
 	double *weights = NULL;
-	char origin[ZM_LINEAGE_ID_MAX + 8];
+	char origin[ZM_LINEAGE_ID_MAX + 8] = "";
+	bool plain = false;
 	enum zm_status st = ZM_OK;
 	size_t n = 0, i, j;
 
@@ -354,16 +355,20 @@ static int run_static(const struct merge_opts *o)
 	if (st != ZM_OK)
 		goto out;
 	/* Parameters average meaningfully only across models whose units
-	 * correspond: the base and every model against the first. */
+	 * correspond: the base and every model against the first.  Plain
+	 * checkpoints (no zm.arch) carry no lineage: fine-tunes of one base,
+	 * as mergekit users merge them, are not refused. */
 	if (base_path) {
 		paths[n] = base_path;
 		labels[n] = so.base_label;
 	}
-	st = zm_lineage_check_files((const char *const *)paths, labels,
-	                            n + (base_path != NULL),
-	                            !o->allow_unrelated, "nothing was written "
-	                            "(give --allow-unrelated to merge them "
-	                            "anyway)", origin, &err);
+	if ((st = zm_merge_probe_plain(paths[0], &plain, &err)) == ZM_OK &&
+	    !plain)
+		st = zm_lineage_check_files((const char *const *)paths, labels,
+		                            n + (base_path != NULL),
+		                            !o->allow_unrelated, "nothing was "
+		                            "written (give --allow-unrelated to "
+		                            "merge them anyway)", origin, &err);
 	paths[n] = NULL;
 	if (st != ZM_OK)
 		goto out;
