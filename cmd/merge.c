@@ -7,6 +7,7 @@
  * --method, it merges models statically into one model file (linear, task
  * arithmetic, TIES, DARE, SLERP), streaming tensor by tensor.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -27,7 +28,8 @@ static const char usage_str[] =
 	"usage: merge --zoo DIR [--granularity full|group|layer [--share all|none|groups=G,...|layers=L,...]\n"
 	"             | --granularity-from FILE] [--rebase] [--allow-unrelated] UPDATES...\n"
 	"       merge --method linear|task-arithmetic|ties|dare|slerp [--weights W,...] [--config FILE]\n"
-	"             [--granularity full|group|layer] [--base MODEL] [--zoo DIR] -o OUT MODEL...\n"
+	"             [--granularity full|group|layer] [--base MODEL] [--zoo DIR]\n"
+	"             [--missing error|copy-base] [--shard-size BYTES[K|M|G]] -o OUT MODEL...\n"
 	"  static:  --density D  --lambda L  --drop P  --dare-ties  --seed N  --name NAME\n"
 	"           --compress 0..9  --allow-unrelated\n"
 	"  output:  --quiet\n"
@@ -57,7 +59,12 @@ static const char options_str[] =
 	"      --dare-ties               dare with ties' sign election [off]\n"
 	"      --seed N                  dare's seed [0]\n"
 	"      --name NAME               zm.name of the merged model [none]\n"
-	"      --compress LEVEL          gzip level 0..9 [ZM_COMPRESS, else per payload]\n"
+	"      --compress LEVEL          gzip level 0..9 [ZM_COMPRESS, else per payload;\n"
+	"                                plain safetensors for OUT *.safetensors]\n"
+	"      --missing WHAT            plain checkpoints: a tensor some models lack is\n"
+	"                                an error or copied from the base [error]\n"
+	"      --shard-size BYTES        plain checkpoints: OUT is a directory of shards\n"
+	"                                and model.safetensors.index.json [one file]\n"
 	"  -o, --output OUT              the merged model file [required to merge]\n"
 	"      --quiet                   no summary [off]\n"
 	"  -h, --help                    print this help and exit\n"
@@ -78,6 +85,9 @@ struct merge_opts {
 	const char *out;
 	const char *name;
 	int compress;
+	bool set_compress;
+	bool copy_missing;
+	uint64_t shard_size;
 	struct zm_merge_params params;
 	bool set_density, set_lambda, set_drop, set_seed, set_dare_ties;
 	char **args;
@@ -171,20 +181,60 @@ out:
 	return st == ZM_OK ? ZM_EXIT_OK : zm_cli_report(&err);
 }
 
-/* Parses "W,W,..." into n weights. */
-static bool parse_weights(const char *text, size_t n, double *w)
+/*
+ * Parses "W,W,..." into n weights, each a finite number >= 0 (negating a
+ * task is --lambda's job).  On failure *bad points at the offending item
+ * (NULL when the count is wrong) and *bad_len is its length.
+ */
+static bool parse_weights(const char *text, size_t n, double *w,
+                          const char **bad, size_t *bad_len)
 {
 	const char *p = text;
 	size_t i;
 
+	*bad = NULL;
+	*bad_len = 0;
 	for (i = 0; i < n; i++) {
-		char *end;
-		w[i] = strtod(p, &end);
-		if (end == p || (*end != ',' && *end != '\0') ||
-		    (*end == '\0') != (i == n - 1))
+		const char *comma = strchr(p, ',');
+		size_t len = comma ? (size_t)(comma - p) : strlen(p);
+		char item[64];
+		if ((comma != NULL) != (i + 1 < n))
 			return false;
-		p = end + 1;
+		if (len >= sizeof(item) || (memcpy(item, p, len),
+		                            item[len] = '\0',
+		                            !zm_parse_double(item, &w[i])) ||
+		    w[i] < 0 || w[i] > 1e6) {
+			*bad = p;
+			*bad_len = len;
+			return false;
+		}
+		p = comma ? comma + 1 : p + len;
 	}
+	return true;
+}
+
+/* Parses "N", "NK", "NM" or "NG" (powers of 1024) into *out > 0. */
+static bool parse_size(const char *text, uint64_t *out)
+{
+	char *end;
+	unsigned long long v;
+	unsigned shift = 0;
+
+	errno = 0;
+	if (!(*text >= '0' && *text <= '9'))
+		return false;
+	v = strtoull(text, &end, 10);
+	if (errno)
+		return false;
+	switch (*end) {
+	case 'K': shift = 10; end++; break;
+	case 'M': shift = 20; end++; break;
+	case 'G': shift = 30; end++; break;
+	default: break;
+	}
+	if (*end || v == 0 || v > (UINT64_MAX >> shift))
+		return false;
+	*out = (uint64_t)v << shift;
 	return true;
 }
 
@@ -219,7 +269,8 @@ static int run_static(const struct merge_opts *o)
 	char **paths = NULL, *base_path = NULL;
 	const struct zm_node **specs = NULL;
 	double *weights = NULL;
-	char origin[ZM_LINEAGE_ID_MAX + 8];
+	char origin[ZM_LINEAGE_ID_MAX + 8] = "";
+	bool plain = false;
 	enum zm_status st = ZM_OK;
 	size_t n = 0, i, j;
 
@@ -277,9 +328,18 @@ static int run_static(const struct merge_opts *o)
 		}
 	}
 	if (o->weights_text) {
-		if (!parse_weights(o->weights_text, n, weights)) {
-			st = zm_error_set(&err, ZM_ERR_USAGE, "--weights: expected "
-			                  "%zu numbers separated by commas", n);
+		const char *bad;
+		size_t bad_len;
+		if (!parse_weights(o->weights_text, n, weights, &bad,
+		                   &bad_len)) {
+			if (bad)
+				st = zm_error_set(&err, ZM_ERR_USAGE, "--weights:"
+				                  " '%.*s' is not a finite number "
+				                  "in [0, 1e6]", (int)bad_len, bad);
+			else
+				st = zm_error_set(&err, ZM_ERR_USAGE, "--weights:"
+				                  " expected %zu numbers separated "
+				                  "by commas", n);
 			goto out;
 		}
 		for (i = 0; i < n; i++)
@@ -295,16 +355,20 @@ static int run_static(const struct merge_opts *o)
 	if (st != ZM_OK)
 		goto out;
 	/* Parameters average meaningfully only across models whose units
-	 * correspond: the base and every model against the first. */
+	 * correspond: the base and every model against the first.  Plain
+	 * checkpoints (no zm.arch) carry no lineage: fine-tunes of one base,
+	 * as mergekit users merge them, are not refused. */
 	if (base_path) {
 		paths[n] = base_path;
 		labels[n] = so.base_label;
 	}
-	st = zm_lineage_check_files((const char *const *)paths, labels,
-	                            n + (base_path != NULL),
-	                            !o->allow_unrelated, "nothing was written "
-	                            "(give --allow-unrelated to merge them "
-	                            "anyway)", origin, &err);
+	if ((st = zm_merge_probe_plain(paths[0], &plain, &err)) == ZM_OK &&
+	    !plain)
+		st = zm_lineage_check_files((const char *const *)paths, labels,
+		                            n + (base_path != NULL),
+		                            !o->allow_unrelated, "nothing was "
+		                            "written (give --allow-unrelated to "
+		                            "merge them anyway)", origin, &err);
 	paths[n] = NULL;
 	if (st != ZM_OK)
 		goto out;
@@ -325,6 +389,13 @@ static int run_static(const struct merge_opts *o)
 		                  zm_merge_method_name(so.method));
 		goto out;
 	}
+	so.copy_missing = o->copy_missing;
+	so.shard_size = o->shard_size;
+	/* The name says what the file is: plain safetensors bytes for
+	 * *.safetensors, gzip otherwise. */
+	if (!o->set_compress && strlen(o->out) >= 12 &&
+	    strcmp(o->out + strlen(o->out) - 12, ".safetensors") == 0)
+		so.compress = ZM_COMPRESS_NONE;
 	st = zm_merge_static(&so, &err);
 	if (st == ZM_OK && !o->quiet && strcmp(o->out, "-") != 0)
 		fprintf(stderr, "%s: %s merge of %zu models written to %s\n",
@@ -346,7 +417,7 @@ enum {
 	OPT_VERSION = 256, OPT_GRAN, OPT_SHARE, OPT_GRAN_FROM, OPT_REBASE,
 	OPT_METHOD, OPT_WEIGHTS, OPT_CONFIG, OPT_BASE, OPT_DENSITY, OPT_LAMBDA,
 	OPT_DROP, OPT_DARE_TIES, OPT_SEED, OPT_NAME, OPT_COMPRESS, OPT_QUIET,
-	OPT_ALLOW_UNRELATED
+	OPT_ALLOW_UNRELATED, OPT_MISSING, OPT_SHARD_SIZE
 };
 
 int main(int argc, char **argv)
@@ -368,6 +439,8 @@ int main(int argc, char **argv)
 		{ "seed", required_argument, NULL, OPT_SEED },
 		{ "name", required_argument, NULL, OPT_NAME },
 		{ "compress", required_argument, NULL, OPT_COMPRESS },
+		{ "missing", required_argument, NULL, OPT_MISSING },
+		{ "shard-size", required_argument, NULL, OPT_SHARD_SIZE },
 		{ "output", required_argument, NULL, 'o' },
 		{ "quiet", no_argument, NULL, OPT_QUIET },
 		{ "allow-unrelated", no_argument, NULL, OPT_ALLOW_UNRELATED },
@@ -444,6 +517,22 @@ int main(int argc, char **argv)
 			if (!zm_cli_int("--compress", optarg, 0, 9, &v))
 				return zm_cli_usage_error(usage_str, NULL);
 			o.compress = (int)v;
+			o.set_compress = true;
+			break;
+		case OPT_SHARD_SIZE:
+			if (!parse_size(optarg, &o.shard_size))
+				return zm_cli_usage_error(usage_str, "--shard-size:"
+				        " expected a positive number of bytes "
+				        "with an optional K, M or G");
+			break;
+		case OPT_MISSING:
+			if (strcmp(optarg, "copy-base") == 0)
+				o.copy_missing = true;
+			else if (strcmp(optarg, "error") == 0)
+				o.copy_missing = false;
+			else
+				return zm_cli_usage_error(usage_str, "--missing: "
+				        "expected error or copy-base");
 			break;
 		case OPT_QUIET: o.quiet = true; break;
 		case OPT_ALLOW_UNRELATED: o.allow_unrelated = true; break;

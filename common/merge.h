@@ -183,7 +183,14 @@ struct zm_merge_static_opts {
 	const char *name;             /* zm.name of the result, or NULL */
 	const char *origin;           /* zm.origin of the result (the one
 	                                 the inputs share), or NULL */
-	int compress;                 /* 0-9 or ZM_COMPRESS_AUTO */
+	int compress;                 /* 0-9, ZM_COMPRESS_AUTO or _NONE */
+	/* Plain checkpoints: a tensor some models lack is copied from the
+	 * base (else the first model) instead of refused. */
+	bool copy_missing;
+	size_t chunk;                 /* plain: elements per chunk, 0: 1 Mi */
+	/* Plain: when not 0, out is a directory that receives shards of at
+	 * most this many bytes of data and model.safetensors.index.json. */
+	uint64_t shard_size;
 };
 
 /*
@@ -198,6 +205,68 @@ struct zm_merge_static_opts {
  */
 enum zm_status zm_merge_static(const struct zm_merge_static_opts *o,
                                struct zm_error *err);
+
+/*
+ * A Hugging Face shard index (model.safetensors.index.json): the shard
+ * files of a checkpoint and which tensor each holds, from "weight_map"
+ * ("metadata" and other keys are ignored).  Shard names must be plain
+ * file names (no '/', not "." or ".."), as they are opened next to the
+ * index.
+ */
+struct zm_shard_index {
+	struct zm_node *root;         /* owned tree */
+	const struct zm_node *map;    /* the weight_map node, in root */
+	const char **files;           /* owned array of names into root, in
+	                               * order of first appearance */
+	size_t n_files;
+};
+
+void zm_shard_index_init(struct zm_shard_index *ix);
+void zm_shard_index_release(struct zm_shard_index *ix);
+/* Parses index bytes (source names them in messages) into ix (released
+ * first).  Errors are ZM_ERR_CONFIG with line and column. */
+enum zm_status zm_shard_index_parse(const char *bytes, size_t len,
+                                    const char *source,
+                                    struct zm_shard_index *ix,
+                                    struct zm_error *err);
+/* The shard file of tensor name, or NULL when the index lacks it. */
+const char *zm_shard_index_file(const struct zm_shard_index *ix,
+                                const char *name);
+
+/*
+ * The same for plain safetensors checkpoints (no zm.arch, such as Hugging
+ * Face models): tensors are matched by name against the reference (the
+ * base for the task-vector methods, else the first model), with their
+ * shapes; a tensor of a model that the reference lacks is an error, one
+ * the reference has and a model lacks too unless o->copy_missing (then
+ * it is copied from the reference).  Float tensors (F32, F16, BF16, F64)
+ * are merged in F32 and written in the reference's dtype, rounded to
+ * nearest even; other tensors are copied from the reference, and so is
+ * the metadata outside zm.*.  Non-finite inputs or results, and F16
+ * overflow, are ZM_ERR_DATA naming the tensor and element.  Linear and
+ * task arithmetic stream each tensor in chunks of o->chunk elements;
+ * the other methods hold one tensor per input.  Per-model weights must
+ * be numbers (ZM_ERR_CONFIG for lists and maps).  On failure nothing
+ * appears at o->out.  zm_merge_static calls it when the first model is a
+ * plain checkpoint.  A model path may also be a shard index
+ * (*.index.json) or a directory holding model.safetensors.index.json or
+ * model.safetensors; the shards' tensors must be exactly those the index
+ * assigns to them.
+ */
+enum zm_status zm_merge_plain(const struct zm_merge_static_opts *o,
+                              struct zm_error *err);
+
+/* *plain becomes true when path holds a safetensors document without
+ * zm.arch, or is a directory or a *.index.json (false for "-", which
+ * cannot be read twice).  Errors are the reader's. */
+enum zm_status zm_merge_probe_plain(const char *path, bool *plain,
+                                    struct zm_error *err);
+
+/* Converts n F32 values to dtype (F32, F64, F16 or BF16; the half types
+ * round to nearest even, NaN stays NaN, overflow gives infinity) into dst,
+ * n * zm_dtype_size(dtype) bytes, any alignment. */
+void zm_merge_f32_to_dtype(const float *src, size_t n, enum zm_dtype dtype,
+                           void *dst);
 
 /* ---- applying updates ---- */
 

@@ -16,7 +16,7 @@
 static enum zm_status weight_value(const struct zm_node *n, double *out,
                                    struct zm_error *err)
 {
-	return zm_node_double(n, "weight", -1e6, 1e6, out, err);
+	return zm_node_double(n, "weight", 0, 1e6, out, err);
 }
 
 enum zm_status zm_merge_layer_weights(const struct zm_node *spec,

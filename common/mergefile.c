@@ -713,6 +713,18 @@ enum zm_status zm_merge_static(const struct zm_merge_static_opts *o,
 	memset(&acc, 0, sizeof(acc));
 	if ((st = check_opts(o, err)))
 		return st;
+	{
+		/* Checkpoints without zm.arch: merged by tensor name. */
+		bool plain;
+		if ((st = zm_merge_probe_plain(o->paths[0], &plain, err)))
+			return st;
+		if (plain)
+			return zm_merge_plain(o, err);
+		if (o->shard_size)
+			return zm_error_set(err, ZM_ERR_USAGE, "--shard-size "
+			                    "applies to plain checkpoints, not "
+			                    "zoomerge models");
+	}
 	if (!(ins = zm_calloc(n_in, sizeof(*ins))))
 		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 	for (i = 0; i < n_in; i++)

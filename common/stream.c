@@ -50,6 +50,7 @@ struct zm_reader {
 	uint64_t *sizes;            /* owned, per tensor in data order */
 	char **names;               /* owned, per tensor */
 	uint64_t data_left;
+	uint64_t part;              /* bytes of tensor next_index read so far */
 	/* A reader that failed keeps failing with the same message. */
 	bool failed;
 	struct zm_error fail;
@@ -181,6 +182,7 @@ static void reader_forget_doc(struct zm_reader *r)
 	r->n_tensors = 0;
 	r->next_index = 0;
 	r->data_left = 0;
+	r->part = 0;
 	r->in_doc = false;
 }
 
@@ -742,6 +744,10 @@ enum zm_status zm_reader_read_data(struct zm_reader *r, size_t index,
 		return zm_error_set(err, ZM_ERR_USAGE,
 		                    "%s: document %zu: tensor %zu read out of order",
 		                    r->name, r->doc_no, index);
+	if (r->part != 0)
+		return zm_error_set(err, ZM_ERR_USAGE,
+		                    "%s: document %zu: tensor %zu partly read",
+		                    r->name, r->doc_no, index);
 	n = (size_t)r->sizes[index];
 	st = read_bytes(r, dst, n, &got, err);
 	if (st != ZM_OK)
@@ -752,6 +758,37 @@ enum zm_status zm_reader_read_data(struct zm_reader *r, size_t index,
 	r->data_left -= n;
 	r->next_index++;
 	return r->data_left == 0 ? settle(r, err) : ZM_OK;
+}
+
+enum zm_status zm_reader_read_part(struct zm_reader *r, size_t index,
+                                   void *dst, size_t n, struct zm_error *err)
+{
+	size_t got;
+	enum zm_status st;
+
+	if (r->failed) {
+		if (err)
+			*err = r->fail;
+		return r->fail.status;
+	}
+	if (!r->in_doc || index != r->next_index || index >= r->n_tensors ||
+	    n > r->sizes[index] - r->part)
+		return zm_error_set(err, ZM_ERR_USAGE,
+		                    "%s: document %zu: tensor %zu read out of order",
+		                    r->name, r->doc_no, index);
+	st = read_bytes(r, dst, n, &got, err);
+	if (st != ZM_OK)
+		return st;
+	if (got < n)
+		return rerr(r, err, ZM_ERR_FORMAT, "tensor '%s': truncated data",
+		            r->names[index]);
+	r->data_left -= n;
+	r->part += n;
+	if (r->part == r->sizes[index]) {
+		r->part = 0;
+		r->next_index++;
+	}
+	return ZM_OK;
 }
 
 enum zm_status zm_reader_next(struct zm_reader *r, struct zm_doc *doc,
@@ -985,7 +1022,8 @@ enum zm_status zm_writer_open(struct zm_writer **wp, const char *path,
 	int zr;
 
 	*wp = NULL;
-	if (level != ZM_COMPRESS_AUTO && (level < 0 || level > 9))
+	if (level != ZM_COMPRESS_AUTO && level != ZM_COMPRESS_NONE &&
+	    (level < 0 || level > 9))
 		return zm_error_set(err, ZM_ERR_USAGE,
 		                    "compression level %d is not 0-9", level);
 	w = zm_calloc(1, sizeof(*w));
@@ -997,8 +1035,10 @@ enum zm_status zm_writer_open(struct zm_writer **wp, const char *path,
 		free(w);
 		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 	}
-	w->cur_level = level == ZM_COMPRESS_AUTO ? 6 : level;
+	w->cur_level = level < 0 ? 6 : level;
 	w->cur_strategy = Z_DEFAULT_STRATEGY;
+	if (level == ZM_COMPRESS_NONE)
+		goto open_file;
 	w->z.zalloc = z_alloc;
 	w->z.zfree = z_free;
 	w->z.opaque = Z_NULL;
@@ -1011,9 +1051,11 @@ enum zm_status zm_writer_open(struct zm_writer **wp, const char *path,
 		return zm_error_set(err, ZM_ERR_NOMEM, "cannot start deflate");
 	}
 	w->z_ready = true;
+open_file:
 	st = zm_outfile_open(&w->out, path, true, err);
 	if (st != ZM_OK) {
-		deflateEnd(&w->z);
+		if (w->z_ready)
+			deflateEnd(&w->z);
 		free(w->zbuf);
 		free(w);
 		return st;
@@ -1082,7 +1124,7 @@ static enum zm_status params_for(struct zm_writer *w, bool is_float,
                                  struct zm_error *err)
 {
 	if (w->level != ZM_COMPRESS_AUTO)
-		return ZM_OK;
+		return ZM_OK;   /* a fixed level, or no deflate at all */
 	/* Float mantissas barely compress: Huffman-only gets the same ratio
 	 * at several times the speed (DESIGN.md section 2). */
 	return set_params(w, 6, is_float ? Z_HUFFMAN_ONLY : Z_DEFAULT_STRATEGY,
@@ -1094,6 +1136,8 @@ static enum zm_status deflate_bytes(struct zm_writer *w, const void *data,
 {
 	const unsigned char *p = data;
 
+	if (w->level == ZM_COMPRESS_NONE)
+		return n ? zm_outfile_write(&w->out, data, n, err) : ZM_OK;
 	while (n > 0) {
 		size_t chunk = n > UINT_MAX ? UINT_MAX : n;
 		enum zm_status st;
@@ -1125,11 +1169,13 @@ static enum zm_status finish_if_done(struct zm_writer *w, struct zm_error *err)
 	}
 	if (w->index < w->n_tensors)
 		return ZM_OK;
-	w->z.next_in = Z_NULL;
-	w->z.avail_in = 0;
-	st = deflate_run(w, Z_FINISH, err);
-	if (st != ZM_OK)
-		return st;
+	if (w->level != ZM_COMPRESS_NONE) {
+		w->z.next_in = Z_NULL;
+		w->z.avail_in = 0;
+		st = deflate_run(w, Z_FINISH, err);
+		if (st != ZM_OK)
+			return st;
+	}
 	w->in_doc = false;
 	free(w->sizes);
 	free(w->is_float);
@@ -1175,7 +1221,8 @@ enum zm_status zm_writer_begin_doc(struct zm_writer *w,
 	w->index = 0;
 	w->left = w->n_tensors ? w->sizes[0] : 0;
 	/* Every document is a gzip member of its own. */
-	deflateReset(&w->z);
+	if (w->level != ZM_COMPRESS_NONE)
+		deflateReset(&w->z);
 	st = params_for(w, false, err);
 	if (st == ZM_OK)
 		st = deflate_bytes(w, b.data, b.len, err);

@@ -96,6 +96,13 @@ enum zm_status zm_reader_next_header(struct zm_reader *r, struct zm_doc *doc,
                                      bool *eof, struct zm_error *err);
 /* Reads the data of doc->tensors[index] of the current header into dst
  * (t->nbytes bytes); index must be the next one in order. */
+/* Reads the next n bytes of doc->tensors[index] into dst, so that a large
+ * tensor can be streamed in chunks; index must be the next one in order
+ * and n at most what is left of it.  The tensor counts as read once all
+ * its bytes are (a zero-size tensor: after one call with n = 0). */
+enum zm_status zm_reader_read_part(struct zm_reader *r, size_t index,
+                                   void *dst, size_t n, struct zm_error *err);
+
 enum zm_status zm_reader_read_data(struct zm_reader *r, size_t index,
                                    void *dst, struct zm_error *err);
 
@@ -105,8 +112,10 @@ size_t zm_reader_doc_number(const struct zm_reader *r);
 
 /* ---- writing ---- */
 
-/* Compression choice: ZM_COMPRESS_AUTO picks per payload (see above). */
+/* Compression choice: ZM_COMPRESS_AUTO picks per payload (see above);
+ * ZM_COMPRESS_NONE writes plain safetensors bytes, no gzip wrapper. */
 #define ZM_COMPRESS_AUTO (-1)
+#define ZM_COMPRESS_NONE (-2)
 
 /* The level from the environment variable ZM_COMPRESS (0-9), or
  * ZM_COMPRESS_AUTO when unset.  Returns false for a bad value. */
@@ -117,7 +126,8 @@ struct zm_writer;
 /*
  * Opens a writer to path ("-": standard output, refused on a terminal with
  * ZM_ERR_USAGE).  Named files are written under a temporary name and only
- * appear at zm_writer_commit.  level is 0-9 or ZM_COMPRESS_AUTO.
+ * appear at zm_writer_commit.  level is 0-9, ZM_COMPRESS_AUTO or
+ * ZM_COMPRESS_NONE.
  */
 enum zm_status zm_writer_open(struct zm_writer **w, const char *path,
                               int level, struct zm_error *err);

@@ -1,0 +1,268 @@
+/*
+ * Plain-checkpoint merges (mergeplain.c): the F32 to F16/BF16 conversion
+ * against a naive nearest-even rounding computed in double, and the
+ * chunked stream of linear and task arithmetic against the whole-tensor
+ * merge and a naive loop.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "merge.h"
+#include "random.h"
+#include "stream.h"
+#include "unit.h"
+
+/*
+ * The nearest value of a binary format with p significand bits (the
+ * implicit one included), minimum normal exponent emin and largest finite
+ * value max, ties to even, by plain arithmetic: q is the spacing at |x|,
+ * x / q rounded to the even integer on a tie.  Infinity beyond max + q/2
+ * (and at it, when max's last bit is odd, which it always is).
+ */
+static double naive_round(double x, int p, int emin, double max)
+{
+	double a = fabs(x), q, r, f;
+	int e;
+
+	if (isnan(x) || isinf(x) || a == 0)
+		return x;
+	e = ilogb(a);
+	if (e < emin)
+		e = emin;
+	q = ldexp(1, e - (p - 1));
+	r = a / q;
+	f = floor(r);
+	if (r - f > 0.5 || (r - f == 0.5 && fmod(f, 2) != 0))
+		f += 1;
+	a = f * q;
+	if (a > max)
+		a = INFINITY;
+	return x < 0 ? -a : a;
+}
+
+static float decode(enum zm_dtype d, const void *p)
+{
+	uint16_t h;
+
+	memcpy(&h, p, 2);
+	return d == ZM_DTYPE_F16 ? zm_f16_to_f32(h) : zm_bf16_to_f32(h);
+}
+
+/* Random bit patterns over every exponent, plus the edge cases: halfway
+ * points, subnormals of both formats, the largest finite values, inf and
+ * NaN. */
+START_TEST(test_convert_vs_naive)
+{
+	static const enum zm_dtype dt[2] = { ZM_DTYPE_F16, ZM_DTYPE_BF16 };
+	enum zm_dtype d = dt[_i];
+	int p = d == ZM_DTYPE_F16 ? 11 : 8, emin = d == ZM_DTYPE_F16 ? -14 : -126;
+	double max = d == ZM_DTYPE_F16 ? 65504.0
+	             : (2 - ldexp(1, -7)) * ldexp(1, 127);
+	float edge[] = {
+		0.0f, -0.0f, 1.0f, 1.0f + 0x1p-8f, 1.0f + 0x1p-11f,
+		1.0f + 3 * 0x1p-11f, 1.0f + 3 * 0x1p-8f, 65504.0f, 65519.0f,
+		65520.0f, 65536.0f, 0x1p-24f, 0x1p-25f, 0x1.8p-25f, 0x1p-26f,
+		0x1p-14f, 0x1.ff8p-15f, 0x1p-126f, 0x1p-133f, 0x1p-134f,
+		0x1.8p-134f, 0x1p-149f, 0x1.fffffep127f, 0x1.fep127f,
+		0x1.ffp127f, INFINITY, -INFINITY, -0x1p-20f, -3.14159f
+	};
+	struct zm_rng rng;
+	unsigned char out[2];
+	size_t i;
+
+	zm_rng_seed(&rng, 7);
+	for (i = 0; i < sizeof(edge) / sizeof(edge[0]) + 200000; i++) {
+		float f, got;
+		double want;
+		if (i < sizeof(edge) / sizeof(edge[0])) {
+			f = edge[i];
+		} else {
+			uint32_t u = (uint32_t)zm_rng_next(&rng);
+			memcpy(&f, &u, 4);
+			if (isnan(f))
+				continue;
+		}
+		zm_merge_f32_to_dtype(&f, 1, d, out);
+		got = decode(d, out);
+		want = naive_round(f, p, emin, max);
+		ck_assert_msg((double)got == want && !signbit(got) == !signbit(want),
+		              "%s(%a) = %a, want %a", zm_dtype_name(d), (double)f,
+		              (double)got, want);
+	}
+	{
+		float nan = NAN;
+		zm_merge_f32_to_dtype(&nan, 1, d, out);
+		ck_assert(isnan(decode(d, out)));
+	}
+}
+END_TEST
+
+/* Writes a plain checkpoint: a BF16 matrix of 1000 x 3, an F32 vector of
+ * 13 and an I64 vector, values from seed, metadata format=pt. */
+static void write_plain(const char *path, uint64_t seed)
+{
+	static const int64_t s0[2] = { 1000, 3 }, s1[1] = { 13 }, s2[1] = { 2 };
+	struct zm_doc doc;
+	struct zm_tensor t;
+	struct zm_writer *w;
+	struct zm_error err;
+	struct zm_rng rng;
+	size_t i;
+
+	zm_doc_init(&doc);
+	zm_rng_seed(&rng, seed);
+	zm_tensor_init(&t);
+	ck_assert_int_eq(zm_tensor_alloc(&t, "model.w", ZM_DTYPE_BF16, 2, s0,
+	                                 &err), ZM_OK);
+	for (i = 0; i < 3000; i++) {
+		uint16_t h = zm_f32_to_bf16((float)zm_rng_normal(&rng));
+		memcpy((char *)t.data + 2 * i, &h, 2);
+	}
+	ck_assert_int_eq(zm_doc_add(&doc, &t, &err), ZM_OK);
+	ck_assert_int_eq(zm_tensor_alloc(&t, "model.b", ZM_DTYPE_F32, 1, s1,
+	                                 &err), ZM_OK);
+	for (i = 0; i < 13; i++)
+		((float *)t.data)[i] = (float)zm_rng_normal(&rng);
+	ck_assert_int_eq(zm_doc_add(&doc, &t, &err), ZM_OK);
+	ck_assert_int_eq(zm_tensor_alloc(&t, "ids", ZM_DTYPE_I64, 1, s2, &err),
+	                 ZM_OK);
+	((int64_t *)t.data)[0] = 5;
+	((int64_t *)t.data)[1] = 9;
+	ck_assert_int_eq(zm_doc_add(&doc, &t, &err), ZM_OK);
+	ck_assert_int_eq(zm_doc_set_meta(&doc, "format", "pt", &err), ZM_OK);
+	ck_assert_int_eq(zm_writer_open(&w, path, ZM_COMPRESS_NONE, &err), ZM_OK);
+	ck_assert_int_eq(zm_writer_write_doc(w, &doc, &err), ZM_OK);
+	ck_assert_int_eq(zm_writer_commit(w, &err), ZM_OK);
+	zm_doc_release(&doc);
+}
+
+static void read_doc(const char *path, struct zm_doc *doc)
+{
+	struct zm_reader *r;
+	struct zm_error err;
+	bool eof;
+
+	ck_assert_int_eq(zm_reader_open(&r, path, &err), ZM_OK);
+	ck_assert_int_eq(zm_reader_next(r, doc, &eof, &err), ZM_OK);
+	ck_assert(!eof);
+	zm_reader_close(r);
+}
+
+/* Chunks of 7 elements (not dividing any tensor) give the same bytes as
+ * whole tensors, and linear and task arithmetic match a naive loop
+ * rounded to the dtype.  TIES with density 0.3 streams its threshold
+ * selection over spilled task vectors. */
+START_TEST(test_chunked_vs_whole)
+{
+	static const enum zm_merge_method methods[3] = {
+		ZM_MERGE_LINEAR, ZM_MERGE_TASK_ARITHMETIC, ZM_MERGE_TIES
+	};
+	enum zm_merge_method method = methods[_i];
+	char path[4][512], out[3][512];
+	const char *paths[3], *labels[3] = { "m0", "m1", "m2" };
+	double w[3] = { 1, 2, 0.5 };
+	struct zm_merge_static_opts o;
+	struct zm_doc in[4], res[3];
+	struct zm_error err;
+	size_t i, k, j;
+
+	for (i = 0; i < 4; i++) {
+		snprintf(path[i], sizeof(path[i]), "%s/p%zu.safetensors",
+		         unit_tmpdir(), i);
+		write_plain(path[i], 10 + i);
+		zm_doc_init(&in[i]);
+		read_doc(path[i], &in[i]);
+		if (i < 3)
+			paths[i] = path[i];
+	}
+	memset(&o, 0, sizeof(o));
+	zm_merge_params_init(&o.params);
+	o.params.lambda = 0.7;
+	o.params.density = 0.3;
+	o.method = method;
+	o.level = ZM_GRAN_LAYER;
+	o.n_models = 3;
+	o.paths = paths;
+	o.labels = labels;
+	o.weights = w;
+	o.base_path = path[3];
+	o.compress = ZM_COMPRESS_NONE;
+	/* Whole tensors; chunks of 7, where TIES refines its threshold
+	 * over the spilled file; chunks of 1000, where the candidates of
+	 * the top bits fit in a chunk and are refined in memory. */
+	for (k = 0; k < 3; k++) {
+		static const size_t chunks[3] = { 0, 7, 1000 };
+		snprintf(out[k], sizeof(out[k]), "%s/out%zu.safetensors",
+		         unit_tmpdir(), k);
+		o.out = out[k];
+		o.chunk = chunks[k];
+		ck_assert_msg(zm_merge_static(&o, &err) == ZM_OK, "%s", err.msg);
+		zm_doc_init(&res[k]);
+		read_doc(out[k], &res[k]);
+	}
+	ck_assert_uint_eq(res[0].n_tensors, 3);
+	ck_assert_str_eq(zm_doc_meta(&res[0], "format"), "pt");
+	for (k = 0; k < res[0].n_tensors; k++) {
+		const struct zm_tensor *a = &res[0].tensors[k];
+		const struct zm_tensor *b = &res[1].tensors[k];
+		const struct zm_tensor *c = &res[2].tensors[k];
+		const struct zm_tensor *ref = zm_doc_find(&in[0], a->name);
+		size_t n = zm_tensor_numel(a);
+		ck_assert_str_eq(a->name, b->name);
+		ck_assert_int_eq(a->dtype, ref->dtype);
+		ck_assert_uint_eq(a->nbytes, b->nbytes);
+		ck_assert(memcmp(a->data, b->data, a->nbytes) == 0);
+		ck_assert_uint_eq(a->nbytes, c->nbytes);
+		ck_assert(memcmp(a->data, c->data, a->nbytes) == 0);
+		if (a->dtype == ZM_DTYPE_I64) {
+			ck_assert(memcmp(a->data, ref->data, a->nbytes) == 0);
+			continue;
+		}
+		/* TIES: the streamed threshold selection and sums must give
+		 * the whole-tensor bytes (checked above); the whole-tensor
+		 * TIES is checked against naive loops in check_merge.c and
+		 * 061-merge-plain.sh. */
+		if (method == ZM_MERGE_TIES)
+			continue;
+		for (j = 0; j < n; j++) {
+			double want = 0, base, got_v, tol;
+			float g;
+			zm_tensor_read_f32(zm_doc_find(&in[3], a->name), j, 1, &g);
+			base = g;
+			for (i = 0; i < 3; i++) {
+				zm_tensor_read_f32(zm_doc_find(&in[i], a->name), j,
+				                   1, &g);
+				want += method == ZM_MERGE_LINEAR ? w[i] / 3.5 * g
+				        : 0.7 * w[i] * (g - base);
+			}
+			if (method != ZM_MERGE_LINEAR)
+				want += base;
+			zm_tensor_read_f32(a, j, 1, &g);
+			got_v = g;
+			/* One unit in the last place of the output dtype. */
+			tol = (a->dtype == ZM_DTYPE_BF16 ? 0x1p-7 : 0x1p-21) *
+			      fmax(fabs(want), 1e-3);
+			ck_assert_msg(fabs(got_v - want) <= tol, "%s[%zu]: %g, "
+			              "want %g", a->name, j, got_v, want);
+		}
+	}
+	for (i = 0; i < 4; i++)
+		zm_doc_release(&in[i]);
+	for (k = 0; k < 3; k++)
+		zm_doc_release(&res[k]);
+}
+END_TEST
+
+Suite *suite_mergeplain(void)
+{
+	Suite *s = suite_create("mergeplain");
+	TCase *tc = tcase_create("mergeplain");
+
+	tcase_set_timeout(tc, 60);
+	tcase_add_loop_test(tc, test_convert_vs_naive, 0, 2);
+	tcase_add_loop_test(tc, test_chunked_vs_whole, 0, 3);
+	suite_add_tcase(s, tc);
+	return s;
+}
