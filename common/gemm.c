@@ -84,13 +84,27 @@ void zm_gemm(bool trans_a, bool trans_b, size_t m, size_t n, size_t k,
 		zm_gemm_setup(0);
 	if (m == 0 || n == 0)
 		return;
+	/* BLIS 0.9's small/unpacked ("sup") kernels for Haswell, when they
+	 * accumulate into C (beta != 0), read one float past the end of a
+	 * row-stored C for some edge shapes (e.g. m = 16, n = 3: the
+	 * momentum GEMM of a 3-input layer); valgrind sees it, and a C that
+	 * ends at a page boundary would fault.  The conventional path packs
+	 * and reads C only within bounds, so accumulating calls take it;
+	 * beta == 0 calls (most of them) keep the sup kernels. */
+	rntm_t rntm;
+	rntm_t *rp = NULL;
+	if (beta != 0.0f) {
+		bli_rntm_init_from_global(&rntm);
+		bli_rntm_disable_l3_sup(&rntm);
+		rp = &rntm;
+	}
 	/* Row-major X stored with row stride ld: element (i,j) at i*ld + j,
 	 * so rs = ld, cs = 1; a transpose swaps the roles. */
-	bli_sgemm(trans_a ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE,
-	          trans_b ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE,
-	          (dim_t)m, (dim_t)n, (dim_t)k, &al,
-	          (float *)a, (inc_t)lda, 1, (float *)b, (inc_t)ldb, 1,
-	          &be, c, (inc_t)ldc, 1);
+	bli_sgemm_ex(trans_a ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE,
+	             trans_b ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE,
+	             (dim_t)m, (dim_t)n, (dim_t)k, &al,
+	             (float *)a, (inc_t)lda, 1, (float *)b, (inc_t)ldb, 1,
+	             &be, c, (inc_t)ldc, 1, NULL, rp);
 }
 
 /* ---- packed weights ---- */

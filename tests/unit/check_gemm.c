@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "gemm.h"
 #include "mem.h"
@@ -78,6 +80,59 @@ START_TEST(test_beta_zero_ignores_nan)
 
 	zm_gemm(false, false, 1, 1, 2, 1.0f, a, 2, b, 1, 0.0f, c, 1);
 	ck_assert(c[0] == 11.0f);
+}
+END_TEST
+
+/* C = 0.9 C + A^T B (A stored k x m, B k x n: the momentum GEMM of
+ * training) with C ending where an inaccessible page begins, so that a
+ * read past its end faults (Check reports the signal) instead of passing
+ * unseen.  BLIS 0.9's Haswell small-matrix kernels read one float past C
+ * for shapes such as m = 16, n = 3 (a 3-input, 16-unit layer). */
+static void accumulate_at_page_end(size_t m, size_t n, size_t k)
+{
+	size_t page = (size_t)sysconf(_SC_PAGESIZE), i, j, p;
+	unsigned seed = 99u + (unsigned)(m * 64 + n);
+	float *a = malloc(k * m * sizeof(float));
+	float *b = malloc(k * n * sizeof(float));
+	float *c0 = malloc(m * n * sizeof(float)), *c;
+	unsigned char *map;
+
+	ck_assert(a && b && c0 && m * n * sizeof(float) <= page);
+	map = mmap(NULL, 2 * page, PROT_READ | PROT_WRITE,
+	           MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ck_assert(map != MAP_FAILED);
+	ck_assert_int_eq(mprotect(map + page, page, PROT_NONE), 0);
+	c = (float *)(void *)(map + page) - m * n;
+	for (i = 0; i < k * m; i++)
+		a[i] = frand(&seed);
+	for (i = 0; i < k * n; i++)
+		b[i] = frand(&seed);
+	for (i = 0; i < m * n; i++)
+		c[i] = c0[i] = frand(&seed);
+	zm_gemm(true, false, m, n, k, 1.0f, a, m, b, n, 0.9f, c, n);
+	for (i = 0; i < m; i++)
+		for (j = 0; j < n; j++) {
+			double want = 0.9 * c0[i * n + j];
+			for (p = 0; p < k; p++)
+				want += (double)a[p * m + i] * b[p * n + j];
+			ck_assert_msg(fabs(c[i * n + j] - want) <=
+			              1e-4 * (1.0 + fabs(want)),
+			              "m=%zu n=%zu k=%zu (%zu,%zu)", m, n, k, i, j);
+		}
+	munmap(map, 2 * page);
+	free(a);
+	free(b);
+	free(c0);
+}
+
+START_TEST(test_accumulate_stays_in_c)
+{
+	size_t m, n;
+
+	accumulate_at_page_end(16, 3, 64);
+	for (m = 1; m <= 20; m++)
+		for (n = 1; n <= 9; n++)
+			accumulate_at_page_end(m, n, 33);
 }
 END_TEST
 
@@ -283,6 +338,7 @@ Suite *suite_gemm(void)
 
 	tcase_add_loop_test(tc, test_gemm_vs_naive, 0, 64);
 	tcase_add_test(tc, test_beta_zero_ignores_nan);
+	tcase_add_test(tc, test_accumulate_stays_in_c);
 	tcase_add_test(tc, test_arch_reported);
 	tcase_add_loop_test(tc, test_packed_vs_naive, 0, 64);
 	tcase_add_test(tc, test_packed_many_outputs);
