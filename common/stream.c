@@ -587,9 +587,13 @@ static enum zm_status not_a_stream(struct zm_reader *r,
 	idx = n >= 4 && p[0] == 0 && p[1] == 0 && p[2] == 8 &&
 	      (p[3] == 1 || p[3] == 3);
 	if (idx)
-		what = "looks like IDX: give --from idx --images FILE";
+		what = "looks like IDX, not a zoomerge stream (read it with "
+		       "--from idx --images FILE, or convert it with "
+		       "tensor import --from idx)";
 	else if (text)
-		what = "looks like CSV: give --from csv";
+		what = "looks like CSV, not a zoomerge stream (read it with "
+		       "--from csv, or convert it with tensor import "
+		       "--from csv)";
 	r->failed = true;
 	/* Neither: the header length it would have is all there is to say. */
 	if (!text && !idx && n == 8) {

@@ -261,5 +261,21 @@ check "nightly: night 3 predicted in either column order is the same" cmp -s "$T
 run zoo-ls --zoo "$N"
 check "nightly: the router is listed as one" awk '$1 == "router" && $8 == "router" { f = 1 } END { exit !f }' "$T/out"
 check "nightly: and untouched by the nights" awk '$1 == "router" && $2 == 1 { f = 1 } END { exit !f }' "$T/out"
+# Night 4 arrives cut short (a .csv.gz that lost its second half): the
+# import and the training refuse it, and the zoo stays as night 3 left it.
+gen "$T/n4.csv" 900 14 012
+gzip -c "$T/n4.csv" >"$T/n4full.csv.gz"
+head -c $(($(wc -c <"$T/n4full.csv.gz") / 2)) "$T/n4full.csv.gz" >"$T/n4.csv.gz"
+cp "$N/zoo.yaml" "$T/nightly-index.before"
+run tensor import --from csv --label label -o "$T/n4.st.gz" "$T/n4.csv.gz"
+expect_rc 1 "nightly: a truncated night is refused by tensor import"
+expect_err "truncated" "as truncated"
+check "nightly: and nothing is written" test ! -e "$T/n4.st.gz"
+tensor import --from csv --label label -o "$T/n4full.st.gz" "$T/n4.csv"
+head -c $(($(wc -c <"$T/n4full.st.gz") / 2)) "$T/n4full.st.gz" >"$T/n4cut.st.gz"
+run train-step --zoo "$N" --model m --epochs 5 --lr 0.05 --apply --quiet "$T/n4cut.st.gz"
+expect_rc 1 "nightly: train-step --apply refuses the truncated night"
+expect_err "truncated" "as truncated"
+check "nightly: the zoo is as night 3 left it" cmp "$N/zoo.yaml" "$T/nightly-index.before"
 sed "s/^/# /" "$T/nightly.log"
 finish

@@ -22,10 +22,10 @@ gzip -nc "$T/d.csv" > "$T/d.csv.gz"
 for f in d.csv d.csv.gz; do
 	run predict --zoo "$T/zoo" --model m "$T/$f"
 	expect_rc 1 "predict of $f without --from csv exits 1"
-	expect_err "$f: looks like CSV: give --from csv" "predict of $f says to give --from csv"
+	expect_err "$f: looks like CSV, not a zoomerge stream \\(read it with --from csv" "predict of $f says to give --from csv"
 done
 run sh -c "predict --zoo '$T/zoo' --model m < '$T/d.csv'"
-expect_err "<stdin>: looks like CSV: give --from csv" "the advice from a pipe"
+expect_err "<stdin>: looks like CSV, not a zoomerge stream \\(read it with --from csv" "the advice from a pipe"
 run train-step --zoo "$T/zoo" --model m -o "$T/u.st.gz" "$T/d.csv"
 expect_rc 1 "train-step of a CSV exits 1"
 expect_err "d.csv: looks like CSV" "train-step says it looks like CSV"
@@ -33,7 +33,7 @@ check "train-step wrote nothing" test ! -e "$T/u.st.gz"
 printf '\000\000\010\003\000\000\000\001\000\000\000\002\000\000\000\002abcd' > "$T/img.idx"
 run tensor info "$T/img.idx"
 expect_rc 1 "an IDX file given as a stream exits 1"
-expect_err "img.idx: looks like IDX: give --from idx --images FILE" "and says it looks like IDX"
+expect_err "img.idx: looks like IDX, not a zoomerge stream \\(read it with --from idx --images FILE" "and says it looks like IDX"
 
 # Random bytes: exit 1 and what they are not, not a usage error.
 awk 'BEGIN { srand(5); for (i = 0; i < 300; i++) printf "%c", int(rand() * 256) }' > "$T/rnd.bin"

@@ -632,14 +632,14 @@ END_TEST
 /* What the first bytes look like when they are not a stream. */
 static const struct { const char *bytes; size_t n; const char *want; }
 not_stream_cases[] = {
-	{ "f0,f1,label\n1,2,3\n", 18, "x: looks like CSV: give --from csv" },
-	{ "\xef\xbb\xbf" "a,b\n1,2\n", 11, "x: looks like CSV: give --from csv" },
+	{ "f0,f1,label\n1,2,3\n", 18, "x: looks like CSV, not a zoomerge stream (read it with --from csv, or convert it with tensor import --from csv)" },
+	{ "\xef\xbb\xbf" "a,b\n1,2\n", 11, "x: looks like CSV, not a zoomerge stream (read it with --from csv, or convert it with tensor import --from csv)" },
 	{ "\0\0\x08\x03\0\0\0\x01\0\0\0\x02", 12,
-	  "x: looks like IDX: give --from idx --images FILE" },
+	  "x: looks like IDX, not a zoomerge stream (read it with --from idx --images FILE, or convert it with tensor import --from idx)" },
 	{ "\x93\x01\xff\x7f\x10\x80\x02\x05\x11", 9,
 	  "x: not a zoomerge stream, gzip or CSV (bad header length "
 	  "360991728498311571)" },
-	{ "abc", 3, "x: looks like CSV: give --from csv" },
+	{ "abc", 3, "x: looks like CSV, not a zoomerge stream (read it with --from csv, or convert it with tensor import --from csv)" },
 };
 
 START_TEST(not_a_stream)
