@@ -1183,7 +1183,14 @@ enum zm_status zm_shard_index_parse(const char *bytes, size_t len,
 	}
 	for (i = 0; i < map->count; i++) {
 		const struct zm_node *v = map->items[i];
+		const struct zm_node *k = map->keys[i];
 		const char *f;
+		/* A name with a NUL byte would be found by no lookup. */
+		if (k->len == 0 || strlen(k->value) != k->len) {
+			st = zm_node_error(k, err, ZM_ERR_CONFIG, "'%s' is not "
+			                   "a tensor name", k->value);
+			goto fail;
+		}
 		if ((st = zm_node_string(v, "shard file", &f, err)))
 			goto fail;
 		if (f[0] == '\0' || strchr(f, '/') || strlen(f) != v->len ||

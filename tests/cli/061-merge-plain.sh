@@ -326,6 +326,12 @@ py shard "$T/a.safetensors" "$T/slash-sh" 2 slash=lm_head.weight
 run merge --method linear -o "$T/x.safetensors" "$T/slash-sh" "$T/a.safetensors"
 expect_rc 2 "an index naming a file outside its directory is refused"
 expect_err "model.safetensors.index.json:[0-9]+:[0-9]+: '../model" "... with line and column"
+mkdir "$T/nul-sh"
+printf '{"weight_map": {"lm_head\\u0000.weight": "model.safetensors"}}' \
+	>"$T/nul-sh/model.safetensors.index.json"
+run merge --method linear -o "$T/x.safetensors" "$T/nul-sh" "$T/a.safetensors"
+expect_rc 2 "an index naming a tensor with a NUL byte is refused"
+expect_err "model.safetensors.index.json:[0-9]+:[0-9]+: 'lm_head' is not a tensor name" "... with line and column"
 mkdir "$T/empty-dir"
 run merge --method linear -o "$T/x.safetensors" "$T/empty-dir" "$T/a.safetensors"
 expect_rc 1 "a directory without a checkpoint is refused"
