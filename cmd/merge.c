@@ -20,6 +20,7 @@
 #include "lineage.h"
 #include "mem.h"
 #include "merge.h"
+#include "mergekit.h"
 #include "stream.h"
 #include "update.h"
 #include "zoo.h"
@@ -30,6 +31,8 @@ static const char usage_str[] =
 	"       merge --method linear|task-arithmetic|ties|dare|slerp [--weights W,...] [--config FILE]\n"
 	"             [--granularity full|group|layer] [--base MODEL] [--zoo DIR]\n"
 	"             [--missing error|copy-base] [--shard-size BYTES[K|M|G]] -o OUT MODEL...\n"
+	"       merge --mergekit-config FILE [--seed N] [--zoo DIR] [--missing error|copy-base]\n"
+	"             [--shard-size BYTES[K|M|G]] [--compress 0..9] -o OUT\n"
 	"  static:  --density D  --lambda L  --drop P  --dare-ties  --seed N  --name NAME\n"
 	"           --compress 0..9  --allow-unrelated\n"
 	"  output:  --quiet\n"
@@ -52,6 +55,8 @@ static const char options_str[] =
 	"                                [none: apply updates]\n"
 	"      --weights W,...           one weight per model [equal]\n"
 	"      --config FILE             merge config (YAML) [none]\n"
+	"      --mergekit-config FILE    a mergekit YAML config: method, models and\n"
+	"                                parameters from it [none]\n"
 	"      --base MODEL              base of the task-vector methods [none]\n"
 	"      --density D               ties/dare density [0.2]\n"
 	"      --lambda L                task-vector scale [1]\n"
@@ -81,6 +86,7 @@ struct merge_opts {
 	const char *method_text;
 	const char *weights_text;
 	const char *config_path;
+	const char *mergekit_path;
 	const char *base;
 	const char *out;
 	const char *name;
@@ -413,11 +419,85 @@ out:
 	return st == ZM_OK ? ZM_EXIT_OK : zm_cli_report(&err);
 }
 
+/* --mergekit-config: the plan of mergekit.h run as a plain merge. */
+static int run_mergekit(const struct merge_opts *o)
+{
+	struct zm_error err;
+	struct zm_zoo *zoo = NULL;
+	struct zm_mergekit mk;
+	struct zm_mergekit_plan plan;
+	struct zm_merge_static_opts so;
+	char **paths = NULL, *base_path = NULL;
+	double *weights = NULL;
+	enum zm_status st;
+	size_t i;
+
+	zm_error_clear(&err);
+	zm_mergekit_init(&mk);
+	memset(&plan, 0, sizeof(plan));
+	memset(&so, 0, sizeof(so));
+	if ((st = zm_mergekit_load(o->mergekit_path, &mk, &err)))
+		goto out;
+	for (i = 0; i < mk.n_warnings; i++)
+		fprintf(stderr, "%s: warning: %s\n", zm_cli_name(),
+		        mk.warnings[i]);
+	if ((st = zm_mergekit_plan_init(&plan, &mk, &err)))
+		goto out;
+	if (!(paths = zm_calloc(plan.n, sizeof(*paths))) ||
+	    !(weights = zm_calloc(plan.n, sizeof(*weights)))) {
+		st = zm_error_set(&err, ZM_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	if (o->zoo_dir && (st = zm_zoo_open(&zoo, o->zoo_dir, ZM_ZOO_READ, &err)))
+		goto out;
+	for (i = 0; i < plan.n && st == ZM_OK; i++)
+		st = resolve(zoo, plan.labels[i], &paths[i], &err);
+	if (st == ZM_OK && plan.base)
+		st = resolve(zoo, plan.base, &base_path, &err);
+	if (st != ZM_OK)
+		goto out;
+	so.method = plan.method;
+	so.params = plan.params;
+	if (o->set_seed)
+		so.params.seed = o->params.seed;
+	so.n_models = plan.n;
+	so.paths = (const char *const *)paths;
+	so.labels = plan.labels;
+	so.weights = weights;
+	so.base_path = base_path;
+	so.base_label = plan.base;
+	so.out = o->out;
+	so.compress = o->compress;
+	so.copy_missing = o->copy_missing;
+	so.shard_size = o->shard_size;
+	so.tensor_params = zm_mergekit_tensor_params;
+	so.tensor_ctx = &plan;
+	so.set_dtype = mk.set_dtype;
+	so.out_dtype = mk.dtype;
+	if (!o->set_compress && strlen(o->out) >= 12 &&
+	    strcmp(o->out + strlen(o->out) - 12, ".safetensors") == 0)
+		so.compress = ZM_COMPRESS_NONE;
+	st = zm_merge_plain(&so, &err);
+	if (st == ZM_OK && !o->quiet && strcmp(o->out, "-") != 0)
+		fprintf(stderr, "%s: mergekit %s merge of %zu models written to "
+		        "%s\n", zm_cli_name(), mk.method_name, plan.n, o->out);
+out:
+	zm_zoo_close(zoo);
+	for (i = 0; paths && i < plan.n; i++)
+		free(paths[i]);
+	free(paths);
+	free(base_path);
+	free(weights);
+	zm_mergekit_plan_release(&plan);
+	zm_mergekit_release(&mk);
+	return st == ZM_OK ? ZM_EXIT_OK : zm_cli_report(&err);
+}
+
 enum {
 	OPT_VERSION = 256, OPT_GRAN, OPT_SHARE, OPT_GRAN_FROM, OPT_REBASE,
 	OPT_METHOD, OPT_WEIGHTS, OPT_CONFIG, OPT_BASE, OPT_DENSITY, OPT_LAMBDA,
 	OPT_DROP, OPT_DARE_TIES, OPT_SEED, OPT_NAME, OPT_COMPRESS, OPT_QUIET,
-	OPT_ALLOW_UNRELATED, OPT_MISSING, OPT_SHARD_SIZE
+	OPT_ALLOW_UNRELATED, OPT_MISSING, OPT_SHARD_SIZE, OPT_MERGEKIT
 };
 
 int main(int argc, char **argv)
@@ -431,6 +511,7 @@ int main(int argc, char **argv)
 		{ "method", required_argument, NULL, OPT_METHOD },
 		{ "weights", required_argument, NULL, OPT_WEIGHTS },
 		{ "config", required_argument, NULL, OPT_CONFIG },
+		{ "mergekit-config", required_argument, NULL, OPT_MERGEKIT },
 		{ "base", required_argument, NULL, OPT_BASE },
 		{ "density", required_argument, NULL, OPT_DENSITY },
 		{ "lambda", required_argument, NULL, OPT_LAMBDA },
@@ -483,6 +564,7 @@ int main(int argc, char **argv)
 			break;
 		case OPT_WEIGHTS: o.weights_text = optarg; break;
 		case OPT_CONFIG: o.config_path = optarg; break;
+		case OPT_MERGEKIT: o.mergekit_path = optarg; break;
 		case OPT_BASE: o.base = optarg; break;
 		case OPT_DENSITY:
 			if (!zm_cli_double("--density", optarg, 1e-9, 1,
@@ -546,6 +628,24 @@ int main(int argc, char **argv)
 	}
 	o.args = argv + optind;
 	o.n_args = (size_t)(argc - optind);
+	if (o.mergekit_path) {
+		if (o.method_text || o.config_path || o.weights_text ||
+		    o.base || o.level_text || o.set_density || o.set_lambda ||
+		    o.set_drop || o.set_dare_ties || o.n_args)
+			return zm_cli_usage_error(usage_str, "--mergekit-config "
+			        "names the method, models and parameters; it does"
+			        " not go with --method, --config, --weights, "
+			        "--base, --granularity, --density, --lambda, "
+			        "--drop, --dare-ties or MODEL arguments");
+		if (o.share || o.decision_path || o.rebase)
+			return zm_cli_usage_error(usage_str, "--share, "
+			        "--granularity-from and --rebase apply updates; "
+			        "they do not go with --mergekit-config");
+		if (!o.out)
+			return zm_cli_usage_error(usage_str, "-o OUT is required "
+			        "for a static merge");
+		return zm_cli_close_stdout(run_mergekit(&o));
+	}
 	if (o.method_text || o.config_path || o.out) {
 		if (o.share || o.decision_path || o.rebase)
 			return zm_cli_usage_error(usage_str, "--share, "

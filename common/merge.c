@@ -73,6 +73,8 @@ void zm_merge_params_init(struct zm_merge_params *p)
 	p->drop = 0.9;         /* the DARE paper's usual rate */
 	p->dare_ties = false;
 	p->seed = 0;
+	p->mergekit = false;
+	p->disjoint_sum = false;
 }
 
 /* ---- kernels ---- */
@@ -255,8 +257,8 @@ void zm_merge_dare_drop(float *tau, size_t n, double p, struct zm_rng *rng)
 		tau[i] = zm_rng_uniform(rng) < p ? 0.0f : tau[i] * scale;
 }
 
-bool zm_merge_slerp(const float *a, const float *b, size_t n, double t,
-                    float *out)
+static bool slerp(const float *a, const float *b, size_t n, double t,
+                  float *out, bool zero_orthogonal)
 {
 	double dot = 0, na = 0, nb = 0, c, w, s, ca, cb;
 	size_t i;
@@ -266,7 +268,8 @@ bool zm_merge_slerp(const float *a, const float *b, size_t n, double t,
 		na += (double)a[i] * a[i];
 		nb += (double)b[i] * b[i];
 	}
-	c = na > 0 && nb > 0 ? dot / (sqrt(na) * sqrt(nb)) : 1.0;
+	c = na > 0 && nb > 0 ? dot / (sqrt(na) * sqrt(nb))
+	                     : zero_orthogonal ? 0.0 : 1.0;
 	if (fabs(c) > SLERP_COLINEAR) {
 		for (i = 0; i < n; i++)
 			out[i] = (float)((1 - t) * a[i] + t * b[i]);
@@ -279,6 +282,25 @@ bool zm_merge_slerp(const float *a, const float *b, size_t n, double t,
 	for (i = 0; i < n; i++)
 		out[i] = (float)(ca * a[i] + cb * b[i]);
 	return false;
+}
+
+bool zm_merge_slerp(const float *a, const float *b, size_t n, double t,
+                    float *out)
+{
+	return slerp(a, b, n, t, out, false);
+}
+
+float zm_merge_ties_elect(const struct zm_merge_params *p, float pos,
+                          float neg, float wpos, float wneg)
+{
+	float mass = pos + neg;
+	bool up = p->mergekit ? mass >= 0 : mass > 0;
+
+	if (up && wpos != 0)
+		return p->disjoint_sum ? pos : pos / wpos;
+	if (mass < 0 && wneg != 0)
+		return p->disjoint_sum ? neg : neg / wneg;
+	return 0.0f;
 }
 
 /* ---- accumulator ---- */
@@ -384,6 +406,14 @@ static void ties_add_trimmed(struct zm_merge_acc *acc, float *restrict x,
 	struct ties_hist h;
 	size_t i, n = acc->n, k = ties_keep(n, acc->params.density);
 	float th = 0.0f;   /* keeps all: |x| >= 0 */
+	bool none = false;
+
+	/* mergekit keeps floor(density n), which may be none at all. */
+	if (acc->params.mergekit) {
+		size_t kf = (size_t)floor(acc->params.density * (double)n);
+		k = kf >= n ? 0 : kf;
+		none = kf == 0;
+	}
 
 	i = 0;
 #ifdef __SSE2__
@@ -393,7 +423,9 @@ static void ties_add_trimmed(struct zm_merge_acc *acc, float *restrict x,
 #endif
 	for (; i < n; i++)
 		x[i] -= base[i];
-	if (k) {
+	if (none) {
+		th = INFINITY;
+	} else if (k) {
 		hist_top(&h, x, n);
 		th = ties_threshold(&h, x, n, k, acc->scratch);
 	}
@@ -471,8 +503,8 @@ void zm_merge_acc_add(struct zm_merge_acc *acc, float *x, const float *base,
 			memcpy(acc->sum[0], x, n * sizeof(float));
 			acc->w_first = w;
 		} else if (acc->added == 1 && acc->w_first + w != 0) {
-			zm_merge_slerp(acc->sum[0], x, n,
-			               w / (acc->w_first + w), acc->sum[1]);
+			slerp(acc->sum[0], x, n, w / (acc->w_first + w),
+			      acc->sum[1], acc->params.mergekit);
 		}
 		break;
 	}
@@ -505,14 +537,10 @@ enum zm_status zm_merge_acc_finish(struct zm_merge_acc *acc,
 	} else if (ties) {
 		const float *pos = acc->sum[0], *neg = acc->sum[1];
 		const float *wpos = acc->sum[2], *wneg = acc->sum[3];
-		for (i = 0; i < n; i++) {
-			float mass = pos[i] + neg[i], m = 0.0f;
-			if (mass > 0 && wpos[i] != 0)
-				m = pos[i] / wpos[i];
-			else if (mass < 0 && wneg[i] != 0)
-				m = neg[i] / wneg[i];
-			out[i] = base[i] + lambda * m;
-		}
+		for (i = 0; i < n; i++)
+			out[i] = base[i] + lambda *
+			         zm_merge_ties_elect(&acc->params, pos[i],
+			                             neg[i], wpos[i], wneg[i]);
 	} else {
 		for (i = 0; i < n; i++)
 			out[i] = base[i] + lambda * s[i];

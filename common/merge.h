@@ -58,6 +58,13 @@ struct zm_merge_params {
 	double drop;         /* dare: drop probability, [0, 1); default 0.9 */
 	bool dare_ties;      /* dare: TIES sign election after dropping */
 	uint64_t seed;       /* dare: seed of the drops; default 0 */
+	/* mergekit's conventions (merge(1)): TIES keeps floor(density n)
+	 * entries (none when that is 0), the sign election counts a zero
+	 * sum as positive, and SLERP treats a zero tensor as orthogonal. */
+	bool mergekit;
+	/* ties, dare_ties: the sum of the agreeing task vectors instead of
+	 * their weighted mean (mergekit's normalize: false). */
+	bool disjoint_sum;
 };
 
 void zm_merge_params_init(struct zm_merge_params *p);
@@ -80,6 +87,12 @@ void zm_merge_dare_drop(float *tau, size_t n, double p, struct zm_rng *rng);
  * true when it fell back to linear interpolation. */
 bool zm_merge_slerp(const float *a, const float *b, size_t n, double t,
                     float *out);
+
+/* The merged task-vector entry from TIES' sums (positive and negative
+ * mass, the weight behind each): the elected sign's mean, or sum with
+ * p->disjoint_sum; 0 when no entry has the elected sign. */
+float zm_merge_ties_elect(const struct zm_merge_params *p, float pos,
+                          float neg, float wpos, float wneg);
 
 /*
  * Accumulates the inputs of one tensor, one model at a time, so that a
@@ -191,6 +204,19 @@ struct zm_merge_static_opts {
 	/* Plain: when not 0, out is a directory that receives shards of at
 	 * most this many bytes of data and model.safetensors.index.json. */
 	uint64_t shard_size;
+	/* Plain: when set, called for each float tensor before it is
+	 * merged, with the reference's header; fills w (n_models weights)
+	 * and density (n_models: TIES' kept fraction, DARE's keep
+	 * probability) for that tensor. */
+	enum zm_status (*tensor_params)(void *ctx, const struct zm_doc *ref,
+	                                const char *tensor, double *w,
+	                                double *density,
+	                                struct zm_error *err);
+	void *tensor_ctx;
+	/* Plain: float tensors written in out_dtype (F32, F16 or BF16)
+	 * instead of the reference's dtype. */
+	bool set_dtype;
+	enum zm_dtype out_dtype;
 };
 
 /*

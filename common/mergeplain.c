@@ -533,6 +533,7 @@ struct ties_stream {
 	struct pin *ins;
 	const bool *cached;
 	const double *wts;
+	const double *dens;      /* per model kept fraction */
 	size_t n_models, ref, c;
 	const struct zm_merge_params *params;
 	float *x, *bx, *res, *sum[4];
@@ -552,9 +553,6 @@ static enum zm_status ties_stream(struct ties_stream *ts,
 	float *th = NULL;
 	enum zm_status st = ZM_OK;
 
-	kk = (size_t)floor(ts->params->density * (double)n + 0.5);
-	if (kk < 1)
-		kk = 1;
 	if (!(spill = zm_calloc(nm + 1, sizeof(*spill))) ||
 	    !(sel = zm_calloc(nm, sizeof(*sel))) ||
 	    !(th = zm_calloc(nm, sizeof(*th)))) {
@@ -565,8 +563,15 @@ static enum zm_status ties_stream(struct ties_stream *ts,
 		if (!(spill[i] = tmpfile()))
 			st = zm_error_set(err, ZM_ERR_IO, "merge: cannot create "
 			                  "a temporary file");
-	for (i = 0; i < nm; i++)
+	/* k = round(density n), at least 1; mergekit: floor, maybe 0. */
+	for (i = 0; i < nm; i++) {
+		kk = ts->params->mergekit
+		     ? (size_t)floor(ts->dens[i] * (double)n)
+		     : (size_t)floor(ts->dens[i] * (double)n + 0.5);
+		if (kk < 1 && !ts->params->mergekit)
+			kk = 1;
 		sel[i].k = kk;
+	}
 	/* Pass 1: task vectors spilled, top-bit histograms. */
 	for (off = 0; off < n && st == ZM_OK; off += m) {
 		m = n - off < ts->c ? n - off : ts->c;
@@ -595,8 +600,12 @@ static enum zm_status ties_stream(struct ties_stream *ts,
 	}
 	/* Passes 2 and 3 over each spilled task vector: the exact cut. */
 	for (i = 0; i < nm && st == ZM_OK; i++) {
-		if (kk >= n) {
+		if (sel[i].k >= n) {
 			th[i] = 0.0f;   /* every entry kept */
+			continue;
+		}
+		if (sel[i].k == 0) {
+			th[i] = INFINITY;   /* none kept */
 			continue;
 		}
 		if (select_next(&sel[i], &th[i]))
@@ -667,12 +676,10 @@ static enum zm_status ties_stream(struct ties_stream *ts,
 		if (st == ZM_OK)
 			st = spill_read(spill[nm], ts->bx, m, err);
 		for (j = 0; j < m && st == ZM_OK; j++) {
-			float mass = pos[j] + neg[j], mm = 0.0f;
-			if (mass > 0 && wpos[j] != 0)
-				mm = pos[j] / wpos[j];
-			else if (mass < 0 && wneg[j] != 0)
-				mm = neg[j] / wneg[j];
-			ts->res[j] = ts->bx[j] + lambda * mm;
+			ts->res[j] = ts->bx[j] + lambda *
+			             zm_merge_ties_elect(ts->params, pos[j],
+			                                 neg[j], wpos[j],
+			                                 wneg[j]);
 		}
 		if (st == ZM_OK)
 			st = emit(ctx, off, m, err);
@@ -891,15 +898,19 @@ enum zm_status zm_merge_plain(const struct zm_merge_static_opts *o,
                               struct zm_error *err)
 {
 	bool base = zm_merge_method_needs_base(o->method);
+	/* Every method but TIES (its cut) and SLERP (its angle) is
+	 * elementwise: chunks of any size give the same result, except
+	 * DARE's draws, which follow the chunk order (still seeded). */
 	bool chunked = o->method == ZM_MERGE_LINEAR ||
-	               o->method == ZM_MERGE_TASK_ARITHMETIC;
+	               o->method == ZM_MERGE_TASK_ARITHMETIC ||
+	               o->method == ZM_MERGE_DARE;
 	size_t n_in = o->n_models + (base ? 1 : 0), ref, i, t, cap = 0;
 	size_t chunk = o->chunk ? o->chunk : PLAIN_CHUNK;
 	struct pin *ins = NULL;
 	struct zm_doc out;
 	struct zm_merge_acc acc;
 	struct zm_writer *w = NULL;
-	double *wts = NULL;
+	double *wts = NULL, *dens = NULL;
 	float *x = NULL, *bx = NULL, *res = NULL;
 	void *raw = NULL, *obuf = NULL;
 	struct emit_ctx ec;
@@ -919,8 +930,16 @@ enum zm_status zm_merge_plain(const struct zm_merge_static_opts *o,
 		                    "(--base or base: in the config)",
 		                    zm_merge_method_name(o->method));
 	if (!(ins = zm_calloc(n_in, sizeof(*ins))) ||
-	    !(wts = zm_calloc(o->n_models, sizeof(*wts))))
+	    !(wts = zm_calloc(o->n_models, sizeof(*wts))) ||
+	    !(dens = zm_calloc(o->n_models, sizeof(*dens))))
 		goto nomem;
+	if (o->set_dtype && o->out_dtype != ZM_DTYPE_F32 &&
+	    o->out_dtype != ZM_DTYPE_F16 && o->out_dtype != ZM_DTYPE_BF16) {
+		st = zm_error_set(err, ZM_ERR_USAGE, "merge: output dtype %s: "
+		                  "expected F32, F16 or BF16",
+		                  zm_dtype_name(o->out_dtype));
+		goto out;
+	}
 	for (i = 0; i < n_in; i++) {
 		zm_doc_init(&ins[i].hdr);
 		zm_doc_init(&ins[i].ahead);
@@ -928,8 +947,11 @@ enum zm_status zm_merge_plain(const struct zm_merge_static_opts *o,
 		ins[i].label = i < o->n_models ? o->labels[i]
 		               : (o->base_label ? o->base_label : o->base_path);
 	}
-	for (i = 0; i < o->n_models && st == ZM_OK; i++)
+	for (i = 0; i < o->n_models && st == ZM_OK; i++) {
 		st = plain_weight(o, i, &wts[i], err);
+		dens[i] = o->method == ZM_MERGE_DARE ? 1.0 - o->params.drop
+		                                     : o->params.density;
+	}
 	for (i = 0; i < n_in && st == ZM_OK; i++)
 		st = pin_open(&ins[i], err);
 	ref = base ? o->n_models : 0;
@@ -947,6 +969,10 @@ enum zm_status zm_merge_plain(const struct zm_merge_static_opts *o,
 			cap = numel;
 		c.data = NULL;
 		c.owns_data = false;
+		if (o->set_dtype && zm_dtype_is_float(h->dtype)) {
+			c.dtype = o->out_dtype;
+			c.nbytes = numel * zm_dtype_size(c.dtype);
+		}
 		if (!(c.name = zm_strdup(h->name)))
 			goto nomem;
 		st = zm_doc_add(&out, &c, err);
@@ -1002,6 +1028,30 @@ enum zm_status zm_merge_plain(const struct zm_merge_static_opts *o,
 			free(cch);
 			goto out;
 		}
+		if (zm_dtype_is_float(h->dtype) && !have_all &&
+		    zm_doc_find(&ins[ref].hdr, h->name)->dtype != h->dtype) {
+			/* Copied from the reference into another dtype; the
+			 * others' copies are read past. */
+			ec.h = h;
+			for (off = 0; off < n || off == 0; off += m) {
+				m = n - off < chunk ? n - off : chunk;
+				for (i = 0; i < n_in && st == ZM_OK; i++) {
+					if (!zm_doc_find(&ins[i].hdr, h->name))
+						continue;
+					st = pin_read(&ins[i], h->name, cch[i],
+					              off, m, i == ref ? res : x,
+					              raw, err);
+				}
+				if (st == ZM_OK)
+					st = emit_chunk(&ec, off, m, err);
+				if (st != ZM_OK || m == 0)
+					break;
+			}
+			free(cch);
+			if (st != ZM_OK)
+				goto out;
+			continue;
+		}
 		if (!zm_dtype_is_float(h->dtype) || !have_all) {
 			/* Copied from the reference; the others' copies are
 			 * read past. */
@@ -1028,12 +1078,19 @@ enum zm_status zm_merge_plain(const struct zm_merge_static_opts *o,
 			continue;
 		}
 		ec.h = h;
+		if (o->tensor_params &&
+		    (st = o->tensor_params(o->tensor_ctx, &ins[ref].hdr,
+		                           h->name, wts, dens, err))) {
+			free(cch);
+			goto out;
+		}
 		if (o->method == ZM_MERGE_TIES && n > chunk) {
 			struct ties_stream ts;
 			memset(&ts, 0, sizeof(ts));
 			ts.ins = ins;
 			ts.cached = cch;
 			ts.wts = wts;
+			ts.dens = dens;
 			ts.n_models = o->n_models;
 			ts.ref = ref;
 			ts.c = chunk;
@@ -1072,6 +1129,13 @@ enum zm_status zm_merge_plain(const struct zm_merge_static_opts *o,
 					        "tensor %s element %zu is not "
 					        "finite", ins[i].label, h->name,
 					        off + bad);
+				/* Per-model density: TIES' kept fraction,
+				 * DARE's keep probability. */
+				if (o->method == ZM_MERGE_TIES)
+					acc.params.density = dens[i];
+				else if (o->method == ZM_MERGE_DARE &&
+				         o->tensor_params)
+					acc.params.drop = 1.0 - dens[i];
 				if (st == ZM_OK)
 					zm_merge_acc_add(&acc, x, bx, wts[i]);
 			}
@@ -1103,6 +1167,7 @@ out:
 		pin_close(&ins[i]);
 	free(ins);
 	free(wts);
+	free(dens);
 	free(x);
 	free(bx);
 	free(res);
