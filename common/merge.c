@@ -75,6 +75,8 @@ void zm_merge_params_init(struct zm_merge_params *p)
 	p->seed = 0;
 	p->mergekit = false;
 	p->disjoint_sum = false;
+	p->no_election = false;
+	p->breadcrumbs = false;
 }
 
 /* ---- kernels ---- */
@@ -296,6 +298,8 @@ float zm_merge_ties_elect(const struct zm_merge_params *p, float pos,
 	float mass = pos + neg;
 	bool up = p->mergekit ? mass >= 0 : mass > 0;
 
+	if (p->no_election)
+		return mass;
 	if (up && wpos != 0)
 		return p->disjoint_sum ? pos : pos / wpos;
 	if (mass < 0 && wneg != 0)

@@ -65,6 +65,13 @@ struct zm_merge_params {
 	/* ties, dare_ties: the sum of the agreeing task vectors instead of
 	 * their weighted mean (mergekit's normalize: false). */
 	bool disjoint_sum;
+	/* ties: no sign election, every kept entry summed (mergekit's
+	 * breadcrumbs without _ties). */
+	bool no_election;
+	/* ties, zm_merge_plain only: each model also drops its top gamma
+	 * fraction by magnitude (from tensor_params; mergekit's
+	 * breadcrumbs). */
+	bool breadcrumbs;
 };
 
 void zm_merge_params_init(struct zm_merge_params *p);
@@ -90,7 +97,8 @@ bool zm_merge_slerp(const float *a, const float *b, size_t n, double t,
 
 /* The merged task-vector entry from TIES' sums (positive and negative
  * mass, the weight behind each): the elected sign's mean, or sum with
- * p->disjoint_sum; 0 when no entry has the elected sign. */
+ * p->disjoint_sum; 0 when no entry has the elected sign; pos + neg with
+ * p->no_election. */
 float zm_merge_ties_elect(const struct zm_merge_params *p, float pos,
                           float neg, float wpos, float wneg);
 
@@ -205,12 +213,13 @@ struct zm_merge_static_opts {
 	 * most this many bytes of data and model.safetensors.index.json. */
 	uint64_t shard_size;
 	/* Plain: when set, called for each float tensor before it is
-	 * merged, with the reference's header; fills w (n_models weights)
-	 * and density (n_models: TIES' kept fraction, DARE's keep
-	 * probability) for that tensor. */
+	 * merged, with the reference's header; fills w (n_models weights),
+	 * density (n_models: TIES' kept fraction, DARE's keep probability)
+	 * and gamma (n_models: the top fraction breadcrumbs drops) for that
+	 * tensor. */
 	enum zm_status (*tensor_params)(void *ctx, const struct zm_doc *ref,
 	                                const char *tensor, double *w,
-	                                double *density,
+	                                double *density, double *gamma,
 	                                struct zm_error *err);
 	void *tensor_ctx;
 	/* Plain: float tensors written in out_dtype (F32, F16 or BF16)

@@ -30,14 +30,19 @@ static const struct {
 	  P("weight", "density", "lambda", "normalize", "int8_mask",
 	    "rescale") },
 	{ "slerp", ZM_MK_SLERP, false, P("t") },
+	{ "breadcrumbs", ZM_MK_BREADCRUMBS, false,
+	  P("weight", "density", "gamma", "lambda", "normalize",
+	    "int8_mask") },
+	{ "breadcrumbs_ties", ZM_MK_BREADCRUMBS_TIES, false,
+	  P("weight", "density", "gamma", "lambda", "normalize",
+	    "int8_mask") },
 #undef P
 };
 
 /* mergekit methods zoomerge does not have (yet): named as such rather
  * than as unknown. */
 static const char *const unsupported[] = {
-	"passthrough", "model_stock", "della", "della_linear", "breadcrumbs",
-	"breadcrumbs_ties", "nuslerp", "multislerp", "karcher", "sce",
+	"passthrough", "model_stock", "della", "della_linear", "nuslerp", "multislerp", "karcher", "sce",
 	"nearswap", "arcee_fusion", NULL
 };
 
@@ -46,7 +51,7 @@ static const char *const unsupported[] = {
 static bool per_tensor(const char *key)
 {
 	return strcmp(key, "weight") == 0 || strcmp(key, "density") == 0 ||
-	       strcmp(key, "t") == 0;
+	       strcmp(key, "t") == 0 || strcmp(key, "gamma") == 0;
 }
 
 void zm_mergekit_init(struct zm_mergekit *mk)
@@ -372,12 +377,14 @@ static enum zm_status from_tree(struct zm_mergekit *mk, struct zm_error *err)
 			return zm_node_error(n, err, ZM_ERR_CONFIG, "merge_method "
 			                     "%s is not supported (linear, "
 			                     "task_arithmetic, ties, dare_ties, "
-			                     "dare_linear, slerp)",
+			                     "dare_linear, breadcrumbs, "
+			                     "breadcrumbs_ties, slerp)",
 			                     mk->method_name);
 	if (!allowed)
 		return zm_node_error(n, err, ZM_ERR_CONFIG, "unknown merge_method"
 		                     " '%s' (linear, task_arithmetic, ties, "
-		                     "dare_ties, dare_linear, slerp)",
+		                     "dare_ties, dare_linear, breadcrumbs, "
+		                     "breadcrumbs_ties, slerp)",
 		                     mk->method_name);
 	if ((n = zm_node_get(root, "base_model")) &&
 	    (st = model_ref(n, "base_model", &mk->base, err)))
@@ -617,7 +624,13 @@ enum zm_status zm_mergekit_plan_init(struct zm_mergekit_plan *p,
 	case ZM_MK_DARE_TIES:
 	case ZM_MK_DARE_LINEAR: p->method = ZM_MERGE_DARE; break;
 	case ZM_MK_SLERP: p->method = ZM_MERGE_SLERP; break;
+	case ZM_MK_BREADCRUMBS:
+	case ZM_MK_BREADCRUMBS_TIES:
+		p->method = ZM_MERGE_TIES;
+		p->params.breadcrumbs = true;
+		break;
 	}
+	p->params.no_election = mk->method == ZM_MK_BREADCRUMBS;
 	p->params.dare_ties = mk->method == ZM_MK_DARE_TIES;
 	p->params.disjoint_sum = !mk->normalize;
 	if (!(p->labels = zm_calloc(mk->n_models + 1, sizeof(*p->labels))) ||
@@ -647,7 +660,7 @@ enum zm_status zm_mergekit_plan_init(struct zm_mergekit_plan *p,
 
 enum zm_status zm_mergekit_tensor_params(void *ctx, const struct zm_doc *ref,
                                          const char *tensor, double *w,
-                                         double *density,
+                                         double *density, double *gamma,
                                          struct zm_error *err)
 {
 	struct zm_mergekit_plan *p = ctx;
@@ -686,14 +699,17 @@ enum zm_status zm_mergekit_tensor_params(void *ctx, const struct zm_doc *ref,
 		                            p->n_layers, 1.0, &w[i], err)) ||
 		    (st = zm_mergekit_value(mk, p->index[i], "density", tensor,
 		                            p->n_layers, 1.0, &density[i],
-		                            err)))
+		                            err)) ||
+		    (st = zm_mergekit_value(mk, p->index[i], "gamma", tensor,
+		                            p->n_layers, 0.01, &gamma[i], err)))
 			return st;
 		sum += w[i];
 	}
 	/* Without a sign election, normalize divides by the weights' sum
 	 * (linear always does, in zm_merge_acc). */
 	if (mk->normalize && (mk->method == ZM_MK_TASK_ARITHMETIC ||
-	                      mk->method == ZM_MK_DARE_LINEAR) &&
+	                      mk->method == ZM_MK_DARE_LINEAR ||
+	                      mk->method == ZM_MK_BREADCRUMBS) &&
 	    fabs(sum) > 1e-8)
 		for (i = 0; i < p->n; i++)
 			w[i] /= sum;

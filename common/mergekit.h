@@ -23,7 +23,9 @@ enum zm_mergekit_method {
 	ZM_MK_TIES,
 	ZM_MK_DARE_TIES,
 	ZM_MK_DARE_LINEAR,
-	ZM_MK_SLERP
+	ZM_MK_SLERP,
+	ZM_MK_BREADCRUMBS,
+	ZM_MK_BREADCRUMBS_TIES
 };
 
 struct zm_mergekit_model {
@@ -109,7 +111,7 @@ void zm_mergekit_plan_release(struct zm_mergekit_plan *p);
 /* zm_merge_static_opts.tensor_params for a plan (ctx). */
 enum zm_status zm_mergekit_tensor_params(void *ctx, const struct zm_doc *ref,
                                          const char *tensor, double *w,
-                                         double *density,
+                                         double *density, double *gamma,
                                          struct zm_error *err);
 
 #endif

@@ -534,6 +534,8 @@ struct ties_stream {
 	const bool *cached;
 	const double *wts;
 	const double *dens;      /* per model kept fraction */
+	const double *gamma;     /* breadcrumbs: per model top fraction
+	                          * dropped, or NULL */
 	size_t n_models, ref, c;
 	const struct zm_merge_params *params;
 	float *x, *bx, *res, *sum[4];
@@ -547,15 +549,17 @@ static enum zm_status ties_stream(struct ties_stream *ts,
                                                          struct zm_error *),
                                   void *ctx, struct zm_error *err)
 {
-	size_t nm = ts->n_models, i, off, m, j, kk;
+	size_t nm = ts->n_models, i, q, off, m, j, kk;
 	FILE **spill = NULL;
 	struct select *sel = NULL;
 	float *th = NULL;
 	enum zm_status st = ZM_OK;
 
+	/* sel and th: the lower cut of each model, then (breadcrumbs) the
+	 * upper one. */
 	if (!(spill = zm_calloc(nm + 1, sizeof(*spill))) ||
-	    !(sel = zm_calloc(nm, sizeof(*sel))) ||
-	    !(th = zm_calloc(nm, sizeof(*th)))) {
+	    !(sel = zm_calloc(2 * nm, sizeof(*sel))) ||
+	    !(th = zm_calloc(2 * nm, sizeof(*th)))) {
 		st = zm_error_set(err, ZM_ERR_NOMEM, "merge: out of memory");
 		goto out;
 	}
@@ -571,6 +575,14 @@ static enum zm_status ties_stream(struct ties_stream *ts,
 		if (kk < 1 && !ts->params->mergekit)
 			kk = 1;
 		sel[i].k = kk;
+		/* Breadcrumbs: the top floor(gamma n) dropped, the next
+		 * floor(density n) kept. */
+		if (ts->gamma) {
+			sel[nm + i].k = (size_t)floor(ts->gamma[i] * (double)n);
+			if (kk == 0)
+				sel[nm + i].k = 0;
+			sel[i].k += sel[nm + i].k;
+		}
 	}
 	/* Pass 1: task vectors spilled, top-bit histograms. */
 	for (off = 0; off < n && st == ZM_OK; off += m) {
@@ -595,25 +607,29 @@ static enum zm_status ties_stream(struct ties_stream *ts,
 			for (j = 0; j < m; j++)
 				ts->x[j] -= ts->bx[j];
 			select_add(&sel[i], ts->x, m);
+			if (sel[nm + i].k)
+				select_add(&sel[nm + i], ts->x, m);
 			st = spill_write(spill[i], ts->x, m, err);
 		}
 	}
 	/* Passes 2 and 3 over each spilled task vector: the exact cut. */
-	for (i = 0; i < nm && st == ZM_OK; i++) {
-		if (sel[i].k >= n) {
-			th[i] = 0.0f;   /* every entry kept */
+	for (q = 0; q < 2 * nm && st == ZM_OK; q++) {
+		/* Lower cuts keep |x| >= th, upper ones |x| < th. */
+		i = q % nm;
+		if (sel[q].k >= n) {
+			th[q] = 0.0f;   /* every entry above the cut */
 			continue;
 		}
-		if (sel[i].k == 0) {
-			th[i] = INFINITY;   /* none kept */
+		if (sel[q].k == 0) {
+			th[q] = INFINITY;   /* none */
 			continue;
 		}
-		if (select_next(&sel[i], &th[i]))
+		if (select_next(&sel[q], &th[q]))
 			continue;
 		/* Usually the values that share the top bits fit in a chunk:
 		 * they are gathered in one pass, and the last two rounds run
 		 * on them in memory. */
-		if (sel[i].in_prefix <= ts->c) {
+		if (sel[q].in_prefix <= ts->c) {
 			size_t g = 0;
 			rewind(spill[i]);
 			for (off = 0; off < n && st == ZM_OK; off += m) {
@@ -623,13 +639,13 @@ static enum zm_status ties_stream(struct ties_stream *ts,
 				for (j = 0; j < m; j++) {
 					uint32_t u;
 					memcpy(&u, &ts->x[j], sizeof(u));
-					if ((u & 0x7fffffffu) >> 20 == sel[i].prefix)
+					if ((u & 0x7fffffffu) >> 20 == sel[q].prefix)
 						ts->res[g++] = ts->x[j];
 				}
 			}
 			while (st == ZM_OK) {
-				select_add(&sel[i], ts->res, g);
-				if (select_next(&sel[i], &th[i]))
+				select_add(&sel[q], ts->res, g);
+				if (select_next(&sel[q], &th[q]))
 					break;
 			}
 			continue;
@@ -640,9 +656,9 @@ static enum zm_status ties_stream(struct ties_stream *ts,
 				m = n - off < ts->c ? n - off : ts->c;
 				if ((st = spill_read(spill[i], ts->x, m, err)))
 					break;
-				select_add(&sel[i], ts->x, m);
+				select_add(&sel[q], ts->x, m);
 			}
-			if (st == ZM_OK && select_next(&sel[i], &th[i]))
+			if (st == ZM_OK && select_next(&sel[q], &th[q]))
 				break;
 		}
 	}
@@ -662,7 +678,7 @@ static enum zm_status ties_stream(struct ties_stream *ts,
 				break;
 			for (j = 0; j < m; j++) {
 				float v = ts->x[j];
-				if (fabsf(v) < th[i])
+				if (fabsf(v) < th[i] || fabsf(v) >= th[nm + i])
 					continue;
 				if (v > 0) {
 					pos[j] += w * v;
@@ -910,7 +926,7 @@ enum zm_status zm_merge_plain(const struct zm_merge_static_opts *o,
 	struct zm_doc out;
 	struct zm_merge_acc acc;
 	struct zm_writer *w = NULL;
-	double *wts = NULL, *dens = NULL;
+	double *wts = NULL, *dens = NULL, *gam = NULL;
 	float *x = NULL, *bx = NULL, *res = NULL;
 	void *raw = NULL, *obuf = NULL;
 	struct emit_ctx ec;
@@ -931,7 +947,8 @@ enum zm_status zm_merge_plain(const struct zm_merge_static_opts *o,
 		                    zm_merge_method_name(o->method));
 	if (!(ins = zm_calloc(n_in, sizeof(*ins))) ||
 	    !(wts = zm_calloc(o->n_models, sizeof(*wts))) ||
-	    !(dens = zm_calloc(o->n_models, sizeof(*dens))))
+	    !(dens = zm_calloc(o->n_models, sizeof(*dens))) ||
+	    !(gam = zm_calloc(o->n_models, sizeof(*gam))))
 		goto nomem;
 	if (o->set_dtype && o->out_dtype != ZM_DTYPE_F32 &&
 	    o->out_dtype != ZM_DTYPE_F16 && o->out_dtype != ZM_DTYPE_BF16) {
@@ -1080,17 +1097,19 @@ enum zm_status zm_merge_plain(const struct zm_merge_static_opts *o,
 		ec.h = h;
 		if (o->tensor_params &&
 		    (st = o->tensor_params(o->tensor_ctx, &ins[ref].hdr,
-		                           h->name, wts, dens, err))) {
+		                           h->name, wts, dens, gam, err))) {
 			free(cch);
 			goto out;
 		}
-		if (o->method == ZM_MERGE_TIES && n > chunk) {
+		if (o->method == ZM_MERGE_TIES &&
+		    (n > chunk || o->params.breadcrumbs)) {
 			struct ties_stream ts;
 			memset(&ts, 0, sizeof(ts));
 			ts.ins = ins;
 			ts.cached = cch;
 			ts.wts = wts;
 			ts.dens = dens;
+			ts.gamma = o->params.breadcrumbs ? gam : NULL;
 			ts.n_models = o->n_models;
 			ts.ref = ref;
 			ts.c = chunk;
@@ -1168,6 +1187,7 @@ out:
 	free(ins);
 	free(wts);
 	free(dens);
+	free(gam);
 	free(x);
 	free(bx);
 	free(res);

@@ -1,6 +1,7 @@
 #!/bin/sh
 # merge --mergekit-config: mergekit's own YAML examples (linear,
-# task_arithmetic, ties, dare_ties, dare_linear, slerp), with only the
+# task_arithmetic, ties, dare_ties, dare_linear, breadcrumbs,
+# breadcrumbs_ties, slerp), with only the
 # model names replaced by local paths, run on sharded BF16 checkpoints
 # with Hugging Face tensor names.  The output is read back by an
 # independent reader written here (Python: json, struct, array) and
@@ -154,22 +155,33 @@ def param(spec, name, pos, dflt):
 def sign(x):
     return 1 if x >= 0 else -1
 
-def ties_vec(taus, ws, ds, normalize):
+def ties_vec(taus, ws, ds, normalize, gs=None, elect=True):
     n = len(taus[0])
     kept = []
-    for tau, d in zip(taus, ds):
+    for i, (tau, d) in enumerate(zip(taus, ds)):
         k = int(math.floor(d * n))
-        if k >= n:
-            kept.append(tau)
-            continue
-        if k == 0:
-            kept.append([0.0] * n)
-            continue
-        th = sorted((abs(x) for x in tau), reverse=True)[k - 1]
-        kept.append([x if abs(x) >= th else 0.0 for x in tau])
+        top = int(math.floor(gs[i] * n)) if gs and k else 0
+        mags = sorted((abs(x) for x in tau), reverse=True)
+        hi = mags[top - 1] if top else float('inf')
+        lo = 0.0 if k + top >= n else mags[k + top - 1] if k else float('inf')
+        kept.append([x if lo <= abs(x) < hi else 0.0 for x in tau])
+    if not elect:
+        return [sum(w * t[j] for w, t in zip(ws, kept)) / (sum(ws) if normalize else 1.0)
+                for j in range(n)]
     out = []
+    w32 = [f32(w) for w in ws]
     for j in range(n):
-        s = sign(sum(w * t[j] for w, t in zip(ws, kept)))
+        # The election in F32 as merge sums it (positive and negative
+        # mass apart, model by model): weights such as 0.5, 0.3, 0.2 on
+        # BF16 task vectors cancel exactly in real arithmetic, and the
+        # sign is then the rounding's.
+        pos = neg = 0.0
+        for w, t in zip(w32, kept):
+            if t[j] > 0:
+                pos = f32(pos + f32(w * t[j]))
+            elif t[j] < 0:
+                neg = f32(neg + f32(w * t[j]))
+        s = sign(f32(pos + neg))
         num = sum(w * t[j] for w, t in zip(ws, kept) if t[j] != 0 and sign(t[j]) == s)
         den = sum(w for w, t in zip(ws, kept) if t[j] != 0 and sign(t[j]) == s)
         out.append(num / den if normalize and den != 0 else num)
@@ -230,6 +242,10 @@ def reference(cfg, ckpt):
             d = [sum(w * t[j] for w, t in zip(ws, taus)) / s for j in range(len(b))]
         elif method == 'ties':
             d = ties_vec(taus, ws, ds, gp.get('normalize', True))
+        elif method.startswith('breadcrumbs'):
+            gs = [mp(m, 'gamma', 0.01) for m in models]
+            d = ties_vec(taus, ws, ds, gp.get('normalize', False), gs,
+                         method == 'breadcrumbs_ties')
         else:
             raise SystemExit('no reference for ' + method)
         out[name] = [x + lam * y for x, y in zip(b, d)]
@@ -487,6 +503,34 @@ check "dare_ties: the same seed, the same bytes" py same dt1.safetensors dt2.saf
 run merge --mergekit-config dt.yml --seed 8 -o dt3.safetensors
 check "dare_ties: another seed, other drops" sh -c '! python3 mk.py same dt1.safetensors dt3.safetensors'
 
+cat >bc.yml <<'Y'
+models:
+  - model: m1
+    parameters:
+      weight: 1.0
+      density: [0.9, 0.5]
+      gamma: 0.1
+  - model: m2
+    parameters:
+      weight: 0.5
+      density: 0.6
+      gamma: [0, 0.2]
+merge_method: breadcrumbs
+base_model: base
+parameters:
+  normalize: true
+dtype: bfloat16
+Y
+cat >bc.yml.json <<'Y'
+{"models": [{"model": "m1", "parameters": {"weight": 1.0, "density": [0.9, 0.5], "gamma": 0.1}},
+            {"model": "m2", "parameters": {"weight": 0.5, "density": 0.6, "gamma": [0, 0.2]}}],
+ "merge_method": "breadcrumbs", "base_model": "base",
+ "parameters": {"normalize": true}, "dtype": "bfloat16"}
+Y
+run merge --mergekit-config bc.yml -o bc.safetensors
+expect_rc 0 "breadcrumbs runs"
+check "breadcrumbs: magnitude band per model and layer, no sign election, normalized, naive reference" py check bc.yml bc.safetensors BF16
+
 cat >dl.yml <<'Y'
 models:
   - model: m1
@@ -528,7 +572,39 @@ Y
 run merge --mergekit-config big.yml -o big.safetensors
 expect_rc 0 "ties on a tensor larger than a chunk"
 check "... the input's dtype (no dtype:), naive reference" py check big.yml big.safetensors BF16
-rm -rf bb b1 b2 b3 big.safetensors
+cat >bct.yml <<'Y'
+models:
+  - model: bb
+  - model: b1
+    parameters:
+      weight: 0.5
+      density: 0.9
+      gamma: 0.01
+  - model: b2
+    parameters:
+      weight: 0.3
+      density: 0.9
+      gamma: 0.01
+  - model: b3
+    parameters:
+      weight: 0.2
+      density: 0.9
+      gamma: 0.01
+merge_method: breadcrumbs_ties
+base_model: bb
+dtype: bfloat16
+Y
+cat >bct.yml.json <<'Y'
+{"models": [{"model": "bb"},
+            {"model": "b1", "parameters": {"weight": 0.5, "density": 0.9, "gamma": 0.01}},
+            {"model": "b2", "parameters": {"weight": 0.3, "density": 0.9, "gamma": 0.01}},
+            {"model": "b3", "parameters": {"weight": 0.2, "density": 0.9, "gamma": 0.01}}],
+ "merge_method": "breadcrumbs_ties", "base_model": "bb", "dtype": "bfloat16"}
+Y
+run merge --mergekit-config bct.yml -o bct.safetensors
+expect_rc 0 "breadcrumbs_ties: mergekit's example runs"
+check "breadcrumbs_ties: both tails dropped, sign election, sum (normalize: false), naive reference" py check bct.yml bct.safetensors BF16
+rm -rf bb b1 b2 b3 big.safetensors bct.safetensors
 
 # Refusals: nothing written, the place named.
 printf 'merge_method: ties\nbase_model: base\nmodels:\n  - model: m1\n    parameters: {densty: 0.5}\n' >bad1.yml
