@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "merge.h"
+#include "mergekit.h"
 #include "random.h"
 #include "stream.h"
 #include "unit.h"
@@ -154,10 +155,35 @@ static void read_doc(const char *path, struct zm_doc *doc)
  * whole tensors, and linear and task arithmetic match a naive loop
  * rounded to the dtype.  TIES with density 0.3 streams its threshold
  * selection over spilled task vectors. */
+/* Per-model densities as a mergekit config gives them: 0.05 keeps none
+ * of the small tensors (floor(0.05 n) = 0). */
+static enum zm_status mk_params(void *ctx, const struct zm_doc *ref,
+                                const char *tensor, double *w,
+                                double *density, double *gamma,
+                                struct zm_error *err)
+{
+	static const double d[3] = { 0.3, 0.55, 0.05 };
+	size_t i;
+
+	(void)ctx;
+	(void)ref;
+	(void)tensor;
+	(void)err;
+	for (i = 0; i < 3; i++) {
+		w[i] = 1.0 + (double)i;
+		density[i] = d[i];
+		gamma[i] = 0;
+	}
+	return ZM_OK;
+}
+
 START_TEST(test_chunked_vs_whole)
 {
-	static const enum zm_merge_method methods[3] = {
-		ZM_MERGE_LINEAR, ZM_MERGE_TASK_ARITHMETIC, ZM_MERGE_TIES
+	/* The fourth: TIES with mergekit's conventions and per-model
+	 * densities, whole (zm_merge_acc) against streamed. */
+	static const enum zm_merge_method methods[4] = {
+		ZM_MERGE_LINEAR, ZM_MERGE_TASK_ARITHMETIC, ZM_MERGE_TIES,
+		ZM_MERGE_TIES
 	};
 	enum zm_merge_method method = methods[_i];
 	char path[4][512], out[3][512];
@@ -189,6 +215,11 @@ START_TEST(test_chunked_vs_whole)
 	o.weights = w;
 	o.base_path = path[3];
 	o.compress = ZM_COMPRESS_NONE;
+	if (_i == 3) {
+		o.params.mergekit = true;
+		o.params.disjoint_sum = true;
+		o.tensor_params = mk_params;
+	}
 	/* Whole tensors; chunks of 7, where TIES refines its threshold
 	 * over the spilled file; chunks of 1000, where the candidates of
 	 * the top bits fit in a chunk and are refined in memory. */
@@ -255,6 +286,62 @@ START_TEST(test_chunked_vs_whole)
 }
 END_TEST
 
+/* Gradients over the layers, filters, a model's own value over the
+ * global one, and the layer index of Hugging Face names. */
+START_TEST(test_mergekit_values)
+{
+	static const char yaml[] =
+		"merge_method: ties\n"
+		"base_model: b\n"
+		"parameters:\n"
+		"  density: [0, 1]\n"
+		"  weight:\n"
+		"    - {filter: mlp, value: [1, 3, 5]}\n"
+		"    - value: 7\n"
+		"models:\n"
+		"  - {model: m0}\n"
+		"  - {model: m1, parameters: {density: 0.25}}\n";
+	static const struct {
+		const char *name;
+		size_t model;
+		const char *key;
+		double want;
+	} cases[] = {
+		{ "model.layers.0.mlp.up.weight", 0, "density", 0 },
+		{ "model.layers.2.mlp.up.weight", 0, "density", 0.5 },
+		{ "model.layers.4.mlp.up.weight", 0, "density", 1 },
+		{ "model.layers.1.mlp.up.weight", 0, "weight", 2 },
+		{ "model.layers.3.mlp.up.weight", 1, "weight", 4 },
+		{ "model.layers.3.self_attn.q.weight", 0, "weight", 7 },
+		{ "model.layers.3.mlp.up.weight", 1, "density", 0.25 },
+		{ "model.embed_tokens.weight", 0, "density", 0 },
+		{ "lm_head.weight", 0, "density", 1 },
+		{ "model.layers.2.mlp.up.weight", 0, "gamma", 0.125 },
+	};
+	struct zm_mergekit mk;
+	struct zm_error err;
+	size_t i;
+	double v;
+
+	ck_assert_int_eq(zm_mergekit_layer_index("model.layers.12.mlp.w"), 12);
+	ck_assert_int_eq(zm_mergekit_layer_index("transformer.h.3.attn.w"), 3);
+	ck_assert_int_eq(zm_mergekit_layer_index("model.norm.weight"), -1);
+	ck_assert_int_eq(zm_mergekit_layer_index("xlayers.2.w"), -1);
+	zm_mergekit_init(&mk);
+	ck_assert_msg(zm_mergekit_parse(yaml, strlen(yaml), "t.yml", &mk,
+	                                &err) == ZM_OK, "%s", err.msg);
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		ck_assert(zm_mergekit_value(&mk, cases[i].model, cases[i].key,
+		                            cases[i].name, 5, 0.125, &v,
+		                            &err) == ZM_OK);
+		ck_assert_msg(fabs(v - cases[i].want) < 1e-12, "%s %s: %g, "
+		              "want %g", cases[i].name, cases[i].key, v,
+		              cases[i].want);
+	}
+	zm_mergekit_release(&mk);
+}
+END_TEST
+
 Suite *suite_mergeplain(void)
 {
 	Suite *s = suite_create("mergeplain");
@@ -262,7 +349,8 @@ Suite *suite_mergeplain(void)
 
 	tcase_set_timeout(tc, 60);
 	tcase_add_loop_test(tc, test_convert_vs_naive, 0, 2);
-	tcase_add_loop_test(tc, test_chunked_vs_whole, 0, 3);
+	tcase_add_loop_test(tc, test_chunked_vs_whole, 0, 4);
+	tcase_add_test(tc, test_mergekit_values);
 	suite_add_tcase(s, tc);
 	return s;
 }
