@@ -5,8 +5,11 @@
 # selected over chunks, task vectors spilled to TMPDIR).  Peak RSS is
 # compared with the largest tensor, time with the I/O floor (reading the
 # inputs and writing the output's bytes), best of ZM_BENCH_REPS (at most
-# 3) runs in the same run.  Needs python3 (to write the inputs) and GNU
-# time (/usr/bin/time -v); skips without them.
+# 3) runs in the same run.  Then TIES as a mergekit config over four BF16
+# checkpoints and a base whose largest tensor has 100M elements (200 MiB
+# each; about 3.5 GiB of TMPDIR with the spilled task vectors, removed at
+# the end; skipped with less than 6 GiB free).  Needs python3 (to write
+# the inputs) and GNU time (/usr/bin/time -v); skips without them.
 # Prints "bench: NAME: VALUE UNIT (REF: VALUE UNIT, ratio R)".
 set -u
 BIN=${ZM_BIN:?ZM_BIN must name the directory of the programs}
@@ -65,3 +68,53 @@ for m in linear ties; do
 	echo "bench: merge-plain-$m-4x16.8M: $t s (read + write same bytes: $t_floor s, ratio $(ratio "$t" "$t_floor"))"
 	echo "bench: merge-plain-$m-peak-rss: $r MiB (largest tensor: 64 MiB, ratio $(ratio "$r" 64))"
 done
+
+rm -f "$T"/*.safetensors "$T/floor"
+# TIES of four checkpoints whose largest tensor has 100M elements.  The
+# values are random BF16 bit patterns with the exponent held to a finite
+# range (bytes.translate over os.urandom: Python writes 200 MiB a second).
+free_kib=$(df -Pk "$T" | awk 'NR == 2 { print $4 }')
+if [ "${free_kib:-0}" -lt $((6 * 1024 * 1024)) ]; then
+	echo "bench: merge-plain-ties-4x100M: skipped: less than 6 GiB free in ${TMPDIR:-/tmp}"
+	exit 0
+fi
+python3 - "$T" <<'PY'
+import json, os, struct, sys
+d = sys.argv[1]
+n = 10000 * 10000
+table = bytes((b & 0x87) | 0x38 for b in range(256))
+for name in ['base', 'a', 'b', 'c', 'd']:
+    big = os.urandom(2 * n).translate(table)
+    small = os.urandom(2 * 4096).translate(table)
+    hdr = {'__metadata__': {'format': 'pt'},
+           'model.embed_tokens.weight': {'dtype': 'BF16', 'shape': [1024, 4],
+                                         'data_offsets': [0, len(small)]},
+           'model.layers.0.mlp.down_proj.weight': {
+               'dtype': 'BF16', 'shape': [10000, 10000],
+               'data_offsets': [len(small), len(small) + len(big)]}}
+    h = json.dumps(hdr).encode()
+    h += b' ' * (-len(h) % 8)
+    with open('%s/%s.safetensors' % (d, name), 'wb') as f:
+        f.write(struct.pack('<Q', len(h)) + h)
+        f.write(small)
+        f.write(big)
+PY
+cat >"$T/ties.yml" <<Y
+models:
+  - {model: $T/a.safetensors, parameters: {density: 0.5, weight: 1.0}}
+  - {model: $T/b.safetensors, parameters: {density: 0.5, weight: 1.0}}
+  - {model: $T/c.safetensors, parameters: {density: 0.5, weight: 1.0}}
+  - {model: $T/d.safetensors, parameters: {density: 0.5, weight: 1.0}}
+merge_method: ties
+base_model: $T/base.safetensors
+dtype: bfloat16
+Y
+in="'$T/a.safetensors' '$T/b.safetensors' '$T/c.safetensors' '$T/d.safetensors'"
+out_bytes=$(wc -c <"$T/base.safetensors")
+floor="cat '$T/base.safetensors' $in >/dev/null && head -c $out_bytes /dev/zero >'$T/floor' && sync '$T/floor'"
+t_floor=$(best_of "$REPS" "$floor") || exit 1
+cmd="TMPDIR='$T' '$BIN/merge' --quiet --mergekit-config '$T/ties.yml' -o '$T/out.safetensors' && sync '$T/out.safetensors'"
+t=$(best_of "$REPS" "$cmd") || { echo "bench: merge-plain-ties-4x100M failed"; exit 1; }
+r=$(rss "$cmd") || exit 1
+echo "bench: merge-plain-ties-4x100M: $t s (read + write same bytes: $t_floor s, ratio $(ratio "$t" "$t_floor"))"
+echo "bench: merge-plain-ties-4x100M-peak-rss: $r MiB (limit: 300 MiB, ratio $(ratio "$r" 300))"
