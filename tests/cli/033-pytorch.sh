@@ -265,7 +265,7 @@ expect_rc 1 "--state-dict to a full disk fails"
 # trained-shape nn.Sequential, one zoo-add each, predictions within 1e-5,
 # and the export loaded with load_state_dict(strict=True).
 if "$PY" -c 'import torch, numpy' 2>/dev/null; then
-	cat >"$T/torch.py" <<'PY'
+	cat >"$T/torchref.py" <<'PY'
 import json, struct, subprocess, sys
 import numpy as np, torch
 t, mode = sys.argv[1], sys.argv[2]
@@ -303,17 +303,17 @@ else:
     print("strict load_state_dict: ok")
 PY
 	check "PyTorch saves the MLP with numpy.savez and safetensors" \
-		"$PY" "$T/torch.py" "$T" save
+		"$PY" "$T/torchref.py" "$T" save
 	for f in torch.npz torch.safetensors; do
 		run zoo-add --zoo "$Z" --name "t-${f#*.}" --arch "$T/arch.yaml" "$T/$f"
 		expect_rc 0 "zoo-add imports PyTorch's $f"
 		run predict --zoo "$Z" --model "t-${f#*.}" "$T/x.st"
 		cp "$T/out" "$T/tp.csv"
 		check "$f predicts as PyTorch within 1e-5" \
-			"$PY" "$T/torch.py" "$T" predict "$T/tp.csv"
+			"$PY" "$T/torchref.py" "$T" predict "$T/tp.csv"
 		run tensor export --state-dict -o "$T/t.safetensors" "$Z/$(file_of "t-${f#*.}")"
 		check "PyTorch loads the export of $f strictly" \
-			"$PY" "$T/torch.py" "$T" load "$T/t.safetensors"
+			"$PY" "$T/torchref.py" "$T" load "$T/t.safetensors"
 	done
 else
 	echo "# skipped: the PyTorch round trip ($PY has no torch or numpy)"
