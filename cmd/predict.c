@@ -38,6 +38,8 @@
 #include "constants.h"
 #include "fileio.h"
 #include "gemm.h"
+#include "granauto.h"
+#include "granctl.h"
 #include "granularity.h"
 #include "lineage.h"
 #include "mem.h"
@@ -51,7 +53,8 @@
 
 static const char usage_str[] =
 	"usage: predict (--zoo DIR [--model NAME]... | --model-file FILE...)\n"
-	"               [--granularity full|group|layer | --granularity-from FILE]\n"
+	"               [--granularity full|group|layer|auto]\n"
+	"               [--granularity-from FILE] [--granularity-rules FILE]\n"
 	"               [--weighting density|similarity|router|uniform|static|\n"
 	"                            router+similarity]\n"
 	"               [--router NAME] [--assignment FILE] [--weights FILE]\n"
@@ -79,8 +82,11 @@ static const char options_str[] =
 	"      --model NAME              a zoo model; repeatable [all of the zoo]\n"
 	"      --model-file FILE         a model file instead of a zoo; repeatable\n"
 	"                                [none]\n"
-	"      --granularity LEVEL       full, group or layer [full]\n"
-	"      --granularity-from FILE   the level of a granctl decision [none]\n"
+	"      --granularity LEVEL       full, group, layer, or auto: per batch\n"
+	"                                from the input and the machine [full]\n"
+	"      --granularity-from FILE   the level of a granctl decision; with\n"
+	"                                auto, its prior [none]\n"
+	"      --granularity-rules FILE  auto: rules evaluated per batch [none]\n"
 	"      --weighting KIND          density, similarity, router,\n"
 	"                                router+similarity, uniform or static\n"
 	"                                [density; similarity with --metric;\n"
@@ -153,6 +159,8 @@ struct predict_opts {
 	/* dynamic inference */
 	struct zm_predict_options p;
 	bool have_level;
+	bool gran_auto;             /* --granularity auto */
+	const char *gran_rules;     /* --granularity-rules */
 	const char *gran_from;
 	const char *router;
 	const char *assignment;
@@ -171,7 +179,7 @@ enum {
 	OPT_WEIGHTS, OPT_ADAPT, OPT_TRACE, OPT_FEEDBACK, OPT_METRIC,
 	OPT_BUDGET, OPT_ETA, OPT_PRIOR, OPT_ADAPT_STEPS, OPT_SHARE, OPT_PROBE,
 	OPT_ADAPT_REG, OPT_ADAPT_TRUST, OPT_MIN_ROWS, OPT_THRESHOLD,
-	OPT_EXPLAIN
+	OPT_EXPLAIN, OPT_GRAN_RULES
 };
 
 static double now_seconds(void)
@@ -408,7 +416,8 @@ static enum zm_status prepare(const struct predict_opts *o,
 		                           &s->dec, err);
 		if (st != ZM_OK)
 			return st;
-		s->po.w.level = s->dec.level;
+		if (!o->gran_auto)
+			s->po.w.level = s->dec.level;
 	}
 	if (o->assignment) {
 		st = zm_assignment_load(o->assignment, &s->asg, err);
@@ -527,6 +536,58 @@ static enum zm_status conform(const struct predict_opts *o,
 	return ZM_OK;
 }
 
+/*
+ * --granularity auto: predictors at the group and layer levels next to
+ * the full one (pred), over the same models, and the controller that
+ * picks one per batch.  A level the models cannot merge at (unrelated
+ * models, a weighting that lacks a profile entry) is left out, said with
+ * --explain.  The group and layer levels merge outputs where the full
+ * level routes or mixes final outputs.
+ */
+static enum zm_status start_auto(const struct predict_opts *o,
+                                 const struct predict_run *s,
+                                 struct zm_predictor *pred,
+                                 struct zm_predictor **lvl,
+                                 struct zm_gc_rules *rules,
+                                 struct zm_granauto_ctl *ctl,
+                                 struct zm_error *err)
+{
+	enum zm_gran_level l;
+	enum zm_status st;
+	struct zm_error e2;
+
+	lvl[ZM_GRAN_FULL] = pred;
+	if (o->gran_rules &&
+	    (st = zm_gc_rules_load(o->gran_rules, rules, err)) != ZM_OK)
+		return st;
+	for (l = ZM_GRAN_GROUP; s->k > 1 && l <= ZM_GRAN_LAYER; l++) {
+		struct zm_predict_options po = s->po;
+		if (po.merge == ZM_MERGE_ROUTE || po.merge == ZM_MERGE_ENSEMBLE) {
+			/* Unrelated models mix only final outputs. */
+			if (s->po.w.level == ZM_GRAN_FULL && o->merge_set)
+				break;
+			po.merge = ZM_MERGE_OUTPUTS;
+		}
+		po.w.level = l;
+		zm_error_clear(&e2);
+		st = zm_predictor_new_opts((const struct zm_model *const *)
+		                           s->models, s->k, o->batch, &po,
+		                           &lvl[l], &e2);
+		if (st == ZM_ERR_NOMEM)
+			return zm_error_set(err, st, "%s", e2.msg);
+		if (st != ZM_OK && o->explain)
+			zm_cli_warn("granularity auto: no %s level: %s",
+			            zm_gran_level_name(l), e2.msg);
+	}
+	st = zm_granauto_ctl_init(ctl, lvl, s->po.w.latency_budget_ms,
+	                          s->po.w.use_loadavg,
+	                          o->gran_rules ? rules : NULL,
+	                          o->gran_from != NULL, s->dec.level, err);
+	if (st == ZM_OK)
+		pred->gauto = ctl;
+	return st;
+}
+
 static int run(const struct predict_opts *o)
 {
 	struct zm_error err;
@@ -548,6 +609,9 @@ static int run(const struct predict_opts *o)
 	size_t docno = 0, i;
 	bool eof = false, progress;
 	double last = 0;
+	struct zm_predictor *lvl[ZM_GRANAUTO_LEVELS] = { NULL, NULL, NULL };
+	struct zm_granauto_ctl ctl;
+	struct zm_gc_rules rules;
 
 	zm_error_clear(&err);
 	zm_doc_init(&doc);
@@ -559,6 +623,8 @@ static int run(const struct predict_opts *o)
 	zm_schema_init(&schema);
 	memset(&note, 0, sizeof(note));
 	memset(&trace, 0, sizeof(trace));
+	memset(&ctl, 0, sizeof(ctl));
+	zm_gc_rules_init(&rules);
 	zm_gemm_setup(o->threads);
 	progress = zm_cli_progress_wanted(o->progress, o->quiet);
 	st = prepare(o, &s, &err);
@@ -573,6 +639,9 @@ static int run(const struct predict_opts *o)
 	st = zm_predictor_new_opts((const struct zm_model *const *)s.models, s.k,
 	                           o->batch, &s.po, &pred, &err);
 	if (st != ZM_OK)
+		goto out;
+	if (o->gran_auto && s.k > 1 &&
+	    (st = start_auto(o, &s, pred, lvl, &rules, &ctl, &err)))
 		goto out;
 	zm_pred_metrics_init(&metrics, pred->loss, pred->out_features);
 
@@ -593,7 +662,14 @@ static int run(const struct predict_opts *o)
 		if (st != ZM_OK)
 			goto out;
 		trace_open = true;
-		st = zm_pred_trace_header(&trace, &err);
+		/* auto: each line also says the batch's level, its time and
+		 * why that level. */
+		if (pred->gauto)
+			st = zm_outfile_printf(&trace, &err, "batch,rows,model,"
+			                       "unit,weight,similarity,score,"
+			                       "level,ms,why\n");
+		else
+			st = zm_pred_trace_header(&trace, &err);
 		if (st != ZM_OK)
 			goto out;
 		pred->trace = &trace;
@@ -647,6 +723,8 @@ static int run(const struct predict_opts *o)
 		bool to_err = !o->output || strcmp(o->output, "-") == 0;
 		zm_buf_init(&b);
 		zm_predict_explain(pred, s.names, &b);
+		if (pred->gauto)
+			zm_granauto_ctl_explain(&ctl, &b);
 		if (b.failed) {
 			zm_buf_release(&b);
 			st = zm_error_set(&err, ZM_ERR_NOMEM, "out of memory");
@@ -675,6 +753,10 @@ out:
 	zm_doc_release(&doc);
 	zm_dataset_close(r);
 	zm_predictor_free(pred);
+	zm_predictor_free(lvl[ZM_GRAN_GROUP]);
+	zm_predictor_free(lvl[ZM_GRAN_LAYER]);
+	zm_granauto_ctl_release(&ctl);
+	zm_gc_rules_release(&rules);
 	for (i = 0; i < s.k; i++)
 		zm_model_free(s.models[i]);
 	zm_model_free(s.router);
@@ -717,6 +799,7 @@ static const struct option longopts[] = {
 	{ "merge-point", required_argument, NULL, OPT_POINT },
 	{ "state", required_argument, NULL, OPT_STATE },
 	{ "granularity-from", required_argument, NULL, OPT_GRAN_FROM },
+	{ "granularity-rules", required_argument, NULL, OPT_GRAN_RULES },
 	{ "weights", required_argument, NULL, OPT_WEIGHTS },
 	{ "adapt", required_argument, NULL, OPT_ADAPT },
 	{ "adapt-steps", required_argument, NULL, OPT_ADAPT_STEPS },
@@ -743,14 +826,21 @@ static bool parse_dynamic_option(struct predict_opts *o, int c,
 
 	switch (c) {
 	case OPT_GRAN:
+		o->gran_auto = strcmp(arg, "auto") == 0;
+		if (o->gran_auto) {
+			o->p.w.level = ZM_GRAN_FULL;
+			o->have_level = false;
+			break;
+		}
 		if (!zm_gran_level_parse(arg, &o->p.w.level)) {
-			zm_cli_warn("--granularity: expected full, group or "
-			            "layer, got '%s'", arg);
+			zm_cli_warn("--granularity: expected full, group, layer "
+			            "or auto, got '%s'", arg);
 			return false;
 		}
 		o->have_level = true;
 		break;
 	case OPT_GRAN_FROM: o->gran_from = arg; break;
+	case OPT_GRAN_RULES: o->gran_rules = arg; break;
 	case OPT_WEIGHTING:
 		if (!zm_weighting_parse(arg, &o->p.w.kind)) {
 			zm_cli_warn("--weighting: expected density, similarity, "
@@ -957,7 +1047,17 @@ static bool validate(struct predict_opts *o)
 	}
 	if (o->have_level && o->gran_from) {
 		zm_cli_warn("--granularity and --granularity-from exclude each "
-		            "other");
+		            "other (but for --granularity auto, whose prior it "
+		            "is)");
+		return false;
+	}
+	if (o->gran_rules && !o->gran_auto) {
+		zm_cli_warn("--granularity-rules is for --granularity auto");
+		return false;
+	}
+	if (o->gran_auto && o->p.feedback) {
+		zm_cli_warn("--granularity auto does not take --feedback yet "
+		            "(the Hedge scores would split between the levels)");
 		return false;
 	}
 	if (o->weights && !o->weighting_set)
@@ -977,7 +1077,8 @@ static bool validate(struct predict_opts *o)
 	    o->p.w.kind == ZM_WEIGHTING_ROUTER_SIMILARITY) {
 		if (!o->per_set)
 			o->p.w.per_row = true;
-		if (!o->merge_set && !o->have_level && !o->gran_from)
+		if (!o->merge_set && !o->have_level &&
+		    (!o->gran_from || o->gran_auto))
 			o->p.merge = ZM_MERGE_ROUTE;
 	}
 	if (o->p.w.kind == ZM_WEIGHTING_STATIC && !o->weights) {

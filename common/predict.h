@@ -49,6 +49,8 @@
 #include "adapt.h"
 #include "route.h"
 
+struct zm_granauto_ctl;
+
 #define ZM_PREDICT_BATCH_DEFAULT 1024
 /* Defaults of --eta and --probe (zm_predict_feedback). */
 #define ZM_PREDICT_ETA_DEFAULT 0.5
@@ -123,6 +125,11 @@ struct zm_predictor {
 	uint64_t batch_no;
 	struct zm_outfile *trace;           /* borrowed, open trace file */
 	struct zm_route_state *route;       /* owned; merge route only */
+	/* --granularity auto (granauto.h): the controller that picks, per
+	 * batch, the predictor of a level (borrowed, or NULL), and the
+	 * columns it appends to this predictor's trace lines. */
+	struct zm_granauto_ctl *gauto;
+	const char *trace_extra;            /* borrowed, or NULL */
 };
 
 /*

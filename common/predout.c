@@ -11,6 +11,7 @@
 #include "dataset.h"
 #include "json.h"
 #include "mem.h"
+#include "granauto.h"
 #include "predict.h"
 #include "schema.h"
 
@@ -54,11 +55,12 @@ enum zm_status zm_pred_trace_write(struct zm_predictor *p,
 			if (w->unit_has_sim[u])
 				snprintf(sim, sizeof(sim), "%.9g",
 				         w->unit_sim[u * K + i]);
-			st = zm_outfile_printf(f, err, "%llu,%zu,%s,%s,%.9g,%s,%.9g\n",
+			st = zm_outfile_printf(f, err, "%llu,%zu,%s,%s,%.9g,%s,%.9g%s\n",
 			                       (unsigned long long)batch, rows,
 			                       p->hedge.names[i], w->units.names[u],
 			                       p->tw[u * K + i], sim,
-			                       exp(p->hedge.score[i] - mx) / sum);
+			                       exp(p->hedge.score[i] - mx) / sum,
+			                       p->trace_extra ? p->trace_extra : "");
 		}
 	}
 	return st;
@@ -565,19 +567,27 @@ enum zm_status zm_predict_doc(struct zm_predictor *p,
 		size_t i;
 
 		const float *xb = (const float *)x.data + done * d;
+		/* --granularity auto: the batch runs at the level its
+		 * controller picks (granauto.h). */
+		struct zm_predictor *q = p;
 
-		if (p->n_models > 1 && p->o.adapt) {
-			st = zm_predict_adapt(p, xb, b, NULL, NULL, err);
+		if (p->gauto &&
+		    (st = zm_granauto_ctl_begin(p->gauto, xb, b, &q, err)))
+			goto out;
+		if (q->n_models > 1 && q->o.adapt) {
+			st = zm_predict_adapt(q, xb, b, NULL, NULL, err);
 			if (st != ZM_OK)
 				goto out;
 		}
-		st = zm_predict_run(p, xb, b, scores, p->loss ==
+		st = zm_predict_run(q, xb, b, scores, p->loss ==
 		                    ZM_LOSS_CROSS_ENTROPY ? p->logp : NULL, err);
 		if (st != ZM_OK)
 			goto out;
+		if (p->gauto)
+			zm_granauto_ctl_end(p->gauto, b);
 		p->batch_no++;
 		if (p->trace) {
-			st = zm_pred_trace_write(p, p->trace, p->batch_no, b, err);
+			st = zm_pred_trace_write(q, p->trace, p->batch_no, b, err);
 			if (st != ZM_OK)
 				goto out;
 		}
@@ -600,9 +610,9 @@ enum zm_status zm_predict_doc(struct zm_predictor *p,
 			if (st != ZM_OK)
 				goto out;
 		}
-		if (p->n_models > 1 && p->o.feedback && y) {
+		if (q->n_models > 1 && q->o.feedback && y) {
 			double loss[ZM_WEIGHTER_MAX_MODELS];
-			st = zm_predict_feedback(p, xb, b, y, done, loss, err);
+			st = zm_predict_feedback(q, xb, b, y, done, loss, err);
 			if (st != ZM_OK) {
 				zm_error_prefix(err, "%s: ", name);
 				goto out;
