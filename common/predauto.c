@@ -96,7 +96,7 @@ static enum zm_status sample_weights(struct zm_granauto_ctl *ctl,
                                      struct zm_error *err)
 {
 	struct zm_predictor *pl = ctl->pred[ZM_GRAN_LAYER];
-	size_t K = pl->n_models, d = pl->in_features, s, r, u, m = 0;
+	size_t K = pl->n_models, d = pl->in_features, s, r, u, m = 0, k_keep;
 	float *xs = ctl->sample, *sc = ctl->sample + ZM_GRANAUTO_SAMPLE_ROWS * d;
 	double *uw = (double *)ctl->in.unit_w, t0;
 	enum zm_status st;
@@ -112,7 +112,14 @@ static enum zm_status sample_weights(struct zm_granauto_ctl *ctl,
 	t0 = ms_now();
 	for (r = 0; r < s; r++)
 		memcpy(xs + r * d, x + (r * n / s) * d, d * sizeof(float));
+	/* The weights before any top-k cut: a cut of the budget would make
+	 * every unit agree on the one model it keeps.  The level's own k
+	 * (set by its batches' times, not by this small pass) comes back. */
+	k_keep = pl->wr->k_active;
+	pl->wr->k_active = pl->wr->o.top_k > 0 && pl->wr->o.top_k < K ?
+	                   pl->wr->o.top_k : K;
 	st = zm_predict_run(pl, xs, s, sc, NULL, err);
+	pl->wr->k_active = k_keep;
 	if (st != ZM_OK)
 		return st;
 	for (u = 0; u < pl->wr->units.n_units; u++)

@@ -1,0 +1,213 @@
+#!/bin/sh
+# predict --granularity auto (issue 22) against the fixed levels.  Builds
+# two zoos of four label-group specialists (tops, bottoms, shoes, bags) of
+# an MLP 784-256-128-10, as tests/bench/adaptive.sh's finetuned and seeded
+# zoos do (a base trained BASE_EPOCHS epochs on all rows, or none; the
+# specialists EPOCHS epochs on their group), on a 20% subset of the
+# Fashion-MNIST training set, and measures on the 10,000 test images:
+#
+#   per zoo and weighting (the defaults, and similarity per row, cosine,
+#   T 0.01), accuracy and time of full, group, layer and auto;
+#   under a latency budget halfway between the full and the layer level's
+#   time per batch: the share of auto's batches within it (its trace) and
+#   its accuracy against the full level's under the same budget;
+#   a stream whose batches alternate between one label group and the mix
+#   of all: the levels auto's trace gives the two kinds of batch.
+#
+# Usage: sh tests/bench/granularity_auto.sh [DIR]  (DIR keeps the work)
+# Environment: ZM_BIN, ZM_FASHION_MNIST, ZM_BENCH_TRAIN (the 60k training
+# stream, already imported), ZM_GAUTO_EPOCHS [2], ZM_GAUTO_BATCH [256].
+# Lines "bench: gauto-...: VALUE UNIT (REF: VALUE UNIT, ratio R)" and the
+# issue's targets as "bench:   target ...: PASS|FAIL" (informational).
+# shellcheck disable=SC2086 # option lists split on purpose
+set -u
+LC_ALL=C
+export LC_ALL
+prog=gauto
+here=$(cd "$(dirname "$0")/../.." && pwd)
+BIN=${ZM_BIN:-$here/build/bin}
+BIN=$(cd "$BIN" && pwd)
+FM=${ZM_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
+EPOCHS=${ZM_GAUTO_EPOCHS:-2}
+BATCH=${ZM_GAUTO_BATCH:-256}
+TRAIN="--lr 0.05 --batch-size 64 --quiet"
+SIM="--per row --metric cosine --temperature 0.01"
+
+if [ ! -r "$FM/t10k-images-idx3-ubyte.gz" ]; then
+	echo "bench: $prog: skipped: no Fashion-MNIST in $FM"
+	exit 0
+fi
+if [ $# -gt 0 ]; then
+	mkdir -p "$1" || exit 1
+	OUT=$(cd "$1" && pwd)
+else
+	OUT=$(mktemp -d "${TMPDIR:-/tmp}/zm-bench-gauto.XXXXXX")
+	trap 'rm -rf "$OUT"' EXIT
+fi
+LOG=$OUT/log.txt
+: >"$LOG"
+
+run() {
+	"$@" 2>>"$LOG" && return 0
+	rc=$?
+	echo "bench: $prog: failed (exit $rc): $*"
+	tail -n 5 "$LOG" | sed 's/^/    /'
+	exit 1
+}
+P() { _p=$1; shift; run "$BIN/$_p" "$@"; }
+now() { date +%s.%N; }
+metric() { awk -v k="$2:" '$1 == k { print $2; exit }' "$1"; }
+mfile() {
+	awk -v n="$2" -v z="$1" '
+		$1 == "-" && $2 == "name:" { cur = $3 }
+		cur == n && $1 == "file:" { f = z "/" $2 }
+		END { print f }' "$1/zoo.yaml"
+}
+pts() { awk -v a="$1" 'BEGIN { printf "%.2f", 100 * a }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }'; }
+
+# ---- data ----
+C=$OUT/common
+mkdir -p "$C"
+if [ -n "${ZM_BENCH_TRAIN:-}" ] && [ -r "$ZM_BENCH_TRAIN" ]; then
+	cp "$ZM_BENCH_TRAIN" "$C/train-all.safetensors.gz"
+else
+	P tensor import --from idx --images "$FM/train-images-idx3-ubyte.gz" \
+		--labels "$FM/train-labels-idx1-ubyte.gz" -o "$C/train-all.safetensors.gz"
+fi
+cat >"$C/subset.yaml" <<'EOF'
+slices:
+  - {name: train, where: {hash: 0.2, seed: 11}}
+EOF
+P slice --rules "$C/subset.yaml" --unmatched drop --out-dir "$C" "$C/train-all.safetensors.gz" >/dev/null
+rm -f "$C/train-all.safetensors.gz"
+P tensor import --from idx --images "$FM/t10k-images-idx3-ubyte.gz" \
+	--labels "$FM/t10k-labels-idx1-ubyte.gz" -o "$C/test.safetensors.gz"
+cat >"$C/mlp.yaml" <<'EOF'
+input: [784]
+loss: cross-entropy
+layers:
+  - {name: fc1, type: dense, units: 256, activation: relu, group: features}
+  - {name: fc2, type: dense, units: 128, activation: relu, group: features}
+  - {name: out, type: dense, units: 10, group: head}
+EOF
+cat >"$C/groups.yaml" <<'EOF'
+mode: partition
+slices:
+  - {name: tops,    where: {label: [0, 2, 4, 6]}}
+  - {name: bottoms, where: {label: [1, 3]}}
+  - {name: shoes,   where: {label: [5, 7, 9]}}
+  - {name: bags,    where: {label: [8]}}
+EOF
+P slice --rules "$C/groups.yaml" --out-dir "$C/slices" "$C/train.safetensors.gz" >/dev/null
+
+# The alternating stream: BATCH rows of one label group (the groups in
+# turn), then BATCH rows of the test set as it comes (all kinds), and so on.
+P tensor export --to csv -o "$C/test.csv" "$C/test.safetensors.gz"
+awk -F, -v b="$BATCH" '
+	{ sub(/^[^,]*,/, "") }
+	NR == 1 { print; next }
+	{ lab = $NF; g = 0
+	  if (lab == 1 || lab == 3) g = 1
+	  else if (lab == 5 || lab == 7 || lab == 9) g = 2
+	  else if (lab == 8) g = 3
+	  grp[g, n[g]++] = $0; all[na++] = $0 }
+	END { k = 0; ia = 0; for (i = 0; i < 4; i++) at[i] = 0
+	  for (t = 0; t < 20; t++) {
+		g = t % 4
+		for (r = 0; r < b; r++) print grp[g, (at[g]++) % n[g]]
+		for (r = 0; r < b; r++) print all[(ia++) % na]
+	  } }' "$C/test.csv" >"$C/alt.csv"
+P tensor import --from csv --label y -o "$C/alt.safetensors.gz" "$C/alt.csv"
+rm -f "$C/test.csv" "$C/alt.csv"
+
+# ---- zoos ----
+build() { # ZD BASE_EPOCHS
+	zd=$1
+	P zoo-add --zoo "$zd/init" --name base --arch "$C/mlp.yaml" --seed 1 >/dev/null
+	if [ "$2" -gt 0 ]; then
+		P train-step --zoo "$zd/init" --model base --epochs "$2" $TRAIN --seed 1 --apply \
+			"$C/train.safetensors.gz"
+	fi
+	i=0
+	for s in tops bottoms shoes bags; do
+		i=$((i + 1))
+		P zoo-add --zoo "$zd/zoo" --name "$s" --base base "$(mfile "$zd/init" base)" >/dev/null
+		P train-step --zoo "$zd/zoo" --model "$s" --epochs "$EPOCHS" $TRAIN --seed "$i" --apply \
+			"$C/slices/$s.safetensors.gz"
+	done
+}
+build "$OUT/finetuned" 1
+build "$OUT/seeded" 0
+
+# pred NAME ZD STREAM ARGS...: predict; the accuracy and the seconds into
+# $OUT/r/NAME.{acc,s}.
+mkdir -p "$OUT/r"
+pred() {
+	n=$1 zd=$2 in=$3
+	shift 3
+	t0=$(now)
+	P predict --zoo "$zd/zoo" --batch-size "$BATCH" --metrics "$OUT/r/$n.yaml" -o /dev/null "$@" "$in"
+	t1=$(now)
+	metric "$OUT/r/$n.yaml" accuracy >"$OUT/r/$n.acc"
+	awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f\n", b - a }' >"$OUT/r/$n.s"
+}
+get() { cat "$OUT/r/$1.$2"; }
+
+status=0
+target() { # DESC COND
+	if awk "BEGIN { exit !($2) }"; then r=PASS; else r=FAIL; status=1; fi
+	echo "bench:   target $1: $r"
+}
+
+for z in finetuned seeded; do
+	zd=$OUT/$z
+	for wname in defaults similarity; do
+		W=
+		[ "$wname" = similarity ] && W=$SIM
+		for g in full group layer auto; do
+			pred "$z-$wname-$g" "$zd" "$C/test.safetensors.gz" $W --granularity $g \
+				--trace "$OUT/r/$z-$wname-$g.trace"
+		done
+		best=full
+		for g in group layer; do
+			awk -v a="$(get "$z-$wname-$g" acc)" -v b="$(get "$z-$wname-$best" acc)" \
+				'BEGIN { exit !(a > b) }' && best=$g
+		done
+		a=$(get "$z-$wname-auto" acc) sa=$(get "$z-$wname-auto" s)
+		echo "bench: gauto-$z-$wname-accuracy: $(pts "$a") % (best fixed, $best: $(pts "$(get "$z-$wname-$best" acc)") %, ratio $(ratio "$a" "$(get "$z-$wname-$best" acc)"))"
+		echo "bench: gauto-$z-$wname-time: $sa s (layer: $(get "$z-$wname-layer" s) s, ratio $(ratio "$sa" "$(get "$z-$wname-layer" s)"); full $(get "$z-$wname-full" s) s, group $(get "$z-$wname-group" s) s)"
+		levels=$(awk -F, 'NR > 1 && !seen[$1]++ { n[$8]++ } END { printf "full %d group %d layer %d", n["full"], n["group"], n["layer"] }' "$OUT/r/$z-$wname-auto.trace")
+		echo "bench: gauto-$z-$wname-levels: $levels batches"
+		target "$z $wname: auto accuracy >= best fixed - 0.2 points" \
+			"$a >= $(get "$z-$wname-$best" acc) - 0.002"
+		target "$z $wname: auto time <= layer's" "$sa <= $(get "$z-$wname-layer" s) * 1.05"
+	done
+done
+
+# ---- a latency budget between full and layer (seeded zoo, similarity) ----
+zd=$OUT/seeded
+nb=$(( (10000 + BATCH - 1) / BATCH ))
+mf=$(awk -v s="$(get seeded-similarity-full s)" -v n="$nb" 'BEGIN { printf "%.3f", 1000 * s / n }')
+ml=$(awk -v s="$(get seeded-similarity-layer s)" -v n="$nb" 'BEGIN { printf "%.3f", 1000 * s / n }')
+B=$(awk -v a="$mf" -v b="$ml" 'BEGIN { printf "%.3f", (a + b) / 2 }')
+echo "bench: gauto-budget: $B ms per batch (full: $mf ms, layer: $ml ms, wall time per batch)"
+pred budget-full "$zd" "$C/test.safetensors.gz" $SIM --granularity full --latency-budget-ms "$B"
+pred budget-auto "$zd" "$C/test.safetensors.gz" $SIM --granularity auto --latency-budget-ms "$B" \
+	--trace "$OUT/r/budget-auto.trace"
+within=$(awk -F, -v b="$B" 'NR > 1 && !seen[$1]++ { n++; if ($9 <= b) w++ } END { printf "%.4f", w / n }' "$OUT/r/budget-auto.trace")
+echo "bench: gauto-budget-within: $(pts "$within") % of batches (target: 99 %, ratio $(ratio "$within" 0.99))"
+echo "bench: gauto-budget-accuracy: $(pts "$(get budget-auto acc)") % (full under the budget: $(pts "$(get budget-full acc)") %, ratio $(ratio "$(get budget-auto acc)" "$(get budget-full acc)"))"
+target "budget: >= 99% of batches within" "$within >= 0.99"
+target "budget: auto accuracy >= full's" "$(get budget-auto acc) >= $(get budget-full acc)"
+
+# ---- the alternating stream ----
+for z in finetuned seeded; do
+	pred "alt-$z" "$OUT/$z" "$C/alt.safetensors.gz" $SIM --granularity auto \
+		--trace "$OUT/r/alt-$z.trace"
+	awk -F, 'NR > 1 && !seen[$1]++ { k = ($1 % 2) ? "one-kind" : "mixed"; n[k, $8]++; if (NR > 2 && $8 != last) sw++; last = $8 }
+		END { printf "bench: gauto-alternating-%s: %d switches (one kind: full %d group %d layer %d; mixed: full %d group %d layer %d)\n",
+			z, sw, n["one-kind", "full"], n["one-kind", "group"], n["one-kind", "layer"],
+			n["mixed", "full"], n["mixed", "group"], n["mixed", "layer"] }' z="$z" "$OUT/r/alt-$z.trace"
+done
+exit 0
