@@ -114,7 +114,8 @@ static const char options_str[] =
 	"      --eta ETA                 Hedge learning rate [0.5]\n"
 	"      --share ALPHA             fixed share [0.1]\n"
 	"      --probe P                 share moved to a model to score it [0.1]\n"
-	"      --state FILE              keep the Hedge scores between runs [none]\n"
+	"      --state FILE              keep the Hedge scores (auto: the costs of\n"
+	"                                each level) between runs [none]\n"
 	"      --adapt entropy           entropy adaptation [off]\n"
 	"      --adapt-steps N           descent steps [3]\n"
 	"      --adapt-reg R             penalty toward the weights [0.1]\n"
@@ -442,7 +443,7 @@ static enum zm_status prepare(const struct predict_opts *o,
 			return st;
 		s->po.stat = s->stat;
 	}
-	if (o->state && s->k > 1) {
+	if (o->state && s->k > 1 && !o->gran_auto) {
 		/* A missing state file is the first run; anything else that
 		 * cannot be read or validated is an error, and the file stays
 		 * as it is. */
@@ -583,8 +584,14 @@ static enum zm_status start_auto(const struct predict_opts *o,
 	                          s->po.w.use_loadavg,
 	                          o->gran_rules ? rules : NULL,
 	                          o->gran_from != NULL, s->dec.level, err);
-	if (st == ZM_OK)
-		pred->gauto = ctl;
+	if (st != ZM_OK)
+		return st;
+	pred->gauto = ctl;
+	/* The cost estimates of the last run (a missing file is the first
+	 * run). */
+	if (o->state && access(o->state, F_OK) == 0)
+		st = zm_granauto_state_load(&ctl->g, o->state, &ctl->state_keep,
+		                            err);
 	return st;
 }
 
@@ -741,6 +748,11 @@ static int run(const struct predict_opts *o)
 	}
 	if (o->state && s.k > 1 && s.po.feedback) {
 		st = zm_hedge_save(&pred->hedge, o->state, &err);
+		if (st != ZM_OK)
+			goto out;
+	} else if (o->state && pred->gauto) {
+		st = zm_granauto_state_save(&ctl.g, o->state, ctl.state_keep,
+		                            &err);
 		if (st != ZM_OK)
 			goto out;
 	}
@@ -1092,9 +1104,9 @@ static bool validate(struct predict_opts *o)
 		            "FILE", zm_weighting_name(o->p.w.kind));
 		return false;
 	}
-	if (o->state && !o->p.feedback) {
-		zm_cli_warn("--state keeps the scores of --feedback; add "
-		            "--feedback");
+	if (o->state && !o->p.feedback && !o->gran_auto) {
+		zm_cli_warn("--state keeps the scores of --feedback (or the "
+		            "costs of --granularity auto); add --feedback");
 		return false;
 	}
 	if (!zm_cli_data_check(o->from, o->images, o->labels, o->label,

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "granauto.h"
+#include "fileio.h"
 #include "json.h"
 
 void zm_granauto_init(struct zm_granauto *g)
@@ -204,6 +205,10 @@ void zm_granauto_decide(const struct zm_granauto *g,
 		tau *= 1 - ZM_GRANAUTO_HET_WEIGHT * c->heterogeneity;
 	if (in->rules && by_rules(g, in, c, &want, why, sizeof(why))) {
 		;
+	} else if (in->units_same) {
+		want = ZM_GRAN_FULL;
+		snprintf(why, sizeof(why), "the weighting gives every unit the "
+		         "same weights");
 	} else if (isnan(c->disagreement)) {
 		want = in->has_prior ? in->prior : ZM_GRAN_FULL;
 		snprintf(why, sizeof(why), "%s", in->has_prior ?
@@ -244,8 +249,9 @@ void zm_granauto_decide(const struct zm_granauto *g,
 			sys = "; over the budget: coarser";
 	}
 	c->level = l;
-	/* A level not measured for a while runs once, where it fits. */
-	if (g->batches > 0)
+	/* A level not measured for a while runs once, where it fits; not
+	 * where the weights make every level the same. */
+	if (g->batches > 0 && !in->units_same)
 		for (i = 0; i < ZM_GRANAUTO_LEVELS; i++) {
 			if (i == (size_t)l || !in->allowed[i] ||
 			    g->batches + 1 - g->last_run[i] <
@@ -348,4 +354,80 @@ void zm_granauto_format(const struct zm_granauto *g, struct zm_buf *b)
 			zm_buf_printf(b, "cost %s %.9g\n",
 			              zm_gran_level_name((enum zm_gran_level)l),
 			              g->ms_per_row[l]);
+}
+
+/* The first line of predict's state file (weighting.h). */
+#define STATE_MAGIC "zoomerge-predict-state 1"
+#define STATE_MAX_BYTES (16u << 20)
+
+enum zm_status zm_granauto_state_load(struct zm_granauto *g, const char *path,
+                                      char **keep, struct zm_error *err)
+{
+	char *data = NULL, *line, *nl;
+	size_t len = 0, lineno = 0, ll;
+	struct zm_buf b;
+	enum zm_status st;
+
+	*keep = NULL;
+	st = zm_read_file(path, STATE_MAX_BYTES, &data, &len, err);
+	if (st != ZM_OK)
+		return st;
+	zm_buf_init(&b);
+	for (line = data; st == ZM_OK && line < data + len; line += ll + 1) {
+		nl = memchr(line, '\n', (size_t)(data + len - line));
+		ll = nl ? (size_t)(nl - line) : (size_t)(data + len - line);
+		lineno++;
+		if (memchr(line, '\0', ll)) {
+			st = zm_error_set(err, ZM_ERR_FORMAT, "%s:%zu: NUL byte",
+			                  path, lineno);
+		} else if (lineno == 1) {
+			if (ll != strlen(STATE_MAGIC) ||
+			    memcmp(line, STATE_MAGIC, ll) != 0)
+				st = zm_error_set(err, ZM_ERR_FORMAT, "%s:1: not a "
+				                  "predict state file (expected "
+				                  "'%s')", path, STATE_MAGIC);
+		} else if (zm_granauto_parse_line(g, line, ll, &st, err)) {
+			if (st != ZM_OK)
+				zm_error_prefix(err, "%s:%zu: ", path, lineno);
+		} else if (ll > 0) {
+			/* The Hedge scores, for a run with --feedback. */
+			zm_buf_append(&b, line, ll);
+			zm_buf_puts(&b, "\n");
+		}
+		if (!nl)
+			break;
+	}
+	free(data);
+	if (st == ZM_OK && lineno == 0)
+		st = zm_error_set(err, ZM_ERR_FORMAT, "%s: empty state file",
+		                  path);
+	if (st == ZM_OK && b.failed)
+		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	if (st == ZM_OK && b.len) {
+		*keep = b.data;
+		return ZM_OK;
+	}
+	zm_buf_release(&b);
+	return st;
+}
+
+enum zm_status zm_granauto_state_save(const struct zm_granauto *g,
+                                      const char *path, const char *keep,
+                                      struct zm_error *err)
+{
+	struct zm_buf b;
+	enum zm_status st;
+
+	zm_buf_init(&b);
+	zm_buf_printf(&b, "%s\n", STATE_MAGIC);
+	if (keep)
+		zm_buf_puts(&b, keep);
+	zm_granauto_format(g, &b);
+	if (b.failed) {
+		zm_buf_release(&b);
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	}
+	st = zm_write_file_atomic(path, b.data, b.len, err);
+	zm_buf_release(&b);
+	return st;
 }

@@ -40,20 +40,24 @@
 
 /* Units agree when no unit's weights lie farther than this (total
  * variation distance, in [0, 1]) from the mean over units. */
-#define ZM_GRANAUTO_TAU 0.10
+#define ZM_GRANAUTO_TAU 0.15
 /* A batch whose mean weights are spread evenly (heterogeneity 1) lowers
  * tau by this fraction. */
-#define ZM_GRANAUTO_HET_WEIGHT 0.5
-/* Top weights closer than this are a tie, not a different ranking. */
-#define ZM_GRANAUTO_TIE 0.02
+#define ZM_GRANAUTO_HET_WEIGHT 0.25
+/* A unit ranks a model first only when it leads the runner-up by more
+ * than this: near-even weights rank nothing. */
+#define ZM_GRANAUTO_TIE 0.10
 /* Weight of the newest batch in the running cost per row. */
 #define ZM_GRANAUTO_EMA 0.25
 /* A level not measured for this many batches is run once (a probe). */
 #define ZM_GRANAUTO_PROBE_EVERY 32
 /* A level fits the budget when its estimate is at most this share of it. */
 #define ZM_GRANAUTO_MARGIN 0.9
-/* Rows of the batch the layer-level weights are measured on. */
+/* Rows of the batch the layer-level weights are measured on: a
+ * sixteenth of it, at least 16 and at most 64. */
 #define ZM_GRANAUTO_SAMPLE_ROWS 64
+#define ZM_GRANAUTO_SAMPLE_MIN 16
+#define ZM_GRANAUTO_SAMPLE_SHARE 16
 
 #define ZM_GRANAUTO_LEVELS 3
 
@@ -83,6 +87,8 @@ struct zm_granauto_input {
 	double budget_ms;          /* 0: none */
 	bool saturated;            /* load average >= online CPUs */
 	double last_ms;            /* the previous batch's time, NaN none */
+	bool units_same;           /* the weighting gives every unit the same
+	                            * weights (it reads only the input) */
 	const struct zm_gc_rules *rules;  /* NULL: none */
 	bool has_prior;
 	enum zm_gran_level prior;
@@ -140,6 +146,23 @@ bool zm_granauto_parse_line(struct zm_granauto *g, const char *line,
 /* Appends the cost lines of g (nothing for unmeasured levels). */
 void zm_granauto_format(const struct zm_granauto *g, struct zm_buf *b);
 
+/*
+ * Reads the cost lines of predict's state file at path into g; the other
+ * lines but the first (the Hedge scores of a --feedback run) go to *keep
+ * (new memory the caller frees, NULL when none) so that
+ * zm_granauto_state_save writes them back.  ZM_ERR_FORMAT "PATH:LINE: ..."
+ * for a file that is not a state file or a malformed cost line; the
+ * errors of zm_read_file.
+ */
+enum zm_status zm_granauto_state_load(struct zm_granauto *g, const char *path,
+                                      char **keep, struct zm_error *err);
+
+/* Writes the state file atomically: its first line, keep (may be NULL),
+ * the cost lines of g. */
+enum zm_status zm_granauto_state_save(const struct zm_granauto *g,
+                                      const char *path, const char *keep,
+                                      struct zm_error *err);
+
 /* ---- the driver ---- */
 
 struct zm_predictor;
@@ -158,6 +181,7 @@ struct zm_granauto_ctl {
 	bool use_loadavg;
 	char extra[400];           /* the trace columns of the last batch */
 	uint64_t n_within;         /* batches within the budget */
+	char *state_keep;          /* owned: the state file's other lines */
 };
 
 /*

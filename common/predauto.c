@@ -51,6 +51,15 @@ enum zm_status zm_granauto_ctl_init(struct zm_granauto_ctl *ctl,
 	ctl->last_ms = NAN;
 	if (!pl)
 		return ZM_OK;
+	/* Weights from the input alone (and the Hedge scores) are the same
+	 * at every unit: the full level loses nothing, and nothing needs
+	 * measuring.  Similarity (each layer's input against its profile),
+	 * static tables by layer and the adaptation's per-unit offsets
+	 * differ by unit. */
+	ctl->in.units_same = !pl->o.adapt &&
+	                     (pl->wr->o.kind == ZM_WEIGHTING_DENSITY ||
+	                      pl->wr->o.kind == ZM_WEIGHTING_ROUTER ||
+	                      pl->wr->o.kind == ZM_WEIGHTING_UNIFORM);
 	/* The layer units that carry weights (parameterless layers have
 	 * none), each with its layer group. */
 	st = zm_gran_units_init(&gu, ZM_GRAN_GROUP, pl->models[0]->arch, err);
@@ -83,7 +92,9 @@ void zm_granauto_ctl_release(struct zm_granauto_ctl *ctl)
 {
 	free(ctl->unit_group);
 	free(ctl->sample);
+	free(ctl->state_keep);
 	free((void *)ctl->in.unit_w);
+	ctl->state_keep = NULL;
 	ctl->unit_group = NULL;
 	ctl->sample = NULL;
 	ctl->in.unit_w = NULL;
@@ -101,7 +112,11 @@ static enum zm_status sample_weights(struct zm_granauto_ctl *ctl,
 	double *uw = (double *)ctl->in.unit_w, t0;
 	enum zm_status st;
 
-	s = n < ZM_GRANAUTO_SAMPLE_ROWS ? n : ZM_GRANAUTO_SAMPLE_ROWS;
+	s = n / ZM_GRANAUTO_SAMPLE_SHARE;
+	s = s < ZM_GRANAUTO_SAMPLE_MIN ? ZM_GRANAUTO_SAMPLE_MIN :
+	    s > ZM_GRANAUTO_SAMPLE_ROWS ? ZM_GRANAUTO_SAMPLE_ROWS : s;
+	if (s > n)
+		s = n;
 	if (!uw) {
 		uw = zm_calloc(ctl->in.n_units ? ctl->in.n_units * K : 1,
 		               sizeof(double));
@@ -149,7 +164,7 @@ enum zm_status zm_granauto_ctl_begin(struct zm_granauto_ctl *ctl,
 	}
 	ctl->in.sample_ms = 0;
 	ctl->in.sample_ms_per_row = NAN;
-	if (ctl->pred[ZM_GRAN_LAYER] && n > 0 &&
+	if (ctl->pred[ZM_GRAN_LAYER] && n > 0 && !ctl->in.units_same &&
 	    (st = sample_weights(ctl, x, n, err)) != ZM_OK)
 		return st;
 	zm_granauto_decide(&ctl->g, &ctl->in, &ctl->c);

@@ -220,6 +220,8 @@ enum zm_status zm_hedge_parse(const char *bytes, size_t len,
 				                  lineno);
 			else
 				h->batches = nb;
+		} else if (strcmp(word, "cost") == 0) {
+			/* predict --granularity auto's (granauto.h) */
 		} else if (strcmp(word, "score") == 0) {
 			char num[64];
 

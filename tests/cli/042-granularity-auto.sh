@@ -39,7 +39,7 @@ zoo-add --zoo "$Z" --name m1 --base m0 "$Z/models/m0/v1.safetensors.gz" 2>/dev/n
 train-step --zoo "$Z" --model m0 --epochs 5 --lr 0.1 --apply --quiet "$T/a.st.gz"
 train-step --zoo "$Z" --model m1 --epochs 5 --lr 0.1 --apply --quiet "$T/c.st.gz"
 
-W="--metric mahalanobis --per batch --batch-size 50"
+W="--metric mahalanobis --per batch --temperature 0.5 --batch-size 50"
 run predict --zoo "$Z" $W --granularity auto --trace "$T/tr.csv" --explain \
 	-o "$T/auto.csv" "$T/alt.st.gz"
 expect_rc 0 "--granularity auto"
@@ -100,6 +100,29 @@ check "the rules' default when no rule holds" awk -F, 'NR > 1 && $8 != "group" {
 printf 'level: layer\n' >"$T/g.yaml"
 run predict --zoo "$Z" $W --granularity auto --granularity-from "$T/g.yaml" -o /dev/null "$T/alt.st.gz"
 expect_rc 0 "--granularity auto with --granularity-from (its prior)"
+
+# --state keeps each level's cost per row between runs, next to Hedge
+# scores a --feedback run left there.
+predict --zoo "$Z" --model m0 --model m1 $W --granularity full --feedback \
+	--state "$T/st" -o /dev/null "$T/a.st.gz"
+run predict --zoo "$Z" $W --granularity auto --state "$T/st" -o /dev/null "$T/alt.st.gz"
+expect_rc 0 "--granularity auto --state"
+check "the state has cost lines for the levels that ran, and keeps the scores" sh -c "
+	head -1 '$T/st' | grep -qx 'zoomerge-predict-state 1' &&
+	grep -Eq '^cost full [0-9.e-]+\$' '$T/st' && grep -Eq '^cost group [0-9.e-]+\$' '$T/st' &&
+	test \$(grep -c '^score ' '$T/st') -eq 2"
+run predict --zoo "$Z" $W --granularity auto --state "$T/st" --explain -o /dev/null "$T/a.st.gz"
+check "a second run starts from the costs: group has an estimate without running" \
+	sh -c "grep -q 'group 0 batches' '$T/out' && grep -Eq 'cost per row:.* group [0-9.]+ ms' '$T/out'"
+sed 's/^cost full .*/cost full fast/' "$T/st" >"$T/st-bad"
+cp "$T/st-bad" "$T/st-bad.orig"
+run predict --zoo "$Z" $W --granularity auto --state "$T/st-bad" -o "$T/no.csv" "$T/alt.st.gz"
+expect_rc 1 "a malformed cost line exits 1"
+expect_err "st-bad:[0-9]+: cost of full: expected a finite number" "names the file, line and value"
+check "the bad state file is unchanged" cmp "$T/st-bad" "$T/st-bad.orig"
+run predict --zoo "$Z" --model m0 --model m1 $W --granularity full --feedback \
+	--state "$T/st" -o /dev/null "$T/a.st.gz"
+expect_rc 0 "a --feedback run reads a state file with cost lines"
 
 # Bad uses.
 run predict --zoo "$Z" --granularity sometimes -o "$T/no.csv" "$T/alt.st.gz"

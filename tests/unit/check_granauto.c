@@ -64,6 +64,14 @@ START_TEST(test_kinds_of_batch)
 	/* Group 0's mean is (0.5, 0.5): units 0 and 1 lie 0.4 from it. */
 	ck_assert_double_eq_tol(c.within, 0.4, 1e-12);
 
+	/* A weighting that reads only the input: full, whatever the sample
+	 * would say. */
+	in.units_same = true;
+	zm_granauto_decide(&g, &in, &c);
+	ck_assert_int_eq(c.level, ZM_GRAN_FULL);
+	ck_assert_ptr_nonnull(strstr(c.why, "same weights"));
+	in.units_same = false;
+
 	/* No layer level in this run: the finest allowed. */
 	in.allowed[ZM_GRAN_LAYER] = false;
 	zm_granauto_decide(&g, &in, &c);
@@ -81,20 +89,20 @@ START_TEST(test_heterogeneity)
 	struct zm_granauto g;
 	struct zm_granauto_input in;
 	struct zm_granauto_choice c;
-	/* Units 0.06 from their mean both times; the mean (0.94, 0.06) is
-	 * one kind of input (tau 0.1 (1 - 0.5 * 0.33)), (0.55, 0.45) a mix
-	 * (tau near 0.05). */
-	static const double narrow[6] = { 1.00, 0.00, 0.88, 0.12, 0.94, 0.06 };
-	static const double spread[6] = { 0.61, 0.39, 0.49, 0.51, 0.55, 0.45 };
+	/* Units 0.125 from their mean both times; the mean (0.85, 0.15) is
+	 * mostly one kind of input (heterogeneity 0.61, tau 0.15 (1 - 0.25 *
+	 * 0.61) = 0.127), (0.55, 0.45) a mix (tau near 0.113). */
+	static const double narrow[6] = { 0.975, 0.025, 0.725, 0.275, 0.85, 0.15 };
+	static const double spread[6] = { 0.675, 0.325, 0.425, 0.575, 0.55, 0.45 };
 
 	zm_granauto_init(&g);
 	input3(&in, narrow);
 	zm_granauto_decide(&g, &in, &c);
-	ck_assert_double_eq_tol(c.disagreement, 0.06, 1e-12);
+	ck_assert_double_eq_tol(c.disagreement, 0.125, 1e-12);
 	ck_assert_int_eq(c.level, ZM_GRAN_FULL);
 	input3(&in, spread);
 	zm_granauto_decide(&g, &in, &c);
-	ck_assert_double_eq_tol(c.disagreement, 0.06, 1e-12);
+	ck_assert_double_eq_tol(c.disagreement, 0.125, 1e-12);
 	ck_assert_int_ne(c.level, ZM_GRAN_FULL);
 }
 END_TEST
