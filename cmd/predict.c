@@ -316,6 +316,7 @@ struct predict_run {
 	struct zm_hedge hedge;
 	struct zm_node *wroot;
 	double *stat;
+	bool unrelated;              /* check_lineage mixes final outputs */
 };
 
 /*
@@ -354,6 +355,7 @@ static enum zm_status check_lineage(const struct predict_opts *o,
 	              s->po.w.kind == ZM_WEIGHTING_ROUTER_SIMILARITY ?
 	              ZM_MERGE_ROUTE : ZM_MERGE_ENSEMBLE;
 	s->po.w.level = ZM_GRAN_FULL;
+	s->unrelated = true;
 	if (o->explain || o->have_level || o->gran_from)
 		zm_cli_warn("models '%s' and '%s' are unrelated (%s): their "
 		            "final outputs are mixed (--merge %s) instead of "
@@ -556,16 +558,35 @@ static enum zm_status start_auto(const struct predict_opts *o,
 	enum zm_gran_level l;
 	enum zm_status st;
 	struct zm_error e2;
+	struct zm_lineage_info info;
+	bool all = true, unrelated = s->unrelated;
+	size_t a, b;
 
 	lvl[ZM_GRAN_FULL] = pred;
 	if (o->gran_rules &&
 	    (st = zm_gc_rules_load(o->gran_rules, rules, err)) != ZM_OK)
 		return st;
-	for (l = ZM_GRAN_GROUP; s->k > 1 && l <= ZM_GRAN_LAYER; l++) {
+	/* The full level may route without merging layers; the finer ones
+	 * merge them, which unrelated models cannot (check_lineage). */
+	if (!unrelated) {
+		st = zm_lineage_all_related((const struct zm_model *const *)
+		                            s->models, s->k, &all, &a, &b,
+		                            &info, err);
+		if (st != ZM_OK)
+			return st;
+		unrelated = !all && info.verdict == ZM_LINEAGE_UNRELATED;
+		if (unrelated && o->explain)
+			zm_cli_warn("granularity auto: models '%s' and '%s' are "
+			            "unrelated (%s): the full level only",
+			            s->names[a], s->names[b],
+			            zm_lineage_basis_name(info.basis));
+	}
+	for (l = ZM_GRAN_GROUP; !unrelated && l <= ZM_GRAN_LAYER; l++) {
 		struct zm_predict_options po = s->po;
 		if (po.merge == ZM_MERGE_ROUTE || po.merge == ZM_MERGE_ENSEMBLE) {
-			/* Unrelated models mix only final outputs. */
-			if (s->po.w.level == ZM_GRAN_FULL && o->merge_set)
+			/* Unrelated models mix only final outputs, and a
+			 * --merge route or ensemble asked for is kept. */
+			if (o->merge_set)
 				break;
 			po.merge = ZM_MERGE_OUTPUTS;
 		}

@@ -325,9 +325,12 @@ bool zm_granauto_parse_line(struct zm_granauto *g, const char *line,
 	*st = ZM_OK;
 	if (len < 5 || strncmp(line, "cost ", 5) != 0)
 		return false;
+	if (len < sizeof(buf)) {
+		memcpy(buf, line, len);
+		buf[len] = '\0';
+	}
 	if (len >= sizeof(buf) ||
-	    sscanf(memcpy(buf, line, len) ? (buf[len] = '\0', buf) : buf,
-	           "cost %15s %n", name, &off) != 1 || off == 0 ||
+	    sscanf(buf, "cost %15s %n", name, &off) != 1 || off == 0 ||
 	    !zm_gran_level_parse(name, &l)) {
 		*st = zm_error_set(err, ZM_ERR_FORMAT, "malformed cost line "
 		                   "(expected 'cost full|group|layer "
@@ -363,15 +366,29 @@ void zm_granauto_format(const struct zm_granauto *g, struct zm_buf *b)
 enum zm_status zm_granauto_state_load(struct zm_granauto *g, const char *path,
                                       char **keep, struct zm_error *err)
 {
-	char *data = NULL, *line, *nl;
-	size_t len = 0, lineno = 0, ll;
-	struct zm_buf b;
+	char *data = NULL;
+	size_t len = 0;
 	enum zm_status st;
 
 	*keep = NULL;
 	st = zm_read_file(path, STATE_MAX_BYTES, &data, &len, err);
-	if (st != ZM_OK)
-		return st;
+	if (st == ZM_OK)
+		st = zm_granauto_state_parse(g, data, len, path, keep, err);
+	free(data);
+	return st;
+}
+
+enum zm_status zm_granauto_state_parse(struct zm_granauto *g,
+                                       const char *data, size_t len,
+                                       const char *path, char **keep,
+                                       struct zm_error *err)
+{
+	const char *line, *nl;
+	size_t lineno = 0, ll;
+	struct zm_buf b;
+	enum zm_status st = ZM_OK;
+
+	*keep = NULL;
 	zm_buf_init(&b);
 	for (line = data; st == ZM_OK && line < data + len; line += ll + 1) {
 		nl = memchr(line, '\n', (size_t)(data + len - line));
@@ -397,7 +414,6 @@ enum zm_status zm_granauto_state_load(struct zm_granauto *g, const char *path,
 		if (!nl)
 			break;
 	}
-	free(data);
 	if (st == ZM_OK && lineno == 0)
 		st = zm_error_set(err, ZM_ERR_FORMAT, "%s: empty state file",
 		                  path);

@@ -156,6 +156,12 @@ void zm_granauto_format(const struct zm_granauto *g, struct zm_buf *b);
  */
 enum zm_status zm_granauto_state_load(struct zm_granauto *g, const char *path,
                                       char **keep, struct zm_error *err);
+/* The same for the file's bytes (path names it in messages); on failure
+ * *keep is NULL and g may hold some of the estimates. */
+enum zm_status zm_granauto_state_parse(struct zm_granauto *g,
+                                       const char *data, size_t len,
+                                       const char *path, char **keep,
+                                       struct zm_error *err);
 
 /* Writes the state file atomically: its first line, keep (may be NULL),
  * the cost lines of g. */

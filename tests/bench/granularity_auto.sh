@@ -155,6 +155,18 @@ pred() {
 	awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f\n", b - a }' >"$OUT/r/$n.s"
 }
 get() { cat "$OUT/r/$1.$2"; }
+# again NAME ARGS...: runs pred twice more and keeps the best time (the
+# machine may be shared).
+again() {
+	_n=$1
+	shift
+	_b=$(get "$_n" s)
+	for _i in 1 2; do
+		pred "$_n-again" "$@"
+		_b=$(awk -v a="$_b" -v b="$(get "$_n-again" s)" 'BEGIN { print (b < a ? b : a) }')
+	done
+	echo "$_b" >"$OUT/r/$_n.s"
+}
 
 status=0
 target() { # DESC COND
@@ -173,6 +185,9 @@ for z in finetuned seeded; do
 		done
 		# Without --granularity: the defaults route at the full level.
 		pred "$z-$wname-default" "$zd" "$C/test.safetensors.gz" $W
+		for g in layer auto; do
+			again "$z-$wname-$g" "$zd" "$C/test.safetensors.gz" $W --granularity $g
+		done
 		best=full
 		for g in default group layer; do
 			awk -v a="$(get "$z-$wname-$g" acc)" -v b="$(get "$z-$wname-$best" acc)" \
@@ -180,19 +195,20 @@ for z in finetuned seeded; do
 		done
 		a=$(get "$z-$wname-auto" acc) sa=$(get "$z-$wname-auto" s)
 		echo "bench: gauto-$z-$wname-accuracy: $(pts "$a") % (best fixed, $best: $(pts "$(get "$z-$wname-$best" acc)") %, ratio $(ratio "$a" "$(get "$z-$wname-$best" acc)"))"
-		echo "bench: gauto-$z-$wname-time: $sa s (layer: $(get "$z-$wname-layer" s) s, ratio $(ratio "$sa" "$(get "$z-$wname-layer" s)"); full $(get "$z-$wname-full" s) s, group $(get "$z-$wname-group" s) s)"
+		echo "bench: gauto-$z-$wname-time: $sa s (layer: $(get "$z-$wname-layer" s) s, ratio $(ratio "$sa" "$(get "$z-$wname-layer" s)"); best of 3; once: full $(get "$z-$wname-full" s) s, group $(get "$z-$wname-group" s) s)"
 		levels=$(awk -F, 'NR > 1 && !seen[$1]++ { n[$8]++ } END { printf "full %d group %d layer %d", n["full"], n["group"], n["layer"] }' "$OUT/r/$z-$wname-auto.trace")
 		echo "bench: gauto-$z-$wname-levels: $levels batches"
 		target "$z $wname: auto accuracy >= best fixed - 0.2 points" \
 			"$a >= $(get "$z-$wname-$best" acc) - 0.002"
-		target "$z $wname: auto time <= layer's" "$sa <= $(get "$z-$wname-layer" s) * 1.05"
+		target "$z $wname: auto time <= layer's" "$sa <= $(get "$z-$wname-layer" s)"
 	done
 done
 
 # ---- a latency budget between full and layer (seeded zoo, defaults) ----
-# Each level's time per batch is the median of a run that rules hold at
-# that level (the trace's ms); the budget lies halfway between full's
-# (routing) and layer's (every model's layers merged).
+# Each level's time per batch comes from a run that rules hold at that
+# level (the trace's ms); the budget is the slowest batch of the full level
+# (routing), which the layer level (every model's layers merged) exceeds
+# on the share of its batches printed.
 zd=$OUT/seeded
 median() { awk -F, 'NR > 1 && !seen[$1]++ { v[n++] = $9 }
 	END { m = 0; for (i = 0; i < n; i++) { c = 0; for (j = 0; j < n; j++) if (v[j] <= v[i]) c++
@@ -204,8 +220,8 @@ for g in full layer; do
 done
 mf=$(median "$OUT/r/force-full.trace")
 ml=$(median "$OUT/r/force-layer.trace")
-B=$(awk -v a="$mf" -v b="$ml" 'BEGIN { printf "%.3f", (a + b) / 2 }')
-echo "bench: gauto-budget: $B ms per batch (full: $mf ms, layer: $ml ms, medians per batch)"
+B=$(awk -F, 'NR > 1 && !seen[$1]++ && $9 > m { m = $9 } END { printf "%.3f", m }' "$OUT/r/force-full.trace")
+echo "bench: gauto-budget: $B ms per batch (the full level's slowest batch; medians: full $mf ms, layer $ml ms)"
 pred budget-full "$zd" "$C/test.safetensors.gz" --granularity full --merge route --latency-budget-ms "$B"
 pred budget-auto "$zd" "$C/test.safetensors.gz" --granularity auto --latency-budget-ms "$B" \
 	--trace "$OUT/r/budget-auto.trace"

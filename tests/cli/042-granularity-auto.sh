@@ -138,6 +138,18 @@ expect_rc 2 "a bad rules file exits 2"
 expect_err "bad.yaml:2:" "names the file, line and column"
 check "nothing written by the refused runs" test ! -e "$T/no.csv"
 
+# Unrelated models (another initialisation) never merge their layers.
+zoo-add --zoo "$Z" --name u --arch "$T/arch.yaml" --seed 5 2>/dev/null
+train-step --zoo "$Z" --model u --epochs 5 --lr 0.1 --apply --quiet "$T/c.st.gz"
+for w in "$W" "--batch-size 50"; do
+	run predict --zoo "$Z" --model m0 --model u $w --granularity auto --explain \
+		--trace "$T/tru.csv" -o "$T/u.csv" "$T/alt.st.gz"
+	expect_rc 0 "unrelated models with --granularity auto ($w)"
+	check "unrelated models ($w): the full level only" sh -c "
+		awk -F, 'NR > 1 && \$8 != \"full\" { exit 1 }' '$T/tru.csv' &&
+		grep -q 'group unavailable layer unavailable' '$T/out'"
+done
+
 # One model: auto is the plain pass.
 run predict --zoo "$Z" --model m0 --granularity auto -o "$T/one.csv" "$T/alt.st.gz"
 expect_rc 0 "one model with --granularity auto"

@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "granauto.h"
 #include "weighting.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -32,5 +33,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		(void)zm_hedge_match(&h, names, 2, "state", &err);
 	}
 	zm_hedge_release(&h);
+	/* predict --granularity auto's cost lines in the same file: the
+	 * estimates it accepts are finite and >= 0 (or not set). */
+	{
+		struct zm_granauto g;
+		char *keep = NULL;
+		zm_granauto_init(&g);
+		if (zm_granauto_state_parse(&g, (const char *)data, size,
+		                            "state", &keep, &err) == ZM_OK)
+			for (i = 0; i < ZM_GRANAUTO_LEVELS; i++)
+				if (!isnan(g.ms_per_row[i]) &&
+				    (!isfinite(g.ms_per_row[i]) ||
+				     g.ms_per_row[i] < 0))
+					abort();
+		free(keep);
+	}
 	return 0;
 }
