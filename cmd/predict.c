@@ -566,9 +566,11 @@ static enum zm_status start_auto(const struct predict_opts *o,
 	if (o->gran_rules &&
 	    (st = zm_gc_rules_load(o->gran_rules, rules, err)) != ZM_OK)
 		return st;
-	/* The full level may route without merging layers; the finer ones
-	 * merge them, which unrelated models cannot (check_lineage). */
-	if (!unrelated) {
+	/* The full level may route without merging layers (check_lineage
+	 * then did not look); the finer ones merge them, which unrelated
+	 * models cannot. */
+	if (!unrelated && !o->merge_set &&
+	    (s->po.merge == ZM_MERGE_ROUTE || s->po.merge == ZM_MERGE_ENSEMBLE)) {
 		st = zm_lineage_all_related((const struct zm_model *const *)
 		                            s->models, s->k, &all, &a, &b,
 		                            &info, err);
