@@ -160,39 +160,61 @@ bool zm_data_scale(const struct zm_doc *doc, float *scale)
 	return true;
 }
 
+enum zm_status zm_data_features_width(const struct zm_doc *doc, size_t *d,
+                                      float *scale, struct zm_error *err)
+{
+	const struct zm_tensor *x = zm_doc_find(doc, "x");
+	int i;
+
+	if (!x || x->ndim < 1)
+		return zm_error_set(err, ZM_ERR_DATA,
+		                    "no tensor 'x' of shape [n, ...]");
+	if (!zm_data_scale(doc, scale))
+		return zm_error_set(err, ZM_ERR_DATA,
+		                    "zm.scale '%s' is not a positive number",
+		                    zm_doc_meta(doc, "zm.scale"));
+	*d = 1;
+	for (i = 1; i < x->ndim; i++)
+		*d *= (size_t)x->shape[i];
+	return ZM_OK;
+}
+
+void zm_data_features_rows(const struct zm_doc *doc, size_t d, float scale,
+                           size_t first, size_t n, float *dst)
+{
+	const struct zm_tensor *x = zm_doc_find(doc, "x");
+	size_t k, total = n * d;
+
+	ZM_ASSERT(x != NULL);
+	if (x->dtype == ZM_DTYPE_U8) {
+		/* Images, the common case: one pass, vectorised. */
+		const uint8_t *src = (const uint8_t *)x->data + first * d;
+		for (k = 0; k < total; k++)
+			dst[k] = (float)src[k] * scale;
+		return;
+	}
+	zm_tensor_read_f32(x, first * d, total, dst);
+	if (scale != 1.0f)
+		for (k = 0; k < total; k++)
+			dst[k] *= scale;
+}
+
 enum zm_status zm_data_features(const struct zm_doc *doc,
                                 struct zm_tensor *out, struct zm_error *err)
 {
 	const struct zm_tensor *x = zm_doc_find(doc, "x");
 	int64_t shape[2];
 	enum zm_status st;
-	size_t total, d;
+	size_t d;
 	float scale;
-	int i;
 
-	if (!x || x->ndim < 1)
-		return zm_error_set(err, ZM_ERR_DATA,
-		                    "no tensor 'x' of shape [n, ...]");
-	if (!zm_data_scale(doc, &scale))
-		return zm_error_set(err, ZM_ERR_DATA,
-		                    "zm.scale '%s' is not a positive number",
-		                    zm_doc_meta(doc, "zm.scale"));
-	d = 1;
-	for (i = 1; i < x->ndim; i++)
-		d *= (size_t)x->shape[i];
+	if ((st = zm_data_features_width(doc, &d, &scale, err)))
+		return st;
 	shape[0] = x->shape[0];
 	shape[1] = (int64_t)d;
 	st = zm_tensor_alloc(out, "x", ZM_DTYPE_F32, 2, shape, err);
 	if (st != ZM_OK)
 		return st;
-	total = zm_tensor_numel(x);
-	zm_tensor_read_f32(x, 0, total, out->data);
-	if (scale != 1.0f) {
-		float *p = out->data;
-		size_t k;
-
-		for (k = 0; k < total; k++)
-			p[k] *= scale;
-	}
+	zm_data_features_rows(doc, d, scale, 0, (size_t)shape[0], out->data);
 	return ZM_OK;
 }
