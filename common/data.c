@@ -3,6 +3,9 @@
  * and their levels, zm.scale, and the features as F32.
  */
 #include <math.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -187,9 +190,30 @@ void zm_data_features_rows(const struct zm_doc *doc, size_t d, float scale,
 
 	ZM_ASSERT(x != NULL);
 	if (x->dtype == ZM_DTYPE_U8) {
-		/* Images, the common case: one pass, vectorised. */
+		/* Images, the common case: one pass, sixteen at a time (-O2
+		 * leaves the plain loop scalar). */
 		const uint8_t *src = (const uint8_t *)x->data + first * d;
-		for (k = 0; k < total; k++)
+		k = 0;
+#ifdef __SSE2__
+		{
+			const __m128i zero = _mm_setzero_si128();
+			const __m128 sc = _mm_set1_ps(scale);
+			for (; k + 16 <= total; k += 16) {
+				__m128i b = _mm_loadu_si128((const __m128i *)(src + k));
+				__m128i lo = _mm_unpacklo_epi8(b, zero);
+				__m128i hi = _mm_unpackhi_epi8(b, zero);
+				_mm_storeu_ps(dst + k, _mm_mul_ps(_mm_cvtepi32_ps(
+					_mm_unpacklo_epi16(lo, zero)), sc));
+				_mm_storeu_ps(dst + k + 4, _mm_mul_ps(_mm_cvtepi32_ps(
+					_mm_unpackhi_epi16(lo, zero)), sc));
+				_mm_storeu_ps(dst + k + 8, _mm_mul_ps(_mm_cvtepi32_ps(
+					_mm_unpacklo_epi16(hi, zero)), sc));
+				_mm_storeu_ps(dst + k + 12, _mm_mul_ps(_mm_cvtepi32_ps(
+					_mm_unpackhi_epi16(hi, zero)), sc));
+			}
+		}
+#endif
+		for (; k < total; k++)
 			dst[k] = (float)src[k] * scale;
 		return;
 	}
