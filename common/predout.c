@@ -533,7 +533,6 @@ enum zm_status zm_predict_doc(struct zm_predictor *p,
 	size_t n, d, done, bad_row, bad_col;
 	float *scores = p->scores, scale;
 	int64_t *ids = p->ids;
-	bool maybe_nonfinite;
 
 	st = zm_data_check(doc, name, &n, err);
 	if (st != ZM_OK)
@@ -545,9 +544,27 @@ enum zm_status zm_predict_doc(struct zm_predictor *p,
 		return zm_error_set(err, ZM_ERR_DATA,
 		                    "%s: the input has %zu features per row, the "
 		                    "model expects %zu", name, d, p->in_features);
-	/* Integers scaled by a finite scale stay finite: only float inputs
-	 * are scanned. */
-	maybe_nonfinite = zm_dtype_is_float(zm_doc_find(doc, "x")->dtype);
+	/* Every row is checked before any is predicted, so that a bad
+	 * row leaves the metrics and the output without its document.
+	 * Integers scaled by a finite scale stay finite: only float inputs
+	 * are scanned, a batch at a time through the buffer. */
+	if (zm_dtype_is_float(zm_doc_find(doc, "x")->dtype))
+		for (done = 0; done < n; done += p->max_batch) {
+			size_t b = n - done < p->max_batch ? n - done
+			                                   : p->max_batch;
+			const float *xb = p->xin;
+			zm_data_features_rows(doc, d, scale, done, b, p->xin);
+			if (find_nonfinite(xb, b, d, &bad_row, &bad_col)) {
+				float v = xb[bad_row * d + bad_col];
+				bad_row += done;
+				return zm_error_set(err, ZM_ERR_DATA,
+				                    "%s: row %zu (input row %llu), "
+				                    "feature %zu: %s input", name,
+				                    bad_row, (unsigned long long)
+				                    (*row + bad_row), bad_col,
+				                    isnan(v) ? "NaN" : "infinite");
+			}
+		}
 	y = zm_doc_find(doc, "y");
 	idt = zm_doc_find(doc, "id");
 	for (done = 0; done < n; ) {
@@ -559,16 +576,6 @@ enum zm_status zm_predict_doc(struct zm_predictor *p,
 		 * the whole document, and the rows are in cache when the
 		 * first layer reads them. */
 		zm_data_features_rows(doc, d, scale, done, b, p->xin);
-		if (maybe_nonfinite &&
-		    find_nonfinite(xb, b, d, &bad_row, &bad_col)) {
-			float v = xb[bad_row * d + bad_col];
-			bad_row += done;
-			return zm_error_set(err, ZM_ERR_DATA,
-			                    "%s: row %zu (input row %llu), "
-			                    "feature %zu: %s input", name, bad_row,
-			                    (unsigned long long)(*row + bad_row),
-			                    bad_col, isnan(v) ? "NaN" : "infinite");
-		}
 		if (p->n_models > 1 && p->o.adapt) {
 			st = zm_predict_adapt(p, xb, b, NULL, NULL, err);
 			if (st != ZM_OK)
