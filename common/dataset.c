@@ -21,6 +21,7 @@
 #include "fileio.h"
 #include "json.h"
 #include "mem.h"
+#include "prefetch.h"
 
 /* A CSV record longer than this is refused rather than buffered. */
 #define CSV_MAX_RECORD ((size_t)64 << 20)
@@ -374,6 +375,12 @@ struct zm_dataset_reader {
 	bool emitted_empty;
 	/* stream */
 	struct zm_reader *stream;
+	/* The reader thread (prefetch.h), one document ahead: it reads into
+	 * slot and leaves the rows read with it in slot_rows; the consumer
+	 * moves the document out and counts rows_taken. */
+	struct zm_prefetch *pf;
+	struct zm_doc slot;
+	uint64_t slot_rows, rows_taken;
 };
 
 void zm_dataset_options_init(struct zm_dataset_options *o)
@@ -381,11 +388,12 @@ void zm_dataset_options_init(struct zm_dataset_options *o)
 	memset(o, 0, sizeof(*o));
 	o->kind = ZM_DATASET_CSV;
 	o->batch = ZM_DATASET_BATCH_DEFAULT;
+	o->prefetch = true;
 }
 
 uint64_t zm_dataset_rows(const struct zm_dataset_reader *r)
 {
-	return r->rows;
+	return r->pf ? r->rows_taken : r->rows;
 }
 
 void zm_dataset_close(struct zm_dataset_reader *r)
@@ -394,6 +402,8 @@ void zm_dataset_close(struct zm_dataset_reader *r)
 
 	if (!r)
 		return;
+	zm_prefetch_free(r->pf);
+	zm_doc_release(&r->slot);
 	src_close(&r->images);
 	src_close(&r->labels);
 	if (r->csv) {
@@ -1242,11 +1252,15 @@ static enum zm_status stream_next(struct zm_dataset_reader *r,
 
 /* ---- public entry points ---- */
 
+static enum zm_status prefetch_read(void *ctx, size_t slot, bool *eof,
+                                    struct zm_error *err);
+
 enum zm_status zm_dataset_open(struct zm_dataset_reader **out,
                                const struct zm_dataset_options *o,
                                struct zm_error *err)
 {
 	struct zm_dataset_reader *r;
+	struct zm_error perr;
 	enum zm_status st;
 
 	*out = NULL;
@@ -1281,13 +1295,19 @@ enum zm_status zm_dataset_open(struct zm_dataset_reader **out,
 		zm_dataset_close(r);
 		return st;
 	}
+	/* Without a thread (none could be started) the batches are read
+	 * on the caller's, as they would be without prefetch. */
+	if (o->prefetch && zm_prefetch_start(&r->pf, 1, prefetch_read, r,
+	                                     &perr) != ZM_OK)
+		r->pf = NULL;
 	*out = r;
 	return ZM_OK;
 }
 
-enum zm_status zm_dataset_next(struct zm_dataset_reader *r,
-                               struct zm_doc *doc, bool *eof,
-                               struct zm_error *err)
+/* The next batch, read on the calling thread. */
+static enum zm_status dataset_read(struct zm_dataset_reader *r,
+                                   struct zm_doc *doc, bool *eof,
+                                   struct zm_error *err)
 {
 	enum zm_status st;
 
@@ -1313,4 +1333,38 @@ enum zm_status zm_dataset_next(struct zm_dataset_reader *r,
 	if (st == ZM_OK && *eof)
 		r->done = true;
 	return st;
+}
+
+/* The reader thread's function: the next batch into r->slot. */
+static enum zm_status prefetch_read(void *ctx, size_t slot, bool *eof,
+                                    struct zm_error *err)
+{
+	struct zm_dataset_reader *r = ctx;
+	enum zm_status st;
+
+	(void)slot;
+	st = dataset_read(r, &r->slot, eof, err);
+	r->slot_rows = r->rows;
+	return st;
+}
+
+enum zm_status zm_dataset_next(struct zm_dataset_reader *r,
+                               struct zm_doc *doc, bool *eof,
+                               struct zm_error *err)
+{
+	enum zm_status st;
+	size_t slot;
+
+	if (!r->pf)
+		return dataset_read(r, doc, eof, err);
+	zm_doc_release(doc);
+	st = zm_prefetch_take(r->pf, &slot, eof, err);
+	if (st != ZM_OK || *eof)
+		return st;
+	/* The document changes hands without a copy. */
+	*doc = r->slot;
+	zm_doc_init(&r->slot);
+	r->rows_taken = r->slot_rows;
+	zm_prefetch_done(r->pf);
+	return ZM_OK;
 }

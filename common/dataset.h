@@ -67,9 +67,13 @@ struct zm_dataset_options {
 	const char *label;           /* csv: label column, name or 0-based index */
 	size_t batch;                /* rows per batch (csv, idx) */
 	bool image_shape;            /* idx: x as [n, 1, rows, cols], not [n, rows*cols] */
+	bool prefetch;               /* read on a thread, one batch ahead */
 };
 
-/* Defaults: CSV from stdin, batches of ZM_DATASET_BATCH_DEFAULT rows. */
+/* Defaults: CSV from stdin, batches of ZM_DATASET_BATCH_DEFAULT rows,
+ * read ahead on a thread of the reader's own (prefetch.h): batch n + 1 is
+ * inflated and decoded while the caller computes on batch n, and errors
+ * come in the same order, with the same messages, as without it. */
 void zm_dataset_options_init(struct zm_dataset_options *o);
 
 struct zm_dataset_reader;
@@ -123,6 +127,19 @@ enum zm_status zm_data_check(const struct zm_doc *doc, const char *name,
  */
 enum zm_status zm_data_features(const struct zm_doc *doc,
                                 struct zm_tensor *out, struct zm_error *err);
+
+/*
+ * The same in pieces, for a caller that converts a batch at a time into
+ * a buffer of its own instead of the whole document at once (no large
+ * allocation, rows still in cache when used): the width d of a row and
+ * the scale, with zm_data_features's errors; then rows [first, first +
+ * n) of x, scaled, into dst (n x d floats).  doc must have passed
+ * zm_data_check.
+ */
+enum zm_status zm_data_features_width(const struct zm_doc *doc, size_t *d,
+                                      float *scale, struct zm_error *err);
+void zm_data_features_rows(const struct zm_doc *doc, size_t d, float scale,
+                           size_t first, size_t n, float *dst);
 
 /* The tensor name prefix and metadata key prefix of string columns. */
 #define ZM_DATA_COLUMN_PREFIX "column."

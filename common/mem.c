@@ -98,8 +98,10 @@ bool zm_fault_hit(const char *kind)
 		return false;
 	for (i = 0; i < FAULT_KINDS; i++) {
 		if (strcmp(kind, fault_names[i]) == 0) {
-			fault_counts[i]++;
-			if (i != fault_kind || fault_counts[i] != fault_at)
+			/* Atomic: reader threads (prefetch.h) allocate too. */
+			unsigned long nth = __atomic_add_fetch(&fault_counts[i], 1,
+			                                       __ATOMIC_RELAXED);
+			if (i != fault_kind || nth != fault_at)
 				return false;
 			/* A kill at this exact point simulates a crash or an
 			 * OOM kill between two steps of a change. */

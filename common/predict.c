@@ -174,8 +174,11 @@ static enum zm_status pack_layers(struct zm_predictor *p, struct zm_error *err)
 		p->pmodel = zm_calloc(L * K, sizeof(*p->pmodel));
 		p->pmerged = zm_calloc(L, sizeof(*p->pmerged));
 		p->coef = zm_calloc(K, sizeof(*p->coef));
-		if (!p->pmodel || !p->pmerged || !p->coef)
+		p->pcoef = zm_calloc(L * K, sizeof(*p->pcoef));
+		if (!p->pmodel || !p->pmerged || !p->coef || !p->pcoef)
 			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		for (i = 0; i < L * K; i++)
+			p->pcoef[i] = NAN;   /* nothing combined yet */
 	} else if (!(p->pstack = zm_calloc(L, sizeof(*p->pstack)))) {
 		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 	}
@@ -267,7 +270,7 @@ enum zm_status zm_predictor_new_opts(const struct zm_model *const *models,
 	struct zm_predictor *p;
 	const struct zm_arch *arch;
 	enum zm_status st;
-	size_t nlogp, i, nk;
+	size_t nlogp, i, nk, nx;
 	char **auto_names = NULL;
 	const char *const *names;
 
@@ -279,7 +282,9 @@ enum zm_status zm_predictor_new_opts(const struct zm_model *const *models,
 		return zm_error_set(err, ZM_ERR_USAGE, "batch size must be positive");
 	arch = models[0]->arch;
 	if (!zm_size_mul(max_batch, arch->output_features, &nlogp) ||
-	    !zm_size_mul(max_batch, k, &nk))
+	    !zm_size_mul(max_batch, k, &nk) ||
+	    !zm_size_mul(max_batch, arch->input_features, &nx) ||
+	    !zm_size_mul(nx, sizeof(float), &nx))
 		return zm_error_set(err, ZM_ERR_NOMEM, "batch size %zu too large",
 		                    max_batch);
 	p = zm_calloc(1, sizeof(*p));
@@ -299,7 +304,9 @@ enum zm_status zm_predictor_new_opts(const struct zm_model *const *models,
 	p->logp = zm_calloc(nlogp, sizeof(float));
 	p->scores = zm_calloc(nlogp, sizeof(float));
 	p->ids = zm_calloc(max_batch, sizeof(int64_t));
-	if (!p->models || !p->ws || !p->logp || !p->scores || !p->ids) {
+	p->xin = zm_malloc(nx);
+	if (!p->models || !p->ws || !p->logp || !p->scores || !p->ids ||
+	    !p->xin) {
 		zm_predictor_free(p);
 		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 	}
@@ -421,6 +428,7 @@ void zm_predictor_free(struct zm_predictor *p)
 	free(p->pmerged);
 	free(p->pmodel);
 	free(p->coef);
+	free(p->pcoef);
 	zm_weighter_free(p->wr);
 	zm_hedge_release(&p->hedge);
 	free(p->ws);
@@ -428,6 +436,7 @@ void zm_predictor_free(struct zm_predictor *p)
 	free(p->logp);
 	free(p->scores);
 	free(p->ids);
+	free(p->xin);
 	free(p->ha);
 	free(p->hb);
 	free(p->z);
@@ -713,8 +722,16 @@ static enum zm_status merged_forward(struct zm_predictor *p, const float *x,
 					p->bm[j] = (first ? 0.0f : p->bm[j]) + wi * B[j];
 				first = false;
 			}
-			zm_gemm_packed_combine(&p->pmerged[l], p->pmodel + l * K,
-			                       p->coef, K);
+			/* Static and uniform weights give every batch the
+			 * same coefficients: the layer is combined once per
+			 * run, not once per batch. */
+			if (memcmp(p->pcoef + l * K, p->coef,
+			           K * sizeof(float)) != 0) {
+				zm_gemm_packed_combine(&p->pmerged[l],
+				                       p->pmodel + l * K, p->coef,
+				                       K);
+				memcpy(p->pcoef + l * K, p->coef, K * sizeof(float));
+			}
 			zm_gemm_packed_run(&p->pmerged[l], n, h, in, dst, out,
 			                   zm_dense_epilogue_block, &e);
 		} else {

@@ -100,6 +100,8 @@ struct zm_predictor {
 	float *logp;                        /* owned, max_batch x C; cross-entropy */
 	float *scores;                      /* owned, max_batch x C; zm_predict_doc */
 	int64_t *ids;                       /* owned, max_batch; zm_predict_doc */
+	float *xin;                         /* owned, max_batch x in_features:
+	                                     * zm_predict_doc's input rows */
 	/* K > 1 (all owned unless said otherwise) */
 	struct zm_predict_options o;
 	struct zm_weighter *wr;
@@ -114,6 +116,8 @@ struct zm_predictor {
 	 * layer has none or the mode does not use them. */
 	struct zm_gemm_packed *pstack, *pmodel, *pmerged;
 	float *coef;                        /* [K] params merge coefficients */
+	float *pcoef;                       /* [L * K] the coefficients that
+	                                     * pmerged[l] holds (NAN: none) */
 	float *scratch;                     /* conv2d im2col; NULL without */
 	double *wl;                         /* [max_batch, K] one layer's weights */
 	float *ascores;                     /* adaptation scratch scores */

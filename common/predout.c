@@ -531,65 +531,76 @@ enum zm_status zm_predict_doc(struct zm_predictor *p,
                               struct zm_error *err)
 {
 	const struct zm_tensor *y, *idt;
-	struct zm_tensor x;
 	enum zm_status st;
 	size_t n, d, done, bad_row, bad_col;
-	float *scores = p->scores;
+	float *scores = p->scores, scale;
 	int64_t *ids = p->ids;
 
-	zm_tensor_init(&x);
 	st = zm_data_check(doc, name, &n, err);
 	if (st != ZM_OK)
 		return st;
-	st = zm_data_features(doc, &x, err);
+	st = zm_data_features_width(doc, &d, &scale, err);
 	if (st != ZM_OK)
 		return zm_error_prefix(err, "%s: ", name);
-	d = (size_t)x.shape[1];
-	if (d != p->in_features) {
-		st = zm_error_set(err, ZM_ERR_DATA,
-		                  "%s: the input has %zu features per row, the "
-		                  "model expects %zu", name, d, p->in_features);
-		goto out;
-	}
-	if (find_nonfinite(x.data, n, d, &bad_row, &bad_col)) {
-		float v = ((const float *)x.data)[bad_row * d + bad_col];
-		st = zm_error_set(err, ZM_ERR_DATA,
-		                  "%s: row %zu (input row %llu), feature %zu: %s "
-		                  "input", name, bad_row,
-		                  (unsigned long long)(*row + bad_row), bad_col,
-		                  isnan(v) ? "NaN" : "infinite");
-		goto out;
-	}
+	if (d != p->in_features)
+		return zm_error_set(err, ZM_ERR_DATA,
+		                    "%s: the input has %zu features per row, the "
+		                    "model expects %zu", name, d, p->in_features);
+	/* Every row is checked before any is predicted, so that a bad
+	 * row leaves the metrics and the output without its document.
+	 * Integers scaled by a finite scale stay finite: only float inputs
+	 * are scanned, a batch at a time through the buffer. */
+	if (zm_dtype_is_float(zm_doc_find(doc, "x")->dtype))
+		for (done = 0; done < n; done += p->max_batch) {
+			size_t b = n - done < p->max_batch ? n - done
+			                                   : p->max_batch;
+			const float *xb = p->xin;
+			zm_data_features_rows(doc, d, scale, done, b, p->xin);
+			if (find_nonfinite(xb, b, d, &bad_row, &bad_col)) {
+				float v = xb[bad_row * d + bad_col];
+				bad_row += done;
+				return zm_error_set(err, ZM_ERR_DATA,
+				                    "%s: row %zu (input row %llu), "
+				                    "feature %zu: %s input", name,
+				                    bad_row, (unsigned long long)
+				                    (*row + bad_row), bad_col,
+				                    isnan(v) ? "NaN" : "infinite");
+			}
+		}
 	y = zm_doc_find(doc, "y");
 	idt = zm_doc_find(doc, "id");
 	for (done = 0; done < n; ) {
 		size_t b = n - done < p->max_batch ? n - done : p->max_batch;
 		size_t i;
+		const float *xb = p->xin;
 
-		const float *xb = (const float *)x.data + done * d;
 		/* --granularity auto: the batch runs at the level its
 		 * controller picks (granauto.h). */
 		struct zm_predictor *q = p;
 
+		/* A batch at a time into the predictor's buffer: no copy of
+		 * the whole document, and the rows are in cache when the
+		 * first layer reads them. */
+		zm_data_features_rows(doc, d, scale, done, b, p->xin);
 		if (p->gauto &&
 		    (st = zm_granauto_ctl_begin(p->gauto, xb, b, &q, err)))
-			goto out;
+			return st;
 		if (q->n_models > 1 && q->o.adapt) {
 			st = zm_predict_adapt(q, xb, b, NULL, NULL, err);
 			if (st != ZM_OK)
-				goto out;
+				return st;
 		}
 		st = zm_predict_run(q, xb, b, scores, p->loss ==
 		                    ZM_LOSS_CROSS_ENTROPY ? p->logp : NULL, err);
 		if (st != ZM_OK)
-			goto out;
+			return st;
 		if (p->gauto)
 			zm_granauto_ctl_end(p->gauto, b);
 		p->batch_no++;
 		if (p->trace) {
 			st = zm_pred_trace_write(q, p->trace, p->batch_no, b, err);
 			if (st != ZM_OK)
-				goto out;
+				return st;
 		}
 		if (idt)
 			memcpy(ids, (const char *)idt->data +
@@ -602,26 +613,24 @@ enum zm_status zm_predict_doc(struct zm_predictor *p,
 			                         err);
 			if (st != ZM_OK) {
 				zm_error_prefix(err, "%s: ", name);
-				goto out;
+				return st;
 			}
 		}
 		if (w) {
 			st = zm_pred_writer_write(w, ids, scores, b, err);
 			if (st != ZM_OK)
-				goto out;
+				return st;
 		}
 		if (q->n_models > 1 && q->o.feedback && y) {
 			double loss[ZM_WEIGHTER_MAX_MODELS];
 			st = zm_predict_feedback(q, xb, b, y, done, loss, err);
 			if (st != ZM_OK) {
 				zm_error_prefix(err, "%s: ", name);
-				goto out;
+				return st;
 			}
 		}
 		done += b;
 	}
 	*row += n;
-out:
-	zm_tensor_release(&x);
-	return st;
+	return ZM_OK;
 }

@@ -607,6 +607,36 @@ START_TEST(test_features_scale)
 }
 END_TEST
 
+/* A batch of rows at a time (the vector path and its tail) against the
+ * naive loop, every byte value. */
+START_TEST(test_features_rows)
+{
+	struct zm_doc doc;
+	struct zm_tensor t;
+	struct zm_error err;
+	int64_t shape[2] = { 9, 37 };
+	float out[7 * 37], scale;
+	size_t i, d;
+
+	zm_doc_init(&doc);
+	zm_tensor_init(&t);
+	ck_assert_int_eq(zm_tensor_alloc(&t, "x", ZM_DTYPE_U8, 2, shape, &err),
+	                 ZM_OK);
+	for (i = 0; i < 9 * 37; i++)
+		((unsigned char *)t.data)[i] = (unsigned char)((i * 97 + 255) % 256);
+	ck_assert_int_eq(zm_doc_add(&doc, &t, &err), ZM_OK);
+	ck_assert_int_eq(zm_doc_set_meta(&doc, "zm.scale", "0.00392156886",
+	                                 &err), ZM_OK);
+	ck_assert_int_eq(zm_data_features_width(&doc, &d, &scale, &err), ZM_OK);
+	ck_assert_uint_eq(d, 37);
+	zm_data_features_rows(&doc, d, scale, 2, 7, out);
+	for (i = 0; i < 7 * 37; i++)
+		ck_assert_float_eq(out[i], (float)((((2 * 37 + i) * 97 + 255) % 256))
+		                   * 0.00392156886f);
+	zm_doc_release(&doc);
+}
+END_TEST
+
 START_TEST(test_data_check)
 {
 	struct zm_doc doc;
@@ -680,6 +710,7 @@ Suite *suite_dataset(void)
 	suite_add_tcase(s, tc);
 	tc = tcase_create("layout");
 	tcase_add_test(tc, test_features_scale);
+	tcase_add_test(tc, test_features_rows);
 	tcase_add_test(tc, test_data_check);
 	suite_add_tcase(s, tc);
 	return s;
