@@ -32,6 +32,7 @@
 #include "update.h"
 #include "zoo.h"
 #include "zoomodel.h"
+#include "zoostore.h"
 
 static const char usage_str[] =
 	"usage: train-step --zoo DIR (--model NAME | --assignment FILE [--slice NAME])\n"
@@ -246,48 +247,25 @@ static enum zm_status apply_to_zoo(const struct train_step_opts *o,
                                    struct job *jobs, size_t n,
                                    struct zm_error *err)
 {
-	struct zm_zoo *zoo = NULL;
-	struct zm_zoo_entry *e;
-	struct zm_doc doc;
+	struct zm_zoo_store_item *items;
 	enum zm_status st;
-	int64_t version;
-	size_t i;
+	size_t i, moved;
 
-	zm_doc_init(&doc);
-	st = zm_zoo_open(&zoo, o->zoo_dir, ZM_ZOO_WRITE, err);
-	for (i = 0; st == ZM_OK && i < n; i++) {
-		const struct zm_model *m = jobs[i].trained;
-		st = zm_zoo_get(zoo, jobs[i].name, &e, err);
-		if (st == ZM_OK && e->version != jobs[i].version)
-			st = zm_error_set(err, ZM_ERR_CONFLICT,
-			                  "model '%s' moved from v%" PRId64 " to v%"
-			                  PRId64 " while training; nothing was "
-			                  "applied (re-run, or write updates with "
-			                  "-o and merge them)", jobs[i].name,
-			                  jobs[i].version, e->version);
-		if (st == ZM_OK)
-			st = zm_model_to_doc(m, &doc, err);
-		if (st == ZM_OK)
-			st = zm_zoo_put_model(zoo, jobs[i].name, &doc, &version,
-			                      err);
-		if (st == ZM_OK) {
-			e = zm_zoo_find(zoo, jobs[i].name);
-			e->params = (int64_t)zm_arch_param_count(m->arch);
-			zm_kv_release(&e->metrics);
-			st = zm_kv_from_json(&e->metrics, m->metrics,
-			                     "zm.metrics", err);
-		}
-		if (st == ZM_OK && zm_doc_meta(&m->extra, ZM_META_ROLE))
-			st = zm_kv_set(&e->tags, ZM_ROLE_TAG,
-			               zm_doc_meta(&m->extra, ZM_META_ROLE), err);
-		if (st == ZM_OK && !o->quiet)
-			fprintf(stderr, "%s: %s is now v%" PRId64 "\n",
-			        zm_cli_name(), jobs[i].name, version);
+	if (!(items = calloc(n ? n : 1, sizeof(*items))))
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	for (i = 0; i < n; i++) {
+		items[i].name = jobs[i].name;
+		items[i].model = jobs[i].trained;
+		items[i].base_version = jobs[i].version;
 	}
-	if (st == ZM_OK)
-		st = zm_zoo_commit(zoo, err);
-	zm_doc_release(&doc);
-	zm_zoo_close(zoo);
+	st = zm_zoo_store_trained(o->zoo_dir, items, n, &moved, err);
+	if (moved < n)
+		zm_error_suffix(err, " (re-run, or write updates with -o and "
+		                "merge them)");
+	for (i = 0; st == ZM_OK && !o->quiet && i < n; i++)
+		fprintf(stderr, "%s: %s is now v%" PRId64 "\n", zm_cli_name(),
+		        jobs[i].name, items[i].version);
+	free(items);
 	return st;
 }
 
