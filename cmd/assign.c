@@ -251,82 +251,77 @@ out:
 	return st == ZM_OK ? ZM_EXIT_OK : zm_cli_report(&err);
 }
 
+enum { OPT_METRIC = 256, OPT_TOPK, OPT_TEMP, OPT_MINW, OPT_THRESH,
+       OPT_CREATE, OPT_BASE, OPT_CALIBRATE, OPT_CALIBRATE_ROWS };
+
+static const struct option longopts[] = {
+	{ "zoo", required_argument, NULL, 'z' },
+	{ "metric", required_argument, NULL, OPT_METRIC },
+	{ "top-k", required_argument, NULL, OPT_TOPK },
+	{ "temperature", required_argument, NULL, OPT_TEMP },
+	{ "min-weight", required_argument, NULL, OPT_MINW },
+	{ "new-model-threshold", required_argument, NULL, OPT_THRESH },
+	{ "create", no_argument, NULL, OPT_CREATE },
+	{ "base", required_argument, NULL, OPT_BASE },
+	{ "calibrate", no_argument, NULL, OPT_CALIBRATE },
+	{ "calibrate-rows", required_argument, NULL, OPT_CALIBRATE_ROWS },
+	{ "output", required_argument, NULL, 'o' },
+	{ "help", no_argument, NULL, 'h' },
+	{ "version", no_argument, NULL, 'V' },
+	{ NULL, 0, NULL, 0 },
+};
+
+static bool parse_option(void *ctx, int c, const char *arg)
+{
+	struct assign_opts *o = ctx;
+
+	switch (c) {
+	case 'z': o->zoo_dir = arg; return true;
+	case 'o': o->output = arg; return true;
+	case OPT_BASE: o->base = arg; return true;
+	case OPT_CREATE: o->create = true; return true;
+	case OPT_CALIBRATE: o->calibrate = true; return true;
+	case OPT_CALIBRATE_ROWS:
+		return zm_cli_int("--calibrate-rows", arg, 1, 1 << 24,
+		                  &o->calibrate_rows);
+	case OPT_METRIC:
+		if (!zm_metric_parse(arg, &o->metric)) {
+			zm_cli_warn("--metric: expected cosine, kl or "
+			            "mahalanobis, got '%s'", arg);
+			return false;
+		}
+		return true;
+	case OPT_TOPK:
+		return zm_cli_int("--top-k", arg, 0, INT32_MAX, &o->top_k);
+	case OPT_TEMP:
+		return zm_cli_double("--temperature", arg, 1e-30, 1e30,
+		                     &o->temperature);
+	case OPT_MINW:
+		return zm_cli_double("--min-weight", arg, 0, 1, &o->min_weight);
+	case OPT_THRESH:
+		o->has_threshold = true;
+		return zm_cli_double("--new-model-threshold", arg, -1e300,
+		                     1e300, &o->threshold);
+	default:
+		return false;
+	}
+}
+
 int main(int argc, char **argv)
 {
-	enum { OPT_METRIC = 256, OPT_TOPK, OPT_TEMP, OPT_MINW, OPT_THRESH,
-	       OPT_CREATE, OPT_BASE, OPT_CALIBRATE, OPT_CALIBRATE_ROWS };
-	static const struct option longopts[] = {
-		{ "zoo", required_argument, NULL, 'z' },
-		{ "metric", required_argument, NULL, OPT_METRIC },
-		{ "top-k", required_argument, NULL, OPT_TOPK },
-		{ "temperature", required_argument, NULL, OPT_TEMP },
-		{ "min-weight", required_argument, NULL, OPT_MINW },
-		{ "new-model-threshold", required_argument, NULL, OPT_THRESH },
-		{ "create", no_argument, NULL, OPT_CREATE },
-		{ "base", required_argument, NULL, OPT_BASE },
-		{ "calibrate", no_argument, NULL, OPT_CALIBRATE },
-		{ "calibrate-rows", required_argument, NULL, OPT_CALIBRATE_ROWS },
-		{ "output", required_argument, NULL, 'o' },
-		{ "help", no_argument, NULL, 'h' },
-		{ "version", no_argument, NULL, 'V' },
-		{ NULL, 0, NULL, 0 },
-	};
 	struct assign_opts o = {
 		.metric = ZM_METRIC_COSINE,
 		.temperature = 1.0,
 		.calibrate_rows = 2000,
 	};
-	int c;
+	int status;
 
 	zm_cli_init(argv[0]);
 	zm_cli_options(options_str);
-	while ((c = getopt_long(argc, argv, "z:o:h", longopts, NULL)) != -1) {
-		switch (c) {
-		case 'z': o.zoo_dir = optarg; break;
-		case 'o': o.output = optarg; break;
-		case OPT_BASE: o.base = optarg; break;
-		case OPT_CREATE: o.create = true; break;
-		case OPT_CALIBRATE: o.calibrate = true; break;
-		case OPT_CALIBRATE_ROWS:
-			if (!zm_cli_int("--calibrate-rows", optarg, 1, 1 << 24,
-			                &o.calibrate_rows))
-				return zm_cli_usage_error(usage_str, NULL);
-			break;
-		case OPT_METRIC:
-			if (!zm_metric_parse(optarg, &o.metric))
-				return zm_cli_usage_error(usage_str, "--metric: "
-				        "expected cosine, kl or mahalanobis, "
-				        "got '%s'", optarg);
-			break;
-		case OPT_TOPK:
-			if (!zm_cli_int("--top-k", optarg, 0, INT32_MAX,
-			                &o.top_k))
-				return zm_cli_usage_error(usage_str, NULL);
-			break;
-		case OPT_TEMP:
-			if (!zm_cli_double("--temperature", optarg, 1e-30, 1e30,
-			                   &o.temperature))
-				return zm_cli_usage_error(usage_str, NULL);
-			break;
-		case OPT_MINW:
-			if (!zm_cli_double("--min-weight", optarg, 0, 1,
-			                   &o.min_weight))
-				return zm_cli_usage_error(usage_str, NULL);
-			break;
-		case OPT_THRESH:
-			if (!zm_cli_double("--new-model-threshold", optarg,
-			                   -1e300, 1e300, &o.threshold))
-				return zm_cli_usage_error(usage_str, NULL);
-			o.has_threshold = true;
-			break;
-		case 'h':
-			return zm_cli_help(usage_str);
-		case 'V':
-			return zm_cli_show_version();
-		default:
-			return zm_cli_usage_error(usage_str, NULL);
-		}
-	}
+	status = zm_cli_getopt(argc, argv, "z:o:h", longopts, usage_str,
+	                       parse_option, &o, NULL);
+	if (status >= 0)
+		return status;
 	if (!o.zoo_dir)
 		return zm_cli_usage_error(usage_str, "--zoo is required");
 	if (optind >= argc)

@@ -271,84 +271,83 @@ out:
 	return st == ZM_OK ? ZM_EXIT_OK : zm_cli_report(&err);
 }
 
-int main(int argc, char **argv)
+static const struct option longopts[] = {
+	{ "zoo", required_argument, NULL, 'z' },
+	{ "name", required_argument, NULL, 'n' },
+	{ "arch", required_argument, NULL, 'a' },
+	{ "seed", required_argument, NULL, 's' },
+	{ "tag", required_argument, NULL, 't' },
+	{ "hparam", required_argument, NULL, 'p' },
+	{ "keep", required_argument, NULL, 'k' },
+	{ "rollback", required_argument, NULL, 'r' },
+	{ "role", required_argument, NULL, 'R' },
+	{ "to", required_argument, NULL, 'T' },
+	{ "base", required_argument, NULL, 'b' },
+	{ "help", no_argument, NULL, 'h' },
+	{ "version", no_argument, NULL, 'V' },
+	{ NULL, 0, NULL, 0 },
+};
+
+static bool parse_option(void *ctx, int c, const char *arg)
 {
-	static const struct option longopts[] = {
-		{ "zoo", required_argument, NULL, 'z' },
-		{ "name", required_argument, NULL, 'n' },
-		{ "arch", required_argument, NULL, 'a' },
-		{ "seed", required_argument, NULL, 's' },
-		{ "tag", required_argument, NULL, 't' },
-		{ "hparam", required_argument, NULL, 'p' },
-		{ "keep", required_argument, NULL, 'k' },
-		{ "rollback", required_argument, NULL, 'r' },
-		{ "role", required_argument, NULL, 'R' },
-		{ "to", required_argument, NULL, 'T' },
-		{ "base", required_argument, NULL, 'b' },
-		{ "help", no_argument, NULL, 'h' },
-		{ "version", no_argument, NULL, 'V' },
-		{ NULL, 0, NULL, 0 },
-	};
-	struct zoo_add_opts o = { .seed = 0, .keep = -1 };
+	struct zoo_add_opts *o = ctx;
 	struct zm_error err;
 	enum zm_role role;
 	int64_t v;
-	int c, status;
+
+	switch (c) {
+	case 'z': o->zoo_dir = arg; return true;
+	case 'n': o->name = arg; return true;
+	case 'a': o->arch_path = arg; return true;
+	case 'r': o->rollback = arg; return true;
+	case 'b': o->base = arg; return true;
+	case 'R':
+		if (!zm_role_parse(arg, &role)) {
+			zm_cli_warn("--role: expected expert, router or base, "
+			            "got '%s'", arg);
+			return false;
+		}
+		o->role = arg;
+		return true;
+	case 'T':
+		return zm_cli_int("--to", arg, 1, INT32_MAX, &o->to);
+	case 's':
+		if (!zm_cli_int("--seed", arg, 0, INT64_MAX, &v))
+			return false;
+		o->seed = (uint64_t)v;
+		return true;
+	case 'k':
+		if (!zm_cli_int("--keep", arg, 0, INT32_MAX, &v))
+			return false;
+		o->keep = v;
+		return true;
+	case 't':
+	case 'p':
+		zm_error_clear(&err);
+		if (zm_kv_parse_assignment(c == 't' ? &o->tags : &o->hparams,
+		                           arg, &err) != ZM_OK) {
+			zm_cli_report(&err);
+			return false;
+		}
+		return true;
+	default:
+		return false;
+	}
+}
+
+int main(int argc, char **argv)
+{
+	struct zoo_add_opts o = { .seed = 0, .keep = -1 };
+	int status;
 
 	zm_cli_init(argv[0]);
 	zm_cli_options(options_str);
-	zm_error_clear(&err);
-	while ((c = getopt_long(argc, argv, "z:n:a:s:t:p:k:r:h", longopts,
-	                        NULL)) != -1) {
-		switch (c) {
-		case 'z': o.zoo_dir = optarg; break;
-		case 'n': o.name = optarg; break;
-		case 'a': o.arch_path = optarg; break;
-		case 'r': o.rollback = optarg; break;
-		case 'R':
-			if (!zm_role_parse(optarg, &role)) {
-				zm_cli_warn("--role: expected expert, router or "
-				            "base, got '%s'", optarg);
-				goto usage;
-			}
-			o.role = optarg;
-			break;
-		case 'b': o.base = optarg; break;
-		case 'T':
-			if (!zm_cli_int("--to", optarg, 1, INT32_MAX, &o.to))
-				goto usage;
-			break;
-		case 's':
-			if (!zm_cli_int("--seed", optarg, 0, INT64_MAX, &v))
-				goto usage;
-			o.seed = (uint64_t)v;
-			break;
-		case 'k':
-			if (!zm_cli_int("--keep", optarg, 0, INT32_MAX, &v))
-				goto usage;
-			o.keep = v;
-			break;
-		case 't':
-		case 'p':
-			if (zm_kv_parse_assignment(c == 't' ? &o.tags : &o.hparams,
-			                           optarg, &err) != ZM_OK) {
-				zm_cli_report(&err);
-				goto usage;
-			}
-			break;
-		case 'h':
-			return zm_cli_help(usage_str);
-		case 'V':
-			return zm_cli_show_version();
-		default:
-			goto usage;
-		}
-	}
-	if (optind < argc)
-		o.model_path = argv[optind++];
-	if (optind < argc) {
-		zm_cli_warn("unexpected argument '%s'", argv[optind]);
-		goto usage;
+	status = zm_cli_getopt(argc, argv, "z:n:a:s:t:p:k:r:h", longopts,
+	                       usage_str, parse_option, &o, &o.model_path);
+	if (status >= 0) {
+		zm_kv_release(&o.tags);
+		zm_kv_release(&o.hparams);
+		return status;
 	}
 	if (!o.zoo_dir) {
 		zm_cli_warn("--zoo is required");
