@@ -23,11 +23,6 @@
 #include "calibrate.h"
 #include "cli.h"
 #include "fileio.h"
-#include "mem.h"
-#include "profile.h"
-#include "similarity.h"
-#include "slicer.h"
-#include "stream.h"
 #include "zoo.h"
 
 static const char usage_str[] =
@@ -88,17 +83,16 @@ static void warn_models(const struct zm_assign_model *mp, size_t k)
 			            "left out", mp[i].name);
 }
 
-static void warn_widths(const struct zm_assign_model *mp, size_t k,
-                        const struct zm_assignment_slice *s,
-                        const struct zm_profile_entry *q)
+static void warn_widths(const struct zm_assign_run *r,
+                        const struct zm_assignment_slice *s)
 {
 	size_t i;
 
-	for (i = 0; i < k; i++)
-		if (mp[i].other_width)
+	for (i = 0; i < r->k; i++)
+		if (r->mp[i].other_width)
 			zm_cli_warn("slice '%s' has %zu features, model '%s' "
-			            "%zu; model left out", s->slice, q->dim,
-			            mp[i].name, mp[i].input->dim);
+			            "%zu; model left out", s->slice, r->dim,
+			            r->mp[i].name, r->mp[i].input->dim);
 }
 
 static int run(const struct assign_opts *o)
@@ -107,19 +101,16 @@ static int run(const struct assign_opts *o)
 	struct zm_error err;
 	struct zm_zoo *zoo = NULL;
 	struct zm_zoo_entry *base;
-	struct zm_assign_model *mp = NULL;
+	struct zm_assign_run r;
 	struct zm_outfile out;
-	struct zm_profile sp;
 	struct zm_buf b;
-	double *scores = NULL, *w = NULL;
-	size_t *idx = NULL, k = 0, i;
-	char *name = NULL;
+	size_t i;
 	enum zm_status st;
 	bool out_open = false;
 
 	memset(&out, 0, sizeof(out));
 	zm_assignment_init(&a);
-	zm_profile_init(&sp);
+	zm_assign_run_init(&r);
 	zm_buf_init(&b);
 	zm_error_clear(&err);
 	a.metric = o->metric;
@@ -134,49 +125,16 @@ static int run(const struct assign_opts *o)
 		goto out;
 	if (o->create && (st = zm_zoo_get(zoo, o->base, &base, &err)))
 		goto out;
-	k = zoo->n_models;
-	if (!(mp = zm_calloc(k ? k : 1, sizeof(*mp))) ||
-	    !(scores = zm_calloc(k ? k : 1, sizeof(*scores))) ||
-	    !(w = zm_calloc(k ? k : 1, sizeof(*w))) ||
-	    !(idx = zm_calloc(k ? k : 1, sizeof(*idx)))) {
-		st = zm_error_set(&err, ZM_ERR_NOMEM, "out of memory");
-		goto out;
-	}
-	for (i = 0; i < k; i++)
-		zm_profile_init(&mp[i].prof);
-	st = zm_assign_load_models(zoo, mp, &err);
-	warn_models(mp, k);
+	st = zm_assign_run_load(&r, zoo, &err);
+	warn_models(r.mp, r.k);
 	if (st != ZM_OK)
 		goto out;
 	for (i = 0; i < (size_t)o->n_slices; i++) {
-		const char *path = o->slices[i];
-		const struct zm_profile_entry *q;
 		struct zm_assignment_slice *s;
 
-		free(name);
-		name = NULL;
-		if ((st = zm_slice_profile_read(path, &sp, &name, &err)))
-			goto out;
-		if (!name && !(name = zm_slice_name_from_path(path))) {
-			st = zm_error_set(&err, ZM_ERR_NOMEM, "out of memory");
-			goto out;
-		}
-		if (zm_assignment_find(&a, name)) {
-			st = zm_error_set(&err, ZM_ERR_USAGE, "%s: slice '%s' "
-			                  "given twice", path, name);
-			goto out;
-		}
-		q = zm_profile_find(&sp, ZM_PROFILE_INPUT);
-		if (!q || !(q->count > 0)) {
-			st = zm_error_set(&err, ZM_ERR_DATA, "%s: slice '%s' "
-			                  "is empty; nothing to assign", path,
-			                  name);
-			goto out;
-		}
-		if ((st = zm_assignment_add_slice(&a, name, path, &s, &err)))
-			goto out;
-		st = zm_assign_slice(&a, mp, k, q, s, scores, w, idx, &err);
-		warn_widths(mp, k, s, q);
+		st = zm_assign_slice_file(&r, &a, o->slices[i], &s, &err);
+		if (s)
+			warn_widths(&r, s);
 		if (st != ZM_OK)
 			goto out;
 		if (!s->new_model)
@@ -198,7 +156,7 @@ static int run(const struct assign_opts *o)
 	if (o->calibrate) {
 		struct zm_calibration c;
 		bool done;
-		if ((st = zm_calibrate_slices(zoo, mp, k, &a,
+		if ((st = zm_calibrate_slices(zoo, r.mp, r.k, &a,
 		                              (size_t)o->calibrate_rows, &c,
 		                              &done, &err)))
 			goto out;
@@ -237,15 +195,8 @@ static int run(const struct assign_opts *o)
 out:
 	if (out_open)
 		zm_outfile_abort(&out);
-	for (i = 0; mp && i < k; i++)
-		zm_profile_release(&mp[i].prof);
-	free(mp);
-	free(scores);
-	free(w);
-	free(idx);
-	free(name);
+	zm_assign_run_release(&r);
 	zm_buf_release(&b);
-	zm_profile_release(&sp);
 	zm_assignment_release(&a);
 	zm_zoo_close(zoo);
 	return st == ZM_OK ? ZM_EXIT_OK : zm_cli_report(&err);
