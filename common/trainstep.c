@@ -73,6 +73,7 @@ enum zm_status zm_train_plan(const struct zm_assignment *a,
 	size_t i, cap;
 
 	*n = 0;
+	*jobs = NULL;
 	cap = a ? 0 : 1;
 	s = a ? plan_slice(a, name, data) : NULL;
 	if (a && !s)
