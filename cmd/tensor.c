@@ -27,6 +27,7 @@
 #include "dataset.h"
 #include "fileio.h"
 #include "mem.h"
+#include "metakeys.h"
 #include "model.h"
 #include "stream.h"
 
@@ -147,7 +148,7 @@ static enum zm_status info_file(const char *path, struct zm_error *err)
 		if (st != ZM_OK || eof)
 			break;
 		docs++;
-		kind = zm_doc_meta(&doc, "zm.kind");
+		kind = zm_doc_meta(&doc, ZM_META_KIND);
 		printf("%s: document %zu: %s\n", zm_reader_name(r), docs,
 		       kind ? kind : "-");
 		for (i = 0; i < doc.n_meta; i++) {

@@ -21,6 +21,7 @@
 #include "fileio.h"
 #include "json.h"
 #include "mem.h"
+#include "metakeys.h"
 
 /* A CSV record longer than this is refused rather than buffered. */
 #define CSV_MAX_RECORD ((size_t)64 << 20)
@@ -535,11 +536,11 @@ static enum zm_status set_common_meta(struct zm_doc *doc, size_t n,
 	char num[32];
 	enum zm_status st;
 
-	st = zm_doc_set_meta(doc, "zm.kind", "data", err);
+	st = zm_doc_set_meta(doc, ZM_META_KIND, "data", err);
 	if (st != ZM_OK)
 		return st;
 	snprintf(num, sizeof(num), "%zu", n);
-	return zm_doc_set_meta(doc, "zm.samples", num, err);
+	return zm_doc_set_meta(doc, ZM_META_SAMPLES, num, err);
 }
 
 static enum zm_status add_ids(struct zm_doc *doc, uint64_t first, size_t n,
@@ -643,7 +644,7 @@ static enum zm_status idx_next(struct zm_dataset_reader *r,
 	if (st != ZM_OK)
 		goto out;
 	snprintf(scale, sizeof(scale), "%.9g", 1.0f / 255.0f);
-	st = zm_doc_set_meta(doc, "zm.scale", scale, err);
+	st = zm_doc_set_meta(doc, ZM_META_SCALE, scale, err);
 	if (st != ZM_OK)
 		goto out;
 	r->rows += n;
@@ -1193,11 +1194,11 @@ static enum zm_status csv_next(struct zm_dataset_reader *r,
 	if (st == ZM_OK)
 		st = set_common_meta(doc, n, err);
 	if (st == ZM_OK)
-		st = zm_doc_set_meta(doc, "zm.columns", r->columns_json, err);
+		st = zm_doc_set_meta(doc, ZM_META_COLUMNS, r->columns_json, err);
 	if (st == ZM_OK && r->label_name)
-		st = zm_doc_set_meta(doc, "zm.label", r->label_name, err);
+		st = zm_doc_set_meta(doc, ZM_META_LABEL, r->label_name, err);
 	if (st == ZM_OK && r->classes_json)
-		st = zm_doc_set_meta(doc, "zm.classes", r->classes_json, err);
+		st = zm_doc_set_meta(doc, ZM_META_CLASSES, r->classes_json, err);
 	if (st != ZM_OK)
 		goto out;
 	r->rows += n;
@@ -1229,7 +1230,7 @@ static enum zm_status stream_next(struct zm_dataset_reader *r,
 		return st;
 	snprintf(where, sizeof(where), "%s: document %zu",
 	         zm_reader_name(r->stream), zm_reader_doc_number(r->stream));
-	kind = zm_doc_meta(doc, "zm.kind");
+	kind = zm_doc_meta(doc, ZM_META_KIND);
 	if (kind && strcmp(kind, "data") != 0)
 		return zm_error_set(err, ZM_ERR_DATA,
 		                    "%s: a %s document, expected data", where, kind);

@@ -22,6 +22,7 @@
 #include "granctl.h"
 #include "granularity.h"
 #include "mem.h"
+#include "metakeys.h"
 #include "model.h"
 #include "schema.h"
 #include "stream.h"
@@ -190,9 +191,9 @@ enum zm_status zm_gc_add_update(struct zm_gc_inputs *in,
 {
 	const struct zm_gc_model *m;
 	struct zm_gc_update *u;
-	const char *kind = zm_doc_meta(doc, "zm.kind");
-	const char *name = zm_doc_meta(doc, "zm.name");
-	const char *slice = zm_doc_meta(doc, "zm.slice");
+	const char *kind = zm_doc_meta(doc, ZM_META_KIND);
+	const char *name = zm_doc_meta(doc, ZM_META_NAME);
+	const char *slice = zm_doc_meta(doc, ZM_META_SLICE);
 	enum zm_status st;
 	size_t l, nl;
 
@@ -202,7 +203,7 @@ enum zm_status zm_gc_add_update(struct zm_gc_inputs *in,
 		                    kind ? kind : "missing");
 	if (!name)
 		return zm_error_set(err, ZM_ERR_FORMAT, "%s: update without "
-		                    "zm.name", source);
+		                    ZM_META_NAME, source);
 	if (!(m = zm_gc_find_model(in, name)))
 		return zm_error_set(err, ZM_ERR_NOTFOUND, "%s: model '%s' is "
 		                    "not in the zoo", source, name);
@@ -211,8 +212,8 @@ enum zm_status zm_gc_add_update(struct zm_gc_inputs *in,
 	u = &in->updates[in->n_updates];
 	zm_profile_init(&u->profile);
 	nl = in->arch->n_layers;
-	if (!meta_number(doc, "zm.weight", 1, &u->weight) ||
-	    !meta_number(doc, "zm.samples", 1, &u->samples) ||
+	if (!meta_number(doc, ZM_META_WEIGHT, 1, &u->weight) ||
+	    !meta_number(doc, ZM_META_SAMPLES, 1, &u->samples) ||
 	    !(u->weight >= 0) || !(u->samples >= 0)) {
 		st = zm_error_set(err, ZM_ERR_DATA, "%s: zm.weight and "
 		                  "zm.samples must be non-negative numbers",
@@ -507,7 +508,7 @@ static enum zm_status read_updates(struct zm_gc_inputs *in,
 	st = zm_reader_open(&r, path, err);
 	while (st == ZM_OK && !(st = zm_reader_next(r, &doc, &eof, err)) &&
 	       !eof) {
-		const char *name = zm_doc_meta(&doc, "zm.name");
+		const char *name = zm_doc_meta(&doc, ZM_META_NAME);
 		snprintf(src, sizeof(src), "%s: document %zu", path,
 		         zm_reader_doc_number(r));
 		if (name && (st = add_zoo_model(in, zoo, name, false, err)))

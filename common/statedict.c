@@ -10,6 +10,7 @@
 
 #include "fileio.h"
 #include "mem.h"
+#include "metakeys.h"
 #include "npz.h"
 #include "statedict.h"
 
@@ -355,7 +356,7 @@ enum zm_status zm_state_dict_load(const char *path,
 		                  source);
 	if (st != ZM_OK)
 		goto out;
-	if (arch && !zm_doc_meta(&doc, "zm.arch")) {
+	if (arch && !zm_doc_meta(&doc, ZM_META_ARCH)) {
 		st = zm_state_dict_import(&doc, source, arch, out, err);
 		goto out;
 	}

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "lineage.h"
+#include "metakeys.h"
 #include "model.h"
 #include "schema.h"
 #include "statedict.h"
@@ -50,7 +51,7 @@ enum zm_status zm_zoo_store_trained(const char *dir,
 			e->params = (int64_t)zm_arch_param_count(m->arch);
 			zm_kv_release(&e->metrics);
 			st = zm_kv_from_json(&e->metrics, m->metrics,
-			                     "zm.metrics", err);
+			                     ZM_META_METRICS, err);
 		}
 		if (st == ZM_OK && role)
 			st = zm_kv_set(&e->tags, ZM_ROLE_TAG, role, err);
@@ -74,7 +75,7 @@ static enum zm_status set_model_hparams(struct zm_model *m,
 	size_t i;
 
 	if (m->hparams)
-		st = zm_kv_from_json(merged, m->hparams, "zm.hparams", err);
+		st = zm_kv_from_json(merged, m->hparams, ZM_META_HPARAMS, err);
 	for (i = 0; st == ZM_OK && extra && i < extra->count; i++)
 		st = zm_kv_set(merged, extra->items[i].key, extra->items[i].value,
 		               err);
