@@ -887,6 +887,45 @@ static enum zm_status csv_columns_json(struct zm_dataset_reader *r,
 	return st;
 }
 
+/*
+ * After csv_scan's pass: every column but the label and id is a feature
+ * (only numbers), a string column (its own levels), or an error.
+ */
+static enum zm_status csv_classify(struct zm_dataset_reader *r, char **names,
+                                   const struct bad_value *bad,
+                                   const bool *numbers, const bool *text,
+                                   struct zm_error *err)
+{
+	size_t i;
+
+	for (i = 0; i < r->ncols; i++) {
+		struct csv_strings *sc;
+
+		if ((long)i == r->label_col || (long)i == r->id_col)
+			continue;
+		if (!bad[i].line) {
+			r->feature_cols[r->nfeatures++] = i;
+			continue;
+		}
+		/* Numbers and other values: a typo, not a string column;
+		 * nothing but empty fields: missing numbers. */
+		if (numbers[i] || !text[i])
+			return not_a_number(r, &bad[i], names[i], err);
+		sc = &r->strings[r->nstrings++];
+		sc->col = i;
+		sc->tensor_name = zm_strconcat(ZM_DATA_COLUMN_PREFIX, names[i],
+		                               NULL);
+		sc->meta_key = zm_strconcat(ZM_DATA_LEVELS_PREFIX, names[i], NULL);
+		if (!sc->tensor_name || !sc->meta_key)
+			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	}
+	if (r->nfeatures == 0)
+		return zm_error_set(err, ZM_ERR_DATA,
+		                    "%s: no feature columns (only label and id)",
+		                    r->csv->src.name);
+	return ZM_OK;
+}
+
 static enum zm_status csv_scan(struct zm_dataset_reader *r,
                                const struct zm_dataset_options *o,
                                struct zm_error *err)
@@ -994,37 +1033,8 @@ static enum zm_status csv_scan(struct zm_dataset_reader *r,
 	}
 	if (r->id_col >= 0 && !id_int)
 		r->id_col = -1;      /* not ids: an ordinary column */
-	for (i = 0; i < r->ncols; i++) {
-		struct csv_strings *sc;
-
-		if ((long)i == r->label_col || (long)i == r->id_col)
-			continue;
-		if (!bad[i].line) {
-			r->feature_cols[r->nfeatures++] = i;
-			continue;
-		}
-		/* Numbers and other values: a typo, not a string column;
-		 * nothing but empty fields: missing numbers. */
-		if (numbers[i] || !text[i]) {
-			st = not_a_number(r, &bad[i], names[i], err);
-			goto out;
-		}
-		sc = &r->strings[r->nstrings++];
-		sc->col = i;
-		sc->tensor_name = zm_strconcat(ZM_DATA_COLUMN_PREFIX, names[i],
-		                               NULL);
-		sc->meta_key = zm_strconcat(ZM_DATA_LEVELS_PREFIX, names[i], NULL);
-		if (!sc->tensor_name || !sc->meta_key) {
-			st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
-			goto out;
-		}
-	}
-	if (r->nfeatures == 0) {
-		st = zm_error_set(err, ZM_ERR_DATA,
-		                  "%s: no feature columns (only label and id)",
-		                  c->src.name);
+	if ((st = csv_classify(r, names, bad, numbers, text, err)))
 		goto out;
-	}
 	if (r->label_col >= 0)
 		r->label_kind = label_int ? LABEL_INT
 		              : label_num ? LABEL_FLOAT : LABEL_CLASS;
