@@ -15,7 +15,6 @@
 
 #include "cli.h"
 #include "lineage.h"
-#include "mem.h"
 #include "model.h"
 #include "schema.h"
 #include "zoo.h"
@@ -95,20 +94,16 @@ static enum zm_status print_related(const struct zm_zoo *zoo,
                                     struct zm_error *err)
 {
 	struct zm_model **ms;
-	enum zm_status st = ZM_OK;
+	enum zm_status st;
 	size_t i, j, w = 7;
 
-	if (!(ms = zm_calloc(zoo->n_models + 1, sizeof(*ms))))
-		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
-	for (i = 0; i < zoo->n_models && st == ZM_OK; i++) {
-		st = zm_zoo_load_entry(zoo, &zoo->models[i], &ms[i], err);
+	if ((st = zm_zoo_load_all(zoo, &ms, err)))
+		return st;
+	for (i = 0; i < zoo->n_models; i++)
 		if (strlen(zoo->models[i].name) > w)
 			w = strlen(zoo->models[i].name);
-	}
-	if (st == ZM_OK)
-		printf("%-*s %-*s %-9s %-9s %9s  %s\n", (int)w, "MODEL_A",
-		       (int)w, "MODEL_B", "VERDICT", "BASIS", "ALIGNMENT",
-		       "LAYER");
+	printf("%-*s %-*s %-9s %-9s %9s  %s\n", (int)w, "MODEL_A", (int)w,
+	       "MODEL_B", "VERDICT", "BASIS", "ALIGNMENT", "LAYER");
 	for (i = 0; i < zoo->n_models && st == ZM_OK; i++) {
 		for (j = i + 1; j < zoo->n_models && st == ZM_OK; j++) {
 			struct zm_lineage_info info;
@@ -127,9 +122,7 @@ static enum zm_status print_related(const struct zm_zoo *zoo,
 				       ms[i]->arch->layers[info.worst_layer].name);
 		}
 	}
-	for (i = 0; i < zoo->n_models; i++)
-		zm_model_free(ms[i]);
-	free(ms);
+	zm_zoo_models_free(ms);
 	return st;
 }
 
