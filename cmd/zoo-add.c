@@ -207,6 +207,34 @@ static bool parse_option(void *ctx, int c, const char *arg)
 	}
 }
 
+/* The combinations of options; prints what is wrong. */
+static bool validate(const struct zoo_add_opts *o)
+{
+	if (!o->zoo_dir)
+		zm_cli_warn("--zoo is required");
+	else if (o->rollback && (o->name || o->arch_path || o->model_path ||
+	                         o->base || o->role))
+		zm_cli_warn("--rollback takes no --name, --arch, --base, "
+		            "--role or model file");
+	else if (o->rollback)
+		return true;
+	else if (!o->name)
+		zm_cli_warn("--name is required");
+	else if (!zm_zoo_valid_name(o->name))
+		zm_cli_warn("--name: '%s' is not a valid model name (letters, "
+		            "digits, '_', '.', '-'; at most 63)", o->name);
+	else if (!o->arch_path && !o->model_path)
+		zm_cli_warn("give --arch, a model file, or both");
+	else if (o->to)
+		zm_cli_warn("--to goes with --rollback");
+	else if (o->base && !o->model_path)
+		zm_cli_warn("--base goes with a model file (a model created "
+		            "from --arch has its own origin)");
+	else
+		return true;
+	return false;
+}
+
 int main(int argc, char **argv)
 {
 	struct zoo_add_opts o = { .seed = 0, .keep = -1 };
@@ -216,53 +244,11 @@ int main(int argc, char **argv)
 	zm_cli_options(options_str);
 	status = zm_cli_getopt(argc, argv, "z:n:a:s:t:p:k:r:h", longopts,
 	                       usage_str, parse_option, &o, &o.model_path);
-	if (status >= 0) {
-		zm_kv_release(&o.tags);
-		zm_kv_release(&o.hparams);
-		return status;
-	}
-	if (!o.zoo_dir) {
-		zm_cli_warn("--zoo is required");
-		goto usage;
-	}
-	if (o.rollback) {
-		if (o.name || o.arch_path || o.model_path || o.base ||
-		    o.role) {
-			zm_cli_warn("--rollback takes no --name, --arch, --base, "
-			            "--role or model file");
-			goto usage;
-		}
-	} else {
-		if (!o.name) {
-			zm_cli_warn("--name is required");
-			goto usage;
-		}
-		if (!zm_zoo_valid_name(o.name)) {
-			zm_cli_warn("--name: '%s' is not a valid model name "
-			            "(letters, digits, '_', '.', '-'; at most 63)",
-			            o.name);
-			goto usage;
-		}
-		if (!o.arch_path && !o.model_path) {
-			zm_cli_warn("give --arch, a model file, or both");
-			goto usage;
-		}
-		if (o.to) {
-			zm_cli_warn("--to goes with --rollback");
-			goto usage;
-		}
-		if (o.base && !o.model_path) {
-			zm_cli_warn("--base goes with a model file (a model "
-			            "created from --arch has its own origin)");
-			goto usage;
-		}
-	}
-	status = zm_cli_close_stdout(run(&o));
+	if (status < 0 && !validate(&o))
+		status = zm_cli_usage_error(usage_str, NULL);
+	if (status < 0)
+		status = zm_cli_close_stdout(run(&o));
 	zm_kv_release(&o.tags);
 	zm_kv_release(&o.hparams);
 	return status;
-usage:
-	zm_kv_release(&o.tags);
-	zm_kv_release(&o.hparams);
-	return zm_cli_usage_error(usage_str, NULL);
 }
