@@ -90,6 +90,8 @@ static enum zm_status add_model(const struct zoo_add_opts *o,
 	st = zm_zoo_add_model(zoo, &a, version, &notes, err);
 	if (notes.base_failed)
 		zm_error_prefix(err, "--base: ");
+	if (notes.needs_arch)
+		zm_error_suffix(err, "; give it with --arch");
 	if (notes.base_unknown)
 		zm_cli_warn("--base %s: its own lineage is unknown, so is "
 		            "%s's", o->base, o->name);

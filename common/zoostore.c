@@ -181,6 +181,7 @@ enum zm_status zm_zoo_add_model(struct zm_zoo *zoo, const struct zm_zoo_add *o,
 		goto out;
 	if (o->model_path) {
 		st = zm_state_dict_load(o->model_path, arch, &m, err);
+		notes->needs_arch = st == ZM_ERR_USAGE && !arch;
 		if (st == ZM_OK)
 			st = set_import_lineage(o, zoo, m, notes, err);
 	} else {

@@ -35,6 +35,7 @@ struct zm_zoo_add {
 /* What zm_zoo_add_model found worth saying about a --base claim. */
 struct zm_zoo_add_notes {
 	bool base_failed;             /* the error is about looking up base */
+	bool needs_arch;              /* the error: model_path needs arch_path */
 	bool base_unknown;            /* base's own lineage is unknown */
 	bool base_unrelated;          /* the weights do not align with base's */
 	double alignment;             /* when base_unrelated: the lowest
