@@ -23,11 +23,6 @@
 #include "calibrate.h"
 #include "cli.h"
 #include "fileio.h"
-#include "mem.h"
-#include "profile.h"
-#include "similarity.h"
-#include "slicer.h"
-#include "stream.h"
 #include "zoo.h"
 
 static const char usage_str[] =
@@ -88,17 +83,16 @@ static void warn_models(const struct zm_assign_model *mp, size_t k)
 			            "left out", mp[i].name);
 }
 
-static void warn_widths(const struct zm_assign_model *mp, size_t k,
-                        const struct zm_assignment_slice *s,
-                        const struct zm_profile_entry *q)
+static void warn_widths(const struct zm_assign_run *r,
+                        const struct zm_assignment_slice *s)
 {
 	size_t i;
 
-	for (i = 0; i < k; i++)
-		if (mp[i].other_width)
+	for (i = 0; i < r->k; i++)
+		if (r->mp[i].other_width)
 			zm_cli_warn("slice '%s' has %zu features, model '%s' "
-			            "%zu; model left out", s->slice, q->dim,
-			            mp[i].name, mp[i].input->dim);
+			            "%zu; model left out", s->slice, r->dim,
+			            r->mp[i].name, r->mp[i].input->dim);
 }
 
 static int run(const struct assign_opts *o)
@@ -107,19 +101,16 @@ static int run(const struct assign_opts *o)
 	struct zm_error err;
 	struct zm_zoo *zoo = NULL;
 	struct zm_zoo_entry *base;
-	struct zm_assign_model *mp = NULL;
+	struct zm_assign_run r;
 	struct zm_outfile out;
-	struct zm_profile sp;
 	struct zm_buf b;
-	double *scores = NULL, *w = NULL;
-	size_t *idx = NULL, k = 0, i;
-	char *name = NULL;
+	size_t i;
 	enum zm_status st;
 	bool out_open = false;
 
 	memset(&out, 0, sizeof(out));
 	zm_assignment_init(&a);
-	zm_profile_init(&sp);
+	zm_assign_run_init(&r);
 	zm_buf_init(&b);
 	zm_error_clear(&err);
 	a.metric = o->metric;
@@ -134,49 +125,16 @@ static int run(const struct assign_opts *o)
 		goto out;
 	if (o->create && (st = zm_zoo_get(zoo, o->base, &base, &err)))
 		goto out;
-	k = zoo->n_models;
-	if (!(mp = zm_calloc(k ? k : 1, sizeof(*mp))) ||
-	    !(scores = zm_calloc(k ? k : 1, sizeof(*scores))) ||
-	    !(w = zm_calloc(k ? k : 1, sizeof(*w))) ||
-	    !(idx = zm_calloc(k ? k : 1, sizeof(*idx)))) {
-		st = zm_error_set(&err, ZM_ERR_NOMEM, "out of memory");
-		goto out;
-	}
-	for (i = 0; i < k; i++)
-		zm_profile_init(&mp[i].prof);
-	st = zm_assign_load_models(zoo, mp, &err);
-	warn_models(mp, k);
+	st = zm_assign_run_load(&r, zoo, &err);
+	warn_models(r.mp, r.k);
 	if (st != ZM_OK)
 		goto out;
 	for (i = 0; i < (size_t)o->n_slices; i++) {
-		const char *path = o->slices[i];
-		const struct zm_profile_entry *q;
 		struct zm_assignment_slice *s;
 
-		free(name);
-		name = NULL;
-		if ((st = zm_slice_profile_read(path, &sp, &name, &err)))
-			goto out;
-		if (!name && !(name = zm_slice_name_from_path(path))) {
-			st = zm_error_set(&err, ZM_ERR_NOMEM, "out of memory");
-			goto out;
-		}
-		if (zm_assignment_find(&a, name)) {
-			st = zm_error_set(&err, ZM_ERR_USAGE, "%s: slice '%s' "
-			                  "given twice", path, name);
-			goto out;
-		}
-		q = zm_profile_find(&sp, ZM_PROFILE_INPUT);
-		if (!q || !(q->count > 0)) {
-			st = zm_error_set(&err, ZM_ERR_DATA, "%s: slice '%s' "
-			                  "is empty; nothing to assign", path,
-			                  name);
-			goto out;
-		}
-		if ((st = zm_assignment_add_slice(&a, name, path, &s, &err)))
-			goto out;
-		st = zm_assign_slice(&a, mp, k, q, s, scores, w, idx, &err);
-		warn_widths(mp, k, s, q);
+		st = zm_assign_slice_file(&r, &a, o->slices[i], &s, &err);
+		if (s)
+			warn_widths(&r, s);
 		if (st != ZM_OK)
 			goto out;
 		if (!s->new_model)
@@ -198,7 +156,7 @@ static int run(const struct assign_opts *o)
 	if (o->calibrate) {
 		struct zm_calibration c;
 		bool done;
-		if ((st = zm_calibrate_slices(zoo, mp, k, &a,
+		if ((st = zm_calibrate_slices(zoo, r.mp, r.k, &a,
 		                              (size_t)o->calibrate_rows, &c,
 		                              &done, &err)))
 			goto out;
@@ -237,96 +195,84 @@ static int run(const struct assign_opts *o)
 out:
 	if (out_open)
 		zm_outfile_abort(&out);
-	for (i = 0; mp && i < k; i++)
-		zm_profile_release(&mp[i].prof);
-	free(mp);
-	free(scores);
-	free(w);
-	free(idx);
-	free(name);
+	zm_assign_run_release(&r);
 	zm_buf_release(&b);
-	zm_profile_release(&sp);
 	zm_assignment_release(&a);
 	zm_zoo_close(zoo);
 	return st == ZM_OK ? ZM_EXIT_OK : zm_cli_report(&err);
 }
 
+enum { OPT_METRIC = 256, OPT_TOPK, OPT_TEMP, OPT_MINW, OPT_THRESH,
+       OPT_CREATE, OPT_BASE, OPT_CALIBRATE, OPT_CALIBRATE_ROWS };
+
+static const struct option longopts[] = {
+	{ "zoo", required_argument, NULL, 'z' },
+	{ "metric", required_argument, NULL, OPT_METRIC },
+	{ "top-k", required_argument, NULL, OPT_TOPK },
+	{ "temperature", required_argument, NULL, OPT_TEMP },
+	{ "min-weight", required_argument, NULL, OPT_MINW },
+	{ "new-model-threshold", required_argument, NULL, OPT_THRESH },
+	{ "create", no_argument, NULL, OPT_CREATE },
+	{ "base", required_argument, NULL, OPT_BASE },
+	{ "calibrate", no_argument, NULL, OPT_CALIBRATE },
+	{ "calibrate-rows", required_argument, NULL, OPT_CALIBRATE_ROWS },
+	{ "output", required_argument, NULL, 'o' },
+	{ "help", no_argument, NULL, 'h' },
+	{ "version", no_argument, NULL, 'V' },
+	{ NULL, 0, NULL, 0 },
+};
+
+static bool parse_option(void *ctx, int c, const char *arg)
+{
+	struct assign_opts *o = ctx;
+
+	switch (c) {
+	case 'z': o->zoo_dir = arg; return true;
+	case 'o': o->output = arg; return true;
+	case OPT_BASE: o->base = arg; return true;
+	case OPT_CREATE: o->create = true; return true;
+	case OPT_CALIBRATE: o->calibrate = true; return true;
+	case OPT_CALIBRATE_ROWS:
+		return zm_cli_int("--calibrate-rows", arg, 1, 1 << 24,
+		                  &o->calibrate_rows);
+	case OPT_METRIC:
+		if (!zm_metric_parse(arg, &o->metric)) {
+			zm_cli_warn("--metric: expected cosine, kl or "
+			            "mahalanobis, got '%s'", arg);
+			return false;
+		}
+		return true;
+	case OPT_TOPK:
+		return zm_cli_int("--top-k", arg, 0, INT32_MAX, &o->top_k);
+	case OPT_TEMP:
+		return zm_cli_double("--temperature", arg, 1e-30, 1e30,
+		                     &o->temperature);
+	case OPT_MINW:
+		return zm_cli_double("--min-weight", arg, 0, 1, &o->min_weight);
+	case OPT_THRESH:
+		o->has_threshold = true;
+		return zm_cli_double("--new-model-threshold", arg, -1e300,
+		                     1e300, &o->threshold);
+	default:
+		return false;
+	}
+}
+
 int main(int argc, char **argv)
 {
-	enum { OPT_METRIC = 256, OPT_TOPK, OPT_TEMP, OPT_MINW, OPT_THRESH,
-	       OPT_CREATE, OPT_BASE, OPT_CALIBRATE, OPT_CALIBRATE_ROWS };
-	static const struct option longopts[] = {
-		{ "zoo", required_argument, NULL, 'z' },
-		{ "metric", required_argument, NULL, OPT_METRIC },
-		{ "top-k", required_argument, NULL, OPT_TOPK },
-		{ "temperature", required_argument, NULL, OPT_TEMP },
-		{ "min-weight", required_argument, NULL, OPT_MINW },
-		{ "new-model-threshold", required_argument, NULL, OPT_THRESH },
-		{ "create", no_argument, NULL, OPT_CREATE },
-		{ "base", required_argument, NULL, OPT_BASE },
-		{ "calibrate", no_argument, NULL, OPT_CALIBRATE },
-		{ "calibrate-rows", required_argument, NULL, OPT_CALIBRATE_ROWS },
-		{ "output", required_argument, NULL, 'o' },
-		{ "help", no_argument, NULL, 'h' },
-		{ "version", no_argument, NULL, 'V' },
-		{ NULL, 0, NULL, 0 },
-	};
 	struct assign_opts o = {
 		.metric = ZM_METRIC_COSINE,
 		.temperature = 1.0,
 		.calibrate_rows = 2000,
 	};
-	int c;
+	int status;
 
 	zm_cli_init(argv[0]);
 	zm_cli_options(options_str);
-	while ((c = getopt_long(argc, argv, "z:o:h", longopts, NULL)) != -1) {
-		switch (c) {
-		case 'z': o.zoo_dir = optarg; break;
-		case 'o': o.output = optarg; break;
-		case OPT_BASE: o.base = optarg; break;
-		case OPT_CREATE: o.create = true; break;
-		case OPT_CALIBRATE: o.calibrate = true; break;
-		case OPT_CALIBRATE_ROWS:
-			if (!zm_cli_int("--calibrate-rows", optarg, 1, 1 << 24,
-			                &o.calibrate_rows))
-				return zm_cli_usage_error(usage_str, NULL);
-			break;
-		case OPT_METRIC:
-			if (!zm_metric_parse(optarg, &o.metric))
-				return zm_cli_usage_error(usage_str, "--metric: "
-				        "expected cosine, kl or mahalanobis, "
-				        "got '%s'", optarg);
-			break;
-		case OPT_TOPK:
-			if (!zm_cli_int("--top-k", optarg, 0, INT32_MAX,
-			                &o.top_k))
-				return zm_cli_usage_error(usage_str, NULL);
-			break;
-		case OPT_TEMP:
-			if (!zm_cli_double("--temperature", optarg, 1e-30, 1e30,
-			                   &o.temperature))
-				return zm_cli_usage_error(usage_str, NULL);
-			break;
-		case OPT_MINW:
-			if (!zm_cli_double("--min-weight", optarg, 0, 1,
-			                   &o.min_weight))
-				return zm_cli_usage_error(usage_str, NULL);
-			break;
-		case OPT_THRESH:
-			if (!zm_cli_double("--new-model-threshold", optarg,
-			                   -1e300, 1e300, &o.threshold))
-				return zm_cli_usage_error(usage_str, NULL);
-			o.has_threshold = true;
-			break;
-		case 'h':
-			return zm_cli_help(usage_str);
-		case 'V':
-			return zm_cli_show_version();
-		default:
-			return zm_cli_usage_error(usage_str, NULL);
-		}
-	}
+	status = zm_cli_getopt(argc, argv, "z:o:h", longopts, usage_str,
+	                       parse_option, &o, NULL);
+	if (status >= 0)
+		return status;
 	if (!o.zoo_dir)
 		return zm_cli_usage_error(usage_str, "--zoo is required");
 	if (optind >= argc)

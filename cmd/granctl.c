@@ -9,22 +9,14 @@
  */
 #include <getopt.h>
 #include <limits.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "cli.h"
-#include "fileio.h"
 #include "granctl.h"
 #include "granularity.h"
-#include "mem.h"
-#include "model.h"
-#include "schema.h"
-#include "stream.h"
-#include "zoo.h"
-#include "zoomodel.h"
 
 static const char usage_str[] =
 	"usage: granctl --zoo DIR [--rules RULES.yaml] [--updates FILE]... [--log FILE]...\n"
@@ -77,96 +69,6 @@ struct granctl_opts {
 	struct zm_gc_opts gc;
 };
 
-/* Loads model name from the zoo into the inputs, once; with
- * experts_only, routers and bases are passed over (they are not merged
- * with the experts). */
-static enum zm_status add_zoo_model(struct zm_gc_inputs *in,
-                                    const struct zm_zoo *zoo,
-                                    const char *name, bool experts_only,
-                                    struct zm_error *err)
-{
-	struct zm_model *m = NULL;
-	enum zm_status st;
-	enum zm_role role;
-
-	if (zm_gc_find_model(in, name))
-		return ZM_OK;
-	if (!(st = zm_zoo_load_model(zoo, name, &m, NULL, err)) &&
-	    !(experts_only && zm_role_of_doc(&m->extra, &role) &&
-	      role != ZM_ROLE_EXPERT))
-		st = zm_gc_add_model(in, name, m, err);
-	zm_model_free(m);
-	return st;
-}
-
-static enum zm_status read_updates(struct zm_gc_inputs *in,
-                                   const struct zm_zoo *zoo, const char *path,
-                                   struct zm_error *err)
-{
-	struct zm_reader *r = NULL;
-	struct zm_doc doc;
-	enum zm_status st;
-	bool eof = false;
-	char src[PATH_MAX + 64];
-
-	zm_doc_init(&doc);
-	st = zm_reader_open(&r, path, err);
-	while (st == ZM_OK && !(st = zm_reader_next(r, &doc, &eof, err)) &&
-	       !eof) {
-		const char *name = zm_doc_meta(&doc, "zm.name");
-		snprintf(src, sizeof(src), "%s: document %zu", path,
-		         zm_reader_doc_number(r));
-		if (name && (st = add_zoo_model(in, zoo, name, false, err)))
-			zm_error_prefix(err, "%s: ", src);
-		else
-			st = zm_gc_add_update(in, &doc, src, err);
-	}
-	/* An empty --updates file is a failed train-step upstream, not
-	 * "no updates to weigh". */
-	if (st == ZM_OK && zm_reader_doc_number(r) == 0)
-		st = zm_error_set(err, ZM_ERR_DATA, "%s: no update documents",
-		                  zm_reader_name(r));
-	zm_reader_close(r);
-	zm_doc_release(&doc);
-	return st;
-}
-
-static enum zm_status read_log(struct zm_gc_inputs *in, const char *path,
-                               struct zm_error *err)
-{
-	enum zm_status st;
-	char *text = NULL;
-	size_t len = 0;
-
-	if ((st = zm_read_file(path, (size_t)1 << 30, &text, &len, err)))
-		return st;
-	st = zm_gc_add_log(in, text, len, path, err);
-	free(text);
-	return st;
-}
-
-static enum zm_status read_data(struct zm_gc_inputs *in, const char *path,
-                                struct zm_error *err)
-{
-	struct zm_reader *r = NULL;
-	struct zm_doc doc;
-	enum zm_status st;
-	bool eof = false;
-	char src[PATH_MAX + 64];
-
-	zm_doc_init(&doc);
-	st = zm_reader_open(&r, path, err);
-	while (st == ZM_OK && zm_profile_count(&in->data) < DATA_MAX_ROWS &&
-	       !(st = zm_reader_next(r, &doc, &eof, err)) && !eof) {
-		snprintf(src, sizeof(src), "%s: document %zu", path,
-		         zm_reader_doc_number(r));
-		st = zm_gc_add_data(in, &doc, src, err);
-	}
-	zm_reader_close(r);
-	zm_doc_release(&doc);
-	return st;
-}
-
 /*
  * The predict installed beside us: our own executable's directory, and the
  * prefix of our own name (make install PROGRAM_PREFIX=zm- installs
@@ -206,61 +108,27 @@ static const char *predict_program(char *buf, size_t size, char *beside,
 	return buf;
 }
 
-/*
- * Runs predict over the --data file at each level, as a child process:
- * the multi-model predictor is not a library call yet, and a child's
- * ru_maxrss is its whole peak memory, which an in-process run could not
- * separate from ours.
- */
+/* --measure: predict's cost at each level on --data. */
 static enum zm_status measure(const struct granctl_opts *o,
                               struct zm_gc_inputs *in, struct zm_error *err)
 {
 	char prog[PATH_MAX], beside[PATH_MAX];
-	const char **argv;
-	enum zm_status st = ZM_OK;
-	size_t i, n = 0, cap = 2 * in->n_models + 16;
-	int lv;
+	const char *predict;
+	enum zm_status st;
 
-	if (!(argv = zm_calloc(cap, sizeof(*argv))))
-		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 	beside[0] = '\0';
-	argv[n++] = o->predict ? o->predict : predict_program(prog, sizeof(prog),
-	                                                      beside,
-	                                                      sizeof(beside));
+	predict = o->predict ? o->predict
+	                     : predict_program(prog, sizeof(prog), beside,
+	                                       sizeof(beside));
 	if (*beside)
 		zm_cli_warn("--measure: no %s beside granctl; running %s from "
-		            "PATH", beside, argv[0]);
-	argv[n++] = "--zoo";
-	argv[n++] = o->zoo_dir;
-	for (i = 0; i < in->n_models; i++) {
-		argv[n++] = "--model";
-		argv[n++] = in->models[i].name;
-	}
-	argv[n++] = "--granularity";
-	n++;                        /* the level, below */
-	argv[n++] = "--quiet";
-	argv[n++] = "-o";
-	argv[n++] = "/dev/null";
-	argv[n++] = o->data;
-	argv[n] = NULL;
-	for (lv = ZM_GRAN_FULL; lv <= ZM_GRAN_LAYER && st == ZM_OK; lv++) {
-		argv[2 * in->n_models + 4] =
-			zm_gran_level_name((enum zm_gran_level)lv);
-		st = zm_gc_measure_child((char *const *)argv,
-		                         &in->latency_ms[lv],
-		                         &in->memory_mib[lv], err);
-		if (st != ZM_OK && *beside) {
-			char why[ZM_ERROR_MAX];
-			snprintf(why, sizeof(why), "%s", err->msg);
-			zm_error_set(err, st, "%.600s (there is no %.300s "
-			             "beside granctl; give --predict PROGRAM)",
-			             why, beside);
-		}
-		if (st != ZM_OK)
-			zm_error_prefix(err, "--measure at the %s level: ",
-			                zm_gran_level_name((enum zm_gran_level)lv));
-	}
-	free(argv);
+		            "PATH", beside, predict);
+	st = zm_gc_measure(in, predict, o->zoo_dir, o->data, err);
+	if (st != ZM_OK && *beside)
+		zm_error_suffix(err, " (there is no %.300s beside granctl; "
+		                "give --predict PROGRAM)", beside);
+	if (st != ZM_OK)
+		zm_error_prefix(err, "--measure ");
 	return st;
 }
 
@@ -271,7 +139,6 @@ static int run(const struct granctl_opts *o)
 	struct zm_gc_analysis a;
 	struct zm_gran_decision d;
 	struct zm_error err;
-	struct zm_zoo *zoo = NULL;
 	struct zm_buf b;
 	enum zm_status st;
 	size_t i;
@@ -284,26 +151,14 @@ static int run(const struct granctl_opts *o)
 	zm_buf_init(&b);
 	if (o->rules && (st = zm_gc_rules_load(o->rules, &rules, &err)))
 		goto out;
-	if ((st = zm_zoo_open(&zoo, o->zoo_dir, ZM_ZOO_READ, &err)))
+	if ((st = zm_gc_read_zoo(&in, o->zoo_dir, o->models, o->n_models,
+	                         o->updates, o->n_updates, &err)))
 		goto out;
-	for (i = 0; i < o->n_models; i++)
-		if ((st = add_zoo_model(&in, zoo, o->models[i], false, &err)))
-			goto out;
-	for (i = 0; i < o->n_updates; i++)
-		if ((st = read_updates(&in, zoo, o->updates[i], &err)))
-			goto out;
-	/* Without updates or --model, the decision is about the whole zoo. */
-	for (i = 0; !o->n_models && !o->n_updates && i < zoo->n_models; i++)
-		if ((st = add_zoo_model(&in, zoo, zoo->models[i].name, true,
-		                        &err)))
-			goto out;
-	zm_zoo_close(zoo);
-	zoo = NULL;
 	for (i = 0; i < o->n_logs; i++)
-		if ((st = read_log(&in, o->logs[i], &err)))
+		if ((st = zm_gc_read_log(&in, o->logs[i], &err)))
 			goto out;
 	if (o->data && in.n_models &&
-	    (st = read_data(&in, o->data, &err)))
+	    (st = zm_gc_read_data(&in, o->data, DATA_MAX_ROWS, &err)))
 		goto out;
 	if (o->measure && in.n_models && (st = measure(o, &in, &err)))
 		goto out;
@@ -336,7 +191,6 @@ out:
 	zm_gc_analysis_release(&a);
 	zm_gc_rules_release(&rules);
 	zm_gc_inputs_release(&in);
-	zm_zoo_close(zoo);
 	return st == ZM_OK ? ZM_EXIT_OK : zm_cli_report(&err);
 }
 
@@ -352,104 +206,106 @@ static bool push(const char ***list, size_t *n, const char *s)
 	return true;
 }
 
+enum { OPT_RULES = 256, OPT_UPDATES, OPT_LOG, OPT_EXPLAIN, OPT_DATA,
+       OPT_MEASURE, OPT_LAT, OPT_MEM, OPT_METRIC, OPT_SHARE, OPT_DRIFT,
+       OPT_DEFAULT, OPT_WINDOW, OPT_MODEL, OPT_PREDICT };
+
+static const struct option longopts[] = {
+	{ "zoo", required_argument, NULL, 'z' },
+	{ "rules", required_argument, NULL, OPT_RULES },
+	{ "updates", required_argument, NULL, OPT_UPDATES },
+	{ "log", required_argument, NULL, OPT_LOG },
+	{ "explain", no_argument, NULL, OPT_EXPLAIN },
+	{ "data", required_argument, NULL, OPT_DATA },
+	{ "measure", no_argument, NULL, OPT_MEASURE },
+	{ "latency-budget-ms", required_argument, NULL, OPT_LAT },
+	{ "memory-budget", required_argument, NULL, OPT_MEM },
+	{ "metric", required_argument, NULL, OPT_METRIC },
+	{ "share-threshold", required_argument, NULL, OPT_SHARE },
+	{ "drift-threshold", required_argument, NULL, OPT_DRIFT },
+	{ "default-level", required_argument, NULL, OPT_DEFAULT },
+	{ "window", required_argument, NULL, OPT_WINDOW },
+	{ "model", required_argument, NULL, OPT_MODEL },
+	{ "predict", required_argument, NULL, OPT_PREDICT },
+	{ "output", required_argument, NULL, 'o' },
+	{ "help", no_argument, NULL, 'h' },
+	{ "version", no_argument, NULL, 'V' },
+	{ NULL, 0, NULL, 0 },
+};
+
+static bool parse_option(void *ctx, int c, const char *arg)
+{
+	struct granctl_opts *o = ctx;
+	int64_t iv;
+	bool ok = true;
+
+	switch (c) {
+	case 'z': o->zoo_dir = arg; break;
+	case 'o': o->output = arg; break;
+	case OPT_RULES: o->rules = arg; break;
+	case OPT_UPDATES: ok = push(&o->updates, &o->n_updates, arg); break;
+	case OPT_LOG: ok = push(&o->logs, &o->n_logs, arg); break;
+	case OPT_MODEL: ok = push(&o->models, &o->n_models, arg); break;
+	case OPT_EXPLAIN: o->explain = true; break;
+	case OPT_DATA: o->data = arg; break;
+	case OPT_MEASURE: o->measure = true; break;
+	case OPT_PREDICT: o->predict = arg; break;
+	case OPT_LAT:
+		return zm_cli_double("--latency-budget-ms", arg, 0, 1e12,
+		                     &o->gc.latency_budget_ms);
+	case OPT_MEM:
+		return zm_cli_double("--memory-budget", arg, 0, 1e12,
+		                     &o->gc.memory_budget_mib);
+	case OPT_SHARE:
+		return zm_cli_double("--share-threshold", arg, -1, 1,
+		                     &o->gc.share_threshold);
+	case OPT_DRIFT:
+		return zm_cli_double("--drift-threshold", arg, 0, 1e300,
+		                     &o->gc.drift_threshold);
+	case OPT_WINDOW:
+		if (!zm_cli_int("--window", arg, 2, INT32_MAX, &iv))
+			return false;
+		o->gc.window = (size_t)iv;
+		break;
+	case OPT_METRIC:
+		if (!zm_metric_parse(arg, &o->gc.metric)) {
+			zm_cli_warn("--metric: expected cosine, kl or "
+			            "mahalanobis, got '%s'", arg);
+			return false;
+		}
+		break;
+	case OPT_DEFAULT:
+		if (!zm_gran_level_parse(arg, &o->gc.dflt)) {
+			zm_cli_warn("--default-level: expected full, group or "
+			            "layer, got '%s'", arg);
+			return false;
+		}
+		break;
+	default:
+		return false;
+	}
+	if (!ok) {
+		/* Not a usage error. */
+		zm_cli_warn("out of memory");
+		exit(ZM_EXIT_FAILURE);
+	}
+	return true;
+}
+
 int main(int argc, char **argv)
 {
-	enum { OPT_RULES = 256, OPT_UPDATES, OPT_LOG, OPT_EXPLAIN, OPT_DATA,
-	       OPT_MEASURE, OPT_LAT, OPT_MEM, OPT_METRIC, OPT_SHARE,
-	       OPT_DRIFT, OPT_DEFAULT, OPT_WINDOW, OPT_MODEL, OPT_PREDICT };
-	static const struct option longopts[] = {
-		{ "zoo", required_argument, NULL, 'z' },
-		{ "rules", required_argument, NULL, OPT_RULES },
-		{ "updates", required_argument, NULL, OPT_UPDATES },
-		{ "log", required_argument, NULL, OPT_LOG },
-		{ "explain", no_argument, NULL, OPT_EXPLAIN },
-		{ "data", required_argument, NULL, OPT_DATA },
-		{ "measure", no_argument, NULL, OPT_MEASURE },
-		{ "latency-budget-ms", required_argument, NULL, OPT_LAT },
-		{ "memory-budget", required_argument, NULL, OPT_MEM },
-		{ "metric", required_argument, NULL, OPT_METRIC },
-		{ "share-threshold", required_argument, NULL, OPT_SHARE },
-		{ "drift-threshold", required_argument, NULL, OPT_DRIFT },
-		{ "default-level", required_argument, NULL, OPT_DEFAULT },
-		{ "window", required_argument, NULL, OPT_WINDOW },
-		{ "model", required_argument, NULL, OPT_MODEL },
-		{ "predict", required_argument, NULL, OPT_PREDICT },
-		{ "output", required_argument, NULL, 'o' },
-		{ "help", no_argument, NULL, 'h' },
-		{ "version", no_argument, NULL, 'V' },
-		{ NULL, 0, NULL, 0 },
-	};
 	/* Static, so that the option lists stay reachable when a usage
 	 * error returns before they are freed (git's UNLEAK, by storage). */
 	static struct granctl_opts o = { .output = "-" };
-	int64_t iv;
-	int c, status;
-	bool ok = true;
+	int status;
 
 	zm_cli_init(argv[0]);
 	zm_cli_options(options_str);
 	zm_gc_opts_init(&o.gc);
-	while ((c = getopt_long(argc, argv, "z:o:h", longopts, NULL)) != -1) {
-		switch (c) {
-		case 'z': o.zoo_dir = optarg; break;
-		case 'o': o.output = optarg; break;
-		case OPT_RULES: o.rules = optarg; break;
-		case OPT_UPDATES: ok = push(&o.updates, &o.n_updates, optarg); break;
-		case OPT_LOG: ok = push(&o.logs, &o.n_logs, optarg); break;
-		case OPT_MODEL: ok = push(&o.models, &o.n_models, optarg); break;
-		case OPT_EXPLAIN: o.explain = true; break;
-		case OPT_DATA: o.data = optarg; break;
-		case OPT_MEASURE: o.measure = true; break;
-		case OPT_PREDICT: o.predict = optarg; break;
-		case OPT_LAT:
-			if (!zm_cli_double("--latency-budget-ms", optarg, 0, 1e12,
-			                   &o.gc.latency_budget_ms))
-				return zm_cli_usage_error(usage_str, NULL);
-			break;
-		case OPT_MEM:
-			if (!zm_cli_double("--memory-budget", optarg, 0, 1e12,
-			                   &o.gc.memory_budget_mib))
-				return zm_cli_usage_error(usage_str, NULL);
-			break;
-		case OPT_SHARE:
-			if (!zm_cli_double("--share-threshold", optarg, -1, 1,
-			                   &o.gc.share_threshold))
-				return zm_cli_usage_error(usage_str, NULL);
-			break;
-		case OPT_DRIFT:
-			if (!zm_cli_double("--drift-threshold", optarg, 0, 1e300,
-			                   &o.gc.drift_threshold))
-				return zm_cli_usage_error(usage_str, NULL);
-			break;
-		case OPT_WINDOW:
-			if (!zm_cli_int("--window", optarg, 2, INT32_MAX, &iv))
-				return zm_cli_usage_error(usage_str, NULL);
-			o.gc.window = (size_t)iv;
-			break;
-		case OPT_METRIC:
-			if (!zm_metric_parse(optarg, &o.gc.metric))
-				return zm_cli_usage_error(usage_str, "--metric: "
-				        "expected cosine, kl or mahalanobis, "
-				        "got '%s'", optarg);
-			break;
-		case OPT_DEFAULT:
-			if (!zm_gran_level_parse(optarg, &o.gc.dflt))
-				return zm_cli_usage_error(usage_str,
-				        "--default-level: expected full, group "
-				        "or layer, got '%s'", optarg);
-			break;
-		case 'h':
-			return zm_cli_help(usage_str);
-		case 'V':
-			return zm_cli_show_version();
-		default:
-			return zm_cli_usage_error(usage_str, NULL);
-		}
-		if (!ok) {
-			zm_cli_warn("out of memory");
-			return ZM_EXIT_FAILURE;
-		}
-	}
+	status = zm_cli_getopt(argc, argv, "z:o:h", longopts, usage_str,
+	                       parse_option, &o, NULL);
+	if (status >= 0)
+		return status;
 	if (!o.zoo_dir)
 		return zm_cli_usage_error(usage_str, "--zoo is required");
 	if (optind < argc)

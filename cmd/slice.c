@@ -93,92 +93,90 @@ out:
 	return st == ZM_OK ? ZM_EXIT_OK : zm_cli_report(&err);
 }
 
+enum { OPT_FROM = 256, OPT_IMAGES, OPT_LABELS, OPT_LABEL, OPT_BATCH,
+       OPT_CENTROIDS, OPT_UNMATCHED, OPT_COMPRESS, OPT_THREADS,
+       OPT_MEMBERSHIP, OPT_OUTDIR };
+
+static const struct option longopts[] = {
+	{ "rules", required_argument, NULL, 'r' },
+	{ "out-dir", required_argument, NULL, OPT_OUTDIR },
+	{ "membership", required_argument, NULL, OPT_MEMBERSHIP },
+	{ "from", required_argument, NULL, OPT_FROM },
+	{ "images", required_argument, NULL, OPT_IMAGES },
+	{ "labels", required_argument, NULL, OPT_LABELS },
+	{ "label", required_argument, NULL, OPT_LABEL },
+	{ "batch", required_argument, NULL, OPT_BATCH },
+	{ "centroids", required_argument, NULL, OPT_CENTROIDS },
+	{ "unmatched", required_argument, NULL, OPT_UNMATCHED },
+	{ "compress", required_argument, NULL, OPT_COMPRESS },
+	{ "threads", required_argument, NULL, OPT_THREADS },
+	{ "help", no_argument, NULL, 'h' },
+	{ "version", no_argument, NULL, 'V' },
+	{ NULL, 0, NULL, 0 },
+};
+
+static bool parse_option(void *ctx, int c, const char *arg)
+{
+	struct slice_opts *o = ctx;
+	int64_t v;
+
+	switch (c) {
+	case 'r': o->s.rules_path = arg; break;
+	case OPT_OUTDIR: o->s.out_dir = arg; break;
+	case OPT_MEMBERSHIP: o->s.membership = arg; break;
+	case OPT_IMAGES: o->s.images = arg; break;
+	case OPT_LABELS: o->s.labels = arg; break;
+	case OPT_LABEL: o->s.label = arg; break;
+	case OPT_CENTROIDS: o->s.centroids = arg; break;
+	case OPT_FROM:
+		return zm_cli_data_from(arg, true, &o->s.from);
+	case OPT_UNMATCHED:
+		if (strcmp(arg, "drop") && strcmp(arg, "fail")) {
+			zm_cli_warn("--unmatched: expected fail or drop, got "
+			            "'%s'", arg);
+			return false;
+		}
+		o->drop_unmatched = strcmp(arg, "drop") == 0;
+		break;
+	case OPT_BATCH:
+		if (!zm_cli_int("--batch", arg, 1, 1 << 24, &v))
+			return false;
+		o->s.batch = (size_t)v;
+		break;
+	case OPT_COMPRESS:
+		if (!zm_cli_int("--compress", arg, 0, 9, &v))
+			return false;
+		o->s.compress = (int)v;
+		break;
+	case OPT_THREADS:
+		if (!zm_cli_int("--threads", arg, 1, 1024, &v))
+			return false;
+		o->threads = (int)v;
+		break;
+	default:
+		return false;
+	}
+	return true;
+}
+
 int main(int argc, char **argv)
 {
-	enum { OPT_FROM = 256, OPT_IMAGES, OPT_LABELS, OPT_LABEL, OPT_BATCH,
-	       OPT_CENTROIDS, OPT_UNMATCHED, OPT_COMPRESS, OPT_THREADS,
-	       OPT_MEMBERSHIP, OPT_OUTDIR };
-	static const struct option longopts[] = {
-		{ "rules", required_argument, NULL, 'r' },
-		{ "out-dir", required_argument, NULL, OPT_OUTDIR },
-		{ "membership", required_argument, NULL, OPT_MEMBERSHIP },
-		{ "from", required_argument, NULL, OPT_FROM },
-		{ "images", required_argument, NULL, OPT_IMAGES },
-		{ "labels", required_argument, NULL, OPT_LABELS },
-		{ "label", required_argument, NULL, OPT_LABEL },
-		{ "batch", required_argument, NULL, OPT_BATCH },
-		{ "centroids", required_argument, NULL, OPT_CENTROIDS },
-		{ "unmatched", required_argument, NULL, OPT_UNMATCHED },
-		{ "compress", required_argument, NULL, OPT_COMPRESS },
-		{ "threads", required_argument, NULL, OPT_THREADS },
-		{ "help", no_argument, NULL, 'h' },
-		{ "version", no_argument, NULL, 'V' },
-		{ NULL, 0, NULL, 0 },
-	};
 	struct slice_opts o = { .s = {
 		.from = ZM_DATASET_STREAM,
 		.batch = ZM_DATASET_BATCH_DEFAULT,
 		.compress = ZM_COMPRESS_AUTO,
 	} };
-	int64_t v;
-	int c;
+	int status;
 
 	zm_cli_init(argv[0]);
 	zm_cli_options(options_str);
 	if (!zm_compress_from_env(&o.s.compress))
 		return zm_cli_usage_error(usage_str, "ZM_COMPRESS: expected "
 		                          "0..9");
-	while ((c = getopt_long(argc, argv, "r:h", longopts, NULL)) != -1) {
-		switch (c) {
-		case 'r': o.s.rules_path = optarg; break;
-		case OPT_OUTDIR: o.s.out_dir = optarg; break;
-		case OPT_MEMBERSHIP: o.s.membership = optarg; break;
-		case OPT_IMAGES: o.s.images = optarg; break;
-		case OPT_LABELS: o.s.labels = optarg; break;
-		case OPT_LABEL: o.s.label = optarg; break;
-		case OPT_CENTROIDS: o.s.centroids = optarg; break;
-		case OPT_FROM:
-			if (!zm_cli_data_from(optarg, true, &o.s.from))
-				return zm_cli_usage_error(usage_str, NULL);
-			break;
-		case OPT_UNMATCHED:
-			if (strcmp(optarg, "drop") == 0)
-				o.drop_unmatched = true;
-			else if (strcmp(optarg, "fail") == 0)
-				o.drop_unmatched = false;
-			else
-				return zm_cli_usage_error(usage_str,
-				        "--unmatched: expected fail or drop, "
-				        "got '%s'", optarg);
-			break;
-		case OPT_BATCH:
-			if (!zm_cli_int("--batch", optarg, 1, 1 << 24, &v))
-				return zm_cli_usage_error(usage_str, NULL);
-			o.s.batch = (size_t)v;
-			break;
-		case OPT_COMPRESS:
-			if (!zm_cli_int("--compress", optarg, 0, 9, &v))
-				return zm_cli_usage_error(usage_str, NULL);
-			o.s.compress = (int)v;
-			break;
-		case OPT_THREADS:
-			if (!zm_cli_int("--threads", optarg, 1, 1024, &v))
-				return zm_cli_usage_error(usage_str, NULL);
-			o.threads = (int)v;
-			break;
-		case 'h':
-			return zm_cli_help(usage_str);
-		case 'V':
-			return zm_cli_show_version();
-		default:
-			return zm_cli_usage_error(usage_str, NULL);
-		}
-	}
-	if (optind < argc)
-		o.s.input = argv[optind++];
-	if (optind < argc)
-		return zm_cli_usage_error(usage_str, "unexpected argument '%s'",
-		                          argv[optind]);
+	status = zm_cli_getopt(argc, argv, "r:h", longopts, usage_str,
+	                       parse_option, &o, &o.s.input);
+	if (status >= 0)
+		return status;
 	if (!o.s.rules_path || !o.s.out_dir)
 		return zm_cli_usage_error(usage_str, "--rules and --out-dir "
 		                          "are required");

@@ -22,13 +22,13 @@
 #include "datain.h"
 #include "config.h"
 #include "constants.h"
+#include "convert.h"
 #include "csv.h"
 #include "dataset.h"
 #include "fileio.h"
 #include "mem.h"
+#include "metakeys.h"
 #include "model.h"
-#include "npz.h"
-#include "statedict.h"
 #include "stream.h"
 
 static const char usage_str[] =
@@ -148,7 +148,7 @@ static enum zm_status info_file(const char *path, struct zm_error *err)
 		if (st != ZM_OK || eof)
 			break;
 		docs++;
-		kind = zm_doc_meta(&doc, "zm.kind");
+		kind = zm_doc_meta(&doc, ZM_META_KIND);
 		printf("%s: document %zu: %s\n", zm_reader_name(r), docs,
 		       kind ? kind : "-");
 		for (i = 0; i < doc.n_meta; i++) {
@@ -179,100 +179,9 @@ out:
 	return st;
 }
 
-/* ---- import ---- */
-
-static enum zm_status import(const struct tensor_opts *o,
-                             struct zm_error *err)
-{
-	struct zm_dataset_options d;
-	struct zm_dataset_reader *r = NULL;
-	struct zm_writer *w = NULL;
-	struct zm_doc doc;
-	enum zm_status st;
-	bool eof;
-
-	zm_doc_init(&doc);
-	if (o->npz) {
-		st = zm_npz_load(o->nfiles ? o->files[0] : "-", &doc, err);
-		if (st == ZM_OK)
-			st = zm_writer_open(&w, o->output, o->compress, err);
-		if (st == ZM_OK)
-			st = zm_writer_write_doc(w, &doc, err);
-		goto commit;
-	}
-	zm_dataset_options_init(&d);
-	d.kind = o->from;
-	d.path = o->nfiles ? o->files[0] : "-";
-	d.images = o->images;
-	d.labels = o->labels;
-	d.label = o->label;
-	d.batch = (size_t)o->batch;
-	d.image_shape = o->image_shape;
-	st = zm_dataset_open(&r, &d, err);
-	if (st != ZM_OK)
-		goto out;
-	st = zm_writer_open(&w, o->output, o->compress, err);
-	if (st != ZM_OK)
-		goto out;
-	for (;;) {
-		st = zm_dataset_next(r, &doc, &eof, err);
-		if (st != ZM_OK || eof)
-			break;
-		st = zm_writer_write_doc(w, &doc, err);
-		if (st != ZM_OK)
-			break;
-	}
-commit:
-	if (st == ZM_OK) {
-		st = zm_writer_commit(w, err);
-		w = NULL;
-	}
-out:
-	zm_writer_abort(w);
-	zm_doc_release(&doc);
-	zm_dataset_close(r);
-	return st;
-}
-
-/* ---- export ---- */
-
-/* A model's parameters as a plain (uncompressed) safetensors file, which
- * is what safetensors.torch.load_file reads. */
-static enum zm_status export_state_dict(const char *path, const char *output,
-                                        struct zm_error *err)
-{
-	struct zm_model *m = NULL;
-	struct zm_outfile f;
-	struct zm_doc doc;
-	void *bytes = NULL;
-	size_t len = 0;
-	bool open = false;
-	enum zm_status st;
-
-	zm_doc_init(&doc);
-	st = zm_model_load(path, &m, err);
-	if (st == ZM_OK)
-		st = zm_state_dict_export(m, &doc, err);
-	if (st == ZM_OK)
-		st = zm_doc_serialize(&doc, &bytes, &len, err);
-	if (st == ZM_OK)
-		open = (st = zm_outfile_open(&f, output, true, err)) == ZM_OK;
-	if (st == ZM_OK)
-		st = zm_outfile_write(&f, bytes, len, err);
-	if (open) {
-		if (st == ZM_OK)
-			st = zm_outfile_commit(&f, err);
-		else
-			zm_outfile_abort(&f);
-	}
-	free(bytes);
-	zm_doc_release(&doc);
-	zm_model_free(m);
-	return st;
-}
-
 static int run(const struct tensor_opts *o)
 {
+	struct zm_dataset_options d;
 	struct zm_error err;
 	enum zm_status st = ZM_OK;
 	int i, status = ZM_EXIT_OK;
@@ -291,12 +200,26 @@ static int run(const struct tensor_opts *o)
 		}
 		return status;
 	case CMD_IMPORT:
-		st = import(o, &err);
+		if (o->npz) {
+			st = zm_convert_npz(o->nfiles ? o->files[0] : "-",
+			                    o->output, o->compress, &err);
+			break;
+		}
+		zm_dataset_options_init(&d);
+		d.kind = o->from;
+		d.path = o->nfiles ? o->files[0] : "-";
+		d.images = o->images;
+		d.labels = o->labels;
+		d.label = o->label;
+		d.batch = (size_t)o->batch;
+		d.image_shape = o->image_shape;
+		st = zm_convert_import(&d, o->output, o->compress, &err);
 		break;
 	case CMD_EXPORT:
 		if (o->state_dict) {
-			st = export_state_dict(o->nfiles ? o->files[0] : "-",
-			                       o->output, &err);
+			st = zm_convert_state_dict(o->nfiles ? o->files[0]
+			                                     : "-", o->output,
+			                           &err);
 			break;
 		}
 		st = zm_csv_export(o->nfiles ? o->files[0] : "-", o->output,
@@ -308,30 +231,135 @@ static int run(const struct tensor_opts *o)
 	return st == ZM_OK ? ZM_EXIT_OK : zm_cli_report(&err);
 }
 
+enum { OPT_FROM = 256, OPT_TO, OPT_LABEL, OPT_IMAGES, OPT_LABELS,
+       OPT_BATCH, OPT_SHAPE, OPT_COMPRESS, OPT_STATE_DICT };
+
+static const struct option longopts[] = {
+	{ "from", required_argument, NULL, OPT_FROM },
+	{ "to", required_argument, NULL, OPT_TO },
+	{ "label", required_argument, NULL, OPT_LABEL },
+	{ "images", required_argument, NULL, OPT_IMAGES },
+	{ "labels", required_argument, NULL, OPT_LABELS },
+	{ "batch", required_argument, NULL, OPT_BATCH },
+	{ "shape", required_argument, NULL, OPT_SHAPE },
+	{ "compress", required_argument, NULL, OPT_COMPRESS },
+	{ "state-dict", no_argument, NULL, OPT_STATE_DICT },
+	{ "output", required_argument, NULL, 'o' },
+	{ "help", no_argument, NULL, 'h' },
+	{ "version", no_argument, NULL, 'V' },
+	{ NULL, 0, NULL, 0 },
+};
+
+static bool parse_option(void *ctx, int c, const char *arg)
+{
+	struct tensor_opts *o = ctx;
+	int64_t v;
+
+	switch (c) {
+	case OPT_FROM:
+		o->has_from = true;
+		/* Arrays, not rows: none of the data options apply. */
+		o->npz = strcmp(arg, "npz") == 0;
+		return o->npz || zm_cli_data_from(arg, false, &o->from);
+	case OPT_TO:
+		if (strcmp(arg, "csv")) {
+			zm_cli_warn("--to: expected csv, got '%s'", arg);
+			return false;
+		}
+		o->to = arg;
+		return true;
+	case OPT_STATE_DICT:
+		o->state_dict = true;
+		return true;
+	case OPT_LABEL:
+		o->label = arg;
+		return true;
+	case OPT_IMAGES:
+		o->images = arg;
+		return true;
+	case OPT_LABELS:
+		o->labels = arg;
+		return true;
+	case OPT_BATCH:
+		return zm_cli_int("--batch", arg, 1, ZM_DATA_BATCH_MAX,
+		                  &o->batch);
+	case OPT_SHAPE:
+		if (strcmp(arg, "flat") && strcmp(arg, "image")) {
+			zm_cli_warn("--shape: expected flat or image, got '%s'",
+			            arg);
+			return false;
+		}
+		o->image_shape = strcmp(arg, "image") == 0;
+		return true;
+	case OPT_COMPRESS:
+		if (!zm_cli_int("--compress", arg, 0, 9, &v))
+			return false;
+		o->compress = (int)v;
+		return true;
+	case 'o':
+		o->output = arg;
+		return true;
+	default:
+		return false;
+	}
+}
+
+/* The combinations of options each command takes; prints what is wrong. */
+static bool validate(const struct tensor_opts *o, const char *cmd)
+{
+	switch (o->cmd) {
+	case CMD_NONE:
+		if (cmd && *cmd != '-')
+			zm_cli_warn("unknown command '%s'", cmd);
+		else
+			zm_cli_warn("missing command");
+		return false;
+	case CMD_INFO:
+		if (o->has_from || o->to || o->label || o->images ||
+		    o->labels || o->state_dict) {
+			zm_cli_warn("info takes only file names");
+			return false;
+		}
+		return true;
+	case CMD_IMPORT:
+		if (!o->has_from)
+			zm_cli_warn("import needs --from csv, idx or npz");
+		else if (o->to || o->state_dict)
+			zm_cli_warn("--to and --state-dict go with export");
+		else if (o->npz && (o->label || o->images || o->labels ||
+		                    o->image_shape ||
+		                    o->batch != opts_default.batch))
+			zm_cli_warn("--from npz takes no --label, --images, "
+			            "--labels, --shape or --batch");
+		else if (!o->npz && !zm_cli_data_check(o->from, o->images,
+		                                       o->labels, o->label,
+		                                       o->nfiles > 0))
+			return false;
+		else if (!o->npz && o->from != ZM_DATASET_IDX &&
+		         o->image_shape)
+			zm_cli_warn("--shape needs --from idx");
+		else if (o->nfiles > 1)
+			zm_cli_warn("import reads one file");
+		else
+			return true;
+		return false;
+	case CMD_EXPORT:
+		if (!o->to == !o->state_dict)
+			zm_cli_warn("export needs --to csv or --state-dict");
+		else if (o->nfiles > 1)
+			zm_cli_warn("export reads one file");
+		else
+			return true;
+		return false;
+	}
+	return false;
+}
+
 int main(int argc, char **argv)
 {
-	enum { OPT_FROM = 256, OPT_TO, OPT_LABEL, OPT_IMAGES, OPT_LABELS,
-	       OPT_BATCH, OPT_SHAPE, OPT_COMPRESS, OPT_VERSION,
-	       OPT_STATE_DICT };
-	static const struct option longopts[] = {
-		{ "from", required_argument, NULL, OPT_FROM },
-		{ "to", required_argument, NULL, OPT_TO },
-		{ "label", required_argument, NULL, OPT_LABEL },
-		{ "images", required_argument, NULL, OPT_IMAGES },
-		{ "labels", required_argument, NULL, OPT_LABELS },
-		{ "batch", required_argument, NULL, OPT_BATCH },
-		{ "shape", required_argument, NULL, OPT_SHAPE },
-		{ "compress", required_argument, NULL, OPT_COMPRESS },
-		{ "state-dict", no_argument, NULL, OPT_STATE_DICT },
-		{ "output", required_argument, NULL, 'o' },
-		{ "help", no_argument, NULL, 'h' },
-		{ "version", no_argument, NULL, OPT_VERSION },
-		{ NULL, 0, NULL, 0 },
-	};
 	struct tensor_opts o = opts_default;
 	const char *cmd;
-	int64_t v;
-	int c, status;
+	int status;
 
 	zm_cli_init(argv[0]);
 	zm_cli_options(options_str);
@@ -352,110 +380,14 @@ int main(int argc, char **argv)
 		argc--;
 		argv++;
 	}
-	while ((c = getopt_long(argc, argv, "ho:", longopts, NULL)) != -1) {
-		switch (c) {
-		case OPT_FROM:
-			o.has_from = true;
-			/* Arrays, not rows: none of the data options apply. */
-			if (strcmp(optarg, "npz") == 0) {
-				o.npz = true;
-				break;
-			}
-			o.npz = false;
-			if (!zm_cli_data_from(optarg, false, &o.from))
-				return zm_cli_usage_error(usage_str, NULL);
-			break;
-		case OPT_TO:
-			if (strcmp(optarg, "csv"))
-				return zm_cli_usage_error(usage_str,
-				        "--to: expected csv, got '%s'", optarg);
-			o.to = optarg;
-			break;
-		case OPT_STATE_DICT:
-			o.state_dict = true;
-			break;
-		case OPT_LABEL:
-			o.label = optarg;
-			break;
-		case OPT_IMAGES:
-			o.images = optarg;
-			break;
-		case OPT_LABELS:
-			o.labels = optarg;
-			break;
-		case OPT_BATCH:
-			if (!zm_cli_int("--batch", optarg, 1,
-			                ZM_DATA_BATCH_MAX, &o.batch))
-				return zm_cli_usage_error(usage_str, NULL);
-			break;
-		case OPT_SHAPE:
-			if (strcmp(optarg, "flat") && strcmp(optarg, "image"))
-				return zm_cli_usage_error(usage_str,
-				        "--shape: expected flat or image, got '%s'",
-				        optarg);
-			o.image_shape = strcmp(optarg, "image") == 0;
-			break;
-		case OPT_COMPRESS:
-			if (!zm_cli_int("--compress", optarg, 0, 9, &v))
-				return zm_cli_usage_error(usage_str, NULL);
-			o.compress = (int)v;
-			break;
-		case 'o':
-			o.output = optarg;
-			break;
-		case 'h':
-			return zm_cli_help(usage_str);
-		case OPT_VERSION:
-			return zm_cli_show_version();
-		default:
-			return zm_cli_usage_error(usage_str, NULL);
-		}
-	}
+	status = zm_cli_getopt(argc, argv, "ho:", longopts, usage_str,
+	                       parse_option, &o, NULL);
+	if (status >= 0)
+		return status;
 	o.files = argv + optind;
 	o.nfiles = argc - optind;
-	switch (o.cmd) {
-	case CMD_NONE:
-		if (cmd && *cmd != '-')
-			return zm_cli_usage_error(usage_str,
-			                          "unknown command '%s'", cmd);
-		return zm_cli_usage_error(usage_str, "missing command");
-	case CMD_INFO:
-		if (o.has_from || o.to || o.label || o.images || o.labels ||
-		    o.state_dict)
-			return zm_cli_usage_error(usage_str,
-			        "info takes only file names");
-		break;
-	case CMD_IMPORT:
-		if (!o.has_from)
-			return zm_cli_usage_error(usage_str,
-			        "import needs --from csv, idx or npz");
-		if (o.to || o.state_dict)
-			return zm_cli_usage_error(usage_str,
-			        "--to and --state-dict go with export");
-		if (o.npz && (o.label || o.images || o.labels ||
-		              o.image_shape || o.batch != opts_default.batch))
-			return zm_cli_usage_error(usage_str,
-			        "--from npz takes no --label, --images, --labels, "
-			        "--shape or --batch");
-		if (!o.npz && !zm_cli_data_check(o.from, o.images, o.labels, o.label,
-		                       o.nfiles > 0))
-			return zm_cli_usage_error(usage_str, NULL);
-		if (!o.npz && o.from != ZM_DATASET_IDX && o.image_shape)
-			return zm_cli_usage_error(usage_str,
-			        "--shape needs --from idx");
-		if (o.nfiles > 1)
-			return zm_cli_usage_error(usage_str,
-			        "import reads one file");
-		break;
-	case CMD_EXPORT:
-		if (!o.to == !o.state_dict)
-			return zm_cli_usage_error(usage_str,
-			        "export needs --to csv or --state-dict");
-		if (o.nfiles > 1)
-			return zm_cli_usage_error(usage_str,
-			        "export reads one file");
-		break;
-	}
+	if (!validate(&o, cmd))
+		return zm_cli_usage_error(usage_str, NULL);
 	if (o.cmd != CMD_INFO && !(o.output = direct_output(o.output)))
 		return ZM_EXIT_FAILURE;
 	status = run(&o);

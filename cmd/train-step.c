@@ -29,9 +29,11 @@
 #include "schema.h"
 #include "stream.h"
 #include "trainset.h"
+#include "trainstep.h"
 #include "update.h"
 #include "zoo.h"
 #include "zoomodel.h"
+#include "zoostore.h"
 
 static const char usage_str[] =
 	"usage: train-step --zoo DIR (--model NAME | --assignment FILE [--slice NAME])\n"
@@ -118,31 +120,7 @@ static void report(const struct zm_fit_report *r, void *ctx)
 	struct reporter *rep = ctx;
 	struct zm_buf *b = &rep->log;
 
-	zm_buf_puts(b, "{\"model\":");
-	zm_json_string(b, rep->model, strlen(rep->model));
-	zm_buf_printf(b, ",\"epoch\":%zu,\"step\":%zu,\"lr\":", r->epoch,
-	              r->step);
-	zm_json_float(b, r->lr);
-	zm_buf_puts(b, ",\"loss\":");
-	zm_json_float(b, r->loss);
-	if (r->epoch_end) {
-		zm_buf_puts(b, ",\"epoch_end\":true,\"train_loss\":");
-		zm_json_float(b, r->train_loss);
-		if (r->classification) {
-			zm_buf_puts(b, ",\"train_acc\":");
-			zm_json_float(b, r->train_accuracy);
-		}
-		if (r->val_rows) {
-			zm_buf_puts(b, ",\"val_loss\":");
-			zm_json_float(b, r->val_loss);
-			if (r->classification) {
-				zm_buf_puts(b, ",\"val_acc\":");
-				zm_json_float(b, r->val_accuracy);
-			}
-		}
-		zm_buf_printf(b, ",\"samples_per_s\":%.1f", r->samples_per_s);
-	}
-	zm_buf_puts(b, "}\n");
+	zm_train_log_line(b, rep->model, r);
 	if (!rep->progress || !r->epoch_end)
 		return;
 	fprintf(stderr, "%s: %s epoch %zu/%zu: loss %.4f", zm_cli_name(),
@@ -157,236 +135,60 @@ static void report(const struct zm_fit_report *r, void *ctx)
 	fprintf(stderr, " (%.0f samples/s)\n", r->samples_per_s);
 }
 
-/* The metrics JSON of a training run (zm.metrics): held-out loss and
- * accuracy after training (the model's metrics) and before it. */
-static void metrics_json(const struct zm_fit_report *r,
-                         const struct zm_batch_stats *before,
-                         struct zm_buf *b)
-{
-	zm_buf_puts(b, "{");
-	if (r->val_rows) {
-		if (r->classification) {
-			zm_buf_puts(b, "\"accuracy\":");
-			zm_json_float(b, r->val_accuracy);
-			zm_buf_puts(b, ",\"accuracy_before\":");
-			zm_json_float(b, (double)before->correct /
-			              (double)before->rows);
-			zm_buf_puts(b, ",");
-		}
-		zm_buf_puts(b, "\"loss\":");
-		zm_json_float(b, r->val_loss);
-		zm_buf_puts(b, ",\"loss_before\":");
-		zm_json_float(b, before->loss_sum / (double)before->rows);
-		zm_buf_printf(b, ",\"val_samples\":%zu,", r->val_rows);
-	}
-	if (r->classification) {
-		zm_buf_puts(b, "\"train_accuracy\":");
-		zm_json_float(b, r->train_accuracy);
-		zm_buf_puts(b, ",");
-	}
-	zm_buf_puts(b, "\"train_loss\":");
-	zm_json_float(b, r->train_loss);
-	zm_buf_printf(b, ",\"samples\":%zu,\"epochs\":%zu}", r->train_rows,
-	              r->epoch);
-}
-
-static void hparams_json(const struct train_step_opts *o,
-                         const struct zm_trainset *ts, float step_scale,
-                         struct zm_buf *b)
-{
-	const struct zm_optim_config *c = &o->fit.optim;
-
-	zm_buf_printf(b, "{\"optimizer\":\"%s\",\"lr\":",
-	              zm_optim_kind_name(c->kind));
-	zm_json_float(b, c->lr);
-	zm_buf_printf(b, ",\"epochs\":%zu,\"batch_size\":%zu,\"seed\":%"
-	              PRIu64 ",\"schedule\":\"%s\",\"step_scale\":",
-	              o->fit.epochs, o->fit.batch_size, o->fit.seed,
-	              zm_lr_schedule_name(c->schedule));
-	zm_json_float(b, step_scale);
-	if (ts->slice) {
-		zm_buf_puts(b, ",\"slice\":");
-		zm_json_string(b, ts->slice, strlen(ts->slice));
-	}
-	zm_buf_puts(b, "}");
-}
-
-/* One model to train: its name, step scale and, once trained, results. */
-struct job {
-	const char *name;
-	const char *slice;         /* the assignment's slice, or the data's */
-	float weight;
-	struct zm_model *base, *trained;
-	int64_t version;           /* the version training started from */
-	struct zm_profile data_profile;
-};
-
-/* Loads the current versions of the models under one shared lock, which
- * is released before training so other jobs can use the zoo meanwhile. */
-static enum zm_status load_models(const struct train_step_opts *o,
-                                  struct job *jobs, size_t n,
-                                  struct zm_error *err)
-{
-	struct zm_zoo *zoo = NULL;
-	enum zm_status st;
-	size_t i;
-
-	st = zm_zoo_open(&zoo, o->zoo_dir, ZM_ZOO_READ, err);
-	for (i = 0; st == ZM_OK && i < n; i++)
-		st = zm_zoo_load_model(zoo, jobs[i].name, &jobs[i].base,
-		                       &jobs[i].version, err);
-	zm_zoo_close(zoo);
-	return st;
-}
-
 /* Stores the trained models as their next versions in one change, unless
  * one of them moved on while we trained (then the caller should re-run or
  * merge the updates instead). */
 static enum zm_status apply_to_zoo(const struct train_step_opts *o,
-                                   struct job *jobs, size_t n,
+                                   struct zm_train_job *jobs, size_t n,
                                    struct zm_error *err)
 {
-	struct zm_zoo *zoo = NULL;
-	struct zm_zoo_entry *e;
-	struct zm_doc doc;
+	struct zm_zoo_store_item *items;
 	enum zm_status st;
-	int64_t version;
-	size_t i;
+	size_t i, moved;
 
-	zm_doc_init(&doc);
-	st = zm_zoo_open(&zoo, o->zoo_dir, ZM_ZOO_WRITE, err);
-	for (i = 0; st == ZM_OK && i < n; i++) {
-		const struct zm_model *m = jobs[i].trained;
-		st = zm_zoo_get(zoo, jobs[i].name, &e, err);
-		if (st == ZM_OK && e->version != jobs[i].version)
-			st = zm_error_set(err, ZM_ERR_CONFLICT,
-			                  "model '%s' moved from v%" PRId64 " to v%"
-			                  PRId64 " while training; nothing was "
-			                  "applied (re-run, or write updates with "
-			                  "-o and merge them)", jobs[i].name,
-			                  jobs[i].version, e->version);
-		if (st == ZM_OK)
-			st = zm_model_to_doc(m, &doc, err);
-		if (st == ZM_OK)
-			st = zm_zoo_put_model(zoo, jobs[i].name, &doc, &version,
-			                      err);
-		if (st == ZM_OK) {
-			e = zm_zoo_find(zoo, jobs[i].name);
-			e->params = (int64_t)zm_arch_param_count(m->arch);
-			zm_kv_release(&e->metrics);
-			st = zm_kv_from_json(&e->metrics, m->metrics,
-			                     "zm.metrics", err);
-		}
-		if (st == ZM_OK && zm_doc_meta(&m->extra, ZM_META_ROLE))
-			st = zm_kv_set(&e->tags, ZM_ROLE_TAG,
-			               zm_doc_meta(&m->extra, ZM_META_ROLE), err);
-		if (st == ZM_OK && !o->quiet)
-			fprintf(stderr, "%s: %s is now v%" PRId64 "\n",
-			        zm_cli_name(), jobs[i].name, version);
+	if (!(items = calloc(n ? n : 1, sizeof(*items))))
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	for (i = 0; i < n; i++) {
+		items[i].name = jobs[i].name;
+		items[i].model = jobs[i].trained;
+		items[i].base_version = jobs[i].version;
 	}
-	if (st == ZM_OK)
-		st = zm_zoo_commit(zoo, err);
-	zm_doc_release(&doc);
-	zm_zoo_close(zoo);
+	st = zm_zoo_store_trained(o->zoo_dir, items, n, &moved, err);
+	if (moved < n)
+		zm_error_suffix(err, " (re-run, or write updates with -o and "
+		                "merge them)");
+	for (i = 0; st == ZM_OK && !o->quiet && i < n; i++)
+		fprintf(stderr, "%s: %s is now v%" PRId64 "\n", zm_cli_name(),
+		        jobs[i].name, items[i].version);
+	free(items);
 	return st;
 }
 
 /*
- * The models to train: --model, or the assignment's models of the data's
- * slice (named by --slice, else by the data's zm.slice, else the entry
- * whose file is the data file).  Models with weight 0 are skipped.
+ * Trains one job: brings the data to its model's classes and columns by
+ * name, saying what was matched by position, then trains.
  */
-static enum zm_status plan_jobs(const struct train_step_opts *o,
-                                const struct zm_assignment *a,
-                                const struct zm_trainset *ts,
-                                struct job **jobs, size_t *n,
-                                struct zm_error *err)
-{
-	const struct zm_assignment_slice *s = NULL;
-	const char *name = o->slice ? o->slice : ts->slice;
-	size_t i;
-
-	*n = 0;
-	*jobs = NULL;
-	if (!a) {
-		if (!(*jobs = calloc(1, sizeof(**jobs))))
-			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
-		(*jobs)[0].name = o->model;
-		(*jobs)[0].slice = ts->slice;
-		(*jobs)[0].weight = o->fit.step_scale;
-		*n = 1;
-		return ZM_OK;
-	}
-	if (name)
-		s = zm_assignment_find(a, name);
-	for (i = 0; !s && !name && i < a->n_slices; i++) {
-		const char *f = a->slices[i].file;
-		const char *base = f ? strrchr(f, '/') : NULL;
-		const char *dbase = strrchr(o->data, '/');
-		if (f && (!strcmp(f, o->data) ||
-		          !strcmp(base ? base + 1 : f, dbase ? dbase + 1 : o->data)))
-			s = &a->slices[i];
-	}
-	if (!s)
-		return zm_error_set(err, ZM_ERR_NOTFOUND, "%s: no slice %s%s%s "
-		                    "in the assignment %s", o->data,
-		                    name ? "'" : "for this file",
-		                    name ? name : "", name ? "'" : "",
-		                    o->assignment);
-	*jobs = calloc(s->n_models ? s->n_models : 1, sizeof(**jobs));
-	if (!*jobs)
-		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
-	for (i = 0; i < s->n_models; i++) {
-		if (s->models[i].weight <= 0)
-			continue;
-		(*jobs)[*n].name = s->models[i].model;
-		(*jobs)[*n].slice = s->slice;
-		(*jobs)[*n].weight = (float)s->models[i].weight *
-		                     o->fit.step_scale;
-		(*n)++;
-	}
-	if (*n == 0)
-		return zm_error_set(err, ZM_ERR_DATA, "slice '%s' has no model "
-		                    "with a positive weight in %s (assign "
-		                    "--create makes one)", s->slice,
-		                    o->assignment);
-	return ZM_OK;
-}
-
-/*
- * Brings the data to the model's classes and columns by name (a model
- * that names none takes the data's into *schema, which the trained
- * version then records).
- */
-static enum zm_status conform_data(const struct train_step_opts *o,
-                                   const struct job *j,
-                                   struct zm_trainset *ts,
-                                   struct zm_schema *schema,
-                                   struct zm_error *err)
+static enum zm_status train_one(const struct train_step_opts *o,
+                                struct zm_train_job *j, struct zm_trainset *ts,
+                                struct reporter *rep, struct zm_error *err)
 {
 	struct zm_schema_note note;
-	char what[128];
 	enum zm_status st;
-	bool adopted;
+	bool adopted, diverged;
 
-	memset(&note, 0, sizeof(note));
-	snprintf(what, sizeof(what), "model '%s'", j->name);
-	if ((st = zm_schema_of_model_doc(schema, &j->base->extra, what, err)))
-		return st;
-	if ((st = zm_trainset_conform(ts, schema,
-	                              j->base->arch->output_features, o->data,
-	                              what, &adopted, &note, err)))
+	rep->model = j->name;
+	if ((st = zm_train_conform(j, ts, o->data, &adopted, &note, err)))
 		return st;
 	/* A model trained before it recorded names was trained by
 	 * position; say once that the data's names are now taken as its. */
 	if (adopted && j->base->metrics && !o->quiet) {
 		char names[512] = "";
-		zm_names_list(&schema->classes, 12, names, sizeof(names));
+		zm_names_list(&j->schema.classes, 12, names, sizeof(names));
 		zm_cli_warn("warning: model '%s' v%" PRId64 " records no class "
 		            "or column names (written before zoomerge kept "
 		            "them): matched by position, recording the data's "
 		            "classes (%s)", j->name, j->version,
-		            schema->classes.known ? names : "none");
+		            j->schema.classes.known ? names : "none");
 	}
 	if (note.by_position && !o->quiet)
 		zm_cli_warn("warning: %s: the data names no columns: matched "
@@ -395,80 +197,10 @@ static enum zm_status conform_data(const struct train_step_opts *o,
 		zm_cli_warn("%s: %zu column(s) model '%s' does not use, such as "
 		            "'%s', ignored", o->data, note.extra_columns, j->name,
 		            note.first_extra);
-	return ZM_OK;
-}
-
-/* Trains one model and fills in its trained copy, profile and metrics. */
-static enum zm_status train_one(const struct train_step_opts *o,
-                                struct job *j, struct zm_trainset *ts,
-                                struct reporter *rep, struct zm_error *err)
-{
-	struct zm_fit_config fit = o->fit;
-	struct zm_fit_report last;
-	struct zm_batch_stats before;
-	struct zm_profile merged;
-	struct zm_buf metrics, hparams;
-	struct zm_schema schema;
-	enum zm_status st;
-	size_t l;
-
-	zm_profile_init(&merged);
-	zm_buf_init(&metrics);
-	zm_buf_init(&hparams);
-	zm_schema_init(&schema);
-	fit.step_scale = j->weight;
-	rep->model = j->name;
-	if ((st = conform_data(o, j, ts, &schema, err)))
-		goto out;
-	if ((st = zm_trainset_evaluate(j->base, ts, &before, err)) ||
-	    (st = zm_model_copy(j->base, &j->trained, err)) ||
-	    (st = zm_fit(j->trained, ts, &fit, report, rep, &last, err))) {
-		zm_error_prefix(err, "model '%s': ", j->name);
-		goto out;
-	}
-	for (l = 0; l < j->trained->arch->n_layers; l++) {
-		const struct zm_layer *layer = &j->trained->layers[l];
-		if (!layer->spec->has_params)
-			continue;
-		if ((st = zm_tensor_check_finite(&layer->weight, err)) ||
-		    (st = zm_tensor_check_finite(&layer->bias, err))) {
-			zm_error_prefix(err, "model '%s': training diverged "
-			                "(lower --lr?): ", j->name);
-			goto out;
-		}
-	}
-	/* Profiles: the data trained on, merged into what the model saw. */
-	if ((st = zm_trainset_profile(ts, j->trained, &j->data_profile, err)))
-		goto out;
-	st = zm_profile_from_doc(&merged, &j->trained->extra, err);
-	if (st == ZM_ERR_NOTFOUND)
-		st = ZM_OK;
-	if (st != ZM_OK ||
-	    (st = zm_profile_merge(&merged, &j->data_profile, err)) ||
-	    (st = zm_profile_replace_in_doc(&merged, &j->trained->extra, err)))
-		goto out;
-	metrics_json(&last, &before, &metrics);
-	hparams_json(o, ts, j->weight, &hparams);
-	if (metrics.failed || hparams.failed) {
-		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
-		goto out;
-	}
-	if ((st = zm_model_set_string(&j->trained->metrics, metrics.data, err)) ||
-	    (st = zm_model_set_string(&j->trained->hparams, hparams.data, err)) ||
-	    (st = zm_schema_to_model_doc(&schema, &j->trained->extra, err)))
-		goto out;
-	/* What slice --membership trains is a router: its classes are
-	 * slices, and assign and granctl must not take it for an expert. */
-	if (!zm_doc_meta(&j->trained->extra, ZM_META_ROLE) && ts->label &&
-	    strcmp(ts->label, ZM_MEMBERSHIP_LABEL) == 0 &&
-	    (st = zm_doc_set_meta(&j->trained->extra, ZM_META_ROLE,
-	                          zm_role_name(ZM_ROLE_ROUTER), err)))
-		goto out;
-out:
-	zm_schema_release(&schema);
-	zm_profile_release(&merged);
-	zm_buf_release(&metrics);
-	zm_buf_release(&hparams);
+	st = zm_train_job_fit(j, ts, &o->fit, report, rep, &diverged, err);
+	if (diverged)
+		zm_error_prefix(err, "model '%s': training diverged (lower "
+		                "--lr?): ", j->name);
 	return st;
 }
 
@@ -482,7 +214,7 @@ static int run(struct train_step_opts *o)
 	struct zm_outfile logf;
 	bool log_open = false;
 	struct zm_doc update;
-	struct job *jobs = NULL;
+	struct zm_train_job *jobs = NULL;
 	size_t n_jobs = 0, i;
 	enum zm_status st;
 	const char *out = o->out ? o->out : (o->apply ? NULL : "-");
@@ -512,11 +244,11 @@ static int run(struct train_step_opts *o)
 			zm_error_suffix(&err, " (--max-memory)");
 		goto out;
 	}
-	st = plan_jobs(o, o->assignment ? &assignment : NULL, &ts, &jobs,
-	               &n_jobs, &err);
-	for (i = 0; i < n_jobs; i++)
-		zm_profile_init(&jobs[i].data_profile);
-	if (st != ZM_OK || (st = load_models(o, jobs, n_jobs, &err)))
+	if ((st = zm_train_plan(o->assignment ? &assignment : NULL,
+	                        o->assignment, o->model, o->slice, o->data,
+	                        &ts, o->fit.step_scale, &jobs, &n_jobs,
+	                        &err)) ||
+	    (st = zm_train_load_bases(o->zoo_dir, jobs, n_jobs, &err)))
 		goto out;
 	for (i = 0; i < n_jobs; i++) {
 		if ((st = train_one(o, &jobs[i], &ts, &rep, &err)))
@@ -569,12 +301,7 @@ out:
 	zm_writer_abort(w);
 	zm_doc_release(&update);
 	zm_buf_release(&rep.log);
-	for (i = 0; jobs && i < n_jobs; i++) {
-		zm_profile_release(&jobs[i].data_profile);
-		zm_model_free(jobs[i].base);
-		zm_model_free(jobs[i].trained);
-	}
-	free(jobs);
+	zm_train_jobs_free(jobs, n_jobs);
 	zm_assignment_release(&assignment);
 	zm_trainset_release(&ts);
 	return st == ZM_OK ? ZM_EXIT_OK : zm_cli_report(&err);

@@ -25,6 +25,7 @@
 #include "stream.h"
 #include "zoo.h"
 #include "zoomodel.h"
+#include "zoostore.h"
 
 static const char usage_str[] =
 	"usage: zoo-add --zoo DIR --name NAME (--arch ARCH.yaml [--seed N] | [--arch ARCH.yaml] MODEL_FILE\n"
@@ -73,160 +74,33 @@ struct zoo_add_opts {
 	struct zm_kv_list hparams;
 };
 
-/* Merges the model's own hparams JSON with --hparam settings. */
-static enum zm_status set_model_hparams(struct zm_model *m,
-                                        const struct zm_kv_list *extra,
-                                        struct zm_kv_list *merged,
-                                        struct zm_error *err)
-{
-	struct zm_buf b;
-	enum zm_status st = ZM_OK;
-	size_t i;
-
-	if (m->hparams)
-		st = zm_kv_from_json(merged, m->hparams, "zm.hparams", err);
-	for (i = 0; st == ZM_OK && i < extra->count; i++)
-		st = zm_kv_set(merged, extra->items[i].key, extra->items[i].value,
-		               err);
-	if (st != ZM_OK || merged->count == 0)
-		return st;
-	zm_buf_init(&b);
-	zm_kv_to_json(merged, &b);
-	if (b.failed)
-		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
-	else
-		st = zm_model_set_string(&m->hparams, b.data, err);
-	zm_buf_release(&b);
-	return st;
-}
-
-/*
- * The model's role (zm.role, mirrored in the index's role tag): --role,
- * else a --tag role=..., else what the file says, else what the model's
- * earlier versions were.
- */
-static enum zm_status set_role(const struct zoo_add_opts *o,
-                               const struct zm_zoo *zoo, struct zm_model *m,
-                               struct zm_error *err)
-{
-	const struct zm_zoo_entry *e = zm_zoo_find(zoo, o->name);
-	const char *role = o->role ? o->role : zm_kv_get(&o->tags, ZM_ROLE_TAG);
-	enum zm_role r;
-
-	if (!role && !zm_doc_meta(&m->extra, ZM_META_ROLE) && e)
-		role = zm_kv_get(&e->tags, ZM_ROLE_TAG);
-	if (!role)
-		return ZM_OK;
-	if (!zm_role_parse(role, &r))
-		return zm_error_set(err, ZM_ERR_USAGE, "role '%s': expected "
-		                    "expert, router or base", role);
-	return zm_doc_set_meta(&m->extra, ZM_META_ROLE, role, err);
-}
-
-/* The lineage of an imported model: unknown, or --base's origin. */
-static enum zm_status set_import_lineage(const struct zoo_add_opts *o,
-                                         struct zm_zoo *zoo,
-                                         struct zm_model *m,
-                                         struct zm_error *err)
-{
-	struct zm_zoo_entry *b;
-	struct zm_model *base = NULL;
-	struct zm_lineage_info info;
-	char ref[128];
-	enum zm_status st;
-
-	if (!o->base)
-		return zm_lineage_set_origin(m, NULL, err);
-	if ((st = zm_zoo_get(zoo, o->base, &b, err)) != ZM_OK) {
-		zm_error_prefix(err, "--base: ");
-		return st;
-	}
-	if (!b->origin)
-		zm_cli_warn("--base %s: its own lineage is unknown, so is "
-		            "%s's", o->base, o->name);
-	/* A claim the weights contradict is kept (the user knows where the
-	 * file came from) but said aloud. */
-	st = zm_zoo_load_entry(zoo, b, &base, err);
-	if (st == ZM_OK)
-		st = zm_lineage_set_origin(base, NULL, err);
-	if (st == ZM_OK && (st = zm_lineage_related(base, m, &info, err)) ==
-	    ZM_OK && info.verdict == ZM_LINEAGE_UNRELATED)
-		zm_cli_warn("--base %s: the weights do not align with %s's "
-		            "(%.3f < %.2f at layer '%s'); recorded as its "
-		            "descendant anyway", o->base, o->base,
-		            info.alignment, ZM_LINEAGE_THRESHOLD,
-		            base->arch->layers[info.worst_layer].name);
-	zm_model_free(base);
-	if (st != ZM_OK)
-		return st;
-	snprintf(ref, sizeof(ref), "%s@v%" PRId64, o->base, b->version);
-	if ((st = zm_lineage_set_origin(m, b->origin, err)))
-		return st;
-	return zm_doc_set_meta(&m->extra, ZM_LINEAGE_BASE_KEY, ref, err);
-}
-
+/* Adds the model and says what it noticed about --base. */
 static enum zm_status add_model(const struct zoo_add_opts *o,
                                 struct zm_zoo *zoo, int64_t *version,
                                 struct zm_error *err)
 {
-	struct zm_arch *arch = NULL;
-	struct zm_model *m = NULL;
-	struct zm_zoo_entry *e;
-	struct zm_kv_list hp = { NULL, 0 };
-	struct zm_doc doc;
-	enum zm_status st = ZM_OK;
-	size_t i;
+	struct zm_zoo_add a = {
+		.name = o->name, .arch_path = o->arch_path,
+		.model_path = o->model_path, .base = o->base, .role = o->role,
+		.seed = o->seed, .tags = &o->tags, .hparams = &o->hparams,
+	};
+	struct zm_zoo_add_notes notes;
+	enum zm_status st;
 
-	zm_doc_init(&doc);
-	if (o->arch_path && !o->model_path && zm_zoo_find(zoo, o->name)) {
-		st = zm_error_set(err, ZM_ERR_USAGE,
-		                  "model '%s' already exists in %s; add a "
-		                  "model file to give it a new version",
-		                  o->name, o->zoo_dir);
-		goto out;
-	}
-	if (o->arch_path)
-		st = zm_arch_load(o->arch_path, &arch, err);
-	if (st != ZM_OK)
-		goto out;
-	if (o->model_path) {
-		st = zm_state_dict_load(o->model_path, arch, &m, err);
-		if (st == ZM_OK)
-			st = set_import_lineage(o, zoo, m, err);
-	} else {
-		st = zm_model_new(arch, o->seed, &m, err);
-		if (st == ZM_OK)
-			st = zm_lineage_set_initial(m, err);
-		if (st == ZM_OK) {
-			char seed[32];
-			snprintf(seed, sizeof(seed), "%" PRIu64, o->seed);
-			st = zm_kv_set(&hp, "seed", seed, err);
-		}
-	}
-	if (st == ZM_OK)
-		st = set_model_hparams(m, &o->hparams, &hp, err);
-	if (st == ZM_OK)
-		st = set_role(o, zoo, m, err);
-	if (st == ZM_OK)
-		st = zm_model_to_doc(m, &doc, err);
-	if (st == ZM_OK)
-		st = zm_zoo_put_model(zoo, o->name, &doc, version, err);
-	if (st != ZM_OK)
-		goto out;
-	/* metrics and hparams come from the version file. */
-	e = zm_zoo_find(zoo, o->name);
-	e->params = (int64_t)zm_arch_param_count(m->arch);
-	for (i = 0; st == ZM_OK && i < o->tags.count; i++)
-		st = zm_kv_set(&e->tags, o->tags.items[i].key,
-		               o->tags.items[i].value, err);
-	if (st == ZM_OK && zm_doc_meta(&m->extra, ZM_META_ROLE))
-		st = zm_kv_set(&e->tags, ZM_ROLE_TAG,
-		               zm_doc_meta(&m->extra, ZM_META_ROLE), err);
-out:
-	zm_kv_release(&hp);
-	zm_doc_release(&doc);
-	zm_model_free(m);
-	zm_arch_free(arch);
+	st = zm_zoo_add_model(zoo, &a, version, &notes, err);
+	if (notes.base_failed)
+		zm_error_prefix(err, "--base: ");
+	if (notes.needs_arch)
+		zm_error_suffix(err, "; give it with --arch");
+	if (notes.base_unknown)
+		zm_cli_warn("--base %s: its own lineage is unknown, so is "
+		            "%s's", o->base, o->name);
+	if (notes.base_unrelated)
+		zm_cli_warn("--base %s: the weights do not align with %s's "
+		            "(%.3f < %.2f at layer '%s'); recorded as its "
+		            "descendant anyway", o->base, o->base,
+		            notes.alignment, ZM_LINEAGE_THRESHOLD,
+		            notes.worst_layer);
 	return st;
 }
 
@@ -271,127 +145,112 @@ out:
 	return st == ZM_OK ? ZM_EXIT_OK : zm_cli_report(&err);
 }
 
-int main(int argc, char **argv)
+static const struct option longopts[] = {
+	{ "zoo", required_argument, NULL, 'z' },
+	{ "name", required_argument, NULL, 'n' },
+	{ "arch", required_argument, NULL, 'a' },
+	{ "seed", required_argument, NULL, 's' },
+	{ "tag", required_argument, NULL, 't' },
+	{ "hparam", required_argument, NULL, 'p' },
+	{ "keep", required_argument, NULL, 'k' },
+	{ "rollback", required_argument, NULL, 'r' },
+	{ "role", required_argument, NULL, 'R' },
+	{ "to", required_argument, NULL, 'T' },
+	{ "base", required_argument, NULL, 'b' },
+	{ "help", no_argument, NULL, 'h' },
+	{ "version", no_argument, NULL, 'V' },
+	{ NULL, 0, NULL, 0 },
+};
+
+static bool parse_option(void *ctx, int c, const char *arg)
 {
-	static const struct option longopts[] = {
-		{ "zoo", required_argument, NULL, 'z' },
-		{ "name", required_argument, NULL, 'n' },
-		{ "arch", required_argument, NULL, 'a' },
-		{ "seed", required_argument, NULL, 's' },
-		{ "tag", required_argument, NULL, 't' },
-		{ "hparam", required_argument, NULL, 'p' },
-		{ "keep", required_argument, NULL, 'k' },
-		{ "rollback", required_argument, NULL, 'r' },
-		{ "role", required_argument, NULL, 'R' },
-		{ "to", required_argument, NULL, 'T' },
-		{ "base", required_argument, NULL, 'b' },
-		{ "help", no_argument, NULL, 'h' },
-		{ "version", no_argument, NULL, 'V' },
-		{ NULL, 0, NULL, 0 },
-	};
-	struct zoo_add_opts o = { .seed = 0, .keep = -1 };
+	struct zoo_add_opts *o = ctx;
 	struct zm_error err;
 	enum zm_role role;
 	int64_t v;
-	int c, status;
+
+	switch (c) {
+	case 'z': o->zoo_dir = arg; return true;
+	case 'n': o->name = arg; return true;
+	case 'a': o->arch_path = arg; return true;
+	case 'r': o->rollback = arg; return true;
+	case 'b': o->base = arg; return true;
+	case 'R':
+		if (!zm_role_parse(arg, &role)) {
+			zm_cli_warn("--role: expected expert, router or base, "
+			            "got '%s'", arg);
+			return false;
+		}
+		o->role = arg;
+		return true;
+	case 'T':
+		return zm_cli_int("--to", arg, 1, INT32_MAX, &o->to);
+	case 's':
+		if (!zm_cli_int("--seed", arg, 0, INT64_MAX, &v))
+			return false;
+		o->seed = (uint64_t)v;
+		return true;
+	case 'k':
+		if (!zm_cli_int("--keep", arg, 0, INT32_MAX, &v))
+			return false;
+		o->keep = v;
+		return true;
+	case 't':
+	case 'p':
+		zm_error_clear(&err);
+		if (zm_kv_parse_assignment(c == 't' ? &o->tags : &o->hparams,
+		                           arg, &err) != ZM_OK) {
+			zm_cli_report(&err);
+			return false;
+		}
+		return true;
+	default:
+		return false;
+	}
+}
+
+/* The combinations of options; prints what is wrong. */
+static bool validate(const struct zoo_add_opts *o)
+{
+	if (!o->zoo_dir)
+		zm_cli_warn("--zoo is required");
+	else if (o->rollback && (o->name || o->arch_path || o->model_path ||
+	                         o->base || o->role))
+		zm_cli_warn("--rollback takes no --name, --arch, --base, "
+		            "--role or model file");
+	else if (o->rollback)
+		return true;
+	else if (!o->name)
+		zm_cli_warn("--name is required");
+	else if (!zm_zoo_valid_name(o->name))
+		zm_cli_warn("--name: '%s' is not a valid model name (letters, "
+		            "digits, '_', '.', '-'; at most 63)", o->name);
+	else if (!o->arch_path && !o->model_path)
+		zm_cli_warn("give --arch, a model file, or both");
+	else if (o->to)
+		zm_cli_warn("--to goes with --rollback");
+	else if (o->base && !o->model_path)
+		zm_cli_warn("--base goes with a model file (a model created "
+		            "from --arch has its own origin)");
+	else
+		return true;
+	return false;
+}
+
+int main(int argc, char **argv)
+{
+	struct zoo_add_opts o = { .seed = 0, .keep = -1 };
+	int status;
 
 	zm_cli_init(argv[0]);
 	zm_cli_options(options_str);
-	zm_error_clear(&err);
-	while ((c = getopt_long(argc, argv, "z:n:a:s:t:p:k:r:h", longopts,
-	                        NULL)) != -1) {
-		switch (c) {
-		case 'z': o.zoo_dir = optarg; break;
-		case 'n': o.name = optarg; break;
-		case 'a': o.arch_path = optarg; break;
-		case 'r': o.rollback = optarg; break;
-		case 'R':
-			if (!zm_role_parse(optarg, &role)) {
-				zm_cli_warn("--role: expected expert, router or "
-				            "base, got '%s'", optarg);
-				goto usage;
-			}
-			o.role = optarg;
-			break;
-		case 'b': o.base = optarg; break;
-		case 'T':
-			if (!zm_cli_int("--to", optarg, 1, INT32_MAX, &o.to))
-				goto usage;
-			break;
-		case 's':
-			if (!zm_cli_int("--seed", optarg, 0, INT64_MAX, &v))
-				goto usage;
-			o.seed = (uint64_t)v;
-			break;
-		case 'k':
-			if (!zm_cli_int("--keep", optarg, 0, INT32_MAX, &v))
-				goto usage;
-			o.keep = v;
-			break;
-		case 't':
-		case 'p':
-			if (zm_kv_parse_assignment(c == 't' ? &o.tags : &o.hparams,
-			                           optarg, &err) != ZM_OK) {
-				zm_cli_report(&err);
-				goto usage;
-			}
-			break;
-		case 'h':
-			return zm_cli_help(usage_str);
-		case 'V':
-			return zm_cli_show_version();
-		default:
-			goto usage;
-		}
-	}
-	if (optind < argc)
-		o.model_path = argv[optind++];
-	if (optind < argc) {
-		zm_cli_warn("unexpected argument '%s'", argv[optind]);
-		goto usage;
-	}
-	if (!o.zoo_dir) {
-		zm_cli_warn("--zoo is required");
-		goto usage;
-	}
-	if (o.rollback) {
-		if (o.name || o.arch_path || o.model_path || o.base ||
-		    o.role) {
-			zm_cli_warn("--rollback takes no --name, --arch, --base, "
-			            "--role or model file");
-			goto usage;
-		}
-	} else {
-		if (!o.name) {
-			zm_cli_warn("--name is required");
-			goto usage;
-		}
-		if (!zm_zoo_valid_name(o.name)) {
-			zm_cli_warn("--name: '%s' is not a valid model name "
-			            "(letters, digits, '_', '.', '-'; at most 63)",
-			            o.name);
-			goto usage;
-		}
-		if (!o.arch_path && !o.model_path) {
-			zm_cli_warn("give --arch, a model file, or both");
-			goto usage;
-		}
-		if (o.to) {
-			zm_cli_warn("--to goes with --rollback");
-			goto usage;
-		}
-		if (o.base && !o.model_path) {
-			zm_cli_warn("--base goes with a model file (a model "
-			            "created from --arch has its own origin)");
-			goto usage;
-		}
-	}
-	status = zm_cli_close_stdout(run(&o));
+	status = zm_cli_getopt(argc, argv, "z:n:a:s:t:p:k:r:h", longopts,
+	                       usage_str, parse_option, &o, &o.model_path);
+	if (status < 0 && !validate(&o))
+		status = zm_cli_usage_error(usage_str, NULL);
+	if (status < 0)
+		status = zm_cli_close_stdout(run(&o));
 	zm_kv_release(&o.tags);
 	zm_kv_release(&o.hparams);
 	return status;
-usage:
-	zm_kv_release(&o.tags);
-	zm_kv_release(&o.hparams);
-	return zm_cli_usage_error(usage_str, NULL);
 }

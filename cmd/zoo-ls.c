@@ -15,7 +15,6 @@
 
 #include "cli.h"
 #include "lineage.h"
-#include "mem.h"
 #include "model.h"
 #include "schema.h"
 #include "zoo.h"
@@ -95,20 +94,16 @@ static enum zm_status print_related(const struct zm_zoo *zoo,
                                     struct zm_error *err)
 {
 	struct zm_model **ms;
-	enum zm_status st = ZM_OK;
+	enum zm_status st;
 	size_t i, j, w = 7;
 
-	if (!(ms = zm_calloc(zoo->n_models + 1, sizeof(*ms))))
-		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
-	for (i = 0; i < zoo->n_models && st == ZM_OK; i++) {
-		st = zm_zoo_load_entry(zoo, &zoo->models[i], &ms[i], err);
+	if ((st = zm_zoo_load_all(zoo, &ms, err)))
+		return st;
+	for (i = 0; i < zoo->n_models; i++)
 		if (strlen(zoo->models[i].name) > w)
 			w = strlen(zoo->models[i].name);
-	}
-	if (st == ZM_OK)
-		printf("%-*s %-*s %-9s %-9s %9s  %s\n", (int)w, "MODEL_A",
-		       (int)w, "MODEL_B", "VERDICT", "BASIS", "ALIGNMENT",
-		       "LAYER");
+	printf("%-*s %-*s %-9s %-9s %9s  %s\n", (int)w, "MODEL_A", (int)w,
+	       "MODEL_B", "VERDICT", "BASIS", "ALIGNMENT", "LAYER");
 	for (i = 0; i < zoo->n_models && st == ZM_OK; i++) {
 		for (j = i + 1; j < zoo->n_models && st == ZM_OK; j++) {
 			struct zm_lineage_info info;
@@ -127,9 +122,7 @@ static enum zm_status print_related(const struct zm_zoo *zoo,
 				       ms[i]->arch->layers[info.worst_layer].name);
 		}
 	}
-	for (i = 0; i < zoo->n_models; i++)
-		zm_model_free(ms[i]);
-	free(ms);
+	zm_zoo_models_free(ms);
 	return st;
 }
 
@@ -165,47 +158,50 @@ out:
 	return status;
 }
 
+static const struct option longopts[] = {
+	{ "zoo", required_argument, NULL, 'z' },
+	{ "format", required_argument, NULL, 'f' },
+	{ "related", no_argument, NULL, 'R' },
+	{ "help", no_argument, NULL, 'h' },
+	{ "version", no_argument, NULL, 'V' },
+	{ NULL, 0, NULL, 0 },
+};
+
+static bool parse_option(void *ctx, int c, const char *arg)
+{
+	struct zoo_ls_opts *o = ctx;
+
+	switch (c) {
+	case 'z':
+		o->zoo_dir = arg;
+		return true;
+	case 'f':
+		if (strcmp(arg, "yaml") && strcmp(arg, "table")) {
+			zm_cli_warn("--format: expected table or yaml, got '%s'",
+			            arg);
+			return false;
+		}
+		o->yaml = strcmp(arg, "yaml") == 0;
+		return true;
+	case 'R':
+		o->related = true;
+		return true;
+	default:
+		return false;
+	}
+}
+
 int main(int argc, char **argv)
 {
-	static const struct option longopts[] = {
-		{ "zoo", required_argument, NULL, 'z' },
-		{ "format", required_argument, NULL, 'f' },
-		{ "related", no_argument, NULL, 'R' },
-		{ "help", no_argument, NULL, 'h' },
-		{ "version", no_argument, NULL, 'V' },
-		{ NULL, 0, NULL, 0 },
-	};
 	struct zoo_ls_opts o = { .zoo_dir = NULL, .yaml = false };
-	int c;
+	int status;
 
 	zm_cli_init(argv[0]);
 	zm_cli_options(options_str);
-	while ((c = getopt_long(argc, argv, "z:f:h", longopts, NULL)) != -1) {
-		switch (c) {
-		case 'z':
-			o.zoo_dir = optarg;
-			break;
-		case 'f':
-			if (!strcmp(optarg, "yaml"))
-				o.yaml = true;
-			else if (!strcmp(optarg, "table"))
-				o.yaml = false;
-			else
-				return zm_cli_usage_error(usage_str,
-					"--format: expected table or yaml, got '%s'",
-					optarg);
-			break;
-		case 'R':
-			o.related = true;
-			break;
-		case 'h':
-			return zm_cli_help(usage_str);
-		case 'V':
-			return zm_cli_show_version();
-		default:
-			return zm_cli_usage_error(usage_str, NULL);
-		}
-	}
+	status = zm_cli_getopt(argc, argv, "z:f:h", longopts, usage_str,
+	                       parse_option, &o, NULL);
+	if (status >= 0)
+		return status;
 	if (optind < argc)
 		return zm_cli_usage_error(usage_str, "unexpected argument '%s'",
 		                          argv[optind]);

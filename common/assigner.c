@@ -13,6 +13,7 @@
 #include "assigner.h"
 #include "mem.h"
 #include "schema.h"
+#include "slicer.h"
 #include "stream.h"
 
 enum zm_status zm_assign_load_models(const struct zm_zoo *zoo,
@@ -158,4 +159,71 @@ enum zm_status zm_assign_create_model(struct zm_zoo *zoo, const char *base,
 		st = zm_assignment_add_model(s, s->slice, 1.0, err);
 	zm_doc_release(&doc);
 	return st;
+}
+
+void zm_assign_run_init(struct zm_assign_run *r)
+{
+	memset(r, 0, sizeof(*r));
+	zm_profile_init(&r->sp);
+}
+
+void zm_assign_run_release(struct zm_assign_run *r)
+{
+	size_t i;
+
+	for (i = 0; r->mp && i < r->k; i++)
+		zm_profile_release(&r->mp[i].prof);
+	free(r->mp);
+	free(r->scores);
+	free(r->w);
+	free(r->idx);
+	free(r->name);
+	zm_profile_release(&r->sp);
+	zm_assign_run_init(r);
+}
+
+enum zm_status zm_assign_run_load(struct zm_assign_run *r,
+                                  const struct zm_zoo *zoo,
+                                  struct zm_error *err)
+{
+	size_t k = zoo->n_models, i;
+
+	if (!(r->mp = zm_calloc(k ? k : 1, sizeof(*r->mp))) ||
+	    !(r->scores = zm_calloc(k ? k : 1, sizeof(*r->scores))) ||
+	    !(r->w = zm_calloc(k ? k : 1, sizeof(*r->w))) ||
+	    !(r->idx = zm_calloc(k ? k : 1, sizeof(*r->idx))))
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	r->k = k;
+	for (i = 0; i < k; i++)
+		zm_profile_init(&r->mp[i].prof);
+	return zm_assign_load_models(zoo, r->mp, err);
+}
+
+enum zm_status zm_assign_slice_file(struct zm_assign_run *r,
+                                    struct zm_assignment *a, const char *path,
+                                    struct zm_assignment_slice **s,
+                                    struct zm_error *err)
+{
+	const struct zm_profile_entry *q;
+	enum zm_status st;
+
+	*s = NULL;
+	free(r->name);
+	r->name = NULL;
+	if ((st = zm_slice_profile_read(path, &r->sp, &r->name, err)))
+		return st;
+	if (!r->name && !(r->name = zm_slice_name_from_path(path)))
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	if (zm_assignment_find(a, r->name))
+		return zm_error_set(err, ZM_ERR_USAGE, "%s: slice '%s' given "
+		                    "twice", path, r->name);
+	q = zm_profile_find(&r->sp, ZM_PROFILE_INPUT);
+	if (!q || !(q->count > 0))
+		return zm_error_set(err, ZM_ERR_DATA, "%s: slice '%s' is empty; "
+		                    "nothing to assign", path, r->name);
+	r->dim = q->dim;
+	if ((st = zm_assignment_add_slice(a, r->name, path, s, err)))
+		return st;
+	return zm_assign_slice(a, r->mp, r->k, q, *s, r->scores, r->w, r->idx,
+	                       err);
 }

@@ -68,4 +68,34 @@ enum zm_status zm_assign_create_model(struct zm_zoo *zoo, const char *base,
                                      struct zm_assignment_slice *s,
                                      struct zm_error *err);
 
+/* One assign run: the zoo's models and the scratch of scoring them. */
+struct zm_assign_run {
+	struct zm_assign_model *mp;  /* owned [k] */
+	size_t k;
+	double *scores, *w;          /* owned scratch [k] */
+	size_t *idx;                 /* owned scratch [k] */
+	struct zm_profile sp;        /* the last slice file's profile */
+	char *name;                  /* owned: the last slice's name */
+	size_t dim;                  /* the last slice's feature count */
+};
+
+void zm_assign_run_init(struct zm_assign_run *r);
+void zm_assign_run_release(struct zm_assign_run *r);
+/* Loads the profiles of the zoo's models (zm_assign_load_models) into
+ * r->mp; their notes are set even when an error follows. */
+enum zm_status zm_assign_run_load(struct zm_assign_run *r,
+                                  const struct zm_zoo *zoo,
+                                  struct zm_error *err);
+/*
+ * Reads the slice file at path (its profile, and its name, else one made
+ * from path: zm_slice_profile_read), adds it to a and scores it
+ * (zm_assign_slice) into *s, which stays NULL when the slice was not
+ * added.  A name already in a is ZM_ERR_USAGE, a slice without rows
+ * ZM_ERR_DATA, both naming path.
+ */
+enum zm_status zm_assign_slice_file(struct zm_assign_run *r,
+                                    struct zm_assignment *a, const char *path,
+                                    struct zm_assignment_slice **s,
+                                    struct zm_error *err);
+
 #endif

@@ -14,6 +14,7 @@
 #include "fileio.h"
 #include "constants.h"
 #include "mem.h"
+#include "metakeys.h"
 #include "stream.h"
 
 /* The header and value formatting of one export, fixed by the first
@@ -73,7 +74,7 @@ static enum zm_status export_header(struct csv_out *c,
                                     const struct zm_data_column *sc,
                                     size_t nsc, struct zm_error *err)
 {
-	const char *label = zm_doc_meta(doc, "zm.label");
+	const char *label = zm_doc_meta(doc, ZM_META_LABEL);
 	char name[64];
 	size_t i;
 	bool first = true;
@@ -82,7 +83,7 @@ static enum zm_status export_header(struct csv_out *c,
 	c->has_y = y != NULL;
 	c->y_int = y && y->dtype == ZM_DTYPE_I64;
 	c->ny = !y ? 0 : y->ndim == 2 ? (size_t)y->shape[1] : 1;
-	meta_list(doc, "zm.columns", &c->columns, &c->ncolumns);
+	meta_list(doc, ZM_META_COLUMNS, &c->columns, &c->ncolumns);
 	if (c->columns && c->ncolumns != c->d) {
 		zm_config_strings_free(c->columns, c->ncolumns);
 		c->columns = NULL;
@@ -91,7 +92,7 @@ static enum zm_status export_header(struct csv_out *c,
 	if (!c->label_name)
 		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 	if (c->y_int)
-		meta_list(doc, "zm.classes", &c->classes, &c->nclasses);
+		meta_list(doc, ZM_META_CLASSES, &c->classes, &c->nclasses);
 	if (nsc && !(c->strings = zm_calloc(nsc, sizeof(*c->strings))))
 		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 	for (i = 0; i < nsc; i++)
@@ -154,7 +155,7 @@ static enum zm_status export_doc(struct csv_out *c, const struct zm_doc *doc,
 	}
 	if (!zm_data_scale(doc, &scale))
 		return zm_error_set(err, ZM_ERR_DATA, "%s: bad zm.scale '%s'",
-		                    where, zm_doc_meta(doc, "zm.scale"));
+		                    where, zm_doc_meta(doc, ZM_META_SCALE));
 	if ((st = zm_data_columns(doc, n, where, &sc, &nsc, err)))
 		return st;
 	if (!c->started) {

@@ -14,6 +14,7 @@
 #include "dataset.h"
 #include "json.h"
 #include "mem.h"
+#include "metakeys.h"
 
 /* ---- the data layout ---- */
 
@@ -151,7 +152,7 @@ enum zm_status zm_data_columns(const struct zm_doc *doc, size_t n,
 
 bool zm_data_scale(const struct zm_doc *doc, float *scale)
 {
-	const char *s = zm_doc_meta(doc, "zm.scale");
+	const char *s = zm_doc_meta(doc, ZM_META_SCALE);
 	double v;
 
 	*scale = 1.0f;
@@ -175,7 +176,7 @@ enum zm_status zm_data_features_width(const struct zm_doc *doc, size_t *d,
 	if (!zm_data_scale(doc, scale))
 		return zm_error_set(err, ZM_ERR_DATA,
 		                    "zm.scale '%s' is not a positive number",
-		                    zm_doc_meta(doc, "zm.scale"));
+		                    zm_doc_meta(doc, ZM_META_SCALE));
 	*d = 1;
 	for (i = 1; i < x->ndim; i++)
 		*d *= (size_t)x->shape[i];

@@ -22,6 +22,7 @@
 #include "json.h"
 #include "mem.h"
 #include "prefetch.h"
+#include "metakeys.h"
 
 /* A CSV record longer than this is refused rather than buffered. */
 #define CSV_MAX_RECORD ((size_t)64 << 20)
@@ -545,11 +546,11 @@ static enum zm_status set_common_meta(struct zm_doc *doc, size_t n,
 	char num[32];
 	enum zm_status st;
 
-	st = zm_doc_set_meta(doc, "zm.kind", "data", err);
+	st = zm_doc_set_meta(doc, ZM_META_KIND, "data", err);
 	if (st != ZM_OK)
 		return st;
 	snprintf(num, sizeof(num), "%zu", n);
-	return zm_doc_set_meta(doc, "zm.samples", num, err);
+	return zm_doc_set_meta(doc, ZM_META_SAMPLES, num, err);
 }
 
 static enum zm_status add_ids(struct zm_doc *doc, uint64_t first, size_t n,
@@ -653,7 +654,7 @@ static enum zm_status idx_next(struct zm_dataset_reader *r,
 	if (st != ZM_OK)
 		goto out;
 	snprintf(scale, sizeof(scale), "%.9g", 1.0f / 255.0f);
-	st = zm_doc_set_meta(doc, "zm.scale", scale, err);
+	st = zm_doc_set_meta(doc, ZM_META_SCALE, scale, err);
 	if (st != ZM_OK)
 		goto out;
 	r->rows += n;
@@ -896,6 +897,45 @@ static enum zm_status csv_columns_json(struct zm_dataset_reader *r,
 	return st;
 }
 
+/*
+ * After csv_scan's pass: every column but the label and id is a feature
+ * (only numbers), a string column (its own levels), or an error.
+ */
+static enum zm_status csv_classify(struct zm_dataset_reader *r, char **names,
+                                   const struct bad_value *bad,
+                                   const bool *numbers, const bool *text,
+                                   struct zm_error *err)
+{
+	size_t i;
+
+	for (i = 0; i < r->ncols; i++) {
+		struct csv_strings *sc;
+
+		if ((long)i == r->label_col || (long)i == r->id_col)
+			continue;
+		if (!bad[i].line) {
+			r->feature_cols[r->nfeatures++] = i;
+			continue;
+		}
+		/* Numbers and other values: a typo, not a string column;
+		 * nothing but empty fields: missing numbers. */
+		if (numbers[i] || !text[i])
+			return not_a_number(r, &bad[i], names[i], err);
+		sc = &r->strings[r->nstrings++];
+		sc->col = i;
+		sc->tensor_name = zm_strconcat(ZM_DATA_COLUMN_PREFIX, names[i],
+		                               NULL);
+		sc->meta_key = zm_strconcat(ZM_DATA_LEVELS_PREFIX, names[i], NULL);
+		if (!sc->tensor_name || !sc->meta_key)
+			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	}
+	if (r->nfeatures == 0)
+		return zm_error_set(err, ZM_ERR_DATA,
+		                    "%s: no feature columns (only label and id)",
+		                    r->csv->src.name);
+	return ZM_OK;
+}
+
 static enum zm_status csv_scan(struct zm_dataset_reader *r,
                                const struct zm_dataset_options *o,
                                struct zm_error *err)
@@ -1003,37 +1043,8 @@ static enum zm_status csv_scan(struct zm_dataset_reader *r,
 	}
 	if (r->id_col >= 0 && !id_int)
 		r->id_col = -1;      /* not ids: an ordinary column */
-	for (i = 0; i < r->ncols; i++) {
-		struct csv_strings *sc;
-
-		if ((long)i == r->label_col || (long)i == r->id_col)
-			continue;
-		if (!bad[i].line) {
-			r->feature_cols[r->nfeatures++] = i;
-			continue;
-		}
-		/* Numbers and other values: a typo, not a string column;
-		 * nothing but empty fields: missing numbers. */
-		if (numbers[i] || !text[i]) {
-			st = not_a_number(r, &bad[i], names[i], err);
-			goto out;
-		}
-		sc = &r->strings[r->nstrings++];
-		sc->col = i;
-		sc->tensor_name = zm_strconcat(ZM_DATA_COLUMN_PREFIX, names[i],
-		                               NULL);
-		sc->meta_key = zm_strconcat(ZM_DATA_LEVELS_PREFIX, names[i], NULL);
-		if (!sc->tensor_name || !sc->meta_key) {
-			st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
-			goto out;
-		}
-	}
-	if (r->nfeatures == 0) {
-		st = zm_error_set(err, ZM_ERR_DATA,
-		                  "%s: no feature columns (only label and id)",
-		                  c->src.name);
+	if ((st = csv_classify(r, names, bad, numbers, text, err)))
 		goto out;
-	}
 	if (r->label_col >= 0)
 		r->label_kind = label_int ? LABEL_INT
 		              : label_num ? LABEL_FLOAT : LABEL_CLASS;
@@ -1203,11 +1214,11 @@ static enum zm_status csv_next(struct zm_dataset_reader *r,
 	if (st == ZM_OK)
 		st = set_common_meta(doc, n, err);
 	if (st == ZM_OK)
-		st = zm_doc_set_meta(doc, "zm.columns", r->columns_json, err);
+		st = zm_doc_set_meta(doc, ZM_META_COLUMNS, r->columns_json, err);
 	if (st == ZM_OK && r->label_name)
-		st = zm_doc_set_meta(doc, "zm.label", r->label_name, err);
+		st = zm_doc_set_meta(doc, ZM_META_LABEL, r->label_name, err);
 	if (st == ZM_OK && r->classes_json)
-		st = zm_doc_set_meta(doc, "zm.classes", r->classes_json, err);
+		st = zm_doc_set_meta(doc, ZM_META_CLASSES, r->classes_json, err);
 	if (st != ZM_OK)
 		goto out;
 	r->rows += n;
@@ -1239,7 +1250,7 @@ static enum zm_status stream_next(struct zm_dataset_reader *r,
 		return st;
 	snprintf(where, sizeof(where), "%s: document %zu",
 	         zm_reader_name(r->stream), zm_reader_doc_number(r->stream));
-	kind = zm_doc_meta(doc, "zm.kind");
+	kind = zm_doc_meta(doc, ZM_META_KIND);
 	if (kind && strcmp(kind, "data") != 0)
 		return zm_error_set(err, ZM_ERR_DATA,
 		                    "%s: a %s document, expected data", where, kind);

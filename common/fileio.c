@@ -480,6 +480,13 @@ static void z_free(voidpf opaque, voidpf p)
 	free(p);
 }
 
+void zm_zstream_alloc(struct z_stream_s *z)
+{
+	z->zalloc = z_alloc;
+	z->zfree = z_free;
+	z->opaque = Z_NULL;
+}
+
 static enum zm_status infile_new(struct zm_infile **fp, const char *name,
                                  struct zm_error *err)
 {
@@ -681,9 +688,7 @@ static enum zm_status infile_start(struct zm_infile *f, struct zm_error *err)
 		return ZM_OK;
 	f->gzip = true;
 	f->member = 1;
-	f->z.zalloc = z_alloc;
-	f->z.zfree = z_free;
-	f->z.opaque = Z_NULL;
+	zm_zstream_alloc(&f->z);
 	f->z.next_in = Z_NULL;
 	f->z.avail_in = 0;
 	/* 15 + 32: a 32 KiB window, gzip or zlib header detected. */

@@ -140,4 +140,10 @@ enum zm_status zm_infile_settle(struct zm_infile *f, struct zm_error *err);
 /* Starts reading again from the beginning (see ZM_INFILE_REWINDABLE). */
 enum zm_status zm_infile_rewind(struct zm_infile *f, struct zm_error *err);
 
+/* Points zlib's allocator of z at zm_malloc and free (opaque Z_NULL), so
+ * that its memory counts like the rest (ZM_FAULT=alloc:N reaches it).
+ * For every inflater and deflater of the library. */
+struct z_stream_s;
+void zm_zstream_alloc(struct z_stream_s *z);
+
 #endif

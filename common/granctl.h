@@ -337,4 +337,38 @@ void zm_gc_explain(const struct zm_gc_analysis *a,
 enum zm_status zm_gc_measure_child(char *const *argv, double *ms,
                                    double *mib, struct zm_error *err);
 
+/* ---- inputs from files and a zoo ---- */
+
+struct zm_zoo;
+
+/*
+ * Fills in from the zoo at zoo_dir (opened for reading, closed before
+ * returning): the models named in models[n_models], then every update
+ * stream of updates[n_updates] with the zoo models its documents name
+ * (an error there is prefixed "PATH: document N: "; a stream without
+ * documents is ZM_ERR_DATA, a failed train-step upstream rather than
+ * nothing to weigh); with neither, every expert of the zoo (routers and
+ * bases are not merged with the experts).
+ */
+enum zm_status zm_gc_read_zoo(struct zm_gc_inputs *in, const char *zoo_dir,
+                              const char *const *models, size_t n_models,
+                              const char *const *updates, size_t n_updates,
+                              struct zm_error *err);
+/* Adds the train-step log at path (zm_gc_add_log). */
+enum zm_status zm_gc_read_log(struct zm_gc_inputs *in, const char *path,
+                              struct zm_error *err);
+/* Adds the data documents at path (zm_gc_add_data) until the profile
+ * holds max_rows rows or more. */
+enum zm_status zm_gc_read_data(struct zm_gc_inputs *in, const char *path,
+                               uint64_t max_rows, struct zm_error *err);
+/*
+ * Runs predict (the program at predict) over data at each level with the
+ * inputs' models of the zoo at zoo_dir and fills in in->latency_ms and
+ * in->memory_mib (zm_gc_measure_child).  A failure is prefixed "at the
+ * LEVEL level: ".
+ */
+enum zm_status zm_gc_measure(struct zm_gc_inputs *in, const char *predict,
+                             const char *zoo_dir, const char *data,
+                             struct zm_error *err);
+
 #endif

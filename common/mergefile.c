@@ -21,6 +21,7 @@
 
 #include "mem.h"
 #include "merge.h"
+#include "metakeys.h"
 #include "profile.h"
 #include "schema.h"
 
@@ -173,7 +174,7 @@ static enum zm_status open_input(struct input *in, struct zm_error *err)
 	if (eof)
 		return zm_error_set(err, ZM_ERR_FORMAT, "%s: empty stream",
 		                    in->label);
-	if (!(arch = zm_doc_meta(&in->hdr, "zm.arch")))
+	if (!(arch = zm_doc_meta(&in->hdr, ZM_META_ARCH)))
 		return zm_error_set(err, ZM_ERR_FORMAT, "%s: no zm.arch metadata "
 		                    "(not a zoomerge model)", in->label);
 	return zm_arch_parse_json(arch, strlen(arch), in->label, &in->arch,
@@ -603,8 +604,8 @@ static enum zm_status output_header(const struct zm_merge_static_opts *o,
 	if (b.failed)
 		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 	if (st == ZM_OK &&
-	    ((st = zm_doc_set_meta(out, "zm.kind", "model", err)) ||
-	     (st = zm_doc_set_meta(out, "zm.arch", b.data, err))))
+	    ((st = zm_doc_set_meta(out, ZM_META_KIND, "model", err)) ||
+	     (st = zm_doc_set_meta(out, ZM_META_ARCH, b.data, err))))
 		goto done;
 	/* The merged model predicts the classes its inputs name, which
 	 * must be the same ones. */
@@ -618,9 +619,9 @@ static enum zm_status output_header(const struct zm_merge_static_opts *o,
 	if (b.failed)
 		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 	if (st == ZM_OK &&
-	    ((st = zm_doc_set_meta(out, "zm.hparams", b.data, err)) ||
-	     (o->name && (st = zm_doc_set_meta(out, "zm.name", o->name, err))) ||
-	     (o->origin && (st = zm_doc_set_meta(out, "zm.origin", o->origin,
+	    ((st = zm_doc_set_meta(out, ZM_META_HPARAMS, b.data, err)) ||
+	     (o->name && (st = zm_doc_set_meta(out, ZM_META_NAME, o->name, err))) ||
+	     (o->origin && (st = zm_doc_set_meta(out, ZM_META_ORIGIN, o->origin,
 	                                         err)))))
 		goto done;
 done:

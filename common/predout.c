@@ -12,6 +12,7 @@
 #include "json.h"
 #include "mem.h"
 #include "granauto.h"
+#include "metakeys.h"
 #include "predict.h"
 #include "schema.h"
 
@@ -437,11 +438,11 @@ static enum zm_status write_stream(struct zm_pred_writer *w,
 	}
 	snprintf(samples, sizeof(samples), "%zu", n);
 	if (st == ZM_OK)
-		st = zm_doc_set_meta(&doc, "zm.kind", "data", err);
+		st = zm_doc_set_meta(&doc, ZM_META_KIND, "data", err);
 	if (st == ZM_OK)
-		st = zm_doc_set_meta(&doc, "zm.samples", samples, err);
+		st = zm_doc_set_meta(&doc, ZM_META_SAMPLES, samples, err);
 	if (st == ZM_OK && w->model)
-		st = zm_doc_set_meta(&doc, "zm.model", w->model, err);
+		st = zm_doc_set_meta(&doc, ZM_META_MODEL, w->model, err);
 	/* pred holds class ids; zm.classes names them. */
 	if (st == ZM_OK && cls)
 		st = zm_names_to_meta(&w->classes, &doc, ZM_META_CLASSES, err);

@@ -24,14 +24,9 @@
 #include <stdint.h>
 
 #include "error.h"
+#include "metakeys.h"   /* ZM_META_CLASSES, _FEATURES, _COLUMNS, _LABEL, _ROLE */
 #include "stream.h"
 
-/* Metadata keys of the schema. */
-#define ZM_META_CLASSES "zm.classes"    /* JSON list: class names by id */
-#define ZM_META_FEATURES "zm.features"  /* model: JSON list of input names */
-#define ZM_META_COLUMNS "zm.columns"    /* data: JSON list of x's columns */
-#define ZM_META_LABEL "zm.label"        /* data: the label column's name */
-#define ZM_META_ROLE "zm.role"          /* model: expert, router or base */
 /* The zoo.yaml tag that mirrors a model's role, so the index shows it. */
 #define ZM_ROLE_TAG "role"
 /* The zm.label of slice --membership data: its classes are slices. */

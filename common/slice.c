@@ -12,6 +12,7 @@
 #include "dataset.h"
 #include "gemm.h"
 #include "mem.h"
+#include "metakeys.h"
 #include "random.h"
 #include "slice.h"
 #include "stream.h"
@@ -663,9 +664,9 @@ enum zm_status zm_slice_rules_bind(struct zm_slice_rules *r,
                                    const struct zm_doc *doc, size_t d,
                                    const char *source, struct zm_error *err)
 {
-	const char *label = zm_doc_meta(doc, "zm.label");
-	const char *cj = zm_doc_meta(doc, "zm.columns");
-	const char *kj = zm_doc_meta(doc, "zm.classes");
+	const char *label = zm_doc_meta(doc, ZM_META_LABEL);
+	const char *cj = zm_doc_meta(doc, ZM_META_COLUMNS);
+	const char *kj = zm_doc_meta(doc, ZM_META_CLASSES);
 	bool has_y = zm_doc_find(doc, "y") != NULL;
 	const struct zm_tensor *x = zm_doc_find(doc, "x");
 	char **cols = NULL, **classes = NULL;

@@ -21,6 +21,7 @@
 #include "fileio.h"
 #include "json.h"
 #include "mem.h"
+#include "metakeys.h"
 #include "slicer.h"
 #include "stream.h"
 
@@ -198,8 +199,8 @@ static char *join_path(const char *dir, const char *name, const char *ext)
 static enum zm_status keep_meta(struct zm_slicer *s, const struct zm_doc *doc,
                                 struct zm_error *err)
 {
-	static const char *const keys[] = { "zm.scale", "zm.columns",
-		"zm.label", "zm.classes" };
+	static const char *const keys[] = { ZM_META_SCALE, ZM_META_COLUMNS,
+		ZM_META_LABEL, ZM_META_CLASSES };
 	enum zm_status st = ZM_OK;
 	size_t i;
 
@@ -374,9 +375,9 @@ static enum zm_status make_doc(struct zm_slicer *s, struct zm_doc *out,
 		                     s->meta.meta[i].value, err);
 	snprintf(num, sizeof(num), "%zu", m);
 	if (st == ZM_OK)
-		st = zm_doc_set_meta(out, "zm.kind", "data", err);
+		st = zm_doc_set_meta(out, ZM_META_KIND, "data", err);
 	if (st == ZM_OK)
-		st = zm_doc_set_meta(out, "zm.samples", num, err);
+		st = zm_doc_set_meta(out, ZM_META_SAMPLES, num, err);
 	return st;
 }
 
@@ -460,7 +461,7 @@ static enum zm_status slice_batch(struct zm_slicer *s, const struct zm_doc *doc,
 		}
 		zm_doc_release(&out);
 		if ((st = make_doc(s, &out, doc, x, y, ids, sel, m, n, err)) ||
-		    (st = zm_doc_set_meta(&out, "zm.slice",
+		    (st = zm_doc_set_meta(&out, ZM_META_SLICE,
 		                          s->rules.rules[j].name, err)) ||
 		    (st = zm_writer_write_doc(so->w, &out, err)))
 			goto out;
@@ -492,10 +493,10 @@ static enum zm_status slice_batch(struct zm_slicer *s, const struct zm_doc *doc,
 		}
 		zm_tensor_release(&yt);
 		if (st == ZM_OK)
-			st = zm_doc_set_meta(&out, "zm.classes",
+			st = zm_doc_set_meta(&out, ZM_META_CLASSES,
 			                     s->classes_json, err);
 		if (st == ZM_OK)
-			st = zm_doc_set_meta(&out, "zm.label", "slice", err);
+			st = zm_doc_set_meta(&out, ZM_META_LABEL, "slice", err);
 		if (st == ZM_OK)
 			st = zm_writer_write_doc(s->member, &out, err);
 	}
@@ -559,14 +560,14 @@ static enum zm_status write_profile(struct zm_slicer *s, size_t j,
 		st = zm_doc_set_meta(&doc, s->meta.meta[i].key,
 		                     s->meta.meta[i].value, err);
 	if (st == ZM_OK)
-		st = zm_doc_set_meta(&doc, "zm.kind", "data", err);
+		st = zm_doc_set_meta(&doc, ZM_META_KIND, "data", err);
 	if (st == ZM_OK)
-		st = zm_doc_set_meta(&doc, "zm.samples", "0", err);
+		st = zm_doc_set_meta(&doc, ZM_META_SAMPLES, "0", err);
 	if (st == ZM_OK)
-		st = zm_doc_set_meta(&doc, "zm.slice", s->rules.rules[j].name,
+		st = zm_doc_set_meta(&doc, ZM_META_SLICE, s->rules.rules[j].name,
 		                     err);
 	if (st == ZM_OK)
-		st = zm_doc_set_meta(&doc, "zm.profile", "true", err);
+		st = zm_doc_set_meta(&doc, ZM_META_PROFILE, "true", err);
 	if (st == ZM_OK)
 		st = zm_writer_write_doc(so->w, &doc, err);
 	zm_doc_release(&doc);
@@ -595,9 +596,9 @@ static enum zm_status write_centroids(struct zm_slicer *s, struct zm_error *err)
 	zm_tensor_release(&t);
 	snprintf(num, sizeof(num), "%" PRIu64, s->rules.k_seed);
 	if (st == ZM_OK)
-		st = zm_doc_set_meta(&doc, "zm.kind", "centroids", err);
+		st = zm_doc_set_meta(&doc, ZM_META_KIND, "centroids", err);
 	if (st == ZM_OK)
-		st = zm_doc_set_meta(&doc, "zm.seed", num, err);
+		st = zm_doc_set_meta(&doc, ZM_META_SEED, num, err);
 	if (st == ZM_OK)
 		st = zm_writer_open(&w, s->centroids_path, ZM_COMPRESS_AUTO,
 		                    err);
@@ -793,7 +794,7 @@ enum zm_status zm_slice_profile_read(const char *path, struct zm_profile *p,
 			goto out;
 		}
 		found = true;
-		name = zm_doc_meta(&doc, "zm.slice");
+		name = zm_doc_meta(&doc, ZM_META_SLICE);
 		free(*slice_name);
 		*slice_name = name ? zm_strdup(name) : NULL;
 	}

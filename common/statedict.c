@@ -10,6 +10,7 @@
 
 #include "fileio.h"
 #include "mem.h"
+#include "metakeys.h"
 #include "npz.h"
 #include "statedict.h"
 
@@ -351,11 +352,10 @@ enum zm_status zm_state_dict_load(const char *path,
 	}
 	if (st == ZM_OK && !arch && zm_npz_is_zip(data, len))
 		st = zm_error_set(err, ZM_ERR_USAGE, "%s: a NumPy archive "
-		                  "holds no architecture; give it with --arch",
-		                  source);
+		                  "holds no architecture", source);
 	if (st != ZM_OK)
 		goto out;
-	if (arch && !zm_doc_meta(&doc, "zm.arch")) {
+	if (arch && !zm_doc_meta(&doc, ZM_META_ARCH)) {
 		st = zm_state_dict_import(&doc, source, arch, out, err);
 		goto out;
 	}

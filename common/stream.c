@@ -56,22 +56,6 @@ struct zm_reader {
 	struct zm_error fail;
 };
 
-static voidpf z_alloc(voidpf opaque, uInt items, uInt size)
-{
-	size_t n;
-
-	(void)opaque;
-	if (!zm_size_mul(items, size, &n))
-		return Z_NULL;
-	return zm_malloc(n);
-}
-
-static void z_free(voidpf opaque, voidpf p)
-{
-	(void)opaque;
-	free(p);
-}
-
 /* The limit from ZM_MAX_MEMORY (default when unset); false when the
  * variable is set but malformed: a safety limit the user mistyped must
  * not silently turn into the default. */
@@ -1043,9 +1027,7 @@ enum zm_status zm_writer_open(struct zm_writer **wp, const char *path,
 	w->cur_strategy = Z_DEFAULT_STRATEGY;
 	if (level == ZM_COMPRESS_NONE)
 		goto open_file;
-	w->z.zalloc = z_alloc;
-	w->z.zfree = z_free;
-	w->z.opaque = Z_NULL;
+	zm_zstream_alloc(&w->z);
 	/* 15 + 16: gzip wrapper, 32 KiB window. */
 	zr = deflateInit2(&w->z, w->cur_level, Z_DEFLATED, 15 + 16, 8,
 	                  w->cur_strategy);

@@ -13,6 +13,7 @@
 #include "lineage.h"
 #include "mem.h"
 #include "merge.h"
+#include "metakeys.h"
 #include "model.h"
 #include "profile.h"
 #include "schema.h"
@@ -55,21 +56,21 @@ enum zm_status zm_update_to_doc(const struct zm_model *trained,
 	if ((st = zm_profile_to_doc(u->profile, doc, err)))
 		return st;
 	snprintf(num, sizeof(num), "%" PRId64, u->parent);
-	if ((st = zm_doc_set_meta(doc, "zm.kind", "update", err)) ||
-	    (st = zm_doc_set_meta(doc, "zm.name", u->name, err)) ||
-	    (st = zm_doc_set_meta(doc, "zm.parent", num, err)))
+	if ((st = zm_doc_set_meta(doc, ZM_META_KIND, "update", err)) ||
+	    (st = zm_doc_set_meta(doc, ZM_META_NAME, u->name, err)) ||
+	    (st = zm_doc_set_meta(doc, ZM_META_PARENT, num, err)))
 		return st;
 	snprintf(num, sizeof(num), "%zu", u->samples);
-	if ((st = zm_doc_set_meta(doc, "zm.samples", num, err)))
+	if ((st = zm_doc_set_meta(doc, ZM_META_SAMPLES, num, err)))
 		return st;
 	snprintf(num, sizeof(num), "%.9g", (double)u->weight);
-	if ((st = zm_doc_set_meta(doc, "zm.weight", num, err)))
+	if ((st = zm_doc_set_meta(doc, ZM_META_WEIGHT, num, err)))
 		return st;
-	if (u->slice && (st = zm_doc_set_meta(doc, "zm.slice", u->slice, err)))
+	if (u->slice && (st = zm_doc_set_meta(doc, ZM_META_SLICE, u->slice, err)))
 		return st;
 	/* The id merge records in the versions it makes from this update. */
 	zm_lineage_digest_doc(doc, id);
-	return zm_doc_set_meta(doc, "zm.id", id, err);
+	return zm_doc_set_meta(doc, ZM_META_ID, id, err);
 }
 
 /* Reads every document of every update stream into *docs. */
@@ -264,10 +265,10 @@ static enum zm_status combine_hparams(const struct upd *us, size_t n_us,
 			continue;
 		zm_lineage_digest_doc(us[i].doc, id);
 		zm_buf_printf(&ids, "%s%s", ids.len ? "," : "", id);
-		if (!(js = zm_doc_meta(us[i].doc, "zm.hparams")))
+		if (!(js = zm_doc_meta(us[i].doc, ZM_META_HPARAMS)))
 			continue;
 		zm_kv_release(&one);
-		if ((st = zm_kv_from_json(&one, js, "zm.hparams", err))) {
+		if ((st = zm_kv_from_json(&one, js, ZM_META_HPARAMS, err))) {
 			zm_error_prefix(err, "update %zu: ", us[i].index);
 			break;
 		}
@@ -325,10 +326,10 @@ static enum zm_status combine_metrics(const struct upd *us, size_t n_us,
 	for (i = 0; i < n_us && st == ZM_OK; i++) {
 		const char *js;
 		if (us[i].model != model ||
-		    !(js = zm_doc_meta(us[i].doc, "zm.metrics")))
+		    !(js = zm_doc_meta(us[i].doc, ZM_META_METRICS)))
 			continue;
 		zm_kv_release(&one);
-		if ((st = zm_kv_from_json(&one, js, "zm.metrics", err)))
+		if ((st = zm_kv_from_json(&one, js, ZM_META_METRICS, err)))
 			break;
 		for (k = 0; k < one.count && st == ZM_OK; k++) {
 			const char *key = one.items[k].key;
@@ -406,8 +407,8 @@ static enum zm_status load_states(struct zm_zoo *zoo, struct upd *us,
 	if (!(ms = zm_calloc(n_us, sizeof(*ms))))
 		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 	for (i = 0; i < n_us && st == ZM_OK; i++) {
-		const char *name = zm_doc_meta(us[i].doc, "zm.name");
-		const char *parent = zm_doc_meta(us[i].doc, "zm.parent");
+		const char *name = zm_doc_meta(us[i].doc, ZM_META_NAME);
+		const char *parent = zm_doc_meta(us[i].doc, ZM_META_PARENT);
 		struct zm_zoo_entry *e;
 		int64_t pv;
 		for (j = 0; j < n; j++)
@@ -696,21 +697,21 @@ enum zm_status zm_merge_apply_updates(struct zm_zoo *zoo,
 		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 	for (i = 0; i < n_updates && st == ZM_OK; i++) {
 		const struct zm_doc *d = &updates[i];
-		const char *kind = zm_doc_meta(d, "zm.kind");
+		const char *kind = zm_doc_meta(d, ZM_META_KIND);
 		us[i].doc = d;
 		us[i].index = i + 1;
-		us[i].slice = zm_doc_meta(d, "zm.slice");
+		us[i].slice = zm_doc_meta(d, ZM_META_SLICE);
 		if (!kind || strcmp(kind, "update") != 0)
 			st = zm_error_set(err, ZM_ERR_FORMAT, "document %zu: "
 			                  "zm.kind is '%s', expected update", i + 1,
 			                  kind ? kind : "(none)");
-		else if (!zm_doc_meta(d, "zm.name") ||
-		         !zm_doc_meta(d, "zm.parent"))
+		else if (!zm_doc_meta(d, ZM_META_NAME) ||
+		         !zm_doc_meta(d, ZM_META_PARENT))
 			st = zm_error_set(err, ZM_ERR_FORMAT, "update %zu: needs "
 			                  "zm.name and zm.parent", i + 1);
-		else if (!(st = meta_double(d, i + 1, "zm.weight", 1.0,
+		else if (!(st = meta_double(d, i + 1, ZM_META_WEIGHT, 1.0,
 		                            &us[i].weight, err)))
-			st = meta_double(d, i + 1, "zm.samples", 1.0,
+			st = meta_double(d, i + 1, ZM_META_SAMPLES, 1.0,
 			                 &us[i].samples, err);
 	}
 	if (st != ZM_OK)

@@ -18,6 +18,7 @@
 #include "fileio.h"
 #include "json.h"
 #include "mem.h"
+#include "metakeys.h"
 #include "zoo.h"
 
 #define ZM_PATH_MAX 4096
@@ -705,17 +706,17 @@ static enum zm_status entry_from_doc(struct zm_zoo_entry *e,
                                      const char *source,
                                      struct zm_error *err)
 {
-	const char *metrics = zm_doc_meta(doc, "zm.metrics");
-	const char *hparams = zm_doc_meta(doc, "zm.hparams");
-	const char *origin = zm_doc_meta(doc, "zm.origin"); /* lineage.h */
+	const char *metrics = zm_doc_meta(doc, ZM_META_METRICS);
+	const char *hparams = zm_doc_meta(doc, ZM_META_HPARAMS);
+	const char *origin = zm_doc_meta(doc, ZM_META_ORIGIN);
 	struct zm_kv_list m = { NULL, 0 }, h = { NULL, 0 };
 	char *o = NULL;
 	enum zm_status st = ZM_OK;
 
 	if (metrics)
-		st = zm_kv_from_json(&m, metrics, "zm.metrics", err);
+		st = zm_kv_from_json(&m, metrics, ZM_META_METRICS, err);
 	if (st == ZM_OK && hparams)
-		st = zm_kv_from_json(&h, hparams, "zm.hparams", err);
+		st = zm_kv_from_json(&h, hparams, ZM_META_HPARAMS, err);
 	if (st == ZM_OK && origin && *origin && !(o = zm_strdup(origin)))
 		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 	if (st != ZM_OK) {
@@ -764,15 +765,15 @@ enum zm_status zm_zoo_put_model(struct zm_zoo *zoo, const char *name,
 	snprintf(path, sizeof(path), "%s/models/%s", zoo->dir, name);
 	if ((st = ensure_dir(zoo, path, err)) != ZM_OK)
 		return st;
-	if ((st = zm_doc_set_meta(doc, "zm.kind", "model", err)) ||
-	    (st = zm_doc_set_meta(doc, "zm.name", name, err)))
+	if ((st = zm_doc_set_meta(doc, ZM_META_KIND, "model", err)) ||
+	    (st = zm_doc_set_meta(doc, ZM_META_NAME, name, err)))
 		return st;
 	snprintf(num, sizeof(num), "%" PRId64, v);
-	if ((st = zm_doc_set_meta(doc, "zm.version", num, err)))
+	if ((st = zm_doc_set_meta(doc, ZM_META_VERSION, num, err)))
 		return st;
 	if (parent) {
 		snprintf(num, sizeof(num), "%" PRId64, parent);
-		st = zm_doc_set_meta(doc, "zm.parent", num, err);
+		st = zm_doc_set_meta(doc, ZM_META_PARENT, num, err);
 		if (st != ZM_OK)
 			return st;
 	}
@@ -884,7 +885,7 @@ enum zm_status zm_zoo_rollback_to(struct zm_zoo *zoo, const char *name,
 		int64_t parent = 0;
 		/* The version the current one was made from, when kept. */
 		if (read_version_header(zoo, e->file, &doc, err) == ZM_OK &&
-		    (p = zm_doc_meta(&doc, "zm.parent")))
+		    (p = zm_doc_meta(&doc, ZM_META_PARENT)))
 			parent = strtoll(p, NULL, 10);
 		zm_doc_release(&doc);
 		if (parent > 0 && parent < e->version && retained(e, parent))

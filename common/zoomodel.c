@@ -1,6 +1,9 @@
 /*
  * Models out of a zoo (zoomodel.h).
  */
+#include <stdlib.h>
+
+#include "mem.h"
 #include "model.h"
 #include "stream.h"
 #include "zoo.h"
@@ -48,4 +51,33 @@ enum zm_status zm_zoo_load_model_at(const char *dir, const char *name,
 		st = zm_zoo_load_model(zoo, name, out, NULL, err);
 	zm_zoo_close(zoo);
 	return st;
+}
+
+enum zm_status zm_zoo_load_all(const struct zm_zoo *zoo,
+                               struct zm_model ***out, struct zm_error *err)
+{
+	struct zm_model **ms;
+	enum zm_status st = ZM_OK;
+	size_t i;
+
+	*out = NULL;
+	if (!(ms = zm_calloc(zoo->n_models + 1, sizeof(*ms))))
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	for (i = 0; i < zoo->n_models && st == ZM_OK; i++)
+		st = zm_zoo_load_entry(zoo, &zoo->models[i], &ms[i], err);
+	if (st != ZM_OK) {
+		zm_zoo_models_free(ms);
+		return st;
+	}
+	*out = ms;
+	return ZM_OK;
+}
+
+void zm_zoo_models_free(struct zm_model **ms)
+{
+	size_t i;
+
+	for (i = 0; ms && ms[i]; i++)
+		zm_model_free(ms[i]);
+	free(ms);
 }

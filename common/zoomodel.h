@@ -34,4 +34,11 @@ enum zm_status zm_zoo_load_model_at(const char *dir, const char *name,
                                     struct zm_model **out,
                                     struct zm_error *err);
 
+/* Every model of zoo, in the zoo's order, into *out (new, NULL-terminated;
+ * free with zm_zoo_models_free); an error names the model's file, and
+ * then *out is NULL. */
+enum zm_status zm_zoo_load_all(const struct zm_zoo *zoo,
+                               struct zm_model ***out, struct zm_error *err);
+void zm_zoo_models_free(struct zm_model **ms);
+
 #endif

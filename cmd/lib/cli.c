@@ -93,6 +93,8 @@ int zm_cli_getopt(int argc, char **argv, const char *shortopts,
 		if (!parse(ctx, c, optarg))
 			return zm_cli_usage_error(usage, NULL);
 	}
+	if (!file)
+		return -1;
 	if (optind < argc)
 		*file = argv[optind++];
 	if (optind < argc)

@@ -59,8 +59,11 @@ bool zm_cli_double(const char *option, const char *text, double min,
  * (--version) answer at once and every other option goes to
  * parse(ctx, c, optarg), which prints what is wrong and returns false.
  * One optional FILE operand goes to *file; a second is a usage error.
+ * With file NULL the operands are left to the caller, from argv[optind].
  * Returns -1 to go on, else the exit status for main to return (usage
- * printed).
+ * printed).  Every program's option loop is this one, so that --help,
+ * --version and usage errors (exit 2, one line naming the option, then
+ * "Try 'PROGRAM --help'.") behave alike.
  */
 struct option;
 int zm_cli_getopt(int argc, char **argv, const char *shortopts,
