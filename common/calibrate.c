@@ -146,6 +146,7 @@ enum zm_status zm_calibrate_slices(struct zm_zoo *zoo,
 {
 	struct zm_density *dens = NULL;
 	const struct zm_density **dp = NULL;
+	struct zm_density **tie = NULL;
 	size_t *col = NULL, *src = NULL, i, s, n = 0, cap = 0, used = 0, d = 0;
 	size_t sources = 0;
 
@@ -157,6 +158,7 @@ enum zm_status zm_calibrate_slices(struct zm_zoo *zoo,
 
 	if (!(dens = zm_calloc(k ? k : 1, sizeof(*dens))) ||
 	    !(dp = zm_calloc(k ? k : 1, sizeof(*dp))) ||
+	    !(tie = zm_calloc(k ? k : 1, sizeof(*tie))) ||
 	    !(col = zm_calloc(k ? k : 1, sizeof(*col)))) {
 		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 		goto out;
@@ -212,6 +214,11 @@ enum zm_status zm_calibrate_slices(struct zm_zoo *zoo,
 		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 		goto out;
 	}
+	/* The residual variance tied as predict ties it (density.h). */
+	for (i = 0, s = 0; i < k; i++)
+		if (col[i] != SIZE_MAX)
+			tie[s++] = &dens[i];
+	zm_density_tie_residual(tie, s);
 	if ((st = zm_density_loglik(dp, used, x, n, ll, err)) ||
 	    (st = zm_calibrate(ll, src, n, used, c, err)))
 		goto out;
@@ -234,6 +241,7 @@ out:
 		zm_density_release(&dens[i]);
 	free(dens);
 	free(dp);
+	free(tie);
 	free(col);
 	free(src);
 	free(x);

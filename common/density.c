@@ -306,6 +306,34 @@ static void finish(struct zm_density *m, double floor)
 	}
 }
 
+void zm_density_tie_residual(struct zm_density *const *m, size_t k)
+{
+	double ls = 0, s2;
+	size_t i, j, c;
+
+	if (k < 2)
+		return;
+	for (i = 0; i < k; i++) {
+		if (!m[i]->q || m[i]->d != m[0]->d || !(m[i]->s2 > 0))
+			return;
+		ls += log(m[i]->s2);
+	}
+	s2 = exp(ls / (double)k);
+	for (i = 0; i < k; i++) {
+		struct zm_density *d = m[i];
+		d->s2 = s2;
+		d->logdet = (double)(d->d - d->q) * log(s2);
+		for (c = 0; c < d->q; c++) {
+			d->coef[c] = 1 / s2 - 1 / d->pcvar[c];
+			d->logdet += log(d->pcvar[c]);
+		}
+		for (j = 0; j < d->d; j++) {
+			d->var[j] = s2;
+			d->ivar[j] = (float)(1 / s2);
+		}
+	}
+}
+
 enum zm_status zm_density_diag(struct zm_density *m, const double *mean,
                                const double *var, size_t d, double count,
                                struct zm_error *err)

@@ -657,11 +657,21 @@ static enum zm_status load_densities(struct zm_weighter *w,
 			}
 		}
 	w->separable = w->sep_kl >= w->sep_need && w->sep_kl >= 0;
-	if (!w->separable)
+	if (!w->separable) {
 		snprintf(w->why, sizeof(w->why), "the models' input densities "
 		         "are indistinguishable (symmetric KL %.3g between '%s' "
 		         "and '%s', below %.3g)", w->sep_kl, names[w->sep_a],
 		         names[w->sep_b], w->sep_need);
+		return ZM_OK;
+	}
+	/* Routing compares the models' residuals on one scale (density.h);
+	 * separability was judged on the densities as fitted. */
+	{
+		struct zm_density *dp[ZM_WEIGHTER_MAX_MODELS];
+		for (i = 0; i < k; i++)
+			dp[i] = &w->dens[i];
+		zm_density_tie_residual(dp, k);
+	}
 	return ZM_OK;
 }
 

@@ -209,6 +209,92 @@ START_TEST(test_ppca_against_naive)
 }
 END_TEST
 
+/*
+ * Tying the residual variance: every s2 becomes the geometric mean, the
+ * directions keep their variances (the first model's third falls below
+ * the tied s2 here), and the log-likelihood is still that of the
+ * Gaussian with the covariance built densely from them (naive
+ * reference).  A diagonal density, one density or unequal widths leave
+ * everything as it was.
+ */
+START_TEST(test_tie_residual)
+{
+	const size_t n = 2000, d = 12, q = 3;
+	float *x[2];
+	struct zm_scatter s[2];
+	struct zm_density m[2], dg;
+	struct zm_density *mp[3] = { &m[0], &m[1], &dg };
+	const struct zm_density *cm[2] = { &m[0], &m[1] };
+	double s2a, s2b, tied, pv2, ll[2 * 4], cp[144], mean[12];
+	double dm[12], dv[12];
+	struct zm_error err;
+	size_t i, j, k, r, t;
+
+	zm_gemm_setup(1);
+	x[0] = make_rows(n, d, 11, 0.2);
+	x[1] = make_rows(n, d, 12, -0.1);
+	for (i = 0; i < n * d; i++)
+		x[1][i] *= 30;
+	for (t = 0; t < 2; t++) {
+		zm_scatter_init(&s[t]);
+		zm_density_init(&m[t]);
+		ck_assert_int_eq(zm_scatter_add(&s[t], x[t], n, d, &err), ZM_OK);
+		ck_assert_int_eq(zm_density_fit(&m[t], &s[t], q, &err), ZM_OK);
+		ck_assert_uint_eq(m[t].q, q);
+	}
+	s2a = m[0].s2;
+	s2b = m[1].s2;
+	pv2 = m[0].pcvar[2];
+	tied = sqrt(s2a * s2b);
+	ck_assert_double_lt(pv2, tied);
+	/* No-ops: one density; a diagonal one among them; unequal widths. */
+	for (j = 0; j < d; j++) {
+		dm[j] = 0;
+		dv[j] = 1;
+	}
+	zm_density_init(&dg);
+	ck_assert_int_eq(zm_density_diag(&dg, dm, dv, d, 10, &err), ZM_OK);
+	zm_density_tie_residual(mp, 1);
+	zm_density_tie_residual(mp, 3);
+	ck_assert_double_eq(m[0].s2, s2a);
+	ck_assert_double_eq(m[1].s2, s2b);
+	m[1].d = d - 1;
+	zm_density_tie_residual(mp, 2);
+	m[1].d = d;
+	ck_assert_double_eq(m[0].s2, s2a);
+	zm_density_tie_residual(mp, 2);
+	for (t = 0; t < 2; t++) {
+		ck_assert_double_eq_tol(m[t].s2, tied, 1e-12 * tied);
+		ck_assert_double_eq_tol(m[t].ivar[0], 1 / tied, 1e-6 / tied);
+	}
+	ck_assert_double_eq(m[0].pcvar[2], pv2);
+	ck_assert_int_eq(zm_density_loglik(cm, 2, x[0], 4, ll, &err), ZM_OK);
+	for (t = 0; t < 2; t++) {
+		for (j = 0; j < d; j++)
+			mean[j] = m[t].mean[j];
+		for (i = 0; i < d; i++)
+			for (j = 0; j < d; j++) {
+				cp[i * d + j] = i == j ? tied : 0;
+				for (k = 0; k < q; k++)
+					cp[i * d + j] += (m[t].pcvar[k] - tied) *
+					                 m[t].pc[k * d + i] *
+					                 m[t].pc[k * d + j];
+			}
+		for (r = 0; r < 4; r++)
+			ck_assert_double_eq_tol(ll[r * 2 + t],
+			                        naive_loglik(cp, mean,
+			                                     x[0] + r * d, d),
+			                        1e-6 * (1 + fabs(ll[r * 2 + t])));
+	}
+	for (t = 0; t < 2; t++) {
+		zm_density_release(&m[t]);
+		zm_scatter_release(&s[t]);
+		free(x[t]);
+	}
+	zm_density_release(&dg);
+}
+END_TEST
+
 /* The KL between two diagonal Gaussians in closed form per feature. */
 START_TEST(test_kl_diag_closed_form)
 {
@@ -507,6 +593,7 @@ Suite *suite_density(void)
 
 	tcase_add_test(tc, test_ppca_against_naive);
 	tcase_add_test(tc, test_kl_diag_closed_form);
+	tcase_add_test(tc, test_tie_residual);
 	tcase_add_test(tc, test_calibration_recovers_posterior);
 	tcase_add_test(tc, test_route_assign_and_disagree);
 	tcase_add_test(tc, test_hard_routing_is_the_model_alone);
