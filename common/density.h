@@ -145,8 +145,9 @@ enum zm_status zm_density_ppca(struct zm_density *m, const float *mean,
  * misfitted scale then decides more than the data do.  On one shared
  * scale, |r|^2 / s2 compares the distances themselves, while the
  * directions keep their own variances and log-determinants.  Measured
- * (tests/bench/adaptive.sh): the top model is the right one for 0.93 of
- * the label-group specialists' rows with their own s2, 0.955 tied.
+ * (tests/bench/adaptive.sh): the top model is the right one for 0.926 of
+ * the label-group specialists' routing rows with their own s2, 0.952
+ * tied; accuracy 0.797 -> 0.814 (fine-tuned), 0.776 -> 0.794 (seeded).
  * Afterwards a pcvar may lie below s2 (C stays positive definite).
  */
 void zm_density_tie_residual(struct zm_density *const *m, size_t k);

@@ -326,6 +326,11 @@ void zm_predict_explain(const struct zm_predictor *p,
 				              w->dens[i].q ? "PPCA" : "diagonal");
 			if (w->dens[0].q)
 				zm_buf_printf(b, " with %zu directions", w->dens[0].q);
+			for (i = 0; i < K && w->dens[i].q; i++)
+				;
+			if (i == K)
+				zm_buf_printf(b, ", one residual variance %.4g "
+				              "for all", w->dens[0].s2);
 			zm_buf_printf(b, "); the models' data differ: symmetric "
 			              "KL %.4g between '%s' and '%s' (%.4g needed)\n",
 			              w->sep_kl, names[w->sep_a], names[w->sep_b],
