@@ -17,6 +17,10 @@
 #   sources    a CSV with a string column source (north, south, west: three
 #              synthetic sources, with their own feature distribution and
 #              their own classes' geometry), one model per source
+#   unrelated  three specialists (tops, shoes, rest: labels 1, 3, 8)
+#              created with different seeds (1, 2, 3), so that their hidden
+#              units do not correspond (issue 23), each trained on its slice
+#   oneinit    the same three from one seeded initialisation (seed 1)
 #
 # Sizes: an 11,950-row subset of the Fashion-MNIST training set (a seeded
 # hash of the id, 0.2), the 10,000 test images, an MLP 784-256-128-10; the
@@ -32,7 +36,8 @@
 #   ZM_BIN                the programs [build/bin of this checkout]
 #   ZM_FASHION_MNIST      the IDX files [/usr/share/datasets/fashion-mnist]
 #   ZM_BENCH_TRAIN        the 60k training stream, already imported [import]
-#   ZM_ADAPTIVE_ZOOS      which zoos [finetuned seeded hparams domains sources]
+#   ZM_ADAPTIVE_ZOOS      which zoos [finetuned seeded hparams domains sources
+#                         unrelated oneinit]
 #   ZM_ADAPTIVE_REUSE     1: keep the zoos DIR already holds, only measure
 #   ZM_ADAPTIVE_EPOCHS    epochs of the specialists and the joint model [3]
 # Lines: "bench: adaptive-ZOO-WHAT: VALUE UNIT (REF: VALUE UNIT, ratio R)",
@@ -47,7 +52,7 @@ here=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${ZM_BIN:-$here/build/bin}
 BIN=$(cd "$BIN" && pwd)
 FM=${ZM_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
-ALL_ZOOS="finetuned seeded hparams domains sources"
+ALL_ZOOS="finetuned seeded hparams domains sources unrelated oneinit"
 ZOOS=${ZM_ADAPTIVE_ZOOS:-$ALL_ZOOS}
 REUSE=${ZM_ADAPTIVE_REUSE:-0}
 EPOCHS=${ZM_ADAPTIVE_EPOCHS:-3}
@@ -132,6 +137,13 @@ slices:
   - {name: bottoms, where: {label: [1, 3]}}
   - {name: shoes,   where: {label: [5, 7, 9]}}
   - {name: bags,    where: {label: [8]}}
+EOF
+cat >"$C/groups3.yaml" <<'EOF'
+mode: partition
+slices:
+  - {name: tops,  where: {label: [0, 2, 4, 6]}}
+  - {name: shoes, where: {label: [5, 7, 9]}}
+  - {name: rest,  where: {label: [1, 3, 8]}}
 EOF
 cat >"$C/route.yaml" <<'EOF'
 slices:
@@ -249,6 +261,40 @@ build_groups() { # ZD BASE_EPOCHS
 	test_parts "$zd" "$C/groups.yaml"
 	identity_assignment "$zd/assignment.yaml" $LABEL_GROUPS
 	echo "$LABEL_GROUPS" >"$zd/models.txt"
+}
+
+# build_seeds ZD SAME: the three-slice specialists, each created by zoo-add
+# from the architecture with seed i (SAME 0: unrelated models) or all with
+# seed 1 (SAME 1: one initialisation), trained on its slice.
+GROUPS3="tops shoes rest"
+build_seeds() {
+	zd=$1
+	mkdir -p "$zd/models"
+	P slice --rules "$C/groups3.yaml" --out-dir "$zd/slices" \
+		--membership "$zd/membership.safetensors.gz" "$C/train.safetensors.gz" >/dev/null
+	P zoo-add --zoo "$zd/init-zoo" --name base --arch "$C/mlp.yaml" --seed 1
+	cp "$(mfile "$zd/init-zoo" base)" "$zd/models/base.safetensors.gz"
+	rm -rf "$zd/init-zoo"
+	i=0
+	for s in $GROUPS3; do
+		i=$((i + 1))
+		seed=$i
+		[ "$2" = 1 ] && seed=1
+		P zoo-add --zoo "$zd/zoo" --name "$s" --arch "$C/mlp.yaml" --seed "$seed" --tag "slice=$s"
+		P train-step --zoo "$zd/zoo" --model "$s" --epochs "$EPOCHS" $TRAIN --seed "$i" \
+			--apply "$zd/slices/$s.safetensors.gz"
+	done
+	joint_from "$zd" "$EPOCHS" "$C/train.safetensors.gz"
+	router "$zd" 784 3
+	set -- $(for m in $GROUPS3; do mfile "$zd/zoo" "$m"; done)
+	# A static merge of unrelated models is refused without this (issue 23).
+	P merge --quiet --allow-unrelated --method linear -o "$zd/models/soup.safetensors.gz" "$@"
+	P merge --quiet --allow-unrelated --method ties --base "$zd/models/base.safetensors.gz" \
+		--density 0.2 -o "$zd/models/ties.safetensors.gz" "$@"
+	cp "$C/test.safetensors.gz" "$zd/test.safetensors.gz"
+	test_parts "$zd" "$C/groups3.yaml"
+	identity_assignment "$zd/assignment.yaml" $GROUPS3
+	echo "$GROUPS3" >"$zd/models.txt"
 }
 
 build_hparams() {
@@ -489,11 +535,30 @@ measure() { # ZD HAS_SLICES
 	routing "$zd" $K --weighting similarity --per row
 	pred "$zd" kl-row "similarity per row (kl, T 1)" $K --weighting similarity --per row
 	REPS=1
+	# The defaults once assign --calibrate has fitted the routing
+	# temperature on the slices' rows (in a copy of the zoo).
+	if [ -d "$zd/slices" ]; then
+		rm -rf "$zd/zoo-cal"
+		cp -r "$zd/zoo" "$zd/zoo-cal"
+		P assign --zoo "$zd/zoo-cal" --calibrate -o "$zd/calibrated.yaml" \
+			$(for m in "$@"; do echo "$zd/slices/$m.safetensors.gz"; done)
+		KC="--zoo $zd/zoo-cal"
+		for m in "$@"; do KC="$KC --model $m"; done
+		routing "$zd" $KC
+		pred "$zd" calibrated "defaults after assign --calibrate" $KC
+		rm -rf "$zd/zoo-cal" "$zd/calibrated.yaml"
+	fi
 	routing "$zd" $K $TUNED1
 	pred "$zd" tuned-cosine "hand-tuned: $TUNED1" $K $TUNED1
 	routing "$zd" $K $TUNED2
 	pred "$zd" tuned-mahalanobis "hand-tuned: $TUNED2" $K $TUNED2
 	RA=
+	# Beside the defaults (issue 23): the output ensemble, every row to
+	# its top model, and the models' layers mixed with the same weights.
+	pred "$zd" ensemble "output ensemble (--weighting uniform --merge ensemble)" $K \
+		--weighting uniform --merge ensemble
+	pred "$zd" hard "hard routing (--threshold 0)" $K --threshold 0
+	pred "$zd" layers "layer-wise (--merge outputs)" $K --merge outputs
 	pred "$zd" soup "soup (merge --method linear)" --model-file "$zd/models/soup.safetensors.gz"
 	pred "$zd" ties "TIES (density 0.2)" --model-file "$zd/models/ties.safetensors.gz"
 	for m in "$@"; do pred "$zd" "single-$m" "single model $m" --zoo "$zd/zoo" --model "$m"; done
@@ -539,6 +604,10 @@ report() { # NAME ZD KIND(specialists|mixed|hparams)
 	rtr=$(col "$zd" router 3)
 	echo "bench: adaptive-$zn-defaults-vs-soup: $d accuracy (soup: $soup accuracy, ratio $(ratio "$d" "$soup"))"
 	echo "bench: adaptive-$zn-defaults-vs-best-single: $d accuracy (single model $bestn: $best accuracy, ratio $(ratio "$d" "$best"))"
+	ca=$(col "$zd" calibrated 3)
+	if [ -n "$ca" ]; then
+		echo "bench: adaptive-$zn-calibrated: $ca accuracy, log-loss $(col "$zd" calibrated 4), routing $(col "$zd" calibrated 6) (defaults: $d accuracy, log-loss $dl, routing $(col "$zd" defaults 6))"
+	fi
 	echo "bench: adaptive-$zn-ties: $(col "$zd" ties 3) accuracy (soup: $soup accuracy, ratio $(ratio "$(col "$zd" ties 3)" "$soup"))"
 	for t in tuned-cosine tuned-mahalanobis; do
 		echo "bench: adaptive-$zn-defaults-vs-$t: $d accuracy ($(col "$zd" $t 2): $(col "$zd" $t 3) accuracy, ratio $(ratio "$d" "$(col "$zd" $t 3)"))"
@@ -617,9 +686,13 @@ summary() {
 		printf '\n'
 	}
 	row "defaults (no weighting flags)" cell defaults
+	row "defaults after \`assign --calibrate\`" cell calibrated
 	row "similarity per row (\`--per row\`: kl, T 1)" cell kl-row
 	row "\`$TUNED1\`" cell tuned-cosine
 	row "\`$TUNED2\`" cell tuned-mahalanobis
+	row "output ensemble (\`--weighting uniform --merge ensemble\`)" cell ensemble
+	row "hard routing (\`--threshold 0\`)" cell hard
+	row "layer-wise (\`--merge outputs\`)" cell layers
 	row "soup (\`merge --method linear\`)" cell soup
 	row "TIES (density 0.2)" cell ties
 	row "best single model" best
@@ -692,13 +765,15 @@ for zn in $ZOOS; do
 		hparams) build_hparams "$zd" ;;
 		domains) build_domains "$zd" ;;
 		sources) build_sources "$zd" ;;
+		unrelated) build_seeds "$zd" 0 ;;
+		oneinit) build_seeds "$zd" 1 ;;
 		*) echo "bench: $prog: unknown zoo $zn"; exit 1 ;;
 		esac
 		echo "bench: $prog: built $zn at $(elapsed) s"
 	fi
 	measure "$zd"
 	case $zn in
-	finetuned | seeded) kind=specialists ;;
+	finetuned | seeded | unrelated | oneinit) kind=specialists ;;
 	hparams) kind=hparams ;;
 	*) kind=mixed ;;
 	esac
