@@ -31,7 +31,13 @@ size_t zm_route_assign(const double *w, size_t n, size_t k,
 		for (i = 1; i < k; i++)
 			if (wr[i] > wr[best])
 				best = i;
-		if (wr[best] >= threshold) {
+		for (i = 0; i < k; i++)
+			if (i != best && wr[i] == wr[best])
+				break;
+		/* A tie is no decision: uniform weights (models that cannot
+		 * be told apart) under a low --threshold are mixed, not all
+		 * sent to the first model. */
+		if (wr[best] >= threshold && i == k) {
 			group[r] = best;
 		} else {
 			group[r] = SIZE_MAX;

@@ -46,8 +46,9 @@ struct zm_route_stats {
 
 /*
  * For n rows of weights w [n, k] (rows summing to 1): group[r] = the model
- * that computes row r alone (its weight >= threshold; the first on ties),
- * or SIZE_MAX for a mixed row.  Returns the number of mixed rows.
+ * that computes row r alone (its weight >= threshold and above every
+ * other's), or SIZE_MAX for a mixed row (a tie for the largest weight is
+ * mixed).  Returns the number of mixed rows.
  */
 size_t zm_route_assign(const double *w, size_t n, size_t k,
                        double threshold, size_t *group);

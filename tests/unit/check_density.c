@@ -405,8 +405,18 @@ START_TEST(test_route_assign_and_disagree)
 	ck_assert_uint_eq(g[0], 0);
 	ck_assert_uint_eq(g[1], 1);
 	ck_assert_uint_eq(g[2], SIZE_MAX);
-	ck_assert_uint_eq(zm_route_assign(mixed, 3, 2, 0.5, g), 0);
-	ck_assert_uint_eq(g[2], 0);
+	/* The tie of row 2 stays mixed at any threshold. */
+	ck_assert_uint_eq(zm_route_assign(mixed, 3, 2, 0.5, g), 1);
+	ck_assert_uint_eq(g[0], 0);
+	ck_assert_uint_eq(g[1], 1);
+	ck_assert_uint_eq(g[2], SIZE_MAX);
+	ck_assert_uint_eq(zm_route_assign(mixed, 3, 2, 0, g), 1);
+	ck_assert_uint_eq(g[2], SIZE_MAX);
+	{
+		const double four[4] = { 0.25, 0.25, 0.25, 0.25 };
+		ck_assert_uint_eq(zm_route_assign(four, 1, 4, 0, g), 1);
+		ck_assert_uint_eq(g[0], SIZE_MAX);
+	}
 }
 END_TEST
 
