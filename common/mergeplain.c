@@ -910,80 +910,40 @@ static enum zm_status outset_commit(struct outset *os,
 /* Elements per chunk of the streamed methods: 1 Mi (4 MiB of F32). */
 #define PLAIN_CHUNK ((size_t)1 << 20)
 
-enum zm_status zm_merge_plain(const struct zm_merge_static_opts *o,
-                              struct zm_error *err)
-{
-	bool base = zm_merge_method_needs_base(o->method);
-	/* Every method but TIES (its cut) and SLERP (its angle) is
-	 * elementwise: chunks of any size give the same result, except
-	 * DARE's draws, which follow the chunk order (still seeded). */
-	bool chunked = o->method == ZM_MERGE_LINEAR ||
-	               o->method == ZM_MERGE_TASK_ARITHMETIC ||
-	               o->method == ZM_MERGE_DARE;
-	size_t n_in = o->n_models + (base ? 1 : 0), ref, i, t, cap = 0;
-	size_t chunk = o->chunk ? o->chunk : PLAIN_CHUNK;
-	struct pin *ins = NULL;
-	struct zm_doc out;
+/* One merge of plain checkpoints: its inputs and its buffers. */
+struct plain_run {
+	const struct zm_merge_static_opts *o;
+	struct pin *ins;                    /* models, then the base */
+	size_t n_in, ref, chunk;
+	bool base, chunked;
+	double *wts, *dens, *gam;           /* per model, per tensor */
+	float *x, *bx, *res;                /* chunk-sized */
+	void *raw, *obuf;                   /* chunk-sized, 8 bytes each */
 	struct zm_merge_acc acc;
-	struct zm_writer *w = NULL;
-	double *wts = NULL, *dens = NULL, *gam = NULL;
-	float *x = NULL, *bx = NULL, *res = NULL;
-	void *raw = NULL, *obuf = NULL;
 	struct emit_ctx ec;
-	struct outset os;
-	enum zm_status st = ZM_OK;
+};
 
-	zm_doc_init(&out);
-	memset(&acc, 0, sizeof(acc));
-	memset(&os, 0, sizeof(os));
-	if (o->n_models == 0)
-		return zm_error_set(err, ZM_ERR_USAGE, "no models to merge");
-	if (o->method == ZM_MERGE_SLERP && o->n_models != 2)
-		return zm_error_set(err, ZM_ERR_USAGE, "slerp merges exactly "
-		                    "two models, not %zu", o->n_models);
-	if (base && !o->base_path)
-		return zm_error_set(err, ZM_ERR_USAGE, "%s needs a base model "
-		                    "(--base or base: in the config)",
-		                    zm_merge_method_name(o->method));
-	if (!(ins = zm_calloc(n_in, sizeof(*ins))) ||
-	    !(wts = zm_calloc(o->n_models, sizeof(*wts))) ||
-	    !(dens = zm_calloc(o->n_models, sizeof(*dens))) ||
-	    !(gam = zm_calloc(o->n_models, sizeof(*gam))))
-		goto nomem;
-	if (o->set_dtype && o->out_dtype != ZM_DTYPE_F32 &&
-	    o->out_dtype != ZM_DTYPE_F16 && o->out_dtype != ZM_DTYPE_BF16) {
-		st = zm_error_set(err, ZM_ERR_USAGE, "merge: output dtype %s: "
-		                  "expected F32, F16 or BF16",
-		                  zm_dtype_name(o->out_dtype));
-		goto out;
-	}
-	for (i = 0; i < n_in; i++) {
-		zm_doc_init(&ins[i].hdr);
-		zm_doc_init(&ins[i].ahead);
-		ins[i].path = i < o->n_models ? o->paths[i] : o->base_path;
-		ins[i].label = i < o->n_models ? o->labels[i]
-		               : (o->base_label ? o->base_label : o->base_path);
-	}
-	for (i = 0; i < o->n_models && st == ZM_OK; i++) {
-		st = plain_weight(o, i, &wts[i], err);
-		dens[i] = o->method == ZM_MERGE_DARE ? 1.0 - o->params.drop
-		                                     : o->params.density;
-	}
-	for (i = 0; i < n_in && st == ZM_OK; i++)
-		st = pin_open(&ins[i], err);
-	ref = base ? o->n_models : 0;
-	if (st == ZM_OK)
-		st = check_names(ins, n_in, ref, o->copy_missing, err);
-	if (st != ZM_OK)
-		goto out;
-	/* The output: the reference's tensors, dtypes and metadata (but
-	 * none of zoomerge's own keys, which describe another model). */
-	for (t = 0; t < ins[ref].hdr.n_tensors && st == ZM_OK; t++) {
-		const struct zm_tensor *h = &ins[ref].hdr.tensors[t];
+/*
+ * The output's header: the reference's tensors, dtypes and metadata
+ * (but none of zoomerge's own keys, which describe another model).
+ * *cap is the largest tensor's element count.
+ */
+static enum zm_status plain_output_doc(const struct plain_run *r,
+                                       struct zm_doc *out, size_t *cap,
+                                       struct zm_error *err)
+{
+	const struct zm_doc *hdr = &r->ins[r->ref].hdr;
+	const struct zm_merge_static_opts *o = r->o;
+	enum zm_status st = ZM_OK;
+	size_t t, i;
+
+	*cap = 0;
+	for (t = 0; t < hdr->n_tensors && st == ZM_OK; t++) {
+		const struct zm_tensor *h = &hdr->tensors[t];
 		struct zm_tensor c = *h;
 		size_t numel = h->nbytes / zm_dtype_size(h->dtype);
-		if (numel > cap)
-			cap = numel;
+		if (numel > *cap)
+			*cap = numel;
 		c.data = NULL;
 		c.owns_data = false;
 		if (o->set_dtype && zm_dtype_is_float(h->dtype)) {
@@ -991,27 +951,286 @@ enum zm_status zm_merge_plain(const struct zm_merge_static_opts *o,
 			c.nbytes = numel * zm_dtype_size(c.dtype);
 		}
 		if (!(c.name = zm_strdup(h->name)))
-			goto nomem;
-		st = zm_doc_add(&out, &c, err);
+			return zm_error_set(err, ZM_ERR_NOMEM,
+			                    "merge: out of memory");
+		st = zm_doc_add(out, &c, err);
 	}
-	for (i = 0; i < ins[ref].hdr.n_meta && st == ZM_OK; i++) {
-		const struct zm_meta_entry *e = &ins[ref].hdr.meta[i];
+	for (i = 0; i < hdr->n_meta && st == ZM_OK; i++) {
+		const struct zm_meta_entry *e = &hdr->meta[i];
 		if (strncmp(e->key, "zm.", 3) != 0)
-			st = zm_doc_set_meta(&out, e->key, e->value, err);
+			st = zm_doc_set_meta(out, e->key, e->value, err);
 	}
+	return st;
+}
+
+/*
+ * A float tensor some input lacks, copied from the reference into the
+ * output's dtype; the others' copies are read past.
+ */
+static enum zm_status plain_copy_converted(struct plain_run *r,
+                                           const struct zm_tensor *h,
+                                           size_t n, const bool *cch,
+                                           struct zm_error *err)
+{
+	enum zm_status st = ZM_OK;
+	size_t off, m, i;
+
+	r->ec.h = h;
+	for (off = 0; off < n || off == 0; off += m) {
+		m = n - off < r->chunk ? n - off : r->chunk;
+		for (i = 0; i < r->n_in && st == ZM_OK; i++) {
+			if (!zm_doc_find(&r->ins[i].hdr, h->name))
+				continue;
+			st = pin_read(&r->ins[i], h->name, cch[i], off, m,
+			              i == r->ref ? r->res : r->x, r->raw, err);
+		}
+		if (st == ZM_OK)
+			st = emit_chunk(&r->ec, off, m, err);
+		if (st != ZM_OK || m == 0)
+			break;
+	}
+	return st;
+}
+
+/*
+ * A tensor copied byte for byte from the reference (integers, or one
+ * some input lacks); the others' copies are read past.
+ */
+static enum zm_status plain_copy_raw(struct plain_run *r,
+                                     const struct zm_tensor *h,
+                                     const bool *cch, struct zm_error *err)
+{
+	enum zm_status st = ZM_OK;
+	size_t off, m, i;
+
+	for (off = 0; off < h->nbytes || off == 0; off += m) {
+		m = h->nbytes - off < r->chunk ? h->nbytes - off : r->chunk;
+		for (i = 0; i < r->n_in && st == ZM_OK; i++) {
+			if (!zm_doc_find(&r->ins[i].hdr, h->name))
+				continue;
+			st = pin_read_raw(&r->ins[i], h->name, cch[i], off, m,
+			                  i == r->ref ? r->obuf : r->raw, err);
+		}
+		if (st == ZM_OK)
+			st = zm_writer_write_data(r->ec.w, r->obuf, m, err);
+		if (st != ZM_OK || m == 0)
+			break;
+	}
+	return st;
+}
+
+/* Reads m elements of input i at off into dst, refusing non-finite. */
+static enum zm_status plain_read_finite(struct plain_run *r, size_t i,
+                                        const char *name, bool cached,
+                                        size_t off, size_t m, float *dst,
+                                        struct zm_error *err)
+{
+	enum zm_status st;
+	size_t bad;
+
+	st = pin_read(&r->ins[i], name, cached, off, m, dst, r->raw, err);
+	if (st == ZM_OK && (bad = first_nonfinite(dst, m)) < m)
+		st = zm_error_set(err, ZM_ERR_DATA, "%s: tensor %s element %zu "
+		                  "is not finite", r->ins[i].label, name,
+		                  off + bad);
+	return st;
+}
+
+/* TIES over a tensor larger than a chunk (or breadcrumbs): ties_stream. */
+static enum zm_status plain_ties_stream(struct plain_run *r,
+                                        const struct zm_tensor *h,
+                                        size_t n, bool *cch,
+                                        struct zm_error *err)
+{
+	struct ties_stream ts;
+
+	memset(&ts, 0, sizeof(ts));
+	ts.ins = r->ins;
+	ts.cached = cch;
+	ts.wts = r->wts;
+	ts.dens = r->dens;
+	ts.gamma = r->o->params.breadcrumbs ? r->gam : NULL;
+	ts.n_models = r->o->n_models;
+	ts.ref = r->ref;
+	ts.c = r->chunk;
+	ts.params = &r->o->params;
+	ts.x = r->x;
+	ts.bx = r->bx;
+	ts.res = r->res;
+	memcpy(ts.sum, r->acc.sum, sizeof(ts.sum));
+	ts.raw = r->raw;
+	return ties_stream(&ts, h, n, emit_chunk, &r->ec, err);
+}
+
+/* An elementwise method chunk by chunk (the whole tensor otherwise). */
+static enum zm_status plain_merge_chunks(struct plain_run *r,
+                                         const struct zm_tensor *h,
+                                         size_t n, const bool *cch,
+                                         struct zm_error *err)
+{
+	const struct zm_merge_static_opts *o = r->o;
+	size_t step = r->chunked ? r->chunk : (n ? n : 1), off, m, i;
+	enum zm_status st = ZM_OK;
+
+	for (off = 0; off < n || off == 0; off += m) {
+		m = n - off < step ? n - off : step;
+		zm_merge_acc_begin(&r->acc, m);
+		if (r->base)
+			st = plain_read_finite(r, r->ref, h->name, cch[r->ref],
+			                       off, m, r->bx, err);
+		for (i = 0; i < o->n_models && st == ZM_OK; i++) {
+			st = plain_read_finite(r, i, h->name, cch[i], off, m,
+			                       r->x, err);
+			/* Per-model density: TIES' kept fraction, DARE's
+			 * keep probability. */
+			if (o->method == ZM_MERGE_TIES)
+				r->acc.params.density = r->dens[i];
+			else if (o->method == ZM_MERGE_DARE && o->tensor_params)
+				r->acc.params.drop = 1.0 - r->dens[i];
+			if (st == ZM_OK)
+				zm_merge_acc_add(&r->acc, r->x, r->bx, r->wts[i]);
+		}
+		if (st == ZM_OK &&
+		    (st = zm_merge_acc_finish(&r->acc, r->bx, r->res, err)))
+			zm_error_prefix(err, "%s: ", h->name);
+		if (st == ZM_OK)
+			st = emit_chunk(&r->ec, off, m, err);
+		if (st != ZM_OK || m == 0)
+			break;
+	}
+	return st;
+}
+
+/* One output tensor: positions the inputs, then copies or merges it. */
+static enum zm_status plain_tensor(struct plain_run *r,
+                                   const struct zm_tensor *h,
+                                   struct zm_error *err)
+{
+	const struct zm_merge_static_opts *o = r->o;
+	size_t n = h->nbytes / zm_dtype_size(h->dtype), i;
+	bool have_all = true, *cch;
+	enum zm_status st = ZM_OK;
+
+	if (!(cch = zm_calloc(r->n_in, sizeof(bool))))
+		return zm_error_set(err, ZM_ERR_NOMEM, "merge: out of memory");
+	for (i = 0; i < r->n_in; i++)
+		if (!zm_doc_find(&r->ins[i].hdr, h->name))
+			have_all = false;
+	/* Positions every input that has the tensor. */
+	for (i = 0; i < r->n_in && st == ZM_OK; i++)
+		if (zm_doc_find(&r->ins[i].hdr, h->name))
+			st = pin_seek(&r->ins[i], h->name, &cch[i], err);
 	if (st != ZM_OK)
 		goto out;
-	/* TIES streams the tensors larger than a chunk (ties_stream). */
-	if ((chunked || o->method == ZM_MERGE_TIES) && cap > chunk)
-		cap = chunk;
-	if ((st = zm_merge_acc_init(&acc, o->method, &o->params, cap, err)))
+	if (zm_dtype_is_float(h->dtype) && !have_all &&
+	    zm_doc_find(&r->ins[r->ref].hdr, h->name)->dtype != h->dtype) {
+		st = plain_copy_converted(r, h, n, cch, err);
 		goto out;
-	if (!(x = zm_malloc((cap ? cap : 1) * sizeof(float))) ||
-	    !(bx = zm_malloc((cap ? cap : 1) * sizeof(float))) ||
-	    !(res = zm_malloc((cap ? cap : 1) * sizeof(float))) ||
-	    !(raw = zm_malloc((cap ? cap : 1) * 8)) ||
-	    !(obuf = zm_malloc((cap ? cap : 1) * 8)))
-		goto nomem;
+	}
+	if (!zm_dtype_is_float(h->dtype) || !have_all) {
+		st = plain_copy_raw(r, h, cch, err);
+		goto out;
+	}
+	r->ec.h = h;
+	if (o->tensor_params &&
+	    (st = o->tensor_params(o->tensor_ctx, &r->ins[r->ref].hdr, h->name,
+	                           r->wts, r->dens, r->gam, err)))
+		goto out;
+	if (o->method == ZM_MERGE_TIES && (n > r->chunk || o->params.breadcrumbs))
+		st = plain_ties_stream(r, h, n, cch, err);
+	else
+		st = plain_merge_chunks(r, h, n, cch, err);
+out:
+	free(cch);
+	return st;
+}
+
+/* Checks the options and opens the inputs; r->ins etc. are allocated. */
+static enum zm_status plain_open(struct plain_run *r, struct zm_error *err)
+{
+	const struct zm_merge_static_opts *o = r->o;
+	enum zm_status st = ZM_OK;
+	size_t i;
+
+	if (o->n_models == 0)
+		return zm_error_set(err, ZM_ERR_USAGE, "no models to merge");
+	if (o->method == ZM_MERGE_SLERP && o->n_models != 2)
+		return zm_error_set(err, ZM_ERR_USAGE, "slerp merges exactly "
+		                    "two models, not %zu", o->n_models);
+	if (r->base && !o->base_path)
+		return zm_error_set(err, ZM_ERR_USAGE, "%s needs a base model "
+		                    "(--base or base: in the config)",
+		                    zm_merge_method_name(o->method));
+	if (o->set_dtype && o->out_dtype != ZM_DTYPE_F32 &&
+	    o->out_dtype != ZM_DTYPE_F16 && o->out_dtype != ZM_DTYPE_BF16)
+		return zm_error_set(err, ZM_ERR_USAGE, "merge: output dtype %s: "
+		                    "expected F32, F16 or BF16",
+		                    zm_dtype_name(o->out_dtype));
+	if (!(r->ins = zm_calloc(r->n_in, sizeof(*r->ins))) ||
+	    !(r->wts = zm_calloc(o->n_models, sizeof(*r->wts))) ||
+	    !(r->dens = zm_calloc(o->n_models, sizeof(*r->dens))) ||
+	    !(r->gam = zm_calloc(o->n_models, sizeof(*r->gam))))
+		return zm_error_set(err, ZM_ERR_NOMEM, "merge: out of memory");
+	for (i = 0; i < r->n_in; i++) {
+		zm_doc_init(&r->ins[i].hdr);
+		zm_doc_init(&r->ins[i].ahead);
+		r->ins[i].path = i < o->n_models ? o->paths[i] : o->base_path;
+		r->ins[i].label = i < o->n_models ? o->labels[i]
+		                  : (o->base_label ? o->base_label
+		                                   : o->base_path);
+	}
+	for (i = 0; i < o->n_models && st == ZM_OK; i++) {
+		st = plain_weight(o, i, &r->wts[i], err);
+		r->dens[i] = o->method == ZM_MERGE_DARE ? 1.0 - o->params.drop
+		                                        : o->params.density;
+	}
+	for (i = 0; i < r->n_in && st == ZM_OK; i++)
+		st = pin_open(&r->ins[i], err);
+	if (st == ZM_OK)
+		st = check_names(r->ins, r->n_in, r->ref, o->copy_missing, err);
+	return st;
+}
+
+enum zm_status zm_merge_plain(const struct zm_merge_static_opts *o,
+                              struct zm_error *err)
+{
+	struct plain_run r;
+	struct zm_doc out;
+	struct zm_writer *w = NULL;
+	struct outset os;
+	enum zm_status st;
+	size_t i, t, cap, c1;
+
+	memset(&r, 0, sizeof(r));
+	memset(&os, 0, sizeof(os));
+	zm_doc_init(&out);
+	r.o = o;
+	r.base = zm_merge_method_needs_base(o->method);
+	/* Every method but TIES (its cut) and SLERP (its angle) is
+	 * elementwise: chunks of any size give the same result, except
+	 * DARE's draws, which follow the chunk order (still seeded). */
+	r.chunked = o->method == ZM_MERGE_LINEAR ||
+	            o->method == ZM_MERGE_TASK_ARITHMETIC ||
+	            o->method == ZM_MERGE_DARE;
+	r.n_in = o->n_models + (r.base ? 1 : 0);
+	r.ref = r.base ? o->n_models : 0;
+	r.chunk = o->chunk ? o->chunk : PLAIN_CHUNK;
+	if ((st = plain_open(&r, err)) ||
+	    (st = plain_output_doc(&r, &out, &cap, err)))
+		goto out;
+	/* TIES streams the tensors larger than a chunk (ties_stream). */
+	if ((r.chunked || o->method == ZM_MERGE_TIES) && cap > r.chunk)
+		cap = r.chunk;
+	if ((st = zm_merge_acc_init(&r.acc, o->method, &o->params, cap, err)))
+		goto out;
+	c1 = cap ? cap : 1;
+	if (!(r.x = zm_malloc(c1 * sizeof(float))) ||
+	    !(r.bx = zm_malloc(c1 * sizeof(float))) ||
+	    !(r.res = zm_malloc(c1 * sizeof(float))) ||
+	    !(r.raw = zm_malloc(c1 * 8)) || !(r.obuf = zm_malloc(c1 * 8))) {
+		st = zm_error_set(err, ZM_ERR_NOMEM, "merge: out of memory");
+		goto out;
+	}
 	if (o->shard_size) {
 		if ((st = outset_plan(&os, &out, o->shard_size, o->out, err)))
 			goto out;
@@ -1019,181 +1238,40 @@ enum zm_status zm_merge_plain(const struct zm_merge_static_opts *o,
 	           (st = zm_writer_begin_doc(w, &out, err))) {
 		goto out;
 	}
-	ec.res = res;
-	ec.obuf = obuf;
-	ec.w = w;
-	for (t = 0; t < out.n_tensors; t++) {
-		const struct zm_tensor *h = &out.tensors[t];
+	r.ec.res = r.res;
+	r.ec.obuf = r.obuf;
+	r.ec.w = w;
+	for (t = 0; t < out.n_tensors && st == ZM_OK; t++) {
 		if (o->shard_size && t == os.first[os.cur]) {
 			if ((st = outset_open(&os, os.cur, &out, err)))
 				goto out;
-			ec.w = os.w[os.cur++];
+			r.ec.w = os.w[os.cur++];
 		}
-		size_t es = zm_dtype_size(h->dtype), n = h->nbytes / es;
-		size_t step = chunked ? chunk : (n ? n : 1), off, m;
-		bool have_all = true, *cch;
-		if (!(cch = zm_calloc(n_in, sizeof(bool))))
-			goto nomem;
-		for (i = 0; i < n_in; i++)
-			if (!zm_doc_find(&ins[i].hdr, h->name))
-				have_all = false;
-		/* Positions every input that has the tensor. */
-		for (i = 0; i < n_in && st == ZM_OK; i++)
-			if (zm_doc_find(&ins[i].hdr, h->name))
-				st = pin_seek(&ins[i], h->name, &cch[i], err);
-		if (st != ZM_OK) {
-			free(cch);
-			goto out;
-		}
-		if (zm_dtype_is_float(h->dtype) && !have_all &&
-		    zm_doc_find(&ins[ref].hdr, h->name)->dtype != h->dtype) {
-			/* Copied from the reference into another dtype; the
-			 * others' copies are read past. */
-			ec.h = h;
-			for (off = 0; off < n || off == 0; off += m) {
-				m = n - off < chunk ? n - off : chunk;
-				for (i = 0; i < n_in && st == ZM_OK; i++) {
-					if (!zm_doc_find(&ins[i].hdr, h->name))
-						continue;
-					st = pin_read(&ins[i], h->name, cch[i],
-					              off, m, i == ref ? res : x,
-					              raw, err);
-				}
-				if (st == ZM_OK)
-					st = emit_chunk(&ec, off, m, err);
-				if (st != ZM_OK || m == 0)
-					break;
-			}
-			free(cch);
-			if (st != ZM_OK)
-				goto out;
-			continue;
-		}
-		if (!zm_dtype_is_float(h->dtype) || !have_all) {
-			/* Copied from the reference; the others' copies are
-			 * read past. */
-			for (off = 0; off < h->nbytes || off == 0; off += m) {
-				m = h->nbytes - off < chunk ? h->nbytes - off
-				                            : chunk;
-				for (i = 0; i < n_in && st == ZM_OK; i++) {
-					if (!zm_doc_find(&ins[i].hdr, h->name))
-						continue;
-					st = pin_read_raw(&ins[i], h->name,
-					                  cch[i], off, m,
-					                  i == ref ? obuf : raw,
-					                  err);
-				}
-				if (st == ZM_OK)
-					st = zm_writer_write_data(ec.w, obuf, m,
-					                          err);
-				if (st != ZM_OK || m == 0)
-					break;
-			}
-			free(cch);
-			if (st != ZM_OK)
-				goto out;
-			continue;
-		}
-		ec.h = h;
-		if (o->tensor_params &&
-		    (st = o->tensor_params(o->tensor_ctx, &ins[ref].hdr,
-		                           h->name, wts, dens, gam, err))) {
-			free(cch);
-			goto out;
-		}
-		if (o->method == ZM_MERGE_TIES &&
-		    (n > chunk || o->params.breadcrumbs)) {
-			struct ties_stream ts;
-			memset(&ts, 0, sizeof(ts));
-			ts.ins = ins;
-			ts.cached = cch;
-			ts.wts = wts;
-			ts.dens = dens;
-			ts.gamma = o->params.breadcrumbs ? gam : NULL;
-			ts.n_models = o->n_models;
-			ts.ref = ref;
-			ts.c = chunk;
-			ts.params = &o->params;
-			ts.x = x;
-			ts.bx = bx;
-			ts.res = res;
-			memcpy(ts.sum, acc.sum, sizeof(ts.sum));
-			ts.raw = raw;
-			st = ties_stream(&ts, h, n, emit_chunk, &ec, err);
-			free(cch);
-			if (st != ZM_OK)
-				goto out;
-			continue;
-		}
-		for (off = 0; off < n || off == 0; off += m) {
-			size_t bad;
-			m = n - off < step ? n - off : step;
-			zm_merge_acc_begin(&acc, m);
-			if (base) {
-				st = pin_read(&ins[ref], h->name, cch[ref], off,
-				              m, bx, raw, err);
-				if (st == ZM_OK &&
-				    (bad = first_nonfinite(bx, m)) < m)
-					st = zm_error_set(err, ZM_ERR_DATA, "%s: "
-					        "tensor %s element %zu is not "
-					        "finite", ins[ref].label, h->name,
-					        off + bad);
-			}
-			for (i = 0; i < o->n_models && st == ZM_OK; i++) {
-				st = pin_read(&ins[i], h->name, cch[i], off, m,
-				              x, raw, err);
-				if (st == ZM_OK &&
-				    (bad = first_nonfinite(x, m)) < m)
-					st = zm_error_set(err, ZM_ERR_DATA, "%s: "
-					        "tensor %s element %zu is not "
-					        "finite", ins[i].label, h->name,
-					        off + bad);
-				/* Per-model density: TIES' kept fraction,
-				 * DARE's keep probability. */
-				if (o->method == ZM_MERGE_TIES)
-					acc.params.density = dens[i];
-				else if (o->method == ZM_MERGE_DARE &&
-				         o->tensor_params)
-					acc.params.drop = 1.0 - dens[i];
-				if (st == ZM_OK)
-					zm_merge_acc_add(&acc, x, bx, wts[i]);
-			}
-			if (st == ZM_OK &&
-			    (st = zm_merge_acc_finish(&acc, bx, res, err)))
-				zm_error_prefix(err, "%s: ", h->name);
-			if (st == ZM_OK)
-				st = emit_chunk(&ec, off, m, err);
-			if (st != ZM_OK || m == 0)
-				break;
-		}
-		free(cch);
-		if (st != ZM_OK)
-			goto out;
+		st = plain_tensor(&r, &out.tensors[t], err);
 	}
+	if (st != ZM_OK)
+		goto out;
 	if (o->shard_size) {
 		st = outset_commit(&os, &out, err);
 	} else {
 		st = zm_writer_commit(w, err);
 		w = NULL;
 	}
-	goto out;
-nomem:
-	st = zm_error_set(err, ZM_ERR_NOMEM, "merge: out of memory");
 out:
 	zm_writer_abort(w);
 	outset_abort(&os);
-	for (i = 0; ins && i < n_in; i++)
-		pin_close(&ins[i]);
-	free(ins);
-	free(wts);
-	free(dens);
-	free(gam);
-	free(x);
-	free(bx);
-	free(res);
-	free(raw);
-	free(obuf);
-	zm_merge_acc_release(&acc);
+	for (i = 0; r.ins && i < r.n_in; i++)
+		pin_close(&r.ins[i]);
+	free(r.ins);
+	free(r.wts);
+	free(r.dens);
+	free(r.gam);
+	free(r.x);
+	free(r.bx);
+	free(r.res);
+	free(r.raw);
+	free(r.obuf);
+	zm_merge_acc_release(&r.acc);
 	zm_doc_release(&out);
 	return st;
 }
