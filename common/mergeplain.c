@@ -540,141 +540,141 @@ struct ties_stream {
 	const struct zm_merge_params *params;
 	float *x, *bx, *res, *sum[4];
 	void *raw;
+	/* Filled by ties_stream: a spill file per model and one for the
+	 * base; the lower cut of each model, then (breadcrumbs) the upper. */
+	FILE **spill;
+	struct select *sel;
+	float *th;
 };
 
-static enum zm_status ties_stream(struct ties_stream *ts,
-                                  const struct zm_tensor *h, size_t n,
-                                  enum zm_status (*emit)(void *, size_t,
-                                                         size_t,
-                                                         struct zm_error *),
-                                  void *ctx, struct zm_error *err)
+/* pin_read, refusing a non-finite element with its input and index. */
+static enum zm_status pin_read_finite(struct pin *in, const char *name,
+                                      bool cached, size_t off, size_t m,
+                                      float *dst, void *raw,
+                                      struct zm_error *err)
 {
-	size_t nm = ts->n_models, i, q, off, m, j, kk;
-	FILE **spill = NULL;
-	struct select *sel = NULL;
-	float *th = NULL;
+	enum zm_status st;
+	size_t bad;
+
+	st = pin_read(in, name, cached, off, m, dst, raw, err);
+	if (st == ZM_OK && (bad = first_nonfinite(dst, m)) < m)
+		st = zm_error_set(err, ZM_ERR_DATA, "%s: tensor %s element %zu "
+		                  "is not finite", in->label, name, off + bad);
+	return st;
+}
+
+/* Pass 1: the task vectors spilled, and the cuts' top-bit histograms. */
+static enum zm_status ties_spill(struct ties_stream *ts,
+                                 const struct zm_tensor *h, size_t n,
+                                 struct zm_error *err)
+{
+	size_t nm = ts->n_models, i, j, off, m;
 	enum zm_status st = ZM_OK;
 
-	/* sel and th: the lower cut of each model, then (breadcrumbs) the
-	 * upper one. */
-	if (!(spill = zm_calloc(nm + 1, sizeof(*spill))) ||
-	    !(sel = zm_calloc(2 * nm, sizeof(*sel))) ||
-	    !(th = zm_calloc(2 * nm, sizeof(*th)))) {
-		st = zm_error_set(err, ZM_ERR_NOMEM, "merge: out of memory");
-		goto out;
-	}
-	for (i = 0; i <= nm && st == ZM_OK; i++)
-		if (!(spill[i] = tmpfile()))
-			st = zm_error_set(err, ZM_ERR_IO, "merge: cannot create "
-			                  "a temporary file");
-	/* k = round(density n), at least 1; mergekit: floor, maybe 0. */
-	for (i = 0; i < nm; i++) {
-		kk = ts->params->mergekit
-		     ? (size_t)floor(ts->dens[i] * (double)n)
-		     : (size_t)floor(ts->dens[i] * (double)n + 0.5);
-		if (kk < 1 && !ts->params->mergekit)
-			kk = 1;
-		sel[i].k = kk;
-		/* Breadcrumbs: the top floor(gamma n) dropped, the next
-		 * floor(density n) kept. */
-		if (ts->gamma) {
-			sel[nm + i].k = (size_t)floor(ts->gamma[i] * (double)n);
-			if (kk == 0)
-				sel[nm + i].k = 0;
-			sel[i].k += sel[nm + i].k;
-		}
-	}
-	/* Pass 1: task vectors spilled, top-bit histograms. */
 	for (off = 0; off < n && st == ZM_OK; off += m) {
 		m = n - off < ts->c ? n - off : ts->c;
-		st = pin_read(&ts->ins[ts->ref], h->name, ts->cached[ts->ref],
-		              off, m, ts->bx, ts->raw, err);
-		if (st == ZM_OK && (j = first_nonfinite(ts->bx, m)) < m)
-			st = zm_error_set(err, ZM_ERR_DATA, "%s: tensor %s element "
-			                  "%zu is not finite",
-			                  ts->ins[ts->ref].label, h->name, off + j);
+		st = pin_read_finite(&ts->ins[ts->ref], h->name,
+		                     ts->cached[ts->ref], off, m, ts->bx,
+		                     ts->raw, err);
 		if (st == ZM_OK)
-			st = spill_write(spill[nm], ts->bx, m, err);
+			st = spill_write(ts->spill[nm], ts->bx, m, err);
 		for (i = 0; i < nm && st == ZM_OK; i++) {
-			st = pin_read(&ts->ins[i], h->name, ts->cached[i], off, m,
-			              ts->x, ts->raw, err);
-			if (st == ZM_OK && (j = first_nonfinite(ts->x, m)) < m)
-				st = zm_error_set(err, ZM_ERR_DATA, "%s: tensor %s "
-				                  "element %zu is not finite",
-				                  ts->ins[i].label, h->name, off + j);
-			if (st != ZM_OK)
+			if ((st = pin_read_finite(&ts->ins[i], h->name,
+			                          ts->cached[i], off, m, ts->x,
+			                          ts->raw, err)))
 				break;
 			for (j = 0; j < m; j++)
 				ts->x[j] -= ts->bx[j];
-			select_add(&sel[i], ts->x, m);
-			if (sel[nm + i].k)
-				select_add(&sel[nm + i], ts->x, m);
-			st = spill_write(spill[i], ts->x, m, err);
+			select_add(&ts->sel[i], ts->x, m);
+			if (ts->sel[nm + i].k)
+				select_add(&ts->sel[nm + i], ts->x, m);
+			st = spill_write(ts->spill[i], ts->x, m, err);
 		}
 	}
-	/* Passes 2 and 3 over each spilled task vector: the exact cut. */
-	for (q = 0; q < 2 * nm && st == ZM_OK; q++) {
-		/* Lower cuts keep |x| >= th, upper ones |x| < th. */
-		i = q % nm;
-		if (sel[q].k >= n) {
-			th[q] = 0.0f;   /* every entry above the cut */
-			continue;
-		}
-		if (sel[q].k == 0) {
-			th[q] = INFINITY;   /* none */
-			continue;
-		}
-		if (select_next(&sel[q], &th[q]))
-			continue;
-		/* Usually the values that share the top bits fit in a chunk:
-		 * they are gathered in one pass, and the last two rounds run
-		 * on them in memory. */
-		if (sel[q].in_prefix <= ts->c) {
-			size_t g = 0;
-			rewind(spill[i]);
-			for (off = 0; off < n && st == ZM_OK; off += m) {
-				m = n - off < ts->c ? n - off : ts->c;
-				if ((st = spill_read(spill[i], ts->x, m, err)))
-					break;
-				for (j = 0; j < m; j++) {
-					uint32_t u;
-					memcpy(&u, &ts->x[j], sizeof(u));
-					if ((u & 0x7fffffffu) >> 20 == sel[q].prefix)
-						ts->res[g++] = ts->x[j];
-				}
+	return st;
+}
+
+/* Passes 2 and 3 over model i's spilled task vector: the exact cut q. */
+static enum zm_status ties_cut(struct ties_stream *ts, size_t q, size_t i,
+                               size_t n, struct zm_error *err)
+{
+	struct select *sel = &ts->sel[q];
+	FILE *f = ts->spill[i];
+	enum zm_status st = ZM_OK;
+	size_t off, m, j;
+
+	if (sel->k >= n) {
+		ts->th[q] = 0.0f;   /* every entry above the cut */
+		return ZM_OK;
+	}
+	if (sel->k == 0) {
+		ts->th[q] = INFINITY;   /* none */
+		return ZM_OK;
+	}
+	if (select_next(sel, &ts->th[q]))
+		return ZM_OK;
+	/* Usually the values that share the top bits fit in a chunk: they
+	 * are gathered in one pass, and the last two rounds run on them in
+	 * memory. */
+	if (sel->in_prefix <= ts->c) {
+		size_t g = 0;
+		rewind(f);
+		for (off = 0; off < n && st == ZM_OK; off += m) {
+			m = n - off < ts->c ? n - off : ts->c;
+			if ((st = spill_read(f, ts->x, m, err)))
+				break;
+			for (j = 0; j < m; j++) {
+				uint32_t u;
+				memcpy(&u, &ts->x[j], sizeof(u));
+				if ((u & 0x7fffffffu) >> 20 == sel->prefix)
+					ts->res[g++] = ts->x[j];
 			}
-			while (st == ZM_OK) {
-				select_add(&sel[q], ts->res, g);
-				if (select_next(&sel[q], &th[q]))
-					break;
-			}
-			continue;
 		}
 		while (st == ZM_OK) {
-			rewind(spill[i]);
-			for (off = 0; off < n && st == ZM_OK; off += m) {
-				m = n - off < ts->c ? n - off : ts->c;
-				if ((st = spill_read(spill[i], ts->x, m, err)))
-					break;
-				select_add(&sel[q], ts->x, m);
-			}
-			if (st == ZM_OK && select_next(&sel[q], &th[q]))
+			select_add(sel, ts->res, g);
+			if (select_next(sel, &ts->th[q]))
 				break;
 		}
+		return st;
 	}
-	for (i = 0; i <= nm && st == ZM_OK; i++)
-		rewind(spill[i]);
-	/* The sums of zm_merge_acc's TIES, chunk by chunk, same order. */
+	while (st == ZM_OK) {
+		rewind(f);
+		for (off = 0; off < n && st == ZM_OK; off += m) {
+			m = n - off < ts->c ? n - off : ts->c;
+			if ((st = spill_read(f, ts->x, m, err)))
+				break;
+			select_add(sel, ts->x, m);
+		}
+		if (st == ZM_OK && select_next(sel, &ts->th[q]))
+			break;
+	}
+	return st;
+}
+
+/* The last pass: the sums of zm_merge_acc's TIES, chunk by chunk in the
+ * same order, elected and handed to emit. */
+static enum zm_status ties_combine(struct ties_stream *ts, size_t n,
+                                   enum zm_status (*emit)(void *, size_t,
+                                                          size_t,
+                                                          struct zm_error *),
+                                   void *ctx, struct zm_error *err)
+{
+	size_t nm = ts->n_models, i, j, off, m;
+	const float *th = ts->th;
+	float lambda = (float)ts->params->lambda;
+	enum zm_status st = ZM_OK;
+
+	for (i = 0; i <= nm; i++)
+		rewind(ts->spill[i]);
 	for (off = 0; off < n && st == ZM_OK; off += m) {
 		float *pos = ts->sum[0], *neg = ts->sum[1];
 		float *wpos = ts->sum[2], *wneg = ts->sum[3];
-		float lambda = (float)ts->params->lambda;
 		m = n - off < ts->c ? n - off : ts->c;
 		for (j = 0; j < 4; j++)
 			memset(ts->sum[j], 0, m * sizeof(float));
 		for (i = 0; i < nm && st == ZM_OK; i++) {
 			float w = (float)ts->wts[i];
-			if ((st = spill_read(spill[i], ts->x, m, err)))
+			if ((st = spill_read(ts->spill[i], ts->x, m, err)))
 				break;
 			for (j = 0; j < m; j++) {
 				float v = ts->x[j];
@@ -690,7 +690,7 @@ static enum zm_status ties_stream(struct ties_stream *ts,
 			}
 		}
 		if (st == ZM_OK)
-			st = spill_read(spill[nm], ts->bx, m, err);
+			st = spill_read(ts->spill[nm], ts->bx, m, err);
 		for (j = 0; j < m && st == ZM_OK; j++) {
 			ts->res[j] = ts->bx[j] + lambda *
 			             zm_merge_ties_elect(ts->params, pos[j],
@@ -700,13 +700,64 @@ static enum zm_status ties_stream(struct ties_stream *ts,
 		if (st == ZM_OK)
 			st = emit(ctx, off, m, err);
 	}
+	return st;
+}
+
+static enum zm_status ties_stream(struct ties_stream *ts,
+                                  const struct zm_tensor *h, size_t n,
+                                  enum zm_status (*emit)(void *, size_t,
+                                                         size_t,
+                                                         struct zm_error *),
+                                  void *ctx, struct zm_error *err)
+{
+	size_t nm = ts->n_models, i, q, kk;
+	enum zm_status st = ZM_OK;
+
+	if (!(ts->spill = zm_calloc(nm + 1, sizeof(*ts->spill))) ||
+	    !(ts->sel = zm_calloc(2 * nm, sizeof(*ts->sel))) ||
+	    !(ts->th = zm_calloc(2 * nm, sizeof(*ts->th)))) {
+		st = zm_error_set(err, ZM_ERR_NOMEM, "merge: out of memory");
+		goto out;
+	}
+	for (i = 0; i <= nm && st == ZM_OK; i++)
+		if (!(ts->spill[i] = tmpfile()))
+			st = zm_error_set(err, ZM_ERR_IO, "merge: cannot create "
+			                  "a temporary file");
+	/* k = round(density n), at least 1; mergekit: floor, maybe 0. */
+	for (i = 0; i < nm; i++) {
+		kk = ts->params->mergekit
+		     ? (size_t)floor(ts->dens[i] * (double)n)
+		     : (size_t)floor(ts->dens[i] * (double)n + 0.5);
+		if (kk < 1 && !ts->params->mergekit)
+			kk = 1;
+		ts->sel[i].k = kk;
+		/* Breadcrumbs: the top floor(gamma n) dropped, the next
+		 * floor(density n) kept. */
+		if (ts->gamma) {
+			ts->sel[nm + i].k = (size_t)floor(ts->gamma[i] *
+			                                  (double)n);
+			if (kk == 0)
+				ts->sel[nm + i].k = 0;
+			ts->sel[i].k += ts->sel[nm + i].k;
+		}
+	}
+	if (st == ZM_OK)
+		st = ties_spill(ts, h, n, err);
+	/* Lower cuts keep |x| >= th, upper ones |x| < th. */
+	for (q = 0; q < 2 * nm && st == ZM_OK; q++)
+		st = ties_cut(ts, q, q % nm, n, err);
+	if (st == ZM_OK)
+		st = ties_combine(ts, n, emit, ctx, err);
 out:
-	for (i = 0; spill && i <= nm; i++)
-		if (spill[i])
-			fclose(spill[i]);
-	free(spill);
-	free(sel);
-	free(th);
+	for (i = 0; ts->spill && i <= nm; i++)
+		if (ts->spill[i])
+			fclose(ts->spill[i]);
+	free(ts->spill);
+	free(ts->sel);
+	free(ts->th);
+	ts->spill = NULL;
+	ts->sel = NULL;
+	ts->th = NULL;
 	return st;
 }
 
@@ -1019,23 +1070,6 @@ static enum zm_status plain_copy_raw(struct plain_run *r,
 	return st;
 }
 
-/* Reads m elements of input i at off into dst, refusing non-finite. */
-static enum zm_status plain_read_finite(struct plain_run *r, size_t i,
-                                        const char *name, bool cached,
-                                        size_t off, size_t m, float *dst,
-                                        struct zm_error *err)
-{
-	enum zm_status st;
-	size_t bad;
-
-	st = pin_read(&r->ins[i], name, cached, off, m, dst, r->raw, err);
-	if (st == ZM_OK && (bad = first_nonfinite(dst, m)) < m)
-		st = zm_error_set(err, ZM_ERR_DATA, "%s: tensor %s element %zu "
-		                  "is not finite", r->ins[i].label, name,
-		                  off + bad);
-	return st;
-}
-
 /* TIES over a tensor larger than a chunk (or breadcrumbs): ties_stream. */
 static enum zm_status plain_ties_stream(struct plain_run *r,
                                         const struct zm_tensor *h,
@@ -1076,11 +1110,12 @@ static enum zm_status plain_merge_chunks(struct plain_run *r,
 		m = n - off < step ? n - off : step;
 		zm_merge_acc_begin(&r->acc, m);
 		if (r->base)
-			st = plain_read_finite(r, r->ref, h->name, cch[r->ref],
-			                       off, m, r->bx, err);
+			st = pin_read_finite(&r->ins[r->ref], h->name,
+			                     cch[r->ref], off, m, r->bx, r->raw,
+			                     err);
 		for (i = 0; i < o->n_models && st == ZM_OK; i++) {
-			st = plain_read_finite(r, i, h->name, cch[i], off, m,
-			                       r->x, err);
+			st = pin_read_finite(&r->ins[i], h->name, cch[i], off,
+			                     m, r->x, r->raw, err);
 			/* Per-model density: TIES' kept fraction, DARE's
 			 * keep probability. */
 			if (o->method == ZM_MERGE_TIES)
