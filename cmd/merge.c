@@ -494,11 +494,145 @@ out:
 }
 
 enum {
-	OPT_VERSION = 256, OPT_GRAN, OPT_SHARE, OPT_GRAN_FROM, OPT_REBASE,
+	OPT_GRAN = 256, OPT_SHARE, OPT_GRAN_FROM, OPT_REBASE,
 	OPT_METHOD, OPT_WEIGHTS, OPT_CONFIG, OPT_BASE, OPT_DENSITY, OPT_LAMBDA,
 	OPT_DROP, OPT_DARE_TIES, OPT_SEED, OPT_NAME, OPT_COMPRESS, OPT_QUIET,
 	OPT_ALLOW_UNRELATED, OPT_MISSING, OPT_SHARD_SIZE, OPT_MERGEKIT
 };
+
+static bool parse_option(void *ctx, int c, const char *arg)
+{
+	struct merge_opts *o = ctx;
+	enum zm_gran_level level;
+	enum zm_merge_method method;
+	int64_t v;
+
+	switch (c) {
+	case 'z': o->zoo_dir = arg; break;
+	case 'o': o->out = arg; break;
+	case OPT_GRAN:
+		if (!zm_gran_level_parse(arg, &level)) {
+			zm_cli_warn("--granularity: expected full, group or "
+			            "layer");
+			return false;
+		}
+		o->level_text = arg;
+		break;
+	case OPT_SHARE: o->share = arg; break;
+	case OPT_GRAN_FROM: o->decision_path = arg; break;
+	case OPT_REBASE: o->rebase = true; break;
+	case OPT_METHOD:
+		if (!zm_merge_method_parse(arg, &method)) {
+			zm_cli_warn("--method: expected linear, task-arithmetic, "
+			            "ties, dare or slerp");
+			return false;
+		}
+		o->method_text = arg;
+		break;
+	case OPT_WEIGHTS: o->weights_text = arg; break;
+	case OPT_CONFIG: o->config_path = arg; break;
+	case OPT_MERGEKIT: o->mergekit_path = arg; break;
+	case OPT_BASE: o->base = arg; break;
+	case OPT_DENSITY:
+		o->set_density = true;
+		return zm_cli_double("--density", arg, 1e-9, 1,
+		                     &o->params.density);
+	case OPT_LAMBDA:
+		o->set_lambda = true;
+		return zm_cli_double("--lambda", arg, -1e6, 1e6,
+		                     &o->params.lambda);
+	case OPT_DROP:
+		o->set_drop = true;
+		return zm_cli_double("--drop", arg, 0, 0.999999,
+		                     &o->params.drop);
+	case OPT_DARE_TIES:
+		o->params.dare_ties = true;
+		o->set_dare_ties = true;
+		break;
+	case OPT_SEED:
+		if (!zm_cli_int("--seed", arg, 0, INT64_MAX, &v))
+			return false;
+		o->params.seed = (uint64_t)v;
+		o->set_seed = true;
+		break;
+	case OPT_NAME: o->name = arg; break;
+	case OPT_COMPRESS:
+		if (!zm_cli_int("--compress", arg, 0, 9, &v))
+			return false;
+		o->compress = (int)v;
+		o->set_compress = true;
+		break;
+	case OPT_SHARD_SIZE:
+		if (!parse_size(arg, &o->shard_size)) {
+			zm_cli_warn("--shard-size: expected a positive number "
+			            "of bytes with an optional K, M or G");
+			return false;
+		}
+		break;
+	case OPT_MISSING:
+		if (strcmp(arg, "copy-base") != 0 && strcmp(arg, "error") != 0) {
+			zm_cli_warn("--missing: expected error or copy-base");
+			return false;
+		}
+		o->copy_missing = strcmp(arg, "copy-base") == 0;
+		break;
+	case OPT_QUIET: o->quiet = true; break;
+	case OPT_ALLOW_UNRELATED: o->allow_unrelated = true; break;
+	default:
+		return false;
+	}
+	return true;
+}
+
+/*
+ * Which of the three merges the options ask for: 'k' a mergekit config,
+ * 's' a static merge, 'a' applying updates; *msg says what is wrong when
+ * the options do not go together, else NULL.
+ */
+static int merge_mode(struct merge_opts *o, const char **msg)
+{
+	static const char *apply_only = "--share, --granularity-from and "
+	        "--rebase apply updates; they do not go with --method";
+
+	*msg = NULL;
+	if (o->mergekit_path) {
+		if (o->method_text || o->config_path || o->weights_text ||
+		    o->base || o->level_text || o->set_density ||
+		    o->set_lambda || o->set_drop || o->set_dare_ties ||
+		    o->n_args)
+			*msg = "--mergekit-config names the method, models and "
+			       "parameters; it does not go with --method, "
+			       "--config, --weights, --base, --granularity, "
+			       "--density, --lambda, --drop, --dare-ties or "
+			       "MODEL arguments";
+		else if (o->share || o->decision_path || o->rebase)
+			*msg = "--share, --granularity-from and --rebase apply "
+			       "updates; they do not go with --mergekit-config";
+		else if (!o->out)
+			*msg = "-o OUT is required for a static merge";
+		return 'k';
+	}
+	if (o->method_text || o->config_path || o->out) {
+		if (o->share || o->decision_path || o->rebase)
+			*msg = apply_only;
+		else if (!o->out)
+			*msg = "-o OUT is required for a static merge";
+		return 's';
+	}
+	if (!o->zoo_dir)
+		*msg = "--zoo is required to apply updates (or give --method "
+		       "to merge models)";
+	else if (o->decision_path && (o->level_text || o->share))
+		*msg = "--granularity-from does not go with --granularity or "
+		       "--share";
+	else if (o->n_args == 0)
+		*msg = "no update streams given";
+	if (o->share && !o->level_text)
+		o->level_text = strncmp(o->share, "groups=", 7) == 0 ? "group"
+		              : strncmp(o->share, "layers=", 7) == 0 ? "layer"
+		              : "full";
+	return 'a';
+}
 
 int main(int argc, char **argv)
 {
@@ -526,14 +660,12 @@ int main(int argc, char **argv)
 		{ "quiet", no_argument, NULL, OPT_QUIET },
 		{ "allow-unrelated", no_argument, NULL, OPT_ALLOW_UNRELATED },
 		{ "help", no_argument, NULL, 'h' },
-		{ "version", no_argument, NULL, OPT_VERSION },
+		{ "version", no_argument, NULL, 'V' },
 		{ NULL, 0, NULL, 0 }
 	};
 	struct merge_opts o;
-	enum zm_gran_level level;
-	enum zm_merge_method method;
-	int64_t v;
-	int c;
+	const char *msg;
+	int status, mode;
 
 	memset(&o, 0, sizeof(o));
 	zm_merge_params_init(&o.params);
@@ -542,131 +674,16 @@ int main(int argc, char **argv)
 	zm_cli_options(options_str);
 	if (!zm_compress_from_env(&o.compress))
 		return zm_cli_usage_error(usage_str, "ZM_COMPRESS: expected 0..9");
-	while ((c = getopt_long(argc, argv, "z:o:h", longopts, NULL)) != -1) {
-		switch (c) {
-		case 'z': o.zoo_dir = optarg; break;
-		case 'o': o.out = optarg; break;
-		case OPT_GRAN:
-			if (!zm_gran_level_parse(optarg, &level))
-				return zm_cli_usage_error(usage_str, "--granularity:"
-				        " expected full, group or layer");
-			o.level_text = optarg;
-			break;
-		case OPT_SHARE: o.share = optarg; break;
-		case OPT_GRAN_FROM: o.decision_path = optarg; break;
-		case OPT_REBASE: o.rebase = true; break;
-		case OPT_METHOD:
-			if (!zm_merge_method_parse(optarg, &method))
-				return zm_cli_usage_error(usage_str, "--method: "
-				        "expected linear, task-arithmetic, ties, "
-				        "dare or slerp");
-			o.method_text = optarg;
-			break;
-		case OPT_WEIGHTS: o.weights_text = optarg; break;
-		case OPT_CONFIG: o.config_path = optarg; break;
-		case OPT_MERGEKIT: o.mergekit_path = optarg; break;
-		case OPT_BASE: o.base = optarg; break;
-		case OPT_DENSITY:
-			if (!zm_cli_double("--density", optarg, 1e-9, 1,
-			                   &o.params.density))
-				return zm_cli_usage_error(usage_str, NULL);
-			o.set_density = true;
-			break;
-		case OPT_LAMBDA:
-			if (!zm_cli_double("--lambda", optarg, -1e6, 1e6,
-			                   &o.params.lambda))
-				return zm_cli_usage_error(usage_str, NULL);
-			o.set_lambda = true;
-			break;
-		case OPT_DROP:
-			if (!zm_cli_double("--drop", optarg, 0, 0.999999,
-			                   &o.params.drop))
-				return zm_cli_usage_error(usage_str, NULL);
-			o.set_drop = true;
-			break;
-		case OPT_DARE_TIES:
-			o.params.dare_ties = true;
-			o.set_dare_ties = true;
-			break;
-		case OPT_SEED:
-			if (!zm_cli_int("--seed", optarg, 0, INT64_MAX, &v))
-				return zm_cli_usage_error(usage_str, NULL);
-			o.params.seed = (uint64_t)v;
-			o.set_seed = true;
-			break;
-		case OPT_NAME: o.name = optarg; break;
-		case OPT_COMPRESS:
-			if (!zm_cli_int("--compress", optarg, 0, 9, &v))
-				return zm_cli_usage_error(usage_str, NULL);
-			o.compress = (int)v;
-			o.set_compress = true;
-			break;
-		case OPT_SHARD_SIZE:
-			if (!parse_size(optarg, &o.shard_size))
-				return zm_cli_usage_error(usage_str, "--shard-size:"
-				        " expected a positive number of bytes "
-				        "with an optional K, M or G");
-			break;
-		case OPT_MISSING:
-			if (strcmp(optarg, "copy-base") == 0)
-				o.copy_missing = true;
-			else if (strcmp(optarg, "error") == 0)
-				o.copy_missing = false;
-			else
-				return zm_cli_usage_error(usage_str, "--missing: "
-				        "expected error or copy-base");
-			break;
-		case OPT_QUIET: o.quiet = true; break;
-		case OPT_ALLOW_UNRELATED: o.allow_unrelated = true; break;
-		case 'h':
-			return zm_cli_help(usage_str);
-		case OPT_VERSION:
-			return zm_cli_show_version();
-		default:
-			return zm_cli_usage_error(usage_str, NULL);
-		}
-	}
+	status = zm_cli_getopt(argc, argv, "z:o:h", longopts, usage_str,
+	                       parse_option, &o, NULL);
+	if (status >= 0)
+		return status;
 	o.args = argv + optind;
 	o.n_args = (size_t)(argc - optind);
-	if (o.mergekit_path) {
-		if (o.method_text || o.config_path || o.weights_text ||
-		    o.base || o.level_text || o.set_density || o.set_lambda ||
-		    o.set_drop || o.set_dare_ties || o.n_args)
-			return zm_cli_usage_error(usage_str, "--mergekit-config "
-			        "names the method, models and parameters; it does"
-			        " not go with --method, --config, --weights, "
-			        "--base, --granularity, --density, --lambda, "
-			        "--drop, --dare-ties or MODEL arguments");
-		if (o.share || o.decision_path || o.rebase)
-			return zm_cli_usage_error(usage_str, "--share, "
-			        "--granularity-from and --rebase apply updates; "
-			        "they do not go with --mergekit-config");
-		if (!o.out)
-			return zm_cli_usage_error(usage_str, "-o OUT is required "
-			        "for a static merge");
-		return zm_cli_close_stdout(run_mergekit(&o));
-	}
-	if (o.method_text || o.config_path || o.out) {
-		if (o.share || o.decision_path || o.rebase)
-			return zm_cli_usage_error(usage_str, "--share, "
-			        "--granularity-from and --rebase apply updates; "
-			        "they do not go with --method");
-		if (!o.out)
-			return zm_cli_usage_error(usage_str, "-o OUT is required "
-			        "for a static merge");
-		return zm_cli_close_stdout(run_static(&o));
-	}
-	if (!o.zoo_dir)
-		return zm_cli_usage_error(usage_str, "--zoo is required to apply "
-		        "updates (or give --method to merge models)");
-	if (o.decision_path && (o.level_text || o.share))
-		return zm_cli_usage_error(usage_str, "--granularity-from does not "
-		        "go with --granularity or --share");
-	if (o.n_args == 0)
-		return zm_cli_usage_error(usage_str, "no update streams given");
-	if (o.share && !o.level_text)
-		o.level_text = strncmp(o.share, "groups=", 7) == 0 ? "group"
-		             : strncmp(o.share, "layers=", 7) == 0 ? "layer"
-		             : "full";
-	return zm_cli_close_stdout(run_apply(&o));
+	mode = merge_mode(&o, &msg);
+	if (msg)
+		return zm_cli_usage_error(usage_str, "%s", msg);
+	return zm_cli_close_stdout(mode == 'k' ? run_mergekit(&o)
+	                           : mode == 's' ? run_static(&o)
+	                           : run_apply(&o));
 }
