@@ -265,6 +265,72 @@ static enum zm_status resolve(const struct zm_zoo *zoo, const char *arg,
 	return *path ? ZM_OK : zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 }
 
+/* The method and its parameters: the options over the config's. */
+static enum zm_status static_method(const struct merge_opts *o,
+                                    const struct zm_merge_config *cfg,
+                                    struct zm_merge_static_opts *so,
+                                    struct zm_error *err)
+{
+	so->params = cfg->params;
+	if (o->set_density) so->params.density = o->params.density;
+	if (o->set_lambda) so->params.lambda = o->params.lambda;
+	if (o->set_drop) so->params.drop = o->params.drop;
+	if (o->set_seed) so->params.seed = o->params.seed;
+	if (o->set_dare_ties) so->params.dare_ties = o->params.dare_ties;
+	if (o->method_text)
+		zm_merge_method_parse(o->method_text, &so->method);
+	else if (cfg->has_method)
+		so->method = cfg->method;
+	else
+		return zm_error_set(err, ZM_ERR_USAGE, "no --method (and no "
+		                    "method: in the config)");
+	so->level = ZM_GRAN_LAYER;
+	if (o->level_text)
+		zm_gran_level_parse(o->level_text, &so->level);
+	return ZM_OK;
+}
+
+/*
+ * The n models' labels (the arguments, else the config's models), the
+ * config's weight spec of each, and --weights, which overrides them.
+ */
+static enum zm_status static_models(const struct merge_opts *o,
+                                    const struct zm_merge_config *cfg,
+                                    size_t n, const char **labels,
+                                    const struct zm_node **specs,
+                                    double *weights, struct zm_error *err)
+{
+	const char *bad;
+	size_t i, j, bad_len;
+
+	for (i = 0; i < n; i++) {
+		labels[i] = o->n_args ? o->args[i] : cfg->models[i].model;
+		weights[i] = 1.0;
+		for (j = 0; j < cfg->n_models; j++)
+			if (strcmp(cfg->models[j].model, labels[i]) == 0)
+				break;
+		if (j < cfg->n_models)
+			specs[i] = cfg->models[j].weight;
+		else if (cfg->n_models)
+			return zm_error_set(err, ZM_ERR_CONFIG, "%s: model '%s' "
+			                    "is not in the config's models",
+			                    o->config_path, labels[i]);
+	}
+	if (!o->weights_text)
+		return ZM_OK;
+	if (!parse_weights(o->weights_text, n, weights, &bad, &bad_len)) {
+		if (bad)
+			return zm_error_set(err, ZM_ERR_USAGE, "--weights: "
+			                    "'%.*s' is not a finite number in "
+			                    "[0, 1e6]", (int)bad_len, bad);
+		return zm_error_set(err, ZM_ERR_USAGE, "--weights: expected "
+		                    "%zu numbers separated by commas", n);
+	}
+	for (i = 0; i < n; i++)
+		specs[i] = NULL;
+	return ZM_OK;
+}
+
 static int run_static(const struct merge_opts *o)
 {
 	struct zm_error err;
@@ -278,7 +344,7 @@ static int run_static(const struct merge_opts *o)
 	char origin[ZM_LINEAGE_ID_MAX + 8] = "";
 	bool plain = false;
 	enum zm_status st = ZM_OK;
-	size_t n = 0, i, j;
+	size_t n = 0, i;
 
 	zm_error_clear(&err);
 	zm_merge_config_init(&cfg);
@@ -286,24 +352,8 @@ static int run_static(const struct merge_opts *o)
 	if (o->config_path &&
 	    (st = zm_merge_config_load(o->config_path, &cfg, &err)))
 		goto out;
-	so.params = cfg.params;
-	if (o->set_density) so.params.density = o->params.density;
-	if (o->set_lambda) so.params.lambda = o->params.lambda;
-	if (o->set_drop) so.params.drop = o->params.drop;
-	if (o->set_seed) so.params.seed = o->params.seed;
-	if (o->set_dare_ties) so.params.dare_ties = o->params.dare_ties;
-	if (o->method_text) {
-		zm_merge_method_parse(o->method_text, &so.method);
-	} else if (cfg.has_method) {
-		so.method = cfg.method;
-	} else {
-		st = zm_error_set(&err, ZM_ERR_USAGE, "no --method (and no "
-		                  "method: in the config)");
+	if ((st = static_method(o, &cfg, &so, &err)))
 		goto out;
-	}
-	so.level = ZM_GRAN_LAYER;
-	if (o->level_text)
-		zm_gran_level_parse(o->level_text, &so.level);
 	n = o->n_args ? o->n_args : cfg.n_models;
 	if (n == 0) {
 		st = zm_error_set(&err, ZM_ERR_USAGE, "no models to merge");
@@ -318,39 +368,8 @@ static int run_static(const struct merge_opts *o)
 		st = zm_error_set(&err, ZM_ERR_NOMEM, "out of memory");
 		goto out;
 	}
-	for (i = 0; i < n; i++) {
-		labels[i] = o->n_args ? o->args[i] : cfg.models[i].model;
-		weights[i] = 1.0;
-		for (j = 0; j < cfg.n_models; j++)
-			if (strcmp(cfg.models[j].model, labels[i]) == 0)
-				break;
-		if (j < cfg.n_models) {
-			specs[i] = cfg.models[j].weight;
-		} else if (cfg.n_models) {
-			st = zm_error_set(&err, ZM_ERR_CONFIG, "%s: model '%s' "
-			                  "is not in the config's models",
-			                  o->config_path, labels[i]);
-			goto out;
-		}
-	}
-	if (o->weights_text) {
-		const char *bad;
-		size_t bad_len;
-		if (!parse_weights(o->weights_text, n, weights, &bad,
-		                   &bad_len)) {
-			if (bad)
-				st = zm_error_set(&err, ZM_ERR_USAGE, "--weights:"
-				                  " '%.*s' is not a finite number "
-				                  "in [0, 1e6]", (int)bad_len, bad);
-			else
-				st = zm_error_set(&err, ZM_ERR_USAGE, "--weights:"
-				                  " expected %zu numbers separated "
-				                  "by commas", n);
-			goto out;
-		}
-		for (i = 0; i < n; i++)
-			specs[i] = NULL;
-	}
+	if ((st = static_models(o, &cfg, n, labels, specs, weights, &err)))
+		goto out;
 	if (o->zoo_dir && (st = zm_zoo_open(&zoo, o->zoo_dir, ZM_ZOO_READ, &err)))
 		goto out;
 	for (i = 0; i < n && st == ZM_OK; i++)
