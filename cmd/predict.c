@@ -618,6 +618,78 @@ static enum zm_status start_auto(const struct predict_opts *o,
 	return st;
 }
 
+/* The trace's header; with auto each line also says the batch's level,
+ * its time and why that level. */
+static enum zm_status trace_header(const struct zm_predictor *pred,
+                                   struct zm_outfile *trace,
+                                   struct zm_error *err)
+{
+	if (pred->gauto)
+		return zm_outfile_printf(trace, err, "batch,rows,model,unit,"
+		                         "weight,similarity,score,level,ms,"
+		                         "why\n");
+	return zm_pred_trace_header(trace, err);
+}
+
+/* --explain: what the weighting (and auto) chose and why, on stderr when
+ * the predictions go to stdout. */
+static enum zm_status explain(const struct predict_opts *o,
+                              const struct predict_run *s,
+                              const struct zm_predictor *pred,
+                              const struct zm_granauto_ctl *ctl,
+                              struct zm_error *err)
+{
+	bool to_err = !o->output || strcmp(o->output, "-") == 0;
+	struct zm_buf b;
+
+	zm_buf_init(&b);
+	zm_predict_explain(pred, s->names, &b);
+	if (pred->gauto)
+		zm_granauto_ctl_explain(ctl, &b);
+	if (b.failed) {
+		zm_buf_release(&b);
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	}
+	fputs(b.len ? b.data : "", to_err ? stderr : stdout);
+	zm_buf_release(&b);
+	return ZM_OK;
+}
+
+/* --state: the Hedge scores of --feedback, or auto's cost estimates. */
+static enum zm_status save_state(const struct predict_opts *o,
+                                 const struct predict_run *s,
+                                 const struct zm_predictor *pred,
+                                 const struct zm_granauto_ctl *ctl,
+                                 struct zm_error *err)
+{
+	if (o->state && s->k > 1 && s->po.feedback)
+		return zm_hedge_save(&pred->hedge, o->state, err);
+	if (o->state && pred->gauto)
+		return zm_granauto_state_save(&ctl->g, o->state,
+		                              ctl->state_keep, err);
+	return ZM_OK;
+}
+
+/* The input, and its name for messages. */
+static enum zm_status open_input(const struct predict_opts *o,
+                                 struct zm_dataset_reader **r,
+                                 const char **name, struct zm_error *err)
+{
+	struct zm_dataset_options d;
+
+	zm_dataset_options_init(&d);
+	d.kind = o->from;
+	d.path = o->input;
+	d.images = o->images;
+	d.labels = o->labels;
+	d.label = o->label;
+	d.batch = o->batch;
+	*name = o->from == ZM_DATASET_IDX ? o->images
+	        : !o->input || strcmp(o->input, "-") == 0 ? "<stdin>"
+	        : o->input;
+	return zm_dataset_open(r, &d, err);
+}
+
 static int run(const struct predict_opts *o)
 {
 	struct zm_error err;
@@ -625,7 +697,6 @@ static int run(const struct predict_opts *o)
 	struct zm_predictor *pred = NULL;
 	struct zm_dataset_reader *r = NULL;
 	struct zm_pred_writer *w = NULL;
-	struct zm_dataset_options d;
 	struct zm_pred_metrics metrics;
 	struct zm_outfile trace;
 	struct zm_schema schema;
@@ -675,32 +746,13 @@ static int run(const struct predict_opts *o)
 		goto out;
 	zm_pred_metrics_init(&metrics, pred->loss, pred->out_features);
 
-	zm_dataset_options_init(&d);
-	d.kind = o->from;
-	d.path = o->input;
-	d.images = o->images;
-	d.labels = o->labels;
-	d.label = o->label;
-	d.batch = o->batch;
-	st = zm_dataset_open(&r, &d, &err);
-	if (st != ZM_OK)
+	if ((st = open_input(o, &r, &in_name, &err)))
 		goto out;
-	in_name = o->from == ZM_DATASET_IDX ? o->images :
-	          !o->input || strcmp(o->input, "-") == 0 ? "<stdin>" : o->input;
 	if (o->trace) {
-		st = zm_outfile_open(&trace, o->trace, false, &err);
-		if (st != ZM_OK)
+		if ((st = zm_outfile_open(&trace, o->trace, false, &err)))
 			goto out;
 		trace_open = true;
-		/* auto: each line also says the batch's level, its time and
-		 * why that level. */
-		if (pred->gauto)
-			st = zm_outfile_printf(&trace, &err, "batch,rows,model,"
-			                       "unit,weight,similarity,score,"
-			                       "level,ms,why\n");
-		else
-			st = zm_pred_trace_header(&trace, &err);
-		if (st != ZM_OK)
+		if ((st = trace_header(pred, &trace, &err)))
 			goto out;
 		pred->trace = &trace;
 	}
@@ -742,43 +794,18 @@ static int run(const struct predict_opts *o)
 		                  o->min_rows);
 	if (st != ZM_OK)
 		goto out;
-	if (o->metrics) {
-		st = zm_pred_metrics_write(&metrics, s.model_name, o->metrics,
-		                           &err);
-		if (st != ZM_OK)
-			goto out;
-	}
-	if (o->explain) {
-		struct zm_buf b;
-		bool to_err = !o->output || strcmp(o->output, "-") == 0;
-		zm_buf_init(&b);
-		zm_predict_explain(pred, s.names, &b);
-		if (pred->gauto)
-			zm_granauto_ctl_explain(&ctl, &b);
-		if (b.failed) {
-			zm_buf_release(&b);
-			st = zm_error_set(&err, ZM_ERR_NOMEM, "out of memory");
-			goto out;
-		}
-		fputs(b.len ? b.data : "", to_err ? stderr : stdout);
-		zm_buf_release(&b);
-	}
+	if (o->metrics && (st = zm_pred_metrics_write(&metrics, s.model_name,
+	                                              o->metrics, &err)))
+		goto out;
+	if (o->explain && (st = explain(o, &s, pred, &ctl, &err)))
+		goto out;
 	if (trace_open) {
 		trace_open = false;
-		st = zm_outfile_commit(&trace, &err);
-		if (st != ZM_OK)
+		if ((st = zm_outfile_commit(&trace, &err)))
 			goto out;
 	}
-	if (o->state && s.k > 1 && s.po.feedback) {
-		st = zm_hedge_save(&pred->hedge, o->state, &err);
-		if (st != ZM_OK)
-			goto out;
-	} else if (o->state && pred->gauto) {
-		st = zm_granauto_state_save(&ctl.g, o->state, ctl.state_keep,
-		                            &err);
-		if (st != ZM_OK)
-			goto out;
-	}
+	if ((st = save_state(o, &s, pred, &ctl, &err)))
+		goto out;
 	st = zm_pred_writer_commit(w, &err);
 	w = NULL;
 out:
