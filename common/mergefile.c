@@ -689,11 +689,45 @@ static enum zm_status check_opts(const struct zm_merge_static_opts *o,
 	return ZM_OK;
 }
 
+/*
+ * One parameter tensor h from the reader thread: the base (when bx is
+ * given) and each model in turn, weighted by lw[i * stride], merged into
+ * res and checked to be finite.
+ */
+static enum zm_status merge_tensor(struct prefetch *pf, size_t *seq,
+                                   const struct zm_tensor *h,
+                                   size_t n_models, const double *lw,
+                                   size_t stride, struct zm_merge_acc *acc,
+                                   float *bx, float *res,
+                                   struct zm_error *err)
+{
+	size_t n = h->nbytes / sizeof(float), i;
+	enum zm_status st;
+	float *in;
+
+	zm_merge_acc_begin(acc, n);
+	if (bx) {
+		if (!(in = prefetch_take(pf, *seq, err)))
+			return err->status;
+		memcpy(bx, in, n * sizeof(float));
+		prefetch_done(pf, (*seq)++);
+	}
+	for (i = 0; i < n_models; i++) {
+		if (!(in = prefetch_take(pf, *seq, err)))
+			return err->status;
+		zm_merge_acc_add(acc, in, bx, lw[i * stride]);
+		prefetch_done(pf, (*seq)++);
+	}
+	if ((st = zm_merge_acc_finish(acc, bx, res, err)))
+		return zm_error_prefix(err, "%s: ", h->name);
+	return check_finite(res, n, "merged model", h->name, err);
+}
+
 enum zm_status zm_merge_static(const struct zm_merge_static_opts *o,
                                struct zm_error *err)
 {
 	bool base = zm_merge_method_needs_base(o->method);
-	size_t n_in = o->n_models + (base ? 1 : 0), i, l, t, cap = 0, n_params;
+	size_t n_in = o->n_models + (base ? 1 : 0), i, t, cap = 0, n_params;
 	struct input *ins = NULL;
 	struct zm_doc out;
 	struct zm_merge_acc acc;
@@ -778,40 +812,22 @@ enum zm_status zm_merge_static(const struct zm_merge_static_opts *o,
 		goto out;
 	}
 	running = true;
-	for (t = 0; t < n_params; t++) {
+	for (t = 0; t < n_params && st == ZM_OK; t++) {
 		const struct zm_tensor *h = &out.tensors[t];
-		size_t n = h->nbytes / sizeof(float), dot;
+		const double *lw;
+		size_t dot = (size_t)(strrchr(h->name, '.') - h->name);
 		char layer[ZM_LAYER_NAME_MAX + 1];
-		float *in;
-		dot = (size_t)(strrchr(h->name, '.') - h->name);
 		memcpy(layer, h->name, dot);
 		layer[dot] = '\0';
-		l = (size_t)zm_arch_find_layer(arch, layer);
-		zm_merge_acc_begin(&acc, n);
-		if (base) {
-			if (!(in = prefetch_take(&pf, seq, err))) {
-				st = err->status;
-				goto out;
-			}
-			memcpy(bx, in, n * sizeof(float));
-			prefetch_done(&pf, seq++);
-		}
-		for (i = 0; i < o->n_models; i++) {
-			if (!(in = prefetch_take(&pf, seq, err))) {
-				st = err->status;
-				goto out;
-			}
-			zm_merge_acc_add(&acc, in, bx, wts[i * arch->n_layers + l]);
-			prefetch_done(&pf, seq++);
-		}
-		if ((st = zm_merge_acc_finish(&acc, bx, res, err))) {
-			zm_error_prefix(err, "%s: ", h->name);
-			goto out;
-		}
-		if ((st = check_finite(res, n, "merged model", h->name, err)) ||
-		    (st = zm_writer_write_data(w, res, h->nbytes, err)))
-			goto out;
+		/* Model i's weight for this layer: lw[i * n_layers]. */
+		lw = wts + zm_arch_find_layer(arch, layer);
+		st = merge_tensor(&pf, &seq, h, o->n_models, lw, arch->n_layers,
+		                  &acc, bx, res, err);
+		if (st == ZM_OK)
+			st = zm_writer_write_data(w, res, h->nbytes, err);
 	}
+	if (st != ZM_OK)
+		goto out;
 	pthread_join(thread, NULL);
 	running = false;
 	if ((st = merge_profiles(o, ins, arch, &merged, err)))
