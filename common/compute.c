@@ -16,6 +16,7 @@
 #include "kernel.h"
 #include "mem.h"
 #include "model.h"
+#include "random.h"
 #include "vec.h"
 
 static enum zm_status nomem(struct zm_error *err)
@@ -24,6 +25,44 @@ static enum zm_status nomem(struct zm_error *err)
 }
 
 /* ---- layers ---- */
+
+/* The element-wise layers at inference (dropout is the identity there);
+ * in and out may be equal. */
+static void elementwise_forward(const struct zm_layer *layer, const float *in,
+                                size_t n, float *out)
+{
+	const struct zm_layer_spec *s = layer->spec;
+	size_t f = s->in_features, i, j;
+
+	switch (s->type) {
+	case ZM_LAYER_STANDARDIZE: {
+		const float *mean = layer->weight.data;
+		const float *inv = layer->bias.data;
+		for (i = 0; i < n; i++)
+			for (j = 0; j < f; j++)
+				out[i * f + j] = (in[i * f + j] - mean[j]) * inv[j];
+		break;
+	}
+	case ZM_LAYER_CLIP: {
+		float lo = (float)s->lo, hi = (float)s->hi;
+		for (i = 0; i < n * f; i++) {
+			float v = in[i];
+			out[i] = v < lo ? lo : v > hi ? hi : v;
+		}
+		break;
+	}
+	default:
+		if (out != in)
+			memmove(out, in, n * f * sizeof(*in));
+		break;
+	}
+}
+
+static bool is_elementwise(enum zm_layer_type t)
+{
+	return t == ZM_LAYER_STANDARDIZE || t == ZM_LAYER_CLIP ||
+	       t == ZM_LAYER_DROPOUT;
+}
 
 void zm_layer_linear(const struct zm_layer *layer, const float *in, size_t n,
                      float *out_pre)
@@ -41,6 +80,10 @@ void zm_layer_linear(const struct zm_layer *layer, const float *in, size_t n,
 		struct zm_conv_geom g;
 		zm_conv_geom_of(s, &g);
 		zm_maxpool_forward(&g, in, n, out_pre);
+		return;
+	}
+	if (is_elementwise(s->type)) {
+		elementwise_forward(layer, in, n, out_pre);
 		return;
 	}
 	ZM_ASSERT(s->type == ZM_LAYER_DENSE);
@@ -105,9 +148,30 @@ void zm_layer_backward_any(const struct zm_layer *layer, const float *in,
 			zm_maxpool_backward(&g, in, n, dpre, dx);
 		break;
 	case ZM_LAYER_FLATTEN:
+	case ZM_LAYER_DROPOUT:    /* as at inference; see model.h */
 		if (dx && dx != dpre)
 			memmove(dx, dpre, n * s->in_features * sizeof(*dx));
 		break;
+	case ZM_LAYER_STANDARDIZE: {
+		/* Fitted, not trained: no parameter gradient. */
+		const float *inv = layer->bias.data;
+		size_t f = s->in_features, i, j;
+		if (dw && beta_dw == 0.0f) {
+			memset(dw, 0, s->n_weight * sizeof(*dw));
+			memset(db, 0, s->n_bias * sizeof(*db));
+		}
+		for (i = 0; dx && i < n; i++)
+			for (j = 0; j < f; j++)
+				dx[i * f + j] = dpre[i * f + j] * inv[j];
+		break;
+	}
+	case ZM_LAYER_CLIP: {
+		float lo = (float)s->lo, hi = (float)s->hi;
+		size_t i;
+		for (i = 0; dx && i < n * s->in_features; i++)
+			dx[i] = in[i] > lo && in[i] < hi ? dpre[i] : 0.0f;
+		break;
+	}
 	}
 }
 
@@ -262,6 +326,7 @@ enum zm_status zm_workspace_new(const struct zm_arch *arch, size_t max_batch,
 	ws->arch = arch;
 	ws->max_batch = max_batch;
 	ws->training = training;
+	zm_rng_seed(&ws->rng, 0);
 	ws->out = zm_calloc(L, sizeof(*ws->out));
 	ws->pre = zm_calloc(L, sizeof(*ws->pre));
 	ws->buf = zm_calloc(L, sizeof(*ws->buf));
@@ -282,11 +347,16 @@ enum zm_status zm_workspace_new(const struct zm_arch *arch, size_t max_batch,
 		size_t sc = zm_layer_scratch_floats(s, max_batch, training);
 		if (sc > scratch)
 			scratch = sc;
-		if (s->type == ZM_LAYER_MAXPOOL2D) {
+		if (s->type == ZM_LAYER_MAXPOOL2D || s->type == ZM_LAYER_CLIP ||
+		    s->type == ZM_LAYER_DROPOUT) {
 			ws->buf[i] = alloc_floats(max_batch, s->out_features);
 			if (!ws->buf[i])
 				goto fail;
 		}
+		/* Training dropout keeps its mask (0 or 1 / (1 - rate)). */
+		if (training && s->type == ZM_LAYER_DROPOUT &&
+		    !(ws->pre[i] = alloc_floats(max_batch, s->out_features)))
+			goto fail;
 		if (!s->has_params)
 			continue;
 		ws->buf[i] = alloc_floats(max_batch, s->out_features);
@@ -345,8 +415,21 @@ const float *zm_model_forward(const struct zm_model *model,
 			in = dst;
 			continue;
 		}
+		if (s->type == ZM_LAYER_DROPOUT && ws->training &&
+		    s->rate > 0) {
+			float keep = (float)(1.0 / (1.0 - s->rate)), *mask = ws->pre[l];
+			size_t i;
+			for (i = 0; i < count; i++) {
+				mask[i] = zm_rng_uniform(&ws->rng) < s->rate ?
+				          0.0f : keep;
+				dst[i] = in[i] * mask[i];
+			}
+			ws->out[l] = dst;
+			in = dst;
+			continue;
+		}
 		if (s->type != ZM_LAYER_DENSE) {
-			/* conv2d, maxpool2d: see conv.h. */
+			/* conv2d, maxpool2d, element-wise: see conv.h. */
 			float *p = ws->pre[l] ? ws->pre[l] : dst;
 			zm_layer_forward(layer, in, n, p, ws->scratch);
 			zm_activation_apply(s->act, p, dst, n * s->out_features);
@@ -390,6 +473,17 @@ void zm_model_backward(const struct zm_model *model, struct zm_workspace *ws,
 		float *dx = NULL;
 		if (s->type == ZM_LAYER_FLATTEN)
 			continue;   /* flatten: the gradient keeps its layout */
+		if (s->type == ZM_LAYER_DROPOUT) {
+			size_t i, count = n * s->out_features;
+			if (l > first) {
+				dx = g == ws->grad_a ? ws->grad_b : ws->grad_a;
+				for (i = 0; i < count; i++)
+					dx[i] = s->rate > 0 ? g[i] * ws->pre[l][i]
+					                    : g[i];
+			}
+			g = dx;
+			continue;
+		}
 		if (s->type != ZM_LAYER_DENSE) {
 			zm_activation_backward(s->act, ws->pre[l], ws->out[l],
 			                       g, n * s->out_features);

@@ -21,6 +21,9 @@ static const char *const layer_type_names[] = {
 	[ZM_LAYER_FLATTEN] = "flatten",
 	[ZM_LAYER_CONV2D] = "conv2d",
 	[ZM_LAYER_MAXPOOL2D] = "maxpool2d",
+	[ZM_LAYER_STANDARDIZE] = "standardize",
+	[ZM_LAYER_CLIP] = "clip",
+	[ZM_LAYER_DROPOUT] = "dropout",
 };
 
 static const char *const activation_names[] = {
