@@ -256,8 +256,8 @@ static const char *const layer_keys[] = {
 };
 
 /*
- * The keys of the element-wise kinds: standardize (none), clip {min,
- * max} and dropout {rate}.  Their output has their input's shape.
+ * The keys of the element-wise kinds: standardize and batchnorm (none),
+ * clip {min, max} and dropout {rate}.  Their output has their input's shape.
  */
 static enum zm_status elementwise_parse_spec(const struct zm_node *item,
                                              struct zm_layer_spec *spec,
@@ -286,9 +286,17 @@ static enum zm_status elementwise_parse_spec(const struct zm_node *item,
 	for (i = 0; i < (size_t)spec->in_ndim; i++)
 		spec->out_shape[i] = spec->in_shape[i];
 	spec->out_features = spec->in_features;
-	if (spec->type == ZM_LAYER_STANDARDIZE) {
+	if (spec->type == ZM_LAYER_STANDARDIZE ||
+	    spec->type == ZM_LAYER_BATCHNORM) {
+		if (spec->type == ZM_LAYER_BATCHNORM && spec->in_ndim != 1)
+			return zm_node_error(item, err, ZM_ERR_CONFIG,
+			                     "layer '%s': batchnorm normalises "
+			                     "vectors: put a flatten before it",
+			                     spec->name);
 		spec->has_params = true;
 		spec->n_weight = spec->n_bias = spec->in_features;
+		spec->momentum = 0.1;
+		spec->eps = 1e-5;
 	} else if (spec->type == ZM_LAYER_CLIP) {
 		const char *key[2] = { "min", "max" };
 		double *v[2] = { &spec->lo, &spec->hi };
@@ -337,7 +345,7 @@ static enum zm_status parse_layer_kind(const struct zm_node *item,
 	if (spec->type == ZM_LAYER_CONV2D || spec->type == ZM_LAYER_MAXPOOL2D)
 		return conv_parse_spec(item, spec, err);
 	if (spec->type == ZM_LAYER_STANDARDIZE || spec->type == ZM_LAYER_CLIP ||
-	    spec->type == ZM_LAYER_DROPOUT)
+	    spec->type == ZM_LAYER_DROPOUT || spec->type == ZM_LAYER_BATCHNORM)
 		return elementwise_parse_spec(item, spec, err);
 	if (spec->type != ZM_LAYER_FLATTEN) {
 		static const char *const spatial[] = {
@@ -455,8 +463,8 @@ static enum zm_status parse_layer(const struct zm_node *item,
 			return zm_node_error(n, err, ZM_ERR_CONFIG,
 			                     "layer '%s': unknown type '%s' "
 			                     "(expected dense, conv2d, maxpool2d, "
-			                     "flatten, standardize, clip or "
-			                     "dropout)", spec->name, s);
+			                     "flatten, standardize, batchnorm, "
+			                     "clip or dropout)", spec->name, s);
 		spec->type = t;
 	}
 
@@ -507,7 +515,8 @@ static enum zm_status parse_layer(const struct zm_node *item,
 			                     "fitted to the input data", spec->name);
 	st = parse_layer_kind(item, spec, err);
 	spec->trainable = spec->has_params &&
-	                  spec->type != ZM_LAYER_STANDARDIZE;
+	                  spec->type != ZM_LAYER_STANDARDIZE &&
+	                  spec->type != ZM_LAYER_BATCHNORM;
 	return st;
 }
 
@@ -731,6 +740,18 @@ enum zm_status zm_arch_parse_json(const char *json, size_t len,
 	return st;
 }
 
+/* The shortest of %.15g and %.17g that reads back as v (0.1, not
+ * 0.10000000000000001). */
+static void shortest(struct zm_buf *b, double v)
+{
+	char s[40];
+
+	snprintf(s, sizeof(s), "%.15g", v);
+	if (strtod(s, NULL) != v)
+		snprintf(s, sizeof(s), "%.17g", v);
+	zm_buf_puts(b, s);
+}
+
 void zm_arch_to_json(const struct zm_arch *arch, struct zm_buf *b)
 {
 	size_t i;
@@ -769,10 +790,13 @@ void zm_arch_to_json(const struct zm_arch *arch, struct zm_buf *b)
 			              l->same ? "same" : "valid");
 			zm_json_string(b, a, strlen(a));
 		} else if (l->type == ZM_LAYER_CLIP) {
-			zm_buf_printf(b, ", \"min\": %.17g, \"max\": %.17g",
-			              l->lo, l->hi);
+			zm_buf_puts(b, ", \"min\": ");
+			shortest(b, l->lo);
+			zm_buf_puts(b, ", \"max\": ");
+			shortest(b, l->hi);
 		} else if (l->type == ZM_LAYER_DROPOUT) {
-			zm_buf_printf(b, ", \"rate\": %.17g", l->rate);
+			zm_buf_puts(b, ", \"rate\": ");
+			shortest(b, l->rate);
 		} else if (l->type == ZM_LAYER_MAXPOOL2D) {
 			zm_buf_printf(b, ", \"size\": [%lld, %lld], "
 			              "\"stride\": [%lld, %lld]",

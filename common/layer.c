@@ -24,6 +24,7 @@ static const char *const layer_type_names[] = {
 	[ZM_LAYER_STANDARDIZE] = "standardize",
 	[ZM_LAYER_CLIP] = "clip",
 	[ZM_LAYER_DROPOUT] = "dropout",
+	[ZM_LAYER_BATCHNORM] = "batchnorm",
 };
 
 static const char *const activation_names[] = {

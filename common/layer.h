@@ -18,7 +18,8 @@ enum zm_layer_type {
 	ZM_LAYER_MAXPOOL2D,
 	ZM_LAYER_STANDARDIZE,
 	ZM_LAYER_CLIP,
-	ZM_LAYER_DROPOUT
+	ZM_LAYER_DROPOUT,
+	ZM_LAYER_BATCHNORM
 };
 
 /*
@@ -65,6 +66,14 @@ enum zm_loss {
  *    fits them from its rows when inv_std is all zero (a new model), and
  *    leaves them alone otherwise.  Only the first layer (after flatten)
  *    may be one, as it is fitted to the input data.
+ *  - batchnorm: PyTorch's BatchNorm1d(affine=False) on a vector input
+ *    (the dense layer after it scales and shifts): in training y = (x -
+ *    mean) / sqrt(var + eps) with the batch's mean and biased variance,
+ *    and the running statistics move by momentum towards them (the
+ *    variance unbiased); at inference the running statistics are used.
+ *    "LAYER.weight" is the running mean (0 in a new model) and
+ *    "LAYER.bias" the running variance (1), F32 [features], not trained
+ *    by the optimizer, and averaged like parameters when models merge.
  *  - clip: y = min(max(x, lo), hi); the gradient passes where lo < x < hi.
  *  - dropout: in training each value is zeroed with probability rate and
  *    the others scaled by 1 / (1 - rate) (PyTorch's nn.Dropout); at
@@ -79,9 +88,10 @@ struct zm_layer_spec {
 	int in_ndim, out_ndim;
 	int64_t in_shape[ZM_INPUT_MAX_DIMS], out_shape[ZM_INPUT_MAX_DIMS];
 	size_t in_features, out_features;   /* numel of in_shape, out_shape */
-	bool has_params;              /* dense, conv2d, standardize */
+	bool has_params;              /* dense, conv2d, standardize, batchnorm */
 	bool trainable;               /* has_params, and the optimizer
-	                                 updates them (not standardize) */
+	                                 updates them (not standardize,
+	                                 batchnorm) */
 	/* conv2d and maxpool2d: kernel (pool window) [kh, kw], stride
 	 * [sh, sw], and conv2d's zero padding before the first row and
 	 * column [top, left] (the padding after follows from out_shape). */
@@ -89,6 +99,7 @@ struct zm_layer_spec {
 	bool same;                    /* conv2d: padding 'same', else 'valid' */
 	double lo, hi;                /* clip: bounds, lo < hi */
 	double rate;                  /* dropout: in [0, 1) */
+	double momentum, eps;         /* batchnorm: 0.1 and 1e-5 */
 	size_t n_weight, n_bias;      /* parameter counts; 0 without params */
 	/* Owned; the module name its parameters have in a PyTorch state
 	 * dict (the arch's map:, or set when a state dict was matched by

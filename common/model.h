@@ -307,6 +307,15 @@ const float *zm_model_forward(const struct zm_model *model,
 void zm_model_backward(const struct zm_model *model, struct zm_workspace *ws,
                        const float *x, size_t n, float *dout);
 
+/*
+ * After a training zm_model_forward of n rows: moves the running mean and
+ * variance of model's batchnorm layers towards the batch's (mean and
+ * unbiased variance) by their momentum, as PyTorch's BatchNorm1d does.
+ * zm_train_step calls it; the forward pass leaves the model const.
+ */
+void zm_model_update_running(struct zm_model *model,
+                             const struct zm_workspace *ws, size_t n);
+
 /* ---- losses ---- */
 
 /*

@@ -491,6 +491,7 @@ enum zm_status zm_train_step(struct zm_model *model, struct zm_optim *opt,
 	st = batch_loss(model->arch, out, y, n, stats, ws->dlogits, err);
 	if (st != ZM_OK)
 		return st;
+	zm_model_update_running(model, ws, n);
 	/* The fused SGD pass knows dense layers only; conv models take the
 	 * separate passes (the same update). */
 	if (opt->cfg.kind == ZM_OPTIM_SGD && dense_only(model->arch)) {
