@@ -270,4 +270,70 @@ run predict --zoo "$M" --model a --label label --from csv -o "$T/pa.csv" "$T/tab
 expect_rc 0 "predict with the merged model"
 check "predict equals numpy's inference pass" py predict "$M/models/a/v2.safetensors.gz" "$T/tab.csv" "$T/pa.csv"
 
+# ---- PyTorch: BatchNorm1d and Dropout in, and back out ----
+
+if ! "$PY" -c 'import torch' 2>/dev/null; then
+	echo "# skipped: the PyTorch round trip ($PY has no torch)"
+	finish
+fi
+cat >"$T/pt_bn.py" <<'PY'
+import json, struct, sys
+import numpy as np, torch
+
+def net():
+    return torch.nn.Sequential(
+        torch.nn.Linear(8, 12), torch.nn.Tanh(),
+        torch.nn.BatchNorm1d(12, affine=False), torch.nn.Dropout(0.1),
+        torch.nn.Linear(12, 4))
+
+d, cmd = sys.argv[1], sys.argv[2]
+raw = np.loadtxt(d + '/tab.csv', delimiter=',', skiprows=1, dtype=str)
+x = raw[:, :8].astype(np.float32)
+x = (x - x.mean(0)) / x.std(0)
+if cmd == 'train':
+    torch.manual_seed(0)
+    y = torch.tensor(['abcd'.index(v) for v in raw[:, -1]])
+    m, xs = net(), torch.tensor(x)
+    opt = torch.optim.Adam(m.parameters(), 0.01)
+    for ep in range(5):
+        for i in range(0, len(xs), 100):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(m(xs[i:i + 100]),
+                                              y[i:i + 100]).backward()
+            opt.step()
+    m.eval()
+    np.savez(d + '/bn.npz', **{k: v.numpy() for k, v in m.state_dict().items()})
+    np.savetxt(d + '/xs.csv', x, delimiter=',', comments='', fmt='%.9g',
+               header=','.join('f%d' % i for i in range(1, 9)))
+    with torch.no_grad():
+        np.save(d + '/pt.npy', torch.softmax(m(torch.tensor(x)), 1).numpy())
+elif cmd == 'compare':
+    ours = np.genfromtxt(sys.argv[3], delimiter=',', names=True)
+    got = np.stack([ours['p_%d' % i] for i in range(4)], 1)
+    diff = np.abs(got - np.load(d + '/pt.npy')).max()
+    assert diff < 1e-5, diff
+    print('max difference', diff)
+elif cmd == 'load':
+    b = open(sys.argv[3], 'rb').read()
+    n = struct.unpack('<Q', b[:8])[0]
+    hdr = json.loads(b[8:8 + n])
+    hdr.pop('__metadata__', None)
+    dt = {'F32': np.float32, 'I64': np.int64}
+    sd = {k: torch.tensor(np.frombuffer(
+              b[8 + n + v['data_offsets'][0]:8 + n + v['data_offsets'][1]],
+              dt[v['dtype']]).reshape(v['shape']).copy())
+          for k, v in hdr.items()}
+    net().load_state_dict(sd, strict=True)
+PY
+printf 'input: [8]\nlayers:\n  - {name: h, units: 12, activation: tanh}\n  - {name: bn, type: batchnorm}\n  - {name: d, type: dropout, rate: 0.1}\n  - {name: out, units: 4}\n' >"$T/bn.yaml"
+check "PyTorch trains an nn.Sequential with BatchNorm1d and Dropout" "$PY" "$T/pt_bn.py" "$T" train
+run zoo-add --zoo "$T/ptz" --name bn --arch "$T/bn.yaml" "$T/bn.npz"
+expect_rc 0 "zoo-add imports its state dict (running_mean, running_var)"
+run predict --zoo "$T/ptz" --model bn --from csv -o "$T/bn-pred.csv" "$T/xs.csv"
+expect_rc 0 "predict with the imported model"
+check "it predicts as PyTorch in eval mode within 1e-5" "$PY" "$T/pt_bn.py" "$T" compare "$T/bn-pred.csv"
+run tensor export --state-dict -o "$T/bn-back.safetensors" "$T/ptz/models/bn/v1.safetensors.gz"
+expect_rc 0 "tensor export --state-dict"
+check "PyTorch loads the export strictly" "$PY" "$T/pt_bn.py" "$T" load "$T/bn-back.safetensors"
+
 finish
