@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lineage.h"
 #include "model.h"
 #include "random.h"
 #include "train.h"
@@ -426,6 +427,32 @@ START_TEST(test_layer_dropout_and_init)
 }
 END_TEST
 
+/* Two copies of one initialisation whose standardize and batchnorm
+ * statistics differ (fitted to other data) are still related by their
+ * units' alignment: statistics are not trained from the start. */
+START_TEST(test_layer_lineage)
+{
+	struct ref p;
+	struct zm_model *a = random_model(31, &p), *b;
+	struct zm_lineage_info info;
+	struct zm_error err;
+	size_t i;
+
+	ck_assert_int_eq(zm_model_copy(a, &b, &err), ZM_OK);
+	for (i = 0; i < 6; i++)
+		((float *)b->layers[1].weight.data)[i] += (float)i;
+	for (i = 0; i < 5; i++)
+		((float *)b->layers[3].bias.data)[i] *= 3.0f + (float)i;
+	ck_assert_int_eq(zm_lineage_related(a, b, &info, &err), ZM_OK);
+	ck_assert_int_eq(info.basis, ZM_LINEAGE_BY_ALIGNMENT);
+	ck_assert_int_eq(info.verdict, ZM_LINEAGE_RELATED);
+	ck_assert(isnan(info.score[1]) && isnan(info.score[3]));
+	ck_assert_double_eq_tol(info.score[2], 1.0, 1e-12);
+	zm_model_free(b);
+	zm_model_free(a);
+}
+END_TEST
+
 Suite *suite_layers(void)
 {
 	Suite *s = suite_create("layers");
@@ -438,6 +465,7 @@ Suite *suite_layers(void)
 	tcase_add_loop_test(tc, test_layer_gradient_check, 0, 6);
 	tcase_add_test(tc, test_layer_train_step);
 	tcase_add_test(tc, test_layer_dropout_and_init);
+	tcase_add_test(tc, test_layer_lineage);
 	suite_add_tcase(s, tc);
 	return s;
 }
