@@ -252,8 +252,77 @@ static enum zm_status parse_input(const struct zm_node *node,
 
 static const char *const layer_keys[] = {
 	"name", "type", "units", "activation", "group", "filters", "kernel",
-	"stride", "padding", "size", NULL
+	"stride", "padding", "size", "min", "max", "rate", NULL
 };
+
+/*
+ * The keys of the element-wise kinds: standardize and batchnorm (none),
+ * clip {min, max} and dropout {rate}.  Their output has their input's shape.
+ */
+static enum zm_status elementwise_parse_spec(const struct zm_node *item,
+                                             struct zm_layer_spec *spec,
+                                             struct zm_error *err)
+{
+	static const char *const own[] = { "min", "max", "rate" };
+	const struct zm_node *n;
+	enum zm_status st;
+	size_t k, i;
+
+	for (k = 0; k < item->count; k++) {
+		const char *key = item->keys[k]->value;
+		bool ok = !strcmp(key, "name") || !strcmp(key, "type") ||
+		          !strcmp(key, "group");
+		for (i = 0; i < 3; i++)
+			if (!strcmp(key, own[i]))
+				ok = (spec->type == ZM_LAYER_CLIP && i < 2) ||
+				     (spec->type == ZM_LAYER_DROPOUT && i == 2);
+		if (!ok)
+			return zm_node_error(item->keys[k], err, ZM_ERR_CONFIG,
+			                     "layer '%s': %s takes no '%s'",
+			                     spec->name,
+			                     zm_layer_type_name(spec->type), key);
+	}
+	spec->out_ndim = spec->in_ndim;
+	for (i = 0; i < (size_t)spec->in_ndim; i++)
+		spec->out_shape[i] = spec->in_shape[i];
+	spec->out_features = spec->in_features;
+	if (spec->type == ZM_LAYER_STANDARDIZE ||
+	    spec->type == ZM_LAYER_BATCHNORM) {
+		if (spec->type == ZM_LAYER_BATCHNORM && spec->in_ndim != 1)
+			return zm_node_error(item, err, ZM_ERR_CONFIG,
+			                     "layer '%s': batchnorm normalises "
+			                     "vectors: put a flatten before it",
+			                     spec->name);
+		spec->has_params = true;
+		spec->n_weight = spec->n_bias = spec->in_features;
+		spec->momentum = 0.1;
+		spec->eps = 1e-5;
+	} else if (spec->type == ZM_LAYER_CLIP) {
+		const char *key[2] = { "min", "max" };
+		double *v[2] = { &spec->lo, &spec->hi };
+		for (i = 0; i < 2; i++) {
+			if (!(n = zm_node_get(item, key[i])))
+				return zm_node_error(item, err, ZM_ERR_CONFIG,
+				                     "layer '%s': clip needs 'min' "
+				                     "and 'max' (e.g. {type: clip, "
+				                     "min: -5, max: 5})", spec->name);
+			if ((st = zm_node_double(n, key[i], -ZM_CLIP_MAX_ABS,
+			                         ZM_CLIP_MAX_ABS, v[i], err)))
+				return st;
+		}
+		if (!(spec->lo < spec->hi))
+			return zm_node_error(zm_node_get(item, "max"), err,
+			                     ZM_ERR_CONFIG, "layer '%s': clip: "
+			                     "max %g is not above min %g",
+			                     spec->name, spec->hi, spec->lo);
+	} else {
+		spec->rate = 0.5;
+		if ((n = zm_node_get(item, "rate")) &&
+		    (st = zm_node_double(n, "rate", 0, 0.99, &spec->rate, err)))
+			return st;
+	}
+	return ZM_OK;
+}
 
 /*
  * Parses layers->items[idx] into arch->layers[idx], given the per-sample
@@ -275,6 +344,9 @@ static enum zm_status parse_layer_kind(const struct zm_node *item,
 	spec->act = ZM_ACT_IDENTITY;
 	if (spec->type == ZM_LAYER_CONV2D || spec->type == ZM_LAYER_MAXPOOL2D)
 		return conv_parse_spec(item, spec, err);
+	if (spec->type == ZM_LAYER_STANDARDIZE || spec->type == ZM_LAYER_CLIP ||
+	    spec->type == ZM_LAYER_DROPOUT || spec->type == ZM_LAYER_BATCHNORM)
+		return elementwise_parse_spec(item, spec, err);
 	if (spec->type != ZM_LAYER_FLATTEN) {
 		static const char *const spatial[] = {
 			"filters", "kernel", "stride", "padding", "size"
@@ -390,8 +462,9 @@ static enum zm_status parse_layer(const struct zm_node *item,
 		if (!zm_layer_type_parse(s, &t))
 			return zm_node_error(n, err, ZM_ERR_CONFIG,
 			                     "layer '%s': unknown type '%s' "
-			                     "(expected dense, conv2d, maxpool2d "
-			                     "or flatten)", spec->name, s);
+			                     "(expected dense, conv2d, maxpool2d, "
+			                     "flatten, standardize, batchnorm, "
+			                     "clip or dropout)", spec->name, s);
 		spec->type = t;
 	}
 
@@ -432,7 +505,19 @@ static enum zm_status parse_layer(const struct zm_node *item,
 	}
 	spec->in_features = (size_t)in_features;
 
-	return parse_layer_kind(item, spec, err);
+	/* standardize is fitted to the model's input: nothing may change
+	 * the features before it but a reshape. */
+	for (i = 0; spec->type == ZM_LAYER_STANDARDIZE && (size_t)i < idx; i++)
+		if (arch->layers[i].type != ZM_LAYER_FLATTEN)
+			return zm_node_error(item, err, ZM_ERR_CONFIG,
+			                     "layer '%s': standardize must be the "
+			                     "first layer (after flatten): it is "
+			                     "fitted to the input data", spec->name);
+	st = parse_layer_kind(item, spec, err);
+	spec->trainable = spec->has_params &&
+	                  spec->type != ZM_LAYER_STANDARDIZE &&
+	                  spec->type != ZM_LAYER_BATCHNORM;
+	return st;
 }
 
 /* Derived sizes every consumer wants, computed once. */
@@ -574,10 +659,10 @@ enum zm_status zm_arch_parse(const struct zm_node *root, struct zm_arch **out,
 		st = parse_layer(layers->items[i], arch, i, err);
 		if (st != ZM_OK)
 			goto fail;
-		any_params |= arch->layers[i].has_params;
+		any_params |= arch->layers[i].trainable;
 		/* Where to point an error about the output width: the last
 		 * layer's units (dense) or filters (conv2d), else the layer. */
-		if (arch->layers[i].has_params) {
+		if (arch->layers[i].trainable) {
 			last_units = zm_node_get(layers->items[i], "units");
 			if (!last_units)
 				last_units = zm_node_get(layers->items[i], "filters");
@@ -655,6 +740,18 @@ enum zm_status zm_arch_parse_json(const char *json, size_t len,
 	return st;
 }
 
+/* The shortest of %.15g and %.17g that reads back as v (0.1, not
+ * 0.10000000000000001). */
+static void shortest(struct zm_buf *b, double v)
+{
+	char s[40];
+
+	snprintf(s, sizeof(s), "%.15g", v);
+	if (strtod(s, NULL) != v)
+		snprintf(s, sizeof(s), "%.17g", v);
+	zm_buf_puts(b, s);
+}
+
 void zm_arch_to_json(const struct zm_arch *arch, struct zm_buf *b)
 {
 	size_t i;
@@ -692,6 +789,14 @@ void zm_arch_to_json(const struct zm_arch *arch, struct zm_buf *b)
 			              (long long)l->stride[1],
 			              l->same ? "same" : "valid");
 			zm_json_string(b, a, strlen(a));
+		} else if (l->type == ZM_LAYER_CLIP) {
+			zm_buf_puts(b, ", \"min\": ");
+			shortest(b, l->lo);
+			zm_buf_puts(b, ", \"max\": ");
+			shortest(b, l->hi);
+		} else if (l->type == ZM_LAYER_DROPOUT) {
+			zm_buf_puts(b, ", \"rate\": ");
+			shortest(b, l->rate);
 		} else if (l->type == ZM_LAYER_MAXPOOL2D) {
 			zm_buf_printf(b, ", \"size\": [%lld, %lld], "
 			              "\"stride\": [%lld, %lld]",
@@ -789,6 +894,11 @@ static const char *spec_diff(const struct zm_layer_spec *a,
 		snprintf(buf, size, "stride %lldx%lld vs %lldx%lld",
 		         (long long)a->stride[0], (long long)a->stride[1],
 		         (long long)b->stride[0], (long long)b->stride[1]);
+	else if (a->lo != b->lo || a->hi != b->hi)
+		snprintf(buf, size, "clip [%g, %g] vs [%g, %g]", a->lo, a->hi,
+		         b->lo, b->hi);
+	else if (a->rate != b->rate)
+		snprintf(buf, size, "rate %g vs %g", a->rate, b->rate);
 	else if (a->same != b->same)
 		snprintf(buf, size, "padding %s vs %s",
 		         a->same ? "same" : "valid", b->same ? "same" : "valid");

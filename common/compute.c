@@ -16,6 +16,7 @@
 #include "kernel.h"
 #include "mem.h"
 #include "model.h"
+#include "random.h"
 #include "vec.h"
 
 static enum zm_status nomem(struct zm_error *err)
@@ -24,6 +25,126 @@ static enum zm_status nomem(struct zm_error *err)
 }
 
 /* ---- layers ---- */
+
+/* The element-wise layers at inference (dropout is the identity there);
+ * in and out may be equal. */
+static void elementwise_forward(const struct zm_layer *layer, const float *in,
+                                size_t n, float *out)
+{
+	const struct zm_layer_spec *s = layer->spec;
+	size_t f = s->in_features, i, j;
+
+	switch (s->type) {
+	case ZM_LAYER_STANDARDIZE: {
+		const float *mean = layer->weight.data;
+		const float *inv = layer->bias.data;
+		for (i = 0; i < n; i++)
+			for (j = 0; j < f; j++)
+				out[i * f + j] = (in[i * f + j] - mean[j]) * inv[j];
+		break;
+	}
+	case ZM_LAYER_BATCHNORM: {
+		const float *rm = layer->weight.data, *rv = layer->bias.data;
+		for (j = 0; j < f; j++) {
+			float inv = 1.0f / sqrtf(rv[j] + (float)s->eps);
+			for (i = 0; i < n; i++)
+				out[i * f + j] = (in[i * f + j] - rm[j]) * inv;
+		}
+		break;
+	}
+	case ZM_LAYER_CLIP: {
+		float lo = (float)s->lo, hi = (float)s->hi;
+		for (i = 0; i < n * f; i++) {
+			float v = in[i];
+			out[i] = v < lo ? lo : v > hi ? hi : v;
+		}
+		break;
+	}
+	default:
+		if (out != in)
+			memmove(out, in, n * f * sizeof(*in));
+		break;
+	}
+}
+
+static bool is_elementwise(enum zm_layer_type t)
+{
+	return t == ZM_LAYER_STANDARDIZE || t == ZM_LAYER_CLIP ||
+	       t == ZM_LAYER_DROPOUT || t == ZM_LAYER_BATCHNORM;
+}
+
+/*
+ * batchnorm in training: y = (x - mean) / sqrt(var + eps) with the batch's
+ * mean and biased variance (in double), which go to stats[0..f) and
+ * stats[f..2f) for the backward pass and the running update.
+ */
+static void batchnorm_train_forward(const struct zm_layer_spec *s,
+                                    const float *in, size_t n, float *out,
+                                    float *stats)
+{
+	size_t f = s->in_features, i, j;
+
+	for (j = 0; j < f; j++) {
+		double mu = 0, var = 0, inv;
+		for (i = 0; i < n; i++)
+			mu += in[i * f + j];
+		mu /= (double)n;
+		for (i = 0; i < n; i++)
+			var += (in[i * f + j] - mu) * (in[i * f + j] - mu);
+		var /= (double)n;
+		inv = 1.0 / sqrt(var + s->eps);
+		for (i = 0; i < n; i++)
+			out[i * f + j] = (float)((in[i * f + j] - mu) * inv);
+		stats[j] = (float)mu;
+		stats[f + j] = (float)var;
+	}
+}
+
+/*
+ * Its input gradient given dy and y (the normalised values):
+ * dx = inv / n (n dy - sum dy - y sum(dy y)), per feature over the batch.
+ */
+static void batchnorm_train_backward(const struct zm_layer_spec *s,
+                                     const float *y, const float *stats,
+                                     size_t n, const float *dy, float *dx)
+{
+	size_t f = s->in_features, i, j;
+
+	for (j = 0; j < f; j++) {
+		double sg = 0, sgy = 0, inv = 1.0 / sqrt(stats[f + j] + s->eps);
+		for (i = 0; i < n; i++) {
+			sg += dy[i * f + j];
+			sgy += (double)dy[i * f + j] * y[i * f + j];
+		}
+		for (i = 0; i < n; i++)
+			dx[i * f + j] = (float)(inv / (double)n *
+			                        ((double)n * dy[i * f + j] - sg -
+			                         y[i * f + j] * sgy));
+	}
+}
+
+void zm_model_update_running(struct zm_model *model,
+                             const struct zm_workspace *ws, size_t n)
+{
+	size_t l, j;
+
+	ZM_ASSERT(ws->training);
+	for (l = 0; n > 0 && l < model->arch->n_layers; l++) {
+		const struct zm_layer_spec *s = model->layers[l].spec;
+		float *rm = model->layers[l].weight.data;
+		float *rv = model->layers[l].bias.data;
+		const float *st = ws->pre[l];
+		size_t f = s->in_features;
+		double m = s->momentum, unb = n > 1 ? (double)n / (double)(n - 1)
+		                                    : 1.0;
+		if (s->type != ZM_LAYER_BATCHNORM)
+			continue;
+		for (j = 0; j < f; j++) {
+			rm[j] = (float)((1 - m) * rm[j] + m * st[j]);
+			rv[j] = (float)((1 - m) * rv[j] + m * st[f + j] * unb);
+		}
+	}
+}
 
 void zm_layer_linear(const struct zm_layer *layer, const float *in, size_t n,
                      float *out_pre)
@@ -41,6 +162,10 @@ void zm_layer_linear(const struct zm_layer *layer, const float *in, size_t n,
 		struct zm_conv_geom g;
 		zm_conv_geom_of(s, &g);
 		zm_maxpool_forward(&g, in, n, out_pre);
+		return;
+	}
+	if (is_elementwise(s->type)) {
+		elementwise_forward(layer, in, n, out_pre);
 		return;
 	}
 	ZM_ASSERT(s->type == ZM_LAYER_DENSE);
@@ -105,9 +230,33 @@ void zm_layer_backward_any(const struct zm_layer *layer, const float *in,
 			zm_maxpool_backward(&g, in, n, dpre, dx);
 		break;
 	case ZM_LAYER_FLATTEN:
+	case ZM_LAYER_DROPOUT:    /* as at inference; see model.h */
 		if (dx && dx != dpre)
 			memmove(dx, dpre, n * s->in_features * sizeof(*dx));
 		break;
+	case ZM_LAYER_STANDARDIZE:
+	case ZM_LAYER_BATCHNORM: {
+		/* Fitted, not trained: no parameter gradient. */
+		const float *inv = layer->bias.data;
+		size_t f = s->in_features, i, j;
+		if (dw && beta_dw == 0.0f) {
+			memset(dw, 0, s->n_weight * sizeof(*dw));
+			memset(db, 0, s->n_bias * sizeof(*db));
+		}
+		for (i = 0; dx && i < n; i++)
+			for (j = 0; j < f; j++)
+				dx[i * f + j] = dpre[i * f + j] *
+				        (s->type == ZM_LAYER_STANDARDIZE ? inv[j] :
+				         1.0f / sqrtf(inv[j] + (float)s->eps));
+		break;
+	}
+	case ZM_LAYER_CLIP: {
+		float lo = (float)s->lo, hi = (float)s->hi;
+		size_t i;
+		for (i = 0; dx && i < n * s->in_features; i++)
+			dx[i] = in[i] > lo && in[i] < hi ? dpre[i] : 0.0f;
+		break;
+	}
 	}
 }
 
@@ -262,6 +411,7 @@ enum zm_status zm_workspace_new(const struct zm_arch *arch, size_t max_batch,
 	ws->arch = arch;
 	ws->max_batch = max_batch;
 	ws->training = training;
+	zm_rng_seed(&ws->rng, 0);
 	ws->out = zm_calloc(L, sizeof(*ws->out));
 	ws->pre = zm_calloc(L, sizeof(*ws->pre));
 	ws->buf = zm_calloc(L, sizeof(*ws->buf));
@@ -282,11 +432,20 @@ enum zm_status zm_workspace_new(const struct zm_arch *arch, size_t max_batch,
 		size_t sc = zm_layer_scratch_floats(s, max_batch, training);
 		if (sc > scratch)
 			scratch = sc;
-		if (s->type == ZM_LAYER_MAXPOOL2D) {
+		if (s->type == ZM_LAYER_MAXPOOL2D || s->type == ZM_LAYER_CLIP ||
+		    s->type == ZM_LAYER_DROPOUT) {
 			ws->buf[i] = alloc_floats(max_batch, s->out_features);
 			if (!ws->buf[i])
 				goto fail;
 		}
+		/* Training dropout keeps its mask (0 or 1 / (1 - rate)),
+		 * batchnorm the batch's mean and variance. */
+		if (training && s->type == ZM_LAYER_DROPOUT &&
+		    !(ws->pre[i] = alloc_floats(max_batch, s->out_features)))
+			goto fail;
+		if (training && s->type == ZM_LAYER_BATCHNORM &&
+		    !(ws->pre[i] = alloc_floats(2, s->out_features)))
+			goto fail;
 		if (!s->has_params)
 			continue;
 		ws->buf[i] = alloc_floats(max_batch, s->out_features);
@@ -345,8 +504,27 @@ const float *zm_model_forward(const struct zm_model *model,
 			in = dst;
 			continue;
 		}
+		if (s->type == ZM_LAYER_DROPOUT && ws->training &&
+		    s->rate > 0) {
+			float keep = (float)(1.0 / (1.0 - s->rate)), *mask = ws->pre[l];
+			size_t i;
+			for (i = 0; i < count; i++) {
+				mask[i] = zm_rng_uniform(&ws->rng) < s->rate ?
+				          0.0f : keep;
+				dst[i] = in[i] * mask[i];
+			}
+			ws->out[l] = dst;
+			in = dst;
+			continue;
+		}
+		if (s->type == ZM_LAYER_BATCHNORM && ws->training) {
+			batchnorm_train_forward(s, in, n, dst, ws->pre[l]);
+			ws->out[l] = dst;
+			in = dst;
+			continue;
+		}
 		if (s->type != ZM_LAYER_DENSE) {
-			/* conv2d, maxpool2d: see conv.h. */
+			/* conv2d, maxpool2d, element-wise: see conv.h. */
 			float *p = ws->pre[l] ? ws->pre[l] : dst;
 			zm_layer_forward(layer, in, n, p, ws->scratch);
 			zm_activation_apply(s->act, p, dst, n * s->out_features);
@@ -390,6 +568,28 @@ void zm_model_backward(const struct zm_model *model, struct zm_workspace *ws,
 		float *dx = NULL;
 		if (s->type == ZM_LAYER_FLATTEN)
 			continue;   /* flatten: the gradient keeps its layout */
+		if (s->type == ZM_LAYER_BATCHNORM) {
+			memset(ws->dw[l], 0, s->n_weight * sizeof(float));
+			memset(ws->db[l], 0, s->n_bias * sizeof(float));
+			if (l > first) {
+				dx = g == ws->grad_a ? ws->grad_b : ws->grad_a;
+				batchnorm_train_backward(s, ws->out[l],
+				                         ws->pre[l], n, g, dx);
+			}
+			g = dx;
+			continue;
+		}
+		if (s->type == ZM_LAYER_DROPOUT) {
+			size_t i, count = n * s->out_features;
+			if (l > first) {
+				dx = g == ws->grad_a ? ws->grad_b : ws->grad_a;
+				for (i = 0; i < count; i++)
+					dx[i] = s->rate > 0 ? g[i] * ws->pre[l][i]
+					                    : g[i];
+			}
+			g = dx;
+			continue;
+		}
 		if (s->type != ZM_LAYER_DENSE) {
 			zm_activation_backward(s->act, ws->pre[l], ws->out[l],
 			                       g, n * s->out_features);

@@ -764,9 +764,10 @@ static enum zm_status not_f32(const struct csv *c, size_t field,
                               struct zm_error *err)
 {
 	return zm_error_set(err, ZM_ERR_DATA,
-	                    "%s:%lu:%zu: column '%s': %s is not finite as F32 "
-	                    "(beyond +-3.4e38)", c->src.name, c->rec_line, field,
-	                    column, text);
+	                    "%s:%lu:%zu: column '%s': %s is beyond +-%g, more "
+	                    "than F32 training can take (its square overflows)",
+	                    c->src.name, c->rec_line, field, column, text,
+	                    ZM_DATA_MAX_ABS);
 }
 
 /* Finds the label column by name, else as a 0-based index. */
@@ -1016,7 +1017,8 @@ static enum zm_status csv_scan(struct zm_dataset_reader *r,
 					label_int = false;
 				if (label_num && !csv_number(f, &v))
 					label_num = false;
-				if (label_num && !label_int && fabs(v) > FLT_MAX) {
+				if (label_num && !label_int &&
+				    !(fabs(v) <= ZM_DATA_MAX_ABS)) {
 					st = not_f32(c, i + 1, names[i], f, err);
 					goto out;
 				}
@@ -1026,9 +1028,12 @@ static enum zm_status csv_scan(struct zm_dataset_reader *r,
 			    !csv_integer(f, &iv))
 				id_int = false;
 			if (csv_number(f, &v)) {
-				/* Features are F32: a value past its range
-				 * would be infinite after the import. */
-				if (fabs(v) > FLT_MAX) {
+				/* Features are F32, and training squares
+				 * them (variances, gradients): a value whose
+				 * square is not finite would make it
+				 * diverge (one 1e30 did), so it is refused
+				 * here, with its place, not trained on. */
+				if (!(fabs(v) <= ZM_DATA_MAX_ABS)) {
 					st = not_f32(c, i + 1, names[i], f, err);
 					goto out;
 				}

@@ -37,6 +37,11 @@
 #define ZM_DATASET_BATCH_DEFAULT 4096
 /* CSV label columns with more distinct string values are refused. */
 #define ZM_DATASET_MAX_CLASSES 65536
+/* CSV numbers (features and numeric labels) beyond this magnitude are
+ * refused with their file:line:column: squares of larger values (sums of
+ * squares, gradients of squared errors) overflow F32, so training on them
+ * diverges.  sqrt(FLT_MAX) is 1.8e19. */
+#define ZM_DATA_MAX_ABS 1e18
 
 enum zm_dataset_kind {
 	ZM_DATASET_CSV,

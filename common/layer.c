@@ -21,6 +21,10 @@ static const char *const layer_type_names[] = {
 	[ZM_LAYER_FLATTEN] = "flatten",
 	[ZM_LAYER_CONV2D] = "conv2d",
 	[ZM_LAYER_MAXPOOL2D] = "maxpool2d",
+	[ZM_LAYER_STANDARDIZE] = "standardize",
+	[ZM_LAYER_CLIP] = "clip",
+	[ZM_LAYER_DROPOUT] = "dropout",
+	[ZM_LAYER_BATCHNORM] = "batchnorm",
 };
 
 static const char *const activation_names[] = {

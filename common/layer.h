@@ -15,7 +15,11 @@ enum zm_layer_type {
 	ZM_LAYER_DENSE,
 	ZM_LAYER_FLATTEN,
 	ZM_LAYER_CONV2D,
-	ZM_LAYER_MAXPOOL2D
+	ZM_LAYER_MAXPOOL2D,
+	ZM_LAYER_STANDARDIZE,
+	ZM_LAYER_CLIP,
+	ZM_LAYER_DROPOUT,
+	ZM_LAYER_BATCHNORM
 };
 
 /*
@@ -48,10 +52,32 @@ enum zm_loss {
 
 /*
  * One layer of an architecture.  Shapes are per sample (no batch dim).
- * Default groups: "dense" for dense, "conv" for conv2d; maxpool2d and
- * flatten join the group of the layer before them (they have no
- * parameters and belong to that stage), or are "maxpool2d" / "flatten"
- * when they come first.
+ * Default groups: "dense" for dense, "conv" for conv2d; the other types
+ * join the group of the layer before them (they belong to that stage),
+ * or are named by their type ("standardize", "flatten") when they come
+ * first.
+ *
+ * Element-wise layers keep the shape of their input:
+ *  - standardize: y = (x - mean) * inv_std per feature.  Its two tensors
+ *    take the places of weight and bias, so that every program that
+ *    stores, averages or merges parameters treats them alike: "LAYER.weight"
+ *    is the mean and "LAYER.bias" the inverse standard deviation, both F32
+ *    [features].  They are not trained (trainable is false): training
+ *    fits them from its rows when inv_std is all zero (a new model), and
+ *    leaves them alone otherwise.  Only the first layer (after flatten)
+ *    may be one, as it is fitted to the input data.
+ *  - batchnorm: PyTorch's BatchNorm1d(affine=False) on a vector input
+ *    (the dense layer after it scales and shifts): in training y = (x -
+ *    mean) / sqrt(var + eps) with the batch's mean and biased variance,
+ *    and the running statistics move by momentum towards them (the
+ *    variance unbiased); at inference the running statistics are used.
+ *    "LAYER.weight" is the running mean (0 in a new model) and
+ *    "LAYER.bias" the running variance (1), F32 [features], not trained
+ *    by the optimizer, and averaged like parameters when models merge.
+ *  - clip: y = min(max(x, lo), hi); the gradient passes where lo < x < hi.
+ *  - dropout: in training each value is zeroed with probability rate and
+ *    the others scaled by 1 / (1 - rate) (PyTorch's nn.Dropout); at
+ *    inference, in merging and in evaluation it is the identity.
  */
 struct zm_layer_spec {
 	char *name;                   /* owned; [A-Za-z0-9_-]+ */
@@ -62,18 +88,27 @@ struct zm_layer_spec {
 	int in_ndim, out_ndim;
 	int64_t in_shape[ZM_INPUT_MAX_DIMS], out_shape[ZM_INPUT_MAX_DIMS];
 	size_t in_features, out_features;   /* numel of in_shape, out_shape */
-	bool has_params;              /* dense, conv2d */
+	bool has_params;              /* dense, conv2d, standardize, batchnorm */
+	bool trainable;               /* has_params, and the optimizer
+	                                 updates them (not standardize,
+	                                 batchnorm) */
 	/* conv2d and maxpool2d: kernel (pool window) [kh, kw], stride
 	 * [sh, sw], and conv2d's zero padding before the first row and
 	 * column [top, left] (the padding after follows from out_shape). */
 	int64_t kernel[2], stride[2], pad[2];
 	bool same;                    /* conv2d: padding 'same', else 'valid' */
+	double lo, hi;                /* clip: bounds, lo < hi */
+	double rate;                  /* dropout: in [0, 1) */
+	double momentum, eps;         /* batchnorm: 0.1 and 1e-5 */
 	size_t n_weight, n_bias;      /* parameter counts; 0 without params */
 	/* Owned; the module name its parameters have in a PyTorch state
 	 * dict (the arch's map:, or set when a state dict was matched by
 	 * order), NULL when it is the layer's own name. */
 	char *torch;
 };
+
+/* Largest |bound| of a clip layer: as CSV data (ZM_DATA_MAX_ABS). */
+#define ZM_CLIP_MAX_ABS 1e18
 
 /* Names of the enums as written in the arch ("cross-entropy", "gelu"). */
 const char *zm_layer_type_name(enum zm_layer_type t);

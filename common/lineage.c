@@ -171,7 +171,9 @@ double zm_lineage_layer_alignment(const struct zm_layer *a,
 	size_t units, row, u;
 	double sum = 0;
 
-	if (!a->spec->has_params)
+	/* Statistics (standardize, batchnorm) are fitted to each model's
+	 * data, not trained from a shared start: they say nothing of it. */
+	if (!a->spec->trainable)
 		return NAN;
 	units = (size_t)a->weight.shape[0];
 	if (units == 0)

@@ -81,7 +81,11 @@ static enum zm_status model_alloc(const struct zm_arch *arch,
 			continue;
 		shape[0] = (int64_t)l->spec->out_features;
 		shape[1] = (int64_t)l->spec->in_features;
-		if (l->spec->type == ZM_LAYER_CONV2D) {
+		if (l->spec->type == ZM_LAYER_STANDARDIZE ||
+		    l->spec->type == ZM_LAYER_BATCHNORM) {
+			ndim = 1;
+			shape[0] = (int64_t)l->spec->in_features;
+		} else if (l->spec->type == ZM_LAYER_CONV2D) {
 			ndim = 4;
 			shape[0] = l->spec->units;
 			shape[1] = l->spec->in_shape[0];
@@ -123,7 +127,12 @@ enum zm_status zm_model_new(const struct zm_arch *arch, uint64_t seed,
 		size_t fan_out = l->spec->out_features;
 		size_t count = fan_in * fan_out;
 		float *w = l->weight.data;
-		if (!l->spec->has_params)
+		/* standardize starts unfitted: mean 0, inv_std 0;
+		 * batchnorm as in PyTorch: running mean 0, variance 1. */
+		if (l->spec->type == ZM_LAYER_BATCHNORM)
+			for (j = 0; j < fan_in; j++)
+				((float *)l->bias.data)[j] = 1.0f;
+		if (!l->spec->trainable)
 			continue;
 		if (l->spec->type == ZM_LAYER_CONV2D) {
 			/* Fans of one output pixel, as PyTorch counts them. */

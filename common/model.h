@@ -33,6 +33,7 @@
 #include "gemm.h"
 #include "json.h"
 #include "layer.h"
+#include "random.h"
 #include "stream.h"
 #include "tensor.h"
 
@@ -211,7 +212,10 @@ void zm_layer_backward(const struct zm_layer *layer, const float *in,
                        float beta_dw, float *dx);
 
 /*
- * As zm_layer_backward for every layer type: conv2d (dw [out_c, in_c, kh,
+ * As zm_layer_backward for every layer type: standardize (dx = dpre *
+ * inv_std; dw and db, when given, are zeroed: it is fitted, not trained),
+ * clip (dx = dpre where lo < in < hi, else 0), dropout (dx = dpre, its
+ * inference form: zm_model_backward applies the training mask), conv2d (dw [out_c, in_c, kh,
  * kw], db [out_c]; scratch of zm_layer_scratch_floats(spec, n, true)
  * floats), maxpool2d (dx only: each window's gradient goes to its first
  * maximum of in; out_pre is the layer's output; dx is overwritten) and
@@ -248,6 +252,9 @@ struct zm_workspace {
 	 * (other layers zeroed), used for packed_from only. */
 	struct zm_gemm_packed *packed;
 	const struct zm_model *packed_from;
+	/* Training: draws the dropout masks; seeded 0 by zm_workspace_new,
+	 * reseed it (zm_rng_seed) for another sequence. */
+	struct zm_rng rng;
 };
 
 /* Allocates a workspace; *out is freed with zm_workspace_free. */
@@ -299,6 +306,15 @@ const float *zm_model_forward(const struct zm_model *model,
  */
 void zm_model_backward(const struct zm_model *model, struct zm_workspace *ws,
                        const float *x, size_t n, float *dout);
+
+/*
+ * After a training zm_model_forward of n rows: moves the running mean and
+ * variance of model's batchnorm layers towards the batch's (mean and
+ * unbiased variance) by their momentum, as PyTorch's BatchNorm1d does.
+ * zm_train_step calls it; the forward pass leaves the model const.
+ */
+void zm_model_update_running(struct zm_model *model,
+                             const struct zm_workspace *ws, size_t n);
 
 /* ---- losses ---- */
 

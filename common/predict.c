@@ -691,8 +691,9 @@ static enum zm_status merged_forward(struct zm_predictor *p, const float *x,
 
 		if (s->type == ZM_LAYER_FLATTEN)
 			continue;   /* flatten: activations are stored flat */
-		if (s->type == ZM_LAYER_MAXPOOL2D) {
-			/* No parameters: every model pools alike. */
+		if (!s->has_params) {
+			/* No parameters (maxpool2d, clip, dropout): every
+			 * model computes alike. */
 			zm_layer_linear(&p->models[0]->layers[l], h, n, dst);
 			h = dst;
 			dst = dst == p->ha ? p->hb : p->ha;
@@ -703,7 +704,8 @@ static enum zm_status merged_forward(struct zm_predictor *p, const float *x,
 			return st;
 		rows = per_row ? n : 1;
 		zm_predict_record(p, l, rows);
-		if (s->type == ZM_LAYER_CONV2D) {
+		if (s->type != ZM_LAYER_DENSE) {
+			/* conv2d, standardize: the generic layer pass. */
 			active = conv_merged(p, l, h, n, dst);
 		} else if (p->o.merge == ZM_MERGE_PARAMS) {
 			/* The weights combine in the packed layout, so the

@@ -21,10 +21,23 @@ static const char *module_of(const struct zm_layer_spec *l)
 	return l->torch ? l->torch : l->name;
 }
 
+/* The name PyTorch gives the tensor in a layer's weight (bias) place:
+ * BatchNorm1d keeps its running statistics as buffers. */
+static const char *part_name(const struct zm_layer_spec *l, bool bias)
+{
+	if (l->type == ZM_LAYER_BATCHNORM)
+		return bias ? "running_var" : "running_mean";
+	return bias ? "bias" : "weight";
+}
+
 /* The shape zoomerge (and PyTorch) gives a layer's weight or bias. */
 static int param_shape(const struct zm_layer_spec *l, bool bias,
                        int64_t shape[4])
 {
+	if (l->type == ZM_LAYER_STANDARDIZE || l->type == ZM_LAYER_BATCHNORM) {
+		shape[0] = (int64_t)l->in_features;
+		return 1;
+	}
 	if (bias) {
 		shape[0] = l->type == ZM_LAYER_CONV2D ? l->units :
 		           (int64_t)l->out_features;
@@ -43,13 +56,17 @@ static int param_shape(const struct zm_layer_spec *l, bool bias,
 }
 
 /* The module part of a parameter's name ("net.0" of "net.0.weight"), or
- * false when the name does not end in .weight or .bias. */
+ * false when the name does not end in .weight or .bias (or a buffer of
+ * BatchNorm1d). */
 static bool split_param(const char *name, char *module, size_t size)
 {
 	const char *dot = strrchr(name, '.');
 	size_t n;
 
-	if (!dot || (strcmp(dot, ".weight") && strcmp(dot, ".bias")))
+	if (!dot || (strcmp(dot, ".weight") && strcmp(dot, ".bias") &&
+	             strcmp(dot, ".running_mean") &&
+	             strcmp(dot, ".running_var") &&
+	             strcmp(dot, ".num_batches_tracked")))
 		return false;
 	n = (size_t)(dot - name);
 	if (n == 0 || n >= size)
@@ -189,7 +206,7 @@ static enum zm_status take_param(const struct zm_doc *src, const char *source,
                                  const struct zm_layer_spec *l, bool bias,
                                  struct zm_doc *dst, struct zm_error *err)
 {
-	const char *part = bias ? "bias" : "weight";
+	const char *part = part_name(l, bias);
 	char from[NAME_BUF * 2], to[NAME_BUF], want[64], got[64];
 	const struct zm_tensor *t;
 	struct zm_tensor c;
@@ -199,7 +216,7 @@ static enum zm_status take_param(const struct zm_doc *src, const char *source,
 	enum zm_status st;
 
 	snprintf(from, sizeof(from), "%s.%s", module_of(l), part);
-	snprintf(to, sizeof(to), "%s.%s", l->name, part);
+	snprintf(to, sizeof(to), "%s.%s", l->name, bias ? "bias" : "weight");
 	if (!(t = zm_doc_find(src, from)))
 		return zm_error_set(err, ZM_ERR_DATA, "%s: no tensor '%s' for "
 		                    "layer '%s'", source, from, l->name);
@@ -250,7 +267,8 @@ enum zm_status zm_state_dict_import(const struct zm_doc *src,
 		if (!a->layers[i].has_params)
 			continue;
 		mapped |= a->layers[i].torch != NULL;
-		snprintf(w, sizeof(w), "%s.weight", a->layers[i].name);
+		snprintf(w, sizeof(w), "%s.%s", a->layers[i].name,
+		         part_name(&a->layers[i], false));
 		by_name &= zm_doc_find(src, w) != NULL;
 	}
 	if (!mapped && !by_name &&
@@ -394,11 +412,24 @@ enum zm_status zm_state_dict_export(const struct zm_model *model,
 			char name[NAME_BUF * 2];
 			struct zm_tensor c;
 			snprintf(name, sizeof(name), "%s.%s",
-			         module_of(l->spec), k ? "bias" : "weight");
+			         module_of(l->spec), part_name(l->spec, k));
 			zm_tensor_init(&c);
 			st = zm_tensor_copy(&c, k ? &l->bias : &l->weight, err);
 			if (st == ZM_OK)
 				st = zm_tensor_rename(&c, name, err);
+			if (st == ZM_OK)
+				st = zm_doc_add(doc, &c, err);
+			zm_tensor_release(&c);
+		}
+		/* BatchNorm1d's third buffer, which a strict load wants;
+		 * with a momentum set PyTorch only counts with it. */
+		if (st == ZM_OK && l->spec->type == ZM_LAYER_BATCHNORM) {
+			char name[NAME_BUF * 2];
+			struct zm_tensor c;
+			snprintf(name, sizeof(name), "%s.num_batches_tracked",
+			         module_of(l->spec));
+			zm_tensor_init(&c);
+			st = zm_tensor_alloc(&c, name, ZM_DTYPE_I64, 0, NULL, err);
 			if (st == ZM_OK)
 				st = zm_doc_add(doc, &c, err);
 			zm_tensor_release(&c);

@@ -161,7 +161,7 @@ enum zm_status zm_optim_new(const struct zm_arch *arch,
 	for (i = 0; i < L; i++) {
 		const struct zm_layer_spec *s = &arch->layers[i];
 		size_t nw = s->n_weight;
-		if (!s->has_params)
+		if (!s->trainable)
 			continue;
 		/* The parser bounds nw, so these products cannot overflow. */
 		o->m_w[i] = zm_calloc(nw, sizeof(float));
@@ -322,7 +322,7 @@ void zm_optim_apply(struct zm_optim *opt, struct zm_model *model,
 		struct zm_layer *layer = &model->layers[l];
 		size_t nw = zm_tensor_numel(&layer->weight);
 		size_t nb = zm_tensor_numel(&layer->bias);
-		if (!layer->spec->has_params)
+		if (!layer->spec->trainable)
 			continue;
 		if (c->kind == ZM_OPTIM_ADAM) {
 			adam_update(layer->weight.data, ws->dw[l], opt->m_w[l],
@@ -440,8 +440,8 @@ static bool dense_only(const struct zm_arch *arch)
 	size_t l;
 
 	for (l = 0; l < arch->n_layers; l++)
-		if (arch->layers[l].type == ZM_LAYER_CONV2D ||
-		    arch->layers[l].type == ZM_LAYER_MAXPOOL2D)
+		if (arch->layers[l].type != ZM_LAYER_DENSE &&
+		    arch->layers[l].type != ZM_LAYER_FLATTEN)
 			return false;
 	return true;
 }
@@ -491,6 +491,7 @@ enum zm_status zm_train_step(struct zm_model *model, struct zm_optim *opt,
 	st = batch_loss(model->arch, out, y, n, stats, ws->dlogits, err);
 	if (st != ZM_OK)
 		return st;
+	zm_model_update_running(model, ws, n);
 	/* The fused SGD pass knows dense layers only; conv models take the
 	 * separate passes (the same update). */
 	if (opt->cfg.kind == ZM_OPTIM_SGD && dense_only(model->arch)) {

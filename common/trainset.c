@@ -482,6 +482,71 @@ static enum zm_status check_labels(const struct zm_model *model,
 	return ZM_OK;
 }
 
+/*
+ * Fits every standardize layer of model whose inv_std is all zero (a new
+ * model: zoomerge-arch(5)) to the training rows of ts: the mean and the
+ * population standard deviation of each feature, in two passes in double;
+ * a feature with no spread gets inv_std 1.  Fitted layers stay as they are.
+ */
+static enum zm_status fit_standardize(struct zm_model *model,
+                                      const struct zm_trainset *ts,
+                                      struct zm_error *err)
+{
+	size_t l, d = ts->features, i, j, b = 512, pass;
+	double *mean = NULL, *m2 = NULL;
+	float *xb = NULL;
+	enum zm_status st = ZM_OK;
+
+	for (l = 0; l < model->arch->n_layers; l++) {
+		struct zm_layer *ly = &model->layers[l];
+		float *mu = ly->weight.data, *inv = ly->bias.data;
+		bool unfitted = true;
+		if (ly->spec->type != ZM_LAYER_STANDARDIZE)
+			continue;
+		for (j = 0; j < d && unfitted; j++)
+			unfitted = inv[j] == 0.0f;
+		if (!unfitted || ts->n_train == 0)
+			continue;
+		ZM_ASSERT(ly->spec->in_features == d);
+		if (!mean && (!(mean = zm_calloc(d, sizeof(*mean))) ||
+		              !(m2 = zm_calloc(d, sizeof(*m2))) ||
+		              !(xb = zm_malloc(b * d * sizeof(*xb))))) {
+			st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		memset(mean, 0, d * sizeof(*mean));
+		memset(m2, 0, d * sizeof(*m2));
+		for (pass = 0; pass < 2; pass++) {
+			for (i = 0; i < ts->n_train; i += b) {
+				size_t m = ts->n_train - i < b ? ts->n_train - i : b, r;
+				zm_trainset_gather(ts, ts->train_idx + i, m, xb, NULL);
+				for (r = 0; r < m; r++)
+					for (j = 0; j < d; j++) {
+						double v = xb[r * d + j];
+						if (pass == 0)
+							mean[j] += v;
+						else
+							m2[j] += (v - mean[j]) *
+							         (v - mean[j]);
+					}
+			}
+			for (j = 0; pass == 0 && j < d; j++)
+				mean[j] /= (double)ts->n_train;
+		}
+		for (j = 0; j < d; j++) {
+			double sd = sqrt(m2[j] / (double)ts->n_train);
+			double iv = sd > 0 ? 1.0 / sd : 1.0;
+			mu[j] = (float)mean[j];
+			inv[j] = isfinite((float)iv) && iv > 0 ? (float)iv : 1.0f;
+		}
+	}
+out:
+	free(mean);
+	free(m2);
+	free(xb);
+	return st;
+}
+
 enum zm_status zm_fit(struct zm_model *model, const struct zm_trainset *ts,
                       const struct zm_fit_config *cfg, zm_fit_callback cb,
                       void *ctx, struct zm_fit_report *last,
@@ -506,6 +571,8 @@ enum zm_status zm_fit(struct zm_model *model, const struct zm_trainset *ts,
 		return zm_error_set(err, ZM_ERR_USAGE, "nothing to train on");
 	if (ocfg.schedule == ZM_LR_COSINE && ocfg.total_steps == 0)
 		ocfg.total_steps = cfg->epochs * ((ts->n_train + b - 1) / b);
+	if ((st = fit_standardize(model, ts, err)) != ZM_OK)
+		return st;
 	ydim = classification ? sizeof(int64_t) : ts->n_targets * sizeof(float);
 	if (eval_batch < b)
 		eval_batch = b;
@@ -523,6 +590,8 @@ enum zm_status zm_fit(struct zm_model *model, const struct zm_trainset *ts,
 	}
 	memcpy(order, ts->train_idx, ts->n_train * sizeof(*order));
 	zm_rng_seed(&rng, cfg->seed);
+	/* Dropout masks: their own stream, from the same seed. */
+	zm_rng_seed(&ws->rng, cfg->seed ^ 0x64726f706f7574ull);
 	rep.classification = classification;
 	rep.train_rows = ts->n_train;
 	rep.val_rows = ts->n_val;

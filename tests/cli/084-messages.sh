@@ -91,11 +91,20 @@ expect_rc 0 "train-step --min-rows 40 of 40 rows exits 0"
 run train-step --zoo "$T/zoo" --model m --min-rows 0 "$T/d.st.gz"
 expect_rc 2 "train-step --min-rows 0 is a usage error"
 
-# A number that parses but is not finite as F32, like NaN: file:line:column.
+# A number that parses but is too large for F32 training, like NaN:
+# file:line:column, before anything is trained on.
 printf 'f0,f1,f2,f3,label\n1,2,3,4,0\n0.5,1e39,0,0,1\n' > "$T/big.csv"
 run predict --zoo "$T/zoo" --model m --from csv --label label "$T/big.csv"
 expect_rc 1 "1e39 in a feature exits 1"
-expect_err "big.csv:3:2: column 'f1': 1e39 is not finite as F32" "1e39 with line and column"
+expect_err "big.csv:3:2: column 'f1': 1e39 is beyond .-1e.18" "1e39 with line and column"
+printf 'f0,f1,f2,f3,label\n1,2,3,4,0\n0.5,1,0,1e30,1\n' > "$T/e30.csv"
+run tensor import --from csv --label label -o "$T/e30.st.gz" "$T/e30.csv"
+expect_rc 1 "importing a 1e30 feature for training exits 1"
+expect_err "e30.csv:3:4: column 'f3': 1e30 is beyond .-1e.18" "1e30 refused with line and column"
+check "the 1e30 import wrote nothing" test ! -e "$T/e30.st.gz"
+printf 'f0,f1,f2,f3,label\n1,2,3,4,0\n0.5,1,0,9e17,1\n' > "$T/e17.csv"
+run tensor import --from csv -o "$T/e17.st.gz" "$T/e17.csv"
+expect_rc 0 "9e17 (inside the limit) imports"
 run tensor import --from csv -o "$T/big.st.gz" "$T/big.csv"
 expect_rc 1 "tensor import of 1e39 exits 1"
 check "tensor import of 1e39 wrote nothing" test ! -e "$T/big.st.gz"

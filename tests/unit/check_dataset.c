@@ -333,11 +333,16 @@ static const struct {
 	  "t.csv:3: truncated (the last row has 2 of 3 fields and no newline)" },
 	{ "a,b,c\n1,2,3\n4,5\n", NULL, ZM_ERR_DATA,
 	  "t.csv:3: 2 fields, expected 3 as in the header" },
-	/* Numbers that parse but are not finite as F32, like NaN. */
+	/* Numbers that parse but are too large for F32 training, like
+	 * NaN: beyond ZM_DATA_MAX_ABS, and just inside it. */
 	{ "a,b\n1,2\n3,1e39\n", NULL, ZM_ERR_DATA,
-	  "t.csv:3:2: column 'b': 1e39 is not finite as F32" },
+	  "t.csv:3:2: column 'b': 1e39 is beyond +-1e+18" },
+	{ "a,b\n1,2\n3,1e30\n", NULL, ZM_ERR_DATA,
+	  "t.csv:3:2: column 'b': 1e30 is beyond +-1e+18" },
+	{ "a,b\n1,2\n3,-1.1e18\n", NULL, ZM_ERR_DATA,
+	  "t.csv:3:2: column 'b': -1.1e18 is beyond +-1e+18" },
 	{ "a,y\n1,0.5\n2,-4e38\n", "y", ZM_ERR_DATA,
-	  "t.csv:3:2: column 'y': -4e38 is not finite as F32" },
+	  "t.csv:3:2: column 'y': -4e38 is beyond +-1e+18" },
 	{ "a,b\n1,\"2\"x\n", NULL, ZM_ERR_FORMAT,
 	  "t.csv:2: field 2: unexpected 'x' after a closing quote" },
 	{ "a,b\n1,2\n", "c", ZM_ERR_USAGE, "t.csv: no column 'c'" },
