@@ -490,6 +490,20 @@ void zm_predict_finish(const struct zm_predictor *p, const float *outp,
 		            logp ? logp + i * c : NULL);
 }
 
+enum zm_status zm_predict_weigh_whole(struct zm_predictor *p, const float *x,
+                                      size_t n, struct zm_error *err)
+{
+	size_t l0 = p->wr->unit_first[0];
+	enum zm_status st;
+
+	zm_weighter_begin(p->wr, x, n);
+	ZM_ASSERT(l0 != SIZE_MAX);
+	if ((st = zm_weighter_layer(p->wr, l0, x, n, p->wl, err)))
+		return st;
+	zm_predict_record(p, l0, p->wr->o.per_row ? n : 1);
+	return ZM_OK;
+}
+
 void zm_predict_record(struct zm_predictor *p, size_t l, size_t rows)
 {
 	struct zm_weighter *w = p->wr;
@@ -774,17 +788,12 @@ static enum zm_status ensemble_forward(struct zm_predictor *p, const float *x,
                                        size_t n, float *scores, float *logp,
                                        struct zm_error *err)
 {
-	size_t K = p->n_models, c = p->out_features, i, r, j, l0;
+	size_t K = p->n_models, c = p->out_features, i, r, j;
 	bool per_row = p->wr->o.per_row;
 	enum zm_status st;
 
-	zm_weighter_begin(p->wr, x, n);
-	l0 = p->wr->unit_first[0];
-	ZM_ASSERT(l0 != SIZE_MAX);
-	st = zm_weighter_layer(p->wr, l0, x, n, p->wl, err);
-	if (st != ZM_OK)
+	if ((st = zm_predict_weigh_whole(p, x, n, err)))
 		return st;
-	zm_predict_record(p, l0, per_row ? n : 1);
 	memset(scores, 0, n * c * sizeof(float));
 	p->evaluated = 0;
 	for (i = 0; i < K; i++) {

@@ -234,6 +234,12 @@ enum zm_status zm_pred_trace_write(struct zm_predictor *p,
 void zm_predict_finish(const struct zm_predictor *p, const float *outp,
                        size_t n, float *scores, float *logp);
 
+/* Where the models' outputs are mixed whole (ensemble, routing): their
+ * weights for x [n, in] from the first unit's layer into p->wl (rows x K
+ * per row, else one row), recorded for the trace. */
+enum zm_status zm_predict_weigh_whole(struct zm_predictor *p, const float *x,
+                                      size_t n, struct zm_error *err);
+
 /* Keeps the mean over rows of the weights p->wl of layer l (rows x K)
  * for the trace, when l begins its unit and the pass records. */
 void zm_predict_record(struct zm_predictor *p, size_t l, size_t rows);

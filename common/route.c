@@ -166,20 +166,15 @@ enum zm_status zm_route_forward(struct zm_predictor *p, const float *x,
 {
 	struct zm_route_state *s = p->route;
 	size_t K = p->n_models, C = p->out_features, d = p->in_features;
-	size_t l0, r, i, j, m, mixed, used;
+	size_t r, i, j, m, mixed, used;
 	bool per_row = p->wr->o.per_row, ce = p->loss == ZM_LOSS_CROSS_ENTROPY;
 	const double *wl = p->wl;
 	double wbatch[ZM_WEIGHTER_MAX_MODELS];
 	bool ev[ZM_WEIGHTER_MAX_MODELS];
 	enum zm_status st;
 
-	zm_weighter_begin(p->wr, x, n);
-	l0 = p->wr->unit_first[0];
-	ZM_ASSERT(l0 != SIZE_MAX);
-	st = zm_weighter_layer(p->wr, l0, x, n, p->wl, err);
-	if (st != ZM_OK)
+	if ((st = zm_predict_weigh_whole(p, x, n, err)))
 		return st;
-	zm_predict_record(p, l0, per_row ? n : 1);
 	if (!per_row) {
 		/* One weight vector for the batch: every row shares it. */
 		memcpy(wbatch, p->wl, K * sizeof(double));
