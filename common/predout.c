@@ -533,7 +533,7 @@ enum zm_status zm_predict_doc(struct zm_predictor *p,
 {
 	const struct zm_tensor *y, *idt;
 	enum zm_status st;
-	size_t n, d, done, bad_row, bad_col;
+	size_t n, d, done, bad_row, bad_col, held = SIZE_MAX;
 	float *scores = p->scores, scale;
 	int64_t *ids = p->ids;
 
@@ -550,13 +550,16 @@ enum zm_status zm_predict_doc(struct zm_predictor *p,
 	/* Every row is checked before any is predicted, so that a bad
 	 * row leaves the metrics and the output without its document.
 	 * Integers scaled by a finite scale stay finite: only float inputs
-	 * are scanned, a batch at a time through the buffer. */
+	 * are scanned, a batch at a time through the buffer; the batch
+	 * still held there (a document of one batch) is not converted
+	 * again. */
 	if (zm_dtype_is_float(zm_doc_find(doc, "x")->dtype))
 		for (done = 0; done < n; done += p->max_batch) {
 			size_t b = n - done < p->max_batch ? n - done
 			                                   : p->max_batch;
 			const float *xb = p->xin;
 			zm_data_features_rows(doc, d, scale, done, b, p->xin);
+			held = done;
 			if (find_nonfinite(xb, b, d, &bad_row, &bad_col)) {
 				float v = xb[bad_row * d + bad_col];
 				bad_row += done;
@@ -582,7 +585,9 @@ enum zm_status zm_predict_doc(struct zm_predictor *p,
 		/* A batch at a time into the predictor's buffer: no copy of
 		 * the whole document, and the rows are in cache when the
 		 * first layer reads them. */
-		zm_data_features_rows(doc, d, scale, done, b, p->xin);
+		if (held != done)
+			zm_data_features_rows(doc, d, scale, done, b, p->xin);
+		held = SIZE_MAX;
 		if (p->gauto &&
 		    (st = zm_granauto_ctl_begin(p->gauto, xb, b, &q, err)))
 			return st;
