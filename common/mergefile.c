@@ -15,9 +15,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef __SSE2__
-#include <emmintrin.h>
-#endif
 
 #include "mem.h"
 #include "merge.h"
@@ -443,34 +440,11 @@ static enum zm_status check_finite(const float *x, size_t n,
                                    const char *label, const char *name,
                                    struct zm_error *err)
 {
-	size_t i = 0;
+	size_t i = zm_first_nonfinite(x, n);
 
-#ifdef __SSE2__
-	/* The prefetch thread, which runs this on every input, is the
-	 * critical path of a streamed merge: blocks of 1024 are tested four
-	 * at a time (all exponent bits set: inf or NaN), and only a block
-	 * that fails is scanned again for the first culprit. */
-	{
-		__m128i ex = _mm_set1_epi32(0x7f800000);
-		while (n - i >= 1024) {
-			__m128i bad = _mm_setzero_si128();
-			size_t j;
-			for (j = i; j < i + 1024; j += 4) {
-				__m128i e = _mm_and_si128(_mm_castps_si128(
-					_mm_loadu_ps(x + j)), ex);
-				bad = _mm_or_si128(bad, _mm_cmpeq_epi32(e, ex));
-			}
-			if (_mm_movemask_epi8(bad))
-				break;
-			i += 1024;
-		}
-	}
-#endif
-	for (; i < n; i++)
-		if (!isfinite(x[i]))
-			return zm_error_set(err, ZM_ERR_DATA, "%s: tensor %s "
-			                    "element %zu is not finite", label,
-			                    name, i);
+	if (i < n)
+		return zm_error_set(err, ZM_ERR_DATA, "%s: tensor %s element "
+		                    "%zu is not finite", label, name, i);
 	return ZM_OK;
 }
 

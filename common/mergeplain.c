@@ -363,17 +363,6 @@ void zm_merge_f32_to_dtype(const float *src, size_t n, enum zm_dtype dtype,
 	}
 }
 
-/* The first element of x[0..n) that is not finite, or n. */
-static size_t first_nonfinite(const float *x, size_t n)
-{
-	size_t i;
-
-	for (i = 0; i < n; i++)
-		if (!isfinite(x[i]))
-			return i;
-	return n;
-}
-
 /* Per-model weight: the number of a scalar weight node, else w (per-layer
  * lists and maps need a zoomerge model's layers). */
 static enum zm_status plain_weight(const struct zm_merge_static_opts *o,
@@ -557,7 +546,7 @@ static enum zm_status pin_read_finite(struct pin *in, const char *name,
 	size_t bad;
 
 	st = pin_read(in, name, cached, off, m, dst, raw, err);
-	if (st == ZM_OK && (bad = first_nonfinite(dst, m)) < m)
+	if (st == ZM_OK && (bad = zm_first_nonfinite(dst, m)) < m)
 		st = zm_error_set(err, ZM_ERR_DATA, "%s: tensor %s element %zu "
 		                  "is not finite", in->label, name, off + bad);
 	return st;
@@ -777,7 +766,7 @@ static enum zm_status emit_chunk(void *ctx, size_t off, size_t m,
 	const struct zm_tensor *h = e->h;
 	size_t bad;
 
-	if ((bad = first_nonfinite(e->res, m)) < m)
+	if ((bad = zm_first_nonfinite(e->res, m)) < m)
 		return zm_error_set(err, ZM_ERR_DATA, "merged tensor %s element "
 		                    "%zu is not finite", h->name, off + bad);
 	zm_merge_f32_to_dtype(e->res, m, h->dtype, e->obuf);

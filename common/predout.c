@@ -509,22 +509,6 @@ void zm_pred_writer_abort(struct zm_pred_writer *w)
 
 /* ---- one data document ---- */
 
-/* The first non-finite value of rows x d, as row and feature; false when
- * all are finite. */
-static bool find_nonfinite(const float *x, size_t rows, size_t d,
-                           size_t *row, size_t *col)
-{
-	size_t i, total = rows * d;
-
-	for (i = 0; i < total; i++)
-		if (!isfinite(x[i])) {
-			*row = i / d;
-			*col = i % d;
-			return true;
-		}
-	return false;
-}
-
 enum zm_status zm_predict_doc(struct zm_predictor *p,
                               const struct zm_doc *doc, const char *name,
                               uint64_t *row, struct zm_pred_writer *w,
@@ -560,9 +544,11 @@ enum zm_status zm_predict_doc(struct zm_predictor *p,
 			const float *xb = p->xin;
 			zm_data_features_rows(doc, d, scale, done, b, p->xin);
 			held = done;
-			if (find_nonfinite(xb, b, d, &bad_row, &bad_col)) {
-				float v = xb[bad_row * d + bad_col];
-				bad_row += done;
+			size_t bad = zm_first_nonfinite(xb, b * d);
+			if (bad < b * d) {
+				float v = xb[bad];
+				bad_row = done + bad / d;
+				bad_col = bad % d;
 				return zm_error_set(err, ZM_ERR_DATA,
 				                    "%s: row %zu (input row %llu), "
 				                    "feature %zu: %s input", name,

@@ -5,6 +5,9 @@
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #include "mem.h"
 #include "tensor.h"
@@ -320,6 +323,37 @@ enum zm_status zm_tensor_to_f32(struct zm_tensor *dst,
 		for (i = 0; i < n; i++)
 			out[i] *= scale;
 	return ZM_OK;
+}
+
+size_t zm_first_nonfinite(const float *x, size_t n)
+{
+	size_t i = 0;
+
+#ifdef __SSE2__
+	/* On the critical path of a streamed merge and of predict: blocks of
+	 * 1024 are tested four at a time (all exponent bits set: inf or
+	 * NaN), and only a block that fails is scanned again for the first
+	 * culprit. */
+	{
+		__m128i ex = _mm_set1_epi32(0x7f800000);
+		while (n - i >= 1024) {
+			__m128i bad = _mm_setzero_si128();
+			size_t j;
+			for (j = i; j < i + 1024; j += 4) {
+				__m128i e = _mm_and_si128(_mm_castps_si128(
+					_mm_loadu_ps(x + j)), ex);
+				bad = _mm_or_si128(bad, _mm_cmpeq_epi32(e, ex));
+			}
+			if (_mm_movemask_epi8(bad))
+				break;
+			i += 1024;
+		}
+	}
+#endif
+	for (; i < n; i++)
+		if (!isfinite(x[i]))
+			return i;
+	return n;
 }
 
 enum zm_status zm_tensor_check_finite(const struct zm_tensor *t,

@@ -90,6 +90,11 @@ enum zm_status zm_tensor_to_f32(struct zm_tensor *dst,
                                 const struct zm_tensor *src, float scale,
                                 struct zm_error *err);
 
+/* The index of the first element of x[0..n) that is not finite (NaN or
+ * infinite), or n when all are: the one scan behind every refusal of
+ * non-finite input, SSE2 where available. */
+size_t zm_first_nonfinite(const float *x, size_t n);
+
 /* Returns ZM_OK when every value of a float tensor is finite, else
  * ZM_ERR_DATA naming the tensor and the first bad element.  Integer
  * tensors are always finite. */

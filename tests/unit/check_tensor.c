@@ -157,6 +157,40 @@ START_TEST(test_alloc_overflow)
 }
 END_TEST
 
+/* zm_first_nonfinite against a naive scan: a NaN or an infinity at
+ * every position of interest (first, inside and at the edges of the
+ * 1024-element blocks, the tail), and none. */
+START_TEST(test_first_nonfinite)
+{
+	enum { N = 2 * 1024 + 37 };
+	static float x[N];
+	const size_t at[] = { 0, 3, 1023, 1024, 1500, 2047, 2048, N - 1 };
+	const float bad[] = { NAN, INFINITY, -INFINITY };
+	size_t i, k, b, n;
+
+	for (i = 0; i < N; i++)
+		x[i] = (float)i * 1e30f;   /* large but finite */
+	ck_assert_uint_eq(zm_first_nonfinite(x, N), N);
+	ck_assert_uint_eq(zm_first_nonfinite(x, 0), 0);
+	for (k = 0; k < sizeof(at) / sizeof(at[0]); k++)
+		for (b = 0; b < 3; b++) {
+			size_t naive = N;
+			x[at[k]] = bad[b];
+			x[N - 1 - at[k] / 2] = bad[(b + 1) % 3];
+			for (n = 0; n < N; n++)
+				if (!isfinite(x[n])) {
+					naive = n;
+					break;
+				}
+			ck_assert_uint_eq(zm_first_nonfinite(x, N), naive);
+			/* A prefix that ends before the culprit is clean. */
+			ck_assert_uint_eq(zm_first_nonfinite(x, naive), naive);
+			x[at[k]] = 1.0f;
+			x[N - 1 - at[k] / 2] = 1.0f;
+		}
+}
+END_TEST
+
 START_TEST(test_check_finite)
 {
 	struct zm_tensor t;
@@ -190,6 +224,7 @@ Suite *suite_tensor(void)
 	tcase_add_test(tc, test_dtype_names);
 	tcase_add_test(tc, test_alloc_overflow);
 	tcase_add_test(tc, test_check_finite);
+	tcase_add_test(tc, test_first_nonfinite);
 	suite_add_tcase(s, tc);
 	return s;
 }
