@@ -23,33 +23,24 @@
  */
 #include <getopt.h>
 #include <inttypes.h>
-#include <math.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "cli.h"
 #include "datain.h"
 #include "dataset.h"
-#include "assignment.h"
-#include "config.h"
 #include "constants.h"
 #include "fileio.h"
 #include "gemm.h"
-#include "granauto.h"
-#include "granctl.h"
 #include "granularity.h"
 #include "lineage.h"
-#include "mem.h"
 #include "model.h"
 #include "predict.h"
+#include "predsetup.h"
 #include "schema.h"
 #include "stream.h"
 #include "weighting.h"
-#include "zoo.h"
-#include "zoomodel.h"
 
 static const char usage_str[] =
 	"usage: predict (--zoo DIR [--model NAME]... | --model-file FILE...)\n"
@@ -137,15 +128,10 @@ static const char options_str[] =
 	"  -h, --help                    print this help and exit\n"
 	"      --version                 print the version and exit\n";
 
-#define MAX_MODELS ZM_WEIGHTER_MAX_MODELS
+#define MAX_MODELS ZM_PREDSETUP_MAX_MODELS
 
 struct predict_opts {
-	const char *zoo_dir;
-	const char *model[MAX_MODELS];
-	size_t n_models;            /* --model given this many times */
-	const char *model_file[MAX_MODELS];
-	size_t n_files;
-	size_t batch;
+	struct zm_predsetup_options set;  /* what the library sets up */
 	int threads;                /* 0: BLIS's default */
 	const char *metrics;
 	enum zm_pred_format format;
@@ -157,20 +143,11 @@ struct predict_opts {
 	const char *labels;
 	const char *input;          /* NULL or "-": stdin */
 	bool quiet, progress;
-	/* dynamic inference */
-	struct zm_predict_options p;
 	bool have_level;
-	bool gran_auto;             /* --granularity auto */
-	const char *gran_rules;     /* --granularity-rules */
-	const char *gran_from;
-	const char *router;
-	const char *assignment;
-	const char *weights;
-	const char *state;
 	const char *trace;
 	bool weighting_set;         /* --weighting given */
 	uint64_t min_rows;          /* --min-rows: fewer is an error */
-	bool merge_set, per_set, metric_set, temperature_set;
+	bool per_set, metric_set;
 	bool explain;
 };
 
@@ -191,482 +168,98 @@ static double now_seconds(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-/* Reads the models of the run: --model-file files, the --model names of
- * the zoo, or every expert of the zoo (not the router); the router too. */
-/* The routing temperature assign --calibrate stored for the model
- * called name in the open zoo, or NAN. */
-static double route_temperature(const struct zm_zoo *zoo, const char *name)
+static const char *merge_name(enum zm_merge_mode m)
 {
-	const struct zm_zoo_entry *e = zm_zoo_find(zoo, name);
-	const char *v = e ? zm_kv_get(&e->metrics, "route_temperature") : NULL;
-	char *end;
-	double t;
-
-	if (!v)
-		return NAN;
-	t = strtod(v, &end);
-	return *end == '\0' && t > 0 && isfinite(t) ? t : NAN;
+	return m == ZM_MERGE_PARAMS ? "params" : m == ZM_MERGE_OUTPUTS ?
+	       "outputs" : m == ZM_MERGE_ROUTE ? "route" : "ensemble";
 }
 
-static enum zm_status load_models(const struct predict_opts *o,
-                                  struct zm_model **models, size_t *k,
-                                  struct zm_model **router, double *route_t,
-                                  struct zm_error *err)
+/* What the setup decided on its own: a layer merge of unrelated models
+ * always, the rest when the user chose the level or asked. */
+static void say_notes(const struct predict_opts *o,
+                      const struct zm_predsetup *s)
 {
-	struct zm_zoo *zoo = NULL;
-	enum zm_status st = ZM_OK;
-	enum zm_role role;
+	const struct zm_predsetup_note *n;
 	size_t i;
 
-	*k = 0;
-	if (o->n_files) {
-		for (i = 0; i < o->n_files && st == ZM_OK; i++) {
-			st = zm_model_load(o->model_file[i], &models[i], err);
-			if (st == ZM_OK)
-				(*k)++;
-		}
-		return st;
-	}
-	if (o->n_models == 1 && !o->router) {
-		st = zm_zoo_load_model_at(o->zoo_dir, o->model[0], &models[0], err);
-		if (st == ZM_OK)
-			*k = 1;
-		return st;
-	}
-	st = zm_zoo_open(&zoo, o->zoo_dir, ZM_ZOO_READ, err);
-	if (st != ZM_OK)
-		return st;
-	if (o->n_models == 0) {
-		for (i = 0; i < zoo->n_models && st == ZM_OK; i++) {
-			const char *name = zoo->models[i].name;
-			if (o->router && strcmp(name, o->router) == 0)
-				continue;
-			if (*k == MAX_MODELS) {
-				st = zm_error_set(err, ZM_ERR_USAGE, "%s: more than "
-				                  "%d models; choose with --model",
-				                  o->zoo_dir, MAX_MODELS);
-				break;
-			}
-			st = zm_zoo_load_model_at(o->zoo_dir, name, &models[*k], err);
-			if (st != ZM_OK)
-				break;
-			/* The whole zoo means its experts: routers and bases
-			 * predict nothing of the data's classes. */
-			if (zm_role_of_doc(&models[*k]->extra, &role) &&
-			    role != ZM_ROLE_EXPERT) {
-				zm_model_free(models[*k]);
-				models[*k] = NULL;
-				continue;
-			}
-			route_t[(*k)++] = route_temperature(zoo, name);
-		}
-		if (st == ZM_OK && *k == 0)
-			st = zm_error_set(err, ZM_ERR_DATA, "%s: no models to "
-			                  "predict with", o->zoo_dir);
-	} else {
-		for (i = 0; i < o->n_models && st == ZM_OK; i++) {
-			st = zm_zoo_load_model_at(o->zoo_dir, o->model[i], &models[i], err);
-			if (st == ZM_OK)
-				route_t[(*k)++] = route_temperature(zoo,
-				                                    o->model[i]);
-		}
-	}
-	zm_zoo_close(zoo);
-	if (st == ZM_OK && o->router)
-		st = zm_zoo_load_model_at(o->zoo_dir, o->router, router, err);
-	return st;
-}
-
-/* The merge options together, in their words (the predictor checks the
- * same); the level may come from --granularity-from, so this runs once it
- * is known. */
-static enum zm_status check_merge(const struct zm_predict_options *po,
-                                  struct zm_error *err)
-{
-	if (po->merge == ZM_MERGE_PARAMS && po->w.per_row)
-		return zm_error_set(err, ZM_ERR_USAGE, "--merge params needs "
-		                    "per-batch weights (--per batch): one set of "
-		                    "merged parameters serves the whole batch");
-	if (po->merge == ZM_MERGE_PARAMS && po->point == ZM_MERGE_POST)
-		return zm_error_set(err, ZM_ERR_USAGE, "--merge params merges "
-		                    "before the activation; --merge-point post "
-		                    "needs --merge outputs");
-	if ((po->merge == ZM_MERGE_ENSEMBLE || po->merge == ZM_MERGE_ROUTE) &&
-	    po->w.level != ZM_GRAN_FULL)
-		return zm_error_set(err, ZM_ERR_USAGE, "--merge %s mixes only "
-		                    "the final outputs: it needs --granularity "
-		                    "full", po->merge == ZM_MERGE_ROUTE ? "route" :
-		                    "ensemble");
-	return ZM_OK;
-}
-
-/* What a run holds besides the data: the models, their names, and the
- * inputs of their weighting. */
-struct predict_run {
-	struct zm_model *models[MAX_MODELS];
-	const char *names[MAX_MODELS];
-	char fallback[MAX_MODELS][24];
-	const char *model_name;      /* in outputs, when there is one model */
-	struct zm_model *router;
-	size_t k;
-	double route_t[MAX_MODELS];  /* assign --calibrate's, or NAN */
-	struct zm_predict_options po;
-	struct zm_assignment asg;
-	struct zm_gran_decision dec;
-	struct zm_hedge hedge;
-	struct zm_node *wroot;
-	double *stat;
-	bool unrelated;              /* check_lineage mixes final outputs */
-};
-
-/*
- * Merging layers (hidden activations or parameters) means something only
- * when the models' units correspond (lineage.h).  For models that are
- * unrelated a merge that predict chose itself becomes a mix of the final
- * outputs at the full level (routing where the weighting judges rows);
- * one the user asked for with --merge goes ahead after one warning.
- */
-static enum zm_status check_lineage(const struct predict_opts *o,
-                                    struct predict_run *s,
-                                    struct zm_error *err)
-{
-	struct zm_lineage_info info;
-	enum zm_status st;
-	size_t a, b;
-	bool all;
-
-	if (s->k < 2 || (s->po.merge != ZM_MERGE_OUTPUTS &&
-	                 s->po.merge != ZM_MERGE_PARAMS))
-		return ZM_OK;
-	st = zm_lineage_all_related((const struct zm_model *const *)s->models,
-	                            s->k, &all, &a, &b, &info, err);
-	if (st != ZM_OK || all || info.verdict != ZM_LINEAGE_UNRELATED)
-		return st;
-	if (o->merge_set) {
-		zm_cli_warn("models '%s' and '%s' are unrelated (%s): merging "
-		            "their layers mixes units that do not correspond; "
-		            "going ahead as --merge %s asks", s->names[a],
-		            s->names[b], zm_lineage_basis_name(info.basis),
-		            s->po.merge == ZM_MERGE_PARAMS ? "params" : "outputs");
-		return ZM_OK;
-	}
-	s->po.merge = s->po.w.kind == ZM_WEIGHTING_DENSITY ||
-	              s->po.w.kind == ZM_WEIGHTING_ROUTER ||
-	              s->po.w.kind == ZM_WEIGHTING_ROUTER_SIMILARITY ?
-	              ZM_MERGE_ROUTE : ZM_MERGE_ENSEMBLE;
-	s->po.w.level = ZM_GRAN_FULL;
-	s->unrelated = true;
-	if (o->explain || o->have_level || o->gran_from)
-		zm_cli_warn("models '%s' and '%s' are unrelated (%s): their "
-		            "final outputs are mixed (--merge %s) instead of "
-		            "their layers", s->names[a], s->names[b],
-		            zm_lineage_basis_name(info.basis),
-		            s->po.merge == ZM_MERGE_ROUTE ? "route" : "ensemble");
-	return ZM_OK;
-}
-
-
-/* The models and everything their weighting reads, before any data. */
-static enum zm_status prepare(const struct predict_opts *o,
-                              struct predict_run *s, struct zm_error *err)
-{
-	enum zm_status st;
-	size_t i;
-
-	for (i = 0; i < MAX_MODELS; i++)
-		s->route_t[i] = NAN;
-	st = load_models(o, s->models, &s->k, &s->router, s->route_t, err);
-	if (st != ZM_OK)
-		return st;
-	/* The calibrated temperature of density weighting, when every model
-	 * has one (assign --calibrate), unless --temperature says otherwise:
-	 * the largest, the most cautious; else the default for the width. */
-	if (s->po.w.kind == ZM_WEIGHTING_DENSITY && !o->temperature_set &&
-	    s->k > 1) {
-		double t = 0;
-		for (i = 0; i < s->k && t >= 0; i++)
-			t = isfinite(s->route_t[i]) && s->route_t[i] > t ?
-			    s->route_t[i] : isfinite(s->route_t[i]) ? t : -1;
-		if (t > 0) {
-			s->po.w.temperature = t;
-			s->po.w.temperature_origin = "calibrated by assign "
-			                             "--calibrate";
-		} else {
-			t = ZM_DENSITY_T_PER_FEATURE *
-			    (double)s->models[0]->arch->input_features;
-			s->po.w.temperature = t > 1 ? t : 1;
-			s->po.w.temperature_origin = "uncalibrated: the default "
-			                             "for the input width (assign "
-			                             "--calibrate fits one)";
-		}
-	} else if (o->temperature_set) {
-		s->po.w.temperature_origin = "--temperature";
-	}
-	for (i = 0; i < s->k; i++) {
-		if (s->models[i]->name) {
-			s->names[i] = s->models[i]->name;
-		} else {
-			snprintf(s->fallback[i], sizeof(s->fallback[i]), "m%zu",
-			         i);
-			s->names[i] = s->fallback[i];
-		}
-	}
-	s->model_name = s->k == 1 ? (o->n_files ? o->model_file[0] :
-	                o->n_models ? o->model[0] : s->names[0]) : NULL;
-	s->po.names = s->names;
-	if (o->gran_from) {
-		st = zm_gran_decision_load(o->gran_from, s->models[0]->arch,
-		                           &s->dec, err);
-		if (st != ZM_OK)
-			return st;
-		if (!o->gran_auto)
-			s->po.w.level = s->dec.level;
-	}
-	if (o->assignment) {
-		st = zm_assignment_load(o->assignment, &s->asg, err);
-		if (st != ZM_OK)
-			return st;
-		s->po.assignment = &s->asg;
-	}
-	s->po.router = s->router;
-	if (o->weights) {
-		size_t cells;
-		st = zm_config_load(o->weights, &s->wroot, err);
-		if (st != ZM_OK)
-			return st;
-		if (!zm_size_mul(s->models[0]->arch->n_layers, s->k, &cells) ||
-		    !(s->stat = zm_calloc(cells ? cells : 1, sizeof(double)))) {
-			st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
-			return st;
-		}
-		st = zm_static_weights(s->wroot, s->models[0]->arch, s->names,
-		                       s->k, s->stat, err);
-		if (st != ZM_OK)
-			return st;
-		s->po.stat = s->stat;
-	}
-	if (o->state && s->k > 1 && !o->gran_auto) {
-		/* A missing state file is the first run; anything else that
-		 * cannot be read or validated is an error, and the file stays
-		 * as it is. */
-		if (access(o->state, F_OK) == 0) {
-			st = zm_hedge_load(&s->hedge, o->state, s->names, s->k,
-			                   err);
-			if (st != ZM_OK)
-				return st;
-			s->po.hedge = &s->hedge;
-		}
-	}
-	return ZM_OK;
-}
-
-/*
- * The schema the inputs are matched to: models[0]'s.  Models predicting
- * together must name the same classes and features in the same order
- * (their outputs are merged unit by unit); models that name none are
- * taken to agree by position.
- */
-static enum zm_status models_schema(struct zm_model *const *models,
-                                    const char *const *names, size_t k,
-                                    struct zm_schema *schema,
-                                    struct zm_error *err)
-{
-	struct zm_schema other;
-	enum zm_status st;
-	size_t i;
-	char what[128];
-
-	zm_schema_init(&other);
-	snprintf(what, sizeof(what), "model '%s'", names[0]);
-	st = zm_schema_of_model_doc(schema, &models[0]->extra, what, err);
-	for (i = 1; st == ZM_OK && i < k; i++) {
-		snprintf(what, sizeof(what), "model '%s'", names[i]);
-		if ((st = zm_schema_of_model_doc(&other, &models[i]->extra, what,
-		                                 err)))
+	for (i = 0; i < s->n_notes; i++) {
+		n = &s->notes[i];
+		switch (n->kind) {
+		case ZM_PREDSETUP_UNRELATED_KEPT:
+			zm_cli_warn("models '%s' and '%s' are unrelated (%s): "
+			            "merging their layers mixes units that do not "
+			            "correspond; going ahead as --merge %s asks",
+			            n->a, n->b, zm_lineage_basis_name(n->basis),
+			            merge_name(n->merge));
 			break;
-		if ((other.classes.known && schema->classes.known &&
-		     !zm_names_equal(&other.classes, &schema->classes)) ||
-		    (other.features.known && schema->features.known &&
-		     !zm_names_equal(&other.features, &schema->features)))
-			st = zm_error_set(err, ZM_ERR_DATA, "models '%s' and '%s' "
-			                  "name different %s: they cannot predict "
-			                  "together", names[0], names[i],
-			                  zm_names_equal(&other.classes,
-			                                 &schema->classes) ?
-			                  "features" : "classes");
-		if (st == ZM_OK && !schema->classes.known)
-			st = zm_names_copy(&schema->classes, &other.classes, err);
-		if (st == ZM_OK && !schema->features.known)
-			st = zm_names_copy(&schema->features, &other.features, err);
+		case ZM_PREDSETUP_UNRELATED_MIXED:
+			if (o->explain || o->have_level || o->set.gran_from)
+				zm_cli_warn("models '%s' and '%s' are unrelated "
+				            "(%s): their final outputs are mixed "
+				            "(--merge %s) instead of their layers",
+				            n->a, n->b,
+				            zm_lineage_basis_name(n->basis),
+				            merge_name(n->merge));
+			break;
+		case ZM_PREDSETUP_AUTO_FULL_ONLY:
+			if (o->explain)
+				zm_cli_warn("granularity auto: models '%s' and "
+				            "'%s' are unrelated (%s): the full "
+				            "level only", n->a, n->b,
+				            zm_lineage_basis_name(n->basis));
+			break;
+		case ZM_PREDSETUP_AUTO_NO_LEVEL:
+			if (o->explain)
+				zm_cli_warn("granularity auto: no %s level: %s",
+				            zm_gran_level_name(n->level), n->msg);
+			break;
+		}
 	}
-	zm_schema_release(&other);
-	return st;
 }
 
-/*
- * Brings one input document to the models' classes and columns by name;
- * says once when they name none (position matching) and, with
- * --progress, which columns they ignore.
- */
+/* One input document brought to the models' schema; says once when they
+ * name no classes or columns (position matching) and, with --progress,
+ * which columns they ignore. */
 static enum zm_status conform(const struct predict_opts *o,
-                              struct zm_schema *schema, const char *model,
-                              struct zm_doc *doc, const char *where,
-                              struct zm_schema_note *note, bool *warned,
-                              struct zm_error *err)
+                              struct zm_predsetup *s, struct zm_doc *doc,
+                              const char *where, struct zm_schema_note *note,
+                              bool *warned, struct zm_error *err)
 {
-	char what[128];
-	size_t n, extra = note->extra_columns;
+	size_t extra = note->extra_columns;
 	enum zm_status st;
 
-	if (model)
-		snprintf(what, sizeof(what), "model '%s'", model);
-	else
-		snprintf(what, sizeof(what), "the models");
-	if ((st = zm_data_check(doc, where, &n, err)) ||
-	    (st = zm_schema_conform_doc(schema, false, doc, n, where, what,
-	                                note, err)))
+	if ((st = zm_predsetup_conform(s, doc, where, note, err)))
 		return st;
 	if (note->by_position && !*warned && !o->quiet) {
 		zm_cli_warn("warning: %s records no class or column names "
 		            "(written before zoomerge kept them): the input is "
-		            "matched by position", what);
+		            "matched by position", s->what);
 		*warned = true;
 	}
 	if (note->extra_columns && !extra && o->progress)
 		zm_cli_warn("%s: %zu column(s) %s does not use, such as '%s', "
-		            "ignored", where, note->extra_columns, what,
+		            "ignored", where, note->extra_columns, s->what,
 		            note->first_extra);
 	return ZM_OK;
-}
-
-/*
- * --granularity auto: predictors at the group and layer levels next to
- * the full one (pred), over the same models, and the controller that
- * picks one per batch.  A level the models cannot merge at (unrelated
- * models, a weighting that lacks a profile entry) is left out, said with
- * --explain.  The group and layer levels merge outputs where the full
- * level routes or mixes final outputs.
- */
-static enum zm_status start_auto(const struct predict_opts *o,
-                                 const struct predict_run *s,
-                                 struct zm_predictor *pred,
-                                 struct zm_predictor **lvl,
-                                 struct zm_gc_rules *rules,
-                                 struct zm_granauto_ctl *ctl,
-                                 struct zm_error *err)
-{
-	enum zm_gran_level l;
-	enum zm_status st;
-	struct zm_error e2;
-	struct zm_lineage_info info;
-	bool all = true, unrelated = s->unrelated;
-	size_t a, b;
-
-	lvl[ZM_GRAN_FULL] = pred;
-	if (o->gran_rules &&
-	    (st = zm_gc_rules_load(o->gran_rules, rules, err)) != ZM_OK)
-		return st;
-	/* The full level may route without merging layers (check_lineage
-	 * then did not look); the finer ones merge them, which unrelated
-	 * models cannot. */
-	if (!unrelated && !o->merge_set &&
-	    (s->po.merge == ZM_MERGE_ROUTE || s->po.merge == ZM_MERGE_ENSEMBLE)) {
-		st = zm_lineage_all_related((const struct zm_model *const *)
-		                            s->models, s->k, &all, &a, &b,
-		                            &info, err);
-		if (st != ZM_OK)
-			return st;
-		unrelated = !all && info.verdict == ZM_LINEAGE_UNRELATED;
-		if (unrelated && o->explain)
-			zm_cli_warn("granularity auto: models '%s' and '%s' are "
-			            "unrelated (%s): the full level only",
-			            s->names[a], s->names[b],
-			            zm_lineage_basis_name(info.basis));
-	}
-	for (l = ZM_GRAN_GROUP; !unrelated && l <= ZM_GRAN_LAYER; l++) {
-		struct zm_predict_options po = s->po;
-		if (po.merge == ZM_MERGE_ROUTE || po.merge == ZM_MERGE_ENSEMBLE) {
-			/* Unrelated models mix only final outputs, and a
-			 * --merge route or ensemble asked for is kept. */
-			if (o->merge_set)
-				break;
-			po.merge = ZM_MERGE_OUTPUTS;
-		}
-		po.w.level = l;
-		zm_error_clear(&e2);
-		st = zm_predictor_new_opts((const struct zm_model *const *)
-		                           s->models, s->k, o->batch, &po,
-		                           &lvl[l], &e2);
-		if (st == ZM_ERR_NOMEM)
-			return zm_error_set(err, st, "%s", e2.msg);
-		if (st != ZM_OK && o->explain)
-			zm_cli_warn("granularity auto: no %s level: %s",
-			            zm_gran_level_name(l), e2.msg);
-	}
-	st = zm_granauto_ctl_init(ctl, lvl, s->po.w.latency_budget_ms,
-	                          s->po.w.use_loadavg,
-	                          o->gran_rules ? rules : NULL,
-	                          o->gran_from != NULL, s->dec.level, err);
-	if (st != ZM_OK)
-		return st;
-	pred->gauto = ctl;
-	/* The cost estimates of the last run (a missing file is the first
-	 * run). */
-	if (o->state && access(o->state, F_OK) == 0)
-		st = zm_granauto_state_load(&ctl->g, o->state, &ctl->state_keep,
-		                            err);
-	return st;
-}
-
-/* The trace's header; with auto each line also says the batch's level,
- * its time and why that level. */
-static enum zm_status trace_header(const struct zm_predictor *pred,
-                                   struct zm_outfile *trace,
-                                   struct zm_error *err)
-{
-	if (pred->gauto)
-		return zm_outfile_printf(trace, err, "batch,rows,model,unit,"
-		                         "weight,similarity,score,level,ms,"
-		                         "why\n");
-	return zm_pred_trace_header(trace, err);
 }
 
 /* --explain: what the weighting (and auto) chose and why, on stderr when
  * the predictions go to stdout. */
 static enum zm_status explain(const struct predict_opts *o,
-                              const struct predict_run *s,
-                              const struct zm_predictor *pred,
-                              const struct zm_granauto_ctl *ctl,
+                              const struct zm_predsetup *s,
                               struct zm_error *err)
 {
 	bool to_err = !o->output || strcmp(o->output, "-") == 0;
 	struct zm_buf b;
 
 	zm_buf_init(&b);
-	zm_predict_explain(pred, s->names, &b);
-	if (pred->gauto)
-		zm_granauto_ctl_explain(ctl, &b);
+	zm_predsetup_explain(s, &b);
 	if (b.failed) {
 		zm_buf_release(&b);
 		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 	}
 	fputs(b.len ? b.data : "", to_err ? stderr : stdout);
 	zm_buf_release(&b);
-	return ZM_OK;
-}
-
-/* --state: the Hedge scores of --feedback, or auto's cost estimates. */
-static enum zm_status save_state(const struct predict_opts *o,
-                                 const struct predict_run *s,
-                                 const struct zm_predictor *pred,
-                                 const struct zm_granauto_ctl *ctl,
-                                 struct zm_error *err)
-{
-	if (o->state && s->k > 1 && s->po.feedback)
-		return zm_hedge_save(&pred->hedge, o->state, err);
-	if (o->state && pred->gauto)
-		return zm_granauto_state_save(&ctl->g, o->state,
-		                              ctl->state_keep, err);
 	return ZM_OK;
 }
 
@@ -683,7 +276,7 @@ static enum zm_status open_input(const struct predict_opts *o,
 	d.images = o->images;
 	d.labels = o->labels;
 	d.label = o->label;
-	d.batch = o->batch;
+	d.batch = o->set.batch;
 	*name = o->from == ZM_DATASET_IDX ? o->images
 	        : !o->input || strcmp(o->input, "-") == 0 ? "<stdin>"
 	        : o->input;
@@ -693,13 +286,12 @@ static enum zm_status open_input(const struct predict_opts *o,
 static int run(const struct predict_opts *o)
 {
 	struct zm_error err;
-	struct predict_run s;
-	struct zm_predictor *pred = NULL;
+	struct zm_predsetup s;
+	struct zm_predictor *pred;
 	struct zm_dataset_reader *r = NULL;
 	struct zm_pred_writer *w = NULL;
 	struct zm_pred_metrics metrics;
 	struct zm_outfile trace;
-	struct zm_schema schema;
 	struct zm_schema_note note;
 	bool trace_open = false, warned = false;
 	struct zm_doc doc;
@@ -707,43 +299,22 @@ static int run(const struct predict_opts *o)
 	const char *in_name;
 	char where[ZM_WHERE_MAX];
 	uint64_t row = 0;
-	size_t docno = 0, i;
+	size_t docno = 0;
 	bool eof = false, progress;
 	double last = 0;
-	struct zm_predictor *lvl[ZM_GRANAUTO_LEVELS] = { NULL, NULL, NULL };
-	struct zm_granauto_ctl ctl;
-	struct zm_gc_rules rules;
 
 	zm_error_clear(&err);
 	zm_doc_init(&doc);
-	memset(&s, 0, sizeof(s));
-	s.po = o->p;
-	zm_assignment_init(&s.asg);
-	zm_gran_decision_init(&s.dec);
-	zm_hedge_init(&s.hedge);
-	zm_schema_init(&schema);
+	zm_predsetup_init(&s);
 	memset(&note, 0, sizeof(note));
 	memset(&trace, 0, sizeof(trace));
-	memset(&ctl, 0, sizeof(ctl));
-	zm_gc_rules_init(&rules);
 	zm_gemm_setup(o->threads);
 	progress = zm_cli_progress_wanted(o->progress, o->quiet);
-	st = prepare(o, &s, &err);
-	if (st == ZM_OK)
-		st = models_schema(s.models, s.names, s.k, &schema, &err);
+	st = zm_predsetup_open(&s, &o->set, &err);
+	say_notes(o, &s);
 	if (st != ZM_OK)
 		goto out;
-	if ((st = check_lineage(o, &s, &err)))
-		goto out;
-	if (s.k > 1 && (st = check_merge(&s.po, &err)))
-		goto out;
-	st = zm_predictor_new_opts((const struct zm_model *const *)s.models, s.k,
-	                           o->batch, &s.po, &pred, &err);
-	if (st != ZM_OK)
-		goto out;
-	if (o->gran_auto && s.k > 1 &&
-	    (st = start_auto(o, &s, pred, lvl, &rules, &ctl, &err)))
-		goto out;
+	pred = s.pred;
 	zm_pred_metrics_init(&metrics, pred->loss, pred->out_features);
 
 	if ((st = open_input(o, &r, &in_name, &err)))
@@ -752,14 +323,14 @@ static int run(const struct predict_opts *o)
 		if ((st = zm_outfile_open(&trace, o->trace, false, &err)))
 			goto out;
 		trace_open = true;
-		if ((st = trace_header(pred, &trace, &err)))
+		if ((st = zm_predsetup_trace_header(&s, &trace, &err)))
 			goto out;
 		pred->trace = &trace;
 	}
 	st = zm_pred_writer_open(&w, o->output, o->format, pred->loss,
 	                         pred->out_features, o->compress, s.model_name,
 	                         pred->loss == ZM_LOSS_CROSS_ENTROPY ?
-	                         &schema.classes : NULL, &err);
+	                         &s.schema.classes : NULL, &err);
 	if (st != ZM_OK)
 		goto out;
 	for (;;) {
@@ -770,8 +341,7 @@ static int run(const struct predict_opts *o)
 		snprintf(where, sizeof(where), "%s: %s %zu", in_name,
 		         o->from == ZM_DATASET_STREAM ? "document" : "batch",
 		         docno);
-		st = conform(o, &schema, s.k == 1 ? s.names[0] : NULL, &doc,
-		             where, &note, &warned, &err);
+		st = conform(o, &s, &doc, where, &note, &warned, &err);
 		if (st != ZM_OK)
 			break;
 		st = zm_predict_doc(pred, &doc, where, &row, w, &metrics, &err);
@@ -797,14 +367,14 @@ static int run(const struct predict_opts *o)
 	if (o->metrics && (st = zm_pred_metrics_write(&metrics, s.model_name,
 	                                              o->metrics, &err)))
 		goto out;
-	if (o->explain && (st = explain(o, &s, pred, &ctl, &err)))
+	if (o->explain && (st = explain(o, &s, &err)))
 		goto out;
 	if (trace_open) {
 		trace_open = false;
 		if ((st = zm_outfile_commit(&trace, &err)))
 			goto out;
 	}
-	if ((st = save_state(o, &s, pred, &ctl, &err)))
+	if ((st = zm_predsetup_save_state(&s, o->set.state, &err)))
 		goto out;
 	st = zm_pred_writer_commit(w, &err);
 	w = NULL;
@@ -814,23 +384,9 @@ out:
 	zm_pred_writer_abort(w);
 	zm_doc_release(&doc);
 	zm_dataset_close(r);
-	zm_predictor_free(pred);
-	zm_predictor_free(lvl[ZM_GRAN_GROUP]);
-	zm_predictor_free(lvl[ZM_GRAN_LAYER]);
-	zm_granauto_ctl_release(&ctl);
-	zm_gc_rules_release(&rules);
-	for (i = 0; i < s.k; i++)
-		zm_model_free(s.models[i]);
-	zm_model_free(s.router);
-	zm_assignment_release(&s.asg);
-	zm_schema_release(&schema);
-	zm_gran_decision_release(&s.dec);
-	zm_hedge_release(&s.hedge);
-	zm_node_free(s.wroot);
-	free(s.stat);
+	zm_predsetup_release(&s);
 	return st == ZM_OK ? ZM_EXIT_OK : zm_cli_report(&err);
 }
-
 static const struct option longopts[] = {
 	{ "zoo", required_argument, NULL, 'z' },
 	{ "model", required_argument, NULL, 'm' },
@@ -888,23 +444,23 @@ static bool parse_dynamic_option(struct predict_opts *o, int c,
 
 	switch (c) {
 	case OPT_GRAN:
-		o->gran_auto = strcmp(arg, "auto") == 0;
-		if (o->gran_auto) {
-			o->p.w.level = ZM_GRAN_FULL;
+		o->set.gran_auto = strcmp(arg, "auto") == 0;
+		if (o->set.gran_auto) {
+			o->set.p.w.level = ZM_GRAN_FULL;
 			o->have_level = false;
 			break;
 		}
-		if (!zm_gran_level_parse(arg, &o->p.w.level)) {
+		if (!zm_gran_level_parse(arg, &o->set.p.w.level)) {
 			zm_cli_warn("--granularity: expected full, group, layer "
 			            "or auto, got '%s'", arg);
 			return false;
 		}
 		o->have_level = true;
 		break;
-	case OPT_GRAN_FROM: o->gran_from = arg; break;
-	case OPT_GRAN_RULES: o->gran_rules = arg; break;
+	case OPT_GRAN_FROM: o->set.gran_from = arg; break;
+	case OPT_GRAN_RULES: o->set.gran_rules = arg; break;
 	case OPT_WEIGHTING:
-		if (!zm_weighting_parse(arg, &o->p.w.kind)) {
+		if (!zm_weighting_parse(arg, &o->set.p.w.kind)) {
 			zm_cli_warn("--weighting: expected density, similarity, "
 			            "router, uniform, static or "
 			            "router+similarity, got '%s'", arg);
@@ -912,24 +468,24 @@ static bool parse_dynamic_option(struct predict_opts *o, int c,
 		}
 		o->weighting_set = true;
 		break;
-	case OPT_ROUTER: o->router = arg; break;
-	case OPT_ASSIGNMENT: o->assignment = arg; break;
-	case OPT_WEIGHTS: o->weights = arg; break;
-	case OPT_STATE: o->state = arg; break;
+	case OPT_ROUTER: o->set.router = arg; break;
+	case OPT_ASSIGNMENT: o->set.assignment = arg; break;
+	case OPT_WEIGHTS: o->set.weights = arg; break;
+	case OPT_STATE: o->set.state = arg; break;
 	case OPT_TRACE: o->trace = arg; break;
-	case OPT_FEEDBACK: o->p.feedback = true; break;
+	case OPT_FEEDBACK: o->set.p.feedback = true; break;
 	case OPT_THRESHOLD:
 		if (!zm_cli_double("--threshold", arg, 0, 1, &dv))
 			return false;
-		o->p.threshold = dv;
+		o->set.p.threshold = dv;
 		break;
 	case OPT_EXPLAIN: o->explain = true; break;
 	case OPT_PER:
 		o->per_set = true;
 		if (strcmp(arg, "row") == 0)
-			o->p.w.per_row = true;
+			o->set.p.w.per_row = true;
 		else if (strcmp(arg, "batch") == 0)
-			o->p.w.per_row = false;
+			o->set.p.w.per_row = false;
 		else {
 			zm_cli_warn("--per: expected row or batch, got '%s'",
 			            arg);
@@ -939,62 +495,62 @@ static bool parse_dynamic_option(struct predict_opts *o, int c,
 	case OPT_TOPK:
 		if (!zm_cli_int("--top-k", arg, 0, MAX_MODELS, &v))
 			return false;
-		o->p.w.top_k = (size_t)v;
+		o->set.p.w.top_k = (size_t)v;
 		break;
 	case OPT_TEMP:
 		if (!zm_cli_double("--temperature", arg, 1e-12, 1e12, &dv))
 			return false;
-		o->p.w.temperature = dv;
-		o->temperature_set = true;
+		o->set.p.w.temperature = dv;
+		o->set.temperature_set = true;
 		break;
 	case OPT_BUDGET:
 		if (!zm_cli_double("--latency-budget-ms", arg, 0, 1e9, &dv))
 			return false;
-		o->p.w.latency_budget_ms = dv;
+		o->set.p.w.latency_budget_ms = dv;
 		break;
 	case OPT_ETA:
 		if (!zm_cli_double("--eta", arg, 0, 1e6, &dv))
 			return false;
-		o->p.eta = dv;
+		o->set.p.eta = dv;
 		break;
 	case OPT_SHARE:
 		if (!zm_cli_double("--share", arg, 0, 0.999, &dv))
 			return false;
-		o->p.share = dv;
+		o->set.p.share = dv;
 		break;
 	case OPT_PROBE:
 		if (!zm_cli_double("--probe", arg, 1e-6, 1, &dv))
 			return false;
-		o->p.probe = dv;
+		o->set.p.probe = dv;
 		break;
 	case OPT_ADAPT_REG:
 		if (!zm_cli_double("--adapt-reg", arg, 0, 1e6, &dv))
 			return false;
-		o->p.adapt_o.reg = dv;
+		o->set.p.adapt_o.reg = dv;
 		break;
 	case OPT_ADAPT_TRUST:
 		if (!zm_cli_double("--adapt-trust", arg, 1e-6, 100, &dv))
 			return false;
-		o->p.adapt_o.max_step = dv;
+		o->set.p.adapt_o.max_step = dv;
 		break;
 	case OPT_METRIC:
 		o->metric_set = true;
-		if (!zm_metric_parse(arg, &o->p.w.metric)) {
+		if (!zm_metric_parse(arg, &o->set.p.w.metric)) {
 			zm_cli_warn("--metric: expected cosine, kl or "
 			            "mahalanobis, got '%s'", arg);
 			return false;
 		}
 		break;
 	case OPT_MERGE:
-		o->merge_set = true;
-		if (!zm_merge_mode_parse(arg, &o->p.merge)) {
+		o->set.merge_set = true;
+		if (!zm_merge_mode_parse(arg, &o->set.p.merge)) {
 			zm_cli_warn("--merge: expected route, outputs, params "
 			            "or ensemble, got '%s'", arg);
 			return false;
 		}
 		break;
 	case OPT_POINT:
-		if (!zm_merge_point_parse(arg, &o->p.point)) {
+		if (!zm_merge_point_parse(arg, &o->set.p.point)) {
 			zm_cli_warn("--merge-point: expected pre or post, got "
 			            "'%s'", arg);
 			return false;
@@ -1006,12 +562,12 @@ static bool parse_dynamic_option(struct predict_opts *o, int c,
 			            arg);
 			return false;
 		}
-		o->p.adapt = true;
+		o->set.p.adapt = true;
 		break;
 	case OPT_ADAPT_STEPS:
 		if (!zm_cli_int("--adapt-steps", arg, 1, 100, &v))
 			return false;
-		o->p.adapt_o.steps = (size_t)v;
+		o->set.p.adapt_o.steps = (size_t)v;
 		break;
 	case OPT_PRIOR:
 		if (strcmp(arg, "metrics") != 0) {
@@ -1019,7 +575,7 @@ static bool parse_dynamic_option(struct predict_opts *o, int c,
 			            arg);
 			return false;
 		}
-		o->p.use_metrics = true;
+		o->set.p.use_metrics = true;
 		break;
 	default:
 		return false;
@@ -1034,20 +590,20 @@ static bool parse_option(void *ctx, int c, const char *arg)
 	int64_t v;
 
 	switch (c) {
-	case 'z': o->zoo_dir = arg; break;
+	case 'z': o->set.zoo_dir = arg; break;
 	case 'm':
-		if (o->n_models == MAX_MODELS) {
+		if (o->set.n_models == MAX_MODELS) {
 			zm_cli_warn("--model: at most %d", MAX_MODELS);
 			return false;
 		}
-		o->model[o->n_models++] = arg;
+		o->set.model[o->set.n_models++] = arg;
 		break;
 	case 'M':
-		if (o->n_files == MAX_MODELS) {
+		if (o->set.n_files == MAX_MODELS) {
 			zm_cli_warn("--model-file: at most %d", MAX_MODELS);
 			return false;
 		}
-		o->model_file[o->n_files++] = arg;
+		o->set.model_file[o->set.n_files++] = arg;
 		break;
 	case 'x': o->metrics = arg; break;
 	case 'o': o->output = arg; break;
@@ -1060,7 +616,7 @@ static bool parse_option(void *ctx, int c, const char *arg)
 		if (!zm_cli_int("--batch-size", arg, 1,
 		                ZM_MODEL_BATCH_MAX, &v))
 			return false;
-		o->batch = (size_t)v;
+		o->set.batch = (size_t)v;
 		break;
 	case 'j':
 		if (!zm_cli_int("--threads", arg, 1, 1024, &v))
@@ -1097,64 +653,64 @@ static bool parse_option(void *ctx, int c, const char *arg)
 /* The options together: false after a message naming the conflict. */
 static bool validate(struct predict_opts *o)
 {
-	if (o->n_files) {
-		if (o->zoo_dir || o->n_models || o->router) {
+	if (o->set.n_files) {
+		if (o->set.zoo_dir || o->set.n_models || o->set.router) {
 			zm_cli_warn("--model-file takes no --zoo, --model or "
 			            "--router");
 			return false;
 		}
-	} else if (!o->zoo_dir) {
+	} else if (!o->set.zoo_dir) {
 		zm_cli_warn("--zoo (or --model-file) is required");
 		return false;
 	}
-	if (o->have_level && o->gran_from) {
+	if (o->have_level && o->set.gran_from) {
 		zm_cli_warn("--granularity and --granularity-from exclude each "
 		            "other (but for --granularity auto, whose prior it "
 		            "is)");
 		return false;
 	}
-	if (o->gran_rules && !o->gran_auto) {
+	if (o->set.gran_rules && !o->set.gran_auto) {
 		zm_cli_warn("--granularity-rules is for --granularity auto");
 		return false;
 	}
-	if (o->gran_auto && o->p.feedback) {
+	if (o->set.gran_auto && o->set.p.feedback) {
 		zm_cli_warn("--granularity auto does not take --feedback yet "
 		            "(the Hedge scores would split between the levels)");
 		return false;
 	}
-	if (o->weights && !o->weighting_set)
-		o->p.w.kind = ZM_WEIGHTING_STATIC;
+	if (o->set.weights && !o->weighting_set)
+		o->set.p.w.kind = ZM_WEIGHTING_STATIC;
 	/* The defaults decide: without weighting flags, the posterior of the
 	 * models' data (density); a model without a profile then means
 	 * uniform weights rather than an error.  --metric alone keeps the
 	 * similarity weighting it belongs to. */
-	if (!o->weighting_set && !o->weights && !o->metric_set) {
-		o->p.w.kind = ZM_WEIGHTING_DENSITY;
-		o->p.w.lenient = true;
+	if (!o->weighting_set && !o->set.weights && !o->metric_set) {
+		o->set.p.w.kind = ZM_WEIGHTING_DENSITY;
+		o->set.p.w.lenient = true;
 	}
 	/* Per-row weights, and routing on them, for the weightings that
 	 * judge each row (density, router) unless asked otherwise. */
-	if (o->p.w.kind == ZM_WEIGHTING_DENSITY ||
-	    o->p.w.kind == ZM_WEIGHTING_ROUTER ||
-	    o->p.w.kind == ZM_WEIGHTING_ROUTER_SIMILARITY) {
+	if (o->set.p.w.kind == ZM_WEIGHTING_DENSITY ||
+	    o->set.p.w.kind == ZM_WEIGHTING_ROUTER ||
+	    o->set.p.w.kind == ZM_WEIGHTING_ROUTER_SIMILARITY) {
 		if (!o->per_set)
-			o->p.w.per_row = true;
-		if (!o->merge_set && !o->have_level &&
-		    (!o->gran_from || o->gran_auto))
-			o->p.merge = ZM_MERGE_ROUTE;
+			o->set.p.w.per_row = true;
+		if (!o->set.merge_set && !o->have_level &&
+		    (!o->set.gran_from || o->set.gran_auto))
+			o->set.p.merge = ZM_MERGE_ROUTE;
 	}
-	if (o->p.w.kind == ZM_WEIGHTING_STATIC && !o->weights) {
+	if (o->set.p.w.kind == ZM_WEIGHTING_STATIC && !o->set.weights) {
 		zm_cli_warn("--weighting static needs --weights FILE");
 		return false;
 	}
-	if ((o->p.w.kind == ZM_WEIGHTING_ROUTER ||
-	     o->p.w.kind == ZM_WEIGHTING_ROUTER_SIMILARITY) &&
-	    (!o->router || !o->assignment)) {
+	if ((o->set.p.w.kind == ZM_WEIGHTING_ROUTER ||
+	     o->set.p.w.kind == ZM_WEIGHTING_ROUTER_SIMILARITY) &&
+	    (!o->set.router || !o->set.assignment)) {
 		zm_cli_warn("--weighting %s needs --router NAME and --assignment "
-		            "FILE", zm_weighting_name(o->p.w.kind));
+		            "FILE", zm_weighting_name(o->set.p.w.kind));
 		return false;
 	}
-	if (o->state && !o->p.feedback && !o->gran_auto) {
+	if (o->set.state && !o->set.p.feedback && !o->set.gran_auto) {
 		zm_cli_warn("--state keeps the scores of --feedback (or the "
 		            "costs of --granularity auto); add --feedback");
 		return false;
@@ -1168,7 +724,7 @@ static bool validate(struct predict_opts *o)
 int main(int argc, char **argv)
 {
 	struct predict_opts o = {
-		.batch = ZM_PREDICT_BATCH_DEFAULT,
+		.set.batch = ZM_PREDICT_BATCH_DEFAULT,
 		.format = ZM_PRED_CSV,
 		.compress = ZM_COMPRESS_AUTO,
 		.output = "-",
@@ -1178,8 +734,8 @@ int main(int argc, char **argv)
 
 	zm_cli_init(argv[0]);
 	zm_cli_options(options_str);
-	zm_predict_options_init(&o.p);
-	o.p.w.kind = ZM_WEIGHTING_SIMILARITY;
+	zm_predict_options_init(&o.set.p);
+	o.set.p.w.kind = ZM_WEIGHTING_SIMILARITY;
 	if (!zm_compress_from_env(&o.compress)) {
 		zm_cli_warn("ZM_COMPRESS: expected a level from 0 to 9");
 		return zm_cli_usage_error(usage_str, NULL);

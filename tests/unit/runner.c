@@ -12,6 +12,7 @@
 
 #include "config.h"
 #include "model.h"
+#include "stream.h"
 #include "unit.h"
 
 const char *unit_srcpath(const char *rel)
@@ -96,6 +97,22 @@ struct zm_model *unit_model(const char *yaml, uint64_t seed)
 		ck_abort_msg("model: %s", err.msg);
 	zm_arch_free(arch);
 	return m;
+}
+
+void unit_write_model(const struct zm_model *m, const char *path)
+{
+	struct zm_writer *w;
+	struct zm_doc doc;
+	struct zm_error err;
+
+	zm_doc_init(&doc);
+	if (zm_model_to_doc(m, &doc, &err) != ZM_OK ||
+	    zm_writer_open(&w, path, 1, &err) != ZM_OK)
+		ck_abort_msg("%s: %s", path, err.msg);
+	if (zm_writer_write_doc(w, &doc, &err) != ZM_OK ||
+	    zm_writer_commit(w, &err) != ZM_OK)
+		ck_abort_msg("%s: %s", path, err.msg);
+	zm_doc_release(&doc);
 }
 
 int main(void)

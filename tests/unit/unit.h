@@ -40,4 +40,7 @@ struct zm_arch *unit_arch(const char *yaml);
  * zm_model_free. */
 struct zm_model *unit_model(const char *yaml, uint64_t seed);
 
+/* Writes m as a model file at path; the test fails on an error. */
+void unit_write_model(const struct zm_model *m, const char *path);
+
 #endif
