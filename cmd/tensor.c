@@ -130,26 +130,21 @@ static void print_value(const char *s)
 static enum zm_status info_file(const char *path, struct zm_error *err)
 {
 	struct zm_reader *r = NULL;
+	struct zm_stream_totals tot = { 0, 0, 0, 0 };
 	struct zm_doc doc;
 	enum zm_status st;
-	size_t docs = 0, tensors = 0, i;
-	unsigned long long bytes = 0, rows = 0;
+	size_t i;
 	bool eof;
 	char shape[256];
 
 	zm_doc_init(&doc);
 	st = zm_reader_open(&r, path, err);
-	if (st != ZM_OK)
-		goto out;
-	for (;;) {
-		const char *kind;
+	while (st == ZM_OK && !(st = zm_stream_describe_next(r, &doc, &tot,
+	                                                     &eof, err)) &&
+	       !eof) {
+		const char *kind = zm_doc_meta(&doc, ZM_META_KIND);
 
-		st = zm_reader_next_header(r, &doc, &eof, err);
-		if (st != ZM_OK || eof)
-			break;
-		docs++;
-		kind = zm_doc_meta(&doc, ZM_META_KIND);
-		printf("%s: document %zu: %s\n", zm_reader_name(r), docs,
+		printf("%s: document %zu: %s\n", zm_reader_name(r), tot.docs,
 		       kind ? kind : "-");
 		for (i = 0; i < doc.n_meta; i++) {
 			printf("  %s = ", doc.meta[i].key);
@@ -162,18 +157,12 @@ static enum zm_status info_file(const char *path, struct zm_error *err)
 			zm_shape_format(t->ndim, t->shape, shape, sizeof(shape));
 			printf("  %s %s %s\n", t->name, zm_dtype_name(t->dtype),
 			       shape);
-			bytes += t->nbytes;
-			if (kind && strcmp(kind, "data") == 0 &&
-			    strcmp(t->name, "x") == 0 && t->ndim > 0)
-				rows += (unsigned long long)t->shape[0];
 		}
-		tensors += doc.n_tensors;
 	}
 	if (st == ZM_OK)
 		printf("%s: %zu document%s, %llu rows, %zu tensors, %llu bytes\n",
-		       zm_reader_name(r), docs, docs == 1 ? "" : "s", rows,
-		       tensors, bytes);
-out:
+		       zm_reader_name(r), tot.docs, tot.docs == 1 ? "" : "s",
+		       tot.rows, tot.tensors, tot.bytes);
 	zm_doc_release(&doc);
 	zm_reader_close(r);
 	return st;

@@ -18,6 +18,31 @@
 
 /* ---- the data layout ---- */
 
+enum zm_status zm_stream_describe_next(struct zm_reader *r, struct zm_doc *doc,
+                                       struct zm_stream_totals *t, bool *eof,
+                                       struct zm_error *err)
+{
+	const char *kind;
+	enum zm_status st;
+	size_t i;
+
+	st = zm_reader_next_header(r, doc, eof, err);
+	if (st != ZM_OK || *eof)
+		return st;
+	t->docs++;
+	kind = zm_doc_meta(doc, ZM_META_KIND);
+	for (i = 0; i < doc->n_tensors; i++) {
+		const struct zm_tensor *x = &doc->tensors[i];
+
+		t->bytes += x->nbytes;
+		if (kind && strcmp(kind, "data") == 0 &&
+		    strcmp(x->name, "x") == 0 && x->ndim > 0)
+			t->rows += (unsigned long long)x->shape[0];
+	}
+	t->tensors += doc->n_tensors;
+	return ZM_OK;
+}
+
 enum zm_status zm_data_check(const struct zm_doc *doc, const char *name,
                              size_t *n, struct zm_error *err)
 {

@@ -124,6 +124,23 @@ void zm_dataset_close(struct zm_dataset_reader *r);
 enum zm_status zm_data_check(const struct zm_doc *doc, const char *name,
                              size_t *n, struct zm_error *err);
 
+/* What a stream holds (tensor info): its documents, their tensors and
+ * payload bytes, and the rows of its data documents. */
+struct zm_stream_totals {
+	size_t docs, tensors;
+	unsigned long long bytes, rows;
+};
+
+/*
+ * Reads the next document's header from r into doc (released first: the
+ * metadata and the tensors' names, dtypes and shapes, no payload) and
+ * adds it to t, which starts zeroed; *eof at the end of the stream.
+ * Errors of zm_reader_next_header.
+ */
+enum zm_status zm_stream_describe_next(struct zm_reader *r, struct zm_doc *doc,
+                                       struct zm_stream_totals *t, bool *eof,
+                                       struct zm_error *err);
+
 /*
  * The features of a data document as a new F32 tensor "x" of shape [n, d]
  * (x flattened after its first dimension) with zm.scale applied when
