@@ -23,6 +23,7 @@
  */
 #include <getopt.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -143,11 +144,8 @@ struct predict_opts {
 	const char *labels;
 	const char *input;          /* NULL or "-": stdin */
 	bool quiet, progress;
-	bool have_level;
 	const char *trace;
-	bool weighting_set;         /* --weighting given */
 	uint64_t min_rows;          /* --min-rows: fewer is an error */
-	bool per_set, metric_set;
 	bool explain;
 };
 
@@ -168,12 +166,6 @@ static double now_seconds(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static const char *merge_name(enum zm_merge_mode m)
-{
-	return m == ZM_MERGE_PARAMS ? "params" : m == ZM_MERGE_OUTPUTS ?
-	       "outputs" : m == ZM_MERGE_ROUTE ? "route" : "ensemble";
-}
-
 /* What the setup decided on its own: a layer merge of unrelated models
  * always, the rest when the user chose the level or asked. */
 static void say_notes(const struct predict_opts *o,
@@ -190,16 +182,16 @@ static void say_notes(const struct predict_opts *o,
 			            "merging their layers mixes units that do not "
 			            "correspond; going ahead as --merge %s asks",
 			            n->a, n->b, zm_lineage_basis_name(n->basis),
-			            merge_name(n->merge));
+			            zm_merge_mode_name(n->merge));
 			break;
 		case ZM_PREDSETUP_UNRELATED_MIXED:
-			if (o->explain || o->have_level || o->set.gran_from)
+			if (o->explain || o->set.level_set || o->set.gran_from)
 				zm_cli_warn("models '%s' and '%s' are unrelated "
 				            "(%s): their final outputs are mixed "
 				            "(--merge %s) instead of their layers",
 				            n->a, n->b,
 				            zm_lineage_basis_name(n->basis),
-				            merge_name(n->merge));
+				            zm_merge_mode_name(n->merge));
 			break;
 		case ZM_PREDSETUP_AUTO_FULL_ONLY:
 			if (o->explain)
@@ -435,19 +427,49 @@ static const struct option longopts[] = {
 	{ NULL, 0, NULL, 0 },
 };
 
+/* The options that take a real number: name, range and place. */
+#define REAL(c, name, lo, hi, field) \
+	{ c, name, lo, hi, offsetof(struct predict_opts, set.p.field) }
+static const struct real_option {
+	int c;
+	const char *name;
+	double lo, hi;
+	size_t off;
+} reals[] = {
+	REAL(OPT_THRESHOLD, "--threshold", 0, 1, threshold),
+	REAL(OPT_TEMP, "--temperature", 1e-12, 1e12, w.temperature),
+	REAL(OPT_BUDGET, "--latency-budget-ms", 0, 1e9, w.latency_budget_ms),
+	REAL(OPT_ETA, "--eta", 0, 1e6, eta),
+	REAL(OPT_SHARE, "--share", 0, 0.999, share),
+	REAL(OPT_PROBE, "--probe", 1e-6, 1, probe),
+	REAL(OPT_ADAPT_REG, "--adapt-reg", 0, 1e6, adapt_o.reg),
+	REAL(OPT_ADAPT_TRUST, "--adapt-trust", 1e-6, 100, adapt_o.max_step),
+};
+
 /* The options of dynamic inference (weighting, merging, adaptation). */
 static bool parse_dynamic_option(struct predict_opts *o, int c,
                                  const char *arg)
 {
 	int64_t v;
 	double dv;
+	size_t i;
 
+	for (i = 0; i < sizeof(reals) / sizeof(reals[0]); i++) {
+		if (reals[i].c != c)
+			continue;
+		if (!zm_cli_double(reals[i].name, arg, reals[i].lo, reals[i].hi,
+		                   &dv))
+			return false;
+		memcpy((char *)o + reals[i].off, &dv, sizeof(dv));
+		o->set.temperature_set |= c == OPT_TEMP;
+		return true;
+	}
 	switch (c) {
 	case OPT_GRAN:
 		o->set.gran_auto = strcmp(arg, "auto") == 0;
 		if (o->set.gran_auto) {
 			o->set.p.w.level = ZM_GRAN_FULL;
-			o->have_level = false;
+			o->set.level_set = false;
 			break;
 		}
 		if (!zm_gran_level_parse(arg, &o->set.p.w.level)) {
@@ -455,7 +477,7 @@ static bool parse_dynamic_option(struct predict_opts *o, int c,
 			            "or auto, got '%s'", arg);
 			return false;
 		}
-		o->have_level = true;
+		o->set.level_set = true;
 		break;
 	case OPT_GRAN_FROM: o->set.gran_from = arg; break;
 	case OPT_GRAN_RULES: o->set.gran_rules = arg; break;
@@ -466,7 +488,7 @@ static bool parse_dynamic_option(struct predict_opts *o, int c,
 			            "router+similarity, got '%s'", arg);
 			return false;
 		}
-		o->weighting_set = true;
+		o->set.weighting_set = true;
 		break;
 	case OPT_ROUTER: o->set.router = arg; break;
 	case OPT_ASSIGNMENT: o->set.assignment = arg; break;
@@ -474,14 +496,9 @@ static bool parse_dynamic_option(struct predict_opts *o, int c,
 	case OPT_STATE: o->set.state = arg; break;
 	case OPT_TRACE: o->trace = arg; break;
 	case OPT_FEEDBACK: o->set.p.feedback = true; break;
-	case OPT_THRESHOLD:
-		if (!zm_cli_double("--threshold", arg, 0, 1, &dv))
-			return false;
-		o->set.p.threshold = dv;
-		break;
 	case OPT_EXPLAIN: o->explain = true; break;
 	case OPT_PER:
-		o->per_set = true;
+		o->set.per_set = true;
 		if (strcmp(arg, "row") == 0)
 			o->set.p.w.per_row = true;
 		else if (strcmp(arg, "batch") == 0)
@@ -497,44 +514,8 @@ static bool parse_dynamic_option(struct predict_opts *o, int c,
 			return false;
 		o->set.p.w.top_k = (size_t)v;
 		break;
-	case OPT_TEMP:
-		if (!zm_cli_double("--temperature", arg, 1e-12, 1e12, &dv))
-			return false;
-		o->set.p.w.temperature = dv;
-		o->set.temperature_set = true;
-		break;
-	case OPT_BUDGET:
-		if (!zm_cli_double("--latency-budget-ms", arg, 0, 1e9, &dv))
-			return false;
-		o->set.p.w.latency_budget_ms = dv;
-		break;
-	case OPT_ETA:
-		if (!zm_cli_double("--eta", arg, 0, 1e6, &dv))
-			return false;
-		o->set.p.eta = dv;
-		break;
-	case OPT_SHARE:
-		if (!zm_cli_double("--share", arg, 0, 0.999, &dv))
-			return false;
-		o->set.p.share = dv;
-		break;
-	case OPT_PROBE:
-		if (!zm_cli_double("--probe", arg, 1e-6, 1, &dv))
-			return false;
-		o->set.p.probe = dv;
-		break;
-	case OPT_ADAPT_REG:
-		if (!zm_cli_double("--adapt-reg", arg, 0, 1e6, &dv))
-			return false;
-		o->set.p.adapt_o.reg = dv;
-		break;
-	case OPT_ADAPT_TRUST:
-		if (!zm_cli_double("--adapt-trust", arg, 1e-6, 100, &dv))
-			return false;
-		o->set.p.adapt_o.max_step = dv;
-		break;
 	case OPT_METRIC:
-		o->metric_set = true;
+		o->set.metric_set = true;
 		if (!zm_metric_parse(arg, &o->set.p.w.metric)) {
 			zm_cli_warn("--metric: expected cosine, kl or "
 			            "mahalanobis, got '%s'", arg);
@@ -663,7 +644,7 @@ static bool validate(struct predict_opts *o)
 		zm_cli_warn("--zoo (or --model-file) is required");
 		return false;
 	}
-	if (o->have_level && o->set.gran_from) {
+	if (o->set.level_set && o->set.gran_from) {
 		zm_cli_warn("--granularity and --granularity-from exclude each "
 		            "other (but for --granularity auto, whose prior it "
 		            "is)");
@@ -678,27 +659,7 @@ static bool validate(struct predict_opts *o)
 		            "(the Hedge scores would split between the levels)");
 		return false;
 	}
-	if (o->set.weights && !o->weighting_set)
-		o->set.p.w.kind = ZM_WEIGHTING_STATIC;
-	/* The defaults decide: without weighting flags, the posterior of the
-	 * models' data (density); a model without a profile then means
-	 * uniform weights rather than an error.  --metric alone keeps the
-	 * similarity weighting it belongs to. */
-	if (!o->weighting_set && !o->set.weights && !o->metric_set) {
-		o->set.p.w.kind = ZM_WEIGHTING_DENSITY;
-		o->set.p.w.lenient = true;
-	}
-	/* Per-row weights, and routing on them, for the weightings that
-	 * judge each row (density, router) unless asked otherwise. */
-	if (o->set.p.w.kind == ZM_WEIGHTING_DENSITY ||
-	    o->set.p.w.kind == ZM_WEIGHTING_ROUTER ||
-	    o->set.p.w.kind == ZM_WEIGHTING_ROUTER_SIMILARITY) {
-		if (!o->per_set)
-			o->set.p.w.per_row = true;
-		if (!o->set.merge_set && !o->have_level &&
-		    (!o->set.gran_from || o->set.gran_auto))
-			o->set.p.merge = ZM_MERGE_ROUTE;
-	}
+	zm_predsetup_defaults(&o->set);
 	if (o->set.p.w.kind == ZM_WEIGHTING_STATIC && !o->set.weights) {
 		zm_cli_warn("--weighting static needs --weights FILE");
 		return false;

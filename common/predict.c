@@ -36,6 +36,16 @@ bool zm_merge_mode_parse(const char *s, enum zm_merge_mode *out)
 	return true;
 }
 
+const char *zm_merge_mode_name(enum zm_merge_mode m)
+{
+	static const char *const names[] = {
+		[ZM_MERGE_OUTPUTS] = "outputs", [ZM_MERGE_PARAMS] = "params",
+		[ZM_MERGE_ENSEMBLE] = "ensemble", [ZM_MERGE_ROUTE] = "route",
+	};
+
+	return names[m];
+}
+
 bool zm_merge_point_parse(const char *s, enum zm_merge_point *out)
 {
 	if (strcmp(s, "pre") == 0)

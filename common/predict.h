@@ -47,14 +47,16 @@
 #include "tensor.h"
 #include "weighting.h"
 #include "adapt.h"
-#include "route.h"
 
 struct zm_granauto_ctl;
+struct zm_route_state;
 
 #define ZM_PREDICT_BATCH_DEFAULT 1024
 /* Defaults of --eta and --probe (zm_predict_feedback). */
 #define ZM_PREDICT_ETA_DEFAULT 0.5
 #define ZM_PREDICT_PROBE_DEFAULT 0.1
+/* The default threshold for a model to compute a row alone (route.h). */
+#define ZM_ROUTE_THRESHOLD_DEFAULT 0.99
 
 enum zm_merge_mode { ZM_MERGE_OUTPUTS, ZM_MERGE_PARAMS, ZM_MERGE_ENSEMBLE,
                      ZM_MERGE_ROUTE };
@@ -64,6 +66,8 @@ enum zm_merge_point { ZM_MERGE_PRE, ZM_MERGE_POST };
  * unknown. */
 bool zm_merge_mode_parse(const char *s, enum zm_merge_mode *out);
 bool zm_merge_point_parse(const char *s, enum zm_merge_point *out);
+/* The name zm_merge_mode_parse reads. */
+const char *zm_merge_mode_name(enum zm_merge_mode m);
 
 /* How K > 1 models predict together. */
 struct zm_predict_options {

@@ -16,6 +16,25 @@
 
 #define MAX_MODELS ZM_PREDSETUP_MAX_MODELS
 
+void zm_predsetup_defaults(struct zm_predsetup_options *o)
+{
+	if (o->weights && !o->weighting_set)
+		o->p.w.kind = ZM_WEIGHTING_STATIC;
+	if (!o->weighting_set && !o->weights && !o->metric_set) {
+		o->p.w.kind = ZM_WEIGHTING_DENSITY;
+		o->p.w.lenient = true;
+	}
+	if (o->p.w.kind == ZM_WEIGHTING_DENSITY ||
+	    o->p.w.kind == ZM_WEIGHTING_ROUTER ||
+	    o->p.w.kind == ZM_WEIGHTING_ROUTER_SIMILARITY) {
+		if (!o->per_set)
+			o->p.w.per_row = true;
+		if (!o->merge_set && !o->level_set &&
+		    (!o->gran_from || o->gran_auto))
+			o->p.merge = ZM_MERGE_ROUTE;
+	}
+}
+
 void zm_predsetup_init(struct zm_predsetup *s)
 {
 	size_t i;
@@ -360,8 +379,7 @@ static enum zm_status check_merge(const struct zm_predict_options *po,
 	    po->w.level != ZM_GRAN_FULL)
 		return zm_error_set(err, ZM_ERR_USAGE, "--merge %s mixes only "
 		                    "the final outputs: it needs --granularity "
-		                    "full", po->merge == ZM_MERGE_ROUTE ? "route" :
-		                    "ensemble");
+		                    "full", zm_merge_mode_name(po->merge));
 	return ZM_OK;
 }
 

@@ -27,6 +27,7 @@
 #include "lineage.h"
 #include "model.h"
 #include "predict.h"
+#include "route.h"
 #include "schema.h"
 #include "weighting.h"
 
@@ -48,8 +49,13 @@ struct zm_predsetup_options {
 	const char *gran_rules;     /* granularity rules (auto), or NULL */
 	size_t batch;               /* rows per forward pass */
 	bool gran_auto;             /* the level is chosen per batch */
-	bool merge_set;             /* p.merge was asked for, not defaulted */
-	bool temperature_set;       /* p.w.temperature was asked for */
+	/* what was asked for rather than left to the defaults */
+	bool merge_set;             /* p.merge */
+	bool temperature_set;       /* p.w.temperature */
+	bool weighting_set;         /* p.w.kind */
+	bool metric_set;            /* p.w.metric */
+	bool per_set;               /* p.w.per_row */
+	bool level_set;             /* p.w.level (not auto) */
 	struct zm_predict_options p;  /* the predictor's, before the setup */
 };
 
@@ -111,6 +117,17 @@ struct zm_predsetup {
 	struct zm_predsetup_note notes[ZM_PREDSETUP_NOTES];
 	size_t n_notes;
 };
+
+/*
+ * The defaults that follow from what was asked (the product's defaults,
+ * predict(1)): static weighting when a weights file is given without a
+ * weighting; with no weighting, weights file or metric asked for, density
+ * weighting, lenient (a model without a profile means uniform weights);
+ * for the weightings that judge each row (density, router), per-row
+ * weights unless asked otherwise, and routing unless a merge or a level
+ * was asked for (a granctl decision's level counts, but for auto).
+ */
+void zm_predsetup_defaults(struct zm_predsetup_options *o);
 
 /* An empty setup, safe to release. */
 void zm_predsetup_init(struct zm_predsetup *s);

@@ -8,6 +8,7 @@
 
 #include "mem.h"
 #include "predict.h"
+#include "predpriv.h"
 #include "route.h"
 
 struct zm_route_state {

@@ -30,8 +30,6 @@
 
 struct zm_predictor;
 
-/* The default threshold for a model to compute a row alone. */
-#define ZM_ROUTE_THRESHOLD_DEFAULT 0.99
 /* Weights below this in every mixed row leave a model out of the mix. */
 #define ZM_ROUTE_MIN_WEIGHT 1e-4
 
@@ -57,26 +55,11 @@ size_t zm_route_assign(const double *w, size_t n, size_t k,
  * (first index on ties). */
 bool zm_route_rows_disagree(const double *w, size_t n, size_t k);
 
+/* Its buffers (predpriv.h: zm_route_state_new) are the predictor's. */
 struct zm_route_state;
-
-/* Buffers of routing for predictor p (its models, batch size, outputs);
- * freed with zm_route_state_free (NULL is fine). */
-enum zm_status zm_route_state_new(const struct zm_predictor *p,
-                                  struct zm_route_state **out,
-                                  struct zm_error *err);
-void zm_route_state_free(struct zm_route_state *s);
 
 /* The counts so far (borrowed from the state). */
 const struct zm_route_stats *zm_route_stats(const struct zm_route_state *s);
-
-/*
- * Predicts n rows of x with routing (see the top of this file) into
- * scores [n, C] and, for classification, logp [n, C] when not NULL.
- * Fails as zm_weighter_layer (ZM_ERR_NOMEM).
- */
-enum zm_status zm_route_forward(struct zm_predictor *p, const float *x,
-                                size_t n, float *scores, float *logp,
-                                struct zm_error *err);
 
 /* What predictor p chose and why, and what routing did so far, as lines
  * of text appended to b (predict --explain); names [K] the models'. */

@@ -1,6 +1,6 @@
 /*
- * The setup of a prediction run: the temperature of density weighting
- * against hand values, the merge that replaces a layer merge of
+ * The setup of a prediction run: the defaults that follow from what was
+ * asked, the temperature of density weighting against hand values, the merge that replaces a layer merge of
  * unrelated models, and zm_predsetup_open on model files -- unrelated
  * models (different recorded origins) get a final-output mix and a note,
  * or keep a merge asked for with another note; related ones keep the
@@ -59,6 +59,61 @@ START_TEST(test_unrelated_merge)
 	                 ZM_MERGE_ENSEMBLE);
 	ck_assert_int_eq(zm_predsetup_unrelated_merge(ZM_WEIGHTING_STATIC),
 	                 ZM_MERGE_ENSEMBLE);
+}
+END_TEST
+
+/* Options as predict(1) starts them: similarity weighting, the
+ * predictor's defaults. */
+static void fresh(struct zm_predsetup_options *o)
+{
+	memset(o, 0, sizeof(*o));
+	zm_predict_options_init(&o->p);
+	o->p.w.kind = ZM_WEIGHTING_SIMILARITY;
+}
+
+START_TEST(test_defaults)
+{
+	struct zm_predsetup_options o;
+
+	/* nothing asked: density, lenient, per row, routed */
+	fresh(&o);
+	zm_predsetup_defaults(&o);
+	ck_assert_int_eq(o.p.w.kind, ZM_WEIGHTING_DENSITY);
+	ck_assert(o.p.w.lenient);
+	ck_assert(o.p.w.per_row);
+	ck_assert_int_eq(o.p.merge, ZM_MERGE_ROUTE);
+	/* a weights file alone: static, per batch, outputs */
+	fresh(&o);
+	o.weights = "w.yaml";
+	zm_predsetup_defaults(&o);
+	ck_assert_int_eq(o.p.w.kind, ZM_WEIGHTING_STATIC);
+	ck_assert(!o.p.w.lenient);
+	ck_assert(!o.p.w.per_row);
+	ck_assert_int_eq(o.p.merge, ZM_MERGE_OUTPUTS);
+	/* a metric alone keeps similarity */
+	fresh(&o);
+	o.metric_set = true;
+	zm_predsetup_defaults(&o);
+	ck_assert_int_eq(o.p.w.kind, ZM_WEIGHTING_SIMILARITY);
+	ck_assert(!o.p.w.per_row);
+	/* router weighting at a level asked for: per row, not routed */
+	fresh(&o);
+	o.p.w.kind = ZM_WEIGHTING_ROUTER;
+	o.weighting_set = o.level_set = true;
+	zm_predsetup_defaults(&o);
+	ck_assert(o.p.w.per_row);
+	ck_assert_int_eq(o.p.merge, ZM_MERGE_OUTPUTS);
+	/* a decision's level counts as asked, but not under auto; per batch
+	 * asked for stays */
+	fresh(&o);
+	o.gran_from = "decision.yaml";
+	o.per_set = true;
+	zm_predsetup_defaults(&o);
+	ck_assert(!o.p.w.per_row);
+	ck_assert_int_eq(o.p.merge, ZM_MERGE_OUTPUTS);
+	o.gran_auto = true;
+	zm_predsetup_defaults(&o);
+	ck_assert_int_eq(o.p.merge, ZM_MERGE_ROUTE);
 }
 END_TEST
 
@@ -192,6 +247,7 @@ Suite *suite_predsetup(void)
 
 	tcase_add_test(tc, test_temperature);
 	tcase_add_test(tc, test_unrelated_merge);
+	tcase_add_test(tc, test_defaults);
 	tcase_add_test(tc, test_open_unrelated_mixed);
 	tcase_add_test(tc, test_open_unrelated_kept);
 	tcase_add_test(tc, test_open_related);
