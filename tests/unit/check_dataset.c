@@ -642,6 +642,67 @@ START_TEST(test_features_rows)
 }
 END_TEST
 
+/* Adds a zeroed tensor of dtype dt and shape [a, b] (b 0: [a]) to doc. */
+static void describe_add(struct zm_doc *doc, const char *name,
+                         enum zm_dtype dt, int64_t a, int64_t b)
+{
+	int64_t shape[2] = { a, b };
+	struct zm_tensor t;
+	struct zm_error err;
+
+	zm_tensor_init(&t);
+	ck_assert_int_eq(zm_tensor_alloc(&t, name, dt, b ? 2 : 1, shape, &err),
+	                 ZM_OK);
+	ck_assert_int_eq(zm_doc_add(doc, &t, &err), ZM_OK);
+}
+
+/* tensor info's totals: rows only from the x of data documents, bytes
+ * and tensors from every document. */
+START_TEST(test_stream_describe)
+{
+	char path[512];
+	struct zm_writer *w;
+	struct zm_reader *r;
+	struct zm_doc doc;
+	struct zm_stream_totals tot = { 0, 0, 0, 0 };
+	struct zm_error err;
+	bool eof;
+
+	snprintf(path, sizeof(path), "%s/d.st.gz", unit_tmpdir());
+	ck_assert_int_eq(zm_writer_open(&w, path, 1, &err), ZM_OK);
+	zm_doc_init(&doc);
+	ck_assert_int_eq(zm_doc_set_meta(&doc, "zm.kind", "data", &err), ZM_OK);
+	describe_add(&doc, "x", ZM_DTYPE_F32, 5, 3);     /* 60 bytes */
+	describe_add(&doc, "y", ZM_DTYPE_I64, 5, 0);     /* 40 bytes */
+	ck_assert_int_eq(zm_writer_write_doc(w, &doc, &err), ZM_OK);
+	zm_doc_release(&doc);
+	ck_assert_int_eq(zm_doc_set_meta(&doc, "zm.kind", "model", &err), ZM_OK);
+	describe_add(&doc, "x", ZM_DTYPE_F32, 7, 2);     /* 56 bytes, no rows */
+	ck_assert_int_eq(zm_writer_write_doc(w, &doc, &err), ZM_OK);
+	zm_doc_release(&doc);
+	ck_assert_int_eq(zm_writer_commit(w, &err), ZM_OK);
+
+	ck_assert_int_eq(zm_reader_open(&r, path, &err), ZM_OK);
+	ck_assert_int_eq(zm_stream_describe_next(r, &doc, &tot, &eof, &err),
+	                 ZM_OK);
+	ck_assert(!eof);
+	ck_assert_uint_eq(doc.n_tensors, 2);
+	ck_assert_uint_eq(tot.rows, 5);
+	ck_assert_int_eq(zm_stream_describe_next(r, &doc, &tot, &eof, &err),
+	                 ZM_OK);
+	ck_assert(!eof);
+	ck_assert_int_eq(zm_stream_describe_next(r, &doc, &tot, &eof, &err),
+	                 ZM_OK);
+	ck_assert(eof);
+	ck_assert_uint_eq(tot.docs, 2);
+	ck_assert_uint_eq(tot.tensors, 3);
+	ck_assert_uint_eq(tot.rows, 5);
+	ck_assert_uint_eq(tot.bytes, 60 + 40 + 56);
+	zm_reader_close(r);
+	zm_doc_release(&doc);
+}
+END_TEST
+
 START_TEST(test_data_check)
 {
 	struct zm_doc doc;
@@ -717,6 +778,7 @@ Suite *suite_dataset(void)
 	tcase_add_test(tc, test_features_scale);
 	tcase_add_test(tc, test_features_rows);
 	tcase_add_test(tc, test_data_check);
+	tcase_add_test(tc, test_stream_describe);
 	suite_add_tcase(s, tc);
 	return s;
 }
