@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "align.h"
 #include "cli.h"
 #include "granularity.h"
 #include "lineage.h"
@@ -34,7 +35,7 @@ static const char usage_str[] =
 	"       merge --mergekit-config FILE [--seed N] [--zoo DIR] [--missing error|copy-base]\n"
 	"             [--shard-size BYTES[K|M|G]] [--compress 0..9] -o OUT\n"
 	"  static:  --density D  --lambda L  --drop P  --dare-ties  --seed N  --name NAME\n"
-	"           --compress 0..9  --allow-unrelated\n"
+	"           --compress 0..9  --allow-unrelated  --align\n"
 	"  output:  --quiet\n"
 	"       merge -h | --help | --version\n";
 
@@ -51,6 +52,8 @@ static const char options_str[] =
 	"      --rebase                  apply updates of a superseded version [off]\n"
 	"      --allow-unrelated         merge or share units of unrelated models\n"
 	"                                [off: refused]\n"
+	"      --align                   realign every model's hidden units to the\n"
+	"                                base's (else the first's) first [off]\n"
 	"      --method METHOD           linear, task-arithmetic, ties, dare or slerp\n"
 	"                                [none: apply updates]\n"
 	"      --weights W,...           one weight per model [equal]\n"
@@ -83,6 +86,7 @@ struct merge_opts {
 	bool rebase;
 	bool quiet;
 	bool allow_unrelated;
+	bool align;
 	const char *method_text;
 	const char *weights_text;
 	const char *config_path;
@@ -331,6 +335,75 @@ static enum zm_status static_models(const struct merge_opts *o,
 	return ZM_OK;
 }
 
+/*
+ * --align: each model but the reference (the base, else the first)
+ * realigned to it into a file of dir (a new temporary directory that
+ * *dir names, removed by unalign), paths[i] then naming that file.
+ */
+static enum zm_status align_models(const struct merge_opts *o, char **paths,
+                                   const char **labels, size_t n,
+                                   const char *base_path,
+                                   const char *base_label, char **dir,
+                                   struct zm_error *err)
+{
+	const char *tmp = getenv("TMPDIR");
+	const char *ref_path = base_path ? base_path : paths[0];
+	const char *ref_label = base_path ? base_label : labels[0];
+	struct zm_model *ref = NULL;
+	struct zm_align_info info;
+	enum zm_status st;
+	size_t i, len;
+
+	len = strlen(tmp && *tmp ? tmp : "/tmp") + 32;
+	if (!(*dir = zm_malloc(len)))
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	snprintf(*dir, len, "%s/zm-align.XXXXXX", tmp && *tmp ? tmp : "/tmp");
+	if (!mkdtemp(*dir)) {
+		st = zm_error_set(err, ZM_ERR_IO, "--align: cannot make a "
+		                  "temporary directory %s: %s", *dir,
+		                  strerror(errno));
+		free(*dir);
+		*dir = NULL;
+		return st;
+	}
+	if ((st = zm_model_load(ref_path, &ref, err)) != ZM_OK)
+		return st;
+	for (i = base_path ? 0 : 1; i < n && st == ZM_OK; i++) {
+		char *out;
+		len = strlen(*dir) + 48;
+		if (!(out = zm_malloc(len))) {
+			st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+			break;
+		}
+		snprintf(out, len, "%s/%zu.safetensors.gz", *dir, i);
+		st = zm_align_file(ref, ref_label, paths[i], out, &info, err);
+		if (st == ZM_OK && !o->quiet)
+			fprintf(stderr, "%s: %s realigned to %s: %zu units moved, "
+			        "alignment %.3f -> %.3f\n", zm_cli_name(),
+			        labels[i], ref_label, info.moved, info.before,
+			        info.after);
+		zm_align_info_release(&info);
+		free(paths[i]);
+		paths[i] = out;
+	}
+	zm_model_free(ref);
+	return st;
+}
+
+/* Removes --align's files and directory. */
+static void unalign(char *dir, char **paths, size_t n)
+{
+	size_t i;
+
+	if (!dir)
+		return;
+	for (i = 0; paths && i < n; i++)
+		if (paths[i] && strncmp(paths[i], dir, strlen(dir)) == 0)
+			unlink(paths[i]);
+	rmdir(dir);
+	free(dir);
+}
+
 static int run_static(const struct merge_opts *o)
 {
 	struct zm_error err;
@@ -338,7 +411,7 @@ static int run_static(const struct merge_opts *o)
 	struct zm_merge_config cfg;
 	struct zm_merge_static_opts so;
 	const char **labels = NULL;
-	char **paths = NULL, *base_path = NULL;
+	char **paths = NULL, *base_path = NULL, *align_dir = NULL;
 	const struct zm_node **specs = NULL;
 	double *weights = NULL;
 	char origin[ZM_LINEAGE_ID_MAX + 8] = "";
@@ -378,6 +451,9 @@ static int run_static(const struct merge_opts *o)
 	if (st == ZM_OK && so.base_label)
 		st = resolve(zoo, so.base_label, &base_path, &err);
 	if (st != ZM_OK)
+		goto out;
+	if (o->align && (st = align_models(o, paths, labels, n, base_path,
+	                                   so.base_label, &align_dir, &err)))
 		goto out;
 	/* Parameters average meaningfully only across models whose units
 	 * correspond: the base and every model against the first.  Plain
@@ -427,6 +503,7 @@ static int run_static(const struct merge_opts *o)
 		        zm_cli_name(), zm_merge_method_name(so.method), n, o->out);
 out:
 	zm_zoo_close(zoo);
+	unalign(align_dir, paths, n);
 	for (i = 0; paths && i < n; i++)
 		free(paths[i]);
 	free(paths);
@@ -516,7 +593,8 @@ enum {
 	OPT_GRAN = 256, OPT_SHARE, OPT_GRAN_FROM, OPT_REBASE,
 	OPT_METHOD, OPT_WEIGHTS, OPT_CONFIG, OPT_BASE, OPT_DENSITY, OPT_LAMBDA,
 	OPT_DROP, OPT_DARE_TIES, OPT_SEED, OPT_NAME, OPT_COMPRESS, OPT_QUIET,
-	OPT_ALLOW_UNRELATED, OPT_MISSING, OPT_SHARD_SIZE, OPT_MERGEKIT
+	OPT_ALLOW_UNRELATED, OPT_MISSING, OPT_SHARD_SIZE, OPT_MERGEKIT,
+	OPT_ALIGN
 };
 
 static bool parse_option(void *ctx, int c, const char *arg)
@@ -597,6 +675,7 @@ static bool parse_option(void *ctx, int c, const char *arg)
 		break;
 	case OPT_QUIET: o->quiet = true; break;
 	case OPT_ALLOW_UNRELATED: o->allow_unrelated = true; break;
+	case OPT_ALIGN: o->align = true; break;
 	default:
 		return false;
 	}
@@ -614,6 +693,12 @@ static int merge_mode(struct merge_opts *o, const char **msg)
 	        "--rebase apply updates; they do not go with --method";
 
 	*msg = NULL;
+	if (o->align && (o->mergekit_path || !(o->method_text ||
+	                                        o->config_path || o->out))) {
+		*msg = "--align goes with --method or --config (a static merge "
+		       "of zoomerge models)";
+		return 's';
+	}
 	if (o->mergekit_path) {
 		if (o->method_text || o->config_path || o->weights_text ||
 		    o->base || o->level_text || o->set_density ||
@@ -678,6 +763,7 @@ int main(int argc, char **argv)
 		{ "output", required_argument, NULL, 'o' },
 		{ "quiet", no_argument, NULL, OPT_QUIET },
 		{ "allow-unrelated", no_argument, NULL, OPT_ALLOW_UNRELATED },
+		{ "align", no_argument, NULL, OPT_ALIGN },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{ NULL, 0, NULL, 0 }

@@ -53,6 +53,7 @@ static const char usage_str[] =
 	"               [--metric cosine|kl|mahalanobis] [--per row|batch]\n"
 	"               [--top-k K] [--temperature T] [--latency-budget-ms MS]\n"
 	"               [--merge route|outputs|params|ensemble] [--threshold P]\n"
+	"               [--route-mix auto|final|layers]\n"
 	"               [--merge-point pre|post] [--explain]\n"
 	"               [--prior metrics] [--feedback] [--eta ETA] [--share ALPHA]\n"
 	"               [--probe P] [--state FILE]\n"
@@ -99,6 +100,8 @@ static const char options_str[] =
 	"                                at full granularity; outputs otherwise]\n"
 	"      --threshold P             a row whose top weight reaches P is\n"
 	"                                computed by that model alone [0.99]\n"
+	"      --route-mix HOW           how route mixes the rows no model is sure\n"
+	"                                of: final outputs or layers [auto: final]\n"
 	"      --explain                 say what was chosen and why [off]\n"
 	"      --merge-point pre|post    mix before or after the activation [pre]\n"
 	"      --prior metrics           add log zoo accuracy to the logits [off]\n"
@@ -155,7 +158,7 @@ enum {
 	OPT_WEIGHTS, OPT_ADAPT, OPT_TRACE, OPT_FEEDBACK, OPT_METRIC,
 	OPT_BUDGET, OPT_ETA, OPT_PRIOR, OPT_ADAPT_STEPS, OPT_SHARE, OPT_PROBE,
 	OPT_ADAPT_REG, OPT_ADAPT_TRUST, OPT_MIN_ROWS, OPT_THRESHOLD,
-	OPT_EXPLAIN, OPT_GRAN_RULES
+	OPT_EXPLAIN, OPT_GRAN_RULES, OPT_ROUTE_MIX
 };
 
 static double now_seconds(void)
@@ -398,6 +401,7 @@ static const struct option longopts[] = {
 	{ "version", no_argument, NULL, 'V' },
 	{ "granularity", required_argument, NULL, OPT_GRAN },
 	{ "threshold", required_argument, NULL, OPT_THRESHOLD },
+	{ "route-mix", required_argument, NULL, OPT_ROUTE_MIX },
 	{ "explain", no_argument, NULL, OPT_EXPLAIN },
 	{ "weighting", required_argument, NULL, OPT_WEIGHTING },
 	{ "router", required_argument, NULL, OPT_ROUTER },
@@ -496,6 +500,13 @@ static bool parse_dynamic_option(struct predict_opts *o, int c,
 	case OPT_STATE: o->set.state = arg; break;
 	case OPT_TRACE: o->trace = arg; break;
 	case OPT_FEEDBACK: o->set.p.feedback = true; break;
+	case OPT_ROUTE_MIX:
+		if (!zm_route_mix_parse(arg, &o->set.p.route_mix)) {
+			zm_cli_warn("--route-mix: expected auto, final or layers, "
+			            "got '%s'", arg);
+			return false;
+		}
+		break;
 	case OPT_EXPLAIN: o->explain = true; break;
 	case OPT_PER:
 		o->set.per_set = true;

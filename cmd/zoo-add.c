@@ -29,7 +29,8 @@
 
 static const char usage_str[] =
 	"usage: zoo-add --zoo DIR --name NAME (--arch ARCH.yaml [--seed N] | [--arch ARCH.yaml] MODEL_FILE\n"
-	"               [--base MODEL]) [--role expert|router|base] [--tag KEY=VALUE]...\n"
+	"               [--base MODEL | --align-to MODEL]) [--role expert|router|base]\n"
+	"               [--tag KEY=VALUE]...\n"
 	"               [--hparam KEY=VALUE]... [--keep K]\n"
 	"       zoo-add --zoo DIR --rollback NAME [--to VERSION]\n"
 	"       zoo-add -h | --help | --version\n";
@@ -46,6 +47,8 @@ static const char options_str[] =
 	"                                safetensors or .npz) the file's [none]\n"
 	"      --base MODEL              the zoo model MODEL_FILE was fine-tuned from\n"
 	"                                [none: unknown lineage]\n"
+	"      --align-to MODEL          realign MODEL_FILE's hidden units to the zoo\n"
+	"                                model MODEL's and record it [none]\n"
 	"      --seed N                  seed of the initial weights [0]\n"
 	"      --tag KEY=VALUE           a tag of the index entry; repeatable [none]\n"
 	"      --hparam KEY=VALUE        a hyper-parameter; repeatable [none]\n"
@@ -67,6 +70,7 @@ struct zoo_add_opts {
 	const char *rollback;
 	const char *role;          /* --role, or NULL */
 	const char *base;          /* --base: lineage of an imported file */
+	const char *align_to;      /* --align-to: realign the file's units */
 	int64_t to;                /* --rollback --to; 0: the parent */
 	uint64_t seed;
 	int64_t keep;              /* -1: leave the zoo's setting */
@@ -82,6 +86,7 @@ static enum zm_status add_model(const struct zoo_add_opts *o,
 	struct zm_zoo_add a = {
 		.name = o->name, .arch_path = o->arch_path,
 		.model_path = o->model_path, .base = o->base, .role = o->role,
+		.align_to = o->align_to,
 		.seed = o->seed, .tags = &o->tags, .hparams = &o->hparams,
 	};
 	struct zm_zoo_add_notes notes;
@@ -101,6 +106,12 @@ static enum zm_status add_model(const struct zoo_add_opts *o,
 		            "descendant anyway", o->base, o->base,
 		            notes.alignment, ZM_LINEAGE_THRESHOLD,
 		            notes.worst_layer);
+	if (st == ZM_OK && o->align_to)
+		zm_cli_warn("%s realigned to %s: %zu units moved, alignment "
+		            "%.3f -> %.3f: %s", o->name, notes.aligned_to,
+		            notes.align_moved, notes.align_before,
+		            notes.align_after, notes.align_related ?
+		            "related" : "still unrelated (below the threshold)");
 	return st;
 }
 
@@ -157,6 +168,7 @@ static const struct option longopts[] = {
 	{ "role", required_argument, NULL, 'R' },
 	{ "to", required_argument, NULL, 'T' },
 	{ "base", required_argument, NULL, 'b' },
+	{ "align-to", required_argument, NULL, 'A' },
 	{ "help", no_argument, NULL, 'h' },
 	{ "version", no_argument, NULL, 'V' },
 	{ NULL, 0, NULL, 0 },
@@ -175,6 +187,7 @@ static bool parse_option(void *ctx, int c, const char *arg)
 	case 'a': o->arch_path = arg; return true;
 	case 'r': o->rollback = arg; return true;
 	case 'b': o->base = arg; return true;
+	case 'A': o->align_to = arg; return true;
 	case 'R':
 		if (!zm_role_parse(arg, &role)) {
 			zm_cli_warn("--role: expected expert, router or base, "
@@ -215,7 +228,7 @@ static bool validate(const struct zoo_add_opts *o)
 	if (!o->zoo_dir)
 		zm_cli_warn("--zoo is required");
 	else if (o->rollback && (o->name || o->arch_path || o->model_path ||
-	                         o->base || o->role))
+	                         o->base || o->role || o->align_to))
 		zm_cli_warn("--rollback takes no --name, --arch, --base, "
 		            "--role or model file");
 	else if (o->rollback)
@@ -229,6 +242,11 @@ static bool validate(const struct zoo_add_opts *o)
 		zm_cli_warn("give --arch, a model file, or both");
 	else if (o->to)
 		zm_cli_warn("--to goes with --rollback");
+	else if (o->align_to && !o->model_path)
+		zm_cli_warn("--align-to goes with a model file");
+	else if (o->align_to && o->base)
+		zm_cli_warn("--align-to does not go with --base (a model "
+		            "fine-tuned from a base shares its units already)");
 	else if (o->base && !o->model_path)
 		zm_cli_warn("--base goes with a model file (a model created "
 		            "from --arch has its own origin)");

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "align.h"
 #include "lineage.h"
 
 #define FNV_OFFSET UINT64_C(0xcbf29ce484222325)
@@ -245,7 +246,11 @@ enum zm_status zm_lineage_related(const struct zm_model *a,
 			}
 		}
 	}
-	if (oa && ob) {
+	/* A realigned model's units were moved to match another's: whatever
+	 * its origin, only their alignment says whether they now
+	 * correspond (align.h). */
+	if (oa && ob && !zm_doc_meta(&a->extra, ZM_ALIGN_KEY) &&
+	    !zm_doc_meta(&b->extra, ZM_ALIGN_KEY)) {
 		info->basis = ZM_LINEAGE_BY_ORIGIN;
 		info->verdict = strcmp(oa, ob) == 0 ? ZM_LINEAGE_RELATED :
 		                ZM_LINEAGE_UNRELATED;
@@ -308,8 +313,11 @@ enum zm_status zm_lineage_require_related(const struct zm_model *a,
 		snprintf(why, sizeof(why), "origins %s and %s differ",
 		         zm_lineage_origin(a), zm_lineage_origin(b));
 	else if (info.basis == ZM_LINEAGE_BY_ALIGNMENT)
-		snprintf(why, sizeof(why), "lineage unknown, and their units do "
-		         "not align: %.3f < %.2f at layer '%s'", info.alignment,
+		snprintf(why, sizeof(why), "%s, and their units do "
+		         "not align: %.3f < %.2f at layer '%s'",
+		         zm_doc_meta(&a->extra, ZM_ALIGN_KEY) ||
+		         zm_doc_meta(&b->extra, ZM_ALIGN_KEY) ? "realigned" :
+		         "lineage unknown", info.alignment,
 		         ZM_LINEAGE_THRESHOLD,
 		         a->arch->layers[info.worst_layer].name);
 	else

@@ -28,9 +28,11 @@
  * correlates 1 with an equal row and 0 with any other.
  *
  * Verdict of zm_lineage_related: when both origins are known they decide
- * (equal: related, different: unrelated); otherwise alignment decides;
- * unknown only when neither can (architectures that differ in a shape).
- * Units are never realigned here: a permuted model stays unrelated.
+ * (equal: related, different: unrelated), unless one of the models was
+ * realigned (its ZM_ALIGN_KEY is set, align.h); otherwise alignment
+ * decides; unknown only when neither can (architectures that differ in a
+ * shape).  Units are never realigned here: a permuted model stays
+ * unrelated until zm_align_model realigns it.
  */
 #ifndef ZM_LINEAGE_H
 #define ZM_LINEAGE_H

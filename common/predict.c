@@ -46,6 +46,19 @@ const char *zm_merge_mode_name(enum zm_merge_mode m)
 	return names[m];
 }
 
+bool zm_route_mix_parse(const char *s, enum zm_route_mix *out)
+{
+	if (strcmp(s, "auto") == 0)
+		*out = ZM_ROUTE_MIX_AUTO;
+	else if (strcmp(s, "final") == 0)
+		*out = ZM_ROUTE_MIX_FINAL;
+	else if (strcmp(s, "layers") == 0)
+		*out = ZM_ROUTE_MIX_LAYERS;
+	else
+		return false;
+	return true;
+}
+
 bool zm_merge_point_parse(const char *s, enum zm_merge_point *out)
 {
 	if (strcmp(s, "pre") == 0)
@@ -248,8 +261,8 @@ static enum zm_status alloc_buffers(struct zm_predictor *p,
 	}
 	p->ha = zm_malloc(hw * sizeof(float));
 	p->hb = zm_malloc(hw * sizeof(float));
-	p->z = zm_malloc((o->merge == ZM_MERGE_OUTPUTS ? zw : nlogp) *
-	                 sizeof(float));
+	p->z = zm_malloc((o->merge == ZM_MERGE_OUTPUTS || p->pstack ? zw :
+	                  nlogp) * sizeof(float));
 	p->wm = zm_malloc((maxw ? maxw : 1) * sizeof(float));
 	p->bm = zm_malloc((maxout ? maxout : 1) * sizeof(float));
 	p->wl = zm_malloc(nk * sizeof(double));
@@ -383,9 +396,12 @@ enum zm_status zm_predictor_new_opts(const struct zm_model *const *models,
 				goto fail;
 		}
 	if (o->merge == ZM_MERGE_ROUTE &&
-	    (st = zm_route_state_new(p, &p->route, err)) != ZM_OK)
+	    (st = zm_route_state_new(p, names, &p->route, err)) != ZM_OK)
 		goto fail;
-	if (o->merge != ZM_MERGE_ENSEMBLE && o->merge != ZM_MERGE_ROUTE) {
+	/* Routing that mixes layers runs the outputs merge on its
+	 * uncertain rows. */
+	if ((o->merge != ZM_MERGE_ENSEMBLE && o->merge != ZM_MERGE_ROUTE) ||
+	    (p->route && zm_route_mixes_layers(p->route))) {
 		st = stack_layers(p, err);
 		if (st == ZM_OK)
 			st = pack_layers(p, err);
@@ -695,7 +711,8 @@ static void mix_outputs(const struct zm_predictor *p, enum zm_activation act,
 /* The merged forward pass (outputs or params) of n rows; returns the
  * final outputs (n x C, in p->ha or p->hb). */
 static enum zm_status merged_forward(struct zm_predictor *p, const float *x,
-                                     size_t n, const float **result,
+                                     size_t n, bool fixed,
+                                     const float **result,
                                      struct zm_error *err)
 {
 	const struct zm_arch *a = p->models[0]->arch;
@@ -706,7 +723,8 @@ static enum zm_status merged_forward(struct zm_predictor *p, const float *x,
 	bool per_row = p->wr->o.per_row;
 	size_t evaluated = 0;
 
-	zm_weighter_begin(p->wr, x, n);
+	if (!fixed)
+		zm_weighter_begin(p->wr, x, n);
 	for (l = 0; l < a->n_layers; l++) {
 		const struct zm_layer_spec *s = &a->layers[l];
 		size_t in = s->in_features, out = s->out_features, ko = K * out;
@@ -723,11 +741,13 @@ static enum zm_status merged_forward(struct zm_predictor *p, const float *x,
 			dst = dst == p->ha ? p->hb : p->ha;
 			continue;
 		}
-		st = zm_weighter_layer(p->wr, l, h, n, p->wl, err);
-		if (st != ZM_OK)
-			return st;
-		rows = per_row ? n : 1;
-		zm_predict_record(p, l, rows);
+		if (!fixed) {
+			st = zm_weighter_layer(p->wr, l, h, n, p->wl, err);
+			if (st != ZM_OK)
+				return st;
+			rows = per_row ? n : 1;
+			zm_predict_record(p, l, rows);
+		}
 		if (s->type != ZM_LAYER_DENSE) {
 			/* conv2d, standardize: the generic layer pass. */
 			active = conv_merged(p, l, h, n, dst);
@@ -793,6 +813,14 @@ static enum zm_status merged_forward(struct zm_predictor *p, const float *x,
 	return ZM_OK;
 }
 
+enum zm_status zm_predict_merged_rows(struct zm_predictor *p, const float *x,
+                                      size_t n, const float **result,
+                                      struct zm_error *err)
+{
+	ZM_ASSERT(p->pstack != NULL);
+	return merged_forward(p, x, n, true, result, err);
+}
+
 /* The ensemble: every model with weight alone, the final scores mixed. */
 static enum zm_status ensemble_forward(struct zm_predictor *p, const float *x,
                                        size_t n, float *scores, float *logp,
@@ -849,7 +877,7 @@ enum zm_status zm_predict_pass(struct zm_predictor *p, const float *x,
 		return ensemble_forward(p, x, n, scores, logp, err);
 	if (p->o.merge == ZM_MERGE_ROUTE)
 		return zm_route_forward(p, x, n, scores, logp, err);
-	st = merged_forward(p, x, n, &outp, err);
+	st = merged_forward(p, x, n, false, &outp, err);
 	if (st == ZM_OK)
 		zm_predict_finish(p, outp, n, scores, logp);
 	return st;
@@ -906,7 +934,7 @@ static enum zm_status mixture_loss(struct zm_predictor *p, const float *x,
 	enum zm_status st;
 
 	if (p->o.merge != ZM_MERGE_ENSEMBLE && p->o.merge != ZM_MERGE_ROUTE) {
-		st = merged_forward(p, x, n, &outp, err);
+		st = merged_forward(p, x, n, false, &outp, err);
 		if (st != ZM_OK)
 			return st;
 		if (p->loss == ZM_LOSS_CROSS_ENTROPY) {

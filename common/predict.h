@@ -20,8 +20,8 @@
  *             outputs) mixed; architectures may differ;
  *   route     (route.h) a row whose largest weight reaches o.threshold is
  *             computed by that model alone, rows going to the same model
- *             as one pass; the other rows as the ensemble; architectures
- *             may differ.
+ *             as one pass; the other rows as the ensemble (architectures
+ *             may differ) or, for related models, as outputs.
  * With feedback, each model's loss where it is used (the batch predicted
  * again with a share of the weight moved to it) updates its fixed-share
  * Hedge score after the batch is predicted; with entropy adaptation the
@@ -69,6 +69,15 @@ bool zm_merge_point_parse(const char *s, enum zm_merge_point *out);
 /* The name zm_merge_mode_parse reads. */
 const char *zm_merge_mode_name(enum zm_merge_mode m);
 
+/* How routing mixes the rows no model is sure of (route.h). */
+enum zm_route_mix {
+	ZM_ROUTE_MIX_AUTO,      /* the default: final (route.c says why) */
+	ZM_ROUTE_MIX_FINAL,     /* the final outputs */
+	ZM_ROUTE_MIX_LAYERS     /* layer by layer */
+};
+/* "auto", "final", "layers"; false when unknown. */
+bool zm_route_mix_parse(const char *s, enum zm_route_mix *out);
+
 /* How K > 1 models predict together. */
 struct zm_predict_options {
 	enum zm_merge_mode merge;
@@ -89,6 +98,7 @@ struct zm_predict_options {
 	size_t adapt_rows;               /* rows adapted on (default 256) */
 	double threshold;                /* route: a model alone from this
 	                                  * weight (ZM_ROUTE_THRESHOLD_DEFAULT) */
+	enum zm_route_mix route_mix;     /* route: how uncertain rows mix */
 };
 
 void zm_predict_options_init(struct zm_predict_options *o);

@@ -3,9 +3,11 @@
  * outputs mixed where none is (see route.h).
  */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "lineage.h"
 #include "mem.h"
 #include "predict.h"
 #include "predpriv.h"
@@ -19,7 +21,76 @@ struct zm_route_state {
 	float *sg, *lg;     /* [max_batch, C] their scores, log-probabilities */
 	double *mix;        /* [max_batch, C] mixed probabilities */
 	double *prior;      /* [K, C] class prior of each model (see below) */
+	bool layers;        /* mixed rows layer by layer */
+	char why[512];      /* why that mixing, for --explain */
 };
+
+bool zm_route_mixes_layers(const struct zm_route_state *s)
+{
+	return s->layers;
+}
+
+/*
+ * Decides how the uncertain rows mix, and says why in s->why.  Auto is
+ * the final outputs for every zoo: for unrelated models because their
+ * hidden units do not correspond; for related ones because mixing their
+ * layers was measured no more accurate and clearly worse in log-loss on
+ * the rows routing is unsure of (predict(1), ROUTING; the benchmark zoos
+ * of tests/bench/adaptive.sh: finetuned 0.7606 / 1.078 final vs 0.7636 /
+ * 1.467 layers, seeded 0.7440 / 1.172 vs 0.7435 / 2.348, oneinit 0.7966
+ * / 0.575 vs 0.7975 / 0.604 in accuracy / log-loss over 10,000 rows).
+ */
+static enum zm_status choose_mix(const struct zm_predictor *p,
+                                 const char *const *names,
+                                 struct zm_route_state *s,
+                                 struct zm_error *err)
+{
+	const struct zm_model *const *m = p->models;
+	struct zm_lineage_info info;
+	struct zm_error e2;
+	enum zm_status st;
+	enum zm_route_mix mix = p->o.route_mix;
+	size_t K = p->n_models, i, a = 0, b = 0;
+	char lin[200];
+	bool all = true;
+
+	for (i = 1; i < K; i++) {
+		zm_error_clear(&e2);
+		if (zm_model_same_arch(m[0]->arch, m[i]->arch, &e2) == ZM_OK)
+			continue;
+		if (mix == ZM_ROUTE_MIX_LAYERS)
+			return zm_error_set(err, ZM_ERR_DATA, "models '%s' and "
+			                    "'%s' have different architectures: "
+			                    "their layers cannot be mixed (%s)",
+			                    names[0], names[i], e2.msg);
+		snprintf(s->why, sizeof(s->why), "models '%s' and '%s' have "
+		         "different architectures", names[0], names[i]);
+		return ZM_OK;
+	}
+	st = zm_lineage_all_related(m, K, &all, &a, &b, &info, err);
+	if (st != ZM_OK)
+		return st;
+	if (all)
+		snprintf(lin, sizeof(lin), "the models are related (their hidden "
+		         "units correspond)");
+	else
+		snprintf(lin, sizeof(lin), "models '%s' and '%s' are %s (by %s): "
+		         "their hidden units do not correspond", names[a],
+		         names[b], zm_lineage_verdict_name(info.verdict),
+		         zm_lineage_basis_name(info.basis));
+	s->layers = mix == ZM_ROUTE_MIX_LAYERS;
+	if (mix != ZM_ROUTE_MIX_AUTO)
+		snprintf(s->why, sizeof(s->why), "as asked (--route-mix %s); %s",
+		         s->layers ? "layers" : "final", lin);
+	else if (all)
+		snprintf(s->why, sizeof(s->why), "%s, but mixing their layers "
+		         "was measured no more accurate and worse in log-loss "
+		         "(predict(1), ROUTING; --route-mix layers asks for it)",
+		         lin);
+	else
+		snprintf(s->why, sizeof(s->why), "%s", lin);
+	return ZM_OK;
+}
 
 size_t zm_route_assign(const double *w, size_t n, size_t k,
                        double threshold, size_t *group)
@@ -114,10 +185,12 @@ void zm_route_state_free(struct zm_route_state *s)
 }
 
 enum zm_status zm_route_state_new(const struct zm_predictor *p,
+                                  const char *const *names,
                                   struct zm_route_state **out,
                                   struct zm_error *err)
 {
 	struct zm_route_state *s;
+	enum zm_status st;
 	size_t xn, cn;
 
 	*out = NULL;
@@ -142,6 +215,10 @@ enum zm_status zm_route_state_new(const struct zm_predictor *p,
 		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 	}
 	class_priors(p, s->prior);
+	if ((st = choose_mix(p, names, s, err)) != ZM_OK) {
+		zm_route_state_free(s);
+		return st;
+	}
 	*out = s;
 	return ZM_OK;
 }
@@ -159,6 +236,41 @@ static void gather(const float *x, size_t d, const size_t *idx, size_t m,
 
 	for (r = 0; r < m; r++)
 		memcpy(dst + r * d, x + idx[r] * d, d * sizeof(float));
+}
+
+/*
+ * The m gathered mixed rows (s->xg, indices s->rows) through the outputs
+ * merge with their own weights: p->wl is compacted to the gathered rows
+ * (row r's weights move to position r <= s->rows[r], so in place), the
+ * hard rows being done with it.
+ */
+static enum zm_status mix_layers(struct zm_predictor *p, size_t m,
+                                 float *scores, float *logp,
+                                 struct zm_error *err)
+{
+	struct zm_route_state *s = p->route;
+	size_t K = p->n_models, C = p->out_features, r;
+	size_t hard = p->evaluated;
+	const float *outp;
+	enum zm_status st;
+
+	if (p->wr->o.per_row)
+		for (r = 0; r < m; r++)
+			memmove(p->wl + r * K, p->wl + s->rows[r] * K,
+			        K * sizeof(double));
+	if ((st = zm_predict_merged_rows(p, s->xg, m, &outp, err)))
+		return st;
+	if (hard > p->evaluated)
+		p->evaluated = hard;
+	zm_predict_finish(p, outp, m, s->sg, s->lg);
+	for (r = 0; r < m; r++) {
+		memcpy(scores + s->rows[r] * C, s->sg + r * C,
+		       C * sizeof(float));
+		if (logp && p->loss == ZM_LOSS_CROSS_ENTROPY)
+			memcpy(logp + s->rows[r] * C, s->lg + r * C,
+			       C * sizeof(float));
+	}
+	return ZM_OK;
 }
 
 enum zm_status zm_route_forward(struct zm_predictor *p, const float *x,
@@ -252,6 +364,8 @@ enum zm_status zm_route_forward(struct zm_predictor *p, const float *x,
 		if (s->group[r] == SIZE_MAX)
 			s->rows[m++] = r;
 	gather(x, d, s->rows, m, s->xg);
+	if (s->layers)
+		return mix_layers(p, m, scores, logp, err);
 	memset(s->mix, 0, m * C * sizeof(double));
 	used = 0;
 	for (i = 0; i < K; i++) {
@@ -348,15 +462,20 @@ void zm_predict_explain(const struct zm_predictor *p,
 	if (p->o.merge == ZM_MERGE_ROUTE && p->route) {
 		const struct zm_route_stats *s = zm_route_stats(p->route);
 		zm_buf_printf(b, "merge: route, a model alone where its weight "
-		              "is at least %g, else the models' outputs mixed\n",
-		              p->o.threshold);
+		              "is at least %g, else the models mixed %s: %s\n",
+		              p->o.threshold, p->route->layers ?
+		              "layer by layer (their outputs at every layer, "
+		              "as --merge outputs)" : "at their final outputs",
+		              p->route->why);
 		zm_buf_printf(b, "rows: %llu computed by one model alone (",
 		              (unsigned long long)s->rows_hard);
 		for (i = 0; i < K; i++)
 			zm_buf_printf(b, "%s%s %llu", i ? ", " : "", names[i],
 			              (unsigned long long)s->rows_model[i]);
-		zm_buf_printf(b, "), %llu mixed at the outputs\n",
-		              (unsigned long long)s->rows_mixed);
+		zm_buf_printf(b, "), %llu mixed %s\n",
+		              (unsigned long long)s->rows_mixed,
+		              p->route->layers ? "layer by layer" :
+		              "at the final outputs");
 		zm_buf_printf(b, "batches: %llu went to one model (per batch: "
 		              "their rows agreed), %llu were split (per row)\n",
 		              (unsigned long long)s->batches_one,

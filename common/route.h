@@ -10,13 +10,24 @@
  *          gathered and run as one forward pass (one GEMM per layer), and
  *          a batch whose rows all go to one model runs unchanged: per
  *          batch where the rows agree, per row where they disagree.
- *   mixed  otherwise the final outputs of the models are mixed with the
- *          row's weights, p = sum_i w_i p_i (models whose weight is below
- *          ZM_ROUTE_MIN_WEIGHT in every mixed row are skipped and the
- *          rest renormalised).  Mixing outputs, not hidden units, is
- *          right for models trained apart, whose units do not correspond,
- *          and keeps the mixture's probabilities calibrated when routing
- *          is unsure: a row that two specialists claim gets both views.
+ *   mixed  otherwise the rows none is sure of are gathered and mixed
+ *          with their weights, in one of two ways (enum zm_route_mix):
+ *          final  the final outputs, p = sum_i w_i p_i (models whose
+ *                 weight is below ZM_ROUTE_MIN_WEIGHT in every mixed
+ *                 row are skipped and the rest renormalised): right for
+ *                 models trained apart, whose hidden units do not
+ *                 correspond (lineage.h); architectures may differ;
+ *          layers the merged pass of --merge outputs on the gathered
+ *                 rows, each layer's outputs mixed with the row's
+ *                 weights (one weight vector per row: routing is at the
+ *                 full granularity): for related models of one
+ *                 architecture.
+ *          ZM_ROUTE_MIX_AUTO, the default, chooses final for related
+ *          and unrelated models alike: layers was measured no more
+ *          accurate and worse in log-loss on the benchmark zoos whose
+ *          models are related (route.c, predict(1) ROUTING); the
+ *          lineage (zm_lineage_all_related) is still looked at, to say
+ *          why under --explain.
  */
 #ifndef ZM_ROUTE_H
 #define ZM_ROUTE_H

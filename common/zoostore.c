@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "align.h"
 #include "lineage.h"
 #include "metakeys.h"
 #include "model.h"
@@ -114,6 +115,41 @@ static enum zm_status set_role(const struct zm_zoo_add *o,
 	return zm_doc_set_meta(&m->extra, ZM_META_ROLE, role, err);
 }
 
+/* --align-to: m's hidden units realigned to the zoo model o->align_to's,
+ * which is recorded; whether they are related then is for the alignment
+ * to say (lineage.h). */
+static enum zm_status align_import(const struct zm_zoo_add *o,
+                                   struct zm_zoo *zoo, struct zm_model *m,
+                                   struct zm_zoo_add_notes *notes,
+                                   struct zm_error *err)
+{
+	struct zm_zoo_entry *r;
+	struct zm_model *ref = NULL;
+	struct zm_align_info info;
+	struct zm_lineage_info li;
+	enum zm_status st;
+
+	if ((st = zm_zoo_get(zoo, o->align_to, &r, err)) != ZM_OK)
+		return zm_error_prefix(err, "--align-to: ");
+	snprintf(notes->aligned_to, sizeof(notes->aligned_to), "%s@v%" PRId64,
+	         o->align_to, r->version);
+	if ((st = zm_zoo_load_entry(zoo, r, &ref, err)) != ZM_OK)
+		return st;
+	st = zm_align_model(ref, notes->aligned_to, m, &info, err);
+	if (st == ZM_OK) {
+		notes->align_moved = info.moved;
+		notes->align_before = info.before;
+		notes->align_after = info.after;
+		st = zm_lineage_related(ref, m, &li, err);
+		notes->align_related = li.verdict == ZM_LINEAGE_RELATED;
+	} else {
+		zm_error_prefix(err, "--align-to %s: ", o->align_to);
+	}
+	zm_align_info_release(&info);
+	zm_model_free(ref);
+	return st;
+}
+
 /* The lineage of an imported model: unknown, or o->base's origin.  A
  * claim the weights contradict is kept (the user knows where the file
  * came from), and noted. */
@@ -184,6 +220,8 @@ enum zm_status zm_zoo_add_model(struct zm_zoo *zoo, const struct zm_zoo_add *o,
 		notes->needs_arch = st == ZM_ERR_USAGE && !arch;
 		if (st == ZM_OK)
 			st = set_import_lineage(o, zoo, m, notes, err);
+		if (st == ZM_OK && o->align_to)
+			st = align_import(o, zoo, m, notes, err);
 	} else {
 		st = zm_model_new(arch, o->seed, &m, err);
 		if (st == ZM_OK)

@@ -25,6 +25,9 @@ struct zm_zoo_add {
 	                               * model of arch_path, seeded by seed */
 	const char *base;             /* the zoo model model_path was
 	                               * fine-tuned from; NULL: unknown */
+	const char *align_to;         /* the zoo model whose hidden units
+	                               * model_path's are realigned to
+	                               * (align.h), or NULL */
 	const char *role;             /* NULL: the tags' role, else the
 	                               * file's, else the earlier version's */
 	uint64_t seed;
@@ -41,6 +44,12 @@ struct zm_zoo_add_notes {
 	double alignment;             /* when base_unrelated: the lowest
 	                               * alignment and its layer */
 	char worst_layer[ZM_LAYER_NAME_MAX + 1];
+	/* align_to: "NAME@vN", the units moved, the lowest hidden-layer
+	 * alignment before and after, and the verdict after. */
+	char aligned_to[ZM_LAYER_NAME_MAX + 32];
+	size_t align_moved;
+	double align_before, align_after;
+	bool align_related;
 };
 
 /*
@@ -51,7 +60,10 @@ struct zm_zoo_add_notes {
  * unknown, or base's, which is recorded in zm.base as NAME@vN even when
  * the weights contradict it).  zm.hparams is the model's own merged with
  * o->hparams, zm.role as described for o->role (ZM_ERR_USAGE when not
- * expert, router or base); the index entry gets the parameter count,
+ * expert, router or base); with o->align_to, the file's hidden units are
+ * first realigned to that zoo model's (zm_align_model, recording
+ * "NAME@vN" in zm.aligned; errors of it, prefixed "--align-to: "); the
+ * index entry gets the parameter count,
  * o->tags and the role tag.  *version is the version written; *notes says
  * what the caller should report.
  */
