@@ -233,4 +233,108 @@ run predict --zoo "$L" --model a --model a2 --granularity layer -o "$T/pr.csv" "
 expect_rc 0 "predict --granularity layer over related models"
 check "merges their layers without a warning" sh -c "! grep -q unrelated '$T/err'"
 
+# Routing mixes the rows it is unsure of at the final outputs by default,
+# for related and unrelated models alike, and says why; --route-mix layers
+# mixes them as --merge outputs does.
+train-step --zoo "$L" --model a2 --epochs 1 --lr 0.1 --seed 3 --apply --quiet "$T/data.st.gz"
+run predict --zoo "$L" --model a --model a2 --explain -o "$T/rf.csv" "$T/data.st.gz"
+expect_rc 0 "predict's defaults over related models"
+check "--explain: final outputs, and why for related models" grep -Eq "mixed at their final outputs: the models are related .*, but mixing their layers was measured" "$T/out"
+run predict --zoo "$L" --model a --model b --explain -o "$T/rfu.csv" "$T/data.st.gz"
+check "and for unrelated ones" grep -Eq "mixed at their final outputs: models 'a' and 'b' are unrelated \\(by origin\\)" "$T/out"
+run predict --zoo "$L" --model a --model a2 --route-mix final -o "$T/rf2.csv" "$T/data.st.gz"
+check "--route-mix final is the default" cmp "$T/rf.csv" "$T/rf2.csv"
+run predict --zoo "$L" --model a --model a2 --route-mix layers --threshold 1 --explain -o "$T/rl.csv" "$T/data.st.gz"
+expect_rc 0 "--route-mix layers"
+check "says so" grep -Eq "mixed layer by layer .*as asked \\(--route-mix layers\\)" "$T/out"
+mixed=$(sed -n 's/.*), \([0-9]*\) mixed layer by layer$/\1/p' "$T/out")
+run predict --zoo "$L" --model a --model a2 --weighting density --per row --merge outputs -o "$T/ro.csv" "$T/data.st.gz"
+# Rows routed alone (weight 1) are the model alone, as under outputs with
+# weights (1, 0); the others are the outputs merge: every probability the
+# same up to float rounding.
+check "equals --merge outputs on the same weights ($mixed rows mixed)" awk -F, '
+	NR == FNR { for (i = 3; i <= NF; i++) v[FNR, i] = $i; next }
+	FNR > 1 { for (i = 3; i <= NF; i++) { d = $i - v[FNR, i]; if (d < 0) d = -d; if (d > 1e-6) bad = 1 } }
+	END { exit bad }' "$T/rl.csv" "$T/ro.csv"
+check "and differs from final outputs" sh -c "! cmp -s '$T/rl.csv' '$T/rf.csv'"
+run predict --zoo "$L" --model a --model a2 --route-mix sideways "$T/data.st.gz"
+expect_rc 2 "--route-mix sideways is a usage error"
+
+# ---- realignment (merge --align, zoo-add --align-to) ----
+if command -v python3 >/dev/null 2>&1; then
+	# permute IN OUT: OUT is IN (a model of arch.yaml) with its hidden
+	# units in another order (out's columns, the profile of out's input
+	# alike), as an imported file (no origin): the same function.
+	permute() {
+		python3 - "$1" "$2" <<'PY'
+import gzip, json, struct, sys
+P = [3, 0, 7, 1, 6, 2, 5, 4]
+raw = gzip.open(sys.argv[1]).read()
+n = struct.unpack('<Q', raw[:8])[0]
+hdr = json.loads(raw[8:8 + n])
+data = bytearray(raw[8 + n:])
+def floats(name):
+    a, b = hdr[name]['data_offsets']
+    return list(struct.unpack('<%df' % ((b - a) // 4), data[a:b])), a
+def put(name, vals):
+    a, b = hdr[name]['data_offsets']
+    data[a:b] = struct.pack('<%df' % len(vals), *vals)
+w, _ = floats('hidden.weight')
+put('hidden.weight', [w[P[j] * 4 + k] for j in range(8) for k in range(4)])
+b, _ = floats('hidden.bias')
+put('hidden.bias', [b[P[j]] for j in range(8)])
+o, _ = floats('out.weight')
+put('out.weight', [o[r * 8 + P[j]] for r in range(4) for j in range(8)])
+for t in ('profile.out.mean', 'profile.out.var'):
+    if t in hdr:
+        v, _ = floats(t)
+        put(t, [v[P[j]] for j in range(8)])
+meta = hdr['__metadata__']
+for k in ('zm.origin', 'zm.base'):
+    meta.pop(k, None)
+h = json.dumps(hdr).encode()
+h += b' ' * (-len(h) % 8)
+gzip.open(sys.argv[2], 'wb').write(struct.pack('<Q', len(h)) + h + bytes(data))
+PY
+	}
+	fa=$L/$(yaml_of a file | sed 's/^file: //')
+	va=$(echo "$fa" | sed 's/.*\/v\([0-9]*\)\.safetensors\.gz$/\1/')
+	permute "$fa" "$T/pa.st.gz"
+	predict --model-file "$fa" -o "$T/pa0.csv" "$T/data.st.gz" 2>/dev/null
+	predict --model-file "$T/pa.st.gz" -o "$T/pa1.csv" "$T/data.st.gz" 2>/dev/null
+	check "the permuted copy computes what a does" awk -F, '
+		NR == FNR { for (i = 3; i <= NF; i++) v[FNR, i] = $i; next }
+		FNR > 1 { for (i = 3; i <= NF; i++) { d = $i - v[FNR, i]; if (d < 0) d = -d; if (d > 1e-6) bad = 1 } }
+		END { exit bad }' "$T/pa0.csv" "$T/pa1.csv"
+	run merge --method linear -o "$T/m-al.st.gz" "$fa" "$T/pa.st.gz" --align
+	expect_rc 0 "merge --align of a and its permuted copy"
+	expect_err "realigned to .*: [1-9][0-9]* units moved, alignment .* -> 1\\.000" "realigns the copy, saying so"
+	merge --method linear --quiet -o "$T/m-or.st.gz" "$fa" "$fa"
+	predict --model-file "$T/m-al.st.gz" -o "$T/m-al.csv" "$T/data.st.gz" 2>/dev/null
+	predict --model-file "$T/m-or.st.gz" -o "$T/m-or.csv" "$T/data.st.gz" 2>/dev/null
+	check "equals the merge with the original" cmp "$T/m-al.csv" "$T/m-or.csv"
+	check "leaving no temporary files" sh -c "! ls '${TMPDIR:-/tmp}' | grep -q '^zm-align\\.'"
+	run merge --method linear --align --mergekit-config /dev/null -o "$T/x.st.gz"
+	expect_rc 2 "--align with --mergekit-config is a usage error"
+
+	run zoo-add --zoo "$L" --name pa --align-to a "$T/pa.st.gz"
+	expect_rc 0 "zoo-add --align-to"
+	expect_err "pa realigned to a@v$va: [1-9][0-9]* units moved, alignment .* -> 1\\.000: related" "reports the realignment"
+	check "records it" sh -c "tensor info '$L/models/pa/v1.safetensors.gz' | grep -q 'zm.aligned = a@v$va'"
+	check "and stores a's weights" sh -c "predict --model-file '$L/models/pa/v1.safetensors.gz' '$T/data.st.gz' 2>/dev/null | cmp -s - '$T/pa0.csv'"
+	run zoo-ls --zoo "$L" --related
+	check "a and pa related by alignment 1" grep -Eq '^a +pa +related +alignment +1\.0000 ' "$T/out"
+	run zoo-add --zoo "$L" --name ba --align-to a "$L/$(yaml_of b file | sed 's/^file: //')"
+	expect_rc 0 "zoo-add --align-to of a model from another seed"
+	expect_err "ba realigned to a@v$va: .*alignment (-?[0-9.]+) -> " "reports its alignment before and after"
+	check "which rises ($(sed -n 's/.*alignment \(.*\): .*/\1/p' "$T/err"))" sh -c "sed -n 's/.*alignment \\(-*[0-9.]*\\) -> \\([0-9.]*\\).*/\\1 \\2/p' '$T/err' | awk '{ exit !(\$2 > \$1) }'"
+	run zoo-add --zoo "$L" --name x --align-to a --base a "$T/pa.st.gz"
+	expect_rc 2 "--align-to with --base is a usage error"
+	run zoo-add --zoo "$L" --name x --align-to nosuch "$T/pa.st.gz"
+	expect_rc 1 "--align-to a model not in the zoo"
+	expect_err "--align-to: .*nosuch" "names it"
+else
+	echo "# python3 missing: realignment checks skipped"
+fi
+
 finish
