@@ -257,6 +257,24 @@ check "equals --merge outputs on the same weights ($mixed rows mixed)" awk -F, '
 	FNR > 1 { for (i = 3; i <= NF; i++) { d = $i - v[FNR, i]; if (d < 0) d = -d; if (d > 1e-6) bad = 1 } }
 	END { exit bad }' "$T/rl.csv" "$T/ro.csv"
 check "and differs from final outputs" sh -c "! cmp -s '$T/rl.csv' '$T/rf.csv'"
+# Specialists of one origin on two halves of the labels: some rows go to
+# one model alone (weight exactly 1 at --threshold 1), the others are
+# gathered and mixed layer by layer, each with its own weights.
+printf 'mode: partition\nslices:\n  - {name: lo, where: {label: [0, 1]}}\n  - {name: hi, default: true}\n' >"$T/halves.yaml"
+slice --rules "$T/halves.yaml" --out-dir "$T/halves" "$T/data.st.gz" >/dev/null
+for h in lo hi; do
+	zoo-add --zoo "$L" --name sp$h --base a "$L/models/a/v1.safetensors.gz" 2>/dev/null
+	train-step --zoo "$L" --model sp$h --epochs 2 --lr 0.1 --seed 1 --apply --quiet "$T/halves/$h.safetensors.gz"
+done
+run predict --zoo "$L" --model splo --model sphi --route-mix layers --threshold 1 --explain -o "$T/sl.csv" "$T/data.st.gz"
+alone=$(sed -n 's/^rows: \([0-9]*\) computed by one model alone.*/\1/p' "$T/out")
+mixed=$(sed -n 's/.*), \([0-9]*\) mixed layer by layer$/\1/p' "$T/out")
+check "specialists: $alone rows alone and $mixed mixed layer by layer" test "${alone:-0}" -gt 0 -a "${mixed:-0}" -gt 0
+run predict --zoo "$L" --model splo --model sphi --weighting density --per row --merge outputs -o "$T/so.csv" "$T/data.st.gz"
+check "equal to --merge outputs on the same weights" awk -F, '
+	NR == FNR { for (i = 3; i <= NF; i++) v[FNR, i] = $i; next }
+	FNR > 1 { for (i = 3; i <= NF; i++) { d = $i - v[FNR, i]; if (d < 0) d = -d; if (d > 1e-6) bad = 1 } }
+	END { exit bad }' "$T/sl.csv" "$T/so.csv"
 run predict --zoo "$L" --model a --model a2 --route-mix sideways "$T/data.st.gz"
 expect_rc 2 "--route-mix sideways is a usage error"
 
