@@ -22,7 +22,8 @@ struct zm_route_state {
 	double *mix;        /* [max_batch, C] mixed probabilities */
 	double *prior;      /* [K, C] class prior of each model (see below) */
 	bool layers;        /* mixed rows layer by layer */
-	char why[512];      /* why that mixing, for --explain */
+	bool same_arch;     /* the models share an architecture */
+	char why[256];      /* else: which differ, for --explain */
 };
 
 bool zm_route_mixes_layers(const struct zm_route_state *s)
@@ -31,14 +32,17 @@ bool zm_route_mixes_layers(const struct zm_route_state *s)
 }
 
 /*
- * Decides how the uncertain rows mix, and says why in s->why.  Auto is
- * the final outputs for every zoo: for unrelated models because their
- * hidden units do not correspond; for related ones because mixing their
- * layers was measured no more accurate and clearly worse in log-loss on
- * the rows routing is unsure of (predict(1), ROUTING; the benchmark zoos
- * of tests/bench/adaptive.sh: finetuned 0.7606 / 1.078 final vs 0.7636 /
- * 1.467 layers, seeded 0.7440 / 1.172 vs 0.7435 / 2.348, oneinit 0.7966
- * / 0.575 vs 0.7975 / 0.604 in accuracy / log-loss over 10,000 rows).
+ * Decides how the uncertain rows mix: as asked, final outputs for models
+ * of other architectures, and for auto final outputs for every zoo.  For
+ * unrelated models because their hidden units do not correspond; for
+ * related ones because mixing their layers was measured no more accurate
+ * and clearly worse in log-loss on the rows routing is unsure of
+ * (predict(1), "Mixing the rows routing is unsure of": the benchmark
+ * zoos of tests/bench/adaptive.sh, finetuned 0.7606 / 1.078 final vs
+ * 0.7636 / 1.467 layers, seeded 0.7440 / 1.172 vs 0.7435 / 2.348,
+ * oneinit 0.7966 / 0.575 vs 0.7975 / 0.604 in accuracy / log-loss over
+ * 10,000 rows).  The lineage only explains the choice, so it is looked at
+ * by the explanation, not here.
  */
 static enum zm_status choose_mix(const struct zm_predictor *p,
                                  const char *const *names,
@@ -46,19 +50,14 @@ static enum zm_status choose_mix(const struct zm_predictor *p,
                                  struct zm_error *err)
 {
 	const struct zm_model *const *m = p->models;
-	struct zm_lineage_info info;
 	struct zm_error e2;
-	enum zm_status st;
-	enum zm_route_mix mix = p->o.route_mix;
-	size_t K = p->n_models, i, a = 0, b = 0;
-	char lin[200];
-	bool all = true;
+	size_t K = p->n_models, i;
 
 	for (i = 1; i < K; i++) {
 		zm_error_clear(&e2);
 		if (zm_model_same_arch(m[0]->arch, m[i]->arch, &e2) == ZM_OK)
 			continue;
-		if (mix == ZM_ROUTE_MIX_LAYERS)
+		if (p->o.route_mix == ZM_ROUTE_MIX_LAYERS)
 			return zm_error_set(err, ZM_ERR_DATA, "models '%s' and "
 			                    "'%s' have different architectures: "
 			                    "their layers cannot be mixed (%s)",
@@ -67,29 +66,46 @@ static enum zm_status choose_mix(const struct zm_predictor *p,
 		         "different architectures", names[0], names[i]);
 		return ZM_OK;
 	}
-	st = zm_lineage_all_related(m, K, &all, &a, &b, &info, err);
-	if (st != ZM_OK)
-		return st;
-	if (all)
-		snprintf(lin, sizeof(lin), "the models are related (their hidden "
-		         "units correspond)");
-	else
-		snprintf(lin, sizeof(lin), "models '%s' and '%s' are %s (by %s): "
-		         "their hidden units do not correspond", names[a],
-		         names[b], zm_lineage_verdict_name(info.verdict),
-		         zm_lineage_basis_name(info.basis));
-	s->layers = mix == ZM_ROUTE_MIX_LAYERS;
-	if (mix != ZM_ROUTE_MIX_AUTO)
-		snprintf(s->why, sizeof(s->why), "as asked (--route-mix %s); %s",
-		         s->layers ? "layers" : "final", lin);
-	else if (all)
-		snprintf(s->why, sizeof(s->why), "%s, but mixing their layers "
-		         "was measured no more accurate and worse in log-loss "
-		         "(predict(1), ROUTING; --route-mix layers asks for it)",
-		         lin);
-	else
-		snprintf(s->why, sizeof(s->why), "%s", lin);
+	s->same_arch = true;
+	s->layers = p->o.route_mix == ZM_ROUTE_MIX_LAYERS;
 	return ZM_OK;
+}
+
+/* Why the uncertain rows mix as they do, appended to b (--explain). */
+static void explain_mix(const struct zm_predictor *p,
+                        const char *const *names, struct zm_buf *b)
+{
+	const struct zm_route_state *s = p->route;
+	struct zm_lineage_info info;
+	struct zm_error e2;
+	size_t a = 0, c = 0;
+	bool all = true;
+
+	if (!s->same_arch) {
+		zm_buf_puts(b, s->why);
+		return;
+	}
+	if (p->o.route_mix != ZM_ROUTE_MIX_AUTO)
+		zm_buf_printf(b, "as asked (--route-mix %s); ",
+		              s->layers ? "layers" : "final");
+	zm_error_clear(&e2);
+	if (zm_lineage_all_related(p->models, p->n_models, &all, &a, &c, &info,
+	                           &e2) != ZM_OK) {
+		zm_buf_printf(b, "lineage not known: %s", e2.msg);
+		return;
+	}
+	if (all)
+		zm_buf_puts(b, "the models are related (their hidden units "
+		            "correspond)");
+	else
+		zm_buf_printf(b, "models '%s' and '%s' are %s (by %s): their "
+		              "hidden units do not correspond", names[a],
+		              names[c], zm_lineage_verdict_name(info.verdict),
+		              zm_lineage_basis_name(info.basis));
+	if (all && p->o.route_mix == ZM_ROUTE_MIX_AUTO)
+		zm_buf_puts(b, ", but mixing their layers was measured no more "
+		            "accurate and worse in log-loss (predict(1); "
+		            "--route-mix layers asks for it)");
 }
 
 size_t zm_route_assign(const double *w, size_t n, size_t k,
@@ -462,11 +478,12 @@ void zm_predict_explain(const struct zm_predictor *p,
 	if (p->o.merge == ZM_MERGE_ROUTE && p->route) {
 		const struct zm_route_stats *s = zm_route_stats(p->route);
 		zm_buf_printf(b, "merge: route, a model alone where its weight "
-		              "is at least %g, else the models mixed %s: %s\n",
+		              "is at least %g, else the models mixed %s: ",
 		              p->o.threshold, p->route->layers ?
 		              "layer by layer (their outputs at every layer, "
-		              "as --merge outputs)" : "at their final outputs",
-		              p->route->why);
+		              "as --merge outputs)" : "at their final outputs");
+		explain_mix(p, names, b);
+		zm_buf_puts(b, "\n");
 		zm_buf_printf(b, "rows: %llu computed by one model alone (",
 		              (unsigned long long)s->rows_hard);
 		for (i = 0; i < K; i++)
