@@ -115,54 +115,66 @@ out:
 	return st;
 }
 
+/* The units of a layer with trainable parameters: a dense layer's
+ * outputs, a conv2d layer's filters (output channels). */
+static size_t units_of(const struct zm_layer_spec *s)
+{
+	return s->type == ZM_LAYER_CONV2D ? (size_t)s->units : s->out_features;
+}
+
 /*
- * Which layers are realigned: hidden[l] for a dense layer with a later
- * dense layer that its units reach through per-unit layers only.
- * Refuses what this file cannot realign.
+ * Which layers are realigned: hidden[l] for a dense or conv2d layer with a
+ * later one (next[l]) that its units reach through layers that keep them
+ * apart (per-unit statistics, clip, dropout, max pooling and flatten,
+ * which keep channels in blocks of the spatial positions).  Refuses what
+ * this file cannot realign.
  */
 static enum zm_status plan(const struct zm_arch *a, bool *hidden,
-                           struct zm_error *err)
+                           size_t *next, struct zm_error *err)
 {
 	size_t l, k, last = SIZE_MAX;
 
 	for (l = 0; l < a->n_layers; l++) {
 		hidden[l] = false;
-		if (a->layers[l].type == ZM_LAYER_CONV2D)
-			return zm_error_set(err, ZM_ERR_DATA, "layer '%s' is "
-			                    "conv2d: realigning channels is not "
-			                    "implemented (models of dense layers "
-			                    "only)", a->layers[l].name);
+		next[l] = SIZE_MAX;
 		if (a->layers[l].trainable)
 			last = l;
 	}
 	for (l = 0; l < a->n_layers; l++) {
 		const struct zm_layer_spec *s = &a->layers[l];
-		if (s->type != ZM_LAYER_DENSE || l == last)
+		size_t units = units_of(s);
+		if ((s->type != ZM_LAYER_DENSE && s->type != ZM_LAYER_CONV2D) ||
+		    l == last)
 			continue;
 		for (k = l + 1; k < a->n_layers; k++) {
 			const struct zm_layer_spec *t = &a->layers[k];
-			if (t->type == ZM_LAYER_DENSE)
+			if (t->type == ZM_LAYER_DENSE || t->type == ZM_LAYER_CONV2D)
 				break;
-			if (t->in_features != s->out_features ||
-			    t->out_features != s->out_features ||
+			if (t->in_features % units != 0 ||
 			    (t->type != ZM_LAYER_STANDARDIZE &&
 			     t->type != ZM_LAYER_BATCHNORM &&
 			     t->type != ZM_LAYER_CLIP &&
-			     t->type != ZM_LAYER_DROPOUT))
+			     t->type != ZM_LAYER_DROPOUT &&
+			     t->type != ZM_LAYER_MAXPOOL2D &&
+			     t->type != ZM_LAYER_FLATTEN))
 				return zm_error_set(err, ZM_ERR_DATA, "layer '%s' "
 				                    "(%s) after '%s': only per-unit "
-				                    "layers may come between dense "
-				                    "layers that are realigned",
-				                    t->name,
+				                    "layers may come between layers "
+				                    "that are realigned", t->name,
 				                    zm_layer_type_name(t->type),
 				                    s->name);
 		}
-		hidden[l] = k < a->n_layers;
+		if (k == a->n_layers || a->layers[k].in_features % units != 0)
+			return zm_error_set(err, ZM_ERR_DATA, "layer '%s': its "
+			                    "units do not reach the next layer "
+			                    "with parameters whole", s->name);
+		hidden[l] = true;
+		next[l] = k;
 	}
 	return ZM_OK;
 }
 
-/* x[i] = old x[p[i]] for n values of width w floats, through tmp. */
+/* x [n, w] (n units of w floats each): unit i = old unit p[i]. */
 static void permute_rows(float *x, const size_t *p, size_t n, size_t w,
                          float *tmp)
 {
@@ -173,95 +185,113 @@ static void permute_rows(float *x, const size_t *p, size_t n, size_t w,
 		memcpy(x + i * w, tmp + p[i] * w, w * sizeof(float));
 }
 
-/* Columns: x [rows, n], x[r][i] = old x[r][p[i]]; tmp holds n floats. */
-static void permute_cols(float *x, const size_t *p, size_t rows, size_t n,
-                         float *tmp)
+/* The units of a tensor of numel values laid out [units, numel / units]
+ * (a per-unit statistic, a profile entry: channels in blocks). */
+static void permute_blocks(float *x, size_t numel, const size_t *p,
+                           size_t units, float *tmp)
 {
-	size_t r, i;
+	permute_rows(x, p, units, numel / units, tmp);
+}
 
-	for (r = 0; r < rows; r++) {
-		float *xr = x + r * n;
-		memcpy(tmp, xr, n * sizeof(float));
-		for (i = 0; i < n; i++)
-			xr[i] = tmp[p[i]];
-	}
+/* The next layer's weights [rows, units, g]: the units of every row. */
+static void permute_cols(float *x, const size_t *p, size_t rows,
+                         size_t units, size_t g, float *tmp)
+{
+	size_t r;
+
+	for (r = 0; r < rows; r++)
+		permute_rows(x + r * units * g, p, units, g, tmp);
 }
 
 /* Applies p to the units of hidden layer l of m: its rows and biases,
- * the per-unit layers after it, and the next dense layer's columns. */
-static void apply_perm(struct zm_model *m, size_t l, const size_t *p,
-                       float *tmp)
+ * the per-unit parameters after it, and next layer k's inputs. */
+static void apply_perm(struct zm_model *m, size_t l, size_t k,
+                       const size_t *p, float *tmp)
 {
 	const struct zm_arch *a = m->arch;
-	size_t units = a->layers[l].out_features, in = a->layers[l].in_features;
-	size_t k;
+	const struct zm_layer_spec *s = &a->layers[l];
+	size_t units = units_of(s), j;
 
-	permute_rows(m->layers[l].weight.data, p, units, in, tmp);
+	permute_rows(m->layers[l].weight.data, p, units, s->n_weight / units,
+	             tmp);
 	permute_rows(m->layers[l].bias.data, p, units, 1, tmp);
-	for (k = l + 1; k < a->n_layers; k++) {
-		struct zm_layer *y = &m->layers[k];
-		if (a->layers[k].type == ZM_LAYER_DENSE) {
-			permute_cols(y->weight.data, p, a->layers[k].out_features,
-			             units, tmp);
-			break;
+	for (j = l + 1; j < k; j++)
+		if (a->layers[j].has_params) {
+			permute_blocks(m->layers[j].weight.data,
+			               a->layers[j].n_weight, p, units, tmp);
+			permute_blocks(m->layers[j].bias.data,
+			               a->layers[j].n_bias, p, units, tmp);
 		}
-		if (!a->layers[k].has_params)
-			continue;
-		permute_rows(y->weight.data, p, units, 1, tmp);
-		permute_rows(y->bias.data, p, units, 1, tmp);
-	}
+	permute_cols(m->layers[k].weight.data, p, units_of(&a->layers[k]), units,
+	             a->layers[k].n_weight / units_of(&a->layers[k]) / units,
+	             tmp);
 }
 
-/* The profile statistics of the inputs of layers l+1 .. the next dense
- * one: the units of l in the candidate's order, permuted like them. */
-static void permute_profile(struct zm_model *m, size_t l, const size_t *p,
-                            float *tmp)
+/* The profile statistics of the inputs of layers l+1 .. k: the units of
+ * l in the candidate's order, permuted like them. */
+static void permute_profile(struct zm_model *m, size_t l, size_t k,
+                            const size_t *p, float *tmp)
 {
 	const struct zm_arch *a = m->arch;
-	size_t units = a->layers[l].out_features, k, s;
+	size_t units = units_of(&a->layers[l]), j, s;
 	static const char *const stat[] = { "mean", "var" };
 
-	for (k = l + 1; k < a->n_layers; k++) {
+	for (j = l + 1; j <= k; j++) {
 		for (s = 0; s < 2; s++) {
 			char name[ZM_LAYER_NAME_MAX + 32];
 			struct zm_tensor *t;
 			snprintf(name, sizeof(name), "profile.%s.%s",
-			         a->layers[k].name, stat[s]);
+			         a->layers[j].name, stat[s]);
 			t = zm_doc_find(&m->extra, name);
 			if (t && t->dtype == ZM_DTYPE_F32 && t->data &&
-			    zm_tensor_numel(t) == units)
-				permute_rows(t->data, p, units, 1, tmp);
+			    zm_tensor_numel(t) == a->layers[j].in_features)
+				permute_blocks(t->data, zm_tensor_numel(t), p,
+				               units, tmp);
 		}
-		if (a->layers[k].type == ZM_LAYER_DENSE)
-			break;
 	}
+}
+
+/* x [rows, units, g] as [units, rows * g] into dst. */
+static void unit_major(const float *x, size_t rows, size_t units, size_t g,
+                       float *dst)
+{
+	size_t r, i;
+
+	for (r = 0; r < rows; r++)
+		for (i = 0; i < units; i++)
+			memcpy(dst + i * rows * g + r * g, x + (r * units + i) * g,
+			       g * sizeof(float));
 }
 
 /*
  * The similarity of the reference's units (rows) to the candidate's
  * (columns) of hidden layer l, [units, units], into sim; with next, the
- * next dense layer's columns too.
+ * inputs of next layer k too (through ta and tc, each the size of k's
+ * weights).
  */
 static void similarity(const struct zm_model *ref, const struct zm_model *c,
-                       size_t l, bool next, float *sim)
+                       size_t l, size_t k, bool next, float *ta, float *tc,
+                       float *sim)
 {
 	const struct zm_arch *a = ref->arch;
-	size_t units = a->layers[l].out_features, in = a->layers[l].in_features;
+	size_t units = units_of(&a->layers[l]);
+	size_t row = a->layers[l].n_weight / units, rows, g;
 	const float *ab = ref->layers[l].bias.data, *cb = c->layers[l].bias.data;
-	size_t i, j, k;
+	size_t i, j;
 
-	zm_gemm(false, true, units, units, in, 1.0f, ref->layers[l].weight.data,
-	        in, c->layers[l].weight.data, in, 0.0f, sim, units);
+	zm_gemm(false, true, units, units, row, 1.0f, ref->layers[l].weight.data,
+	        row, c->layers[l].weight.data, row, 0.0f, sim, units);
 	for (i = 0; i < units; i++)
 		for (j = 0; j < units; j++)
 			sim[i * units + j] += ab[i] * cb[j];
 	if (!next)
 		return;
-	for (k = l + 1; a->layers[k].type != ZM_LAYER_DENSE; k++)
-		;
-	zm_gemm(true, false, units, units, a->layers[k].out_features, 1.0f,
-	        ref->layers[k].weight.data, units, c->layers[k].weight.data,
-	        units, 1.0f, sim, units);
+	rows = units_of(&a->layers[k]);
+	g = a->layers[k].n_weight / rows / units;
+	unit_major(ref->layers[k].weight.data, rows, units, g, ta);
+	unit_major(c->layers[k].weight.data, rows, units, g, tc);
+	zm_gemm(false, true, units, units, rows * g, 1.0f, ta, rows * g, tc,
+	        rows * g, 1.0f, sim, units);
 }
 
 /* The lowest hidden-layer alignment of a and b (lineage.h). */
@@ -283,8 +313,9 @@ enum zm_status zm_align_model(const struct zm_model *ref,
 {
 	const struct zm_arch *a = ref->arch;
 	bool hidden[ZM_ARCH_MAX_LAYERS];
+	size_t next[ZM_ARCH_MAX_LAYERS];
 	struct zm_model *c = NULL;
-	float *sim = NULL, *tmp = NULL;
+	float *sim = NULL, *tmp = NULL, *ta = NULL, *tc = NULL;
 	double *score = NULL;
 	size_t *step = NULL, *total = NULL;
 	size_t l, i, maxu = 0, maxw = 0, sweep;
@@ -294,14 +325,16 @@ enum zm_status zm_align_model(const struct zm_model *ref,
 	info->n_layers = a->n_layers;
 	if ((st = zm_model_same_arch(a, m->arch, err)) != ZM_OK)
 		return zm_error_prefix(err, "cannot realign: ");
-	if ((st = plan(a, hidden, err)) != ZM_OK)
+	if ((st = plan(a, hidden, next, err)) != ZM_OK)
 		return st;
 	for (l = 0; l < a->n_layers; l++) {
 		size_t w = a->layers[l].n_weight;
 		if (w > maxw)
 			maxw = w;
-		if (hidden[l] && a->layers[l].out_features > maxu)
-			maxu = a->layers[l].out_features;
+		if (a->layers[l].in_features > maxw)
+			maxw = a->layers[l].in_features;
+		if (hidden[l] && units_of(&a->layers[l]) > maxu)
+			maxu = units_of(&a->layers[l]);
 	}
 	info->before = alignment(ref, m);
 	/* The work happens on a copy, so that m is unchanged on error. */
@@ -309,26 +342,29 @@ enum zm_status zm_align_model(const struct zm_model *ref,
 		return st;
 	for (l = 0; l < a->n_layers; l++)
 		if (hidden[l] && !(info->perm[l] = zm_malloc(
-		        a->layers[l].out_features * sizeof(size_t))))
+		        units_of(&a->layers[l]) * sizeof(size_t))))
 			goto nomem;
 	if (maxu && (!(sim = zm_malloc(maxu * maxu * sizeof(float))) ||
 	             !(score = zm_malloc(maxu * maxu * sizeof(double))) ||
 	             !(step = zm_malloc(maxu * sizeof(size_t))) ||
 	             !(total = zm_malloc(maxu * sizeof(size_t)))))
 		goto nomem;
-	if (!(tmp = zm_malloc((maxw > maxu ? maxw : maxu) * sizeof(float) + 1)))
+	if (!(tmp = zm_malloc((maxw > maxu ? maxw : maxu) * sizeof(float) + 1)) ||
+	    !(ta = zm_malloc(maxw * sizeof(float) + 1)) ||
+	    !(tc = zm_malloc(maxw * sizeof(float) + 1)))
 		goto nomem;
 	for (l = 0; l < a->n_layers; l++)
-		for (i = 0; hidden[l] && i < a->layers[l].out_features; i++)
+		for (i = 0; hidden[l] && i < units_of(&a->layers[l]); i++)
 			info->perm[l][i] = i;
 	for (sweep = 0; maxu && sweep < ZM_ALIGN_MAX_SWEEPS; sweep++) {
 		bool changed = false;
 		for (l = 0; l < a->n_layers; l++) {
-			size_t n = a->layers[l].out_features, k;
+			size_t n, k;
 			double gain = 0, keep = 0;
 			if (!hidden[l])
 				continue;
-			similarity(ref, c, l, sweep > 0, sim);
+			n = units_of(&a->layers[l]);
+			similarity(ref, c, l, next[l], sweep > 0, ta, tc, sim);
 			for (k = 0; k < n * n; k++)
 				score[k] = sim[k];
 			if ((st = zm_align_assign(score, n, step, err)) != ZM_OK) {
@@ -345,7 +381,7 @@ enum zm_status zm_align_model(const struct zm_model *ref,
 			if (gain - keep <= 1e-9 * (fabs(keep) + 1))
 				continue;
 			changed = true;
-			apply_perm(c, l, step, tmp);
+			apply_perm(c, l, next[l], step, tmp);
 			for (i = 0; i < n; i++)
 				total[i] = info->perm[l][step[i]];
 			memcpy(info->perm[l], total, n * sizeof(size_t));
@@ -366,8 +402,8 @@ enum zm_status zm_align_model(const struct zm_model *ref,
 	for (l = 0; l < a->n_layers; l++) {
 		if (!hidden[l])
 			continue;
-		permute_profile(m, l, info->perm[l], tmp);
-		for (i = 0; i < a->layers[l].out_features; i++)
+		permute_profile(m, l, next[l], info->perm[l], tmp);
+		for (i = 0; i < units_of(&a->layers[l]); i++)
 			info->moved += info->perm[l][i] != i;
 	}
 	info->after = alignment(ref, m);
@@ -379,6 +415,8 @@ nomem:
 out:
 	zm_model_free(c);
 	free(sim);
+	free(ta);
+	free(tc);
 	free(score);
 	free(step);
 	free(total);

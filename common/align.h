@@ -22,10 +22,14 @@
  * inputs are realigned), then sweeps with the next layer's columns until
  * a sweep changes nothing, at most ZM_ALIGN_MAX_SWEEPS.
  *
- * Dense layers only: a model with a conv2d layer is refused (realigning
- * channels is not implemented), as is a hidden dense layer followed by
- * something other than per-unit layers (standardize, batchnorm, clip,
- * dropout) before the next dense layer.
+ * Dense and conv2d layers: a conv2d layer's units are its filters (output
+ * channels), a filter [in_c, kh, kw] its row; the next layer takes each
+ * channel as a block (a conv2d's kernel positions, or a dense layer's
+ * columns of the channel's positions after flatten, channel-major), and
+ * so do per-unit statistics and profile entries in between.  A hidden
+ * layer followed by anything but per-unit layers (standardize,
+ * batchnorm, clip, dropout, maxpool2d, flatten) before the next layer
+ * with parameters is refused.
  */
 #ifndef ZM_ALIGN_H
 #define ZM_ALIGN_H
@@ -76,8 +80,7 @@ enum zm_status zm_align_assign(const double *score, size_t n, size_t *match,
  * ref_label is not NULL it is recorded as m's ZM_ALIGN_KEY.  *info
  * (zeroed first; release it, also after an error) says what moved.
  * Errors: ZM_ERR_DATA when the architectures differ (naming the layer)
- * or a layer cannot be realigned (conv2d), ZM_ERR_NOMEM; m is then
- * unchanged.
+ * or a layer cannot be realigned, ZM_ERR_NOMEM; m is then unchanged.
  */
 enum zm_status zm_align_model(const struct zm_model *ref,
                               const char *ref_label, struct zm_model *m,
