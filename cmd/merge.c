@@ -367,7 +367,7 @@ static enum zm_status align_models(const struct merge_opts *o, char **paths,
 		return st;
 	}
 	if ((st = zm_model_load(ref_path, &ref, err)) != ZM_OK)
-		return st;
+		return zm_error_prefix(err, "--align: ");
 	for (i = base_path ? 0 : 1; i < n && st == ZM_OK; i++) {
 		char *out;
 		len = strlen(*dir) + 48;
@@ -387,6 +387,8 @@ static enum zm_status align_models(const struct merge_opts *o, char **paths,
 		paths[i] = out;
 	}
 	zm_model_free(ref);
+	if (st != ZM_OK)
+		zm_error_prefix(err, "--align: ");
 	return st;
 }
 

@@ -334,6 +334,10 @@ PY
 	check "leaving no temporary files" sh -c "! ls '${TMPDIR:-/tmp}' | grep -q '^zm-align\\.'"
 	run merge --method linear --align --mergekit-config /dev/null -o "$T/x.st.gz"
 	expect_rc 2 "--align with --mergekit-config is a usage error"
+	tensor export --state-dict -o "$T/plain-a.safetensors" "$fa"
+	run merge --method linear --align -o "$T/x.st.gz" "$T/plain-a.safetensors" "$T/plain-a.safetensors"
+	expect_rc 1 "--align of plain checkpoints"
+	expect_err "--align: .*plain-a.safetensors: no zm.arch" "says it needs zoomerge models"
 
 	run zoo-add --zoo "$L" --name pa --align-to a "$T/pa.st.gz"
 	expect_rc 0 "zoo-add --align-to"
