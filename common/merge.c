@@ -307,6 +307,98 @@ float zm_merge_ties_elect(const struct zm_merge_params *p, float pos,
 	return 0.0f;
 }
 
+void zm_merge_ties_add_cut(const float *restrict tau, size_t n, float lo,
+                           float hi, float w, float *const sum[4])
+{
+	float *restrict pos = sum[0], *restrict neg = sum[1];
+	float *restrict wpos = sum[2], *restrict wneg = sum[3];
+	bool upper = !isinf(hi);
+	size_t i = 0;
+
+#ifdef __SSE2__
+	{
+		__m128 vlo = _mm_set1_ps(lo), vhi = _mm_set1_ps(hi);
+		__m128 vw = _mm_set1_ps(w), zero = _mm_setzero_ps();
+		__m128 mag = _mm_castsi128_ps(_mm_set1_epi32(0x7fffffff));
+		for (; i + 4 <= n; i += 4) {
+			__m128 v = _mm_loadu_ps(tau + i), a = _mm_and_ps(v, mag);
+			__m128 keep = _mm_cmpge_ps(a, vlo);
+			__m128 mp, mn;
+			if (upper)
+				keep = _mm_and_ps(keep, _mm_cmplt_ps(a, vhi));
+			mp = _mm_and_ps(keep, _mm_cmpgt_ps(v, zero));
+			mn = _mm_and_ps(keep, _mm_cmplt_ps(v, zero));
+			/* w * 0 = +-0 for the others: no change, as a sum
+			 * is never -0 (it starts at +0, and x + y is -0
+			 * only when both are). */
+			_mm_storeu_ps(pos + i, _mm_add_ps(_mm_loadu_ps(pos + i),
+			              _mm_mul_ps(vw, _mm_and_ps(mp, v))));
+			_mm_storeu_ps(wpos + i, _mm_add_ps(
+			              _mm_loadu_ps(wpos + i), _mm_and_ps(mp, vw)));
+			_mm_storeu_ps(neg + i, _mm_add_ps(_mm_loadu_ps(neg + i),
+			              _mm_mul_ps(vw, _mm_and_ps(mn, v))));
+			_mm_storeu_ps(wneg + i, _mm_add_ps(
+			              _mm_loadu_ps(wneg + i), _mm_and_ps(mn, vw)));
+		}
+	}
+#endif
+	for (; i < n; i++) {
+		float v = tau[i], a = fabsf(v);
+		if (a < lo || (upper && !(a < hi)))
+			continue;
+		if (v > 0) {
+			pos[i] += w * v;
+			wpos[i] += w;
+		} else if (v < 0) {
+			neg[i] += w * v;
+			wneg[i] += w;
+		}
+	}
+}
+
+void zm_merge_ties_finish(const struct zm_merge_params *p,
+                          const float *const sum[4], const float *base,
+                          size_t n, float *out)
+{
+	const float *pos = sum[0], *neg = sum[1], *wpos = sum[2];
+	const float *wneg = sum[3];
+	float lambda = (float)p->lambda;
+	size_t i = 0;
+
+#ifdef __SSE2__
+	{
+		__m128 zero = _mm_setzero_ps(), vl = _mm_set1_ps(lambda);
+		for (; i + 4 <= n; i += 4) {
+			__m128 ps = _mm_loadu_ps(pos + i), ng = _mm_loadu_ps(neg + i);
+			__m128 wp = _mm_loadu_ps(wpos + i);
+			__m128 wn = _mm_loadu_ps(wneg + i);
+			__m128 mass = _mm_add_ps(ps, ng), r, up, a, b;
+			if (p->no_election) {
+				r = mass;
+			} else {
+				up = p->mergekit ? _mm_cmpge_ps(mass, zero)
+				                 : _mm_cmpgt_ps(mass, zero);
+				up = _mm_and_ps(up, _mm_cmpneq_ps(wp, zero));
+				/* The quotients of the lanes not chosen may be
+				 * NaN; they are masked out. */
+				a = p->disjoint_sum ? ps : _mm_div_ps(ps, wp);
+				b = p->disjoint_sum ? ng : _mm_div_ps(ng, wn);
+				b = _mm_and_ps(b, _mm_and_ps(
+				        _mm_cmplt_ps(mass, zero),
+				        _mm_cmpneq_ps(wn, zero)));
+				r = _mm_or_ps(_mm_and_ps(up, a),
+				              _mm_andnot_ps(up, b));
+			}
+			_mm_storeu_ps(out + i, _mm_add_ps(_mm_loadu_ps(base + i),
+			              _mm_mul_ps(vl, r)));
+		}
+	}
+#endif
+	for (; i < n; i++)
+		out[i] = base[i] + lambda * zm_merge_ties_elect(p, pos[i], neg[i],
+		                                                wpos[i], wneg[i]);
+}
+
 /* ---- accumulator ---- */
 
 static size_t acc_buffers(const struct zm_merge_acc *acc)
@@ -405,8 +497,6 @@ static void ties_add(struct zm_merge_acc *acc, const float *tau, float w)
 static void ties_add_trimmed(struct zm_merge_acc *acc, float *restrict x,
                              const float *restrict base, float w)
 {
-	float *restrict pos = acc->sum[0], *restrict neg = acc->sum[1];
-	float *restrict wpos = acc->sum[2], *restrict wneg = acc->sum[3];
 	struct ties_hist h;
 	size_t i, n = acc->n, k = ties_keep(n, acc->params.density);
 	float th = 0.0f;   /* keeps all: |x| >= 0 */
@@ -433,39 +523,7 @@ static void ties_add_trimmed(struct zm_merge_acc *acc, float *restrict x,
 		hist_top(&h, x, n);
 		th = ties_threshold(&h, x, n, k, acc->scratch);
 	}
-	i = 0;
-#ifdef __SSE2__
-	{
-		__m128 vt = _mm_set1_ps(th), vw = _mm_set1_ps(w);
-		__m128 zero = _mm_setzero_ps();
-		__m128 mag = _mm_castsi128_ps(_mm_set1_epi32((int)MAG_BITS));
-		for (; i + 4 <= n; i += 4) {
-			__m128 v = _mm_loadu_ps(x + i);
-			__m128 keep = _mm_cmpge_ps(_mm_and_ps(v, mag), vt);
-			__m128 mp = _mm_and_ps(keep, _mm_cmpgt_ps(v, zero));
-			__m128 mn = _mm_and_ps(keep, _mm_cmplt_ps(v, zero));
-			/* w * 0 = +-0 for the others: no change, see above. */
-			_mm_storeu_ps(pos + i, _mm_add_ps(_mm_loadu_ps(pos + i),
-			              _mm_mul_ps(vw, _mm_and_ps(mp, v))));
-			_mm_storeu_ps(wpos + i, _mm_add_ps(
-			              _mm_loadu_ps(wpos + i), _mm_and_ps(mp, vw)));
-			_mm_storeu_ps(neg + i, _mm_add_ps(_mm_loadu_ps(neg + i),
-			              _mm_mul_ps(vw, _mm_and_ps(mn, v))));
-			_mm_storeu_ps(wneg + i, _mm_add_ps(
-			              _mm_loadu_ps(wneg + i), _mm_and_ps(mn, vw)));
-		}
-	}
-#endif
-	for (; i < n; i++) {
-		float v = x[i], keep = fabsf(v) >= th ? v : 0.0f;
-		if (keep > 0) {
-			pos[i] += w * keep;
-			wpos[i] += w;
-		} else if (keep < 0) {
-			neg[i] += w * keep;
-			wneg[i] += w;
-		}
-	}
+	zm_merge_ties_add_cut(x, n, th, INFINITY, w, acc->sum);
 }
 
 void zm_merge_acc_add(struct zm_merge_acc *acc, float *x, const float *base,
@@ -539,12 +597,9 @@ enum zm_status zm_merge_acc_finish(struct zm_merge_acc *acc,
 	} else if (acc->method == ZM_MERGE_SLERP) {
 		memcpy(out, acc->sum[1], n * sizeof(float));
 	} else if (ties) {
-		const float *pos = acc->sum[0], *neg = acc->sum[1];
-		const float *wpos = acc->sum[2], *wneg = acc->sum[3];
-		for (i = 0; i < n; i++)
-			out[i] = base[i] + lambda *
-			         zm_merge_ties_elect(&acc->params, pos[i],
-			                             neg[i], wpos[i], wneg[i]);
+		zm_merge_ties_finish(&acc->params,
+		                     (const float *const *)acc->sum, base, n,
+		                     out);
 	} else {
 		for (i = 0; i < n; i++)
 			out[i] = base[i] + lambda * s[i];

@@ -102,6 +102,17 @@ bool zm_merge_slerp(const float *a, const float *b, size_t n, double t,
 float zm_merge_ties_elect(const struct zm_merge_params *p, float pos,
                           float neg, float wpos, float wneg);
 
+/* Adds w tau[i] to TIES' sums (sum[0..3]: positive mass, negative mass,
+ * and the weight behind each) for every entry with lo <= |tau[i]| < hi;
+ * hi infinite: no upper bound. */
+void zm_merge_ties_add_cut(const float *tau, size_t n, float lo, float hi,
+                           float w, float *const sum[4]);
+
+/* out[i] = base[i] + lambda zm_merge_ties_elect(sums at i), i < n. */
+void zm_merge_ties_finish(const struct zm_merge_params *p,
+                          const float *const sum[4], const float *base,
+                          size_t n, float *out);
+
 /*
  * Accumulates the inputs of one tensor, one model at a time, so that a
  * streamed merge holds a handful of tensors whatever the number of models.

@@ -35,6 +35,11 @@ struct shard {
 	struct zm_reader *r;
 	struct zm_doc hdr;       /* tensors without data, in data order */
 	size_t next;             /* index in hdr */
+	/* Readers of the earlier passes over a tensor that is read more
+	 * than once (TIES' threshold), opened on first use: each moves
+	 * forward only, reading past the tensors it is not asked for. */
+	struct zm_reader *lane[2];
+	size_t lnext[2];
 };
 
 /* One input (a file, or the shards of an index), and tensors read ahead
@@ -234,6 +239,8 @@ static void pin_close(struct pin *in)
 
 	for (s = 0; s < in->n_sh; s++) {
 		zm_reader_close(in->sh[s].r);
+		zm_reader_close(in->sh[s].lane[0]);
+		zm_reader_close(in->sh[s].lane[1]);
 		zm_doc_release(&in->sh[s].hdr);
 		free(in->sh[s].path);
 	}
@@ -307,6 +314,69 @@ static enum zm_status pin_read(struct pin *in, const char *name, bool cached,
 	zm_tensor_read_f32(&v, 0, m, dst);
 	if (off + m == n)
 		sh->next = k + 1;
+	return ZM_OK;
+}
+
+/*
+ * pin_read for an earlier pass over tensor name (lane 0 or 1): the same
+ * elements from a second reader of the same file (the page cache serves
+ * it), or from in->ahead without consuming them; raw is scratch of
+ * raw_cap >= m * 8 bytes.  The main reader must not have passed the
+ * tensor yet (pin_seek positioned it).
+ */
+static enum zm_status pin_peek(struct pin *in, int lane, const char *name,
+                               bool cached, size_t off, size_t m, float *dst,
+                               void *raw, size_t raw_cap,
+                               struct zm_error *err)
+{
+	size_t k;
+	struct shard *sh = pin_shard(in, name, &k);
+	struct zm_tensor *h = &sh->hdr.tensors[k], v;
+	size_t es = zm_dtype_size(h->dtype), n = h->nbytes / es, t;
+	enum zm_status st;
+
+	if (cached) {
+		zm_tensor_read_f32(zm_doc_find(&in->ahead, name), off, m, dst);
+		return ZM_OK;
+	}
+	if (!sh->lane[lane]) {
+		struct zm_doc d;
+		bool eof;
+		zm_doc_init(&d);
+		st = zm_reader_open(&sh->lane[lane], sh->path, err);
+		if (st == ZM_OK)
+			st = zm_reader_next_header(sh->lane[lane], &d, &eof, err);
+		/* The file must not have changed since its header was read. */
+		for (t = 0; st == ZM_OK && t < sh->hdr.n_tensors; t++)
+			if (eof || d.n_tensors != sh->hdr.n_tensors ||
+			    strcmp(d.tensors[t].name, sh->hdr.tensors[t].name) ||
+			    d.tensors[t].nbytes != sh->hdr.tensors[t].nbytes)
+				st = zm_error_set(err, ZM_ERR_IO, "%s changed "
+				                  "while it was read", sh->path);
+		zm_doc_release(&d);
+		if (st != ZM_OK)
+			return st;
+		sh->lnext[lane] = 0;
+	}
+	ZM_ASSERT(k >= sh->lnext[lane]);
+	for (; sh->lnext[lane] < k; sh->lnext[lane]++) {
+		size_t left = sh->hdr.tensors[sh->lnext[lane]].nbytes, b;
+		for (; left > 0; left -= b) {
+			b = left < raw_cap ? left : raw_cap;
+			if ((st = zm_reader_read_part(sh->lane[lane],
+			                              sh->lnext[lane], raw, b,
+			                              err)))
+				return st;
+		}
+	}
+	if ((st = zm_reader_read_part(sh->lane[lane], k, raw, m * es, err)))
+		return st;
+	v = *h;
+	v.data = raw;
+	v.nbytes = m * es;
+	zm_tensor_read_f32(&v, 0, m, dst);
+	if (off + m == n)
+		sh->lnext[lane] = k + 1;
 	return ZM_OK;
 }
 
@@ -440,80 +510,37 @@ static enum zm_status check_names(struct pin *ins, size_t n_in, size_t ref,
 }
 
 /*
- * TIES on a tensor larger than a chunk.  The trimming threshold of each
- * task vector is its k-th largest magnitude, found exactly by refining a
- * histogram of the magnitudes' bit patterns (for non-negative floats their
- * order is the order of the patterns as integers): 11 top bits in the
- * first pass, while the task vector is computed and spilled to a temporary
- * file, then 10 and 10 more bits over the spilled values among those that
- * share the prefix found so far.  Memory is three histograms and a chunk;
- * the same sums as zm_merge_acc's TIES are then formed chunk by chunk.
+ * TIES on a tensor larger than a chunk, read three times at most and held
+ * a chunk at a time.  The trimming threshold of each task vector is its
+ * k-th largest magnitude, found exactly from the bit patterns of the
+ * magnitudes (for non-negative floats their order is the order of the
+ * patterns as integers).  Pass 1 counts the patterns' top 16 bits (the
+ * exponent and 7 bits of the mantissa: bins of relative width 2^-7 at
+ * most) over the whole tensor, which names the bin that holds the k-th
+ * largest and its rank there.  Within that bin the low 16 bits decide:
+ * they are counted during pass 1 too, for a window of WIN bins around the
+ * bin that the first chunk predicts; when the boundary falls outside the
+ * window (the tensor's first chunk is not like the rest), one more pass
+ * counts the low bits of the boundary bin alone.  Either way the
+ * threshold is the exact k-th largest magnitude, the one zm_merge_acc's
+ * TIES finds in memory.  The last pass reads the inputs again, trims,
+ * elects and writes: the same sums in the same order as zm_merge_acc.
+ * Memory: per model a histogram of 2^16 counts and up to two windows of
+ * WIN * 2^16 (lower and, for breadcrumbs, upper cut), and a chunk.
  */
-struct select {
-	size_t k;                /* rank still sought within the prefix */
-	uint32_t prefix;
-	int round;               /* 0, 1, 2: bits 31..20, 19..10, 9..0 */
-	size_t in_prefix;        /* values that share the prefix */
-	size_t cnt[1u << 11];
+#define TOP_BINS ((size_t)1 << 16)
+#define LOW_BINS ((size_t)1 << 16)
+#define WIN 3
+
+/* One cut: the k-th largest magnitude of a model's task vector. */
+struct cut {
+	size_t k;                /* rank sought, then rank within the bin */
+	uint32_t lo;             /* first bin of the window counted */
+	uint32_t bin;            /* the boundary bin, once known */
+	uint64_t *low;           /* owned, WIN * LOW_BINS counts */
+	bool done;
+	float th;
 };
-
-static const int sel_shift[3] = { 20, 10, 0 };
-static const uint32_t sel_buckets[3] = { 1u << 11, 1u << 10, 1u << 10 };
-
-static void select_add(struct select *s, const float *tau, size_t m)
-{
-	int sh = sel_shift[s->round];
-	uint32_t mask = sel_buckets[s->round] - 1;
-	size_t i;
-
-	for (i = 0; i < m; i++) {
-		uint32_t u;
-		memcpy(&u, &tau[i], sizeof(u));
-		u &= 0x7fffffffu;
-		if (s->round == 0 || u >> (sel_shift[s->round - 1]) == s->prefix)
-			s->cnt[(u >> sh) & mask]++;
-	}
-}
-
-/* Ends a round: true when the threshold is known (*th). */
-static bool select_next(struct select *s, float *th)
-{
-	uint32_t b = sel_buckets[s->round];
-
-	while (b-- > 0) {
-		if (s->k <= s->cnt[b])
-			break;
-		s->k -= s->cnt[b];
-	}
-	s->in_prefix = s->cnt[b];
-	s->prefix = s->round == 0 ? b
-	            : s->prefix << (sel_shift[s->round - 1] -
-	                            sel_shift[s->round]) | b;
-	memset(s->cnt, 0, sizeof(s->cnt));
-	if (++s->round < 3)
-		return false;
-	memcpy(th, &s->prefix, sizeof(*th));
-	return true;
-}
-
-/* Reads m floats of a spill file. */
-static enum zm_status spill_read(FILE *f, float *x, size_t m,
-                                 struct zm_error *err)
-{
-	if (fread(x, sizeof(float), m, f) != m)
-		return zm_error_set(err, ZM_ERR_IO, "merge: reading a "
-		                    "temporary file failed");
-	return ZM_OK;
-}
-
-static enum zm_status spill_write(FILE *f, const float *x, size_t m,
-                                  struct zm_error *err)
-{
-	if (fwrite(x, sizeof(float), m, f) != m)
-		return zm_error_set(err, ZM_ERR_IO, "merge: writing a "
-		                    "temporary file failed (TMPDIR full?)");
-	return ZM_OK;
-}
 
 /* The TIES merge of tensor h (n elements) in chunks of c: ins and wts as
  * in zm_merge_plain, ref the base; res receives each merged chunk, which
@@ -529,11 +556,10 @@ struct ties_stream {
 	const struct zm_merge_params *params;
 	float *x, *bx, *res, *sum[4];
 	void *raw;
-	/* Filled by ties_stream: a spill file per model and one for the
-	 * base; the lower cut of each model, then (breadcrumbs) the upper. */
-	FILE **spill;
-	struct select *sel;
-	float *th;
+	/* Filled by ties_stream: the top-bit histogram of each model, and
+	 * its lower cut, then (breadcrumbs) its upper one. */
+	uint64_t **top;
+	struct cut *cut;
 };
 
 /* pin_read, refusing a non-finite element with its input and index. */
@@ -552,8 +578,117 @@ static enum zm_status pin_read_finite(struct pin *in, const char *name,
 	return st;
 }
 
-/* Pass 1: the task vectors spilled, and the cuts' top-bit histograms. */
-static enum zm_status ties_spill(struct ties_stream *ts,
+/* pin_peek with pin_read_finite's check. */
+static enum zm_status peek_finite(struct ties_stream *ts, int lane, size_t i,
+                                  const char *name, size_t off, size_t m,
+                                  float *dst, struct zm_error *err)
+{
+	enum zm_status st;
+	size_t bad;
+
+	st = pin_peek(&ts->ins[i], lane, name, ts->cached[i], off, m, dst,
+	              ts->raw, ts->c * 8, err);
+	if (st == ZM_OK && (bad = zm_first_nonfinite(dst, m)) < m)
+		st = zm_error_set(err, ZM_ERR_DATA, "%s: tensor %s element %zu "
+		                  "is not finite", ts->ins[i].label, name,
+		                  off + bad);
+	return st;
+}
+
+static inline uint32_t mag_u32(float v)
+{
+	uint32_t u;
+
+	memcpy(&u, &v, sizeof(u));
+	return u & 0x7fffffffu;
+}
+
+/* Counts the low 16 bits of the tau[0..m) whose top bits fall in c's
+ * window. */
+static void cut_count_low(struct cut *c, const float *tau, size_t m)
+{
+	size_t j;
+
+	for (j = 0; j < m; j++) {
+		uint32_t u = mag_u32(tau[j]), d = (u >> 16) - c->lo;
+		if (d < WIN)
+			c->low[(size_t)d * LOW_BINS + (u & 0xffffu)]++;
+	}
+}
+
+/* The top-bit histogram of tau[0..m), and the windows of the cuts lc and
+ * uc (NULL when done), in one loop. */
+static void ties_count(uint64_t *top, struct cut *lc, struct cut *uc,
+                       const float *tau, size_t m)
+{
+	size_t j;
+
+	if (!lc && !uc) {
+		for (j = 0; j < m; j++)
+			top[mag_u32(tau[j]) >> 16]++;
+		return;
+	}
+	for (j = 0; j < m; j++) {
+		uint32_t u = mag_u32(tau[j]), b = u >> 16;
+		top[b]++;
+		if (lc && b - lc->lo < WIN)
+			lc->low[(size_t)(b - lc->lo) * LOW_BINS + (u & 0xffffu)]++;
+		if (uc && b - uc->lo < WIN)
+			uc->low[(size_t)(b - uc->lo) * LOW_BINS + (u & 0xffffu)]++;
+	}
+}
+
+/* The bin (from the top) of cnt[0..bins) where the k-th largest falls;
+ * *k becomes its rank within the bin. */
+static uint32_t bins_find(const uint64_t *cnt, size_t bins, size_t *k)
+{
+	size_t b = bins;
+
+	while (b-- > 0) {
+		if (*k <= cnt[b])
+			return (uint32_t)b;
+		*k -= cnt[b];
+	}
+	ZM_ASSERT(!"rank beyond the histogram");
+	return 0;
+}
+
+/* After the first chunk (m of n elements, counted in top): centres c's
+ * window on the bin where its rank, scaled to the chunk, falls. */
+static void cut_guess(struct cut *c, const uint64_t *top, size_t m, size_t n)
+{
+	size_t k = (size_t)((double)c->k * (double)m / (double)n + 0.5);
+	uint32_t b;
+
+	if (k < 1)
+		k = 1;
+	if (k > m)
+		k = m;
+	b = bins_find(top, TOP_BINS, &k);
+	c->lo = b > 0 ? b - 1 : 0;
+	if (c->lo > TOP_BINS - WIN)
+		c->lo = (uint32_t)(TOP_BINS - WIN);
+}
+
+/* After pass 1: the boundary bin; the threshold when the window holds it. */
+static void cut_resolve(struct cut *c, const uint64_t *top)
+{
+	size_t k = c->k;
+	uint32_t low;
+
+	c->bin = bins_find(top, TOP_BINS, &k);
+	c->k = k;
+	if (c->bin - c->lo >= WIN)
+		return;
+	low = bins_find(c->low + (size_t)(c->bin - c->lo) * LOW_BINS,
+	                LOW_BINS, &k);
+	low |= c->bin << 16;
+	memcpy(&c->th, &low, sizeof(c->th));
+	c->done = true;
+}
+
+/* Pass 1 (lane 0): every model's histogram and windows. */
+static enum zm_status ties_pass1(struct ties_stream *ts,
                                  const struct zm_tensor *h, size_t n,
                                  struct zm_error *err)
 {
@@ -562,11 +697,105 @@ static enum zm_status ties_spill(struct ties_stream *ts,
 
 	for (off = 0; off < n && st == ZM_OK; off += m) {
 		m = n - off < ts->c ? n - off : ts->c;
+		st = peek_finite(ts, 0, ts->ref, h->name, off, m, ts->bx, err);
+		for (i = 0; i < nm && st == ZM_OK; i++) {
+			struct cut *lc = &ts->cut[i], *uc = &ts->cut[nm + i];
+			lc = lc->done ? NULL : lc;
+			uc = uc->done ? NULL : uc;
+			if (!lc && !uc)
+				continue;
+			if ((st = peek_finite(ts, 0, i, h->name, off, m, ts->x,
+			                      err)))
+				break;
+			for (j = 0; j < m; j++)
+				ts->x[j] -= ts->bx[j];
+			if (off > 0) {
+				ties_count(ts->top[i], lc, uc, ts->x, m);
+				continue;
+			}
+			ties_count(ts->top[i], NULL, NULL, ts->x, m);
+			if (lc) {
+				cut_guess(lc, ts->top[i], m, n);
+				cut_count_low(lc, ts->x, m);
+			}
+			if (uc) {
+				cut_guess(uc, ts->top[i], m, n);
+				cut_count_low(uc, ts->x, m);
+			}
+		}
+	}
+	for (i = 0; i < 2 * nm && st == ZM_OK; i++)
+		if (!ts->cut[i].done)
+			cut_resolve(&ts->cut[i], ts->top[i % nm]);
+	return st;
+}
+
+/* The pass for the cuts whose boundary bin fell outside their window
+ * (lane 1): the low bits of that bin alone. */
+static enum zm_status ties_refine(struct ties_stream *ts,
+                                  const struct zm_tensor *h, size_t n,
+                                  struct zm_error *err)
+{
+	size_t nm = ts->n_models, i, q, j, off, m;
+	enum zm_status st = ZM_OK;
+
+	for (q = 0; q < 2 * nm; q++) {
+		struct cut *c = &ts->cut[q];
+		if (c->done)
+			continue;
+		c->lo = c->bin;
+		memset(c->low, 0, WIN * LOW_BINS * sizeof(*c->low));
+	}
+	for (off = 0; off < n && st == ZM_OK; off += m) {
+		m = n - off < ts->c ? n - off : ts->c;
+		st = peek_finite(ts, 1, ts->ref, h->name, off, m, ts->bx, err);
+		for (i = 0; i < nm && st == ZM_OK; i++) {
+			struct cut *lc = &ts->cut[i], *uc = &ts->cut[nm + i];
+			if (lc->done && uc->done)
+				continue;
+			if ((st = peek_finite(ts, 1, i, h->name, off, m, ts->x,
+			                      err)))
+				break;
+			for (j = 0; j < m; j++)
+				ts->x[j] -= ts->bx[j];
+			if (!lc->done)
+				cut_count_low(lc, ts->x, m);
+			if (!uc->done)
+				cut_count_low(uc, ts->x, m);
+		}
+	}
+	for (q = 0; q < 2 * nm && st == ZM_OK; q++) {
+		struct cut *c = &ts->cut[q];
+		uint32_t low;
+		size_t k = c->k;
+		if (c->done)
+			continue;
+		low = bins_find(c->low, LOW_BINS, &k) | c->bin << 16;
+		memcpy(&c->th, &low, sizeof(c->th));
+		c->done = true;
+	}
+	return st;
+}
+
+/* The last pass (the main readers): the sums of zm_merge_acc's TIES,
+ * chunk by chunk in the same order, elected and handed to emit. */
+static enum zm_status ties_combine(struct ties_stream *ts,
+                                   const struct zm_tensor *h, size_t n,
+                                   enum zm_status (*emit)(void *, size_t,
+                                                          size_t,
+                                                          struct zm_error *),
+                                   void *ctx, struct zm_error *err)
+{
+	size_t nm = ts->n_models, i, j, off, m;
+	enum zm_status st = ZM_OK;
+
+	for (off = 0; off < n && st == ZM_OK; off += m) {
+		m = n - off < ts->c ? n - off : ts->c;
+		for (j = 0; j < 4; j++)
+			memset(ts->sum[j], 0, m * sizeof(float));
 		st = pin_read_finite(&ts->ins[ts->ref], h->name,
 		                     ts->cached[ts->ref], off, m, ts->bx,
 		                     ts->raw, err);
-		if (st == ZM_OK)
-			st = spill_write(ts->spill[nm], ts->bx, m, err);
 		for (i = 0; i < nm && st == ZM_OK; i++) {
 			if ((st = pin_read_finite(&ts->ins[i], h->name,
 			                          ts->cached[i], off, m, ts->x,
@@ -574,120 +803,16 @@ static enum zm_status ties_spill(struct ties_stream *ts,
 				break;
 			for (j = 0; j < m; j++)
 				ts->x[j] -= ts->bx[j];
-			select_add(&ts->sel[i], ts->x, m);
-			if (ts->sel[nm + i].k)
-				select_add(&ts->sel[nm + i], ts->x, m);
-			st = spill_write(ts->spill[i], ts->x, m, err);
+			zm_merge_ties_add_cut(ts->x, m, ts->cut[i].th,
+			                      ts->cut[nm + i].th,
+			                      (float)ts->wts[i], ts->sum);
 		}
-	}
-	return st;
-}
-
-/* Passes 2 and 3 over model i's spilled task vector: the exact cut q. */
-static enum zm_status ties_cut(struct ties_stream *ts, size_t q, size_t i,
-                               size_t n, struct zm_error *err)
-{
-	struct select *sel = &ts->sel[q];
-	FILE *f = ts->spill[i];
-	enum zm_status st = ZM_OK;
-	size_t off, m, j;
-
-	if (sel->k >= n) {
-		ts->th[q] = 0.0f;   /* every entry above the cut */
-		return ZM_OK;
-	}
-	if (sel->k == 0) {
-		ts->th[q] = INFINITY;   /* none */
-		return ZM_OK;
-	}
-	if (select_next(sel, &ts->th[q]))
-		return ZM_OK;
-	/* Usually the values that share the top bits fit in a chunk: they
-	 * are gathered in one pass, and the last two rounds run on them in
-	 * memory. */
-	if (sel->in_prefix <= ts->c) {
-		size_t g = 0;
-		rewind(f);
-		for (off = 0; off < n && st == ZM_OK; off += m) {
-			m = n - off < ts->c ? n - off : ts->c;
-			if ((st = spill_read(f, ts->x, m, err)))
-				break;
-			for (j = 0; j < m; j++) {
-				uint32_t u;
-				memcpy(&u, &ts->x[j], sizeof(u));
-				if ((u & 0x7fffffffu) >> 20 == sel->prefix)
-					ts->res[g++] = ts->x[j];
-			}
-		}
-		while (st == ZM_OK) {
-			select_add(sel, ts->res, g);
-			if (select_next(sel, &ts->th[q]))
-				break;
-		}
-		return st;
-	}
-	while (st == ZM_OK) {
-		rewind(f);
-		for (off = 0; off < n && st == ZM_OK; off += m) {
-			m = n - off < ts->c ? n - off : ts->c;
-			if ((st = spill_read(f, ts->x, m, err)))
-				break;
-			select_add(sel, ts->x, m);
-		}
-		if (st == ZM_OK && select_next(sel, &ts->th[q]))
-			break;
-	}
-	return st;
-}
-
-/* The last pass: the sums of zm_merge_acc's TIES, chunk by chunk in the
- * same order, elected and handed to emit. */
-static enum zm_status ties_combine(struct ties_stream *ts, size_t n,
-                                   enum zm_status (*emit)(void *, size_t,
-                                                          size_t,
-                                                          struct zm_error *),
-                                   void *ctx, struct zm_error *err)
-{
-	size_t nm = ts->n_models, i, j, off, m;
-	const float *th = ts->th;
-	float lambda = (float)ts->params->lambda;
-	enum zm_status st = ZM_OK;
-
-	for (i = 0; i <= nm; i++)
-		rewind(ts->spill[i]);
-	for (off = 0; off < n && st == ZM_OK; off += m) {
-		float *pos = ts->sum[0], *neg = ts->sum[1];
-		float *wpos = ts->sum[2], *wneg = ts->sum[3];
-		m = n - off < ts->c ? n - off : ts->c;
-		for (j = 0; j < 4; j++)
-			memset(ts->sum[j], 0, m * sizeof(float));
-		for (i = 0; i < nm && st == ZM_OK; i++) {
-			float w = (float)ts->wts[i];
-			if ((st = spill_read(ts->spill[i], ts->x, m, err)))
-				break;
-			for (j = 0; j < m; j++) {
-				float v = ts->x[j];
-				if (fabsf(v) < th[i] || fabsf(v) >= th[nm + i])
-					continue;
-				if (v > 0) {
-					pos[j] += w * v;
-					wpos[j] += w;
-				} else if (v < 0) {
-					neg[j] += w * v;
-					wneg[j] += w;
-				}
-			}
-		}
-		if (st == ZM_OK)
-			st = spill_read(ts->spill[nm], ts->bx, m, err);
-		for (j = 0; j < m && st == ZM_OK; j++) {
-			ts->res[j] = ts->bx[j] + lambda *
-			             zm_merge_ties_elect(ts->params, pos[j],
-			                                 neg[j], wpos[j],
-			                                 wneg[j]);
-		}
-		if (st == ZM_OK)
+		if (st == ZM_OK) {
+			zm_merge_ties_finish(ts->params,
+			                     (const float *const *)ts->sum, ts->bx,
+			                     m, ts->res);
 			st = emit(ctx, off, m, err);
+		}
 	}
 	return st;
 }
@@ -701,17 +826,13 @@ static enum zm_status ties_stream(struct ties_stream *ts,
 {
 	size_t nm = ts->n_models, i, q, kk;
 	enum zm_status st = ZM_OK;
+	bool refine = false;
 
-	if (!(ts->spill = zm_calloc(nm + 1, sizeof(*ts->spill))) ||
-	    !(ts->sel = zm_calloc(2 * nm, sizeof(*ts->sel))) ||
-	    !(ts->th = zm_calloc(2 * nm, sizeof(*ts->th)))) {
+	if (!(ts->top = zm_calloc(nm, sizeof(*ts->top))) ||
+	    !(ts->cut = zm_calloc(2 * nm, sizeof(*ts->cut)))) {
 		st = zm_error_set(err, ZM_ERR_NOMEM, "merge: out of memory");
 		goto out;
 	}
-	for (i = 0; i <= nm && st == ZM_OK; i++)
-		if (!(ts->spill[i] = tmpfile()))
-			st = zm_error_set(err, ZM_ERR_IO, "merge: cannot create "
-			                  "a temporary file");
 	/* k = round(density n), at least 1; mergekit: floor, maybe 0. */
 	for (i = 0; i < nm; i++) {
 		kk = ts->params->mergekit
@@ -719,34 +840,51 @@ static enum zm_status ties_stream(struct ties_stream *ts,
 		     : (size_t)floor(ts->dens[i] * (double)n + 0.5);
 		if (kk < 1 && !ts->params->mergekit)
 			kk = 1;
-		ts->sel[i].k = kk;
+		ts->cut[i].k = kk;
 		/* Breadcrumbs: the top floor(gamma n) dropped, the next
 		 * floor(density n) kept. */
 		if (ts->gamma) {
-			ts->sel[nm + i].k = (size_t)floor(ts->gamma[i] *
+			ts->cut[nm + i].k = (size_t)floor(ts->gamma[i] *
 			                                  (double)n);
 			if (kk == 0)
-				ts->sel[nm + i].k = 0;
-			ts->sel[i].k += ts->sel[nm + i].k;
+				ts->cut[nm + i].k = 0;
+			ts->cut[i].k += ts->cut[nm + i].k;
 		}
 	}
-	if (st == ZM_OK)
-		st = ties_spill(ts, h, n, err);
 	/* Lower cuts keep |x| >= th, upper ones |x| < th. */
-	for (q = 0; q < 2 * nm && st == ZM_OK; q++)
-		st = ties_cut(ts, q, q % nm, n, err);
+	for (q = 0; q < 2 * nm && st == ZM_OK; q++) {
+		struct cut *c = &ts->cut[q];
+		if (c->k >= n || c->k == 0) {
+			/* Every entry above the cut, or none. */
+			c->th = c->k ? 0.0f : INFINITY;
+			c->done = true;
+			continue;
+		}
+		if (!ts->top[q % nm] &&
+		    !(ts->top[q % nm] = zm_calloc(TOP_BINS, sizeof(uint64_t))))
+			st = zm_error_set(err, ZM_ERR_NOMEM, "merge: out of "
+			                  "memory");
+		else if (!(c->low = zm_calloc(WIN * LOW_BINS, sizeof(uint64_t))))
+			st = zm_error_set(err, ZM_ERR_NOMEM, "merge: out of "
+			                  "memory");
+	}
 	if (st == ZM_OK)
-		st = ties_combine(ts, n, emit, ctx, err);
+		st = ties_pass1(ts, h, n, err);
+	for (q = 0; q < 2 * nm; q++)
+		refine |= !ts->cut[q].done;
+	if (st == ZM_OK && refine)
+		st = ties_refine(ts, h, n, err);
+	if (st == ZM_OK)
+		st = ties_combine(ts, h, n, emit, ctx, err);
 out:
-	for (i = 0; ts->spill && i <= nm; i++)
-		if (ts->spill[i])
-			fclose(ts->spill[i]);
-	free(ts->spill);
-	free(ts->sel);
-	free(ts->th);
-	ts->spill = NULL;
-	ts->sel = NULL;
-	ts->th = NULL;
+	for (i = 0; ts->top && i < nm; i++)
+		free(ts->top[i]);
+	for (q = 0; ts->cut && q < 2 * nm; q++)
+		free(ts->cut[q].low);
+	free(ts->top);
+	free(ts->cut);
+	ts->top = NULL;
+	ts->cut = NULL;
 	return st;
 }
 
