@@ -286,6 +286,209 @@ START_TEST(test_chunked_vs_whole)
 }
 END_TEST
 
+/* Writes an F32 vector "w" of n to path. */
+static void write_vec(const char *path, const float *v, size_t n)
+{
+	int64_t shape[1];
+	struct zm_doc doc;
+	struct zm_tensor t;
+	struct zm_writer *w;
+	struct zm_error err;
+
+	shape[0] = (int64_t)n;
+	zm_doc_init(&doc);
+	zm_tensor_init(&t);
+	ck_assert_int_eq(zm_tensor_alloc(&t, "w", ZM_DTYPE_F32, 1, shape, &err),
+	                 ZM_OK);
+	memcpy(t.data, v, n * sizeof(float));
+	ck_assert_int_eq(zm_doc_add(&doc, &t, &err), ZM_OK);
+	ck_assert_int_eq(zm_writer_open(&w, path, ZM_COMPRESS_NONE, &err), ZM_OK);
+	ck_assert_int_eq(zm_writer_write_doc(w, &doc, &err), ZM_OK);
+	ck_assert_int_eq(zm_writer_commit(w, &err), ZM_OK);
+	zm_doc_release(&doc);
+}
+
+static int cmp_desc(const void *a, const void *b)
+{
+	float x = *(const float *)a, y = *(const float *)b;
+
+	return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* The k-th largest |t| by sorting (k >= 1). */
+static float naive_kth(const float *t, size_t n, size_t k)
+{
+	float *s = malloc(n * sizeof(float)), v;
+	size_t i;
+
+	ck_assert(s != NULL);
+	for (i = 0; i < n; i++)
+		s[i] = fabsf(t[i]);
+	qsort(s, n, sizeof(float), cmp_desc);
+	v = s[k - 1];
+	free(s);
+	return v;
+}
+
+static const double naive_gamma = 0.05;
+
+/* Weights 1, 2, 3, densities 0.3, 0.55, 0.1, and gamma *ctx. */
+static enum zm_status bc_params(void *ctx, const struct zm_doc *ref,
+                                const char *tensor, double *w,
+                                double *density, double *gamma,
+                                struct zm_error *err)
+{
+	static const double d[3] = { 0.3, 0.55, 0.1 };
+	size_t i;
+
+	(void)ref;
+	(void)tensor;
+	(void)err;
+	for (i = 0; i < 3; i++) {
+		w[i] = 1.0 + (double)i;
+		density[i] = d[i];
+		gamma[i] = *(const double *)ctx;
+	}
+	return ZM_OK;
+}
+
+/*
+ * The streamed TIES (histogram threshold) against a naive whole-tensor
+ * TIES (a sort for each threshold, branchy loops), bit for bit, on task
+ * vectors full of ties (a few distinct values) and with a boundary bin of
+ * the histogram that holds most values (1 + j 2^-20 share their top 16
+ * bits), whose first chunk is unlike the rest (so the window predicted
+ * from it misses and the boundary bin is counted again).  _i: 0
+ * zoomerge's TIES, 1 mergekit's (floor, per-model density), 2 mergekit's
+ * breadcrumbs_ties (the top gamma dropped too).
+ */
+START_TEST(test_ties_stream_vs_naive)
+{
+	enum { N = 4000 };
+	static const double zero = 0;
+	static const double dens[3] = { 0.3, 0.55, 0.1 };
+	const char *paths[3], *labels[3] = { "m0", "m1", "m2" };
+	char path[4][512], out[512];
+	double w[3] = { 1, 2, 3 };
+	float *x[4], want[N];
+	struct zm_merge_static_opts o;
+	struct zm_rng rng;
+	struct zm_error err;
+	size_t i, j, k;
+
+	zm_rng_seed(&rng, 99);
+	for (i = 0; i < 4; i++) {
+		x[i] = malloc(N * sizeof(float));
+		ck_assert(x[i] != NULL);
+		for (j = 0; j < N; j++) {
+			uint64_t r = zm_rng_next(&rng);
+			float v;
+			if (i == 3)
+				v = 0;   /* the base: tau = x */
+			else if (j < 100)
+				v = (float)(r % 7) * 1e-6f;   /* unlike the rest */
+			else if (r % 3 == 0)
+				v = (float)((int)(r >> 8) % 5 - 2) * 0.25f;
+			else
+				v = 1.0f + (float)((r >> 16) % 50) * 0x1p-20f;
+			if ((r >> 40) & 1)
+				v = -v;
+			x[i][j] = v;
+		}
+		snprintf(path[i], sizeof(path[i]), "%s/nv%zu.safetensors",
+		         unit_tmpdir(), i);
+		write_vec(path[i], x[i], N);
+		if (i < 3)
+			paths[i] = path[i];
+	}
+	/* The naive TIES. */
+	{
+		float pos[N], neg[N], wpos[N], wneg[N];
+		struct zm_merge_params p;
+		memset(pos, 0, sizeof(pos));
+		memset(neg, 0, sizeof(neg));
+		memset(wpos, 0, sizeof(wpos));
+		memset(wneg, 0, sizeof(wneg));
+		zm_merge_params_init(&p);
+		p.mergekit = _i > 0;
+		p.disjoint_sum = _i > 0;
+		for (i = 0; i < 3; i++) {
+			double d = _i == 0 ? 0.3 : dens[i];
+			size_t kk = _i == 0 ? (size_t)floor(d * N + 0.5)
+			            : (size_t)floor(d * N);
+			size_t ku = _i == 2 ? (size_t)floor(naive_gamma * N) : 0;
+			float lo = kk ? naive_kth(x[i], N, kk + ku) : INFINITY;
+			float hi = ku ? naive_kth(x[i], N, ku) : INFINITY;
+			for (j = 0; j < N; j++) {
+				float v = x[i][j];
+				if (!(fabsf(v) >= lo) || (ku && !(fabsf(v) < hi)))
+					continue;
+				if (v > 0) {
+					pos[j] += (float)w[i] * v;
+					wpos[j] += (float)w[i];
+				} else if (v < 0) {
+					neg[j] += (float)w[i] * v;
+					wneg[j] += (float)w[i];
+				}
+			}
+		}
+		for (j = 0; j < N; j++) {
+			float mass = pos[j] + neg[j], e = 0;
+			bool up = _i > 0 ? mass >= 0 : mass > 0;
+			if (up && wpos[j] != 0)
+				e = _i > 0 ? pos[j] : pos[j] / wpos[j];
+			else if (mass < 0 && wneg[j] != 0)
+				e = _i > 0 ? neg[j] : neg[j] / wneg[j];
+			want[j] = 0.0f + 0.7f * e;
+		}
+	}
+	memset(&o, 0, sizeof(o));
+	zm_merge_params_init(&o.params);
+	o.params.lambda = 0.7;
+	o.params.density = 0.3;
+	o.method = ZM_MERGE_TIES;
+	o.level = ZM_GRAN_LAYER;
+	o.n_models = 3;
+	o.paths = paths;
+	o.labels = labels;
+	o.weights = w;
+	o.base_path = path[3];
+	o.compress = ZM_COMPRESS_NONE;
+	if (_i > 0) {
+		o.params.mergekit = true;
+		o.params.disjoint_sum = true;
+		o.tensor_params = bc_params;
+		o.tensor_ctx = (void *)(_i == 2 ? &naive_gamma : &zero);
+		o.params.breadcrumbs = _i == 2;
+	}
+	snprintf(out, sizeof(out), "%s/nvout.safetensors", unit_tmpdir());
+	o.out = out;
+	for (k = 0; k < 3; k++) {
+		static const size_t chunks[3] = { 64, 1000, 0 };
+		struct zm_doc res;
+		const struct zm_tensor *t;
+		o.chunk = chunks[k];
+		/* Whole tensors take zm_merge_acc's TIES, but breadcrumbs
+		 * always streams. */
+		ck_assert_msg(zm_merge_static(&o, &err) == ZM_OK, "%s", err.msg);
+		zm_doc_init(&res);
+		read_doc(out, &res);
+		t = zm_doc_find(&res, "w");
+		ck_assert(t != NULL && t->dtype == ZM_DTYPE_F32);
+		for (j = 0; j < N; j++) {
+			float g;
+			memcpy(&g, (const char *)t->data + 4 * j, 4);
+			ck_assert_msg(memcmp(&g, &want[j], 4) == 0, "chunk %zu: "
+			              "[%zu] = %a, want %a", chunks[k], j,
+			              (double)g, (double)want[j]);
+		}
+		zm_doc_release(&res);
+	}
+	for (i = 0; i < 4; i++)
+		free(x[i]);
+}
+END_TEST
+
 /* Gradients over the layers, filters, a model's own value over the
  * global one, and the layer index of Hugging Face names. */
 START_TEST(test_mergekit_values)
@@ -350,6 +553,7 @@ Suite *suite_mergeplain(void)
 	tcase_set_timeout(tc, 60);
 	tcase_add_loop_test(tc, test_convert_vs_naive, 0, 2);
 	tcase_add_loop_test(tc, test_chunked_vs_whole, 0, 4);
+	tcase_add_loop_test(tc, test_ties_stream_vs_naive, 0, 3);
 	tcase_add_test(tc, test_mergekit_values);
 	suite_add_tcase(s, tc);
 	return s;
