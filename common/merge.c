@@ -40,6 +40,8 @@ const char *zm_merge_method_name(enum zm_merge_method m)
 	case ZM_MERGE_TIES: return "ties";
 	case ZM_MERGE_DARE: return "dare";
 	case ZM_MERGE_SLERP: return "slerp";
+	case ZM_MERGE_MODEL_STOCK: return "model-stock";
+	case ZM_MERGE_NUSLERP: return "nuslerp";
 	}
 	return "?";
 }
@@ -63,7 +65,7 @@ bool zm_merge_method_parse(const char *s, enum zm_merge_method *out)
 bool zm_merge_method_needs_base(enum zm_merge_method m)
 {
 	return m == ZM_MERGE_TASK_ARITHMETIC || m == ZM_MERGE_TIES ||
-	       m == ZM_MERGE_DARE;
+	       m == ZM_MERGE_DARE || m == ZM_MERGE_MODEL_STOCK;
 }
 
 void zm_merge_params_init(struct zm_merge_params *p)
@@ -77,6 +79,7 @@ void zm_merge_params_init(struct zm_merge_params *p)
 	p->disjoint_sum = false;
 	p->no_election = false;
 	p->breadcrumbs = false;
+	p->vectors = ZM_MERGE_VEC_TENSOR;
 }
 
 /* ---- kernels ---- */
@@ -307,6 +310,37 @@ float zm_merge_ties_elect(const struct zm_merge_params *p, float pos,
 	return 0.0f;
 }
 
+void zm_merge_nuslerp_coef(double w0, double w1, double dot, double n0sq,
+                           double n1sq, double *c0, double *c1)
+{
+	double t = fabs(w0 + w1) < 1e-6 ? 0.5 : w1 / (w0 + w1);
+	double c = dot / (fmax(sqrt(n0sq), 1e-7) * fmax(sqrt(n1sq), 1e-7));
+	double th = acos(fmin(fmax(c, -1.0), 1.0)), s = sin(th);
+
+	if (fabs(s) < 1e-8) {
+		*c0 = 1 - t;
+		*c1 = t;
+		return;
+	}
+	*c0 = sin((1 - t) * th) / s;
+	*c1 = sin(t * th) / s;
+}
+
+double zm_merge_model_stock_t(size_t n, const double *sums)
+{
+	const double *dot = sums + n;
+	double c = 0;
+	size_t i, j, pairs = 0;
+
+	for (i = 0; i < n; i++)
+		for (j = i + 1; j < n; j++, pairs++) {
+			double d = fmax(sqrt(sums[i]) * sqrt(sums[j]), 1e-6);
+			c += fmin(fmax(dot[pairs] / d, -1.0), 1.0);
+		}
+	c /= (double)pairs;
+	return (double)n * c / (1 + (double)(n - 1) * c);
+}
+
 void zm_merge_ties_add_cut(const float *restrict tau, size_t n, float lo,
                            float hi, float w, float *const sum[4])
 {
@@ -413,6 +447,9 @@ static size_t acc_buffers(const struct zm_merge_acc *acc)
 		return 4;
 	case ZM_MERGE_DARE:
 		return acc->params.dare_ties ? 4 : 1;
+	case ZM_MERGE_MODEL_STOCK:
+	case ZM_MERGE_NUSLERP:
+		return 1;
 	}
 	return 4;
 }
@@ -559,6 +596,10 @@ void zm_merge_acc_add(struct zm_merge_acc *acc, float *x, const float *base,
 		else
 			for (i = 0; i < n; i++)
 				s[i] += fw * x[i];
+		break;
+	case ZM_MERGE_MODEL_STOCK:
+	case ZM_MERGE_NUSLERP:
+		ZM_ASSERT(!"model_stock and nuslerp stream in mergeplain.c");
 		break;
 	case ZM_MERGE_SLERP:
 		if (acc->added == 0) {

@@ -43,7 +43,10 @@ enum zm_merge_method {
 	ZM_MERGE_TASK_ARITHMETIC,
 	ZM_MERGE_TIES,
 	ZM_MERGE_DARE,
-	ZM_MERGE_SLERP
+	ZM_MERGE_SLERP,
+	/* Plain checkpoints only (mergekit configs; merge(1)): */
+	ZM_MERGE_MODEL_STOCK,    /* base + t (mean of models - base) */
+	ZM_MERGE_NUSLERP         /* slerp of two models or task vectors */
 };
 
 /* "linear", "task-arithmetic", "ties", "dare", "slerp". */
@@ -72,7 +75,13 @@ struct zm_merge_params {
 	 * fraction by magnitude (from tensor_params; mergekit's
 	 * breadcrumbs). */
 	bool breadcrumbs;
+	/* model_stock, nuslerp: the vectors whose angles are measured
+	 * (ZM_MERGE_VEC_*): the whole tensor, each run of its last
+	 * dimension (a row), or each slice along its first (a column). */
+	int vectors;
 };
+
+enum { ZM_MERGE_VEC_TENSOR, ZM_MERGE_VEC_ROWS, ZM_MERGE_VEC_COLS };
 
 void zm_merge_params_init(struct zm_merge_params *p);
 
@@ -101,6 +110,21 @@ bool zm_merge_slerp(const float *a, const float *b, size_t n, double t,
  * p->no_election. */
 float zm_merge_ties_elect(const struct zm_merge_params *p, float pos,
                           float neg, float wpos, float wneg);
+
+/* nuslerp's coefficients of v0 and v1 (mergekit's): t = w1 / (w0 + w1)
+ * (0.5 when |w0 + w1| < 1e-6), the angle W between v0 and v1 from their
+ * dot product and squared norms (each norm at least 1e-7), then
+ * sin((1-t) W) / sin W and sin(t W) / sin W, or 1 - t and t when
+ * |sin W| < 1e-8. */
+void zm_merge_nuslerp_coef(double w0, double w1, double dot, double n0sq,
+                           double n1sq, double *c0, double *c1);
+
+/* model_stock's interpolation ratio t = N c / (1 + (N - 1) c) for n >= 2
+ * task vectors, c the mean over pairs i < j of their cosine
+ * dot_ij / max(|i| |j|, 1e-6) clamped to [-1, 1]; sums holds the n
+ * squared norms, then the dot products of the pairs in order (0,1),
+ * (0,2), ..., (1,2), ... */
+double zm_merge_model_stock_t(size_t n, const double *sums);
 
 /* Adds w tau[i] to TIES' sums (sum[0..3]: positive mass, negative mass,
  * and the weight behind each) for every entry with lo <= |tau[i]| < hi;

@@ -36,13 +36,16 @@ static const struct {
 	{ "breadcrumbs_ties", ZM_MK_BREADCRUMBS_TIES, false,
 	  P("weight", "density", "gamma", "lambda", "normalize",
 	    "int8_mask") },
+	{ "model_stock", ZM_MK_MODEL_STOCK, false, P("filter_wise") },
+	{ "nuslerp", ZM_MK_NUSLERP, false,
+	  P("weight", "nuslerp_flatten", "nuslerp_row_wise") },
 #undef P
 };
 
 /* mergekit methods zoomerge does not have (yet): named as such rather
  * than as unknown. */
 static const char *const unsupported[] = {
-	"passthrough", "model_stock", "della", "della_linear", "nuslerp", "multislerp", "karcher", "sce",
+	"passthrough", "della", "della_linear", "multislerp", "karcher", "sce",
 	"nearswap", "arcee_fusion", NULL
 };
 
@@ -58,6 +61,7 @@ void zm_mergekit_init(struct zm_mergekit *mk)
 {
 	memset(mk, 0, sizeof(*mk));
 	mk->lambda = 1.0;
+	mk->flatten = true;
 }
 
 void zm_mergekit_release(struct zm_mergekit *mk)
@@ -69,7 +73,8 @@ void zm_mergekit_release(struct zm_mergekit *mk)
 
 bool zm_mergekit_needs_base(const struct zm_mergekit *mk)
 {
-	return mk->method != ZM_MK_LINEAR && mk->method != ZM_MK_SLERP;
+	return mk->method != ZM_MK_LINEAR && mk->method != ZM_MK_SLERP &&
+	       mk->method != ZM_MK_NUSLERP;
 }
 
 static void warn(struct zm_mergekit *mk, const struct zm_node *n,
@@ -211,6 +216,13 @@ static enum zm_status parse_params(struct zm_mergekit *mk,
 					        "false is not supported for "
 					        "linear (use task_arithmetic "
 					        "with a zero base)");
+			} else if (strcmp(k->value, "filter_wise") == 0) {
+				mk->vectors = b ? ZM_MERGE_VEC_ROWS
+				                : ZM_MERGE_VEC_TENSOR;
+			} else if (strcmp(k->value, "nuslerp_flatten") == 0) {
+				mk->flatten = b;
+			} else if (strcmp(k->value, "nuslerp_row_wise") == 0) {
+				mk->row_wise = b;
 			} else if (strcmp(k->value, "int8_mask") == 0 && b) {
 				warn(mk, k, "int8_mask: ignored (the masks "
 				     "are exact; merging computes in F32)");
@@ -378,13 +390,15 @@ static enum zm_status from_tree(struct zm_mergekit *mk, struct zm_error *err)
 			                     "%s is not supported (linear, "
 			                     "task_arithmetic, ties, dare_ties, "
 			                     "dare_linear, breadcrumbs, "
-			                     "breadcrumbs_ties, slerp)",
+			                     "breadcrumbs_ties, slerp, nuslerp, "
+			                     "model_stock)",
 			                     mk->method_name);
 	if (!allowed)
 		return zm_node_error(n, err, ZM_ERR_CONFIG, "unknown merge_method"
 		                     " '%s' (linear, task_arithmetic, ties, "
 		                     "dare_ties, dare_linear, breadcrumbs, "
-		                     "breadcrumbs_ties, slerp)",
+		                     "breadcrumbs_ties, slerp, nuslerp, "
+		                     "model_stock)",
 		                     mk->method_name);
 	if ((n = zm_node_get(root, "base_model")) &&
 	    (st = model_ref(n, "base_model", &mk->base, err)))
@@ -431,6 +445,28 @@ static enum zm_status from_tree(struct zm_mergekit *mk, struct zm_error *err)
 	    !(mk->params && zm_node_get(mk->params, "t")))
 		return zm_node_error(root, err, ZM_ERR_CONFIG, "slerp needs "
 		                     "parameters: t:");
+	if (mk->method == ZM_MK_NUSLERP) {
+		size_t others = 0;
+		for (i = 0; i < mk->n_models; i++)
+			if (!mk->base || strcmp(mk->models[i].model, mk->base))
+				others++;
+		if (others != 2 || others != mk->n_models)
+			return zm_node_error(n ? n : d, err, ZM_ERR_CONFIG,
+			                     "nuslerp: expected two models, "
+			                     "neither of them base_model");
+		if (!mk->flatten)
+			mk->vectors = mk->row_wise ? ZM_MERGE_VEC_COLS
+			                           : ZM_MERGE_VEC_ROWS;
+	}
+	if (mk->method == ZM_MK_MODEL_STOCK && mk->base) {
+		size_t others = 0;
+		for (i = 0; i < mk->n_models; i++)
+			others += strcmp(mk->models[i].model, mk->base) != 0;
+		if (others < 2)
+			return zm_node_error(n ? n : d, err, ZM_ERR_CONFIG,
+			                     "model_stock: expected two models "
+			                     "or more besides base_model");
+	}
 	if (zm_mergekit_needs_base(mk) && !mk->base)
 		return zm_node_error(root, err, ZM_ERR_CONFIG, "%s needs "
 		                     "base_model:", mk->method_name);
@@ -624,6 +660,8 @@ enum zm_status zm_mergekit_plan_init(struct zm_mergekit_plan *p,
 	case ZM_MK_DARE_TIES:
 	case ZM_MK_DARE_LINEAR: p->method = ZM_MERGE_DARE; break;
 	case ZM_MK_SLERP: p->method = ZM_MERGE_SLERP; break;
+	case ZM_MK_MODEL_STOCK: p->method = ZM_MERGE_MODEL_STOCK; break;
+	case ZM_MK_NUSLERP: p->method = ZM_MERGE_NUSLERP; break;
 	case ZM_MK_BREADCRUMBS:
 	case ZM_MK_BREADCRUMBS_TIES:
 		p->method = ZM_MERGE_TIES;
@@ -633,6 +671,7 @@ enum zm_status zm_mergekit_plan_init(struct zm_mergekit_plan *p,
 	p->params.no_election = mk->method == ZM_MK_BREADCRUMBS;
 	p->params.dare_ties = mk->method == ZM_MK_DARE_TIES;
 	p->params.disjoint_sum = !mk->normalize;
+	p->params.vectors = mk->vectors;
 	if (!(p->labels = zm_calloc(mk->n_models + 1, sizeof(*p->labels))) ||
 	    !(p->index = zm_calloc(mk->n_models + 1, sizeof(*p->index))))
 		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
@@ -650,7 +689,7 @@ enum zm_status zm_mergekit_plan_init(struct zm_mergekit_plan *p,
 		p->labels[p->n] = mk->models[i].model;
 		p->index[p->n++] = i;
 	}
-	p->base = tv ? mk->base : NULL;
+	p->base = tv || mk->method == ZM_MK_NUSLERP ? mk->base : NULL;
 	if (p->n == 0)
 		return zm_error_set(err, ZM_ERR_CONFIG, "%s: no models to "
 		                    "merge besides base_model",
@@ -693,6 +732,20 @@ enum zm_status zm_mergekit_tensor_params(void *ctx, const struct zm_doc *ref,
 		w[0] = 1 - t;
 		w[1] = t;
 		return ZM_OK;
+	}
+	if (mk->method == ZM_MK_MODEL_STOCK)
+		return ZM_OK;   /* no per-model parameters */
+	for (i = 0; i < p->n && mk->method == ZM_MK_NUSLERP; i++) {
+		/* mergekit requires nuslerp's weights. */
+		if ((st = zm_mergekit_value(mk, p->index[i], "weight", tensor,
+		                            p->n_layers, NAN, &w[i], err)))
+			return st;
+		if (isnan(w[i]))
+			return zm_error_set(err, ZM_ERR_CONFIG, "%s: nuslerp "
+			                    "needs a weight for model %s",
+			                    mk->root->source, p->labels[i]);
+		if (i == 1)
+			return ZM_OK;
 	}
 	for (i = 0; i < p->n; i++) {
 		if ((st = zm_mergekit_value(mk, p->index[i], "weight", tensor,

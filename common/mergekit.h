@@ -25,7 +25,9 @@ enum zm_mergekit_method {
 	ZM_MK_DARE_LINEAR,
 	ZM_MK_SLERP,
 	ZM_MK_BREADCRUMBS,
-	ZM_MK_BREADCRUMBS_TIES
+	ZM_MK_BREADCRUMBS_TIES,
+	ZM_MK_MODEL_STOCK,
+	ZM_MK_NUSLERP
 };
 
 struct zm_mergekit_model {
@@ -48,6 +50,10 @@ struct zm_mergekit {
 	bool set_dtype;                  /* out_dtype, else dtype, was given */
 	enum zm_dtype dtype;
 	size_t n_layers;                 /* slices' layer_range end, 0: none */
+	/* model_stock's filter_wise, nuslerp's nuslerp_flatten and
+	 * nuslerp_row_wise: ZM_MERGE_VEC_* of merge.h. */
+	int vectors;
+	bool flatten, row_wise;
 	/* Keys accepted and ignored, each a sentence for the caller to
 	 * print. */
 	char warnings[ZM_MERGEKIT_WARNINGS][160];

@@ -556,6 +556,7 @@ struct ties_stream {
 	const struct zm_merge_params *params;
 	float *x, *bx, *res, *sum[4];
 	void *raw;
+	size_t raw_cap;
 	/* Filled by ties_stream: the top-bit histogram of each model, and
 	 * its lower cut, then (breadcrumbs) its upper one. */
 	uint64_t **top;
@@ -587,7 +588,7 @@ static enum zm_status peek_finite(struct ties_stream *ts, int lane, size_t i,
 	size_t bad;
 
 	st = pin_peek(&ts->ins[i], lane, name, ts->cached[i], off, m, dst,
-	              ts->raw, ts->c * 8, err);
+	              ts->raw, ts->raw_cap, err);
 	if (st == ZM_OK && (bad = zm_first_nonfinite(dst, m)) < m)
 		st = zm_error_set(err, ZM_ERR_DATA, "%s: tensor %s element %zu "
 		                  "is not finite", ts->ins[i].label, name,
@@ -1097,6 +1098,7 @@ struct plain_run {
 	double *wts, *dens, *gam;           /* per model, per tensor */
 	float *x, *bx, *res;                /* chunk-sized */
 	void *raw, *obuf;                   /* chunk-sized, 8 bytes each */
+	size_t raw_cap;                     /* bytes of raw */
 	struct zm_merge_acc acc;
 	struct emit_ctx ec;
 };
@@ -1220,7 +1222,157 @@ static enum zm_status plain_ties_stream(struct plain_run *r,
 	ts.res = r->res;
 	memcpy(ts.sum, r->acc.sum, sizeof(ts.sum));
 	ts.raw = r->raw;
+	ts.raw_cap = r->raw_cap;
 	return ties_stream(&ts, h, n, emit_chunk, &r->ec, err);
+}
+
+/*
+ * model_stock and nuslerp, in two passes over the chunks: the first (an
+ * earlier lane) sums the dot products and squared norms of each vector
+ * of the tensor (params.vectors: the whole tensor, its rows or its
+ * columns), the second combines with the coefficients they give.  Memory:
+ * a chunk per model and the sums, a few doubles per vector.
+ */
+struct angles {
+	size_t nv;               /* vectors */
+	size_t row;              /* ROWS: elements per vector */
+	size_t stride;           /* COLS: vectors (the elements apart) */
+	int kind;
+	size_t ns;               /* sums per vector */
+	double *sums;            /* owned, nv * ns */
+	float **buf;             /* owned, n_models chunks */
+};
+
+static size_t vec_of(const struct angles *a, size_t j)
+{
+	return a->kind == ZM_MERGE_VEC_ROWS ? j / a->row
+	       : a->kind == ZM_MERGE_VEC_COLS ? j % a->stride : 0;
+}
+
+/* Reads chunk [off, off + m) of every model into a->buf (task vectors
+ * when there is a base, read into r->bx) through lane (-1: the main
+ * readers). */
+static enum zm_status angles_read(struct plain_run *r, struct angles *a,
+                                  const struct zm_tensor *h, int lane,
+                                  size_t off, size_t m, const bool *cch,
+                                  bool tau, struct zm_error *err)
+{
+	const struct zm_merge_static_opts *o = r->o;
+	enum zm_status st = ZM_OK;
+	size_t i, j, bad;
+
+	for (i = 0; i < r->n_in && st == ZM_OK; i++) {
+		float *dst = i == r->ref && r->base ? r->bx : a->buf[i];
+		if (lane < 0)
+			st = pin_read_finite(&r->ins[i], h->name, cch[i], off,
+			                     m, dst, r->raw, err);
+		else if ((st = pin_peek(&r->ins[i], lane, h->name, cch[i], off,
+		                        m, dst, r->raw, r->raw_cap, err)) ==
+		         ZM_OK && (bad = zm_first_nonfinite(dst, m)) < m)
+			st = zm_error_set(err, ZM_ERR_DATA, "%s: tensor %s "
+			                  "element %zu is not finite",
+			                  r->ins[i].label, h->name, off + bad);
+	}
+	for (i = 0; tau && r->base && i < o->n_models && st == ZM_OK; i++)
+		for (j = 0; j < m; j++)
+			a->buf[i][j] -= r->bx[j];
+	return st;
+}
+
+static enum zm_status plain_angles(struct plain_run *r,
+                                   const struct zm_tensor *h, size_t n,
+                                   const bool *cch, struct zm_error *err)
+{
+	const struct zm_merge_static_opts *o = r->o;
+	bool stock = o->method == ZM_MERGE_MODEL_STOCK;
+	size_t nm = o->n_models, i, j, q, v, off, m;
+	enum zm_status st = ZM_OK;
+	struct angles a;
+
+	memset(&a, 0, sizeof(a));
+	a.kind = o->params.vectors;
+	a.nv = 1;
+	if (a.kind == ZM_MERGE_VEC_ROWS && h->ndim > 0 && n > 0) {
+		a.row = (size_t)h->shape[h->ndim - 1];
+		a.nv = n / a.row;
+	} else if (a.kind == ZM_MERGE_VEC_COLS && h->ndim > 1 && n > 0) {
+		a.stride = n / (size_t)h->shape[0];
+		a.nv = a.stride;
+	} else {
+		a.kind = ZM_MERGE_VEC_TENSOR;
+	}
+	a.ns = stock ? nm + nm * (nm - 1) / 2 : 3;
+	if (!(a.sums = zm_calloc(a.nv * a.ns, sizeof(double))) ||
+	    !(a.buf = zm_calloc(nm, sizeof(*a.buf)))) {
+		st = zm_error_set(err, ZM_ERR_NOMEM, "merge: out of memory");
+		goto out;
+	}
+	for (i = 0; i < nm && st == ZM_OK; i++)
+		if (!(a.buf[i] = zm_malloc((r->chunk ? r->chunk : 1) *
+		                           sizeof(float))))
+			st = zm_error_set(err, ZM_ERR_NOMEM, "merge: out of "
+			                  "memory");
+	/* Pass 1: the sums. */
+	for (off = 0; off < n && st == ZM_OK; off += m) {
+		m = n - off < r->chunk ? n - off : r->chunk;
+		if ((st = angles_read(r, &a, h, 0, off, m, cch, true, err)))
+			break;
+		for (j = 0; j < m; j++) {
+			double *s = a.sums + vec_of(&a, off + j) * a.ns;
+			if (!stock) {
+				double x0 = a.buf[0][j], x1 = a.buf[1][j];
+				s[0] += x0 * x1;
+				s[1] += x0 * x0;
+				s[2] += x1 * x1;
+				continue;
+			}
+			for (i = 0, q = nm; i < nm; i++) {
+				double xi = a.buf[i][j];
+				s[i] += xi * xi;
+				for (v = i + 1; v < nm; v++)
+					s[q++] += xi * a.buf[v][j];
+			}
+		}
+	}
+	/* The coefficients, in place: nuslerp's c0 and c1, model_stock's
+	 * t. */
+	for (v = 0; v < a.nv && st == ZM_OK; v++) {
+		double *s = a.sums + v * a.ns, c0, c1;
+		if (stock) {
+			s[0] = zm_merge_model_stock_t(nm, s);
+			continue;
+		}
+		zm_merge_nuslerp_coef(r->wts[0], r->wts[1], s[0], s[1], s[2],
+		                      &c0, &c1);
+		s[0] = c0;
+		s[1] = c1;
+	}
+	/* Pass 2: the merge. */
+	for (off = 0; off < n && st == ZM_OK; off += m) {
+		m = n - off < r->chunk ? n - off : r->chunk;
+		if ((st = angles_read(r, &a, h, -1, off, m, cch, !stock, err)))
+			break;
+		for (j = 0; j < m; j++) {
+			const double *s = a.sums + vec_of(&a, off + j) * a.ns;
+			double b = r->base ? r->bx[j] : 0, x = 0;
+			if (stock) {
+				for (i = 0; i < nm; i++)
+					x += a.buf[i][j];
+				r->res[j] = (float)(s[0] * (x / (double)nm) +
+				                    (1 - s[0]) * b);
+			} else {
+				r->res[j] = (float)(b + s[0] * a.buf[0][j] +
+				                    s[1] * a.buf[1][j]);
+			}
+		}
+		st = emit_chunk(&r->ec, off, m, err);
+	}
+out:
+	for (i = 0; a.buf && i < nm; i++)
+		free(a.buf[i]);
+	free(a.buf);
+	free(a.sums);
+	return st;
 }
 
 /* An elementwise method chunk by chunk (the whole tensor otherwise). */
@@ -1300,6 +1452,9 @@ static enum zm_status plain_tensor(struct plain_run *r,
 		goto out;
 	if (o->method == ZM_MERGE_TIES && (n > r->chunk || o->params.breadcrumbs))
 		st = plain_ties_stream(r, h, n, cch, err);
+	else if (o->method == ZM_MERGE_MODEL_STOCK ||
+	         o->method == ZM_MERGE_NUSLERP)
+		st = plain_angles(r, h, n, cch, err);
 	else
 		st = plain_merge_chunks(r, h, n, cch, err);
 out:
@@ -1316,9 +1471,15 @@ static enum zm_status plain_open(struct plain_run *r, struct zm_error *err)
 
 	if (o->n_models == 0)
 		return zm_error_set(err, ZM_ERR_USAGE, "no models to merge");
-	if (o->method == ZM_MERGE_SLERP && o->n_models != 2)
-		return zm_error_set(err, ZM_ERR_USAGE, "slerp merges exactly "
-		                    "two models, not %zu", o->n_models);
+	if ((o->method == ZM_MERGE_SLERP || o->method == ZM_MERGE_NUSLERP) &&
+	    o->n_models != 2)
+		return zm_error_set(err, ZM_ERR_USAGE, "%s merges exactly "
+		                    "two models, not %zu",
+		                    zm_merge_method_name(o->method), o->n_models);
+	if (o->method == ZM_MERGE_MODEL_STOCK && o->n_models < 2)
+		return zm_error_set(err, ZM_ERR_USAGE, "model_stock needs two "
+		                    "models or more besides the base, not %zu",
+		                    o->n_models);
 	if (r->base && !o->base_path)
 		return zm_error_set(err, ZM_ERR_USAGE, "%s needs a base model "
 		                    "(--base or base: in the config)",
@@ -1367,7 +1528,8 @@ enum zm_status zm_merge_plain(const struct zm_merge_static_opts *o,
 	memset(&os, 0, sizeof(os));
 	zm_doc_init(&out);
 	r.o = o;
-	r.base = zm_merge_method_needs_base(o->method);
+	r.base = zm_merge_method_needs_base(o->method) ||
+	         (o->method == ZM_MERGE_NUSLERP && o->base_path);
 	/* Every method but TIES (its cut) and SLERP (its angle) is
 	 * elementwise: chunks of any size give the same result, except
 	 * DARE's draws, which follow the chunk order (still seeded). */
@@ -1381,7 +1543,9 @@ enum zm_status zm_merge_plain(const struct zm_merge_static_opts *o,
 	    (st = plain_output_doc(&r, &out, &cap, err)))
 		goto out;
 	/* TIES streams the tensors larger than a chunk (ties_stream). */
-	if ((r.chunked || o->method == ZM_MERGE_TIES) && cap > r.chunk)
+	if ((r.chunked || o->method == ZM_MERGE_TIES ||
+	     o->method == ZM_MERGE_MODEL_STOCK ||
+	     o->method == ZM_MERGE_NUSLERP) && cap > r.chunk)
 		cap = r.chunk;
 	if ((st = zm_merge_acc_init(&r.acc, o->method, &o->params, cap, err)))
 		goto out;
@@ -1393,6 +1557,7 @@ enum zm_status zm_merge_plain(const struct zm_merge_static_opts *o,
 		st = zm_error_set(err, ZM_ERR_NOMEM, "merge: out of memory");
 		goto out;
 	}
+	r.raw_cap = c1 * 8;
 	if (o->shard_size) {
 		if ((st = outset_plan(&os, &out, o->shard_size, o->out, err)))
 			goto out;

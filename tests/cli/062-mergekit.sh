@@ -1,7 +1,8 @@
 #!/bin/sh
 # merge --mergekit-config: mergekit's own YAML examples (linear,
 # task_arithmetic, ties, dare_ties, dare_linear, breadcrumbs,
-# breadcrumbs_ties, slerp), with only the
+# breadcrumbs_ties, slerp; model_stock and nuslerp in mergekit's form),
+# with only the
 # model names replaced by local paths, run on sharded BF16 checkpoints
 # with Hugging Face tensor names.  The output is read back by an
 # independent reader written here (Python: json, struct, array) and
@@ -605,6 +606,144 @@ run merge --mergekit-config bct.yml -o bct.safetensors
 expect_rc 0 "breadcrumbs_ties: mergekit's example runs"
 check "breadcrumbs_ties: both tails dropped, sign election, sum (normalize: false), naive reference" py check bct.yml bct.safetensors BF16
 rm -rf bb b1 b2 b3 big.safetensors bct.safetensors
+
+# model_stock and nuslerp against a numpy reference of mergekit's
+# formulas (mkn.py: numpy, float64), with a python3 that has numpy
+# (Debian's python3-numpy is for /usr/bin/python3).
+NPY=
+for p in python3 /usr/bin/python3; do
+	if [ -z "$NPY" ] && "$p" -c 'import numpy' 2>/dev/null; then
+		NPY=$p
+	fi
+done
+if [ -n "$NPY" ]; then
+cat >mkn.py <<'PY'
+import json, sys
+import numpy as np
+from mk import load, close
+
+def arr(t):
+    return np.array(t[2], dtype=np.float64).reshape(t[1])
+
+def model_stock(base, ms, filter_wise):
+    shape = base.shape
+    if filter_wise:
+        w0 = base.reshape(1, -1) if base.ndim == 1 else base
+        ws = [m.reshape(w0.shape) for m in ms]
+    else:
+        w0, ws = base.reshape(-1), [m.reshape(-1) for m in ms]
+    off = [w - w0 for w in ws]
+    cos = []
+    for i in range(len(off)):
+        for j in range(i + 1, len(off)):
+            d = np.maximum(np.linalg.norm(off[i], axis=-1) * np.linalg.norm(off[j], axis=-1), 1e-6)
+            cos.append(np.clip((off[i] * off[j]).sum(axis=-1) / d, -1, 1))
+    c = np.mean(cos, axis=0)[..., None]
+    n = len(ws)
+    t = n * c / (1 + (n - 1) * c)
+    return (t * (sum(ws) / n) + (1 - t) * w0).reshape(shape)
+
+def nuslerp(t, v0, v1, row_wise, flatten):
+    shape = v0.shape
+    if flatten:
+        v0, v1 = v0.reshape(-1), v1.reshape(-1)
+    elif row_wise:
+        v0, v1 = np.swapaxes(v0, 0, -1), np.swapaxes(v1, 0, -1)
+    u0 = v0 / np.maximum(np.linalg.norm(v0, axis=-1, keepdims=True), 1e-7)
+    u1 = v1 / np.maximum(np.linalg.norm(v1, axis=-1, keepdims=True), 1e-7)
+    th = np.arccos(np.clip((u0 * u1).sum(axis=-1, keepdims=True), -1, 1))
+    s = np.sin(th)
+    lin = np.abs(s) < 1e-8
+    safe = np.where(lin, 1.0, s)
+    res = np.where(lin, (1 - t) * v0 + t * v1,
+                   (np.sin((1 - t) * th) * v0 + np.sin(t * th) * v1) / safe)
+    if row_wise and not flatten:
+        res = np.swapaxes(res, 0, -1)
+    return res.reshape(shape)
+
+def main(cfg_path, out_path, dtype):
+    cfg = json.load(open(cfg_path))
+    gp = cfg.get('parameters', {}) or {}
+    base = cfg.get('base_model')
+    models = [e['model'] for e in cfg['models'] if e['model'] != base]
+    data = {m: load(m) for m in models + ([base] if base else [])}
+    ref = data[base] if base else data[models[0]]
+    got = load(out_path)
+    if sorted(got) != sorted(ref):
+        raise SystemExit('names differ')
+    tol = {'BF16': 2 ** -7, 'F32': 1e-5}[dtype]
+    for name in ref:
+        ms = [arr(data[m][name]) for m in models]
+        if cfg['merge_method'] == 'model_stock':
+            want = model_stock(arr(data[base][name]), ms, gp.get('filter_wise', False))
+        else:
+            w = [e['parameters']['weight'] for e in cfg['models']]
+            t = w[1] / sum(w)
+            b = arr(data[base][name]) if base else 0
+            want = b + nuslerp(t, ms[0] - b, ms[1] - b,
+                               gp.get('nuslerp_row_wise', False),
+                               gp.get('nuslerp_flatten', True))
+        dt, shape, vals = got[name]
+        if dt != dtype or shape != ref[name][1]:
+            raise SystemExit('%s: %s %s' % (name, dt, shape))
+        if not close(vals, list(want.reshape(-1)), tol):
+            raise SystemExit('%s differs from the reference' % name)
+
+main(*sys.argv[1:])
+PY
+cat >ms.yml <<'Y'
+models:
+  - model: m1
+  - model: m2
+  - model: m3
+merge_method: model_stock
+base_model: base
+dtype: bfloat16
+Y
+printf '%s\n' '{"models": [{"model": "m1"}, {"model": "m2"}, {"model": "m3"}], "merge_method": "model_stock", "base_model": "base"}' >ms.json
+run merge --mergekit-config ms.yml -o ms.safetensors
+expect_rc 0 "model_stock: mergekit's form runs"
+check "model_stock: per-tensor ratio from the task vectors' cosines, numpy reference" "$NPY" mkn.py ms.json ms.safetensors BF16
+printf 'models:\n  - model: m1\n  - model: m2\nmerge_method: model_stock\nbase_model: base\nparameters:\n  filter_wise: true\ndtype: float32\n' >msf.yml
+printf '%s\n' '{"models": [{"model": "m1"}, {"model": "m2"}], "merge_method": "model_stock", "base_model": "base", "parameters": {"filter_wise": true}}' >msf.json
+run merge --mergekit-config msf.yml -o msf.safetensors
+expect_rc 0 "model_stock: filter_wise runs"
+check "model_stock: a ratio per row (filter_wise), numpy reference" "$NPY" mkn.py msf.json msf.safetensors F32
+cat >nu.yml <<'Y'
+models:
+  - model: m1
+    parameters:
+      weight: 0.6
+  - model: m2
+    parameters:
+      weight: 0.4
+merge_method: nuslerp
+dtype: bfloat16
+Y
+printf '%s\n' '{"models": [{"model": "m1", "parameters": {"weight": 0.6}}, {"model": "m2", "parameters": {"weight": 0.4}}], "merge_method": "nuslerp"}' >nu.json
+run merge --mergekit-config nu.yml -o nu.safetensors
+expect_rc 0 "nuslerp: mergekit's form runs"
+check "nuslerp: t = w2 / (w1 + w2), whole tensors, numpy reference" "$NPY" mkn.py nu.json nu.safetensors BF16
+printf 'models:\n  - model: m1\n    parameters: {weight: 1}\n  - model: m3\n    parameters: {weight: 3}\nmerge_method: nuslerp\nbase_model: base\nparameters:\n  nuslerp_flatten: false\n  nuslerp_row_wise: true\ndtype: float32\n' >nur.yml
+printf '%s\n' '{"models": [{"model": "m1", "parameters": {"weight": 1}}, {"model": "m3", "parameters": {"weight": 3}}], "merge_method": "nuslerp", "base_model": "base", "parameters": {"nuslerp_flatten": false, "nuslerp_row_wise": true}}' >nur.json
+run merge --mergekit-config nur.yml -o nur.safetensors
+expect_rc 0 "nuslerp: task vectors, column by column, runs"
+check "nuslerp: base_model, nuslerp_flatten false, row_wise, numpy reference" "$NPY" mkn.py nur.json nur.safetensors F32
+sed 's/nuslerp_row_wise: true/nuslerp_row_wise: false/' nur.yml >nuw.yml
+sed 's/"nuslerp_row_wise": true/"nuslerp_row_wise": false/' nur.json >nuw.json
+run merge --mergekit-config nuw.yml -o nuw.safetensors
+expect_rc 0 "nuslerp: row by row runs"
+check "nuslerp: nuslerp_flatten false, rows, numpy reference" "$NPY" mkn.py nuw.json nuw.safetensors F32
+printf 'models:\n  - model: m1\n  - model: m2\nmerge_method: nuslerp\n' >bad8.yml
+run merge --mergekit-config bad8.yml -o x
+expect_rc 2 "nuslerp without weights is refused"
+expect_err "nuslerp needs a weight for model m1" "... naming the model"
+printf 'models:\n  - model: m1\nmerge_method: model_stock\nbase_model: base\n' >bad9.yml
+run merge --mergekit-config bad9.yml -o x
+expect_err "model_stock: expected two models or more" "model_stock with one model is refused"
+else
+	echo "# numpy not found: model_stock and nuslerp not checked"
+fi
 
 # Refusals: nothing written, the place named.
 printf 'merge_method: ties\nbase_model: base\nmodels:\n  - model: m1\n    parameters: {densty: 0.5}\n' >bad1.yml
