@@ -341,7 +341,8 @@ double zm_merge_model_stock_t(size_t n, const double *sums)
 	return (double)n * c / (1 + (double)(n - 1) * c);
 }
 
-void zm_merge_ties_add_cut(const float *restrict tau, size_t n, float lo,
+void zm_merge_ties_add_cut(const float *restrict x,
+                           const float *restrict base, size_t n, float lo,
                            float hi, float w, float *const sum[4])
 {
 	float *restrict pos = sum[0], *restrict neg = sum[1];
@@ -355,7 +356,10 @@ void zm_merge_ties_add_cut(const float *restrict tau, size_t n, float lo,
 		__m128 vw = _mm_set1_ps(w), zero = _mm_setzero_ps();
 		__m128 mag = _mm_castsi128_ps(_mm_set1_epi32(0x7fffffff));
 		for (; i + 4 <= n; i += 4) {
-			__m128 v = _mm_loadu_ps(tau + i), a = _mm_and_ps(v, mag);
+			__m128 v = _mm_loadu_ps(x + i), a;
+			if (base)
+				v = _mm_sub_ps(v, _mm_loadu_ps(base + i));
+			a = _mm_and_ps(v, mag);
 			__m128 keep = _mm_cmpge_ps(a, vlo);
 			__m128 mp, mn;
 			if (upper)
@@ -377,7 +381,7 @@ void zm_merge_ties_add_cut(const float *restrict tau, size_t n, float lo,
 	}
 #endif
 	for (; i < n; i++) {
-		float v = tau[i], a = fabsf(v);
+		float v = base ? x[i] - base[i] : x[i], a = fabsf(v);
 		if (a < lo || (upper && !(a < hi)))
 			continue;
 		if (v > 0) {
@@ -560,7 +564,7 @@ static void ties_add_trimmed(struct zm_merge_acc *acc, float *restrict x,
 		hist_top(&h, x, n);
 		th = ties_threshold(&h, x, n, k, acc->scratch);
 	}
-	zm_merge_ties_add_cut(x, n, th, INFINITY, w, acc->sum);
+	zm_merge_ties_add_cut(x, NULL, n, th, INFINITY, w, acc->sum);
 }
 
 void zm_merge_acc_add(struct zm_merge_acc *acc, float *x, const float *base,

@@ -127,10 +127,10 @@ void zm_merge_nuslerp_coef(double w0, double w1, double dot, double n0sq,
 double zm_merge_model_stock_t(size_t n, const double *sums);
 
 /* Adds w tau[i] to TIES' sums (sum[0..3]: positive mass, negative mass,
- * and the weight behind each) for every entry with lo <= |tau[i]| < hi;
- * hi infinite: no upper bound. */
-void zm_merge_ties_add_cut(const float *tau, size_t n, float lo, float hi,
-                           float w, float *const sum[4]);
+ * and the weight behind each) for every entry with lo <= |tau[i]| < hi
+ * (hi infinite: no upper bound), tau = x - base, or x when base is NULL. */
+void zm_merge_ties_add_cut(const float *x, const float *base, size_t n,
+                           float lo, float hi, float w, float *const sum[4]);
 
 /* out[i] = base[i] + lambda zm_merge_ties_elect(sums at i), i < n. */
 void zm_merge_ties_finish(const struct zm_merge_params *p,
@@ -315,7 +315,9 @@ const char *zm_shard_index_file(const struct zm_shard_index *ix,
  * the metadata outside zm.*.  Non-finite inputs or results, and F16
  * overflow, are ZM_ERR_DATA naming the tensor and element.  Linear and
  * task arithmetic stream each tensor in chunks of o->chunk elements;
- * the other methods hold one tensor per input.  Per-model weights must
+ * TIES, breadcrumbs, model_stock and nuslerp read each tensor twice in
+ * chunks (thresholds or dot products first); SLERP holds one tensor per
+ * input.  Per-model weights must
  * be numbers (ZM_ERR_CONFIG for lists and maps).  On failure nothing
  * appears at o->out.  zm_merge_static calls it when the first model is a
  * plain checkpoint.  A model path may also be a shard index

@@ -1,7 +1,8 @@
 /*
  * mergekit's merge configs (merge(1) "mergekit configs"): the YAML that
  * mergekit-yaml reads, for the methods zoomerge has, turned into a static
- * merge of plain checkpoints.  Parameters (weight, density, t, ...) may be
+ * merge of plain checkpoints (model_stock and nuslerp among them).
+ * Parameters (weight, density, t, ...) may be
  * numbers, gradients (lists interpolated over the layer index) or lists of
  * {filter, value} entries matched against tensor names; a model's own
  * parameters win over the global ones.

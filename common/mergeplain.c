@@ -8,11 +8,13 @@
  * back to the reference's dtype (round to nearest even); other tensors are
  * copied from the reference.
  *
- * Linear and task arithmetic merge element by element, so they stream each
- * tensor in chunks from every input and memory is bounded by the chunk,
- * not by the largest tensor.  TIES, DARE and SLERP need a whole tensor per
- * input (a per-tensor threshold, the drop sequence, the angle) and hold
- * one tensor at a time.
+ * Linear, task arithmetic and DARE merge element by element, so they
+ * stream each tensor in chunks from every input and memory is bounded by
+ * the chunk, not by the largest tensor.  TIES, breadcrumbs, model_stock
+ * and nuslerp need something of the whole tensor first (thresholds, dot
+ * products): they read each tensor twice, the first time through a
+ * second reader of each file (pin_peek), and hold chunks.  SLERP holds
+ * one whole tensor per input.
  */
 #include <errno.h>
 #include <math.h>
@@ -604,33 +606,34 @@ static inline uint32_t mag_u32(float v)
 	return u & 0x7fffffffu;
 }
 
-/* Counts the low 16 bits of the tau[0..m) whose top bits fall in c's
- * window. */
-static void cut_count_low(struct cut *c, const float *tau, size_t m)
+/* Counts the low 16 bits of the entries of the task vector x[0..m) -
+ * base whose top bits fall in c's window. */
+static void cut_count_low(struct cut *c, const float *x, const float *base,
+                          size_t m)
 {
 	size_t j;
 
 	for (j = 0; j < m; j++) {
-		uint32_t u = mag_u32(tau[j]), d = (u >> 16) - c->lo;
+		uint32_t u = mag_u32(x[j] - base[j]), d = (u >> 16) - c->lo;
 		if (d < WIN)
 			c->low[(size_t)d * LOW_BINS + (u & 0xffffu)]++;
 	}
 }
 
-/* The top-bit histogram of tau[0..m), and the windows of the cuts lc and
- * uc (NULL when done), in one loop. */
+/* The top-bit histogram of the task vector x[0..m) - base, and the
+ * windows of the cuts lc and uc (NULL when done), in one loop. */
 static void ties_count(uint64_t *top, struct cut *lc, struct cut *uc,
-                       const float *tau, size_t m)
+                       const float *x, const float *base, size_t m)
 {
 	size_t j;
 
 	if (!lc && !uc) {
 		for (j = 0; j < m; j++)
-			top[mag_u32(tau[j]) >> 16]++;
+			top[mag_u32(x[j] - base[j]) >> 16]++;
 		return;
 	}
 	for (j = 0; j < m; j++) {
-		uint32_t u = mag_u32(tau[j]), b = u >> 16;
+		uint32_t u = mag_u32(x[j] - base[j]), b = u >> 16;
 		top[b]++;
 		if (lc && b - lc->lo < WIN)
 			lc->low[(size_t)(b - lc->lo) * LOW_BINS + (u & 0xffffu)]++;
@@ -693,7 +696,7 @@ static enum zm_status ties_pass1(struct ties_stream *ts,
                                  const struct zm_tensor *h, size_t n,
                                  struct zm_error *err)
 {
-	size_t nm = ts->n_models, i, j, off, m;
+	size_t nm = ts->n_models, i, off, m;
 	enum zm_status st = ZM_OK;
 
 	for (off = 0; off < n && st == ZM_OK; off += m) {
@@ -708,20 +711,18 @@ static enum zm_status ties_pass1(struct ties_stream *ts,
 			if ((st = peek_finite(ts, 0, i, h->name, off, m, ts->x,
 			                      err)))
 				break;
-			for (j = 0; j < m; j++)
-				ts->x[j] -= ts->bx[j];
 			if (off > 0) {
-				ties_count(ts->top[i], lc, uc, ts->x, m);
+				ties_count(ts->top[i], lc, uc, ts->x, ts->bx, m);
 				continue;
 			}
-			ties_count(ts->top[i], NULL, NULL, ts->x, m);
+			ties_count(ts->top[i], NULL, NULL, ts->x, ts->bx, m);
 			if (lc) {
 				cut_guess(lc, ts->top[i], m, n);
-				cut_count_low(lc, ts->x, m);
+				cut_count_low(lc, ts->x, ts->bx, m);
 			}
 			if (uc) {
 				cut_guess(uc, ts->top[i], m, n);
-				cut_count_low(uc, ts->x, m);
+				cut_count_low(uc, ts->x, ts->bx, m);
 			}
 		}
 	}
@@ -737,7 +738,7 @@ static enum zm_status ties_refine(struct ties_stream *ts,
                                   const struct zm_tensor *h, size_t n,
                                   struct zm_error *err)
 {
-	size_t nm = ts->n_models, i, q, j, off, m;
+	size_t nm = ts->n_models, i, q, off, m;
 	enum zm_status st = ZM_OK;
 
 	for (q = 0; q < 2 * nm; q++) {
@@ -757,12 +758,10 @@ static enum zm_status ties_refine(struct ties_stream *ts,
 			if ((st = peek_finite(ts, 1, i, h->name, off, m, ts->x,
 			                      err)))
 				break;
-			for (j = 0; j < m; j++)
-				ts->x[j] -= ts->bx[j];
 			if (!lc->done)
-				cut_count_low(lc, ts->x, m);
+				cut_count_low(lc, ts->x, ts->bx, m);
 			if (!uc->done)
-				cut_count_low(uc, ts->x, m);
+				cut_count_low(uc, ts->x, ts->bx, m);
 		}
 	}
 	for (q = 0; q < 2 * nm && st == ZM_OK; q++) {
@@ -802,9 +801,7 @@ static enum zm_status ties_combine(struct ties_stream *ts,
 			                          ts->cached[i], off, m, ts->x,
 			                          ts->raw, err)))
 				break;
-			for (j = 0; j < m; j++)
-				ts->x[j] -= ts->bx[j];
-			zm_merge_ties_add_cut(ts->x, m, ts->cut[i].th,
+			zm_merge_ties_add_cut(ts->x, ts->bx, m, ts->cut[i].th,
 			                      ts->cut[nm + i].th,
 			                      (float)ts->wts[i], ts->sum);
 		}
