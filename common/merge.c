@@ -262,31 +262,40 @@ void zm_merge_dare_drop(float *tau, size_t n, double p, struct zm_rng *rng)
 		tau[i] = zm_rng_uniform(rng) < p ? 0.0f : tau[i] * scale;
 }
 
+bool zm_merge_slerp_coef(double t, double dot, double na, double nb,
+                         bool zero_orthogonal, double *ca, double *cb)
+{
+	double c = na > 0 && nb > 0 ? dot / (sqrt(na) * sqrt(nb))
+	                            : zero_orthogonal ? 0.0 : 1.0, w, s;
+
+	if (fabs(c) > SLERP_COLINEAR) {
+		*ca = 1 - t;
+		*cb = t;
+		return true;
+	}
+	w = acos(c);
+	s = sin(w);
+	*ca = sin((1 - t) * w) / s;
+	*cb = sin(t * w) / s;
+	return false;
+}
+
 static bool slerp(const float *a, const float *b, size_t n, double t,
                   float *out, bool zero_orthogonal)
 {
-	double dot = 0, na = 0, nb = 0, c, w, s, ca, cb;
+	double dot = 0, na = 0, nb = 0, ca, cb;
 	size_t i;
+	bool lin;
 
 	for (i = 0; i < n; i++) {
 		dot += (double)a[i] * b[i];
 		na += (double)a[i] * a[i];
 		nb += (double)b[i] * b[i];
 	}
-	c = na > 0 && nb > 0 ? dot / (sqrt(na) * sqrt(nb))
-	                     : zero_orthogonal ? 0.0 : 1.0;
-	if (fabs(c) > SLERP_COLINEAR) {
-		for (i = 0; i < n; i++)
-			out[i] = (float)((1 - t) * a[i] + t * b[i]);
-		return true;
-	}
-	w = acos(c);
-	s = sin(w);
-	ca = sin((1 - t) * w) / s;
-	cb = sin(t * w) / s;
+	lin = zm_merge_slerp_coef(t, dot, na, nb, zero_orthogonal, &ca, &cb);
 	for (i = 0; i < n; i++)
 		out[i] = (float)(ca * a[i] + cb * b[i]);
-	return false;
+	return lin;
 }
 
 bool zm_merge_slerp(const float *a, const float *b, size_t n, double t,

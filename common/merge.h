@@ -104,6 +104,12 @@ void zm_merge_dare_drop(float *tau, size_t n, double p, struct zm_rng *rng);
 bool zm_merge_slerp(const float *a, const float *b, size_t n, double t,
                     float *out);
 
+/* SLERP's coefficients of a and b (out = ca a + cb b) from their dot
+ * product and squared norms: 1 - t and t (returning true) when they are
+ * nearly colinear, or a norm is zero and not zero_orthogonal. */
+bool zm_merge_slerp_coef(double t, double dot, double na, double nb,
+                         bool zero_orthogonal, double *ca, double *cb);
+
 /* The merged task-vector entry from TIES' sums (positive and negative
  * mass, the weight behind each): the elected sign's mean, or sum with
  * p->disjoint_sum; 0 when no entry has the elected sign; pos + neg with
@@ -315,9 +321,8 @@ const char *zm_shard_index_file(const struct zm_shard_index *ix,
  * the metadata outside zm.*.  Non-finite inputs or results, and F16
  * overflow, are ZM_ERR_DATA naming the tensor and element.  Linear and
  * task arithmetic stream each tensor in chunks of o->chunk elements;
- * TIES, breadcrumbs, model_stock and nuslerp read each tensor twice in
- * chunks (thresholds or dot products first); SLERP holds one tensor per
- * input.  Per-model weights must
+ * TIES, breadcrumbs, SLERP, model_stock and nuslerp read each tensor
+ * twice in chunks (thresholds or dot products first).  Per-model weights must
  * be numbers (ZM_ERR_CONFIG for lists and maps).  On failure nothing
  * appears at o->out.  zm_merge_static calls it when the first model is a
  * plain checkpoint.  A model path may also be a shard index

@@ -10,11 +10,11 @@
  *
  * Linear, task arithmetic and DARE merge element by element, so they
  * stream each tensor in chunks from every input and memory is bounded by
- * the chunk, not by the largest tensor.  TIES, breadcrumbs, model_stock
- * and nuslerp need something of the whole tensor first (thresholds, dot
- * products): they read each tensor twice, the first time through a
- * second reader of each file (pin_peek), and hold chunks.  SLERP holds
- * one whole tensor per input.
+ * the chunk, not by the largest tensor.  TIES, breadcrumbs, SLERP,
+ * model_stock and nuslerp need something of the whole tensor first
+ * (thresholds, dot products and norms): they read each tensor twice, the
+ * first time through a second reader of each file (pin_peek), and hold
+ * chunks too.
  */
 #include <errno.h>
 #include <math.h>
@@ -1224,7 +1224,7 @@ static enum zm_status plain_ties_stream(struct plain_run *r,
 }
 
 /*
- * model_stock and nuslerp, in two passes over the chunks: the first (an
+ * SLERP, model_stock and nuslerp, in two passes over the chunks: the first (an
  * earlier lane) sums the dot products and squared norms of each vector
  * of the tensor (params.vectors: the whole tensor, its rows or its
  * columns), the second combines with the coefficients they give.  Memory:
@@ -1282,6 +1282,7 @@ static enum zm_status plain_angles(struct plain_run *r,
 {
 	const struct zm_merge_static_opts *o = r->o;
 	bool stock = o->method == ZM_MERGE_MODEL_STOCK;
+	bool sl = o->method == ZM_MERGE_SLERP;
 	size_t nm = o->n_models, i, j, q, v, off, m;
 	enum zm_status st = ZM_OK;
 	struct angles a;
@@ -1299,6 +1300,9 @@ static enum zm_status plain_angles(struct plain_run *r,
 		a.kind = ZM_MERGE_VEC_TENSOR;
 	}
 	a.ns = stock ? nm + nm * (nm - 1) / 2 : 3;
+	if (sl && r->wts[0] + r->wts[1] == 0)
+		return zm_error_set(err, ZM_ERR_DATA, "%s: the merge weights "
+		                    "sum to zero", h->name);
 	if (!(a.sums = zm_calloc(a.nv * a.ns, sizeof(double))) ||
 	    !(a.buf = zm_calloc(nm, sizeof(*a.buf)))) {
 		st = zm_error_set(err, ZM_ERR_NOMEM, "merge: out of memory");
@@ -1339,8 +1343,13 @@ static enum zm_status plain_angles(struct plain_run *r,
 			s[0] = zm_merge_model_stock_t(nm, s);
 			continue;
 		}
-		zm_merge_nuslerp_coef(r->wts[0], r->wts[1], s[0], s[1], s[2],
-		                      &c0, &c1);
+		if (sl)
+			zm_merge_slerp_coef(r->wts[1] / (r->wts[0] + r->wts[1]),
+			                    s[0], s[1], s[2], o->params.mergekit,
+			                    &c0, &c1);
+		else
+			zm_merge_nuslerp_coef(r->wts[0], r->wts[1], s[0], s[1],
+			                      s[2], &c0, &c1);
 		s[0] = c0;
 		s[1] = c1;
 	}
@@ -1357,8 +1366,11 @@ static enum zm_status plain_angles(struct plain_run *r,
 					x += a.buf[i][j];
 				r->res[j] = (float)(s[0] * (x / (double)nm) +
 				                    (1 - s[0]) * b);
-			} else {
+			} else if (r->base) {
 				r->res[j] = (float)(b + s[0] * a.buf[0][j] +
+				                    s[1] * a.buf[1][j]);
+			} else {
+				r->res[j] = (float)(s[0] * a.buf[0][j] +
 				                    s[1] * a.buf[1][j]);
 			}
 		}
@@ -1450,7 +1462,7 @@ static enum zm_status plain_tensor(struct plain_run *r,
 	if (o->method == ZM_MERGE_TIES && (n > r->chunk || o->params.breadcrumbs))
 		st = plain_ties_stream(r, h, n, cch, err);
 	else if (o->method == ZM_MERGE_MODEL_STOCK ||
-	         o->method == ZM_MERGE_NUSLERP)
+	         o->method == ZM_MERGE_NUSLERP || o->method == ZM_MERGE_SLERP)
 		st = plain_angles(r, h, n, cch, err);
 	else
 		st = plain_merge_chunks(r, h, n, cch, err);
@@ -1542,7 +1554,8 @@ enum zm_status zm_merge_plain(const struct zm_merge_static_opts *o,
 	/* TIES streams the tensors larger than a chunk (ties_stream). */
 	if ((r.chunked || o->method == ZM_MERGE_TIES ||
 	     o->method == ZM_MERGE_MODEL_STOCK ||
-	     o->method == ZM_MERGE_NUSLERP) && cap > r.chunk)
+	     o->method == ZM_MERGE_NUSLERP || o->method == ZM_MERGE_SLERP) &&
+	    cap > r.chunk)
 		cap = r.chunk;
 	if ((st = zm_merge_acc_init(&r.acc, o->method, &o->params, cap, err)))
 		goto out;

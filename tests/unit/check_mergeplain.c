@@ -489,6 +489,68 @@ START_TEST(test_ties_stream_vs_naive)
 }
 END_TEST
 
+/*
+ * SLERP streamed in two passes over chunks of 7, 1000 and the default
+ * against zm_merge_slerp on the whole tensors, bit for bit (the same
+ * sums in the same order), for two random models, for a model and its
+ * multiple (colinear: linear interpolation) and for a zero model.
+ */
+START_TEST(test_slerp_stream_vs_whole)
+{
+	enum { N = 3000 };
+	const char *paths[2], *labels[2] = { "a", "b" };
+	char path[2][512], out[512];
+	double w[2] = { 0.7, 0.3 };
+	float *x[2], want[N];
+	struct zm_merge_static_opts o;
+	struct zm_rng rng;
+	struct zm_error err;
+	size_t i, j, k;
+
+	zm_rng_seed(&rng, 5);
+	for (i = 0; i < 2; i++) {
+		x[i] = malloc(N * sizeof(float));
+		ck_assert(x[i] != NULL);
+		for (j = 0; j < N; j++)
+			x[i][j] = _i == 1 && i == 1 ? -2.5f * x[0][j]
+			          : _i == 2 && i == 1 ? 0.0f
+			          : (float)zm_rng_normal(&rng);
+		snprintf(path[i], sizeof(path[i]), "%s/sl%zu.safetensors",
+		         unit_tmpdir(), i);
+		write_vec(path[i], x[i], N);
+		paths[i] = path[i];
+	}
+	zm_merge_slerp(x[0], x[1], N, 0.3 / (0.7 + 0.3), want);
+	memset(&o, 0, sizeof(o));
+	zm_merge_params_init(&o.params);
+	o.method = ZM_MERGE_SLERP;
+	o.level = ZM_GRAN_LAYER;
+	o.n_models = 2;
+	o.paths = paths;
+	o.labels = labels;
+	o.weights = w;
+	o.compress = ZM_COMPRESS_NONE;
+	snprintf(out, sizeof(out), "%s/slout.safetensors", unit_tmpdir());
+	o.out = out;
+	for (k = 0; k < 3; k++) {
+		static const size_t chunks[3] = { 7, 1000, 0 };
+		struct zm_doc res;
+		const struct zm_tensor *t;
+		o.chunk = chunks[k];
+		ck_assert_msg(zm_merge_static(&o, &err) == ZM_OK, "%s", err.msg);
+		zm_doc_init(&res);
+		read_doc(out, &res);
+		t = zm_doc_find(&res, "w");
+		ck_assert(t != NULL);
+		ck_assert_msg(memcmp(t->data, want, sizeof(want)) == 0,
+		              "chunk %zu differs", chunks[k]);
+		zm_doc_release(&res);
+	}
+	for (i = 0; i < 2; i++)
+		free(x[i]);
+}
+END_TEST
+
 /* Gradients over the layers, filters, a model's own value over the
  * global one, and the layer index of Hugging Face names. */
 START_TEST(test_mergekit_values)
@@ -554,6 +616,7 @@ Suite *suite_mergeplain(void)
 	tcase_add_loop_test(tc, test_convert_vs_naive, 0, 2);
 	tcase_add_loop_test(tc, test_chunked_vs_whole, 0, 4);
 	tcase_add_loop_test(tc, test_ties_stream_vs_naive, 0, 3);
+	tcase_add_loop_test(tc, test_slerp_stream_vs_whole, 0, 3);
 	tcase_add_test(tc, test_mergekit_values);
 	suite_add_tcase(s, tc);
 	return s;
