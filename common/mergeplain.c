@@ -344,6 +344,11 @@ static enum zm_status pin_peek(struct pin *in, int lane, const char *name,
 	if (!sh->lane[lane]) {
 		struct zm_doc d;
 		bool eof;
+		if (strcmp(sh->path, "-") == 0)
+			return zm_error_set(err, ZM_ERR_USAGE, "%s: standard "
+			                    "input cannot be read twice, as "
+			                    "this method reads each tensor; "
+			                    "give a file", in->label);
 		zm_doc_init(&d);
 		st = zm_reader_open(&sh->lane[lane], sh->path, err);
 		if (st == ZM_OK)

@@ -734,6 +734,10 @@ sed 's/"nuslerp_row_wise": true/"nuslerp_row_wise": false/' nur.json >nuw.json
 run merge --mergekit-config nuw.yml -o nuw.safetensors
 expect_rc 0 "nuslerp: row by row runs"
 check "nuslerp: nuslerp_flatten false, rows, numpy reference" "$NPY" mkn.py nuw.json nuw.safetensors F32
+printf 'models:\n  - {model: "-", parameters: {weight: 1}}\n  - {model: m2, parameters: {weight: 1}}\nmerge_method: nuslerp\n' >stdin.yml
+run merge --mergekit-config stdin.yml -o x <nu.safetensors
+expect_rc 2 "nuslerp of standard input is refused (it reads each tensor twice)"
+expect_err "standard input cannot be read twice" "... saying why"
 printf 'models:\n  - model: m1\n  - model: m2\nmerge_method: nuslerp\n' >bad8.yml
 run merge --mergekit-config bad8.yml -o x
 expect_rc 2 "nuslerp without weights is refused"
