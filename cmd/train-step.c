@@ -37,7 +37,7 @@
 
 static const char usage_str[] =
 	"usage: train-step --zoo DIR (--model NAME | --assignment FILE [--slice NAME])\n"
-	"                  [--epochs E] [--batch-size B] [--lr LR] [--optimizer sgd|adam]\n"
+	"                  [--epochs E|auto] [--batch-size B] [--lr LR] [--optimizer sgd|adam]\n"
 	"                  [--seed N] [--apply] [--log FILE] [-o UPDATES] [DATA]\n"
 	"  training:   --momentum M  --weight-decay W  --schedule constant|step|cosine\n"
 	"              --step-size N  --gamma G  --min-lr LR  --step-scale W\n"
@@ -55,7 +55,8 @@ static const char options_str[] =
 	"      --assignment FILE         train the slice's models with their weights\n"
 	"                                [or --model]\n"
 	"      --slice NAME              the slice to look up [the data's zm.slice]\n"
-	"      --epochs E                passes over the training rows [1]\n"
+	"      --epochs E|auto           passes over the training rows [auto:\n"
+	"                                until the held-out loss stops falling]\n"
 	"      --batch-size B            rows per step [128]\n"
 	"      --lr LR                   learning rate [0.01 sgd, 0.001 adam]\n"
 	"      --optimizer sgd|adam      the optimizer [sgd]\n"
@@ -124,7 +125,7 @@ static void report(const struct zm_fit_report *r, void *ctx)
 	if (!rep->progress || !r->epoch_end)
 		return;
 	fprintf(stderr, "%s: %s epoch %zu/%zu: loss %.4f", zm_cli_name(),
-	        rep->model, r->epoch, rep->o->fit.epochs, r->train_loss);
+	        rep->model, r->epoch, r->max_epochs, r->train_loss);
 	if (r->classification)
 		fprintf(stderr, " acc %.4f", r->train_accuracy);
 	if (r->val_rows) {
@@ -365,6 +366,10 @@ static bool parse_option(void *ctx, int c, const char *arg)
 	case OPT_ASSIGNMENT: o->assignment = arg; break;
 	case OPT_SLICE: o->slice = arg; break;
 	case 'e':
+		if (!strcmp(arg, "auto")) {
+			o->fit.epochs = 0;
+			break;
+		}
 		if (!zm_cli_int("--epochs", arg, 1, 100000, &v))
 			return false;
 		o->fit.epochs = (size_t)v;

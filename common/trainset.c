@@ -415,7 +415,7 @@ void zm_fit_config_default(struct zm_fit_config *cfg)
 {
 	memset(cfg, 0, sizeof(*cfg));
 	zm_optim_config_default(&cfg->optim, ZM_OPTIM_SGD);
-	cfg->epochs = 1;
+	cfg->epochs = 0;            /* the stopping rule */
 	cfg->batch_size = 128;
 	cfg->step_scale = 1.0f;
 	cfg->log_every = 50;
@@ -547,6 +547,53 @@ out:
 	return st;
 }
 
+/* Floats of the parameters (running statistics included) of model. */
+static size_t param_floats(const struct zm_model *model)
+{
+	size_t l, n = 0;
+
+	for (l = 0; l < model->arch->n_layers; l++)
+		n += zm_tensor_numel(&model->layers[l].weight) +
+		     zm_tensor_numel(&model->layers[l].bias);
+	return n;
+}
+
+/* Copies model's parameters into buf (to_model false) or back. */
+static void params_copy(struct zm_model *model, float *buf, bool to_model)
+{
+	size_t l, k, off = 0;
+
+	for (l = 0; l < model->arch->n_layers; l++) {
+		struct zm_tensor *t[2] = { &model->layers[l].weight,
+		                           &model->layers[l].bias };
+		for (k = 0; k < 2; k++) {
+			size_t n = zm_tensor_numel(t[k]);
+			if (!n)
+				continue;
+			if (to_model)
+				memcpy(t[k]->data, buf + off, n * sizeof(float));
+			else
+				memcpy(buf + off, t[k]->data, n * sizeof(float));
+			off += n;
+		}
+	}
+}
+
+/* The epochs of a run: cfg's, or the cap of the stopping rule. */
+static size_t max_epochs(const struct zm_fit_config *cfg,
+                         const struct zm_trainset *ts)
+{
+	size_t e;
+
+	if (cfg->epochs)
+		return cfg->epochs;
+	if (ts->n_val == 0)
+		return 1;
+	e = ZM_FIT_AUTO_ROWS / ts->n_train;
+	return e < 1 ? 1 : e > ZM_FIT_AUTO_MAX_EPOCHS ? ZM_FIT_AUTO_MAX_EPOCHS
+	                                               : e;
+}
+
 enum zm_status zm_fit(struct zm_model *model, const struct zm_trainset *ts,
                       const struct zm_fit_config *cfg, zm_fit_callback cb,
                       void *ctx, struct zm_fit_report *last,
@@ -562,15 +609,20 @@ enum zm_status zm_fit(struct zm_model *model, const struct zm_trainset *ts,
 	void *yb = NULL;
 	enum zm_status st;
 	bool classification = model->arch->loss == ZM_LOSS_CROSS_ENTROPY;
-	struct zm_fit_report rep;
+	struct zm_fit_report rep, best_rep;
+	/* The stopping rule keeps the best epoch's parameters in best. */
+	bool stopping = cfg->epochs == 0 && ts->n_val > 0;
+	float *best = NULL;
+	size_t n_epochs = max_epochs(cfg, ts);
 
 	memset(&rep, 0, sizeof(rep));
+	memset(&best_rep, 0, sizeof(best_rep));
 	if ((st = check_labels(model, ts, err)) != ZM_OK)
 		return st;
 	if (b == 0 || ts->n_train == 0)
 		return zm_error_set(err, ZM_ERR_USAGE, "nothing to train on");
 	if (ocfg.schedule == ZM_LR_COSINE && ocfg.total_steps == 0)
-		ocfg.total_steps = cfg->epochs * ((ts->n_train + b - 1) / b);
+		ocfg.total_steps = n_epochs * ((ts->n_train + b - 1) / b);
 	if ((st = fit_standardize(model, ts, err)) != ZM_OK)
 		return st;
 	ydim = classification ? sizeof(int64_t) : ts->n_targets * sizeof(float);
@@ -584,7 +636,9 @@ enum zm_status zm_fit(struct zm_model *model, const struct zm_trainset *ts,
 	order = zm_malloc(ts->n_train * sizeof(*order));
 	xb = zm_malloc(eval_batch * ts->features * sizeof(float));
 	yb = zm_malloc(eval_batch * ydim);
-	if (!order || !xb || !yb) {
+	if (stopping)
+		best = zm_malloc((param_floats(model) + 1) * sizeof(float));
+	if (!order || !xb || !yb || (stopping && !best)) {
 		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 		goto out;
 	}
@@ -595,7 +649,8 @@ enum zm_status zm_fit(struct zm_model *model, const struct zm_trainset *ts,
 	rep.classification = classification;
 	rep.train_rows = ts->n_train;
 	rep.val_rows = ts->n_val;
-	for (epoch = 1; epoch <= cfg->epochs; epoch++) {
+	rep.max_epochs = n_epochs;
+	for (epoch = 1; epoch <= n_epochs; epoch++) {
 		struct zm_batch_stats es = { 0, 0, 0 }, ls = { 0, 0, 0 };
 		double t0 = now_seconds();
 		size_t i;
@@ -645,10 +700,26 @@ enum zm_status zm_fit(struct zm_model *model, const struct zm_trainset *ts,
 		}
 		if (cb)
 			cb(&rep, ctx);
+		rep.epochs_run = epoch;
+		if (!stopping)
+			continue;
+		if (best_rep.epoch == 0 ||
+		    rep.val_loss < best_rep.val_loss * (1.0 - 1e-4)) {
+			best_rep = rep;
+			params_copy(model, best, false);
+		} else if (epoch - best_rep.epoch >= ZM_FIT_AUTO_PATIENCE) {
+			break;
+		}
+	}
+	if (stopping && best_rep.epoch != rep.epochs_run) {
+		params_copy(model, best, true);
+		best_rep.epochs_run = rep.epochs_run;
+		rep = best_rep;
 	}
 	if (last)
 		*last = rep;
 out:
+	free(best);
 	free(order);
 	free(xb);
 	free(yb);

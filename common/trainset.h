@@ -91,10 +91,23 @@ enum zm_status zm_trainset_conform(struct zm_trainset *ts,
                                    struct zm_schema_note *note,
                                    struct zm_error *err);
 
+/*
+ * The default number of epochs (epochs 0, "auto"): with held-out rows,
+ * train until their loss has not improved (by a relative 1e-4) for
+ * ZM_FIT_AUTO_PATIENCE epochs, at most ZM_FIT_AUTO_MAX_EPOCHS and at most
+ * ZM_FIT_AUTO_ROWS training rows in all (at least one epoch), and keep
+ * the parameters of the epoch with the lowest held-out loss -- what a
+ * PyTorch user's early stopping does.  Without held-out rows it is one
+ * epoch.
+ */
+#define ZM_FIT_AUTO_PATIENCE 10
+#define ZM_FIT_AUTO_MAX_EPOCHS 200
+#define ZM_FIT_AUTO_ROWS 1000000
+
 /* Settings of one training run. */
 struct zm_fit_config {
 	struct zm_optim_config optim;
-	size_t epochs;
+	size_t epochs;              /* 0: the stopping rule above */
 	size_t batch_size;
 	uint64_t seed;              /* shuffling */
 	float step_scale;           /* assignment weight w: scales each step */
@@ -107,7 +120,10 @@ void zm_fit_config_default(struct zm_fit_config *cfg);
  * at the end of every epoch (epoch_end true, validation figures set). */
 struct zm_fit_report {
 	bool epoch_end;
-	size_t epoch;               /* 1-based */
+	size_t epoch;               /* 1-based; in *last of zm_fit, the
+	                               epoch whose parameters were kept */
+	size_t max_epochs;          /* the most epochs this run trains */
+	size_t epochs_run;          /* in *last: epochs trained */
 	size_t step;                /* steps so far */
 	double lr;
 	double loss;                /* mean training loss since last report */
@@ -123,9 +139,11 @@ typedef void (*zm_fit_callback)(const struct zm_fit_report *report,
 
 /*
  * Trains model on ts's training rows for cfg->epochs epochs (SGD/Adam per
- * cfg->optim, each step scaled by cfg->step_scale) and evaluates on the
- * held-out rows after each epoch.  cb (may be NULL) is called with
- * progress.  *last receives the last epoch's report.  On error the model
+ * cfg->optim, each step scaled by cfg->step_scale; 0: the stopping rule
+ * of ZM_FIT_AUTO_PATIENCE) and evaluates on the held-out rows after each
+ * epoch.  cb (may be NULL) is called with progress.  *last receives the
+ * report of the epoch whose parameters the model has at the end (the
+ * last one, or under the stopping rule the best one).  On error the model
  * may be partly trained: callers keep the original until success.
  */
 enum zm_status zm_fit(struct zm_model *model, const struct zm_trainset *ts,

@@ -289,8 +289,8 @@ void zm_train_metrics_json(struct zm_buf *b, const struct zm_fit_report *r,
 	}
 	zm_buf_puts(b, "\"train_loss\":");
 	zm_json_float(b, r->train_loss);
-	zm_buf_printf(b, ",\"samples\":%zu,\"epochs\":%zu}", r->train_rows,
-	              r->epoch);
+	zm_buf_printf(b, ",\"samples\":%zu,\"epochs\":%zu,\"epochs_run\":%zu}",
+	              r->train_rows, r->epoch, r->epochs_run);
 }
 
 void zm_train_hparams_json(struct zm_buf *b, const struct zm_fit_config *cfg,
@@ -301,9 +301,13 @@ void zm_train_hparams_json(struct zm_buf *b, const struct zm_fit_config *cfg,
 	zm_buf_printf(b, "{\"optimizer\":\"%s\",\"lr\":",
 	              zm_optim_kind_name(c->kind));
 	zm_json_float(b, c->lr);
-	zm_buf_printf(b, ",\"epochs\":%zu,\"batch_size\":%zu,\"seed\":%"
+	if (cfg->epochs)
+		zm_buf_printf(b, ",\"epochs\":%zu", cfg->epochs);
+	else
+		zm_buf_puts(b, ",\"epochs\":\"auto\"");
+	zm_buf_printf(b, ",\"batch_size\":%zu,\"seed\":%"
 	              PRIu64 ",\"schedule\":\"%s\",\"step_scale\":",
-	              cfg->epochs, cfg->batch_size, cfg->seed,
+	              cfg->batch_size, cfg->seed,
 	              zm_lr_schedule_name(c->schedule));
 	zm_json_float(b, step_scale);
 	if (slice) {
