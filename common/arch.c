@@ -252,8 +252,79 @@ static enum zm_status parse_input(const struct zm_node *node,
 
 static const char *const layer_keys[] = {
 	"name", "type", "units", "activation", "group", "filters", "kernel",
-	"stride", "padding", "size", "min", "max", "rate", NULL
+	"stride", "padding", "size", "min", "max", "rate", "column", "levels",
+	NULL
 };
+
+/* A string column's name: 1 to 256 bytes, no NUL. */
+static bool valid_column(const struct zm_node *n)
+{
+	return n->type == ZM_NODE_SCALAR && n->len > 0 && n->len <= 256 &&
+	       strlen(n->value) == n->len;
+}
+
+/*
+ * one_hot {column, levels}: the levels are the names of the units in
+ * order, each once.  The units were already counted into the input (see
+ * count_one_hot), so the layer keeps its input's shape.
+ */
+static enum zm_status one_hot_parse_spec(const struct zm_node *item,
+                                         struct zm_layer_spec *spec,
+                                         struct zm_error *err)
+{
+	const struct zm_node *n, *lv;
+	size_t k, i;
+
+	for (k = 0; k < item->count; k++) {
+		const char *key = item->keys[k]->value;
+		if (strcmp(key, "name") && strcmp(key, "type") &&
+		    strcmp(key, "group") && strcmp(key, "column") &&
+		    strcmp(key, "levels"))
+			return zm_node_error(item->keys[k], err, ZM_ERR_CONFIG,
+			                     "layer '%s': one_hot takes no '%s'",
+			                     spec->name, key);
+	}
+	n = zm_node_get(item, "column");
+	lv = zm_node_get(item, "levels");
+	if (!n || !lv)
+		return zm_node_error(item, err, ZM_ERR_CONFIG, "layer '%s': "
+		                     "one_hot needs 'column' and 'levels' (e.g. "
+		                     "{type: one_hot, column: source, levels: "
+		                     "[north, south, west]})", spec->name);
+	if (!valid_column(n))
+		return zm_node_error(n, err, ZM_ERR_CONFIG, "layer '%s': "
+		                     "column: expected a column name of 1 to "
+		                     "256 bytes", spec->name);
+	if (lv->type != ZM_NODE_SEQ || lv->count == 0 ||
+	    lv->count > ZM_ONE_HOT_MAX_LEVELS)
+		return zm_node_error(lv, err, ZM_ERR_CONFIG, "layer '%s': "
+		                     "levels: expected a list of 1 to %d "
+		                     "values", spec->name, ZM_ONE_HOT_MAX_LEVELS);
+	if (!(spec->column = zm_strdup(n->value)) ||
+	    !(spec->levels = zm_calloc(lv->count, sizeof(*spec->levels))))
+		return nomem(err);
+	for (i = 0; i < lv->count; i++) {
+		const struct zm_node *v = lv->items[i];
+		if (!valid_column(v))
+			return zm_node_error(v, err, ZM_ERR_CONFIG, "layer "
+			                     "'%s': levels: expected a value of "
+			                     "1 to 256 bytes", spec->name);
+		for (k = 0; k < i; k++)
+			if (!strcmp(spec->levels[k], v->value))
+				return zm_node_error(v, err, ZM_ERR_CONFIG,
+				                     "layer '%s': level '%s' "
+				                     "given twice", spec->name,
+				                     v->value);
+		if (!(spec->levels[i] = zm_strdup(v->value)))
+			return nomem(err);
+		spec->n_levels = i + 1;
+	}
+	spec->out_ndim = spec->in_ndim;
+	for (i = 0; i < (size_t)spec->in_ndim; i++)
+		spec->out_shape[i] = spec->in_shape[i];
+	spec->out_features = spec->in_features;
+	return ZM_OK;
+}
 
 /*
  * The keys of the element-wise kinds: standardize and batchnorm (none),
@@ -347,6 +418,8 @@ static enum zm_status parse_layer_kind(const struct zm_node *item,
 	if (spec->type == ZM_LAYER_STANDARDIZE || spec->type == ZM_LAYER_CLIP ||
 	    spec->type == ZM_LAYER_DROPOUT || spec->type == ZM_LAYER_BATCHNORM)
 		return elementwise_parse_spec(item, spec, err);
+	if (spec->type == ZM_LAYER_ONE_HOT)
+		return one_hot_parse_spec(item, spec, err);
 	if (spec->type != ZM_LAYER_FLATTEN) {
 		static const char *const spatial[] = {
 			"filters", "kernel", "stride", "padding", "size"
@@ -464,7 +537,8 @@ static enum zm_status parse_layer(const struct zm_node *item,
 			                     "layer '%s': unknown type '%s' "
 			                     "(expected dense, conv2d, maxpool2d, "
 			                     "flatten, standardize, batchnorm, "
-			                     "clip or dropout)", spec->name, s);
+			                     "clip, dropout or one_hot)",
+			                     spec->name, s);
 		spec->type = t;
 	}
 
@@ -506,13 +580,23 @@ static enum zm_status parse_layer(const struct zm_node *item,
 	spec->in_features = (size_t)in_features;
 
 	/* standardize is fitted to the model's input: nothing may change
-	 * the features before it but a reshape. */
+	 * the features before it but a reshape (or one_hot, the identity). */
 	for (i = 0; spec->type == ZM_LAYER_STANDARDIZE && (size_t)i < idx; i++)
-		if (arch->layers[i].type != ZM_LAYER_FLATTEN)
+		if (arch->layers[i].type != ZM_LAYER_FLATTEN &&
+		    arch->layers[i].type != ZM_LAYER_ONE_HOT)
 			return zm_node_error(item, err, ZM_ERR_CONFIG,
 			                     "layer '%s': standardize must be the "
 			                     "first layer (after flatten): it is "
 			                     "fitted to the input data", spec->name);
+	/* one_hot's units are part of the input: only layers that leave
+	 * them as they are may come before it. */
+	for (i = 0; spec->type == ZM_LAYER_ONE_HOT && (size_t)i < idx; i++)
+		if (arch->layers[i].type != ZM_LAYER_STANDARDIZE &&
+		    arch->layers[i].type != ZM_LAYER_ONE_HOT)
+			return zm_node_error(item, err, ZM_ERR_CONFIG,
+			                     "layer '%s': one_hot must come "
+			                     "before every layer but standardize",
+			                     spec->name);
 	st = parse_layer_kind(item, spec, err);
 	spec->trainable = spec->has_params &&
 	                  spec->type != ZM_LAYER_STANDARDIZE &&
@@ -592,6 +676,51 @@ static enum zm_status parse_map(const struct zm_node *n, struct zm_arch *arch,
 	return st;
 }
 
+/*
+ * The one_hot layers' units join the input after its features: counted
+ * here, before any layer is parsed, so that every layer sees them.  A
+ * malformed levels list counts 0 and one_hot_parse_spec reports it.
+ */
+static enum zm_status count_one_hot(const struct zm_node *layers,
+                                    const struct zm_node *input,
+                                    struct zm_arch *arch, struct zm_error *err)
+{
+	size_t i, units = 0;
+
+	for (i = 0; i < layers->count; i++) {
+		const struct zm_node *it = layers->items[i], *t, *lv;
+		if (it->type != ZM_NODE_MAP || !(t = zm_node_get(it, "type")) ||
+		    t->type != ZM_NODE_SCALAR || strcmp(t->value, "one_hot"))
+			continue;
+		lv = zm_node_get(it, "levels");
+		if (lv && lv->type == ZM_NODE_SEQ &&
+		    lv->count <= ZM_ONE_HOT_MAX_LEVELS)
+			units += lv->count;
+	}
+	if (!units)
+		return ZM_OK;
+	if (arch->input_ndim != 1)
+		return zm_node_error(input, err, ZM_ERR_CONFIG, "input: one_hot "
+		                     "layers need a vector input, e.g. [20]");
+	if (units > ZM_ARCH_MAX_FEATURES - arch->input_features)
+		return zm_node_error(input, err, ZM_ERR_CONFIG, "input: more "
+		                     "than %d features with the one_hot units",
+		                     ZM_ARCH_MAX_FEATURES);
+	arch->input_features += units;
+	arch->input_shape[0] += (int64_t)units;
+	return ZM_OK;
+}
+
+size_t zm_arch_one_hot_units(const struct zm_arch *arch)
+{
+	size_t i, units = 0;
+
+	for (i = 0; i < arch->n_layers; i++)
+		if (arch->layers[i].type == ZM_LAYER_ONE_HOT)
+			units += arch->layers[i].n_levels;
+	return units;
+}
+
 enum zm_status zm_arch_parse(const struct zm_node *root, struct zm_arch **out,
                              struct zm_error *err)
 {
@@ -649,6 +778,9 @@ enum zm_status zm_arch_parse(const struct zm_node *root, struct zm_arch **out,
 		                   ZM_ARCH_MAX_LAYERS);
 		goto fail;
 	}
+	if ((st = count_one_hot(layers, zm_node_get(root, "input"), arch,
+	                        err)) != ZM_OK)
+		goto fail;
 	arch->layers = zm_calloc(layers->count, sizeof(*arch->layers));
 	if (!arch->layers) {
 		st = nomem(err);
@@ -754,13 +886,15 @@ static void shortest(struct zm_buf *b, double v)
 
 void zm_arch_to_json(const struct zm_arch *arch, struct zm_buf *b)
 {
-	size_t i;
+	size_t i, units = zm_arch_one_hot_units(arch);
 	int d;
 
+	/* As written: the one_hot units are counted when it is read. */
 	zm_buf_puts(b, "{\"input\": [");
 	for (d = 0; d < arch->input_ndim; d++)
 		zm_buf_printf(b, "%s%lld", d ? ", " : "",
-		              (long long)arch->input_shape[d]);
+		              (long long)arch->input_shape[d] -
+		              (d ? 0 : (long long)units));
 	zm_buf_puts(b, "], \"loss\": ");
 	zm_json_string(b, zm_loss_name(arch->loss),
 	               strlen(zm_loss_name(arch->loss)));
@@ -797,6 +931,18 @@ void zm_arch_to_json(const struct zm_arch *arch, struct zm_buf *b)
 		} else if (l->type == ZM_LAYER_DROPOUT) {
 			zm_buf_puts(b, ", \"rate\": ");
 			shortest(b, l->rate);
+		} else if (l->type == ZM_LAYER_ONE_HOT) {
+			size_t k;
+			zm_buf_puts(b, ", \"column\": ");
+			zm_json_string(b, l->column, strlen(l->column));
+			zm_buf_puts(b, ", \"levels\": [");
+			for (k = 0; k < l->n_levels; k++) {
+				if (k)
+					zm_buf_puts(b, ", ");
+				zm_json_string(b, l->levels[k],
+				               strlen(l->levels[k]));
+			}
+			zm_buf_puts(b, "]");
 		} else if (l->type == ZM_LAYER_MAXPOOL2D) {
 			zm_buf_printf(b, ", \"size\": [%lld, %lld], "
 			              "\"stride\": [%lld, %lld]",
@@ -832,6 +978,9 @@ void zm_arch_free(struct zm_arch *arch)
 		free(arch->layers[i].name);
 		free(arch->layers[i].group);
 		free(arch->layers[i].torch);
+		free(arch->layers[i].column);
+		zm_config_strings_free(arch->layers[i].levels,
+		                       arch->layers[i].n_levels);
 	}
 	free(arch->layers);
 	free(arch);
@@ -858,16 +1007,63 @@ enum zm_status zm_arch_copy(const struct zm_arch *src, struct zm_arch **out,
 		a->layers[i].group = zm_strdup(src->layers[i].group);
 		a->layers[i].torch = src->layers[i].torch ?
 		                     zm_strdup(src->layers[i].torch) : NULL;
+		a->layers[i].column = NULL;
+		a->layers[i].levels = NULL;
+		a->layers[i].n_levels = 0;
 		a->n_layers = i + 1;
 		if (!a->layers[i].name || !a->layers[i].group ||
 		    (src->layers[i].torch && !a->layers[i].torch))
 			goto fail;
+		if (src->layers[i].column) {
+			const struct zm_layer_spec *s = &src->layers[i];
+			size_t k;
+			if (!(a->layers[i].column = zm_strdup(s->column)) ||
+			    !(a->layers[i].levels = zm_calloc(s->n_levels,
+			                                      sizeof(char *))))
+				goto fail;
+			for (k = 0; k < s->n_levels; k++) {
+				if (!(a->layers[i].levels[k] =
+				      zm_strdup(s->levels[k])))
+					goto fail;
+				a->layers[i].n_levels = k + 1;
+			}
+		}
 	}
 	*out = a;
 	return ZM_OK;
 fail:
 	zm_arch_free(a);
 	return nomem(err);
+}
+
+/* one_hot: the column and the levels, unit by unit, named. */
+static bool one_hot_diff(const struct zm_layer_spec *a,
+                         const struct zm_layer_spec *b, char *buf,
+                         size_t size)
+{
+	size_t k;
+
+	if (a->type != ZM_LAYER_ONE_HOT)
+		return false;
+	if (strcmp(a->column, b->column)) {
+		snprintf(buf, size, "one_hot column '%s' vs '%s'", a->column,
+		         b->column);
+		return true;
+	}
+	for (k = 0; k < a->n_levels && k < b->n_levels; k++)
+		if (strcmp(a->levels[k], b->levels[k])) {
+			snprintf(buf, size, "one_hot '%s': level %zu is '%s' vs "
+			         "'%s'", a->column, k + 1, a->levels[k],
+			         b->levels[k]);
+			return true;
+		}
+	if (a->n_levels != b->n_levels) {
+		snprintf(buf, size, "one_hot '%s': level '%s' only in one "
+		         "model", a->column, a->n_levels > b->n_levels ?
+		         a->levels[k] : b->levels[k]);
+		return true;
+	}
+	return false;
 }
 
 /* Compares what determines the computation; groups only when asked. */
@@ -902,6 +1098,8 @@ static const char *spec_diff(const struct zm_layer_spec *a,
 	else if (a->same != b->same)
 		snprintf(buf, size, "padding %s vs %s",
 		         a->same ? "same" : "valid", b->same ? "same" : "valid");
+	else if (one_hot_diff(a, b, buf, size))
+		;
 	else if (groups && strcmp(a->group, b->group))
 		snprintf(buf, size, "group '%s' vs '%s'", a->group, b->group);
 	else
@@ -947,6 +1145,14 @@ enum zm_status zm_model_same_arch(const struct zm_arch *a,
 	char buf[256], sa[128], sb[128];
 	size_t i;
 
+	/* Layers first: one_hot levels that differ also change the input,
+	 * and the level is what to name. */
+	for (i = 0; i < a->n_layers && i < b->n_layers; i++)
+		if (spec_diff(&a->layers[i], &b->layers[i], false, buf,
+		              sizeof(buf)))
+			return zm_error_set(err, ZM_ERR_DATA,
+			                    "layer %zu '%s': %s", i + 1,
+			                    a->layers[i].name, buf);
 	if (!same_input(a, b)) {
 		zm_shape_format(a->input_ndim, a->input_shape, sa, sizeof(sa));
 		zm_shape_format(b->input_ndim, b->input_shape, sb, sizeof(sb));
@@ -955,15 +1161,39 @@ enum zm_status zm_model_same_arch(const struct zm_arch *a,
 	if (a->loss != b->loss)
 		return zm_error_set(err, ZM_ERR_DATA, "loss %s vs %s",
 		                    zm_loss_name(a->loss), zm_loss_name(b->loss));
-	for (i = 0; i < a->n_layers && i < b->n_layers; i++)
-		if (spec_diff(&a->layers[i], &b->layers[i], false, buf,
-		              sizeof(buf)))
-			return zm_error_set(err, ZM_ERR_DATA,
-			                    "layer %zu '%s': %s", i + 1,
-			                    a->layers[i].name, buf);
 	if (a->n_layers != b->n_layers)
 		return zm_error_set(err, ZM_ERR_DATA, "%zu layers vs %zu",
 		                    a->n_layers, b->n_layers);
+	return ZM_OK;
+}
+
+enum zm_status zm_arch_same_one_hot(const struct zm_arch *a,
+                                    const struct zm_arch *b,
+                                    struct zm_error *err)
+{
+	size_t i = 0, j = 0;
+	char buf[256];
+
+	for (;;) {
+		while (i < a->n_layers && a->layers[i].type != ZM_LAYER_ONE_HOT)
+			i++;
+		while (j < b->n_layers && b->layers[j].type != ZM_LAYER_ONE_HOT)
+			j++;
+		if (i == a->n_layers || j == b->n_layers)
+			break;
+		if (one_hot_diff(&a->layers[i], &b->layers[j], buf,
+		                 sizeof(buf)))
+			return zm_error_set(err, ZM_ERR_DATA, "%s", buf);
+		i++;
+		j++;
+	}
+	if (i != a->n_layers || j != b->n_layers) {
+		const struct zm_layer_spec *s = i < a->n_layers ?
+		                                &a->layers[i] : &b->layers[j];
+		return zm_error_set(err, ZM_ERR_DATA, "one_hot '%s' (levels "
+		                    "%s, ...) only in one model", s->column,
+		                    s->levels[0]);
+	}
 	return ZM_OK;
 }
 

@@ -153,7 +153,7 @@ void zm_layer_linear(const struct zm_layer *layer, const float *in, size_t n,
 	size_t i, nin = s->in_features, nout = s->out_features;
 	const float *bias;
 
-	if (s->type == ZM_LAYER_FLATTEN) {
+	if (s->type == ZM_LAYER_FLATTEN || s->type == ZM_LAYER_ONE_HOT) {
 		if (out_pre != in)
 			memmove(out_pre, in, n * nin * sizeof(*in));
 		return;
@@ -230,6 +230,7 @@ void zm_layer_backward_any(const struct zm_layer *layer, const float *in,
 			zm_maxpool_backward(&g, in, n, dpre, dx);
 		break;
 	case ZM_LAYER_FLATTEN:
+	case ZM_LAYER_ONE_HOT:    /* its units are made with the input */
 	case ZM_LAYER_DROPOUT:    /* as at inference; see model.h */
 		if (dx && dx != dpre)
 			memmove(dx, dpre, n * s->in_features * sizeof(*dx));
@@ -487,8 +488,9 @@ const float *zm_model_forward(const struct zm_model *model,
 		const struct zm_layer_spec *s = layer->spec;
 		size_t count = n * s->out_features;
 		float *dst = ws->buf[l];
-		if (s->type == ZM_LAYER_FLATTEN) {
-			/* flatten: activations are stored flat already. */
+		if (s->type == ZM_LAYER_FLATTEN || s->type == ZM_LAYER_ONE_HOT) {
+			/* flatten: activations are stored flat already;
+			 * one_hot: its units came with the input. */
 			ws->out[l] = in;
 			continue;
 		}
@@ -566,7 +568,7 @@ void zm_model_backward(const struct zm_model *model, struct zm_workspace *ws,
 		const struct zm_layer_spec *s = layer->spec;
 		const float *in = l ? ws->out[l - 1] : x;
 		float *dx = NULL;
-		if (s->type == ZM_LAYER_FLATTEN)
+		if (s->type == ZM_LAYER_FLATTEN || s->type == ZM_LAYER_ONE_HOT)
 			continue;   /* flatten: the gradient keeps its layout */
 		if (s->type == ZM_LAYER_BATCHNORM) {
 			memset(ws->dw[l], 0, s->n_weight * sizeof(float));

@@ -25,6 +25,7 @@ static const char *const layer_type_names[] = {
 	[ZM_LAYER_CLIP] = "clip",
 	[ZM_LAYER_DROPOUT] = "dropout",
 	[ZM_LAYER_BATCHNORM] = "batchnorm",
+	[ZM_LAYER_ONE_HOT] = "one_hot",
 };
 
 static const char *const activation_names[] = {

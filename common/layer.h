@@ -19,7 +19,8 @@ enum zm_layer_type {
 	ZM_LAYER_STANDARDIZE,
 	ZM_LAYER_CLIP,
 	ZM_LAYER_DROPOUT,
-	ZM_LAYER_BATCHNORM
+	ZM_LAYER_BATCHNORM,
+	ZM_LAYER_ONE_HOT
 };
 
 /*
@@ -78,6 +79,15 @@ enum zm_loss {
  *  - dropout: in training each value is zeroed with probability rate and
  *    the others scaled by 1 / (1 - rate) (PyTorch's nn.Dropout); at
  *    inference, in merging and in evaluation it is the identity.
+ *  - one_hot: a string column of the data (column, levels) as one unit
+ *    per level, 1 for the row's level and 0 for the others.  The units
+ *    are made where data meets the model (schema.h, zm_onehot_fill),
+ *    matched by level name, and appended to the model's input after the
+ *    numeric features, in layer order: the arch's input counts the
+ *    numeric features, input_features counts the units too.  In the
+ *    network the layer is the identity and has no parameters; only
+ *    standardize and one_hot layers may come before it, and a
+ *    standardize layer leaves its units as they are (mean 0, inv_std 1).
  */
 struct zm_layer_spec {
 	char *name;                   /* owned; [A-Za-z0-9_-]+ */
@@ -100,12 +110,18 @@ struct zm_layer_spec {
 	double lo, hi;                /* clip: bounds, lo < hi */
 	double rate;                  /* dropout: in [0, 1) */
 	double momentum, eps;         /* batchnorm: 0.1 and 1e-5 */
+	char *column;                 /* one_hot: owned, the string column */
+	char **levels;                /* one_hot: owned, n_levels names */
+	size_t n_levels;
 	size_t n_weight, n_bias;      /* parameter counts; 0 without params */
 	/* Owned; the module name its parameters have in a PyTorch state
 	 * dict (the arch's map:, or set when a state dict was matched by
 	 * order), NULL when it is the layer's own name. */
 	char *torch;
 };
+
+/* Most levels of one one_hot layer. */
+#define ZM_ONE_HOT_MAX_LEVELS 65536
 
 /* Largest |bound| of a clip layer: as CSV data (ZM_DATA_MAX_ABS). */
 #define ZM_CLIP_MAX_ABS 1e18

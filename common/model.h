@@ -91,6 +91,17 @@ bool zm_arch_equal(const struct zm_arch *a, const struct zm_arch *b);
 /* Number of trainable parameters (weights and biases). */
 size_t zm_arch_param_count(const struct zm_arch *arch);
 
+/* The units of its one_hot layers (their levels), which the input counts
+ * after the arch's own input features (layer.h). */
+size_t zm_arch_one_hot_units(const struct zm_arch *arch);
+
+/* ZM_OK when a and b have the same one_hot layers (column, levels in
+ * order), which models that read the same rows need; else ZM_ERR_DATA
+ * naming the first level that differs. */
+enum zm_status zm_arch_same_one_hot(const struct zm_arch *a,
+                                    const struct zm_arch *b,
+                                    struct zm_error *err);
+
 /* Index of the layer called name, or -1. */
 ptrdiff_t zm_arch_find_layer(const struct zm_arch *arch, const char *name);
 
@@ -120,11 +131,12 @@ struct zm_model {
 };
 
 /*
- * Creates a model with a copy of arch and seeded random weights: He-normal
- * (std sqrt(2 / fan_in)) before relu and gelu, Glorot-uniform
- * (+-sqrt(6 / (fan_in + fan_out))) otherwise, zero biases, drawn layer by
- * layer in row-major order from zm_rng seeded with seed.  *out is freed
- * with zm_model_free.
+ * Creates a model with a copy of arch and seeded random parameters as
+ * PyTorch's nn.Linear and nn.Conv2d initialise theirs: weights and biases
+ * uniform within +-1 / sqrt(fan_in) (fan_in: the layer's inputs, times
+ * the kernel's size for conv2d), drawn layer by layer, the weight then
+ * the bias, in row-major order from zm_rng seeded with seed.  *out is
+ * freed with zm_model_free.
  */
 enum zm_status zm_model_new(const struct zm_arch *arch, uint64_t seed,
                             struct zm_model **out, struct zm_error *err);

@@ -294,8 +294,15 @@ static enum zm_status models_schema(struct zm_predsetup *s,
 	zm_schema_init(&other);
 	snprintf(what, sizeof(what), "model '%s'", s->names[0]);
 	st = zm_schema_of_model_doc(schema, &s->models[0]->extra, what, err);
+	schema->arch = s->models[0]->arch;   /* its one_hot layers */
 	for (i = 1; st == ZM_OK && i < s->k; i++) {
 		snprintf(what, sizeof(what), "model '%s'", s->names[i]);
+		if ((st = zm_arch_same_one_hot(s->models[0]->arch,
+		                               s->models[i]->arch, err))) {
+			zm_error_prefix(err, "models '%s' and '%s': ",
+			                s->names[0], s->names[i]);
+			break;
+		}
 		if ((st = zm_schema_of_model_doc(&other, &s->models[i]->extra,
 		                                 what, err)))
 			break;

@@ -8,8 +8,10 @@
 #include <string.h>
 
 #include "config.h"
+#include "dataset.h"
 #include "json.h"
 #include "mem.h"
+#include "model.h"
 #include "schema.h"
 
 static const char *const role_names[] = {
@@ -171,6 +173,7 @@ void zm_schema_init(struct zm_schema *s)
 {
 	zm_names_init(&s->classes);
 	zm_names_init(&s->features);
+	s->arch = NULL;
 }
 
 void zm_schema_release(struct zm_schema *s)
@@ -185,6 +188,7 @@ enum zm_status zm_schema_copy(struct zm_schema *dst,
 {
 	enum zm_status st = zm_names_copy(&dst->classes, &src->classes, err);
 
+	dst->arch = src->arch;
 	return st ? st : zm_names_copy(&dst->features, &src->features, err);
 }
 
@@ -413,6 +417,154 @@ static enum zm_status permute_x(struct zm_doc *doc, size_t n,
 	return zm_doc_add(doc, &nx, err);
 }
 
+void zm_onehot_unit_name(const char *column, const char *level, char *buf,
+                         size_t size)
+{
+	snprintf(buf, size, "%s=%s", column, level);
+}
+
+/* A level name and its unit, sorted by name for bsearch. */
+struct level_ref {
+	const char *name;
+	size_t unit;
+};
+
+static int cmp_level_ref(const void *a, const void *b)
+{
+	return strcmp(((const struct level_ref *)a)->name,
+	              ((const struct level_ref *)b)->name);
+}
+
+enum zm_status zm_onehot_fill(const struct zm_layer_spec *s,
+                              char *const *levels, size_t n_levels,
+                              const int64_t *codes, size_t n,
+                              const int64_t *ids, float *out, size_t ld,
+                              const char *where, struct zm_error *err)
+{
+	struct level_ref *sorted = zm_malloc((s->n_levels + 1) *
+	                                     sizeof(*sorted));
+	ptrdiff_t *unit = zm_malloc((n_levels + 1) * sizeof(*unit));
+	enum zm_status st = ZM_OK;
+	size_t i, r;
+
+	if (!sorted || !unit) {
+		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	for (i = 0; i < s->n_levels; i++) {
+		sorted[i].name = s->levels[i];
+		sorted[i].unit = i;
+	}
+	qsort(sorted, s->n_levels, sizeof(*sorted), cmp_level_ref);
+	/* The data's levels by name onto the layer's units, once. */
+	for (i = 0; i < n_levels; i++) {
+		struct level_ref key = { levels[i], 0 }, *hit;
+		hit = bsearch(&key, sorted, s->n_levels, sizeof(*sorted),
+		              cmp_level_ref);
+		unit[i] = hit ? (ptrdiff_t)hit->unit : -1;
+	}
+	for (r = 0; r < n; r++) {
+		ptrdiff_t u = unit[codes[r]];
+		if (u < 0) {
+			char known[512];
+			known[0] = 0;
+			for (i = 0; i < s->n_levels && i < 8; i++)
+				snprintf(known + strlen(known),
+				         sizeof(known) - strlen(known), "%s%s",
+				         i ? ", " : "", s->levels[i]);
+			st = zm_error_set(err, ZM_ERR_DATA, "%s: row %lld, "
+			                  "column '%s': level '%s' is not one "
+			                  "of the model's levels (%s%s)", where,
+			                  (long long)(ids ? ids[r] : (int64_t)r),
+			                  s->column, levels[codes[r]], known,
+			                  s->n_levels > 8 ? ", ..." : "");
+			goto out;
+		}
+		memset(out + r * ld, 0, s->n_levels * sizeof(*out));
+		out[r * ld + (size_t)u] = 1.0f;
+	}
+out:
+	free(sorted);
+	free(unit);
+	return st;
+}
+
+/*
+ * Appends the units of target->arch's one_hot layers to x of doc (n
+ * rows, made F32) and their names to zm.columns (when it has them).
+ */
+static enum zm_status append_onehot(const struct zm_arch *arch,
+                                    struct zm_doc *doc, size_t n,
+                                    const char *where, struct zm_error *err)
+{
+	struct zm_data_column *cols = NULL;
+	struct zm_tensor xf, nx;
+	struct zm_names names;
+	size_t ncols = 0, units = zm_arch_one_hot_units(arch), d, w, l, c, r;
+	const struct zm_tensor *id = zm_doc_find(doc, "id");
+	enum zm_status st;
+	int64_t shape[2];
+
+	zm_tensor_init(&xf);
+	zm_tensor_init(&nx);
+	zm_names_init(&names);
+	if ((st = zm_data_columns(doc, n, where, &cols, &ncols, err)) ||
+	    (st = zm_data_features(doc, &xf, err)) ||
+	    (st = zm_names_from_meta(&names, doc, ZM_META_COLUMNS, where,
+	                             err)))
+		goto out;
+	d = n ? zm_tensor_numel(&xf) / n : (size_t)xf.shape[1];
+	w = d + units;
+	shape[0] = (int64_t)n;
+	shape[1] = (int64_t)w;
+	if ((st = zm_tensor_alloc(&nx, "x", ZM_DTYPE_F32, 2, shape, err)))
+		goto out;
+	for (r = 0; r < n; r++)
+		memcpy((float *)nx.data + r * w, (float *)xf.data + r * d,
+		       d * sizeof(float));
+	for (l = 0; l < arch->n_layers; l++) {
+		const struct zm_layer_spec *s = &arch->layers[l];
+		char unit[600];
+		if (s->type != ZM_LAYER_ONE_HOT)
+			continue;
+		for (c = 0; c < ncols && strcmp(cols[c].name, s->column); c++)
+			;
+		if (c == ncols) {
+			st = zm_error_set(err, ZM_ERR_DATA, "%s: no string "
+			                  "column '%s' (one_hot layer '%s' makes "
+			                  "its units from it)", where, s->column,
+			                  s->name);
+			goto out;
+		}
+		if ((st = zm_onehot_fill(s, cols[c].levels, cols[c].n_levels,
+		                         cols[c].codes, n,
+		                         id ? (const int64_t *)id->data : NULL,
+		                         (float *)nx.data + d, w, where, err)))
+			goto out;
+		for (r = 0; names.known && r < s->n_levels; r++) {
+			zm_onehot_unit_name(s->column, s->levels[r], unit,
+			                    sizeof(unit));
+			if ((st = zm_names_add(&names, unit, err)))
+				goto out;
+		}
+		d += s->n_levels;
+	}
+	zm_doc_remove(doc, "x");
+	if ((st = zm_doc_add(doc, &nx, err)) ||
+	    (names.known &&
+	     (st = zm_names_to_meta(&names, doc, ZM_META_COLUMNS, err))))
+		goto out;
+	/* x is F32 now: its scale was applied. */
+	if (zm_doc_meta(doc, ZM_META_SCALE))
+		st = zm_doc_set_meta(doc, ZM_META_SCALE, "1", err);
+out:
+	zm_data_columns_free(cols, ncols);
+	zm_tensor_release(&xf);
+	zm_tensor_release(&nx);
+	zm_names_release(&names);
+	return st;
+}
+
 /* y as a writable I64 array (copied first when borrowed). */
 static enum zm_status own_labels(struct zm_doc *doc, int64_t **y,
                                  struct zm_error *err)
@@ -450,6 +602,9 @@ enum zm_status zm_schema_conform_doc(struct zm_schema *target, bool extend,
 	enum zm_status st;
 
 	zm_schema_init(&data);
+	if (target->arch && zm_arch_one_hot_units(target->arch) &&
+	    (st = append_onehot(target->arch, doc, n, where, err)))
+		goto out;
 	if ((st = zm_schema_of_data_doc(&data, doc, where, err)) ||
 	    (st = own_labels(doc, &y, err)))
 		goto out;

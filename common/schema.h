@@ -84,10 +84,18 @@ enum zm_status zm_names_from_meta(struct zm_names *s, const struct zm_doc *doc,
 enum zm_status zm_names_to_meta(const struct zm_names *s, struct zm_doc *doc,
                                 const char *key, struct zm_error *err);
 
+struct zm_arch;
+struct zm_layer_spec;
+
 /* What a model or a data stream says about its data. */
 struct zm_schema {
 	struct zm_names classes;    /* by class id */
 	struct zm_names features;   /* by input column */
+	/* Borrowed, or NULL: the model's arch, when it has one_hot layers
+	 * whose units zm_schema_conform_doc makes from the data's string
+	 * columns (set by the caller: a model document's metadata does not
+	 * carry the arch apart from zm.arch). */
+	const struct zm_arch *arch;
 };
 
 void zm_schema_init(struct zm_schema *s);
@@ -164,6 +172,29 @@ enum zm_status zm_schema_feature_map(const struct zm_names *data,
 enum zm_status zm_schema_adopt(struct zm_doc *model, const struct zm_doc *from,
                                const char *where, struct zm_error *err);
 
+/*
+ * one_hot units (layer.h) have the feature names "COLUMN=LEVEL" in the
+ * layer's level order; zm_onehot_unit_name writes one into buf of size
+ * (truncated names are refused by the caller's lookups failing).
+ */
+void zm_onehot_unit_name(const char *column, const char *level, char *buf,
+                         size_t size);
+
+/*
+ * The units of one_hot layer s for n rows whose values are codes[r] into
+ * levels[0..n_levels) (a data document's zm.levels.COLUMN): out[r * ld +
+ * k] is 1 where the row's level is s->levels[k] by name, else 0.  A row
+ * whose level s does not know is ZM_ERR_DATA: "WHERE: row R, column 'C':
+ * level 'L' is not one of the model's levels (a, b, c)", R being ids[r]
+ * (the data's row id) or, without ids, r.  Codes must be in range
+ * (zm_data_columns checks them).
+ */
+enum zm_status zm_onehot_fill(const struct zm_layer_spec *s,
+                              char *const *levels, size_t n_levels,
+                              const int64_t *codes, size_t n,
+                              const int64_t *ids, float *out, size_t ld,
+                              const char *where, struct zm_error *err);
+
 /* What zm_schema_conform_doc did that a program may want to say. */
 struct zm_schema_note {
 	size_t extra_columns;       /* data columns the target ignores */
@@ -182,6 +213,11 @@ struct zm_schema_note {
  * names and unknown labels are appended to its classes (a training set
  * built from several documents); otherwise unknown labels are errors as
  * in zm_schema_map_labels.  what names the target in messages.
+ * When target->arch has one_hot layers, their units are first appended
+ * to x (as F32) from the document's string columns, named as
+ * zm_onehot_unit_name says, so that they are matched by name like the
+ * other columns; a missing string column or a level the layer does not
+ * know is ZM_ERR_DATA naming it.
  */
 enum zm_status zm_schema_conform_doc(struct zm_schema *target, bool extend,
                                      struct zm_doc *doc, size_t n,

@@ -33,6 +33,13 @@ void zm_trainset_release(struct zm_trainset *ts)
 	free(ts->slice);
 	free(ts->label);
 	zm_schema_release(&ts->schema);
+	for (size_t i = 0; i < ts->n_strings; i++) {
+		free(ts->strings[i].name);
+		zm_names_release(&ts->strings[i].levels);
+		free(ts->strings[i].codes);
+	}
+	free(ts->strings);
+	zm_names_release(&ts->units);
 	zm_trainset_init(ts, ts->max_bytes);
 }
 
@@ -53,7 +60,8 @@ static enum zm_status grow(struct zm_trainset *ts, size_t rows,
 	/* The cap is on the rows held, checked for every document, not only
 	 * when the buffer grows. */
 	per_row = ts->features * x_elem_size(ts) + sizeof(int64_t) * 2 +
-	          ts->n_targets * sizeof(float);
+	          ts->n_targets * sizeof(float) +
+	          ts->n_strings * sizeof(int64_t);
 	if (!zm_size_mul(need, per_row, &total) || total > ts->max_bytes) {
 		ts->over_limit = true;
 		return zm_error_set(err, ZM_ERR_NOMEM,
@@ -91,8 +99,95 @@ static enum zm_status grow(struct zm_trainset *ts, size_t rows,
 			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 		ts->targets = t;
 	}
+	for (size_t k = 0; k < ts->n_strings; k++) {
+		int64_t *c = zm_realloc(ts->strings[k].codes,
+		                        cap * sizeof(*c));
+		if (!c)
+			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+		ts->strings[k].codes = c;
+	}
 	ts->cap = cap;
 	return ZM_OK;
+}
+
+/*
+ * Keeps the string columns of a document of n rows (after grow): the
+ * first document's columns are kept, later documents must have them;
+ * each document's levels are mapped to the kept ones by name.
+ */
+static enum zm_status keep_strings(struct zm_trainset *ts,
+                                   const struct zm_doc *doc, size_t n,
+                                   const char *where, struct zm_error *err)
+{
+	struct zm_data_column *cols = NULL;
+	size_t ncols = 0, k, c, i, r;
+	int64_t *map = NULL;
+	enum zm_status st;
+
+	if ((st = zm_data_columns(doc, n, where, &cols, &ncols, err)))
+		return st;
+	if (!ts->strings_seen) {
+		ts->strings_seen = true;
+		if (ncols && !(ts->strings = zm_calloc(ncols,
+		                                       sizeof(*ts->strings)))) {
+			st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		for (c = 0; c < ncols; c++) {
+			struct zm_trainset_strings *t = &ts->strings[c];
+			zm_names_init(&t->levels);
+			ts->n_strings = c + 1;
+			if (!(t->name = zm_strdup(cols[c].name)) ||
+			    !(t->codes = zm_malloc(ts->cap * sizeof(int64_t)))) {
+				st = zm_error_set(err, ZM_ERR_NOMEM,
+				                  "out of memory");
+				goto out;
+			}
+		}
+	}
+	for (k = 0; k < ts->n_strings; k++) {
+		struct zm_trainset_strings *t = &ts->strings[k];
+		bool same;
+		for (c = 0; c < ncols && strcmp(cols[c].name, t->name); c++)
+			;
+		if (c == ncols) {
+			st = zm_error_set(err, ZM_ERR_DATA, "%s: no string "
+			                  "column '%s', which the first "
+			                  "document has", where, t->name);
+			goto out;
+		}
+		/* CSV imports give every document the same levels. */
+		same = t->levels.n == cols[c].n_levels;
+		for (i = 0; same && i < t->levels.n; i++)
+			same = !strcmp(t->levels.v[i], cols[c].levels[i]);
+		if (same) {
+			memcpy(t->codes + ts->rows, cols[c].codes,
+			       n * sizeof(int64_t));
+			continue;
+		}
+		free(map);
+		if (!(map = zm_malloc((cols[c].n_levels + 1) * sizeof(*map)))) {
+			st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		for (i = 0; i < cols[c].n_levels; i++) {
+			ptrdiff_t at = zm_names_find(&t->levels,
+			                             cols[c].levels[i]);
+			if (at < 0) {
+				at = (ptrdiff_t)t->levels.n;
+				if ((st = zm_names_add(&t->levels,
+				                       cols[c].levels[i], err)))
+					goto out;
+			}
+			map[i] = at;
+		}
+		for (r = 0; r < n; r++)
+			t->codes[ts->rows + r] = map[cols[c].codes[r]];
+	}
+out:
+	free(map);
+	zm_data_columns_free(cols, ncols);
+	return st;
 }
 
 /* Converts U8 storage to F32 when a later document brings other data. */
@@ -213,6 +308,8 @@ static enum zm_status add_doc(struct zm_trainset *ts, struct zm_doc *doc,
 	for (i = 0; i < n; i++)
 		ts->ids[ts->rows + i] = id ? ((const int64_t *)id->data)[i] :
 		                        (int64_t)(ts->rows + i);
+	if ((st = keep_strings(ts, doc, n, where, err)))
+		return st;
 	ts->rows += n;
 	return ZM_OK;
 }
@@ -331,6 +428,107 @@ static enum zm_status permute_columns(struct zm_trainset *ts,
 	return ZM_OK;
 }
 
+/*
+ * Appends to x the units of model->arch's one_hot layers that it lacks
+ * (by name: another model may have added them), from the kept string
+ * columns; checks every row's level against each layer.  A model that
+ * names no features gets the data's other columns and its own units.
+ */
+static enum zm_status conform_onehot(struct zm_trainset *ts,
+                                     struct zm_schema *model, bool *adopted,
+                                     const char *where, struct zm_error *err)
+{
+	const struct zm_arch *a = model->arch;
+	struct zm_names add, mine;
+	float *units = NULL, *nx = NULL;
+	size_t l, k, c, r, u, d;
+	char name[600];
+	enum zm_status st = ZM_OK;
+
+	zm_names_init(&add);
+	zm_names_init(&mine);
+	if (!ts->schema.features.known)
+		return zm_error_set(err, ZM_ERR_DATA, "%s: one_hot layers "
+		                    "need named columns (zm.columns)", where);
+	for (l = 0; l < a->n_layers; l++) {
+		const struct zm_layer_spec *s = &a->layers[l];
+		if (s->type != ZM_LAYER_ONE_HOT)
+			continue;
+		for (c = 0; c < ts->n_strings &&
+		            strcmp(ts->strings[c].name, s->column); c++)
+			;
+		if (c == ts->n_strings) {
+			st = zm_error_set(err, ZM_ERR_DATA, "%s: no string "
+			                  "column '%s' (one_hot layer '%s' makes "
+			                  "its units from it)", where, s->column,
+			                  s->name);
+			goto out;
+		}
+		free(units);
+		if (!(units = zm_malloc((ts->rows * s->n_levels + 1) *
+		                        sizeof(float)))) {
+			st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		if ((st = zm_onehot_fill(s, ts->strings[c].levels.v,
+		                         ts->strings[c].levels.n,
+		                         ts->strings[c].codes, ts->rows,
+		                         ts->ids, units, s->n_levels, where,
+		                         err)))
+			goto out;
+		for (k = 0; k < s->n_levels; k++) {
+			zm_onehot_unit_name(s->column, s->levels[k], name,
+			                    sizeof(name));
+			if ((st = zm_names_add(&mine, name, err)))
+				goto out;
+			if (zm_names_find(&ts->schema.features, name) >= 0 ||
+			    zm_names_find(&add, name) >= 0)
+				continue;
+			/* A new column: widen x by one, filled from units. */
+			if (ts->x_u8 && (st = widen_to_f32(ts, err)))
+				goto out;
+			d = ts->features;
+			if (!(nx = zm_malloc((ts->cap ? ts->cap : 1) * (d + 1) *
+			                     sizeof(float)))) {
+				st = zm_error_set(err, ZM_ERR_NOMEM,
+				                  "out of memory");
+				goto out;
+			}
+			for (r = 0; r < ts->rows; r++) {
+				memcpy(nx + r * (d + 1), (float *)ts->x + r * d,
+				       d * sizeof(float));
+				nx[r * (d + 1) + d] = units[r * s->n_levels + k];
+			}
+			free(ts->x);
+			ts->x = nx;
+			nx = NULL;
+			ts->features = d + 1;
+			if ((st = zm_names_add(&ts->schema.features, name, err)) ||
+			    (st = zm_names_add(&ts->units, name, err)))
+				goto out;
+		}
+	}
+	if (!model->features.known) {
+		/* The data's columns but units, then this model's units. */
+		for (u = 0; u < ts->schema.features.n; u++) {
+			const char *f = ts->schema.features.v[u];
+			if (zm_names_find(&ts->units, f) < 0 &&
+			    (st = zm_names_add(&model->features, f, err)))
+				goto out;
+		}
+		for (u = 0; u < mine.n; u++)
+			if ((st = zm_names_add(&model->features, mine.v[u], err)))
+				goto out;
+		*adopted = true;
+	}
+out:
+	free(units);
+	free(nx);
+	zm_names_release(&add);
+	zm_names_release(&mine);
+	return st;
+}
+
 enum zm_status zm_trainset_conform(struct zm_trainset *ts,
                                    struct zm_schema *model, size_t outputs,
                                    const char *where, const char *what,
@@ -379,6 +577,8 @@ enum zm_status zm_trainset_conform(struct zm_trainset *ts,
 	}
 	if (st == ZM_OK && ts->labels)
 		st = zm_names_copy(&ts->schema.classes, &model->classes, err);
+	if (st == ZM_OK && model->arch && zm_arch_one_hot_units(model->arch))
+		st = conform_onehot(ts, model, adopted, where, err);
 	if (st != ZM_OK)
 		goto out;
 	if (!model->features.known) {
@@ -539,6 +739,11 @@ static enum zm_status fit_standardize(struct zm_model *model,
 			mu[j] = (float)mean[j];
 			inv[j] = isfinite((float)iv) && iv > 0 ? (float)iv : 1.0f;
 		}
+		/* one_hot units (the last ones) stay 0 or 1 (layer.h). */
+		for (j = d - zm_arch_one_hot_units(model->arch); j < d; j++) {
+			mu[j] = 0.0f;
+			inv[j] = 1.0f;
+		}
 	}
 out:
 	free(mean);
@@ -553,8 +758,8 @@ static size_t param_floats(const struct zm_model *model)
 	size_t l, n = 0;
 
 	for (l = 0; l < model->arch->n_layers; l++)
-		n += zm_tensor_numel(&model->layers[l].weight) +
-		     zm_tensor_numel(&model->layers[l].bias);
+		n += model->arch->layers[l].n_weight +
+		     model->arch->layers[l].n_bias;
 	return n;
 }
 
@@ -566,8 +771,9 @@ static void params_copy(struct zm_model *model, float *buf, bool to_model)
 	for (l = 0; l < model->arch->n_layers; l++) {
 		struct zm_tensor *t[2] = { &model->layers[l].weight,
 		                           &model->layers[l].bias };
+		const struct zm_layer_spec *s = model->layers[l].spec;
 		for (k = 0; k < 2; k++) {
-			size_t n = zm_tensor_numel(t[k]);
+			size_t n = k ? s->n_bias : s->n_weight;
 			if (!n)
 				continue;
 			if (to_model)

@@ -19,6 +19,13 @@
 #include "schema.h"
 #include "train.h"
 
+/* A string column of the data (dataset.h), kept for one_hot layers. */
+struct zm_trainset_strings {
+	char *name;                 /* owned */
+	struct zm_names levels;     /* the documents' levels, merged by name */
+	int64_t *codes;             /* owned, cap entries: index in levels */
+};
+
 struct zm_trainset {
 	size_t rows;                /* rows loaded */
 	size_t features;            /* values per row of x */
@@ -41,6 +48,13 @@ struct zm_trainset {
 	 * named them: each document's labels and columns are matched to the
 	 * first's by name, new classes appended. */
 	struct zm_schema schema;
+	/* The first document's string columns (later documents must have
+	 * them too), and the names of the one_hot units that
+	 * zm_trainset_conform appended to x from them. */
+	struct zm_trainset_strings *strings;
+	size_t n_strings;
+	bool strings_seen;
+	struct zm_names units;
 };
 
 /* Initialises ts empty; max_bytes caps the memory the data may take. */
@@ -82,7 +96,10 @@ void zm_trainset_gather(const struct zm_trainset *ts, const size_t *idx,
  * know, a column it needs that the data lacks, more classes than the
  * model has outputs; where names the data, what the model.  note
  * reports dropped
- * columns and position matching.
+ * columns and position matching.  When model->arch has one_hot layers,
+ * their units are appended to x from the kept string columns first (as
+ * zm_schema_conform_doc does for a document), and a model that names no
+ * features takes the data's numeric columns and its own units.
  */
 enum zm_status zm_trainset_conform(struct zm_trainset *ts,
                                    struct zm_schema *model, size_t outputs,

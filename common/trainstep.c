@@ -138,6 +138,7 @@ enum zm_status zm_train_conform(struct zm_train_job *j, struct zm_trainset *ts,
 	if ((st = zm_schema_of_model_doc(&j->schema, &j->base->extra, what,
 	                                 err)))
 		return st;
+	j->schema.arch = j->base->arch;   /* its one_hot layers */
 	return zm_trainset_conform(ts, &j->schema,
 	                           j->base->arch->output_features, data, what,
 	                           adopted, note, err);
