@@ -195,7 +195,7 @@ START_TEST(test_seeded_init)
 	struct zm_model *m1, *m2, *m3;
 	struct zm_error err;
 	const float *w;
-	double s, s2, mx;
+	double s = 0, s2 = 0, lim = sqrt(6.0 / 500.0), mx = 0;
 	size_t i, n;
 
 	ck_assert_int_eq(zm_model_new(a, 42, &m1, &err), ZM_OK);
@@ -213,31 +213,29 @@ START_TEST(test_seeded_init)
 	}
 	ck_assert_int_eq(m1->layers[0].weight.shape[0], 300);
 	ck_assert_int_eq(m1->layers[0].weight.shape[1], 400);
-	/* PyTorch's default: uniform within 1/sqrt(fan_in), so mean 0 and
-	 * std bound/sqrt(3), weights and biases alike. */
-	for (i = 0; i < 2; i++) {
-		double bound = 1.0 / sqrt(i ? 300.0 : 400.0);
-		size_t k;
-		w = m1->layers[i].weight.data;
-		n = i ? 200 * 300 : 300 * 400;
-		s = s2 = mx = 0;
-		for (k = 0; k < n; k++) {
-			s += w[k];
-			s2 += (double)w[k] * w[k];
-			if (fabs(w[k]) > mx)
-				mx = fabs(w[k]);
-		}
-		ck_assert_double_eq_tol(s / n, 0.0, 0.002);
-		ck_assert(mx <= bound);
-		ck_assert(mx > 0.99 * bound);
-		ck_assert_double_eq_tol(sqrt(s2 / n), bound / sqrt(3.0), 0.001);
-		w = m1->layers[i].bias.data;
-		mx = 0;
-		for (k = 0; k < (i ? 200u : 300u); k++)
-			if (fabs(w[k]) > mx)
-				mx = fabs(w[k]);
-		ck_assert(mx <= bound && mx > 0.9 * bound);
+	/* He-normal: mean 0, std sqrt(2/400). */
+	w = m1->layers[0].weight.data;
+	n = 300 * 400;
+	for (i = 0; i < n; i++) {
+		s += w[i];
+		s2 += (double)w[i] * w[i];
 	}
+	ck_assert_double_eq_tol(s / n, 0.0, 0.002);
+	ck_assert_double_eq_tol(sqrt(s2 / n), sqrt(2.0 / 400), 0.002);
+	/* Glorot-uniform: bounded by sqrt(6/(in+out)), std lim/sqrt(3). */
+	w = m1->layers[1].weight.data;
+	n = 200 * 300;
+	s2 = 0;
+	for (i = 0; i < n; i++) {
+		s2 += (double)w[i] * w[i];
+		if (fabs(w[i]) > mx)
+			mx = fabs(w[i]);
+	}
+	ck_assert(mx <= lim);
+	ck_assert(mx > 0.99 * lim);
+	ck_assert_double_eq_tol(sqrt(s2 / n), lim / sqrt(3.0), 0.002);
+	for (i = 0; i < 200; i++)
+		ck_assert(((float *)m1->layers[1].bias.data)[i] == 0.0f);
 	zm_model_free(m1);
 	zm_model_free(m2);
 	zm_model_free(m3);
