@@ -87,7 +87,7 @@ enum zm_loss {
  *    numeric features, input_features counts the units too.  In the
  *    network the layer is the identity and has no parameters; only
  *    standardize and one_hot layers may come before it, and a
- *    standardize layer leaves its units as they are (mean 0, inv_std 1).
+ *    standardize layer is fitted to its units like to the features.
  */
 struct zm_layer_spec {
 	char *name;                   /* owned; [A-Za-z0-9_-]+ */

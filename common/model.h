@@ -131,12 +131,11 @@ struct zm_model {
 };
 
 /*
- * Creates a model with a copy of arch and seeded random parameters as
- * PyTorch's nn.Linear and nn.Conv2d initialise theirs: weights and biases
- * uniform within +-1 / sqrt(fan_in) (fan_in: the layer's inputs, times
- * the kernel's size for conv2d), drawn layer by layer, the weight then
- * the bias, in row-major order from zm_rng seeded with seed.  *out is
- * freed with zm_model_free.
+ * Creates a model with a copy of arch and seeded random weights: He-normal
+ * (std sqrt(2 / fan_in)) before relu and gelu, Glorot-uniform
+ * (+-sqrt(6 / (fan_in + fan_out))) otherwise, zero biases, drawn layer by
+ * layer in row-major order from zm_rng seeded with seed.  *out is freed
+ * with zm_model_free.
  */
 enum zm_status zm_model_new(const struct zm_arch *arch, uint64_t seed,
                             struct zm_model **out, struct zm_error *err);

@@ -739,11 +739,6 @@ static enum zm_status fit_standardize(struct zm_model *model,
 			mu[j] = (float)mean[j];
 			inv[j] = isfinite((float)iv) && iv > 0 ? (float)iv : 1.0f;
 		}
-		/* one_hot units (the last ones) stay 0 or 1 (layer.h). */
-		for (j = d - zm_arch_one_hot_units(model->arch); j < d; j++) {
-			mu[j] = 0.0f;
-			inv[j] = 1.0f;
-		}
 	}
 out:
 	free(mean);

@@ -177,8 +177,23 @@ static enum zm_status meta_double(const struct zm_doc *d, size_t index,
 static enum zm_status add_delta(struct mstate *m, const struct upd *u,
                                 double c, struct zm_error *err)
 {
+	const char *js = zm_doc_meta(u->doc, ZM_META_ARCH);
 	size_t l, k, i;
 
+	/* Tensors of the same shapes may still mean other things (one_hot
+	 * levels): the update's arch must be the model's. */
+	if (js) {
+		struct zm_arch *ua = NULL;
+		enum zm_status st = zm_arch_parse_json(js, strlen(js),
+		                                       "zm.arch", &ua, err);
+		if (st == ZM_OK)
+			st = zm_model_same_arch(m->model->arch, ua, err);
+		zm_arch_free(ua);
+		if (st != ZM_OK)
+			return zm_error_prefix(err, "update %zu (model '%s'): "
+			                       "not the model's architecture: ",
+			                       u->index, m->name);
+	}
 	for (l = 0; l < m->model->arch->n_layers; l++) {
 		struct zm_layer *dl = &m->delta->layers[l];
 		if (!dl->spec->has_params)

@@ -78,6 +78,146 @@ for g in full group layer; do
 	expect_rc 0 "predict at granularity $g through clip and dropout"
 done
 
+# ---- a string source column as one_hot units (issue 21) ----
+
+# Three sources, 20 features on scales 1e-3 .. 1e4, string labels: the
+# class is the largest of four linear scores of the unscaled features
+# plus an offset per source and a little noise.
+source_csv() { # FILE ROWS SEED
+	awk -v n="$2" -v seed="$3" 'BEGIN {
+		srand(seed);
+		split("north south west", src, " ");
+		split("ant bee cat dog", cls, " ");
+		for (j = 1; j <= 20; j++) {
+			sc[j] = 10 ^ (-3 + 7 * (j - 1) / 19);
+			for (k = 1; k <= 4; k++) w[j, k] = rand() * 2 - 1;
+		}
+		for (s = 1; s <= 3; s++) for (k = 1; k <= 4; k++)
+			b[s, k] = (rand() * 2 - 1) * 3;
+		printf "source"; for (j = 1; j <= 20; j++) printf ",f%d", j;
+		print ",label";
+		for (i = 0; i < n; i++) {
+			s = 1 + int(rand() * 3);
+			line = src[s];
+			for (j = 1; j <= 20; j++) {
+				z[j] = (rand() + rand() + rand() - 1.5) * 2;
+				line = line sprintf(",%.6g", (z[j] + 3) * sc[j]);
+			}
+			best = 1; bs = -1e9;
+			for (k = 1; k <= 4; k++) {
+				t = b[s, k] + (rand() - 0.5);
+				for (j = 1; j <= 20; j++) t += w[j, k] * z[j];
+				if (t > bs) { bs = t; best = k; }
+			}
+			print line "," cls[best];
+		}
+	}' >"$1"
+}
+# 3000 rows to train on, the next 2000 to test.
+source_csv "$T/src-all.csv" 5000 7
+head -n 3001 "$T/src-all.csv" >"$T/src.csv"
+{ head -n 1 "$T/src-all.csv"; tail -n 2000 "$T/src-all.csv"; } >"$T/src-test.csv"
+tensor import --from csv --label label -o "$T/src.st.gz" "$T/src.csv"
+# Not CSV import's (sorted) order of the levels: matched by name.
+cat >"$T/src.yaml" <<'YAML'
+input: [20]
+layers:
+  - {name: norm, type: standardize}
+  - {name: src, type: one_hot, column: source, levels: [west, north, south]}
+  - {name: h, units: 32, activation: relu}
+  - {name: out, units: 4}
+YAML
+S=$T/sz
+run zoo-add --zoo "$S" --name m --arch "$T/src.yaml" --seed 1
+expect_rc 0 "zoo-add: standardize -> one_hot(source) -> dense -> dense"
+run train-step --zoo "$S" --model m --apply "$T/src.st.gz"
+expect_rc 0 "train-step trains it with the defaults"
+run tensor info "$S/models/m/v2.safetensors.gz"
+check "the model names its units after its features, in its level order" \
+	grep -q '"f20","source=west","source=north","source=south"\]' "$T/out"
+check "standardize covers the 23 inputs" grep -q 'norm.weight F32 \[23\]' "$T/out"
+check "the training stopped by the rule on the held-out rows" grep -q '"epochs":"auto"' "$T/out"
+# Test accuracy: the share of predicted classes equal to the labels.
+test_acc() { # PREDICTIONS TRUTH
+	awk -F, 'NR == FNR { if (FNR > 1) want[FNR - 1] = $NF; next }
+		FNR > 1 { n++; ok += $2 == want[FNR - 1] }
+		END { printf "%.4f\n", ok / n }' "$2" "$1"
+}
+run predict --zoo "$S" --model m --from csv -o "$T/src-p.csv" "$T/src-test.csv"
+expect_rc 0 "predict on the test rows"
+acc1h=$(test_acc "$T/src-p.csv" "$T/src-test.csv")
+echo "# test accuracy with the defaults: $acc1h"
+check "test accuracy above 0.9 ($acc1h; PyTorch reaches 0.94, below)" \
+	awk -v a="$acc1h" 'BEGIN { exit !(a > 0.9) }'
+
+# Rows of two sources only: the file's levels are [south, west], their
+# codes 0 and 1 where the full file has 1 and 2.
+awk -F, 'NR == 1 || $1 != "north"' "$T/src-test.csv" >"$T/src-sw.csv"
+run predict --zoo "$S" --model m --from csv -o "$T/src-sw-p.csv" "$T/src-sw.csv"
+expect_rc 0 "predict on rows whose levels come in another order"
+awk -F, 'NR == FNR { if (FNR > 1) keep[FNR - 1] = $1 != "north"; next }
+	FNR > 1 && keep[FNR - 1]' "$T/src-test.csv" "$T/src-p.csv" |
+	cut -d, -f2- >"$T/src-sw-want"
+check "the same predictions, bit for bit, as for those rows in the full file" \
+	sh -c "tail -n +2 '$T/src-sw-p.csv' | cut -d, -f2- | cmp - '$T/src-sw-want'"
+
+# A level the model never saw, and no source column at all.
+awk -F, 'NR == 5 { sub(/^[a-z]+/, "east") } { print }' "$T/src-test.csv" >"$T/src-east.csv"
+run predict --zoo "$S" --model m --from csv -o "$T/x.csv" "$T/src-east.csv"
+expect_rc 1 "an unseen level is refused"
+expect_err "row 3, column 'source': level 'east' is not one of the model's levels" \
+	"the message names the row, the column and the level"
+cut -d, -f2- "$T/src-test.csv" >"$T/src-nosrc.csv"
+run predict --zoo "$S" --model m --from csv -o "$T/x.csv" "$T/src-nosrc.csv"
+expect_rc 1 "data without the column is refused"
+expect_err "no string column 'source'" "naming the column"
+tensor import --from csv --label label -o "$T/src-east.st.gz" "$T/src-east.csv"
+cp "$S/zoo.yaml" "$T/sz.before"
+run train-step --zoo "$S" --model m --apply "$T/src-east.st.gz"
+expect_rc 1 "train-step refuses an unseen level too"
+expect_err "level 'east'" "naming it"
+check "and leaves the zoo as it was" cmp "$S/zoo.yaml" "$T/sz.before"
+
+# A value of 1e30 is refused with its line and column, not trained on.
+awk -F, 'BEGIN { OFS = "," } NR == 3 { $8 = "1e30" } { print }' "$T/src.csv" >"$T/src-big.csv"
+run tensor import --from csv --label label -o "$T/x.st.gz" "$T/src-big.csv"
+expect_rc 1 "tensor import refuses 1e30"
+expect_err "src-big.csv:3:.*(column 8|f7)" "naming its line and column"
+run predict --zoo "$S" --model m --from csv -o "$T/x.csv" "$T/src-big.csv"
+expect_rc 1 "predict refuses it as well"
+
+# Merging: updates of models with the same levels merge at every
+# granularity (one_hot has nothing to merge); other levels are refused.
+for m in a b; do zoo-add --zoo "$T/sm" --name $m --arch "$T/src.yaml" --seed 3 2>/dev/null; done
+# (Halves with every source: a slice without one, whose units are then
+# constant, gets a profile that merge refuses, one_hot or not.)
+awk 'NR == 1 || NR % 2' "$T/src.csv" >"$T/src-a.csv"
+awk 'NR == 1 || NR % 2 == 0' "$T/src.csv" >"$T/src-b.csv"
+for m in a b; do
+	tensor import --from csv --label label -o "$T/src-$m.st.gz" "$T/src-$m.csv"
+	train-step --zoo "$T/sm" --model $m --epochs 3 -o "$T/su-$m.gz" "$T/src-$m.st.gz" 2>/dev/null
+done
+for g in full group layer; do
+	rm -rf "$T/smg"; cp -R "$T/sm" "$T/smg"
+	run merge --zoo "$T/smg" --granularity $g "$T/su-a.gz" "$T/su-b.gz"
+	expect_rc 0 "merge at granularity $g of one_hot models"
+done
+run predict --zoo "$T/smg" --from csv -o "$T/x.csv" "$T/src-test.csv"
+expect_rc 0 "the merged models predict"
+sed 's/north, south/north, east/' "$T/src.yaml" >"$T/src-east.yaml"
+zoo-add --zoo "$T/sx" --name a --arch "$T/src-east.yaml" --seed 3 2>/dev/null
+sed 's/^south,/east,/' "$T/src.csv" >"$T/src-x.csv"
+tensor import --from csv --label label -o "$T/src-x.st.gz" "$T/src-x.csv"
+train-step --zoo "$T/sx" --model a --epochs 1 -o "$T/su-x.gz" "$T/src-x.st.gz" 2>/dev/null
+rm -rf "$T/smg"; cp -R "$T/sm" "$T/smg"
+run merge --zoo "$T/smg" --granularity full "$T/su-x.gz" "$T/su-b.gz"
+expect_rc 1 "merge refuses an update whose one_hot levels differ"
+expect_err "level 3 is 'south' vs 'east'|'east' vs 'south'" "naming the level"
+zoo-add --zoo "$S" --name e --arch "$T/src-east.yaml" --seed 3 2>/dev/null
+run predict --zoo "$S" --model m --model e --from csv -o "$T/x.csv" "$T/src-test.csv"
+expect_rc 1 "predict refuses models whose levels differ"
+expect_err "'south' vs 'east'" "naming the level"
+
 if [ -z "$PY" ]; then
 	echo "# skipped: the numpy references (no python3 with numpy)"
 	finish
@@ -335,5 +475,76 @@ check "it predicts as PyTorch in eval mode within 1e-5" "$PY" "$T/pt_bn.py" "$T"
 run tensor export --state-dict -o "$T/bn-back.safetensors" "$T/ptz/models/bn/v1.safetensors.gz"
 expect_rc 0 "tensor export --state-dict"
 check "PyTorch loads the export strictly" "$PY" "$T/pt_bn.py" "$T" load "$T/bn-back.safetensors"
+
+# ---- accuracy against PyTorch on the source CSV ----
+# The same network in PyTorch, given standardised features and the
+# one-hot source, trained as its users do: Adam with its defaults,
+# batches of 128, 10 % of the rows held out, stopping when their loss
+# has not improved for 10 epochs and keeping the best epoch.  Five seeds
+# on each side; zoomerge's mean must be within one point of PyTorch's
+# (the seeds' spread on each side is about one point).
+cat >"$T/pt_src.py" <<'PY'
+import sys
+import numpy as np, torch
+
+def load(p):
+    raw = np.loadtxt(p, delimiter=',', skiprows=1, dtype=str)
+    src = np.array([['north', 'south', 'west'].index(v) for v in raw[:, 0]])
+    y = np.array([['ant', 'bee', 'cat', 'dog'].index(v) for v in raw[:, -1]])
+    return raw[:, 1:21].astype(np.float64), src, y
+
+x, s, y = load(sys.argv[1])
+xt, st, yt = load(sys.argv[2])
+mu, sd = x.mean(0), x.std(0)
+def feats(x, s):
+    return torch.tensor(np.hstack([(x - mu) / sd, np.eye(3)[s]]),
+                        dtype=torch.float32)
+X, Y, XT, YT = feats(x, s), torch.tensor(y), feats(xt, st), torch.tensor(yt)
+accs = []
+for seed in range(1, 6):
+    torch.manual_seed(seed)
+    rng = np.random.RandomState(seed)
+    perm = rng.permutation(len(X))
+    vi, ti = perm[:len(X) // 10], perm[len(X) // 10:]
+    m = torch.nn.Sequential(torch.nn.Linear(23, 32), torch.nn.ReLU(),
+                            torch.nn.Linear(32, 4))
+    opt = torch.optim.Adam(m.parameters())
+    best, since, state = float('inf'), 0, None
+    for epoch in range(200):
+        p = rng.permutation(ti)
+        for i in range(0, len(p), 128):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(m(X[p[i:i + 128]]),
+                                              Y[p[i:i + 128]]).backward()
+            opt.step()
+        with torch.no_grad():
+            vl = torch.nn.functional.cross_entropy(m(X[vi]), Y[vi]).item()
+        if vl < best * (1 - 1e-4):
+            best, since = vl, 0
+            state = {k: v.clone() for k, v in m.state_dict().items()}
+        else:
+            since += 1
+            if since >= 10:
+                break
+    m.load_state_dict(state)
+    with torch.no_grad():
+        accs.append((m(XT).argmax(1) == YT).float().mean().item())
+print('%.4f %.4f %.4f' % (np.mean(accs), min(accs), max(accs)))
+PY
+if ! "$PY" -c 'import torch' 2>/dev/null; then
+	echo "# skipped: the accuracy against PyTorch ($PY has no torch)"
+	finish
+fi
+pt=$("$PY" "$T/pt_src.py" "$T/src.csv" "$T/src-test.csv")
+ours=$(for seed in 1 2 3 4 5; do
+	zoo-add --zoo "$T/seeds" --name s$seed --arch "$T/src.yaml" --seed $seed 2>/dev/null
+	train-step --zoo "$T/seeds" --model s$seed --seed $seed --apply --quiet "$T/src.st.gz" 2>/dev/null
+	predict --zoo "$T/seeds" --model s$seed --from csv -o "$T/seed-p.csv" "$T/src-test.csv" 2>/dev/null
+	test_acc "$T/seed-p.csv" "$T/src-test.csv"
+done | awk '{ s += $1; if (NR == 1 || $1 < lo) lo = $1; if ($1 > hi) hi = $1 }
+	END { printf "%.4f %.4f %.4f\n", s / NR, lo, hi }')
+echo "# test accuracy over 5 seeds (mean min max): zoomerge $ours, PyTorch $pt"
+check "zoomerge's defaults within one point of PyTorch ($ours vs $pt)" \
+	awk -v a="${ours%% *}" -v b="${pt%% *}" 'BEGIN { exit !(a >= b - 0.01) }'
 
 finish
