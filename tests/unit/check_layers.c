@@ -13,6 +13,7 @@
 #include "lineage.h"
 #include "model.h"
 #include "random.h"
+#include "schema.h"
 #include "train.h"
 #include "unit.h"
 
@@ -42,7 +43,209 @@ static const char *const bad_archs[][2] = {
 	  "  - {name: o, units: 2}\n", "standardize takes no 'units'" },
 	{ "input: [3]\nlayers:\n  - {name: s, type: standardize}\n",
 	  "need at least one dense layer" },
+	{ "input: [3]\nlayers:\n  - {name: s, type: one_hot, column: c}\n"
+	  "  - {name: o, units: 2}\n", "one_hot needs 'column' and 'levels'" },
+	{ "input: [3]\nlayers:\n  - {name: s, type: one_hot, column: c, "
+	  "levels: [a, b, a]}\n  - {name: o, units: 2}\n",
+	  "level 'a' given twice" },
+	{ "input: [3]\nlayers:\n  - {name: h, units: 2}\n"
+	  "  - {name: s, type: one_hot, column: c, levels: [a]}\n"
+	  "  - {name: o, units: 2}\n", "one_hot must come before every layer" },
+	{ "input: [1, 2, 2]\nlayers:\n"
+	  "  - {name: s, type: one_hot, column: c, levels: [a]}\n"
+	  "  - {name: o, units: 2}\n", "one_hot layers need a vector input" },
+	{ "input: [3]\nlayers:\n  - {name: s, type: one_hot, column: c, "
+	  "levels: [a], units: 2}\n  - {name: o, units: 2}\n",
+	  "one_hot takes no 'units'" },
+	{ "input: [3]\nlayers:\n  - {name: s, type: one_hot, column: c, "
+	  "levels: []}\n  - {name: o, units: 2}\n", "levels: expected a list" },
 };
+
+/*
+ * one_hot: its units join the input after the features (the arch's
+ * input counts only those), standardize before it covers them, the JSON
+ * reads back to the same arch, and other levels are a difference that
+ * names the level.
+ */
+START_TEST(test_one_hot_arch)
+{
+	struct zm_arch *a = unit_arch(
+		"input: [2]\nlayers:\n  - {name: s, type: standardize}\n"
+		"  - {name: src, type: one_hot, column: source, "
+		"levels: [west, north, south]}\n"
+		"  - {name: o, units: 3}\n");
+	struct zm_arch *b, *c = unit_arch(
+		"input: [2]\nlayers:\n  - {name: s, type: standardize}\n"
+		"  - {name: src, type: one_hot, column: source, "
+		"levels: [west, east, south]}\n"
+		"  - {name: o, units: 3}\n");
+	struct zm_buf j;
+	struct zm_error err;
+
+	ck_assert_uint_eq(a->input_features, 5);
+	ck_assert_uint_eq(zm_arch_one_hot_units(a), 3);
+	ck_assert_uint_eq(a->layers[0].n_weight, 5);
+	ck_assert_uint_eq(a->layers[1].in_features, 5);
+	ck_assert_uint_eq(a->layers[1].out_features, 5);
+	ck_assert(!a->layers[1].has_params);
+	ck_assert_uint_eq(a->layers[2].n_weight, 15);
+	zm_buf_init(&j);
+	zm_arch_to_json(a, &j);
+	ck_assert(!j.failed);
+	ck_assert_msg(strstr(j.data, "{\"input\": [2],"), "%s", j.data);
+	ck_assert_msg(strstr(j.data, "\"column\": \"source\", \"levels\": "
+	                     "[\"west\", \"north\", \"south\"]"), "%s", j.data);
+	ck_assert_int_eq(zm_arch_parse_json(j.data, j.len, "j", &b, &err),
+	                 ZM_OK);
+	ck_assert(zm_arch_equal(a, b));
+	ck_assert_int_eq(zm_model_same_arch(a, b, &err), ZM_OK);
+	ck_assert_int_eq(zm_arch_same_one_hot(a, b, &err), ZM_OK);
+	ck_assert(!zm_arch_equal(a, c));
+	ck_assert_int_eq(zm_model_same_arch(a, c, &err), ZM_ERR_DATA);
+	ck_assert_msg(strstr(err.msg, "level 2 is 'north' vs 'east'"), "%s",
+	              err.msg);
+	ck_assert_int_eq(zm_arch_same_one_hot(c, a, &err), ZM_ERR_DATA);
+	ck_assert_msg(strstr(err.msg, "'east' vs 'north'"), "%s", err.msg);
+	zm_buf_release(&j);
+	zm_arch_free(a);
+	zm_arch_free(b);
+	zm_arch_free(c);
+}
+END_TEST
+
+/* The units by level name, whatever the data's codes; an unknown level
+ * named with its row id and column. */
+START_TEST(test_one_hot_fill)
+{
+	struct zm_arch *a = unit_arch(
+		"input: [1]\nlayers:\n"
+		"  - {name: src, type: one_hot, column: source, "
+		"levels: [west, north, south]}\n"
+		"  - {name: o, units: 2}\n");
+	char *lv[] = { "north", "south", "west", "east" };
+	const int64_t codes[] = { 2, 0, 1, 0 }, bad[] = { 1, 3 };
+	const int64_t ids[] = { 40, 41 };
+	const float want[4][3] = {
+		{ 1, 0, 0 }, { 0, 1, 0 }, { 0, 0, 1 }, { 0, 1, 0 }
+	};
+	float out[4 * 4];
+	struct zm_error err;
+	size_t r, k;
+
+	memset(out, 0x7f, sizeof(out));
+	ck_assert_int_eq(zm_onehot_fill(&a->layers[0], lv, 3, codes, 4, NULL,
+	                                out + 1, 4, "d", &err), ZM_OK);
+	for (r = 0; r < 4; r++)
+		for (k = 0; k < 3; k++)
+			ck_assert(out[r * 4 + 1 + k] == want[r][k]);
+	ck_assert_int_eq(zm_onehot_fill(&a->layers[0], lv, 4, bad, 2, ids,
+	                                out, 3, "d", &err), ZM_ERR_DATA);
+	ck_assert_msg(strstr(err.msg, "d: row 41, column 'source': level "
+	                     "'east' is not one of the model's levels (west, "
+	                     "north, south)"), "%s", err.msg);
+	zm_arch_free(a);
+}
+END_TEST
+
+/*
+ * Gradients through standardize and one_hot: x (2 features and 2 units)
+ * -> (x - mean) * inv -> dense (3, tanh) -> dense (2), against central
+ * differences of a double-precision reference, the units' weights
+ * included.
+ */
+static double oh_loss(const double *w1, const double *b1, const double *w2,
+                      const double *b2, const float *mean, const float *inv,
+                      const float *x, size_t n, const int64_t *y)
+{
+	double total = 0;
+	size_t r, i, j;
+
+	for (r = 0; r < n; r++) {
+		double h[3], z[2], mx, s = 0;
+		for (j = 0; j < 3; j++) {
+			h[j] = b1[j];
+			for (i = 0; i < 4; i++)
+				h[j] += w1[j * 4 + i] *
+				        ((x[r * 4 + i] - mean[i]) * inv[i]);
+			h[j] = tanh(h[j]);
+		}
+		for (j = 0; j < 2; j++) {
+			z[j] = b2[j];
+			for (i = 0; i < 3; i++)
+				z[j] += w2[j * 3 + i] * h[i];
+		}
+		mx = z[0] > z[1] ? z[0] : z[1];
+		for (j = 0; j < 2; j++)
+			s += exp(z[j] - mx);
+		total += mx + log(s) - z[y[r]];
+	}
+	return total / (double)n;
+}
+
+START_TEST(test_one_hot_gradient)
+{
+	struct zm_arch *a = unit_arch(
+		"input: [2]\nlayers:\n  - {name: s, type: standardize}\n"
+		"  - {name: src, type: one_hot, column: c, levels: [p, q]}\n"
+		"  - {name: h, units: 3, activation: tanh}\n"
+		"  - {name: o, units: 2}\n");
+	struct zm_model *m;
+	struct zm_workspace *ws;
+	struct zm_error err;
+	struct zm_rng r;
+	float x[4 * 4];
+	int64_t y[4] = { 0, 1, 1, 0 };
+	double w1[12], b1[3], w2[6], b2[2], *pp[4] = { w1, b1, w2, b2 };
+	size_t sz[4] = { 12, 3, 6, 2 }, i, t;
+	float *mean, *inv;
+
+	ck_assert_int_eq(zm_model_new(a, 7, &m, &err), ZM_OK);
+	mean = m->layers[0].weight.data;
+	inv = m->layers[0].bias.data;
+	zm_rng_seed(&r, 3);
+	for (i = 0; i < 4; i++) {
+		mean[i] = (float)(zm_rng_uniform(&r) - 0.5);
+		inv[i] = (float)(0.5 + zm_rng_uniform(&r));
+	}
+	for (i = 0; i < 4; i++) {
+		x[i * 4] = (float)(3 * zm_rng_uniform(&r) - 1.5);
+		x[i * 4 + 1] = (float)(3 * zm_rng_uniform(&r) - 1.5);
+		x[i * 4 + 2] = i % 2 ? 1.0f : 0.0f;
+		x[i * 4 + 3] = i % 2 ? 0.0f : 1.0f;
+	}
+	for (t = 0; t < 4; t++) {
+		const float *src = t % 2 ? m->layers[2 + t / 2].bias.data
+		                         : m->layers[2 + t / 2].weight.data;
+		for (i = 0; i < sz[t]; i++)
+			pp[t][i] = src[i];
+	}
+	ck_assert_int_eq(zm_workspace_new(a, 4, true, &ws, &err), ZM_OK);
+	{
+		const float *out = zm_model_forward(m, ws, x, 4);
+		ck_assert_int_eq(zm_loss_cross_entropy(out, y, 4, 2, NULL, NULL,
+		                                       ws->dlogits, &err), ZM_OK);
+	}
+	zm_model_backward(m, ws, x, 4, ws->dlogits);
+	for (t = 0; t < 4; t++)
+		for (i = 0; i < sz[t]; i++) {
+			const double h = 1e-6;
+			double save = pp[t][i], up, down, num, ana;
+			pp[t][i] = save + h;
+			up = oh_loss(w1, b1, w2, b2, mean, inv, x, 4, y);
+			pp[t][i] = save - h;
+			down = oh_loss(w1, b1, w2, b2, mean, inv, x, 4, y);
+			pp[t][i] = save;
+			num = (up - down) / (2 * h);
+			ana = t % 2 ? ws->db[2 + t / 2][i] : ws->dw[2 + t / 2][i];
+			ck_assert_msg(fabs(num - ana) <= 2e-5 + 1e-3 * fabs(num),
+			              "param %zu %zu: analytic %.9g numeric %.9g",
+			              t, i, ana, num);
+		}
+	zm_workspace_free(ws);
+	zm_model_free(m);
+	zm_arch_free(a);
+}
+END_TEST
 
 START_TEST(test_layer_arch_errors)
 {
@@ -461,6 +664,9 @@ Suite *suite_layers(void)
 	tcase_add_loop_test(tc, test_layer_arch_errors, 0,
 	                    (int)(sizeof(bad_archs) / sizeof(bad_archs[0])));
 	tcase_add_test(tc, test_layer_arch_round_trip);
+	tcase_add_test(tc, test_one_hot_arch);
+	tcase_add_test(tc, test_one_hot_fill);
+	tcase_add_test(tc, test_one_hot_gradient);
 	tcase_add_loop_test(tc, test_layer_forward_vs_naive, 0, 4);
 	tcase_add_loop_test(tc, test_layer_gradient_check, 0, 6);
 	tcase_add_test(tc, test_layer_train_step);
