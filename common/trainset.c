@@ -439,13 +439,12 @@ static enum zm_status conform_onehot(struct zm_trainset *ts,
                                      const char *where, struct zm_error *err)
 {
 	const struct zm_arch *a = model->arch;
-	struct zm_names add, mine;
+	struct zm_names mine;
 	float *units = NULL, *nx = NULL;
 	size_t l, k, c, r, u, d;
 	char name[600];
 	enum zm_status st = ZM_OK;
 
-	zm_names_init(&add);
 	zm_names_init(&mine);
 	if (!ts->schema.features.known)
 		return zm_error_set(err, ZM_ERR_DATA, "%s: one_hot layers "
@@ -481,8 +480,7 @@ static enum zm_status conform_onehot(struct zm_trainset *ts,
 			                    sizeof(name));
 			if ((st = zm_names_add(&mine, name, err)))
 				goto out;
-			if (zm_names_find(&ts->schema.features, name) >= 0 ||
-			    zm_names_find(&add, name) >= 0)
+			if (zm_names_find(&ts->schema.features, name) >= 0)
 				continue;
 			/* A new column: widen x by one, filled from units. */
 			if (ts->x_u8 && (st = widen_to_f32(ts, err)))
@@ -524,7 +522,6 @@ static enum zm_status conform_onehot(struct zm_trainset *ts,
 out:
 	free(units);
 	free(nx);
-	zm_names_release(&add);
 	zm_names_release(&mine);
 	return st;
 }
