@@ -8,6 +8,9 @@
  * initial weights); an imported one has unknown lineage unless --base
  * names the zoo model it was fine-tuned from.  --rollback points a model
  * back at the version its current one was made from, or --to another.
+ * --profile recomputes a model's data profile from the rows it was
+ * trained on, without training (an imported model, or a profile that
+ * gained content since the model was trained).
  * Every change is one atomic update of the zoo's index.
  */
 #include <getopt.h>
@@ -33,6 +36,7 @@ static const char usage_str[] =
 	"               [--tag KEY=VALUE]...\n"
 	"               [--hparam KEY=VALUE]... [--keep K]\n"
 	"       zoo-add --zoo DIR --rollback NAME [--to VERSION]\n"
+	"       zoo-add --zoo DIR --name NAME --profile DATA [--max-memory MIB]\n"
 	"       zoo-add -h | --help | --version\n";
 
 /* --help: every option with its default in brackets. */
@@ -59,6 +63,11 @@ static const char options_str[] =
 	"                                one was made from [none]\n"
 	"      --to VERSION              the retained version to roll back to\n"
 	"                                [the current version's parent]\n"
+	"      --profile DATA            store NAME's data profile computed from the\n"
+	"                                rows of DATA (a data stream, - for stdin)\n"
+	"                                as its next version, without training [none]\n"
+	"      --max-memory MIB          with --profile: the most memory the rows may\n"
+	"                                take [8192]\n"
 	"  -h, --help                    print this help and exit\n"
 	"      --version                 print the version and exit\n";
 
@@ -71,8 +80,12 @@ struct zoo_add_opts {
 	const char *role;          /* --role, or NULL */
 	const char *base;          /* --base: lineage of an imported file */
 	const char *align_to;      /* --align-to: realign the file's units */
+	const char *profile;       /* --profile DATA */
+	uint64_t max_memory;       /* --max-memory, bytes */
+	bool max_memory_set;
 	int64_t to;                /* --rollback --to; 0: the parent */
 	uint64_t seed;
+	bool seed_set;
 	int64_t keep;              /* -1: leave the zoo's setting */
 	struct zm_kv_list tags;
 	struct zm_kv_list hparams;
@@ -124,7 +137,7 @@ static int run(const struct zoo_add_opts *o)
 
 	zm_error_clear(&err);
 	st = zm_zoo_open(&zoo, o->zoo_dir, ZM_ZOO_WRITE |
-	                 (o->rollback ? 0 : ZM_ZOO_CREATE), &err);
+	                 (o->rollback || o->profile ? 0 : ZM_ZOO_CREATE), &err);
 	if (st != ZM_OK)
 		goto out;
 	if (o->keep >= 0)
@@ -142,6 +155,9 @@ static int run(const struct zoo_add_opts *o)
 		if (st == ZM_OK)
 			e->params = (int64_t)zm_arch_param_count(m->arch);
 		zm_model_free(m);
+	} else if (o->profile) {
+		st = zm_zoo_profile_model(zoo, o->name, o->profile,
+		                          o->max_memory, &version, &err);
 	} else {
 		st = add_model(o, zoo, &version, &err);
 	}
@@ -169,6 +185,8 @@ static const struct option longopts[] = {
 	{ "to", required_argument, NULL, 'T' },
 	{ "base", required_argument, NULL, 'b' },
 	{ "align-to", required_argument, NULL, 'A' },
+	{ "profile", required_argument, NULL, 'P' },
+	{ "max-memory", required_argument, NULL, 'M' },
 	{ "help", no_argument, NULL, 'h' },
 	{ "version", no_argument, NULL, 'V' },
 	{ NULL, 0, NULL, 0 },
@@ -188,6 +206,13 @@ static bool parse_option(void *ctx, int c, const char *arg)
 	case 'r': o->rollback = arg; return true;
 	case 'b': o->base = arg; return true;
 	case 'A': o->align_to = arg; return true;
+	case 'P': o->profile = arg; return true;
+	case 'M':
+		if (!zm_cli_int("--max-memory", arg, 1, INT32_MAX, &v))
+			return false;
+		o->max_memory = (uint64_t)v << 20;
+		o->max_memory_set = true;
+		return true;
 	case 'R':
 		if (!zm_role_parse(arg, &role)) {
 			zm_cli_warn("--role: expected expert, router or base, "
@@ -202,6 +227,7 @@ static bool parse_option(void *ctx, int c, const char *arg)
 		if (!zm_cli_int("--seed", arg, 0, INT64_MAX, &v))
 			return false;
 		o->seed = (uint64_t)v;
+		o->seed_set = true;
 		return true;
 	case 'k':
 		if (!zm_cli_int("--keep", arg, 0, INT32_MAX, &v))
@@ -228,16 +254,27 @@ static bool validate(const struct zoo_add_opts *o)
 	if (!o->zoo_dir)
 		zm_cli_warn("--zoo is required");
 	else if (o->rollback && (o->name || o->arch_path || o->model_path ||
-	                         o->base || o->role || o->align_to))
+	                         o->base || o->role || o->align_to ||
+	                         o->profile))
 		zm_cli_warn("--rollback takes no --name, --arch, --base, "
-		            "--role or model file");
+		            "--align-to, --role, --profile or model file");
 	else if (o->rollback)
 		return true;
+	else if (o->profile && (o->arch_path || o->model_path || o->base ||
+	                        o->align_to || o->role || o->tags.count ||
+	                        o->hparams.count || o->keep >= 0 ||
+	                        o->seed_set))
+		zm_cli_warn("--profile takes only --zoo, --name and "
+		            "--max-memory");
+	else if (o->max_memory_set && !o->profile)
+		zm_cli_warn("--max-memory goes with --profile");
 	else if (!o->name)
 		zm_cli_warn("--name is required");
 	else if (!zm_zoo_valid_name(o->name))
 		zm_cli_warn("--name: '%s' is not a valid model name (letters, "
 		            "digits, '_', '.', '-'; at most 63)", o->name);
+	else if (o->profile)
+		return true;
 	else if (!o->arch_path && !o->model_path)
 		zm_cli_warn("give --arch, a model file, or both");
 	else if (o->to)
@@ -257,7 +294,8 @@ static bool validate(const struct zoo_add_opts *o)
 
 int main(int argc, char **argv)
 {
-	struct zoo_add_opts o = { .seed = 0, .keep = -1 };
+	struct zoo_add_opts o = { .seed = 0, .keep = -1,
+	                          .max_memory = (uint64_t)8 << 30 };
 	int status;
 
 	zm_cli_init(argv[0]);

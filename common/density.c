@@ -239,6 +239,12 @@ void zm_density_init(struct zm_density *m)
 
 void zm_density_release(struct zm_density *m)
 {
+	size_t c;
+
+	for (c = 0; c < m->n_comp; c++)
+		zm_density_release(&m->comp[c]);
+	free(m->comp);
+	free(m->logw);
 	free(m->mean);
 	free(m->pc);
 	free(m->pcvar);
@@ -306,7 +312,9 @@ static void finish(struct zm_density *m, double floor)
 	}
 }
 
-void zm_density_tie_residual(struct zm_density *const *m, size_t k)
+/* Ties the k densities' s2 to their geometric mean (see
+ * zm_density_tie_residual); a no-op unless all are PPCAs of one width. */
+static void tie(struct zm_density *const *m, size_t k)
 {
 	double ls = 0, s2;
 	size_t i, j, c;
@@ -332,6 +340,76 @@ void zm_density_tie_residual(struct zm_density *const *m, size_t k)
 			d->ivar[j] = (float)(1 / s2);
 		}
 	}
+}
+
+void zm_density_tie_residual(struct zm_density *const *m, size_t k)
+{
+	struct zm_density **leaf;
+	size_t i, c, n = 0, mixtures = 0;
+
+	if (k < 2)
+		return;
+	for (i = 0; i < k; i++) {
+		n += m[i]->n_comp ? m[i]->n_comp : 1;
+		mixtures += m[i]->n_comp > 0;
+	}
+	if (!mixtures) {
+		tie(m, k);
+		return;
+	}
+	/* Without memory for the list nothing is tied: each density keeps
+	 * its own residual (a worse scale, not a wrong result). */
+	if (!(leaf = malloc(n * sizeof(*leaf))))
+		return;
+	for (n = 0, i = 0; i < k; i++) {
+		if (!m[i]->n_comp)
+			leaf[n++] = m[i];
+		for (c = 0; c < m[i]->n_comp; c++)
+			leaf[n++] = &m[i]->comp[c];
+	}
+	tie(leaf, n);
+	/* The mixtures' single Gaussians (zm_density_kl) among themselves. */
+	for (n = 0, i = 0; i < k; i++)
+		if (m[i]->n_comp)
+			leaf[n++] = m[i];
+	tie(leaf, n);
+	free(leaf);
+}
+
+enum zm_status zm_density_set_mixture(struct zm_density *m,
+                                      struct zm_density *comp, size_t n,
+                                      struct zm_error *err)
+{
+	double total = 0, *logw = NULL;
+	enum zm_status st = ZM_OK;
+	size_t c;
+
+	ZM_ASSERT(n >= 2 && !m->n_comp);
+	for (c = 0; c < n && st == ZM_OK; c++) {
+		if (comp[c].d != m->d || comp[c].n_comp)
+			st = zm_error_set(err, ZM_ERR_DATA, "component %zu: %zu "
+			                  "features, expected %zu", c, comp[c].d,
+			                  m->d);
+		else if (!(comp[c].count > 0) || !isfinite(comp[c].count))
+			st = zm_error_set(err, ZM_ERR_DATA, "component %zu: %g "
+			                  "rows", c, comp[c].count);
+		else
+			total += comp[c].count;
+	}
+	if (st == ZM_OK && !(logw = zm_malloc(n * sizeof(double))))
+		st = zm_error_set(err, ZM_ERR_NOMEM, "density: out of memory");
+	if (st != ZM_OK) {
+		for (c = 0; c < n; c++)
+			zm_density_release(&comp[c]);
+		free(comp);
+		return st;
+	}
+	for (c = 0; c < n; c++)
+		logw[c] = log(comp[c].count / total);
+	m->comp = comp;
+	m->logw = logw;
+	m->n_comp = n;
+	return ZM_OK;
 }
 
 enum zm_status zm_density_diag(struct zm_density *m, const double *mean,
@@ -572,9 +650,10 @@ void zm_density_scatter(const struct zm_density *m, double count,
 	}
 }
 
-enum zm_status zm_density_loglik(const struct zm_density *const *m,
-                                 size_t k, const float *x, size_t n,
-                                 double *out, struct zm_error *err)
+/* zm_density_loglik for densities without components. */
+static enum zm_status loglik_plain(const struct zm_density *const *m,
+                                   size_t k, const float *x, size_t n,
+                                   double *out, struct zm_error *err)
 {
 	size_t d, q_max = 0, i, r0, r, j, c, bn;
 	float *xc = NULL, *p = NULL;
@@ -639,6 +718,169 @@ enum zm_status zm_density_loglik(const struct zm_density *const *m,
 	free(xc);
 	free(p);
 	return ZM_OK;
+}
+
+/*
+ * The log-likelihoods of the n rows of x under the mixture m (every
+ * component a PPCA) into out[r * stride].  One GEMM per block of rows
+ * against all components' means and directions stacked: with x' = x - mu
+ * (mu the mixture's mean, so that the sums stay small),
+ *   |x - mu_c|^2 = |x'|^2 - 2 x'.mu'_c + |mu'_c|^2,  mu'_c = mu_c - mu,
+ *   p_ck = u_ck . x' - u_ck . mu'_c,
+ * so that a row costs one product with the stack, not one pass over
+ * its features per component.
+ */
+static enum zm_status loglik_mixture(const struct zm_density *m,
+                                     const float *x, size_t n, double *out,
+                                     size_t stride, struct zm_error *err)
+{
+	size_t d = m->d, nc = m->n_comp, S = nc, c, k, j, r0, r, bn, off;
+	size_t qoff[ZM_DENSITY_MAX_COMPONENTS];
+	double mu2[ZM_DENSITY_MAX_COMPONENTS], *umu = NULL, *x2 = NULL;
+	float *stack = NULL, *xc = NULL, *g = NULL;
+	enum zm_status st = ZM_OK;
+
+	for (c = 0; c < nc; c++) {
+		qoff[c] = S;
+		S += m->comp[c].q;
+	}
+	bn = n < LL_BLOCK ? n : LL_BLOCK;
+	stack = zm_malloc(S * d * sizeof(float));
+	umu = zm_malloc(S * sizeof(double));
+	x2 = zm_malloc(bn * sizeof(double));
+	xc = zm_malloc(bn * d * sizeof(float));
+	g = zm_malloc(bn * S * sizeof(float));
+	if (!stack || !umu || !x2 || !xc || !g) {
+		st = zm_error_set(err, ZM_ERR_NOMEM, "density: out of memory");
+		goto out;
+	}
+	for (c = 0; c < nc; c++) {
+		const struct zm_density *mc = &m->comp[c];
+		float *row = stack + c * d;
+		mu2[c] = 0;
+		for (j = 0; j < d; j++) {
+			row[j] = mc->mean[j] - m->mean[j];
+			mu2[c] += (double)row[j] * row[j];
+		}
+		memcpy(stack + qoff[c] * d, mc->pc, mc->q * d * sizeof(float));
+		for (k = 0; k < mc->q; k++) {
+			double a = 0;
+			for (j = 0; j < d; j++)
+				a += (double)mc->pc[k * d + j] * row[j];
+			umu[qoff[c] + k] = a;
+		}
+	}
+	for (r0 = 0; r0 < n; r0 += bn) {
+		size_t rows = n - r0 < bn ? n - r0 : bn;
+		for (r = 0; r < rows; r++) {
+			const float *xr = x + (r0 + r) * d;
+			float *xo = xc + r * d;
+			double a = 0;
+			for (j = 0; j < d; j++) {
+				xo[j] = xr[j] - m->mean[j];
+				a += (double)xo[j] * xo[j];
+			}
+			x2[r] = a;
+		}
+		zm_gemm(false, true, rows, S, d, 1.0f, xc, d, stack, d, 0.0f, g,
+		        S);
+		for (r = 0; r < rows; r++) {
+			const float *gr = g + r * S;
+			double l[ZM_DENSITY_MAX_COMPONENTS], top = -INFINITY, sum = 0;
+			for (c = 0; c < nc; c++) {
+				const struct zm_density *mc = &m->comp[c];
+				double q = (x2[r] - 2.0 * gr[c] + mu2[c]) / mc->s2;
+				for (k = 0, off = qoff[c]; k < mc->q; k++, off++) {
+					double p = gr[off] - umu[off];
+					q -= p * p * mc->coef[k];
+				}
+				l[c] = m->logw[c] - 0.5 * ((double)d * LOG_2PI +
+				                          mc->logdet +
+				                          (q > 0 ? q : 0));
+				if (l[c] > top)
+					top = l[c];
+			}
+			for (c = 0; c < nc; c++)
+				sum += exp(l[c] - top);
+			out[(r0 + r) * stride] = top + log(sum);
+		}
+	}
+out:
+	free(stack);
+	free(umu);
+	free(x2);
+	free(xc);
+	free(g);
+	return st;
+}
+
+enum zm_status zm_density_loglik(const struct zm_density *const *m,
+                                 size_t k, const float *x, size_t n,
+                                 double *out, struct zm_error *err)
+{
+	const struct zm_density **plain = NULL;
+	size_t i, c, r, np = 0, w, *idx = NULL;
+	double *lc = NULL;
+	enum zm_status st = ZM_OK;
+
+	if (n == 0 || k == 0)
+		return ZM_OK;
+	for (i = 0; i < k; i++)
+		if (m[i]->n_comp)
+			break;
+	if (i == k)
+		return loglik_plain(m, k, x, n, out, err);
+	w = k > ZM_DENSITY_MAX_COMPONENTS ? k : ZM_DENSITY_MAX_COMPONENTS;
+	plain = zm_malloc(k * sizeof(*plain));
+	idx = zm_malloc(k * sizeof(*idx));
+	lc = zm_malloc(n * w * sizeof(double));
+	if (!plain || !idx || !lc) {
+		st = zm_error_set(err, ZM_ERR_NOMEM, "density: out of memory");
+		goto out;
+	}
+	for (i = 0; i < k && st == ZM_OK; i++) {
+		const struct zm_density *mi = m[i], *cp[ZM_DENSITY_MAX_COMPONENTS];
+		size_t nc = mi->n_comp;
+		bool fast = nc > 0;
+		if (!nc) {
+			/* Scored below, together. */
+			plain[np] = mi;
+			idx[np++] = i;
+			continue;
+		}
+		for (c = 0; c < nc; c++)
+			if (!mi->comp[c].q)
+				fast = false;
+		if (fast) {
+			st = loglik_mixture(mi, x, n, out + i, k, err);
+			continue;
+		}
+		/* A diagonal component: component by component. */
+		for (c = 0; c < nc; c++)
+			cp[c] = &mi->comp[c];
+		if ((st = loglik_plain(cp, nc, x, n, lc, err)))
+			break;
+		for (r = 0; r < n; r++) {
+			const double *l = lc + r * nc;
+			double top = -INFINITY, sum = 0;
+			for (c = 0; c < nc; c++)
+				if (l[c] + mi->logw[c] > top)
+					top = l[c] + mi->logw[c];
+			for (c = 0; c < nc; c++)
+				sum += exp(l[c] + mi->logw[c] - top);
+			out[r * k + i] = top + log(sum);
+		}
+	}
+	if (st == ZM_OK && np &&
+	    !(st = loglik_plain(plain, np, x, n, lc, err)))
+		for (r = 0; r < n; r++)
+			for (c = 0; c < np; c++)
+				out[r * k + idx[c]] = lc[r * np + c];
+out:
+	free(plain);
+	free(idx);
+	free(lc);
+	return st;
 }
 
 /* v' C_b^{-1} w for the density b. */

@@ -43,6 +43,10 @@
 #define ZM_DENSITY_FLOOR_REL 1e-3
 /* Widest input whose scatter is kept (d x d doubles: 32 MiB at 2048). */
 #define ZM_SCATTER_MAX_DIM 2048
+/* Components of a mixture at most, and the principal directions each
+ * keeps (fewer than the single PPCA: each describes a part of the data). */
+#define ZM_DENSITY_MAX_COMPONENTS 8
+#define ZM_DENSITY_COMPONENT_RANK 16
 
 /* ---- scatter ---- */
 
@@ -100,6 +104,13 @@ struct zm_density {
 	double *var;       /* owned [d]: the variance of the diagonal part */
 	double *coef;      /* owned [q]: 1 / s2 - 1 / lambda_k */
 	double logdet;     /* log det C */
+	/* A mixture: the row's density is log sum_c w_c p_c(x) over these
+	 * components (each a PPCA or diagonal Gaussian without components
+	 * of its own), the fields above then the single Gaussian of the
+	 * same mean and covariance (for zm_density_kl).  0: none. */
+	size_t n_comp;
+	struct zm_density *comp;   /* owned [n_comp] */
+	double *logw;              /* owned [n_comp]: log w_c, sum w_c = 1 */
 };
 
 void zm_density_init(struct zm_density *m);
@@ -149,8 +160,21 @@ enum zm_status zm_density_ppca(struct zm_density *m, const float *mean,
  * the label-group specialists' routing rows with their own s2, 0.952
  * tied; accuracy 0.797 -> 0.814 (fine-tuned), 0.776 -> 0.794 (seeded).
  * Afterwards a pcvar may lie below s2 (C stays positive definite).
+ * Mixtures: their components are tied with one another and with the
+ * other densities' (one s2 for every Gaussian a row is scored under),
+ * and the single Gaussians of the mixtures among themselves.
  */
 void zm_density_tie_residual(struct zm_density *const *m, size_t k);
+
+/*
+ * Makes m (a fitted density) a mixture of the n >= 2 components comp
+ * (taken: on every return m owns them, or they are released), each of m's
+ * width and without components, weighted by their counts.  ZM_ERR_DATA
+ * when a width differs or a count is not positive; m is then unchanged.
+ */
+enum zm_status zm_density_set_mixture(struct zm_density *m,
+                                      struct zm_density *comp, size_t n,
+                                      struct zm_error *err);
 
 /* The covariance C of m times count added into m2 [d, d] (to rebuild a
  * scatter from a stored PPCA). */
@@ -159,7 +183,8 @@ void zm_density_scatter(const struct zm_density *m, double count,
 
 /*
  * out[r * k + i] = log p_i(row r) for the n rows of x (F32 [n, d]) under
- * k densities of width d.  The projections onto each model's directions
+ * k densities of width d (a mixture: the log-sum-exp over its
+ * components of log w_c + log p_c(row)).  The projections onto each model's directions
  * are one zm_gemm per model and block of rows; scratch is bounded by the
  * block, not n.  ZM_ERR_NOMEM only.
  */

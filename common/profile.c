@@ -8,8 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gemm.h"
 #include "mem.h"
 #include "profile.h"
+#include "random.h"
 #include "stream.h"
 #include "tensor.h"
 
@@ -22,6 +24,27 @@ void zm_profile_init(struct zm_profile *p)
 	p->labels = NULL;
 	p->n_classes = 0;
 	zm_scatter_init(&p->scatter);
+	p->n_comp = 0;
+	p->comp = NULL;
+	p->centres = NULL;
+}
+
+static void comps_free(struct zm_scatter *c, size_t n)
+{
+	size_t i;
+
+	for (i = 0; c && i < n; i++)
+		zm_scatter_release(&c[i]);
+	free(c);
+}
+
+static void comps_release(struct zm_profile *p)
+{
+	comps_free(p->comp, p->n_comp);
+	free(p->centres);
+	p->comp = NULL;
+	p->centres = NULL;
+	p->n_comp = 0;
 }
 
 static void entry_release(struct zm_profile_entry *e)
@@ -40,6 +63,7 @@ void zm_profile_release(struct zm_profile *p)
 	free(p->entries);
 	free(p->labels);
 	zm_scatter_release(&p->scatter);
+	comps_release(p);
 	zm_profile_init(p);
 }
 
@@ -198,6 +222,279 @@ static enum zm_status batch_moments(struct zm_profile_entry *e,
 	return ZM_OK;
 }
 
+
+/* ---- components of the input (a mixture density) ---- */
+
+/* Rows a component needs to be written (its PPCA then has every one of
+ * ZM_DENSITY_COMPONENT_RANK directions); smaller ones are merged. */
+#define COMP_MIN_ROWS (2 * ZM_DENSITY_COMPONENT_RANK + 1)
+/* Rows per cluster a clustering aims at, at least. */
+#define CLUSTER_ROWS 128
+#define KMEANS_ITERS 25
+
+/* Whether p's components describe the rows of its (valid) input scatter:
+ * their counts add up to the scatter's. */
+static bool comps_valid(const struct zm_profile *p)
+{
+	double total = 0;
+	size_t c;
+
+	if (p->n_comp < 2 || !p->scatter.d || !scatter_valid(p))
+		return false;
+	for (c = 0; c < p->n_comp; c++) {
+		if (p->comp[c].d && p->comp[c].d != p->scatter.d)
+			return false;
+		total += p->comp[c].count;
+	}
+	return total == p->scatter.count;
+}
+
+/* a[r] = the nearest of the k centres c [k, d] to row r of x [n, d]
+ * (squared Euclidean distance; |x|^2 is the same for every centre, so
+ * |c|^2 - 2 x.c decides); ties to the lower index. */
+static enum zm_status nearest(const float *x, size_t n, size_t d,
+                              const float *c, size_t k, size_t *a,
+                              struct zm_error *err)
+{
+	double cc[ZM_DENSITY_MAX_COMPONENTS];
+	float *g;
+	size_t r, i, j;
+
+	ZM_ASSERT(k <= ZM_DENSITY_MAX_COMPONENTS);
+	if (!(g = zm_malloc(n * k * sizeof(float))))
+		return zm_error_set(err, ZM_ERR_NOMEM, "profile: out of memory");
+	for (i = 0; i < k; i++) {
+		cc[i] = 0;
+		for (j = 0; j < d; j++)
+			cc[i] += (double)c[i * d + j] * c[i * d + j];
+	}
+	zm_gemm(false, true, n, k, d, 1.0f, x, d, c, d, 0.0f, g, k);
+	for (r = 0; r < n; r++) {
+		double best = cc[0] - 2.0 * g[r * k];
+		a[r] = 0;
+		for (i = 1; i < k; i++) {
+			double v = cc[i] - 2.0 * g[r * k + i];
+			if (v < best) {
+				best = v;
+				a[r] = i;
+			}
+		}
+	}
+	free(g);
+	return ZM_OK;
+}
+
+enum zm_status zm_profile_cluster(struct zm_profile *p, const float *x,
+                                  size_t n, size_t d, struct zm_error *err)
+{
+	const struct zm_profile_entry *in = zm_profile_find(p, ZM_PROFILE_INPUT);
+	size_t k = n / CLUSTER_ROWS, i, j, r, it;
+	float *c = NULL;
+	double *sum = NULL, *cnt = NULL, *dist = NULL;
+	size_t *a = NULL;
+	struct zm_scatter *comp = NULL;
+	struct zm_rng rng;
+	enum zm_status st = ZM_OK;
+
+	if (in && in->count > 0)
+		return zm_error_set(err, ZM_ERR_USAGE, "profile: clustering "
+		                    "after rows were added");
+	comps_release(p);
+	if (k > ZM_DENSITY_MAX_COMPONENTS)
+		k = ZM_DENSITY_MAX_COMPONENTS;
+	if (k < 2 || d == 0 || d > ZM_PROFILE_COMPONENT_MAX_DIM)
+		return ZM_OK;
+	if (!(c = zm_malloc(k * d * sizeof(float))) ||
+	    !(sum = zm_malloc(k * d * sizeof(double))) ||
+	    !(cnt = zm_malloc(k * sizeof(double))) ||
+	    !(dist = zm_malloc(n * sizeof(double))) ||
+	    !(a = zm_malloc(n * sizeof(size_t))) ||
+	    !(comp = zm_calloc(k, sizeof(*comp)))) {
+		st = zm_error_set(err, ZM_ERR_NOMEM, "profile: out of memory");
+		goto out;
+	}
+	/* k-means++ seeding (Arthur and Vassilvitskii): each next centre a
+	 * row drawn with probability proportional to its squared distance
+	 * from the nearest centre so far; a fixed seed, so deterministic. */
+	zm_rng_seed(&rng, 0xc1a55);
+	r = (size_t)zm_rng_below(&rng, n);
+	memcpy(c, x + r * d, d * sizeof(float));
+	for (r = 0; r < n; r++)
+		dist[r] = INFINITY;
+	for (i = 1; i < k; i++) {
+		double total = 0, u;
+		for (r = 0; r < n; r++) {
+			double s = 0;
+			for (j = 0; j < d; j++) {
+				double v = (double)x[r * d + j] - c[(i - 1) * d + j];
+				s += v * v;
+			}
+			if (s < dist[r])
+				dist[r] = s;
+			total += dist[r];
+		}
+		u = zm_rng_uniform(&rng) * total;
+		for (r = 0; r + 1 < n && u >= dist[r]; r++)
+			u -= dist[r];
+		memcpy(c + i * d, x + r * d, d * sizeof(float));
+	}
+	/* Lloyd's iterations; a centre that loses every row stays put. */
+	for (it = 0; it < KMEANS_ITERS; it++) {
+		if ((st = nearest(x, n, d, c, k, a, err)))
+			goto out;
+		memset(sum, 0, k * d * sizeof(double));
+		memset(cnt, 0, k * sizeof(double));
+		for (r = 0; r < n; r++) {
+			cnt[a[r]]++;
+			for (j = 0; j < d; j++)
+				sum[a[r] * d + j] += x[r * d + j];
+		}
+		for (i = 0; i < k; i++)
+			for (j = 0; cnt[i] > 0 && j < d; j++)
+				c[i * d + j] = (float)(sum[i * d + j] / cnt[i]);
+	}
+	for (i = 0; i < k; i++)
+		zm_scatter_init(&comp[i]);
+	p->centres = c;
+	p->comp = comp;
+	p->n_comp = k;
+	c = NULL;
+	comp = NULL;
+out:
+	free(c);
+	free(sum);
+	free(cnt);
+	free(dist);
+	free(a);
+	free(comp);
+	return st;
+}
+
+/* Adds the n rows of x to the components of their nearest centres; on
+ * failure the components are dropped (they refine the density, the
+ * profile stays right without them). */
+static void comps_add(struct zm_profile *p, const float *x, size_t n,
+                      size_t d, struct zm_error *err)
+{
+	size_t *a = NULL, c, r, m;
+	float *xb = NULL;
+	enum zm_status st = ZM_OK;
+
+	if (!(a = zm_malloc(n * sizeof(size_t))) ||
+	    !(xb = zm_malloc(n * d * sizeof(float))))
+		st = ZM_ERR_NOMEM;
+	if (st == ZM_OK)
+		st = nearest(x, n, d, p->centres, p->n_comp, a, err);
+	for (c = 0; st == ZM_OK && c < p->n_comp; c++) {
+		for (m = 0, r = 0; r < n; r++)
+			if (a[r] == c)
+				memcpy(xb + m++ * d, x + r * d, d * sizeof(float));
+		if (m)
+			st = zm_scatter_add(&p->comp[c], xb, m, d, err);
+	}
+	if (st != ZM_OK)
+		comps_release(p);
+	free(a);
+	free(xb);
+}
+
+/* Merges components of n [*n] into one another until at most max are
+ * left and none has fewer than min_rows rows (while two are left): the
+ * two smallest each time, their rows' scatter exact (Chan et al.).
+ * Empty ones are dropped first. */
+static enum zm_status comps_reduce(struct zm_scatter *c, size_t *n,
+                                   size_t max, double min_rows,
+                                   struct zm_error *err)
+{
+	size_t i, k = 0;
+	enum zm_status st;
+
+	for (i = 0; i < *n; i++) {
+		if (c[i].count > 0)
+			c[k++] = c[i];
+		else
+			zm_scatter_release(&c[i]);
+	}
+	*n = k;
+	for (;;) {
+		size_t a = SIZE_MAX, b = SIZE_MAX;
+		for (i = 0; i < *n; i++) {
+			if (a == SIZE_MAX || c[i].count < c[a].count) {
+				b = a;
+				a = i;
+			} else if (b == SIZE_MAX || c[i].count < c[b].count) {
+				b = i;
+			}
+		}
+		if (*n < 2 || (*n <= max && c[a].count >= min_rows))
+			return ZM_OK;
+		if (a > b) {
+			i = a;
+			a = b;
+			b = i;
+		}
+		if ((st = zm_scatter_merge(&c[a], &c[b], err)))
+			return st;
+		zm_scatter_release(&c[b]);
+		for (i = b; i + 1 < *n; i++)
+			c[i] = c[i + 1];
+		(*n)--;
+	}
+}
+
+/* A deep copy of p's valid components into *out [*n], reduced to what
+ * is written (comps_reduce); *n < 2: none (*out NULL). */
+static enum zm_status comps_settled(const struct zm_profile *p,
+                                    struct zm_scatter **out, size_t *n,
+                                    struct zm_error *err)
+{
+	struct zm_scatter *c;
+	enum zm_status st = ZM_OK;
+	size_t i;
+
+	*out = NULL;
+	*n = 0;
+	if (!comps_valid(p))
+		return ZM_OK;
+	if (!(c = zm_calloc(p->n_comp, sizeof(*c))))
+		return zm_error_set(err, ZM_ERR_NOMEM, "profile: out of memory");
+	for (i = 0; i < p->n_comp && st == ZM_OK; i++)
+		st = zm_scatter_copy(&c[i], &p->comp[i], err);
+	*n = p->n_comp;
+	if (st == ZM_OK)
+		st = comps_reduce(c, n, ZM_DENSITY_MAX_COMPONENTS, COMP_MIN_ROWS,
+		                  err);
+	if (st != ZM_OK || *n < 2) {
+		comps_free(c, st != ZM_OK ? p->n_comp : *n);
+		*n = 0;
+		return st;
+	}
+	*out = c;
+	return ZM_OK;
+}
+
+/* The mixture of the n component scatters c as m's components. */
+static enum zm_status fit_mixture(struct zm_density *m,
+                                  const struct zm_scatter *c, size_t n,
+                                  struct zm_error *err)
+{
+	struct zm_density *d;
+	enum zm_status st = ZM_OK;
+	size_t i;
+
+	if (!(d = zm_calloc(n, sizeof(*d))))
+		return zm_error_set(err, ZM_ERR_NOMEM, "profile: out of memory");
+	for (i = 0; i < n && st == ZM_OK; i++)
+		st = zm_density_fit(&d[i], &c[i], ZM_DENSITY_COMPONENT_RANK, err);
+	if (st != ZM_OK) {
+		for (i = 0; i < n; i++)
+			zm_density_release(&d[i]);
+		free(d);
+		return st;
+	}
+	return zm_density_set_mixture(m, d, n, err);
+}
+
 enum zm_status zm_profile_add_batch(struct zm_profile *p, const char *name,
                                     const float *x, size_t n, size_t d,
                                     struct zm_error *err)
@@ -228,6 +525,8 @@ enum zm_status zm_profile_add_batch(struct zm_profile *p, const char *name,
 	if (n > 0) {
 		bool keep = strcmp(name, ZM_PROFILE_INPUT) == 0 &&
 		            d <= ZM_SCATTER_MAX_DIM && scatter_valid(p);
+		bool comps = keep && p->n_comp && p->centres &&
+		             (p->scatter.count == 0 || comps_valid(p));
 		st = batch_moments(e, x, n, d, err);
 		if (st == ZM_OK && keep)
 			st = zm_scatter_add(&p->scatter, x, n, d, err);
@@ -238,6 +537,12 @@ enum zm_status zm_profile_add_batch(struct zm_profile *p, const char *name,
 		}
 		if (strcmp(name, ZM_PROFILE_INPUT) == 0 && !keep)
 			zm_scatter_release(&p->scatter);
+		if (strcmp(name, ZM_PROFILE_INPUT) == 0) {
+			if (comps && d == p->scatter.d)
+				comps_add(p, x, n, d, err);
+			else
+				comps_release(p);
+		}
 		entry_combine(e, (double)n, e->scratch, e->scratch + d);
 	}
 	if (e == &fresh)
@@ -306,6 +611,16 @@ enum zm_status zm_profile_merge(struct zm_profile *dst,
 	bool both = scatter_valid(dst) && scatter_valid(src) &&
 	            (src->scatter.d || !src_rows);
 
+	const struct zm_profile_entry *d_in = zm_profile_find(dst,
+	                                                     ZM_PROFILE_INPUT);
+	bool dst_rows = d_in && d_in->count > 0;
+	/* The merged components: src's when dst has no input rows, both
+	 * sets (reduced to ZM_DENSITY_MAX_COMPONENTS) when both are valid,
+	 * else none; a mixture of mixtures is exact. */
+	struct zm_scatter *nc = NULL;
+	size_t nn = 0;
+	float *ncent = NULL;
+
 	ZM_ASSERT(dst != src);
 	zm_scatter_init(&sc);
 	for (i = 0; i < src->n_entries; i++) {
@@ -335,6 +650,29 @@ enum zm_status zm_profile_merge(struct zm_profile *dst,
 	if (st == ZM_OK && src_rows && both &&
 	    (st = zm_scatter_copy(&sc, &dst->scatter, err)) == ZM_OK)
 		st = zm_scatter_merge(&sc, &src->scatter, err);
+	if (st == ZM_OK && src_rows && comps_valid(src) &&
+	    (!dst_rows || (both && comps_valid(dst)))) {
+		size_t nd = dst_rows ? dst->n_comp : 0, j;
+		nn = nd + src->n_comp;
+		if (!(nc = zm_calloc(nn, sizeof(*nc))))
+			st = zm_error_set(err, ZM_ERR_NOMEM, "profile: out of "
+			                  "memory");
+		for (j = 0; st == ZM_OK && j < nn; j++)
+			st = zm_scatter_copy(&nc[j], j < nd ? &dst->comp[j] :
+			                     &src->comp[j - nd], err);
+		if (st == ZM_OK && !dst_rows && src->centres) {
+			if (!(ncent = zm_malloc(src->n_comp * src->scatter.d *
+			                        sizeof(float))))
+				st = zm_error_set(err, ZM_ERR_NOMEM, "profile: "
+				                  "out of memory");
+			else
+				memcpy(ncent, src->centres, src->n_comp *
+				       src->scatter.d * sizeof(float));
+		}
+		if (st == ZM_OK && dst_rows)
+			st = comps_reduce(nc, &nn, ZM_DENSITY_MAX_COMPONENTS, 0,
+			                  err);
+	}
 	/* Last: it grows dst's histogram, the only change before commit. */
 	if (st == ZM_OK)
 		st = grow_labels(dst, src->n_classes, err);
@@ -343,11 +681,17 @@ enum zm_status zm_profile_merge(struct zm_profile *dst,
 			entry_release(&fresh[i]);
 		free(fresh);
 		zm_scatter_release(&sc);
+		comps_free(nc, nn);
+		free(ncent);
 		return st;
 	}
 	if (src_rows) {
 		zm_scatter_release(&dst->scatter);
 		dst->scatter = sc;
+		comps_release(dst);
+		dst->comp = nc;
+		dst->n_comp = nn;
+		dst->centres = ncent;
 	}
 	for (i = 0; i < src->n_entries; i++) {
 		const struct zm_profile_entry *s = &src->entries[i];
@@ -497,6 +841,67 @@ out:
 	return st;
 }
 
+
+/* The components' PPCAs (comps_settled) as five tensors each at ts
+ * (*added of them set): PREFIX "input.cI" .center, .pc, .pcvar, .resvar
+ * and .rows.  None when fewer than two, or one has no directions. */
+static enum zm_status make_comps(const struct zm_profile *p,
+                                 struct zm_tensor *ts, size_t *added,
+                                 struct zm_error *err)
+{
+	struct zm_scatter *c = NULL;
+	struct zm_density m;
+	size_t n = 0, i, k, t = 0;
+	enum zm_status st;
+
+	*added = 0;
+	zm_density_init(&m);
+	if ((st = comps_settled(p, &c, &n, err)) || n < 2)
+		return st;
+	for (i = 0; i < n && st == ZM_OK; i++) {
+		char base[64], name[96];
+		int64_t shape[2];
+		if ((st = zm_density_fit(&m, &c[i], ZM_DENSITY_COMPONENT_RANK,
+		                         err)))
+			break;
+		if (m.q == 0)
+			break;
+		snprintf(base, sizeof(base), "%s.c%zu", ZM_PROFILE_INPUT, i);
+		shape[0] = (int64_t)m.d;
+		snprintf(name, sizeof(name), PREFIX "%s.center", base);
+		if ((st = zm_tensor_alloc(&ts[t], name, ZM_DTYPE_F32, 1, shape,
+		                          err)))
+			break;
+		memcpy(ts[t++].data, m.mean, m.d * sizeof(float));
+		shape[0] = (int64_t)m.q;
+		shape[1] = (int64_t)m.d;
+		snprintf(name, sizeof(name), PREFIX "%s.pc", base);
+		if ((st = zm_tensor_alloc(&ts[t], name, ZM_DTYPE_F32, 2, shape,
+		                          err)))
+			break;
+		memcpy(ts[t++].data, m.pc, m.q * m.d * sizeof(float));
+		snprintf(name, sizeof(name), PREFIX "%s.pcvar", base);
+		if ((st = zm_tensor_alloc(&ts[t], name, ZM_DTYPE_F32, 1, shape,
+		                          err)))
+			break;
+		for (k = 0; k < m.q; k++)
+			((float *)ts[t].data)[k] = (float)m.pcvar[k];
+		t++;
+		if ((st = make_count(&ts[t++], base, ".resvar", m.s2, err)) ||
+		    (st = make_count(&ts[t++], base, ".rows", c[i].count, err)))
+			break;
+	}
+	if (st == ZM_OK && i == n) {
+		*added = t;
+	} else {
+		for (k = 0; k < t; k++)
+			zm_tensor_release(&ts[k]);
+	}
+	zm_density_release(&m);
+	comps_free(c, n);
+	return st;
+}
+
 static void release_tensors(struct zm_tensor *ts, size_t n)
 {
 	size_t i;
@@ -516,7 +921,8 @@ static enum zm_status build_tensors(const struct zm_profile *p,
 	enum zm_status st = ZM_OK;
 	size_t cap, n = 0, i;
 
-	if (!zm_size_mul(p->n_entries, 3, &cap) || !zm_size_add(cap, 5, &cap) ||
+	if (!zm_size_mul(p->n_entries, 3, &cap) ||
+	    !zm_size_add(cap, 5 + 5 * ZM_DENSITY_MAX_COMPONENTS, &cap) ||
 	    !(ts = zm_calloc(cap, sizeof(*ts))))
 		return zm_error_set(err, ZM_ERR_NOMEM, "profile: out of memory");
 	for (i = 0; i < cap; i++)
@@ -544,6 +950,10 @@ static enum zm_status build_tensors(const struct zm_profile *p,
 		size_t added;
 		st = make_ppca(p, ts + n, &added, err);
 		n += added;
+		if (st == ZM_OK && added) {
+			st = make_comps(p, ts + n, &added, err);
+			n += added;
+		}
 	}
 	if (st != ZM_OK) {
 		release_tensors(ts, cap);
@@ -814,25 +1224,27 @@ static const struct zm_tensor *find_part(const struct zm_doc *doc,
  * malformed.
  */
 static enum zm_status ppca_tensors(const struct zm_doc *doc,
+                                   const char *base,
                                    const float *mean, size_t dim,
                                    double count, struct zm_density *m,
                                    struct zm_error *err)
 {
-	const struct zm_tensor *pc = zm_doc_find(doc, PREFIX ZM_PROFILE_INPUT
-	                                         ".pc");
-	const struct zm_tensor *pv = zm_doc_find(doc, PREFIX ZM_PROFILE_INPUT
-	                                         ".pcvar");
-	const struct zm_tensor *rv = zm_doc_find(doc, PREFIX ZM_PROFILE_INPUT
-	                                         ".resvar");
+	char npc[96], npv[96], nrv[96];
+	const struct zm_tensor *pc, *pv, *rv;
 	double s2, *pcvar = NULL;
 	float *dirs = NULL;
 	enum zm_status st;
 	size_t q, k;
 
+	snprintf(npc, sizeof(npc), "%s.pc", base);
+	snprintf(npv, sizeof(npv), "%s.pcvar", base);
+	snprintf(nrv, sizeof(nrv), "%s.resvar", base);
+	pc = zm_doc_find(doc, npc);
+	pv = zm_doc_find(doc, npv);
+	rv = zm_doc_find(doc, nrv);
 	if (!pc || !pv || !rv)
-		return zm_error_set(err, ZM_ERR_DATA, "%s%s.pc, .pcvar and "
-		                    ".resvar go together", PREFIX,
-		                    ZM_PROFILE_INPUT);
+		return zm_error_set(err, ZM_ERR_DATA, "%s.pc, .pcvar and "
+		                    ".resvar go together", base);
 	if (pc->dtype != ZM_DTYPE_F32 || pc->ndim != 2 || pc->shape[0] <= 0 ||
 	    pc->shape[1] != (int64_t)dim || (size_t)pc->shape[0] >= dim ||
 	    !dtype_ok_size(pc))
@@ -869,6 +1281,154 @@ out:
 	return st;
 }
 
+
+/*
+ * The components stored with doc's input PPCA (PREFIX "input.cI", I from
+ * 0 up while .center exists) as densities into *out [*n] (none: *n 0),
+ * for an input of width dim and count rows.  ZM_ERR_DATA naming the
+ * tensor for a malformed one, for one alone, or when their rows do not
+ * add up to count.
+ */
+static enum zm_status doc_comps(const struct zm_doc *doc, size_t dim,
+                                double count, struct zm_density **out,
+                                size_t *n, struct zm_error *err)
+{
+	struct zm_density *d = NULL;
+	enum zm_status st = ZM_OK;
+	double total = 0;
+	float *mean = NULL;
+	size_t k = 0, i, len;
+
+	*out = NULL;
+	*n = 0;
+	for (;;) {
+		char base[64], name[96];
+		const struct zm_tensor *ct, *rt;
+		double rows;
+		snprintf(base, sizeof(base), PREFIX "%s.c%zu", ZM_PROFILE_INPUT,
+		         k);
+		snprintf(name, sizeof(name), "%s.center", base);
+		if (!(ct = zm_doc_find(doc, name)))
+			break;
+		if (k == ZM_DENSITY_MAX_COMPONENTS) {
+			st = zm_error_set(err, ZM_ERR_DATA, "%s: more than %d "
+			                  "components", name,
+			                  ZM_DENSITY_MAX_COMPONENTS);
+			goto out;
+		}
+		snprintf(name, sizeof(name), "%s.rows", base);
+		if (!(rt = zm_doc_find(doc, name))) {
+			st = zm_error_set(err, ZM_ERR_DATA, "%s.center without "
+			                  "%s", base, name);
+			goto out;
+		}
+		if ((st = check_vector(ct, &len, err)) ||
+		    (st = read_count(rt, &rows, err)))
+			goto out;
+		if (len != dim || !(rows >= 1)) {
+			st = zm_error_set(err, ZM_ERR_DATA, "%s: %zu features and "
+			                  "%g rows, expected %zu features and at "
+			                  "least one row", base, len, rows, dim);
+			goto out;
+		}
+		if (!d && !(d = zm_calloc(ZM_DENSITY_MAX_COMPONENTS,
+		                          sizeof(*d)))) {
+			st = zm_error_set(err, ZM_ERR_NOMEM, "profile: out of "
+			                  "memory");
+			goto out;
+		}
+		if (!mean && !(mean = zm_malloc(dim * sizeof(float)))) {
+			st = zm_error_set(err, ZM_ERR_NOMEM, "profile: out of "
+			                  "memory");
+			goto out;
+		}
+		zm_tensor_read_f32(ct, 0, dim, mean);
+		for (i = 0; i < dim; i++)
+			if (!isfinite(mean[i])) {
+				st = zm_error_set(err, ZM_ERR_DATA, "%s.center: "
+				                  "element %zu is not finite", base,
+				                  i);
+				goto out;
+			}
+		if ((st = ppca_tensors(doc, base, mean, dim, rows, &d[k], err)))
+			goto out;
+		total += rows;
+		k++;
+	}
+	if (k == 1 || (k && fabs(total - count) > 1e-6 * count)) {
+		st = zm_error_set(err, ZM_ERR_DATA, "%s%s.c*: %zu components of "
+		                  "%g rows, the input has %g", PREFIX,
+		                  ZM_PROFILE_INPUT, k, total, count);
+		goto out;
+	}
+	*out = d;
+	*n = k;
+	d = NULL;
+out:
+	for (i = 0; d && i < ZM_DENSITY_MAX_COMPONENTS; i++)
+		zm_density_release(&d[i]);
+	free(d);
+	free(mean);
+	return st;
+}
+
+/* m (doc's input PPCA) with doc's stored components, if any. */
+static enum zm_status doc_mixture(const struct zm_doc *doc, size_t dim,
+                                  double count, struct zm_density *m,
+                                  struct zm_error *err)
+{
+	struct zm_density *c;
+	size_t n;
+	enum zm_status st = doc_comps(doc, dim, count, &c, &n, err);
+
+	if (st != ZM_OK || n == 0)
+		return st;
+	return zm_density_set_mixture(m, c, n, err);
+}
+
+/* p's component scatters rebuilt from doc's stored components (an
+ * input entry and its scatter exist). */
+static enum zm_status read_comps(struct zm_profile *p,
+                                 const struct zm_doc *doc,
+                                 struct zm_error *err)
+{
+	struct zm_density *c;
+	struct zm_scatter *sc;
+	size_t n, i, d = p->scatter.d;
+	enum zm_status st = doc_comps(doc, d, p->scatter.count, &c, &n, err);
+
+	if (st != ZM_OK || n == 0)
+		return st;
+	if (!(sc = zm_calloc(n, sizeof(*sc))))
+		st = zm_error_set(err, ZM_ERR_NOMEM, "profile: out of memory");
+	for (i = 0; st == ZM_OK && i < n; i++) {
+		size_t j;
+		sc[i].mean = zm_malloc(d * sizeof(double));
+		sc[i].m2 = zm_calloc(d * d, sizeof(double));
+		if (!sc[i].mean || !sc[i].m2) {
+			st = zm_error_set(err, ZM_ERR_NOMEM, "profile: out of "
+			                  "memory");
+			break;
+		}
+		sc[i].d = d;
+		sc[i].count = c[i].count;
+		for (j = 0; j < d; j++)
+			sc[i].mean[j] = c[i].mean[j];
+		zm_density_scatter(&c[i], c[i].count, sc[i].m2);
+	}
+	for (i = 0; i < n; i++)
+		zm_density_release(&c[i]);
+	free(c);
+	if (st != ZM_OK) {
+		comps_free(sc, n);
+		return st;
+	}
+	comps_release(p);
+	p->comp = sc;
+	p->n_comp = n;
+	return ZM_OK;
+}
+
 /* Rebuilds p's scatter from the PPCA doc stores for p's input entry. */
 static enum zm_status read_ppca(struct zm_profile *p, const struct zm_doc *doc,
                                 struct zm_error *err)
@@ -896,7 +1456,8 @@ static enum zm_status read_ppca(struct zm_profile *p, const struct zm_doc *doc,
 	for (j = 0; j < in->dim; j++)
 		mf[j] = (float)in->mean[j];
 	zm_density_init(&m);
-	st = ppca_tensors(doc, mf, in->dim, in->count, &m, err);
+	st = ppca_tensors(doc, PREFIX ZM_PROFILE_INPUT, mf, in->dim, in->count,
+	                  &m, err);
 	free(mf);
 	if (st != ZM_OK)
 		return st;
@@ -914,7 +1475,7 @@ static enum zm_status read_ppca(struct zm_profile *p, const struct zm_doc *doc,
 	memcpy(p->scatter.mean, in->mean, in->dim * sizeof(double));
 	zm_density_scatter(&m, in->count, p->scatter.m2);
 	zm_density_release(&m);
-	return ZM_OK;
+	return read_comps(p, doc, err);
 }
 
 enum zm_status zm_profile_from_doc(struct zm_profile *p,
@@ -994,8 +1555,19 @@ enum zm_status zm_profile_density(const struct zm_profile *p,
 
 	if (!in || in->count <= 0)
 		return zm_error_set(err, ZM_ERR_NOTFOUND, "no input profile");
-	if (p->scatter.d && scatter_valid(p))
-		return zm_density_fit(m, &p->scatter, ZM_DENSITY_RANK, err);
+	if (p->scatter.d && scatter_valid(p)) {
+		struct zm_scatter *c;
+		size_t n;
+		if ((st = zm_density_fit(m, &p->scatter, ZM_DENSITY_RANK, err)) ||
+		    (st = comps_settled(p, &c, &n, err)))
+			return st;
+		if (n >= 2)
+			st = fit_mixture(m, c, n, err);
+		comps_free(c, n);
+		if (st != ZM_OK)
+			zm_density_release(m);
+		return st;
+	}
 	if (!(mv = zm_malloc(2 * in->dim * sizeof(double))))
 		return zm_error_set(err, ZM_ERR_NOMEM, "profile: out of memory");
 	zm_profile_entry_moments(in, mv, mv + in->dim);
@@ -1039,8 +1611,11 @@ enum zm_status zm_profile_density_from_doc(const struct zm_doc *doc,
 			return zm_error_set(err, ZM_ERR_NOMEM, "profile: out of "
 			                    "memory");
 		zm_tensor_read_f32(mean, 0, dim, mf);
-		st = ppca_tensors(doc, mf, dim, count, m, err);
+		st = ppca_tensors(doc, PREFIX ZM_PROFILE_INPUT, mf, dim, count, m,
+		                  err);
 		free(mf);
+		if (st == ZM_OK && (st = doc_mixture(doc, dim, count, m, err)))
+			zm_density_release(m);
 		return st;
 	}
 	zm_profile_init(&p);

@@ -31,6 +31,26 @@
  * The reader rebuilds the scatter from them (exact for the fitted model),
  * so merging profiles refits the PPCA.  A profile without them (older
  * files, wider inputs) routes by a diagonal Gaussian of mean and var.
+ *
+ * The data a model was trained on is usually several clusters (a
+ * specialist's classes, a source's modes), which one Gaussian blurs into
+ * one ellipsoid.  So the input rows are also split into components
+ * (zm_profile_cluster: k-means on the rows, before they are added), each
+ * with its own scatter, and a document then also stores a PPCA of each
+ * component I = 0, 1, ... (at most ZM_DENSITY_MAX_COMPONENTS, each of at
+ * least 2 ZM_DENSITY_COMPONENT_RANK + 1 rows: smaller ones are merged
+ * into others first):
+ *   profile.input.cI.center F32 [d]     the component's mean
+ *   profile.input.cI.pc     F32 [q, d]  as profile.input.pc
+ *   profile.input.cI.pcvar  F32 [q]
+ *   profile.input.cI.resvar F64 [1]
+ *   profile.input.cI.rows   F64 [1]     its rows (they add up to the
+ *                                       input's count)
+ * The routing density is then the mixture sum_I (rows_I / count) p_I(x).
+ * Merging two profiles with components unites them (exact: a mixture of
+ * the two mixtures), merging the two smallest while more than
+ * ZM_DENSITY_MAX_COMPONENTS are left; rows added without centres (after
+ * reading a profile) drop them.  Older readers ignore these tensors.
  */
 #ifndef ZM_PROFILE_H
 #define ZM_PROFILE_H
@@ -70,7 +90,17 @@ struct zm_profile {
 	 * that entry's (rows added to the entry without it, as after reading
 	 * a profile stored without a PPCA, make it stale: it is dropped). */
 	struct zm_scatter scatter;
+	/* Components of the input (see above): their scatters, valid only
+	 * while their counts add up to the valid scatter's, and the centres
+	 * rows are assigned to (NULL after reading: adding rows then drops
+	 * the components). */
+	size_t n_comp;
+	struct zm_scatter *comp;           /* owned [n_comp] */
+	float *centres;                    /* owned [n_comp, d] or NULL */
 };
+
+/* Widest input that is split into components (n_comp d x d doubles). */
+#define ZM_PROFILE_COMPONENT_MAX_DIM 1024
 
 /* Sets p to an empty profile that owns nothing. */
 void zm_profile_init(struct zm_profile *p);
@@ -99,6 +129,19 @@ double zm_profile_count(const struct zm_profile *p);
 enum zm_status zm_profile_add_batch(struct zm_profile *p, const char *name,
                                     const float *x, size_t n, size_t d,
                                     struct zm_error *err);
+
+/*
+ * Splits the input of the empty profile p into components: k-means
+ * (k-means++ seeding from a fixed seed, then Lloyd's iterations) on the n
+ * rows of x (F32 [n, d]: the rows that will be added, or a sample of
+ * them) with one cluster per 128 rows, at most ZM_DENSITY_MAX_COMPONENTS.
+ * Rows later added to the input entry go to their nearest centre's
+ * component.  Nothing happens when that gives fewer than two clusters or
+ * d exceeds ZM_PROFILE_COMPONENT_MAX_DIM.  ZM_ERR_USAGE when p already
+ * has input rows, ZM_ERR_NOMEM.
+ */
+enum zm_status zm_profile_cluster(struct zm_profile *p, const float *x,
+                                  size_t n, size_t d, struct zm_error *err);
 
 /*
  * Counts n class ids into the histogram, growing it as needed.  A negative
@@ -138,6 +181,7 @@ void zm_profile_entry_moments_f32(const struct zm_profile_entry *e,
 /*
  * The routing density of the profile's input: the PPCA of its scatter
  * when that is valid (fitted here, at most ZM_DENSITY_RANK directions),
+ * made the mixture of its components' PPCAs when it has components,
  * else the diagonal Gaussian of the input entry.  ZM_ERR_NOTFOUND when
  * the profile has no input entry with rows.
  */
@@ -147,7 +191,8 @@ enum zm_status zm_profile_density(const struct zm_profile *p,
 
 /*
  * The same straight from a document, without rebuilding the scatter: the
- * stored PPCA when there is one, else the diagonal Gaussian.
+ * stored PPCA (with its stored components) when there is one, else the
+ * diagonal Gaussian.
  * ZM_ERR_NOTFOUND when doc holds no input profile; ZM_ERR_DATA naming
  * the tensor for a malformed one.
  */

@@ -454,15 +454,22 @@ void zm_predict_explain(const struct zm_predictor *p,
 			              w->o.temperature_origin : "",
 			              w->o.temperature_origin ? "]" : "");
 			for (i = 0; i < K; i++)
-				zm_buf_printf(b, "%s%s: %s", i ? ", " : "", names[i],
-				              w->dens[i].q ? "PPCA" : "diagonal");
-			if (w->dens[0].q)
+				if (w->dens[i].n_comp)
+					zm_buf_printf(b, "%s%s: a mixture of %zu PPCAs",
+					              i ? ", " : "", names[i],
+					              w->dens[i].n_comp);
+				else
+					zm_buf_printf(b, "%s%s: %s", i ? ", " : "",
+					              names[i], w->dens[i].q ? "PPCA" :
+					              "diagonal");
+			if (w->dens[0].q && !w->dens[0].n_comp)
 				zm_buf_printf(b, " with %zu directions", w->dens[0].q);
 			for (i = 0; i < K && w->dens[i].q; i++)
 				;
 			if (i == K)
 				zm_buf_printf(b, ", one residual variance %.4g "
-				              "for all", w->dens[0].s2);
+				              "for all", w->dens[0].n_comp ?
+				              w->dens[0].comp[0].s2 : w->dens[0].s2);
 			zm_buf_printf(b, "); the models' data differ: symmetric "
 			              "KL %.4g between '%s' and '%s' (%.4g needed)\n",
 			              w->sep_kl, names[w->sep_a], names[w->sep_b],

@@ -959,6 +959,39 @@ enum zm_status zm_trainset_evaluate(const struct zm_model *model,
 	return st;
 }
 
+/* The input's components (zm_profile_cluster) from up to CLUSTER_SAMPLE
+ * training rows spread evenly over them; a profile that already has
+ * input rows keeps its own. */
+#define CLUSTER_SAMPLE 8192
+static enum zm_status cluster_rows(const struct zm_trainset *ts,
+                                   struct zm_profile *p,
+                                   struct zm_error *err)
+{
+	const struct zm_profile_entry *in = zm_profile_find(p, ZM_PROFILE_INPUT);
+	size_t n = ts->n_train < CLUSTER_SAMPLE ? ts->n_train : CLUSTER_SAMPLE;
+	size_t *idx, i;
+	float *x;
+	enum zm_status st;
+
+	if ((in && in->count > 0) || n == 0 ||
+	    ts->features > ZM_PROFILE_COMPONENT_MAX_DIM)
+		return ZM_OK;
+	idx = zm_malloc(n * sizeof(size_t));
+	x = zm_malloc(n * ts->features * sizeof(float));
+	if (!idx || !x) {
+		free(idx);
+		free(x);
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	}
+	for (i = 0; i < n; i++)
+		idx[i] = ts->train_idx[(size_t)((double)i * ts->n_train / n)];
+	zm_trainset_gather(ts, idx, n, x, NULL);
+	st = zm_profile_cluster(p, x, n, ts->features, err);
+	free(idx);
+	free(x);
+	return st;
+}
+
 enum zm_status zm_trainset_profile(const struct zm_trainset *ts,
                                    const struct zm_model *model,
                                    struct zm_profile *p,
@@ -985,6 +1018,8 @@ enum zm_status zm_trainset_profile(const struct zm_trainset *ts,
 		st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 		goto out;
 	}
+	if ((st = cluster_rows(ts, p, err)) != ZM_OK)
+		goto out;
 	for (i = 0; i < ts->n_train; i += b) {
 		size_t m = ts->n_train - i < b ? ts->n_train - i : b;
 		zm_trainset_gather(ts, ts->train_idx + i, m, xb, NULL);

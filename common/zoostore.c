@@ -9,8 +9,10 @@
 #include "lineage.h"
 #include "metakeys.h"
 #include "model.h"
+#include "profile.h"
 #include "schema.h"
 #include "statedict.h"
+#include "trainset.h"
 #include "zoo.h"
 #include "zoomodel.h"
 #include "zoostore.h"
@@ -256,5 +258,51 @@ out:
 	zm_doc_release(&doc);
 	zm_model_free(m);
 	zm_arch_free(arch);
+	return st;
+}
+
+enum zm_status zm_zoo_profile_model(struct zm_zoo *zoo, const char *name,
+                                    const char *data, uint64_t max_memory,
+                                    int64_t *version, struct zm_error *err)
+{
+	struct zm_model *m = NULL;
+	struct zm_trainset ts;
+	struct zm_schema schema;
+	struct zm_schema_note note;
+	struct zm_profile p;
+	struct zm_doc doc;
+	struct zm_zoo_entry *e;
+	char what[128];
+	bool adopted = false;
+	enum zm_status st;
+
+	zm_trainset_init(&ts, max_memory);
+	zm_schema_init(&schema);
+	zm_profile_init(&p);
+	zm_doc_init(&doc);
+	snprintf(what, sizeof(what), "model '%s'", name);
+	if ((st = zm_zoo_load_model(zoo, name, &m, NULL, err)) ||
+	    (st = zm_schema_of_model_doc(&schema, &m->extra, what, err)) ||
+	    (st = zm_trainset_load(&ts, data, err)))
+		goto out;
+	/* The rows as train-step sees them: classes and columns matched to
+	 * the model's by name, none held out. */
+	if ((st = zm_trainset_conform(&ts, &schema, m->arch->output_features,
+	                              data, what, &adopted, &note, err)) ||
+	    (st = zm_trainset_split(&ts, 0, 0, err)) ||
+	    (st = zm_trainset_profile(&ts, m, &p, err)) ||
+	    (st = zm_profile_replace_in_doc(&p, &m->extra, err)) ||
+	    (adopted && (st = zm_schema_to_model_doc(&schema, &m->extra, err))) ||
+	    (st = zm_model_to_doc(m, &doc, err)) ||
+	    (st = zm_zoo_put_model(zoo, name, &doc, version, err)))
+		goto out;
+	e = zm_zoo_find(zoo, name);
+	e->params = (int64_t)zm_arch_param_count(m->arch);
+out:
+	zm_doc_release(&doc);
+	zm_profile_release(&p);
+	zm_schema_release(&schema);
+	zm_trainset_release(&ts);
+	zm_model_free(m);
 	return st;
 }

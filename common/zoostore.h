@@ -92,4 +92,17 @@ enum zm_status zm_zoo_store_trained(const char *dir,
                                     size_t n, size_t *moved,
                                     struct zm_error *err);
 
+/*
+ * zoo-add --profile: recomputes the profile of name's current version
+ * from the rows of the data stream at data (the rows it was trained on),
+ * as train-step --apply computes it after training (zm_trainset_profile:
+ * every row, none held out, classes and columns matched to the model's
+ * by name), replaces the stored one and stores the model as its next
+ * version, uncommitted.  max_memory caps the data  Errors
+ * name the data or the model.
+ */
+enum zm_status zm_zoo_profile_model(struct zm_zoo *zoo, const char *name,
+                                    const char *data, uint64_t max_memory,
+                                    int64_t *version, struct zm_error *err);
+
 #endif

@@ -40,6 +40,9 @@
 #                         unrelated oneinit]
 #   ZM_ADAPTIVE_REUSE     1: keep the zoos DIR already holds, only measure
 #   ZM_ADAPTIVE_EPOCHS    epochs of the specialists and the joint model [3]
+#   ZM_ADAPTIVE_PROFILE   1: before measuring, recompute every model's
+#                         profile from its training rows (zoo-add --profile
+#                         with its slice, or the training set) [0]
 # Lines: "bench: adaptive-ZOO-WHAT: VALUE UNIT (REF: VALUE UNIT, ratio R)",
 # the targets as "bench:   target ...: PASS|FAIL" (informational),
 # then a table per zoo.  Exit 1 only when a program fails.
@@ -56,6 +59,7 @@ ALL_ZOOS="finetuned seeded hparams domains sources unrelated oneinit"
 ZOOS=${ZM_ADAPTIVE_ZOOS:-$ALL_ZOOS}
 REUSE=${ZM_ADAPTIVE_REUSE:-0}
 EPOCHS=${ZM_ADAPTIVE_EPOCHS:-3}
+PROFILE=${ZM_ADAPTIVE_PROFILE:-0}
 TUNED1="--per row --metric cosine --temperature 0.01"
 TUNED2="--per row --metric mahalanobis --temperature 0.1"
 TRAIN="--lr 0.05 --batch-size 64 --quiet"
@@ -525,6 +529,13 @@ measure() { # ZD HAS_SLICES
 	zd=$1
 	: >"$zd/results.tsv"
 	set -- $(cat "$zd/models.txt")
+	if [ "$PROFILE" = 1 ]; then
+		for m in "$@"; do
+			d=$zd/slices/$m.safetensors.gz
+			[ -r "$d" ] || d=$C/train.safetensors.gz
+			P zoo-add --zoo "$zd/zoo" --name "$m" --profile "$d"
+		done
+	fi
 	K="--zoo $zd/zoo"
 	for m in "$@"; do K="$K --model $m"; done
 	RA=

@@ -156,4 +156,48 @@ for kind in write fsync rename; do
 done
 if [ "$bad" -eq 0 ] && [ "$kills" -gt 0 ]; then pass "$kills kill points leave a valid zoo"; else fail "kills: $bad bad of $kills"; fi
 
+
+# zoo-add --profile: the profile train-step --apply writes, recomputed from
+# the same rows without training.  v2 (trained, nothing held out) and v3
+# (its profile recomputed) hold the same bytes after their headers, which
+# differ only in zm.version and zm.parent.
+ZP=$T/zp
+zoo-add --zoo "$ZP" --name p --arch "$T/arch.yaml" --seed 3 2>/dev/null
+train-step --zoo "$ZP" --model p --epochs 2 --lr 0.1 --seed 1 --val-fraction 0 --apply --quiet "$T/data.safetensors.gz"
+run zoo-add --zoo "$ZP" --name p --profile "$T/data.safetensors.gz"
+expect_rc 0 "zoo-add --profile"
+check "it is the model's next version" grep -q 'file: models/p/v3' "$ZP/zoo.yaml"
+# body FILE: a document's bytes after its header.
+body() {
+	gzip -dc "$1" >"$T/body.raw"
+	n=$(od -An -tu8 -N8 "$T/body.raw" | tr -d ' ')
+	tail -c +$((n + 9)) "$T/body.raw"
+}
+body "$ZP/models/p/v2.safetensors.gz" >"$T/v2.body"
+body "$ZP/models/p/v3.safetensors.gz" >"$T/v3.body"
+check "the profile (and weights) equal what train-step wrote, byte for byte" cmp "$T/v2.body" "$T/v3.body"
+check "the PPCA is among them" sh -c "gzip -dc '$ZP/models/p/v3.safetensors.gz' | head -c 4000 | grep -q profile.input.pc"
+head -n 301 "$T/data.csv" >"$T/half.csv"
+tensor import --from csv --label label -o "$T/half.safetensors.gz" "$T/half.csv"
+run zoo-add --zoo "$ZP" --name p --profile "$T/half.safetensors.gz"
+expect_rc 0 "zoo-add --profile on other rows"
+body "$ZP/models/p/v4.safetensors.gz" >"$T/v4.body"
+zoo-add --zoo "$ZP" --name p --profile "$T/half.safetensors.gz" 2>/dev/null
+body "$ZP/models/p/v5.safetensors.gz" >"$T/v5.body"
+check "other rows give another profile" sh -c "! cmp -s '$T/v3.body' '$T/v4.body'"
+check "the same rows again replace it, not add to it" cmp "$T/v4.body" "$T/v5.body"
+cp -r "$ZP" "$T/zp0"
+printf 'a,b,label\n1,2,0\n' >"$T/narrow.csv"
+tensor import --from csv --label label -o "$T/narrow.safetensors.gz" "$T/narrow.csv"
+run zoo-add --zoo "$ZP" --name p --profile "$T/narrow.safetensors.gz"
+expect_rc 1 "zoo-add --profile of data without the model's columns"
+expect_err "narrow|f0|column" "the message names the data or the column"
+check "the zoo is as before" diff -r "$T/zp0" "$ZP"
+run zoo-add --zoo "$ZP" --name nosuch --profile "$T/data.safetensors.gz"
+expect_rc 1 "zoo-add --profile of a model the zoo lacks"
+run zoo-add --zoo "$ZP" --name p --profile "$T/data.safetensors.gz" --seed 2
+expect_rc 2 "--profile with --seed is a usage error"
+run zoo-add --zoo "$ZP" --name p --arch "$T/arch.yaml" --max-memory 10
+expect_rc 2 "--max-memory without --profile is a usage error"
+
 finish

@@ -596,6 +596,298 @@ START_TEST(test_profile_ppca_round_trip)
 }
 END_TEST
 
+
+/* The dense covariance of the density m (PPCA or diagonal). */
+static void dense_cov(const struct zm_density *m, double *c)
+{
+	size_t d = m->d, i, j, k;
+
+	for (i = 0; i < d; i++)
+		for (j = 0; j < d; j++) {
+			c[i * d + j] = i == j ? m->var[i] : 0;
+			for (k = 0; k < m->q; k++)
+				c[i * d + j] += (m->pcvar[k] - m->s2) *
+				                m->pc[k * d + i] * m->pc[k * d + j];
+		}
+}
+
+/* log sum_c w_c N(x; mu_c, C_c), each Gaussian naively (Gauss-Jordan). */
+static double naive_mixture(const struct zm_density *comp, const double *w,
+                            size_t n, const float *x)
+{
+	double c[64], mean[8], l[4], top = -INFINITY, s = 0;
+	size_t i, j;
+
+	for (i = 0; i < n; i++) {
+		dense_cov(&comp[i], c);
+		for (j = 0; j < comp[i].d; j++)
+			mean[j] = comp[i].mean[j];
+		l[i] = log(w[i]) + naive_loglik(c, mean, x, comp[i].d);
+		if (l[i] > top)
+			top = l[i];
+	}
+	for (i = 0; i < n; i++)
+		s += exp(l[i] - top);
+	return top + log(s);
+}
+
+/* A PPCA of width 8 with q = 2 directions from seeded rows. */
+static void small_ppca(struct zm_density *m, uint64_t seed, double shift,
+                       double count)
+{
+	float *x = make_rows(400, 8, seed, shift);
+	struct zm_scatter s;
+	struct zm_error err;
+
+	zm_scatter_init(&s);
+	zm_density_init(m);
+	ck_assert_int_eq(zm_scatter_add(&s, x, 400, 8, &err), ZM_OK);
+	s.count = count;        /* the mixture weight's count */
+	ck_assert_int_eq(zm_density_fit(m, &s, 2, &err), ZM_OK);
+	ck_assert_uint_eq(m->q, 2);
+	zm_scatter_release(&s);
+	free(x);
+}
+
+/*
+ * Mixtures: the log-likelihood is log sum_c w_c N(x; mu_c, C_c) with the
+ * weights the components' counts, each Gaussian evaluated naively (the
+ * stacked-GEMM path for PPCA components, the component-by-component path
+ * when one is diagonal), so the posterior between two mixtures is Bayes'
+ * closed form; tying the residual ties every component with the plain
+ * densities beside them.
+ */
+START_TEST(test_mixture_closed_form)
+{
+	struct zm_density mix, mix2, plain, *comp, *comp2;
+	const struct zm_density *mp[3] = { &mix, &plain, &mix2 };
+	struct zm_density *tp[3] = { &mix, &plain, &mix2 };
+	struct zm_density ref[3], ref2[2];
+	const double cnt[3] = { 100, 300, 600 };
+	double w[3] = { 0.1, 0.3, 0.6 }, w2[2] = { 0.25, 0.75 };
+	double ll[5 * 3], dm[8], dv[8], ls, tied;
+	float *x = make_rows(5, 8, 99, 0.3);
+	struct zm_error err;
+	size_t i, j, r;
+
+	zm_gemm_setup(1);
+	comp = calloc(3, sizeof(*comp));
+	comp2 = calloc(2, sizeof(*comp2));
+	for (i = 0; i < 3; i++) {
+		small_ppca(&comp[i], 20 + i, 0.4 * (double)i - 0.3, cnt[i]);
+		small_ppca(&ref[i], 20 + i, 0.4 * (double)i - 0.3, cnt[i]);
+	}
+	small_ppca(&mix, 30, 0, 1000);
+	small_ppca(&plain, 31, 0.1, 500);
+	/* The second mixture: a PPCA and a diagonal component. */
+	small_ppca(&comp2[0], 40, -0.2, 50);
+	small_ppca(&ref2[0], 40, -0.2, 50);
+	for (j = 0; j < 8; j++) {
+		dm[j] = 0.1 * (double)j;
+		dv[j] = 1 + 0.2 * (double)j;
+	}
+	zm_density_init(&comp2[1]);
+	zm_density_init(&ref2[1]);
+	ck_assert_int_eq(zm_density_diag(&comp2[1], dm, dv, 8, 150, &err),
+	                 ZM_OK);
+	ck_assert_int_eq(zm_density_diag(&ref2[1], dm, dv, 8, 150, &err),
+	                 ZM_OK);
+	small_ppca(&mix2, 41, 0, 200);
+	ck_assert_int_eq(zm_density_set_mixture(&mix, comp, 3, &err), ZM_OK);
+	ck_assert_int_eq(zm_density_set_mixture(&mix2, comp2, 2, &err), ZM_OK);
+	for (i = 0; i < 3; i++)
+		ck_assert_double_eq_tol(exp(mix.logw[i]), w[i], 1e-12);
+	ck_assert_int_eq(zm_density_loglik(mp, 3, x, 5, ll, &err), ZM_OK);
+	for (r = 0; r < 5; r++) {
+		double c[64], mean[8];
+		double a = naive_mixture(ref, w, 3, x + r * 8);
+		double b = naive_mixture(ref2, w2, 2, x + r * 8);
+		dense_cov(&plain, c);
+		for (j = 0; j < 8; j++)
+			mean[j] = plain.mean[j];
+		ck_assert_double_eq_tol(ll[r * 3], a, 1e-4 * (1 + fabs(a)));
+		ck_assert_double_eq_tol(ll[r * 3 + 2], b, 1e-4 * (1 + fabs(b)));
+		ck_assert_double_eq_tol(ll[r * 3 + 1],
+		                        naive_loglik(c, mean, x + r * 8, 8),
+		                        1e-4 * (1 + fabs(ll[r * 3 + 1])));
+		/* Bayes: the posterior of the first mixture against the
+		 * second, equal priors. */
+		ck_assert_double_eq_tol(1 / (1 + exp(ll[r * 3 + 2] - ll[r * 3])),
+		                        1 / (1 + exp(b - a)), 1e-6);
+	}
+	/* Tying: nothing is tied while one Gaussian a row is scored under
+	 * is diagonal (mix2's second component); without mix2, the three
+	 * components of mix and plain share the geometric mean of their s2. */
+	ls = log(plain.s2);
+	zm_density_tie_residual(tp, 3);
+	ck_assert_double_eq(mix.comp[0].s2, ref[0].s2);
+	ck_assert_double_eq(log(plain.s2), ls);
+	zm_density_tie_residual(tp, 2);
+	for (i = 0; i < 3; i++)
+		ls += log(ref[i].s2);
+	tied = exp(ls / 4);
+	for (i = 0; i < 3; i++)
+		ck_assert_double_eq_tol(mix.comp[i].s2, tied, 1e-9 * tied);
+	ck_assert_double_eq_tol(plain.s2, tied, 1e-9 * tied);
+	ck_assert_int_eq(zm_density_loglik(mp, 1, x, 1, ll, &err), ZM_OK);
+	for (i = 0; i < 3; i++) {
+		ref[i].s2 = tied;
+		for (j = 0; j < 8; j++)
+			ref[i].var[j] = tied;
+	}
+	ck_assert_double_eq_tol(ll[0], naive_mixture(ref, w, 3, x),
+	                        1e-4 * (1 + fabs(ll[0])));
+	/* A component of another width is refused, and released. */
+	comp = calloc(2, sizeof(*comp));
+	small_ppca(&comp[0], 50, 0, 10);
+	zm_density_init(&comp[1]);
+	ck_assert_int_eq(zm_density_diag(&comp[1], dm, dv, 7, 10, &err), ZM_OK);
+	ck_assert_int_eq(zm_density_set_mixture(&plain, comp, 2, &err),
+	                 ZM_ERR_DATA);
+	ck_assert_uint_eq(plain.n_comp, 0);
+	for (i = 0; i < 3; i++)
+		zm_density_release(&ref[i]);
+	zm_density_release(&ref2[0]);
+	zm_density_release(&ref2[1]);
+	zm_density_release(&mix);
+	zm_density_release(&mix2);
+	zm_density_release(&plain);
+	free(x);
+}
+END_TEST
+
+/* n rows of d features in three clusters (centres 8 apart along
+ * different axes, unit noise), cluster of row r in *lab (r % 3). */
+static float *cluster_rows(size_t n, size_t d, uint64_t seed)
+{
+	float *x = malloc(n * d * sizeof(float));
+	struct zm_rng rng;
+	size_t r, j;
+
+	ck_assert_ptr_nonnull(x);
+	zm_rng_seed(&rng, seed);
+	for (r = 0; r < n; r++)
+		for (j = 0; j < d; j++)
+			x[r * d + j] = (float)(zm_rng_normal(&rng) *
+			                       (1 + 0.1 * (double)j) +
+			                       (j == r % 3 ? 8.0 : 0.0));
+	return x;
+}
+
+/*
+ * A profile's components recover known clusters: rows of three clusters
+ * (450 rows: three components), clustered and added in batches, give
+ * three components of 150 rows each whose stored PPCAs, read back from a
+ * document, are the PPCAs fitted to each cluster's own rows, weighted a
+ * third each.  Merging two such profiles unites their components (all
+ * rows counted); rows added to a profile read from a document drop them.
+ */
+START_TEST(test_profile_mixture_recovers_clusters)
+{
+	const size_t n = 450, d = 10;
+	float *x = cluster_rows(n, d, 5), *xc;
+	struct zm_profile p, q, back;
+	struct zm_scatter own[3];
+	struct zm_density got, want[3];
+	const struct zm_density *gp = &got;
+	struct zm_doc doc;
+	struct zm_error err;
+	double ll, w[3] = { 1.0 / 3, 1.0 / 3, 1.0 / 3 }, total = 0;
+	size_t i, c, r, m;
+
+	zm_gemm_setup(1);
+	zm_profile_init(&p);
+	zm_profile_init(&q);
+	zm_profile_init(&back);
+	zm_density_init(&got);
+	zm_doc_init(&doc);
+	xc = malloc(n * d * sizeof(float));
+	for (c = 0; c < 3; c++) {
+		for (m = 0, r = c; r < n; r += 3)
+			memcpy(xc + m++ * d, x + r * d, d * sizeof(float));
+		zm_scatter_init(&own[c]);
+		ck_assert_int_eq(zm_scatter_add(&own[c], xc, m, d, &err), ZM_OK);
+		zm_density_init(&want[c]);
+		ck_assert_int_eq(zm_density_fit(&want[c], &own[c],
+		                                ZM_DENSITY_COMPONENT_RANK, &err),
+		                 ZM_OK);
+	}
+	ck_assert_int_eq(zm_profile_cluster(&p, x, n, d, &err), ZM_OK);
+	ck_assert_uint_eq(p.n_comp, 3);
+	for (r = 0; r < n; r += 100)
+		ck_assert_int_eq(zm_profile_add_batch(&p, "input", x + r * d,
+		                                      n - r < 100 ? n - r : 100,
+		                                      d, &err), ZM_OK);
+	/* Clustering after rows were added is refused. */
+	ck_assert_int_eq(zm_profile_cluster(&p, x, n, d, &err), ZM_ERR_USAGE);
+	for (c = 0; c < 3; c++)
+		ck_assert_double_eq(p.comp[c].count, 150);
+	ck_assert_int_eq(zm_profile_to_doc(&p, &doc, &err), ZM_OK);
+	ck_assert_ptr_nonnull(zm_doc_find(&doc, "profile.input.c2.center"));
+	ck_assert_ptr_null(zm_doc_find(&doc, "profile.input.c3.center"));
+	ck_assert_int_eq(zm_profile_density_from_doc(&doc, &got, &err), ZM_OK);
+	ck_assert_uint_eq(got.n_comp, 3);
+	for (i = 0; i < 5; i++) {
+		const float *xr = x + (7 * i + 1) * d;
+		double top = -INFINITY, s = 0, l[3];
+		for (c = 0; c < 3; c++) {
+			const struct zm_density *wc = &want[c];
+			ck_assert_int_eq(zm_density_loglik(&wc, 1, xr, 1, &l[c],
+			                                   &err), ZM_OK);
+			l[c] += log(w[c]);
+			if (l[c] > top)
+				top = l[c];
+		}
+		for (c = 0; c < 3; c++)
+			s += exp(l[c] - top);
+		ck_assert_int_eq(zm_density_loglik(&gp, 1, xr, 1, &ll, &err),
+		                 ZM_OK);
+		ck_assert_double_eq_tol(ll, top + log(s), 1e-3 * (1 + fabs(ll)));
+	}
+	/* The same through the profile read back (scatters rebuilt). */
+	ck_assert_int_eq(zm_profile_from_doc(&back, &doc, &err), ZM_OK);
+	ck_assert_uint_eq(back.n_comp, 3);
+	zm_density_release(&got);
+	ck_assert_int_eq(zm_profile_density(&back, &got, &err), ZM_OK);
+	ck_assert_uint_eq(got.n_comp, 3);
+	/* Merged with a copy of itself: six components, every row. */
+	ck_assert_int_eq(zm_profile_copy(&q, &p, &err), ZM_OK);
+	ck_assert_uint_eq(q.n_comp, 3);
+	ck_assert_int_eq(zm_profile_merge(&q, &back, &err), ZM_OK);
+	ck_assert_uint_eq(q.n_comp, 6);
+	for (c = 0; c < q.n_comp; c++)
+		total += q.comp[c].count;
+	ck_assert_double_eq(total, 2 * n);
+	ck_assert_double_eq(q.scatter.count, 2 * n);
+	/* Rows added without centres: the components go. */
+	ck_assert_int_eq(zm_profile_add_batch(&back, "input", x, 10, d, &err),
+	                 ZM_OK);
+	ck_assert_uint_eq(back.n_comp, 0);
+	/* A component's rows that do not add up are refused. */
+	{
+		struct zm_tensor *t = (struct zm_tensor *)zm_doc_find(
+			&doc, "profile.input.c1.rows");
+		double v = 140;
+		memcpy(t->data, &v, sizeof(v));
+		zm_density_release(&got);
+		ck_assert_int_eq(zm_profile_density_from_doc(&doc, &got, &err),
+		                 ZM_ERR_DATA);
+		ck_assert_ptr_nonnull(strstr(err.msg, "profile.input.c"));
+	}
+	for (c = 0; c < 3; c++) {
+		zm_density_release(&want[c]);
+		zm_scatter_release(&own[c]);
+	}
+	zm_density_release(&got);
+	zm_doc_release(&doc);
+	zm_profile_release(&p);
+	zm_profile_release(&q);
+	zm_profile_release(&back);
+	free(x);
+	free(xc);
+}
+END_TEST
+
 Suite *suite_density(void)
 {
 	Suite *s = suite_create("density");
@@ -609,6 +901,8 @@ Suite *suite_density(void)
 	tcase_add_test(tc, test_hard_routing_is_the_model_alone);
 	tcase_add_test(tc, test_same_data_is_not_routed);
 	tcase_add_test(tc, test_profile_ppca_round_trip);
+	tcase_add_test(tc, test_mixture_closed_form);
+	tcase_add_test(tc, test_profile_mixture_recovers_clusters);
 	suite_add_tcase(s, tc);
 	return s;
 }
