@@ -436,31 +436,62 @@ enum zm_status zm_density_diag(struct zm_density *m, const double *mean,
 /* Orthonormalises the r rows of v [r, d] in place (modified Gram-Schmidt
  * twice in double); a row that vanishes is replaced by a unit vector
  * orthogonal to the others where one is found. */
+/* Subtracts from vi its projection on the first i rows of v (twice:
+ * once is not enough in floating point) and returns what is left's norm. */
+static double project_out(double *vi, const double *v, size_t i, size_t d)
+{
+	size_t k, j, pass;
+	double nrm = 0;
+
+	for (pass = 0; pass < 2; pass++)
+		for (k = 0; k < i; k++) {
+			const double *vk = v + k * d;
+			double dot = 0;
+			for (j = 0; j < d; j++)
+				dot += vi[j] * vk[j];
+			for (j = 0; j < d; j++)
+				vi[j] -= dot * vk[j];
+		}
+	for (j = 0; j < d; j++)
+		nrm += vi[j] * vi[j];
+	return sqrt(nrm);
+}
+
+/*
+ * Gram-Schmidt on the r rows of v.  A row that the earlier ones (nearly)
+ * span -- the power iteration sends every start into the span of the
+ * data, so a covariance of rank below r (constant columns) makes such
+ * rows -- is replaced by the coordinate vector with the largest part
+ * outside that span: what is left of a row cancelled down to rounding
+ * is noise, and normalising it gives directions that are not orthogonal.
+ */
 static void orthonormalise(double *v, size_t r, size_t d)
 {
-	size_t i, k, j, pass;
+	size_t i, j, t;
 
 	for (i = 0; i < r; i++) {
-		double *vi = v + i * d, nrm;
-		for (pass = 0; pass < 2; pass++)
-			for (k = 0; k < i; k++) {
-				const double *vk = v + k * d;
-				double dot = 0;
-				for (j = 0; j < d; j++)
-					dot += vi[j] * vk[j];
-				for (j = 0; j < d; j++)
-					vi[j] -= dot * vk[j];
-			}
-		nrm = 0;
+		double *vi = v + i * d, before = 0, nrm;
 		for (j = 0; j < d; j++)
-			nrm += vi[j] * vi[j];
-		nrm = sqrt(nrm);
-		if (nrm < 1e-150) {
-			/* Degenerate start: a coordinate vector, itself made
-			 * orthogonal on the next pass of the caller. */
+			before += vi[j] * vi[j];
+		nrm = project_out(vi, v, i, d);
+		if (!(nrm > 1e-6 * sqrt(before)) || !(nrm > 1e-150)) {
+			/* Some coordinate vector keeps a norm of at least
+			 * sqrt((d - i) / d) outside i orthonormal rows. */
+			size_t best = 0;
+			double best_nrm = -1;
+			for (t = 0; t < d; t++) {
+				double left = 1;
+				size_t k;
+				for (k = 0; k < i; k++)
+					left -= v[k * d + t] * v[k * d + t];
+				if (left > best_nrm) {
+					best_nrm = left;
+					best = t;
+				}
+			}
 			for (j = 0; j < d; j++)
-				vi[j] = j == i % d;
-			continue;
+				vi[j] = j == best;
+			nrm = project_out(vi, v, i, d);
 		}
 		for (j = 0; j < d; j++)
 			vi[j] /= nrm;

@@ -387,6 +387,13 @@ static enum zm_status check_merge(const struct zm_predict_options *po,
 		return zm_error_set(err, ZM_ERR_USAGE, "--merge %s mixes only "
 		                    "the final outputs: it needs --granularity "
 		                    "full", zm_merge_mode_name(po->merge));
+	/* A choice of how route mixes, with no routing to apply it to, is
+	 * a mistake the user should hear about, not a silent no-op. */
+	if (po->route_mix != ZM_ROUTE_MIX_AUTO && po->merge != ZM_MERGE_ROUTE)
+		return zm_error_set(err, ZM_ERR_USAGE, "--route-mix says how "
+		                    "route mixes the rows no model is sure of; "
+		                    "the merge here is %s",
+		                    zm_merge_mode_name(po->merge));
 	return ZM_OK;
 }
 

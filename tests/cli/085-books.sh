@@ -277,6 +277,9 @@ check "equal to --merge outputs on the same weights" awk -F, '
 	END { exit bad }' "$T/sl.csv" "$T/so.csv"
 run predict --zoo "$L" --model a --model a2 --route-mix sideways "$T/data.st.gz"
 expect_rc 2 "--route-mix sideways is a usage error"
+run predict --zoo "$L" --model a --model a2 --merge outputs --route-mix layers "$T/data.st.gz"
+expect_rc 2 "--route-mix without routing is a usage error, not ignored"
+expect_err "route-mix.*the merge here is outputs" "saying which merge there is"
 
 # ---- realignment (merge --align, zoo-add --align-to) ----
 if command -v python3 >/dev/null 2>&1; then

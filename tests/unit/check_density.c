@@ -217,6 +217,54 @@ END_TEST
  * reference).  A diagonal density, one density or unequal widths leave
  * everything as it was.
  */
+/* Constant columns: a covariance of rank below the directions asked
+ * for.  The fit's directions must still be orthonormal, so that the
+ * profile it writes is read back (it was refused as "not orthogonal"). */
+START_TEST(test_fit_rank_deficient)
+{
+	const size_t n = 400, d = 6, q = 5, live = 3;
+	float *x = make_rows(n, d, 11, 0.5);
+	const float constant[3] = { 1, 0, 5 };
+	struct zm_scatter s;
+	struct zm_density m, back;
+	struct zm_error err;
+	size_t i, j, k;
+
+	/* The last columns live, the first ones constant (a one-hot
+	 * column of a slice with one source). */
+	for (i = 0; i < n; i++)
+		for (j = 0; j < d - live; j++)
+			x[i * d + j] = constant[j];
+	zm_gemm_setup(1);
+	zm_scatter_init(&s);
+	zm_density_init(&m);
+	zm_density_init(&back);
+	ck_assert_int_eq(zm_scatter_add(&s, x, n, d, &err), ZM_OK);
+	ck_assert_int_eq(zm_density_fit(&m, &s, q, &err), ZM_OK);
+	ck_assert_uint_eq(m.q, q);
+	for (i = 0; i < m.q; i++)
+		for (k = 0; k <= i; k++) {
+			double dot = 0;
+			for (j = 0; j < d; j++)
+				dot += (double)m.pc[i * d + j] * m.pc[k * d + j];
+			ck_assert_double_eq_tol(dot, i == k, 1e-5);
+		}
+	/* The live columns' variance is captured first, none is negative. */
+	for (k = 0; k < m.q; k++)
+		ck_assert_double_ge(m.pcvar[k], -1e-6);
+	ck_assert_double_gt(m.pcvar[live - 1], 0.01);
+	/* The null directions: no more than the variance floor. */
+	ck_assert_double_lt(m.pcvar[live], 1e-3 * m.pcvar[0]);
+	ck_assert_int_eq(zm_density_ppca(&back, m.mean, m.pc, m.pcvar, m.q, d,
+	                                 m.s2 > 0 ? m.s2 : 1e-6, m.count,
+	                                 &err), ZM_OK);
+	zm_density_release(&back);
+	zm_density_release(&m);
+	zm_scatter_release(&s);
+	free(x);
+}
+END_TEST
+
 START_TEST(test_tie_residual)
 {
 	const size_t n = 2000, d = 12, q = 3;
@@ -896,6 +944,7 @@ Suite *suite_density(void)
 	tcase_add_test(tc, test_ppca_against_naive);
 	tcase_add_test(tc, test_kl_diag_closed_form);
 	tcase_add_test(tc, test_tie_residual);
+	tcase_add_test(tc, test_fit_rank_deficient);
 	tcase_add_test(tc, test_calibration_recovers_posterior);
 	tcase_add_test(tc, test_route_assign_and_disagree);
 	tcase_add_test(tc, test_hard_routing_is_the_model_alone);
