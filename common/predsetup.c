@@ -48,6 +48,7 @@ void zm_predsetup_init(struct zm_predsetup *s)
 	zm_hedge_init(&s->hedge);
 	zm_schema_init(&s->schema);
 	zm_gc_rules_init(&s->rules);
+	zm_profile_cache_init(&s->pcache);
 }
 
 void zm_predsetup_release(struct zm_predsetup *s)
@@ -57,6 +58,7 @@ void zm_predsetup_release(struct zm_predsetup *s)
 	zm_predictor_free(s->pred);
 	zm_predictor_free(s->lvl[ZM_GRAN_GROUP]);
 	zm_predictor_free(s->lvl[ZM_GRAN_LAYER]);
+	zm_profile_cache_release(&s->pcache);
 	zm_granauto_ctl_release(&s->ctl);
 	zm_gc_rules_release(&s->rules);
 	for (i = 0; i < s->k; i++)
@@ -473,6 +475,8 @@ enum zm_status zm_predsetup_open(struct zm_predsetup *s,
 		return st;
 	if (s->k > 1 && (st = check_merge(&s->po, err)))
 		return st;
+	/* Every level of auto parses the profiles once. */
+	s->po.w.cache = &s->pcache;
 	st = zm_predictor_new_opts((const struct zm_model *const *)s->models,
 	                           s->k, o->batch, &s->po, &s->pred, err);
 	if (st == ZM_OK && o->gran_auto && s->k > 1)

@@ -27,6 +27,7 @@
 #include "lineage.h"
 #include "model.h"
 #include "predict.h"
+#include "profcache.h"
 #include "route.h"
 #include "schema.h"
 #include "weighting.h"
@@ -108,6 +109,8 @@ struct zm_predsetup {
 	bool unrelated;            /* models mix only final outputs */
 	struct zm_schema schema;   /* what the inputs are matched to */
 	char what[128];            /* the schema's owner in messages */
+	/* the profiles and densities every weighter of the run shares */
+	struct zm_profile_cache pcache;
 	struct zm_predictor *pred; /* the full (or only) level */
 	/* auto: pred, then the group and layer levels (owned, or NULL) */
 	struct zm_predictor *lvl[ZM_GRANAUTO_LEVELS];
