@@ -51,8 +51,17 @@
 #define ZM_GRANAUTO_EMA 0.25
 /* A level not measured for this many batches is run once (a probe). */
 #define ZM_GRANAUTO_PROBE_EVERY 32
-/* A level fits the budget when its estimate is at most this share of it. */
+/* Under a budget a level fits when the upper end of its batch time, its
+ * running mean plus this many running standard deviations (the newest
+ * batch weighing ZM_GRANAUTO_EMA), and the sample's time, are at most
+ * ZM_GRANAUTO_MARGIN of the budget.  A level with fewer than two batches
+ * timed in this run has no spread of its own: it takes the relative
+ * spread (deviation over mean) of the level timed most often, the
+ * machine's noise, or this share of its mean before any.  A level with
+ * no estimate at all never fits (full, the cheapest, is the floor). */
 #define ZM_GRANAUTO_MARGIN 0.9
+#define ZM_GRANAUTO_SPREAD_Z 2.0
+#define ZM_GRANAUTO_SPREAD_UNKNOWN 0.5
 /* Rows of the batch the layer-level weights are measured on: a
  * sixteenth of it, at least 16 and at most 64. */
 #define ZM_GRANAUTO_SAMPLE_ROWS 64
@@ -64,6 +73,10 @@
 /* What the controller has learnt over the batches. */
 struct zm_granauto {
 	double ms_per_row[ZM_GRANAUTO_LEVELS];  /* NaN: not measured */
+	double var_per_row[ZM_GRANAUTO_LEVELS]; /* running variance of it */
+	uint64_t measured[ZM_GRANAUTO_LEVELS];  /* batches timed this run */
+	double sample_per_row;                  /* running cost per row of
+	                                         * the samples; NaN none */
 	uint64_t last_run[ZM_GRANAUTO_LEVELS];  /* batch last run, 0: never */
 	uint64_t used[ZM_GRANAUTO_LEVELS];      /* batches per level */
 	uint64_t batches, probes, over_budget, switches;
@@ -125,10 +138,18 @@ void zm_granauto_observe(struct zm_granauto *g,
                          double ms);
 
 /* The expected time of a batch of rows at level (NaN unknown) from the
- * running estimates and the sample's cost. */
+ * running estimates and the sample's cost (this batch's, weighing
+ * ZM_GRANAUTO_EMA against the earlier samples': one sample is small and
+ * noisy). */
 double zm_granauto_estimate(const struct zm_granauto *g,
                             enum zm_gran_level level, size_t rows,
                             double sample_ms_per_row);
+
+/* The upper end of it that a budget is held against (the mean plus
+ * ZM_GRANAUTO_SPREAD_Z standard deviations, see above); NaN unknown. */
+double zm_granauto_upper(const struct zm_granauto *g,
+                         enum zm_gran_level level, size_t rows,
+                         double sample_ms_per_row);
 
 /* ---- the state file ---- */
 
