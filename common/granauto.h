@@ -13,11 +13,12 @@
  *                 layer.  tau shrinks on heterogeneous batches (the
  *                 normalised entropy of the batch's mean weights), where
  *                 per-unit weights matter most;
- *   the machine   a running estimate of the cost per row of each level,
- *                 refreshed by probing a level not run for a while; under
- *                 a latency budget the finest level whose estimate fits
- *                 wins, and a saturated machine (load average >= CPUs)
- *                 takes one level coarser;
+ *   the machine   a running estimate of the cost per row of each level
+ *                 and of its spread, refreshed by probing a level not run
+ *                 for a while; under a latency budget the finest level
+ *                 whose upper end (mean + 2 deviations) fits wins, a level
+ *                 without an estimate never does, and a saturated machine
+ *                 (load average >= CPUs) takes one level coarser;
  *   a prior       the level of a granctl decision, used while the input
  *                 says nothing, and the rules of
  *                 zoomerge-granularity-rules(5) evaluated per batch on the
@@ -193,6 +194,17 @@ enum zm_status zm_granauto_state_save(const struct zm_granauto *g,
 /* ---- the driver ---- */
 
 struct zm_predictor;
+struct zm_predict_options;
+
+/*
+ * Whether predictions with options po give every layer unit the same
+ * weights: weights from the input alone (density, router, uniform) and
+ * the Hedge scores, without the adaptation's per-unit offsets.  Then
+ * every level merges alike, auto runs the full level and measures
+ * nothing, and (without rules, which may ask for another level) needs no
+ * predictor at the other levels.
+ */
+bool zm_granauto_units_same(const struct zm_predict_options *po);
 
 /* The controller inside predict's batch loop: one predictor per level
  * (borrowed; NULL where the run cannot merge at that level). */

@@ -403,16 +403,21 @@ static enum zm_status start_auto(const struct zm_predsetup_options *o,
 	struct zm_lineage_info info;
 	struct zm_predsetup_note *n;
 	bool all = true, unrelated = s->unrelated;
+	/* Where every unit gets the same weights, only rules can ask for
+	 * another level. */
+	bool finer = o->gran_rules || !zm_granauto_units_same(&s->po);
 	size_t a, b;
 
 	s->lvl[ZM_GRAN_FULL] = s->pred;
 	if (o->gran_rules &&
 	    (st = zm_gc_rules_load(o->gran_rules, &s->rules, err)) != ZM_OK)
 		return st;
+	if (!finer)
+		add_note(s, ZM_PREDSETUP_AUTO_SAME_WEIGHTS);
 	/* The full level may route without merging layers (check_lineage
 	 * then did not look); the finer ones merge them, which unrelated
 	 * models cannot. */
-	if (!unrelated && !o->merge_set &&
+	if (finer && !unrelated && !o->merge_set &&
 	    (s->po.merge == ZM_MERGE_ROUTE || s->po.merge == ZM_MERGE_ENSEMBLE)) {
 		st = zm_lineage_all_related((const struct zm_model *const *)
 		                            s->models, s->k, &all, &a, &b,
@@ -426,7 +431,7 @@ static enum zm_status start_auto(const struct zm_predsetup_options *o,
 			n->basis = info.basis;
 		}
 	}
-	for (l = ZM_GRAN_GROUP; !unrelated && l <= ZM_GRAN_LAYER; l++) {
+	for (l = ZM_GRAN_GROUP; finer && !unrelated && l <= ZM_GRAN_LAYER; l++) {
 		struct zm_predict_options po = s->po;
 		if (po.merge == ZM_MERGE_ROUTE || po.merge == ZM_MERGE_ENSEMBLE) {
 			/* Unrelated models mix only final outputs, and a

@@ -72,6 +72,9 @@ enum zm_predsetup_note_kind {
 	ZM_PREDSETUP_AUTO_FULL_ONLY,
 	/* auto: no predictor at level; msg says why */
 	ZM_PREDSETUP_AUTO_NO_LEVEL,
+	/* auto: the weighting gives every unit the same weights and no
+	 * rules could ask for another level: the full level only */
+	ZM_PREDSETUP_AUTO_SAME_WEIGHTS,
 };
 
 struct zm_predsetup_note {
