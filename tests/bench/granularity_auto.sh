@@ -227,8 +227,8 @@ done
 # exceeds it is printed as a precondition: where the levels cost the same,
 # the case the issue asks about does not arise on this zoo.
 zd=$OUT/seeded
-quant() { awk -F, -v q="$2" 'NR > 1 && !seen[$1]++ { print $9 }' "$1" | sort -n |
-	awk -v q="$q" '{ v[NR] = $1 } END { i = int(q * NR + 0.999); if (i < 1) i = 1; printf "%.3f", v[i] }'; }
+quant() { awk -F, 'NR > 1 && !seen[$1]++ { print $9 }' "$1" | sort -n |
+	awk -v q="$2" '{ v[NR] = $1 } END { i = int(q * NR + 0.999); if (i < 1) i = 1; printf "%.3f", v[i] }'; }
 share() { awk -F, -v b="$2" 'NR > 1 && !seen[$1]++ { n++; if ($9 <= b) w++ } END { printf "%.4f", w / n }' "$1"; }
 for g in full layer; do
 	printf 'default: %s\n' "$g" >"$OUT/r/force-$g.yaml"
