@@ -298,7 +298,9 @@ void zm_granauto_decide(const struct zm_granauto *g,
 	}
 	c->level = l;
 	/* A level not measured for a while runs once, where it fits the
-	 * budget; not where the weights make every level the same. */
+	 * budget; not where the weights make every level the same.  Under
+	 * a budget not a level finer than the input asks for: its cost
+	 * would change nothing now, and the probe would risk the budget. */
 	if (g->batches > 0 && !in->units_same)
 		for (i = 0; i < ZM_GRANAUTO_LEVELS; i++) {
 			if (i == (size_t)l || !in->allowed[i] ||
@@ -306,7 +308,8 @@ void zm_granauto_decide(const struct zm_granauto *g,
 			    ZM_GRANAUTO_PROBE_EVERY)
 				continue;
 			if (in->budget_ms > 0 && i != ZM_GRAN_FULL &&
-			    !fits(g, in, (enum zm_gran_level)i, true))
+			    (i > (size_t)want ||
+			     !fits(g, in, (enum zm_gran_level)i, true)))
 				continue;
 			c->level = (enum zm_gran_level)i;
 			c->probe = true;

@@ -183,6 +183,28 @@ START_TEST(test_budget)
 	zm_granauto_decide(&g, &in, &c);
 	ck_assert_int_eq(c.level, ZM_GRAN_FULL);
 	in.sample_ms_per_row = 0.004;
+	/* Under a budget no probe runs a level finer than the input asks
+	 * for; without one, a level not run for a while is probed. */
+	{
+		struct zm_granauto h;
+		struct zm_granauto_input hin;
+
+		zm_granauto_init(&h);
+		h.ms_per_row[ZM_GRAN_FULL] = h.ms_per_row[ZM_GRAN_GROUP] =
+			h.ms_per_row[ZM_GRAN_LAYER] = 0.001;
+		h.measured[ZM_GRAN_FULL] = 100;
+		h.batches = 100;
+		h.last_run[ZM_GRAN_FULL] = 100;
+		input3(&hin, homog);
+		hin.budget_ms = 1000;
+		zm_granauto_decide(&h, &hin, &c);
+		ck_assert_int_eq(c.level, ZM_GRAN_FULL);
+		ck_assert(!c.probe);
+		hin.budget_ms = 0;
+		zm_granauto_decide(&h, &hin, &c);
+		ck_assert(c.probe);
+		ck_assert_int_eq(c.level, ZM_GRAN_GROUP);
+	}
 	/* A saturated machine takes one level coarser. */
 	in.budget_ms = 100;
 	in.saturated = true;
