@@ -208,6 +208,13 @@ static void say_notes(const struct predict_opts *o,
 				zm_cli_warn("granularity auto: no %s level: %s",
 				            zm_gran_level_name(n->level), n->msg);
 			break;
+		case ZM_PREDSETUP_AUTO_SAME_WEIGHTS:
+			if (o->explain)
+				zm_cli_warn("granularity auto: %s weighting gives "
+				            "every unit the same weights: the full "
+				            "level only",
+				            zm_weighting_name(s->po.w.kind));
+			break;
 		}
 	}
 }

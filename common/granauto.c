@@ -19,6 +19,7 @@ void zm_granauto_init(struct zm_granauto *g)
 	memset(g, 0, sizeof(*g));
 	for (l = 0; l < ZM_GRANAUTO_LEVELS; l++)
 		g->ms_per_row[l] = NAN;
+	g->sample_per_row = NAN;
 }
 
 void zm_granauto_input_init(struct zm_granauto_input *in)
@@ -72,6 +73,11 @@ double zm_granauto_estimate(const struct zm_granauto *g,
 {
 	double r = g->ms_per_row[level];
 
+	if (isnan(sample_ms_per_row))
+		sample_ms_per_row = g->sample_per_row;
+	else if (!isnan(g->sample_per_row))
+		sample_ms_per_row = (1 - ZM_GRANAUTO_EMA) * g->sample_per_row +
+		                    ZM_GRANAUTO_EMA * sample_ms_per_row;
 	if (isnan(r) && level == ZM_GRAN_LAYER)
 		r = sample_ms_per_row;
 	if (isnan(r) && level == ZM_GRAN_GROUP) {
@@ -83,6 +89,51 @@ double zm_granauto_estimate(const struct zm_granauto *g,
 		r = !isnan(f) && !isnan(l) ? (f + l) / 2 : l;
 	}
 	return isnan(r) ? NAN : r * (double)rows;
+}
+
+/* zm_granauto_upper, with the level's own spread or (own false) the
+ * machine's. */
+static double upper(const struct zm_granauto *g, enum zm_gran_level level,
+                    size_t rows, double sample_ms_per_row, bool own)
+{
+	double m = zm_granauto_estimate(g, level, rows, sample_ms_per_row);
+	double cv = ZM_GRANAUTO_SPREAD_UNKNOWN, sd;
+	uint64_t most = 1;
+	size_t l;
+
+	if (own && g->measured[level] >= 2) {
+		sd = sqrt(g->var_per_row[level]) * (double)rows;
+	} else {
+		/* The machine's noise, as the level timed most often saw
+		 * it. */
+		for (l = 0; l < ZM_GRANAUTO_LEVELS; l++)
+			if (g->measured[l] > most && g->ms_per_row[l] > 0) {
+				most = g->measured[l];
+				cv = sqrt(g->var_per_row[l]) / g->ms_per_row[l];
+			}
+		sd = cv * m;
+	}
+	return m + ZM_GRANAUTO_SPREAD_Z * sd;
+}
+
+double zm_granauto_upper(const struct zm_granauto *g,
+                         enum zm_gran_level level, size_t rows,
+                         double sample_ms_per_row)
+{
+	return upper(g, level, rows, sample_ms_per_row, true);
+}
+
+/* Whether level fits the budget of in (see ZM_GRANAUTO_MARGIN): its
+ * upper end, for a probe with the machine's spread rather than its own
+ * (one slow batch may have raised that: it would never run again). */
+static bool fits(const struct zm_granauto *g,
+                 const struct zm_granauto_input *in, enum zm_gran_level level,
+                 bool probe)
+{
+	double t = upper(g, level, in->rows, in->sample_ms_per_row, !probe);
+
+	return !isnan(t) && t + in->sample_ms <=
+	       ZM_GRANAUTO_MARGIN * in->budget_ms;
 }
 
 /* The measures of the batch's weights into c. */
@@ -193,7 +244,7 @@ void zm_granauto_decide(const struct zm_granauto *g,
 {
 	enum zm_gran_level want = ZM_GRAN_FULL, l;
 	bool rank_all, rank_within;
-	double tau, est;
+	double tau;
 	char why[160];
 	const char *sys = "";
 	size_t i;
@@ -237,31 +288,28 @@ void zm_granauto_decide(const struct zm_granauto *g,
 	}
 	l = want;
 	if (in->budget_ms > 0) {
-		while (l > ZM_GRAN_FULL) {
-			est = zm_granauto_estimate(g, l, in->rows,
-			                           in->sample_ms_per_row);
-			if (isnan(est) || est + in->sample_ms <=
-			    ZM_GRANAUTO_MARGIN * in->budget_ms)
-				break;
+		/* A level not yet measured does not fit: the first batches
+		 * run at the cheapest level until the sample or a probe
+		 * gives an estimate. */
+		while (l > ZM_GRAN_FULL && !fits(g, in, l, false))
 			l--;
-		}
 		if (l != want)
 			sys = "; over the budget: coarser";
 	}
 	c->level = l;
-	/* A level not measured for a while runs once, where it fits; not
-	 * where the weights make every level the same. */
+	/* A level not measured for a while runs once, where it fits the
+	 * budget; not where the weights make every level the same.  Under
+	 * a budget not a level finer than the input asks for: its cost
+	 * would change nothing now, and the probe would risk the budget. */
 	if (g->batches > 0 && !in->units_same)
 		for (i = 0; i < ZM_GRANAUTO_LEVELS; i++) {
 			if (i == (size_t)l || !in->allowed[i] ||
 			    g->batches + 1 - g->last_run[i] <
 			    ZM_GRANAUTO_PROBE_EVERY)
 				continue;
-			est = zm_granauto_estimate(g, (enum zm_gran_level)i,
-			                           in->rows,
-			                           in->sample_ms_per_row);
-			if (in->budget_ms > 0 && (isnan(est) || est +
-			    in->sample_ms > ZM_GRANAUTO_MARGIN * in->budget_ms))
+			if (in->budget_ms > 0 && i != ZM_GRAN_FULL &&
+			    (i > (size_t)want ||
+			     !fits(g, in, (enum zm_gran_level)i, true)))
 				continue;
 			c->level = (enum zm_gran_level)i;
 			c->probe = true;
@@ -283,7 +331,8 @@ void zm_granauto_observe(struct zm_granauto *g,
                          const struct zm_granauto_choice *c, size_t rows,
                          double ms)
 {
-	double r, *e = &g->ms_per_row[c->level];
+	double r, d, *e = &g->ms_per_row[c->level];
+	double *v = &g->var_per_row[c->level];
 	size_t i, u;
 
 	g->batches++;
@@ -299,9 +348,28 @@ void zm_granauto_observe(struct zm_granauto *g,
 		g->over_budget++;
 	if (rows > 0 && ms >= 0 && isfinite(ms)) {
 		r = ms / (double)rows;
-		*e = isnan(*e) ? r : (1 - ZM_GRANAUTO_EMA) * *e +
-		     ZM_GRANAUTO_EMA * r;
+		/* The exponentially weighted mean and variance; the first
+		 * batch of a run (or one after the state file's mean)
+		 * starts the variance. */
+		if (isnan(*e)) {
+			*e = r;
+			*v = 0;
+		} else {
+			d = r - *e;
+			if (g->measured[c->level] == 0)
+				*v = d * d;
+			else
+				*v = (1 - ZM_GRANAUTO_EMA) *
+				     (*v + ZM_GRANAUTO_EMA * d * d);
+			*e += ZM_GRANAUTO_EMA * d;
+		}
+		g->measured[c->level]++;
 	}
+	if (isfinite(in->sample_ms_per_row) && in->sample_ms_per_row >= 0)
+		g->sample_per_row = isnan(g->sample_per_row) ?
+		                    in->sample_ms_per_row :
+		                    (1 - ZM_GRANAUTO_EMA) * g->sample_per_row +
+		                    ZM_GRANAUTO_EMA * in->sample_ms_per_row;
 	if (in->unit_w && in->n_units && in->k && in->k <= 256) {
 		for (i = 0; i < in->k; i++) {
 			double s = 0;

@@ -13,11 +13,12 @@
  *                 layer.  tau shrinks on heterogeneous batches (the
  *                 normalised entropy of the batch's mean weights), where
  *                 per-unit weights matter most;
- *   the machine   a running estimate of the cost per row of each level,
- *                 refreshed by probing a level not run for a while; under
- *                 a latency budget the finest level whose estimate fits
- *                 wins, and a saturated machine (load average >= CPUs)
- *                 takes one level coarser;
+ *   the machine   a running estimate of the cost per row of each level
+ *                 and of its spread, refreshed by probing a level not run
+ *                 for a while; under a latency budget the finest level
+ *                 whose upper end (mean + 2 deviations) fits wins, a level
+ *                 without an estimate never does, and a saturated machine
+ *                 (load average >= CPUs) takes one level coarser;
  *   a prior       the level of a granctl decision, used while the input
  *                 says nothing, and the rules of
  *                 zoomerge-granularity-rules(5) evaluated per batch on the
@@ -51,8 +52,17 @@
 #define ZM_GRANAUTO_EMA 0.25
 /* A level not measured for this many batches is run once (a probe). */
 #define ZM_GRANAUTO_PROBE_EVERY 32
-/* A level fits the budget when its estimate is at most this share of it. */
+/* Under a budget a level fits when the upper end of its batch time, its
+ * running mean plus this many running standard deviations (the newest
+ * batch weighing ZM_GRANAUTO_EMA), and the sample's time, are at most
+ * ZM_GRANAUTO_MARGIN of the budget.  A level with fewer than two batches
+ * timed in this run has no spread of its own: it takes the relative
+ * spread (deviation over mean) of the level timed most often, the
+ * machine's noise, or this share of its mean before any.  A level with
+ * no estimate at all never fits (full, the cheapest, is the floor). */
 #define ZM_GRANAUTO_MARGIN 0.9
+#define ZM_GRANAUTO_SPREAD_Z 2.0
+#define ZM_GRANAUTO_SPREAD_UNKNOWN 0.5
 /* Rows of the batch the layer-level weights are measured on: a
  * sixteenth of it, at least 16 and at most 64. */
 #define ZM_GRANAUTO_SAMPLE_ROWS 64
@@ -64,6 +74,10 @@
 /* What the controller has learnt over the batches. */
 struct zm_granauto {
 	double ms_per_row[ZM_GRANAUTO_LEVELS];  /* NaN: not measured */
+	double var_per_row[ZM_GRANAUTO_LEVELS]; /* running variance of it */
+	uint64_t measured[ZM_GRANAUTO_LEVELS];  /* batches timed this run */
+	double sample_per_row;                  /* running cost per row of
+	                                         * the samples; NaN none */
 	uint64_t last_run[ZM_GRANAUTO_LEVELS];  /* batch last run, 0: never */
 	uint64_t used[ZM_GRANAUTO_LEVELS];      /* batches per level */
 	uint64_t batches, probes, over_budget, switches;
@@ -125,10 +139,18 @@ void zm_granauto_observe(struct zm_granauto *g,
                          double ms);
 
 /* The expected time of a batch of rows at level (NaN unknown) from the
- * running estimates and the sample's cost. */
+ * running estimates and the sample's cost (this batch's, weighing
+ * ZM_GRANAUTO_EMA against the earlier samples': one sample is small and
+ * noisy). */
 double zm_granauto_estimate(const struct zm_granauto *g,
                             enum zm_gran_level level, size_t rows,
                             double sample_ms_per_row);
+
+/* The upper end of it that a budget is held against (the mean plus
+ * ZM_GRANAUTO_SPREAD_Z standard deviations, see above); NaN unknown. */
+double zm_granauto_upper(const struct zm_granauto *g,
+                         enum zm_gran_level level, size_t rows,
+                         double sample_ms_per_row);
 
 /* ---- the state file ---- */
 
@@ -172,6 +194,17 @@ enum zm_status zm_granauto_state_save(const struct zm_granauto *g,
 /* ---- the driver ---- */
 
 struct zm_predictor;
+struct zm_predict_options;
+
+/*
+ * Whether predictions with options po give every layer unit the same
+ * weights: weights from the input alone (density, router, uniform) and
+ * the Hedge scores, without the adaptation's per-unit offsets.  Then
+ * every level merges alike, auto runs the full level and measures
+ * nothing, and (without rules, which may ask for another level) needs no
+ * predictor at the other levels.
+ */
+bool zm_granauto_units_same(const struct zm_predict_options *po);
 
 /* The controller inside predict's batch loop: one predictor per level
  * (borrowed; NULL where the run cannot merge at that level). */

@@ -24,6 +24,15 @@ static double ms_now(void)
 	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
 }
 
+bool zm_granauto_units_same(const struct zm_predict_options *po)
+{
+	/* Similarity (each layer's input against its profile) and static
+	 * tables by layer differ by unit. */
+	return !po->adapt && (po->w.kind == ZM_WEIGHTING_DENSITY ||
+	                      po->w.kind == ZM_WEIGHTING_ROUTER ||
+	                      po->w.kind == ZM_WEIGHTING_UNIFORM);
+}
+
 enum zm_status zm_granauto_ctl_init(struct zm_granauto_ctl *ctl,
                                     struct zm_predictor *const *pred,
                                     double budget_ms, bool use_loadavg,
@@ -49,17 +58,11 @@ enum zm_status zm_granauto_ctl_init(struct zm_granauto_ctl *ctl,
 		ctl->in.allowed[l] = pred[l] != NULL;
 	ctl->use_loadavg = use_loadavg;
 	ctl->last_ms = NAN;
+	/* The full level loses nothing there, and nothing needs
+	 * measuring. */
+	ctl->in.units_same = zm_granauto_units_same(&pred[ZM_GRAN_FULL]->o);
 	if (!pl)
 		return ZM_OK;
-	/* Weights from the input alone (and the Hedge scores) are the same
-	 * at every unit: the full level loses nothing, and nothing needs
-	 * measuring.  Similarity (each layer's input against its profile),
-	 * static tables by layer and the adaptation's per-unit offsets
-	 * differ by unit. */
-	ctl->in.units_same = !pl->o.adapt &&
-	                     (pl->wr->o.kind == ZM_WEIGHTING_DENSITY ||
-	                      pl->wr->o.kind == ZM_WEIGHTING_ROUTER ||
-	                      pl->wr->o.kind == ZM_WEIGHTING_UNIFORM);
 	/* The layer units that carry weights (parameterless layers have
 	 * none), each with its layer group. */
 	st = zm_gran_units_init(&gu, ZM_GRAN_GROUP, pl->models[0]->arch, err);

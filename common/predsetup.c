@@ -48,6 +48,7 @@ void zm_predsetup_init(struct zm_predsetup *s)
 	zm_hedge_init(&s->hedge);
 	zm_schema_init(&s->schema);
 	zm_gc_rules_init(&s->rules);
+	zm_profile_cache_init(&s->pcache);
 }
 
 void zm_predsetup_release(struct zm_predsetup *s)
@@ -57,6 +58,7 @@ void zm_predsetup_release(struct zm_predsetup *s)
 	zm_predictor_free(s->pred);
 	zm_predictor_free(s->lvl[ZM_GRAN_GROUP]);
 	zm_predictor_free(s->lvl[ZM_GRAN_LAYER]);
+	zm_profile_cache_release(&s->pcache);
 	zm_granauto_ctl_release(&s->ctl);
 	zm_gc_rules_release(&s->rules);
 	for (i = 0; i < s->k; i++)
@@ -415,16 +417,21 @@ static enum zm_status start_auto(const struct zm_predsetup_options *o,
 	struct zm_lineage_info info;
 	struct zm_predsetup_note *n;
 	bool all = true, unrelated = s->unrelated;
+	/* Where every unit gets the same weights, only rules can ask for
+	 * another level. */
+	bool finer = o->gran_rules || !zm_granauto_units_same(&s->po);
 	size_t a, b;
 
 	s->lvl[ZM_GRAN_FULL] = s->pred;
 	if (o->gran_rules &&
 	    (st = zm_gc_rules_load(o->gran_rules, &s->rules, err)) != ZM_OK)
 		return st;
+	if (!finer)
+		add_note(s, ZM_PREDSETUP_AUTO_SAME_WEIGHTS);
 	/* The full level may route without merging layers (check_lineage
 	 * then did not look); the finer ones merge them, which unrelated
 	 * models cannot. */
-	if (!unrelated && !o->merge_set &&
+	if (finer && !unrelated && !o->merge_set &&
 	    (s->po.merge == ZM_MERGE_ROUTE || s->po.merge == ZM_MERGE_ENSEMBLE)) {
 		st = zm_lineage_all_related((const struct zm_model *const *)
 		                            s->models, s->k, &all, &a, &b,
@@ -438,7 +445,7 @@ static enum zm_status start_auto(const struct zm_predsetup_options *o,
 			n->basis = info.basis;
 		}
 	}
-	for (l = ZM_GRAN_GROUP; !unrelated && l <= ZM_GRAN_LAYER; l++) {
+	for (l = ZM_GRAN_GROUP; finer && !unrelated && l <= ZM_GRAN_LAYER; l++) {
 		struct zm_predict_options po = s->po;
 		if (po.merge == ZM_MERGE_ROUTE || po.merge == ZM_MERGE_ENSEMBLE) {
 			/* Unrelated models mix only final outputs, and a
@@ -487,6 +494,8 @@ enum zm_status zm_predsetup_open(struct zm_predsetup *s,
 		return st;
 	if (s->k > 1 && (st = check_merge(&s->po, err)))
 		return st;
+	/* Every level of auto parses the profiles once. */
+	s->po.w.cache = &s->pcache;
 	st = zm_predictor_new_opts((const struct zm_model *const *)s->models,
 	                           s->k, o->batch, &s->po, &s->pred, err);
 	if (st == ZM_OK && o->gran_auto && s->k > 1)

@@ -27,6 +27,7 @@
 #include "lineage.h"
 #include "model.h"
 #include "predict.h"
+#include "profcache.h"
 #include "route.h"
 #include "schema.h"
 #include "weighting.h"
@@ -71,6 +72,9 @@ enum zm_predsetup_note_kind {
 	ZM_PREDSETUP_AUTO_FULL_ONLY,
 	/* auto: no predictor at level; msg says why */
 	ZM_PREDSETUP_AUTO_NO_LEVEL,
+	/* auto: the weighting gives every unit the same weights and no
+	 * rules could ask for another level: the full level only */
+	ZM_PREDSETUP_AUTO_SAME_WEIGHTS,
 };
 
 struct zm_predsetup_note {
@@ -108,6 +112,8 @@ struct zm_predsetup {
 	bool unrelated;            /* models mix only final outputs */
 	struct zm_schema schema;   /* what the inputs are matched to */
 	char what[128];            /* the schema's owner in messages */
+	/* the profiles and densities every weighter of the run shares */
+	struct zm_profile_cache pcache;
 	struct zm_predictor *pred; /* the full (or only) level */
 	/* auto: pred, then the group and layer levels (owned, or NULL) */
 	struct zm_predictor *lvl[ZM_GRANAUTO_LEVELS];

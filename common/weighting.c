@@ -587,44 +587,42 @@ void zm_weighter_free(struct zm_weighter *w)
 	free(w->qv);
 	free(w->unit_sim);
 	free(w->unit_has_sim);
-	if (w->dens)
-		for (l = 0; l < w->k; l++)
-			zm_density_release(&w->dens[l]);
-	free(w->dens);
+	if (w->own_cache) {
+		zm_profile_cache_release(w->own_cache);
+		free(w->own_cache);
+	}
 	free(w->ll);
 	free(w);
 }
 
-/*
- * Loads every model's density and decides whether they can be told apart:
- * the largest symmetric KL over pairs against ZM_DENSITY_KL_MIN plus four
- * times what estimation noise alone gives two fits of the same data,
- * about (parameters) (1/n_a + 1/n_b) / 2 nats.
- */
-static enum zm_status load_densities(struct zm_weighter *w,
+/* The densities of set (not ready) and the verdict on them, for
+ * load_densities; *whole is false when a lenient weighter gave up on a
+ * model without a profile (a strict one would fail: not to be shared). */
+static enum zm_status make_densities(const struct zm_weighter *w,
+                                     struct zm_density_set *set,
                                      const struct zm_model *const *models,
-                                     const char *const *names,
+                                     const char *const *names, bool *whole,
                                      struct zm_error *err)
 {
-	size_t k = w->k, i, j, nk;
+	size_t k = w->k, i, j;
+	struct zm_density *dens = set->dens;
 	enum zm_status st;
 
-	if (!zm_size_mul(w->max_batch, k, &nk) ||
-	    !(w->dens = zm_calloc(k, sizeof(*w->dens))) ||
-	    !(w->ll = zm_calloc(nk, sizeof(double))))
-		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
-	for (i = 0; i < k; i++)
-		zm_density_init(&w->dens[i]);
+	*whole = true;
+	set->separable = false;
+	set->why[0] = '\0';
 	for (i = 0; i < k; i++) {
-		st = zm_profile_density_from_doc(&models[i]->extra, &w->dens[i],
+		zm_density_release(&dens[i]);
+		st = zm_profile_density_from_doc(&models[i]->extra, &dens[i],
 		                                 err);
-		if (st == ZM_OK && w->dens[i].d != w->arch->input_features)
+		if (st == ZM_OK && dens[i].d != w->arch->input_features)
 			st = zm_error_set(err, ZM_ERR_DATA, "its input profile has "
 			                  "%zu features, the model %zu",
-			                  w->dens[i].d, w->arch->input_features);
+			                  dens[i].d, w->arch->input_features);
 		if (st == ZM_ERR_NOTFOUND && w->o.lenient) {
-			snprintf(w->why, sizeof(w->why), "model '%s' has no "
+			snprintf(set->why, sizeof(set->why), "model '%s' has no "
 			         "profile of its inputs", names[i]);
+			*whole = false;
 			return ZM_OK;
 		}
 		if (st == ZM_ERR_NOTFOUND)
@@ -636,10 +634,10 @@ static enum zm_status load_densities(struct zm_weighter *w,
 		if (st != ZM_OK)
 			return zm_error_prefix(err, "model '%s': ", names[i]);
 	}
-	w->sep_kl = -1;
+	set->sep_kl = -1;
 	for (i = 0; i < k; i++)
 		for (j = i + 1; j < k; j++) {
-			const struct zm_density *a = &w->dens[i], *b = &w->dens[j];
+			const struct zm_density *a = &dens[i], *b = &dens[j];
 			double skl = 0.5 * (zm_density_kl(a, b) +
 			                    zm_density_kl(b, a));
 			double params = (double)a->d * (double)(a->q + b->q + 2);
@@ -648,20 +646,20 @@ static enum zm_status load_densities(struct zm_weighter *w,
 			               1 / (b->count > 1 ? b->count : 1));
 			if (!isfinite(skl))
 				continue;
-			if (skl - need > w->sep_kl - w->sep_need ||
-			    w->sep_kl < 0) {
-				w->sep_kl = skl;
-				w->sep_need = need;
-				w->sep_a = i;
-				w->sep_b = j;
+			if (skl - need > set->sep_kl - set->sep_need ||
+			    set->sep_kl < 0) {
+				set->sep_kl = skl;
+				set->sep_need = need;
+				set->sep_a = i;
+				set->sep_b = j;
 			}
 		}
-	w->separable = w->sep_kl >= w->sep_need && w->sep_kl >= 0;
-	if (!w->separable) {
-		snprintf(w->why, sizeof(w->why), "the models' input densities "
-		         "are indistinguishable (symmetric KL %.3g between '%s' "
-		         "and '%s', below %.3g)", w->sep_kl, names[w->sep_a],
-		         names[w->sep_b], w->sep_need);
+	set->separable = set->sep_kl >= set->sep_need && set->sep_kl >= 0;
+	if (!set->separable) {
+		snprintf(set->why, sizeof(set->why), "the models' input "
+		         "densities are indistinguishable (symmetric KL %.3g "
+		         "between '%s' and '%s', below %.3g)", set->sep_kl,
+		         names[set->sep_a], names[set->sep_b], set->sep_need);
 		return ZM_OK;
 	}
 	/* Routing compares the models' residuals on one scale (density.h);
@@ -669,9 +667,48 @@ static enum zm_status load_densities(struct zm_weighter *w,
 	{
 		struct zm_density *dp[ZM_WEIGHTER_MAX_MODELS];
 		for (i = 0; i < k; i++)
-			dp[i] = &w->dens[i];
+			dp[i] = &dens[i];
 		zm_density_tie_residual(dp, k);
 	}
+	return ZM_OK;
+}
+
+/*
+ * Loads every model's density and decides whether they can be told apart:
+ * the largest symmetric KL over pairs against ZM_DENSITY_KL_MIN plus four
+ * times what estimation noise alone gives two fits of the same data,
+ * about (parameters) (1/n_a + 1/n_b) / 2 nats.  The densities and the
+ * verdict are made once per cache (the run's weighters share them) and
+ * borrowed by every weighter of the same models.
+ */
+static enum zm_status load_densities(struct zm_weighter *w,
+                                     struct zm_profile_cache *pc,
+                                     const struct zm_model *const *models,
+                                     const char *const *names,
+                                     struct zm_error *err)
+{
+	size_t k = w->k, nk;
+	struct zm_density_set *set;
+	enum zm_status st;
+	bool whole;
+
+	if (!zm_size_mul(w->max_batch, k, &nk) ||
+	    !(w->ll = zm_calloc(nk, sizeof(double))))
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	if ((st = zm_profile_cache_densities(pc, models, k, &set, err)))
+		return st;
+	w->dens = set->dens;
+	if (!set->ready) {
+		if ((st = make_densities(w, set, models, names, &whole, err)))
+			return st;
+		set->ready = whole;
+	}
+	w->separable = set->separable;
+	w->sep_kl = set->sep_kl;
+	w->sep_need = set->sep_need;
+	w->sep_a = set->sep_a;
+	w->sep_b = set->sep_b;
+	memcpy(w->why, set->why, sizeof(w->why));
 	return ZM_OK;
 }
 
@@ -716,7 +753,7 @@ static enum zm_status channel_moments(const struct zm_profile_entry *e,
 static enum zm_status load_layer_profiles(struct zm_weighter *w, size_t l,
                                           const struct zm_model *const *models,
                                           const char *const *names,
-                                          const struct zm_profile *profs,
+                                          const struct zm_profile *const *profs,
                                           struct zm_error *err)
 {
 	const struct zm_layer_spec *s = &w->arch->layers[l];
@@ -740,11 +777,11 @@ static enum zm_status load_layer_profiles(struct zm_weighter *w, size_t l,
 		const char *ename = s->name;
 
 		e = w->o.level == ZM_GRAN_FULL ? NULL :
-		    zm_profile_find(&profs[i], s->name);
+		    zm_profile_find(profs[i], s->name);
 		if (!e && first_param &&
 		    s->in_features == models[i]->arch->input_features) {
 			ename = ZM_PROFILE_INPUT;
-			e = zm_profile_find(&profs[i], ZM_PROFILE_INPUT);
+			e = zm_profile_find(profs[i], ZM_PROFILE_INPUT);
 		}
 		if (!e)
 			return zm_error_set(err, ZM_ERR_DATA, "model '%s' has no "
@@ -907,7 +944,8 @@ enum zm_status zm_weighter_new(const struct zm_weighter_options *o,
                                struct zm_error *err)
 {
 	struct zm_weighter *w;
-	struct zm_profile *profs = NULL;
+	const struct zm_profile *profs[ZM_WEIGHTER_MAX_MODELS];
+	struct zm_profile_cache *pc;
 	enum zm_status st = ZM_OK;
 	size_t l, i, u, L, nk;
 
@@ -938,6 +976,14 @@ enum zm_status zm_weighter_new(const struct zm_weighter_options *o,
 	L = w->n_layers = w->arch->n_layers;
 	w->k_active = o->top_k > 0 && o->top_k < k ? o->top_k : k;
 	w->probe_model = SIZE_MAX;
+	w->o.cache = NULL;
+	if (!(pc = o->cache)) {
+		if (!(pc = w->own_cache = zm_malloc(sizeof(*pc)))) {
+			st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+			goto fail;
+		}
+		zm_profile_cache_init(pc);
+	}
 	st = zm_gran_units_init(&w->units, o->level, w->arch, err);
 	if (st != ZM_OK)
 		goto fail;
@@ -976,14 +1022,9 @@ enum zm_status zm_weighter_new(const struct zm_weighter_options *o,
 		memcpy(w->stat, stat, L * k * sizeof(double));
 	}
 	if (uses_similarity(o->kind)) {
-		profs = zm_calloc(k, sizeof(*profs));
-		if (!profs) {
-			st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
-			goto fail;
-		}
 		for (i = 0; i < k; i++) {
-			zm_profile_init(&profs[i]);
-			st = zm_profile_from_doc(&profs[i], &models[i]->extra, err);
+			st = zm_profile_cache_profile(pc, models[i], &profs[i],
+			                              err);
 			if (st == ZM_ERR_NOTFOUND) {
 				st = zm_error_set(err, ZM_ERR_DATA, "model '%s' has no "
 				                  "profile: similarity weighting needs "
@@ -1006,24 +1047,14 @@ enum zm_status zm_weighter_new(const struct zm_weighter_options *o,
 		}
 	}
 	if (o->kind == ZM_WEIGHTING_DENSITY &&
-	    (st = load_densities(w, models, names, err)) != ZM_OK)
+	    (st = load_densities(w, pc, models, names, err)) != ZM_OK)
 		goto fail;
 	if (uses_router(o->kind) &&
 	    (st = setup_router(w, names, router, assignment, nk, err)))
 		goto fail;
-	if (profs) {
-		for (i = 0; i < k; i++)
-			zm_profile_release(&profs[i]);
-		free(profs);
-	}
 	*out = w;
 	return ZM_OK;
 fail:
-	if (profs) {
-		for (i = 0; i < k; i++)
-			zm_profile_release(&profs[i]);
-		free(profs);
-	}
 	zm_weighter_free(w);
 	return st;
 }

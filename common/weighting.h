@@ -63,6 +63,7 @@
 #include "error.h"
 #include "granularity.h"
 #include "model.h"
+#include "profcache.h"
 #include "profile.h"
 #include "similarity.h"
 
@@ -184,6 +185,9 @@ struct zm_weighter_options {
 	 * of an error (the weighting was chosen by default, not asked for). */
 	bool lenient;
 	const char *temperature_origin;  /* for --explain; borrowed or NULL */
+	/* The profiles and densities the run's weighters share (borrowed;
+	 * NULL: the weighter keeps its own), profcache.h. */
+	struct zm_profile_cache *cache;
 };
 
 /* Symmetric KL (nats) below which two densities are the same data. */
@@ -226,8 +230,10 @@ struct zm_weighter {
 	double *qm, *qv;                   /* [max_features] batch moments */
 	double *unit_sim;                  /* [n_units, k]: mean similarity */
 	bool *unit_has_sim;                /* [n_units] */
+	struct zm_profile_cache *own_cache; /* when o.cache is NULL */
 	/* density */
-	struct zm_density *dens;           /* [k] or NULL (no routing) */
+	struct zm_density *dens;           /* [k], the cache's, or NULL (no
+	                                    * routing) */
 	double *ll;                        /* [max_batch, k] log p_i(row) */
 	bool separable;                    /* some pair of models differs */
 	double sep_kl, sep_need;           /* largest pair's symmetric KL and

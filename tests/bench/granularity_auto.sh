@@ -8,15 +8,17 @@
 #
 #   per zoo and weighting (the defaults, and similarity per row, cosine,
 #   T 0.01), accuracy and time of full, group, layer and auto;
-#   under a latency budget halfway between the full and the layer level's
-#   time per batch: the share of auto's batches within it (its trace) and
-#   its accuracy against the full level's under the same budget;
+#   under a latency budget that the full level meets (1.25 x its 95th
+#   percentile batch time, similarity weighting): the share of auto's
+#   batches within it (its trace), its accuracy against the full level's
+#   under the same budget, and whether the layer level exceeds it;
 #   a stream whose batches alternate between one label group and the mix
 #   of all: the levels auto's trace gives the two kinds of batch.
 #
 # Usage: sh tests/bench/granularity_auto.sh [DIR]  (DIR keeps the work)
 # Environment: ZM_BIN, ZM_FASHION_MNIST, ZM_BENCH_TRAIN (the 60k training
-# stream, already imported), ZM_GAUTO_EPOCHS [2], ZM_GAUTO_BATCH [256].
+# stream, already imported), ZM_GAUTO_EPOCHS [2], ZM_GAUTO_BATCH [256],
+# ZM_GAUTO_REUSE [0] (1: the data and zoos DIR holds, not built again).
 # Lines "bench: gauto-...: VALUE UNIT (REF: VALUE UNIT, ratio R)" and the
 # issue's targets as "bench:   target ...: PASS|FAIL" (informational).
 # shellcheck disable=SC2086 # option lists split on purpose
@@ -69,12 +71,21 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }'
 # ---- data ----
 C=$OUT/common
 mkdir -p "$C"
-if [ -n "${ZM_BENCH_TRAIN:-}" ] && [ -r "$ZM_BENCH_TRAIN" ]; then
+# ZM_GAUTO_REUSE=1 measures again on the data and zoos DIR already holds.
+REUSE=
+if [ "${ZM_GAUTO_REUSE:-0}" = 1 ] && [ -r "$C/alt.safetensors.gz" ] &&
+	[ -r "$OUT/seeded/zoo/zoo.yaml" ] && [ -r "$OUT/finetuned/zoo/zoo.yaml" ]; then
+	REUSE=1
+fi
+if [ -n "$REUSE" ]; then
+	:
+elif [ -n "${ZM_BENCH_TRAIN:-}" ] && [ -r "$ZM_BENCH_TRAIN" ]; then
 	cp "$ZM_BENCH_TRAIN" "$C/train-all.safetensors.gz"
 else
 	P tensor import --from idx --images "$FM/train-images-idx3-ubyte.gz" \
 		--labels "$FM/train-labels-idx1-ubyte.gz" -o "$C/train-all.safetensors.gz"
 fi
+if [ -z "$REUSE" ]; then
 cat >"$C/subset.yaml" <<'EOF'
 slices:
   - {name: train, where: {hash: 0.2, seed: 11}}
@@ -120,6 +131,7 @@ awk -F, -v b="$BATCH" '
 	  } }' "$C/test.csv" >"$C/alt.csv"
 P tensor import --from csv --label y -o "$C/alt.safetensors.gz" "$C/alt.csv"
 rm -f "$C/test.csv" "$C/alt.csv"
+fi
 
 # ---- zoos ----
 build() { # ZD BASE_EPOCHS
@@ -139,8 +151,10 @@ build() { # ZD BASE_EPOCHS
 			"$C/slices/$s.safetensors.gz"
 	done
 }
-build "$OUT/finetuned" 1
-build "$OUT/seeded" 0
+if [ -z "$REUSE" ]; then
+	build "$OUT/finetuned" 1
+	build "$OUT/seeded" 0
+fi
 
 # pred NAME ZD STREAM ARGS...: predict; the accuracy and the seconds into
 # $OUT/r/NAME.{acc,s}.
@@ -204,32 +218,37 @@ for z in finetuned seeded; do
 	done
 done
 
-# ---- a latency budget between full and layer (seeded zoo, defaults) ----
-# Each level's time per batch comes from a run that rules hold at that
-# level (the trace's ms); the budget is the slowest batch of the full level
-# (routing), which the layer level (every model's layers merged) exceeds
-# on the share of its batches printed.
+# ---- a latency budget that the layer level exceeds and the full level meets ----
+# Seeded zoo, similarity per row (where auto measures and decides; with the
+# defaults every unit gets the same weights and auto is the full level).
+# Each level's batch times (the sample included) come from a run that a
+# rule holds at that level; the budget is 1.25 times the full level's 95th
+# percentile (room for the loaded machine).  Whether the layer level
+# exceeds it is printed as a precondition: where the levels cost the same,
+# the case the issue asks about does not arise on this zoo.
 zd=$OUT/seeded
-median() { awk -F, 'NR > 1 && !seen[$1]++ { v[n++] = $9 }
-	END { m = 0; for (i = 0; i < n; i++) { c = 0; for (j = 0; j < n; j++) if (v[j] <= v[i]) c++
-		if (c >= n / 2 && (m == 0 || v[i] < m)) m = v[i] }; printf "%.3f", m }' "$1"; }
+quant() { awk -F, 'NR > 1 && !seen[$1]++ { print $9 }' "$1" | sort -n |
+	awk -v q="$2" '{ v[NR] = $1 } END { i = int(q * NR + 0.999); if (i < 1) i = 1; printf "%.3f", v[i] }'; }
+share() { awk -F, -v b="$2" 'NR > 1 && !seen[$1]++ { n++; if ($9 <= b) w++ } END { printf "%.4f", w / n }' "$1"; }
 for g in full layer; do
 	printf 'default: %s\n' "$g" >"$OUT/r/force-$g.yaml"
-	pred "force-$g" "$zd" "$C/test.safetensors.gz" --granularity auto \
+	pred "force-$g" "$zd" "$C/test.safetensors.gz" $SIM --granularity auto \
 		--granularity-rules "$OUT/r/force-$g.yaml" --trace "$OUT/r/force-$g.trace"
 done
-mf=$(median "$OUT/r/force-full.trace")
-ml=$(median "$OUT/r/force-layer.trace")
-B=$(awk -F, 'NR > 1 && !seen[$1]++ && $9 > m { m = $9 } END { printf "%.3f", m }' "$OUT/r/force-full.trace")
-echo "bench: gauto-budget: $B ms per batch (the full level's slowest batch; medians: full $mf ms, layer $ml ms)"
-pred budget-full "$zd" "$C/test.safetensors.gz" --granularity full --merge route --latency-budget-ms "$B"
-pred budget-auto "$zd" "$C/test.safetensors.gz" --granularity auto --latency-budget-ms "$B" \
+B=$(awk -v a="$(quant "$OUT/r/force-full.trace" 0.95)" 'BEGIN { printf "%.3f", 1.25 * a }')
+echo "bench: gauto-budget: $B ms per batch (1.25 x the full level's 95th percentile; medians: full $(quant "$OUT/r/force-full.trace" 0.5) ms, layer $(quant "$OUT/r/force-layer.trace" 0.5) ms)"
+pred budget-full "$zd" "$C/test.safetensors.gz" $SIM --granularity full --latency-budget-ms "$B" \
+	--trace "$OUT/r/budget-full.trace"
+pred budget-auto "$zd" "$C/test.safetensors.gz" $SIM --granularity auto --latency-budget-ms "$B" \
 	--trace "$OUT/r/budget-auto.trace"
-mld=$(awk -F, -v b="$B" 'NR > 1 && !seen[$1]++ { n++; if ($9 <= b) w++ } END { printf "%.4f", w / n }' "$OUT/r/force-layer.trace")
-echo "bench: gauto-budget-layer-within: $(pts "$mld") % of batches (the layer level alone)"
-within=$(awk -F, -v b="$B" 'NR > 1 && !seen[$1]++ { n++; if ($9 <= b) w++ } END { printf "%.4f", w / n }' "$OUT/r/budget-auto.trace")
-echo "bench: gauto-budget-within: $(pts "$within") % of batches (target: 99 %, ratio $(ratio "$within" 0.99))"
+mld=$(share "$OUT/r/force-layer.trace" "$B")
+echo "bench: gauto-budget-layer-within: $(pts "$mld") % of batches (the layer level alone; the full level alone: $(pts "$(share "$OUT/r/force-full.trace" "$B")") %)"
+within=$(share "$OUT/r/budget-auto.trace" "$B")
+levels=$(awk -F, 'NR > 1 && !seen[$1]++ { n[$8]++ } END { printf "full %d group %d layer %d", n["full"], n["group"], n["layer"] }' "$OUT/r/budget-auto.trace")
+echo "bench: gauto-budget-within: $(pts "$within") % of batches (target: 99 %, ratio $(ratio "$within" 0.99); levels: $levels)"
 echo "bench: gauto-budget-accuracy: $(pts "$(get budget-auto acc)") % (full under the budget: $(pts "$(get budget-full acc)") %, ratio $(ratio "$(get budget-auto acc)" "$(get budget-full acc)"))"
+if awk "BEGIN { exit !($mld < 0.5) }"; then r=PASS; else r="FAIL (the levels cost alike here)"; fi
+echo "bench:   precondition budget: the layer level exceeds it on most batches: $r"
 target "budget: >= 99% of batches within" "$within >= 0.99"
 target "budget: auto accuracy >= full's" "$(get budget-auto acc) >= $(get budget-full acc)"
 

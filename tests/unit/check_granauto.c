@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "granauto.h"
+#include "random.h"
 #include "unit.h"
 
 /* Three layer units of two models: units 0 and 1 in group 0, unit 2 in
@@ -117,6 +118,9 @@ START_TEST(test_budget)
 	g.ms_per_row[ZM_GRAN_FULL] = 0.001;
 	g.ms_per_row[ZM_GRAN_GROUP] = 0.002;
 	g.ms_per_row[ZM_GRAN_LAYER] = 0.010;
+	/* Measured without spread: the upper end is the mean. */
+	g.measured[ZM_GRAN_FULL] = g.measured[ZM_GRAN_GROUP] = 2;
+	g.measured[ZM_GRAN_LAYER] = 2;
 	input3(&in, layermix);
 	/* 1000 rows: full 1 ms, group 2 ms, layer 10 ms. */
 	in.budget_ms = 20;
@@ -136,22 +140,149 @@ START_TEST(test_budget)
 	in.sample_ms = 3;
 	zm_granauto_decide(&g, &in, &c);
 	ck_assert_int_eq(c.level, ZM_GRAN_FULL);
-	/* A layer level never measured: the sample's cost per row. */
+	/* The spread counts: layer 10 ms with a standard deviation of
+	 * 2 ms per batch is held at 10 + 2 * 2 = 14 ms. */
 	in.sample_ms = 0;
+	g.var_per_row[ZM_GRAN_LAYER] = 0.002 * 0.002;
+	ck_assert_double_eq_tol(zm_granauto_upper(&g, ZM_GRAN_LAYER, 1000, NAN),
+	                        14, 1e-9);
+	in.budget_ms = 15;       /* 13.5 */
+	zm_granauto_decide(&g, &in, &c);
+	ck_assert_int_eq(c.level, ZM_GRAN_GROUP);
+	in.budget_ms = 16;       /* 14.4 */
+	zm_granauto_decide(&g, &in, &c);
+	ck_assert_int_eq(c.level, ZM_GRAN_LAYER);
+	/* Levels never measured: the layer level's estimate is the
+	 * sample's cost per row (4 ms), the group's halfway from full
+	 * ((0.001 + 0.004) / 2 * 1000 = 2.5 ms); with no level timed twice
+	 * each is held at twice its estimate. */
 	g.ms_per_row[ZM_GRAN_LAYER] = NAN;
 	g.ms_per_row[ZM_GRAN_GROUP] = NAN;
+	g.measured[ZM_GRAN_LAYER] = g.measured[ZM_GRAN_GROUP] = 0;
+	g.measured[ZM_GRAN_FULL] = 1;
 	in.sample_ms_per_row = 0.004;
 	in.budget_ms = 4;
 	zm_granauto_decide(&g, &in, &c);
-	/* layer 4 ms > 3.6; group (0.001 + 0.004) / 2 * 1000 = 2.5 fits. */
+	ck_assert_int_eq(c.level, ZM_GRAN_FULL);
+	in.budget_ms = 6;        /* 5.4: group's 5 fits, layer's 8 not */
+	zm_granauto_decide(&g, &in, &c);
 	ck_assert_int_eq(c.level, ZM_GRAN_GROUP);
 	ck_assert_double_eq_tol(c.estimate_ms, 2.5, 1e-9);
+	/* Full timed 3 times with a deviation of a tenth of its mean:
+	 * the others take that relative spread, layer 4 (1 + 2 * 0.1). */
+	g.measured[ZM_GRAN_FULL] = 3;
+	g.var_per_row[ZM_GRAN_FULL] = 0.0001 * 0.0001;
+	ck_assert_double_eq_tol(zm_granauto_upper(&g, ZM_GRAN_LAYER, 1000,
+	                                          0.004), 4.8, 1e-9);
+	in.budget_ms = 5.4;      /* 4.86 */
+	zm_granauto_decide(&g, &in, &c);
+	ck_assert_int_eq(c.level, ZM_GRAN_LAYER);
+	/* Nothing known of the finer levels (no sample): full. */
+	in.sample_ms_per_row = NAN;
+	in.budget_ms = 1000;
+	zm_granauto_decide(&g, &in, &c);
+	ck_assert_int_eq(c.level, ZM_GRAN_FULL);
+	in.sample_ms_per_row = 0.004;
+	/* Under a budget no probe runs a level finer than the input asks
+	 * for; without one, a level not run for a while is probed. */
+	{
+		struct zm_granauto h;
+		struct zm_granauto_input hin;
+
+		zm_granauto_init(&h);
+		h.ms_per_row[ZM_GRAN_FULL] = h.ms_per_row[ZM_GRAN_GROUP] =
+			h.ms_per_row[ZM_GRAN_LAYER] = 0.001;
+		h.measured[ZM_GRAN_FULL] = 100;
+		h.batches = 100;
+		h.last_run[ZM_GRAN_FULL] = 100;
+		input3(&hin, homog);
+		hin.budget_ms = 1000;
+		zm_granauto_decide(&h, &hin, &c);
+		ck_assert_int_eq(c.level, ZM_GRAN_FULL);
+		ck_assert(!c.probe);
+		hin.budget_ms = 0;
+		zm_granauto_decide(&h, &hin, &c);
+		ck_assert(c.probe);
+		ck_assert_int_eq(c.level, ZM_GRAN_GROUP);
+	}
 	/* A saturated machine takes one level coarser. */
 	in.budget_ms = 100;
 	in.saturated = true;
 	zm_granauto_decide(&g, &in, &c);
 	ck_assert_int_eq(c.level, ZM_GRAN_GROUP);
 	ck_assert_ptr_nonnull(strstr(c.why, "saturated"));
+}
+END_TEST
+
+/*
+ * A stream under a budget that the layer level exceeds and the full level
+ * meets, with noisy batch times (a fake cost sequence: each level's cost
+ * per row times 1 + 0.15 N(0, 1), and one batch in 25 slowed by half
+ * again): the controller starts at full, learns the costs from the
+ * sample and its probes, and keeps at least 99 % of the batches within
+ * the budget, never running the layer level; with a budget that the
+ * group level fits, it runs there.
+ */
+static double noisy(struct zm_rng *rng, double ms)
+{
+	double f = 1 + 0.15 * zm_rng_normal(rng);
+
+	if (zm_rng_uniform(rng) < 0.04)
+		f *= 1.5;
+	return ms * (f > 0.2 ? f : 0.2);
+}
+
+static void run_budget(double budget, uint64_t *within, uint64_t *used)
+{
+	/* ms per row: full 0.01, group 0.02, layer 0.04 (256 rows:
+	 * 2.56, 5.12, 10.24 ms); the sample: 16 rows at the layer level. */
+	static const double cost[3] = { 0.01, 0.02, 0.04 };
+	struct zm_granauto g;
+	struct zm_granauto_input in;
+	struct zm_granauto_choice c;
+	struct zm_rng rng;
+	double ms;
+	int b;
+
+	zm_rng_seed(&rng, 42);
+	zm_granauto_init(&g);
+	*within = 0;
+	for (b = 0; b < 2000; b++) {
+		input3(&in, layermix);
+		in.rows = 256;
+		in.budget_ms = budget;
+		in.sample_ms = noisy(&rng, 16 * cost[ZM_GRAN_LAYER]);
+		in.sample_ms_per_row = in.sample_ms / 16;
+		zm_granauto_decide(&g, &in, &c);
+		ms = noisy(&rng, 256 * cost[c.level]);
+		zm_granauto_observe(&g, &in, &c, 256, ms);
+		*within += ms + in.sample_ms <= budget;
+	}
+	memcpy(used, g.used, sizeof(g.used));
+	ck_assert_uint_eq(g.batches - g.over_budget, *within);
+}
+
+START_TEST(test_budget_noise)
+{
+	uint64_t within, used[ZM_GRANAUTO_LEVELS];
+
+	/* 5 ms: full (2.56 + the sample's 0.64 ms) meets it, group
+	 * (5.12 ms) and layer exceed it. */
+	run_budget(5, &within, used);
+	ck_assert_uint_ge(within, 1980);
+	ck_assert_uint_eq(used[ZM_GRAN_LAYER], 0);
+	ck_assert_uint_eq(used[ZM_GRAN_FULL], 2000 - used[ZM_GRAN_GROUP]);
+	/* 10 ms: group fits with room for its noise, layer does not.  A
+	 * slow group batch widens its spread and sends the batches to full
+	 * until the next probe: group runs a good share, not all. */
+	run_budget(10, &within, used);
+	ck_assert_uint_ge(within, 1980);
+	ck_assert_uint_eq(used[ZM_GRAN_LAYER], 0);
+	ck_assert_uint_gt(used[ZM_GRAN_GROUP], 500);
+	/* No budget worth the name: the layer level the weights ask for. */
+	run_budget(100, &within, used);
+	ck_assert_uint_eq(within, 2000);
+	ck_assert_uint_gt(used[ZM_GRAN_LAYER], 1800);   /* less the probes */
 }
 END_TEST
 
@@ -295,6 +426,7 @@ Suite *suite_granauto(void)
 	tcase_add_test(tc, test_kinds_of_batch);
 	tcase_add_test(tc, test_heterogeneity);
 	tcase_add_test(tc, test_budget);
+	tcase_add_test(tc, test_budget_noise);
 	tcase_add_test(tc, test_observe_and_probe);
 	tcase_add_test(tc, test_prior_and_rules);
 	tcase_add_test(tc, test_state_lines);

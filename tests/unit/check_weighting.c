@@ -15,6 +15,7 @@
 
 #include "adapt.h"
 #include "config.h"
+#include "conv.h"
 #include "model.h"
 #include "predict.h"
 #include "profile.h"
@@ -396,6 +397,94 @@ START_TEST(test_similarity_weights)
 	zm_weighter_adjust(w, 0.001);              /* fits: back to top-k */
 	ck_assert_uint_eq(w->k_active, 2);
 	zm_weighter_free(w);
+	for (i = 0; i < 3; i++)
+		zm_model_free(ms[i]);
+}
+END_TEST
+
+/*
+ * Weighters that share a profile cache (predict --granularity auto holds
+ * one per level) parse each model's profile once and borrow one set of
+ * routing densities, and weigh exactly as weighters that parse their
+ * own: the same profile moments, the same log-likelihoods.
+ */
+START_TEST(test_shared_cache)
+{
+	struct zm_model *ms[3] = { make_model(1, -2, false), make_model(2, 0, false),
+	                           make_model(3, 2, false) };
+	const struct zm_model *const *cm = (const struct zm_model *const *)ms;
+	struct zm_weighter_options o;
+	struct zm_weighter *a, *b, *own;
+	struct zm_profile_cache c;
+	struct zm_error err;
+	float x[40 * 5];
+	size_t l, i;
+
+	rand_input(x, 40, 7, 0.5);
+	zm_profile_cache_init(&c);
+	zm_weighter_options_init(&o);
+	o.use_loadavg = false;
+	o.level = ZM_GRAN_LAYER;
+	o.cache = &c;
+	ck_assert_int_eq(zm_weighter_new(&o, cm, names3, 3, 40, NULL, NULL, NULL,
+	                                 &a, &err), ZM_OK);
+	o.level = ZM_GRAN_GROUP;
+	ck_assert_int_eq(zm_weighter_new(&o, cm, names3, 3, 40, NULL, NULL, NULL,
+	                                 &b, &err), ZM_OK);
+	ck_assert_uint_eq(c.n_models, 3);
+	ck_assert_ptr_null(a->own_cache);
+	o.level = ZM_GRAN_LAYER;
+	o.cache = NULL;
+	ck_assert_int_eq(zm_weighter_new(&o, cm, names3, 3, 40, NULL, NULL, NULL,
+	                                 &own, &err), ZM_OK);
+	ck_assert_ptr_nonnull(own->own_cache);
+	for (l = 0; l < 3; l++) {
+		if (!own->pm[l]) {
+			ck_assert_ptr_null(a->pm[l]);
+			continue;
+		}
+		ck_assert_ptr_nonnull(a->pm[l]);
+		for (i = 0; i < 3 * zm_layer_profile_dim(&own->arch->layers[l]); i++) {
+			ck_assert(a->pm[l][i] == own->pm[l][i]);
+			ck_assert(a->pv[l][i] == own->pv[l][i]);
+		}
+	}
+	zm_weighter_free(a);
+	zm_weighter_free(b);
+	zm_weighter_free(own);
+
+	o.kind = ZM_WEIGHTING_DENSITY;
+	o.temperature = 1;
+	o.per_row = true;
+	o.level = ZM_GRAN_FULL;
+	o.cache = &c;
+	ck_assert_int_eq(zm_weighter_new(&o, cm, names3, 3, 40, NULL, NULL, NULL,
+	                                 &a, &err), ZM_OK);
+	o.level = ZM_GRAN_LAYER;
+	ck_assert_int_eq(zm_weighter_new(&o, cm, names3, 3, 40, NULL, NULL, NULL,
+	                                 &b, &err), ZM_OK);
+	ck_assert_uint_eq(c.n_sets, 1);
+	ck_assert_ptr_eq(a->dens, b->dens);
+	ck_assert(a->separable && b->separable);
+	ck_assert_double_eq(a->sep_kl, b->sep_kl);
+	o.cache = NULL;
+	ck_assert_int_eq(zm_weighter_new(&o, cm, names3, 3, 40, NULL, NULL, NULL,
+	                                 &own, &err), ZM_OK);
+	ck_assert_ptr_ne(own->dens, a->dens);
+	ck_assert_double_eq(own->sep_kl, a->sep_kl);
+	zm_weighter_begin(b, x, 40);
+	zm_weighter_begin(own, x, 40);
+	ck_assert_int_eq(b->pending, ZM_OK);
+	for (i = 0; i < 40 * 3; i++)
+		ck_assert(b->ll[i] == own->ll[i] && isfinite(b->ll[i]));
+	/* A weighter freed leaves the densities to the others. */
+	zm_weighter_free(a);
+	zm_weighter_begin(b, x, 40);
+	for (i = 0; i < 40 * 3; i++)
+		ck_assert(b->ll[i] == own->ll[i]);
+	zm_weighter_free(b);
+	zm_weighter_free(own);
+	zm_profile_cache_release(&c);
 	for (i = 0; i < 3; i++)
 		zm_model_free(ms[i]);
 }
@@ -888,6 +977,7 @@ Suite *suite_weighting(void)
 	tcase_add_loop_test(tc, test_adapt, 0, 4);
 	tcase_add_test(tc, test_hedge_state);
 	tcase_add_test(tc, test_static_weights);
+	tcase_add_test(tc, test_shared_cache);
 	suite_add_tcase(s, tc);
 	return s;
 }
