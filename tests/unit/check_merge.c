@@ -403,20 +403,6 @@ END_TEST
 
 /* ---- static merges ---- */
 
-static void write_model(const struct zm_model *m, const char *path)
-{
-	struct zm_writer *w;
-	struct zm_doc doc;
-	struct zm_error err;
-
-	zm_doc_init(&doc);
-	ck_assert_int_eq(zm_model_to_doc(m, &doc, &err), ZM_OK);
-	ck_assert_int_eq(zm_writer_open(&w, path, 1, &err), ZM_OK);
-	ck_assert_int_eq(zm_writer_write_doc(w, &doc, &err), ZM_OK);
-	ck_assert_int_eq(zm_writer_commit(w, &err), ZM_OK);
-	zm_doc_release(&doc);
-}
-
 static struct zm_model *read_model(const char *path)
 {
 	struct zm_reader *r;
@@ -488,7 +474,7 @@ START_TEST(test_static_merge)
 		m[i] = model_with_profile(a, i + 1, 3 + i);
 		snprintf(path[i], sizeof(path[i]), "%s/m%zu.st.gz",
 		         unit_tmpdir(), i);
-		write_model(m[i], path[i]);
+		unit_write_model(m[i], path[i]);
 		paths[i] = path[i];
 	}
 	snprintf(out, sizeof(out), "%s/out.st.gz", unit_tmpdir());
@@ -620,9 +606,9 @@ START_TEST(test_static_mismatch)
 	snprintf(pb, sizeof(pb), "%s/b.st.gz", unit_tmpdir());
 	snprintf(pc, sizeof(pc), "%s/c.st.gz", unit_tmpdir());
 	snprintf(out, sizeof(out), "%s/o.st.gz", unit_tmpdir());
-	write_model(ma, pa);
-	write_model(mb, pb);
-	write_model(mc, pc);
+	unit_write_model(ma, pa);
+	unit_write_model(mb, pb);
+	unit_write_model(mc, pc);
 	memset(&o, 0, sizeof(o));
 	zm_merge_params_init(&o.params);
 	o.method = ZM_MERGE_LINEAR;
