@@ -7,7 +7,6 @@
  * --method, it merges models statically into one model file (linear, task
  * arithmetic, TIES, DARE, SLERP), streaming tensor by tensor.
  */
-#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -191,63 +190,6 @@ out:
 	return st == ZM_OK ? ZM_EXIT_OK : zm_cli_report(&err);
 }
 
-/*
- * Parses "W,W,..." into n weights, each a finite number >= 0 (negating a
- * task is --lambda's job).  On failure *bad points at the offending item
- * (NULL when the count is wrong) and *bad_len is its length.
- */
-static bool parse_weights(const char *text, size_t n, double *w,
-                          const char **bad, size_t *bad_len)
-{
-	const char *p = text;
-	size_t i;
-
-	*bad = NULL;
-	*bad_len = 0;
-	for (i = 0; i < n; i++) {
-		const char *comma = strchr(p, ',');
-		size_t len = comma ? (size_t)(comma - p) : strlen(p);
-		char item[64];
-		if ((comma != NULL) != (i + 1 < n))
-			return false;
-		if (len >= sizeof(item) || (memcpy(item, p, len),
-		                            item[len] = '\0',
-		                            !zm_parse_double(item, &w[i])) ||
-		    w[i] < 0 || w[i] > 1e6) {
-			*bad = p;
-			*bad_len = len;
-			return false;
-		}
-		p = comma ? comma + 1 : p + len;
-	}
-	return true;
-}
-
-/* Parses "N", "NK", "NM" or "NG" (powers of 1024) into *out > 0. */
-static bool parse_size(const char *text, uint64_t *out)
-{
-	char *end;
-	unsigned long long v;
-	unsigned shift = 0;
-
-	errno = 0;
-	if (!(*text >= '0' && *text <= '9'))
-		return false;
-	v = strtoull(text, &end, 10);
-	if (errno)
-		return false;
-	switch (*end) {
-	case 'K': shift = 10; end++; break;
-	case 'M': shift = 20; end++; break;
-	case 'G': shift = 30; end++; break;
-	default: break;
-	}
-	if (*end || v == 0 || v > (UINT64_MAX >> shift))
-		return false;
-	*out = (uint64_t)v << shift;
-	return true;
-}
-
 /* The file of a MODEL argument: a zoo model's current file, else a path. */
 static enum zm_status resolve(const struct zm_zoo *zoo, const char *arg,
                               char **path, struct zm_error *err)
@@ -322,7 +264,7 @@ static enum zm_status static_models(const struct merge_opts *o,
 	}
 	if (!o->weights_text)
 		return ZM_OK;
-	if (!parse_weights(o->weights_text, n, weights, &bad, &bad_len)) {
+	if (!zm_parse_weights(o->weights_text, n, weights, &bad, &bad_len)) {
 		if (bad)
 			return zm_error_set(err, ZM_ERR_USAGE, "--weights: "
 			                    "'%.*s' is not a finite number in "
@@ -662,7 +604,7 @@ static bool parse_option(void *ctx, int c, const char *arg)
 		o->set_compress = true;
 		break;
 	case OPT_SHARD_SIZE:
-		if (!parse_size(arg, &o->shard_size)) {
+		if (!zm_parse_size(arg, &o->shard_size)) {
 			zm_cli_warn("--shard-size: expected a positive number "
 			            "of bytes with an optional K, M or G");
 			return false;
