@@ -12,7 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "align.h"
 #include "cli.h"
@@ -24,6 +23,7 @@
 #include "stream.h"
 #include "update.h"
 #include "zoo.h"
+#include "zoomodel.h"
 
 static const char usage_str[] =
 	"usage: merge --zoo DIR [--granularity full|group|layer [--share all|none|groups=G,...|layers=L,...]\n"
@@ -188,27 +188,6 @@ out:
 	zm_gran_decision_release(&dec);
 	zm_apply_result_release(&res);
 	return st == ZM_OK ? ZM_EXIT_OK : zm_cli_report(&err);
-}
-
-/* The file of a MODEL argument: a zoo model's current file, else a path. */
-static enum zm_status resolve(const struct zm_zoo *zoo, const char *arg,
-                              char **path, struct zm_error *err)
-{
-	struct zm_zoo_entry *e = zoo ? zm_zoo_find(zoo, arg) : NULL;
-	char buf[4096];
-
-	if (e) {
-		if (!zm_zoo_path(zoo, e->file, buf, sizeof(buf)))
-			return zm_error_set(err, ZM_ERR_USAGE, "path too long");
-		*path = zm_strdup(buf);
-	} else {
-		if (zoo && access(arg, F_OK) != 0)
-			return zm_error_set(err, ZM_ERR_NOTFOUND, "%s: no such "
-			                    "model in %s, nor a file", arg,
-			                    zoo->dir);
-		*path = zm_strdup(arg);
-	}
-	return *path ? ZM_OK : zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 }
 
 /* The method and its parameters: the options over the config's. */
@@ -390,10 +369,10 @@ static int run_static(const struct merge_opts *o)
 	if (o->zoo_dir && (st = zm_zoo_open(&zoo, o->zoo_dir, ZM_ZOO_READ, &err)))
 		goto out;
 	for (i = 0; i < n && st == ZM_OK; i++)
-		st = resolve(zoo, labels[i], &paths[i], &err);
+		st = zm_zoo_model_file(zoo, labels[i], &paths[i], &err);
 	so.base_label = o->base ? o->base : cfg.base;
 	if (st == ZM_OK && so.base_label)
-		st = resolve(zoo, so.base_label, &base_path, &err);
+		st = zm_zoo_model_file(zoo, so.base_label, &base_path, &err);
 	if (st != ZM_OK)
 		goto out;
 	if (o->align && (st = align_models(o, paths, labels, n, base_path,
@@ -491,9 +470,9 @@ static int run_mergekit(const struct merge_opts *o)
 	if (o->zoo_dir && (st = zm_zoo_open(&zoo, o->zoo_dir, ZM_ZOO_READ, &err)))
 		goto out;
 	for (i = 0; i < plan.n && st == ZM_OK; i++)
-		st = resolve(zoo, plan.labels[i], &paths[i], &err);
+		st = zm_zoo_model_file(zoo, plan.labels[i], &paths[i], &err);
 	if (st == ZM_OK && plan.base)
-		st = resolve(zoo, plan.base, &base_path, &err);
+		st = zm_zoo_model_file(zoo, plan.base, &base_path, &err);
 	if (st != ZM_OK)
 		goto out;
 	so.method = plan.method;
