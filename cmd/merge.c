@@ -215,10 +215,8 @@ static enum zm_status static_method(const struct merge_opts *o,
 	return ZM_OK;
 }
 
-/*
- * The n models' labels (the arguments, else the config's models), the
- * config's weight spec of each, and --weights, which overrides them.
- */
+/* The n models' labels and the config's weight spec of each, and
+ * --weights, which overrides them. */
 static enum zm_status static_models(const struct merge_opts *o,
                                     const struct zm_merge_config *cfg,
                                     size_t n, const char **labels,
@@ -226,21 +224,14 @@ static enum zm_status static_models(const struct merge_opts *o,
                                     double *weights, struct zm_error *err)
 {
 	const char *bad;
-	size_t i, j, bad_len;
+	size_t i, bad_len;
+	enum zm_status st;
 
-	for (i = 0; i < n; i++) {
-		labels[i] = o->n_args ? o->args[i] : cfg->models[i].model;
-		weights[i] = 1.0;
-		for (j = 0; j < cfg->n_models; j++)
-			if (strcmp(cfg->models[j].model, labels[i]) == 0)
-				break;
-		if (j < cfg->n_models)
-			specs[i] = cfg->models[j].weight;
-		else if (cfg->n_models)
-			return zm_error_set(err, ZM_ERR_CONFIG, "%s: model '%s' "
-			                    "is not in the config's models",
-			                    o->config_path, labels[i]);
-	}
+	if ((st = zm_merge_config_models(cfg, o->config_path,
+	                                 o->n_args ? (const char *const *)o->args
+	                                           : NULL,
+	                                 n, labels, specs, weights, err)))
+		return st;
 	if (!o->weights_text)
 		return ZM_OK;
 	if (!zm_parse_weights(o->weights_text, n, weights, &bad, &bad_len)) {

@@ -312,3 +312,29 @@ enum zm_status zm_merge_config_load(const char *path,
 		zm_merge_config_release(c);
 	return st;
 }
+
+enum zm_status zm_merge_config_models(const struct zm_merge_config *c,
+                                      const char *source,
+                                      const char *const *args, size_t n,
+                                      const char **labels,
+                                      const struct zm_node **specs,
+                                      double *weights, struct zm_error *err)
+{
+	size_t i, j;
+
+	for (i = 0; i < n; i++) {
+		labels[i] = args ? args[i] : c->models[i].model;
+		specs[i] = NULL;
+		weights[i] = 1.0;
+		for (j = 0; j < c->n_models; j++)
+			if (strcmp(c->models[j].model, labels[i]) == 0)
+				break;
+		if (j < c->n_models)
+			specs[i] = c->models[j].weight;
+		else if (c->n_models)
+			return zm_error_set(err, ZM_ERR_CONFIG, "%s: model '%s' "
+			                    "is not in the config's models",
+			                    source, labels[i]);
+	}
+	return ZM_OK;
+}
