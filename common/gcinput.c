@@ -393,6 +393,40 @@ out:
 	zm_tensor_release(&x);
 	return st;
 }
+/* ---- the predict program ---- */
+
+const char *zm_gc_predict_program(const char *self, char *buf, size_t size,
+                                  char *beside, size_t beside_size)
+{
+	ssize_t n = readlink("/proc/self/exe", buf, size - 1);
+	const char *base;
+	char *slash;
+	size_t plen = 0;
+
+	beside[0] = '\0';
+	if (n <= 0 || size <= 16 || (size_t)n >= size - 16) {
+		snprintf(buf, size, "predict");
+		return buf;
+	}
+	buf[n] = '\0';
+	slash = strrchr(buf, '/');
+	base = slash ? slash + 1 : buf;
+	if (strlen(base) >= strlen(self) &&
+	    strcmp(base + strlen(base) - strlen(self), self) == 0)
+		plen = strlen(base) - strlen(self);
+	if (slash && plen + sizeof("predict") <= size - (size_t)(slash + 1 - buf)) {
+		memmove(slash + 1, base, plen);
+		memcpy(slash + 1 + plen, "predict", sizeof("predict"));
+		if (access(buf, X_OK) == 0)
+			return buf;
+		snprintf(beside, beside_size, "%s", buf);
+		memmove(buf, slash + 1, plen + sizeof("predict"));
+		return buf;
+	}
+	snprintf(buf, size, "predict");
+	return buf;
+}
+
 /* ---- measuring a child ---- */
 
 enum zm_status zm_gc_measure_child(char *const *argv, double *ms,
