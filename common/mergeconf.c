@@ -43,7 +43,8 @@ enum zm_status zm_merge_layer_weights(const struct zm_node *spec,
 	}
 	if (level == ZM_GRAN_FULL)
 		return zm_node_error(spec, err, ZM_ERR_CONFIG, "a weight %s "
-		                     "needs --granularity group or layer",
+		                     "needs the group or layer granularity, "
+		                     "not full",
 		                     spec->type == ZM_NODE_SEQ ? "list" : "map");
 	if ((st = zm_gran_units_init(&u, level, arch, err)))
 		return st;
