@@ -408,9 +408,8 @@ static int run_static(const struct merge_opts *o)
 	so.shard_size = o->shard_size;
 	/* The name says what the file is: plain safetensors bytes for
 	 * *.safetensors, gzip otherwise. */
-	if (!o->set_compress && strlen(o->out) >= 12 &&
-	    strcmp(o->out + strlen(o->out) - 12, ".safetensors") == 0)
-		so.compress = ZM_COMPRESS_NONE;
+	if (!o->set_compress)
+		so.compress = zm_compress_for_path(o->out, so.compress);
 	st = zm_merge_static(&so, &err);
 	if (st == ZM_OK && !o->quiet && strcmp(o->out, "-") != 0)
 		fprintf(stderr, "%s: %s merge of %zu models written to %s\n",
@@ -484,9 +483,8 @@ static int run_mergekit(const struct merge_opts *o)
 	so.tensor_ctx = &plan;
 	so.set_dtype = mk.set_dtype;
 	so.out_dtype = mk.dtype;
-	if (!o->set_compress && strlen(o->out) >= 12 &&
-	    strcmp(o->out + strlen(o->out) - 12, ".safetensors") == 0)
-		so.compress = ZM_COMPRESS_NONE;
+	if (!o->set_compress)
+		so.compress = zm_compress_for_path(o->out, so.compress);
 	st = zm_merge_plain(&so, &err);
 	if (st == ZM_OK && !o->quiet && strcmp(o->out, "-") != 0)
 		fprintf(stderr, "%s: mergekit %s merge of %zu models written to "
