@@ -16,6 +16,19 @@
 
 static const char arch[] = "input: [2]\nlayers: [{name: out, units: 3}]\n";
 
+/* Puts m into zoo as name; *v is its version. */
+static void put(struct zm_zoo *zoo, const char *name,
+                const struct zm_model *m, int64_t *v)
+{
+	struct zm_doc doc;
+	struct zm_error err;
+
+	zm_doc_init(&doc);
+	ck_assert_int_eq(zm_model_to_doc(m, &doc, &err), ZM_OK);
+	ck_assert_int_eq(zm_zoo_put_model(zoo, name, &doc, v, &err), ZM_OK);
+	zm_doc_release(&doc);
+}
+
 START_TEST(test_load)
 {
 	const char *dir = unit_tmpdir();
@@ -29,9 +42,7 @@ START_TEST(test_load)
 	zm_doc_init(&doc);
 	ck_assert_int_eq(zm_zoo_open(&zoo, dir, ZM_ZOO_WRITE | ZM_ZOO_CREATE,
 	                             &err), ZM_OK);
-	ck_assert_int_eq(zm_model_to_doc(m, &doc, &err), ZM_OK);
-	ck_assert_int_eq(zm_zoo_put_model(zoo, "a", &doc, &v, &err), ZM_OK);
-	zm_doc_release(&doc);
+	put(zoo, "a", m, &v);
 	/* a second model whose document is data, not a model */
 	ck_assert_int_eq(zm_doc_set_meta(&doc, "zm.kind", "data", &err), ZM_OK);
 	ck_assert_int_eq(zm_zoo_put_model(zoo, "b", &doc, &v2, &err), ZM_OK);
@@ -70,18 +81,14 @@ START_TEST(test_model_file)
 	const char *dir = unit_tmpdir();
 	struct zm_model *m = unit_model(arch, 5);
 	struct zm_zoo *zoo = NULL;
-	struct zm_doc doc;
 	struct zm_error err;
 	char other[4096], *path = NULL;
 	int64_t v = 0;
 	FILE *f;
 
-	zm_doc_init(&doc);
 	ck_assert_int_eq(zm_zoo_open(&zoo, dir, ZM_ZOO_WRITE | ZM_ZOO_CREATE,
 	                             &err), ZM_OK);
-	ck_assert_int_eq(zm_model_to_doc(m, &doc, &err), ZM_OK);
-	ck_assert_int_eq(zm_zoo_put_model(zoo, "a", &doc, &v, &err), ZM_OK);
-	zm_doc_release(&doc);
+	put(zoo, "a", m, &v);
 	ck_assert_int_eq(zm_zoo_commit(zoo, &err), ZM_OK);
 	zm_zoo_close(zoo);
 	snprintf(other, sizeof(other), "%s/other.gz", dir);
