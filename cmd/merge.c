@@ -7,11 +7,13 @@
  * --method, it merges models statically into one model file (linear, task
  * arithmetic, TIES, DARE, SLERP), streaming tensor by tensor.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "align.h"
 #include "cli.h"
