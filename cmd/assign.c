@@ -22,7 +22,6 @@
 #include "assignment.h"
 #include "calibrate.h"
 #include "cli.h"
-#include "fileio.h"
 #include "zoo.h"
 
 static const char usage_str[] =
@@ -102,16 +101,11 @@ static int run(const struct assign_opts *o)
 	struct zm_zoo *zoo = NULL;
 	struct zm_zoo_entry *base;
 	struct zm_assign_run r;
-	struct zm_outfile out;
-	struct zm_buf b;
 	size_t i;
 	enum zm_status st;
-	bool out_open = false;
 
-	memset(&out, 0, sizeof(out));
 	zm_assignment_init(&a);
 	zm_assign_run_init(&r);
-	zm_buf_init(&b);
 	zm_error_clear(&err);
 	a.metric = o->metric;
 	a.temperature = o->temperature;
@@ -172,31 +166,16 @@ static int run(const struct assign_opts *o)
 			            "least two models with profiles; nothing "
 			            "calibrated");
 	}
-	zm_assignment_to_yaml(&a, &b);
-	if (b.failed) {
-		st = zm_error_set(&err, ZM_ERR_NOMEM, "out of memory");
-		goto out;
-	}
 	/* The assignment is committed before the zoo: an output that cannot
 	 * be written (a full disk, /dev/full) then leaves the zoo as it was.
 	 * The zoo's commit is one rename; should it fail after the
 	 * assignment is in place, train-step reports the missing model. */
-	if ((st = zm_outfile_open(&out, o->output ? o->output : "-", false,
-	                          &err)))
-		goto out;
-	out_open = true;
-	if ((st = zm_outfile_write(&out, b.data, b.len, &err)))
-		goto out;
-	out_open = false;
-	if ((st = zm_outfile_commit(&out, &err)))
+	if ((st = zm_assignment_save(&a, o->output ? o->output : "-", &err)))
 		goto out;
 	if (o->create || o->calibrate)
 		st = zm_zoo_commit(zoo, &err);
 out:
-	if (out_open)
-		zm_outfile_abort(&out);
 	zm_assign_run_release(&r);
-	zm_buf_release(&b);
 	zm_assignment_release(&a);
 	zm_zoo_close(zoo);
 	return st == ZM_OK ? ZM_EXIT_OK : zm_cli_report(&err);

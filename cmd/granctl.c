@@ -12,7 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "cli.h"
 #include "granctl.h"
@@ -69,45 +68,6 @@ struct granctl_opts {
 	struct zm_gc_opts gc;
 };
 
-/*
- * The predict installed beside us: our own executable's directory, and the
- * prefix of our own name (make install PROGRAM_PREFIX=zm- installs
- * zm-granctl beside zm-predict).  When it is not there, the same name
- * from PATH, and *beside names where we looked (for the message).
- */
-static const char *predict_program(char *buf, size_t size, char *beside,
-                                   size_t beside_size)
-{
-	static const char self[] = "granctl";
-	ssize_t n = readlink("/proc/self/exe", buf, size - 1);
-	const char *base;
-	char *slash;
-	size_t plen = 0;
-
-	beside[0] = '\0';
-	if (n <= 0 || (size_t)n >= size - 16) {
-		snprintf(buf, size, "predict");
-		return buf;
-	}
-	buf[n] = '\0';
-	slash = strrchr(buf, '/');
-	base = slash ? slash + 1 : buf;
-	if (strlen(base) >= strlen(self) &&
-	    strcmp(base + strlen(base) - strlen(self), self) == 0)
-		plen = strlen(base) - strlen(self);
-	if (slash && plen + sizeof("predict") <= size - (size_t)(slash + 1 - buf)) {
-		memmove(slash + 1, base, plen);
-		memcpy(slash + 1 + plen, "predict", sizeof("predict"));
-		if (access(buf, X_OK) == 0)
-			return buf;
-		snprintf(beside, beside_size, "%s", buf);
-		memmove(buf, slash + 1, plen + sizeof("predict"));
-		return buf;
-	}
-	snprintf(buf, size, "predict");
-	return buf;
-}
-
 /* --measure: predict's cost at each level on --data. */
 static enum zm_status measure(const struct granctl_opts *o,
                               struct zm_gc_inputs *in, struct zm_error *err)
@@ -118,8 +78,9 @@ static enum zm_status measure(const struct granctl_opts *o,
 
 	beside[0] = '\0';
 	predict = o->predict ? o->predict
-	                     : predict_program(prog, sizeof(prog), beside,
-	                                       sizeof(beside));
+	                     : zm_gc_predict_program("granctl", prog,
+	                                             sizeof(prog), beside,
+	                                             sizeof(beside));
 	if (*beside)
 		zm_cli_warn("--measure: no %s beside granctl; running %s from "
 		            "PATH", beside, predict);

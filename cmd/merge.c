@@ -25,6 +25,7 @@
 #include "stream.h"
 #include "update.h"
 #include "zoo.h"
+#include "zoomodel.h"
 
 static const char usage_str[] =
 	"usage: merge --zoo DIR [--granularity full|group|layer [--share all|none|groups=G,...|layers=L,...]\n"
@@ -191,84 +192,6 @@ out:
 	return st == ZM_OK ? ZM_EXIT_OK : zm_cli_report(&err);
 }
 
-/*
- * Parses "W,W,..." into n weights, each a finite number >= 0 (negating a
- * task is --lambda's job).  On failure *bad points at the offending item
- * (NULL when the count is wrong) and *bad_len is its length.
- */
-static bool parse_weights(const char *text, size_t n, double *w,
-                          const char **bad, size_t *bad_len)
-{
-	const char *p = text;
-	size_t i;
-
-	*bad = NULL;
-	*bad_len = 0;
-	for (i = 0; i < n; i++) {
-		const char *comma = strchr(p, ',');
-		size_t len = comma ? (size_t)(comma - p) : strlen(p);
-		char item[64];
-		if ((comma != NULL) != (i + 1 < n))
-			return false;
-		if (len >= sizeof(item) || (memcpy(item, p, len),
-		                            item[len] = '\0',
-		                            !zm_parse_double(item, &w[i])) ||
-		    w[i] < 0 || w[i] > 1e6) {
-			*bad = p;
-			*bad_len = len;
-			return false;
-		}
-		p = comma ? comma + 1 : p + len;
-	}
-	return true;
-}
-
-/* Parses "N", "NK", "NM" or "NG" (powers of 1024) into *out > 0. */
-static bool parse_size(const char *text, uint64_t *out)
-{
-	char *end;
-	unsigned long long v;
-	unsigned shift = 0;
-
-	errno = 0;
-	if (!(*text >= '0' && *text <= '9'))
-		return false;
-	v = strtoull(text, &end, 10);
-	if (errno)
-		return false;
-	switch (*end) {
-	case 'K': shift = 10; end++; break;
-	case 'M': shift = 20; end++; break;
-	case 'G': shift = 30; end++; break;
-	default: break;
-	}
-	if (*end || v == 0 || v > (UINT64_MAX >> shift))
-		return false;
-	*out = (uint64_t)v << shift;
-	return true;
-}
-
-/* The file of a MODEL argument: a zoo model's current file, else a path. */
-static enum zm_status resolve(const struct zm_zoo *zoo, const char *arg,
-                              char **path, struct zm_error *err)
-{
-	struct zm_zoo_entry *e = zoo ? zm_zoo_find(zoo, arg) : NULL;
-	char buf[4096];
-
-	if (e) {
-		if (!zm_zoo_path(zoo, e->file, buf, sizeof(buf)))
-			return zm_error_set(err, ZM_ERR_USAGE, "path too long");
-		*path = zm_strdup(buf);
-	} else {
-		if (zoo && access(arg, F_OK) != 0)
-			return zm_error_set(err, ZM_ERR_NOTFOUND, "%s: no such "
-			                    "model in %s, nor a file", arg,
-			                    zoo->dir);
-		*path = zm_strdup(arg);
-	}
-	return *path ? ZM_OK : zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
-}
-
 /* The method and its parameters: the options over the config's. */
 static enum zm_status static_method(const struct merge_opts *o,
                                     const struct zm_merge_config *cfg,
@@ -294,10 +217,8 @@ static enum zm_status static_method(const struct merge_opts *o,
 	return ZM_OK;
 }
 
-/*
- * The n models' labels (the arguments, else the config's models), the
- * config's weight spec of each, and --weights, which overrides them.
- */
+/* The n models' labels and the config's weight spec of each, and
+ * --weights, which overrides them. */
 static enum zm_status static_models(const struct merge_opts *o,
                                     const struct zm_merge_config *cfg,
                                     size_t n, const char **labels,
@@ -305,24 +226,17 @@ static enum zm_status static_models(const struct merge_opts *o,
                                     double *weights, struct zm_error *err)
 {
 	const char *bad;
-	size_t i, j, bad_len;
+	size_t i, bad_len;
+	enum zm_status st;
 
-	for (i = 0; i < n; i++) {
-		labels[i] = o->n_args ? o->args[i] : cfg->models[i].model;
-		weights[i] = 1.0;
-		for (j = 0; j < cfg->n_models; j++)
-			if (strcmp(cfg->models[j].model, labels[i]) == 0)
-				break;
-		if (j < cfg->n_models)
-			specs[i] = cfg->models[j].weight;
-		else if (cfg->n_models)
-			return zm_error_set(err, ZM_ERR_CONFIG, "%s: model '%s' "
-			                    "is not in the config's models",
-			                    o->config_path, labels[i]);
-	}
+	if ((st = zm_merge_config_models(cfg, o->config_path,
+	                                 o->n_args ? (const char *const *)o->args
+	                                           : NULL,
+	                                 n, labels, specs, weights, err)))
+		return st;
 	if (!o->weights_text)
 		return ZM_OK;
-	if (!parse_weights(o->weights_text, n, weights, &bad, &bad_len)) {
+	if (!zm_parse_weights(o->weights_text, n, weights, &bad, &bad_len)) {
 		if (bad)
 			return zm_error_set(err, ZM_ERR_USAGE, "--weights: "
 			                    "'%.*s' is not a finite number in "
@@ -448,10 +362,10 @@ static int run_static(const struct merge_opts *o)
 	if (o->zoo_dir && (st = zm_zoo_open(&zoo, o->zoo_dir, ZM_ZOO_READ, &err)))
 		goto out;
 	for (i = 0; i < n && st == ZM_OK; i++)
-		st = resolve(zoo, labels[i], &paths[i], &err);
+		st = zm_zoo_model_file(zoo, labels[i], &paths[i], &err);
 	so.base_label = o->base ? o->base : cfg.base;
 	if (st == ZM_OK && so.base_label)
-		st = resolve(zoo, so.base_label, &base_path, &err);
+		st = zm_zoo_model_file(zoo, so.base_label, &base_path, &err);
 	if (st != ZM_OK)
 		goto out;
 	if (o->align && (st = align_models(o, paths, labels, n, base_path,
@@ -496,9 +410,8 @@ static int run_static(const struct merge_opts *o)
 	so.shard_size = o->shard_size;
 	/* The name says what the file is: plain safetensors bytes for
 	 * *.safetensors, gzip otherwise. */
-	if (!o->set_compress && strlen(o->out) >= 12 &&
-	    strcmp(o->out + strlen(o->out) - 12, ".safetensors") == 0)
-		so.compress = ZM_COMPRESS_NONE;
+	if (!o->set_compress)
+		so.compress = zm_compress_for_path(o->out, so.compress);
 	st = zm_merge_static(&so, &err);
 	if (st == ZM_OK && !o->quiet && strcmp(o->out, "-") != 0)
 		fprintf(stderr, "%s: %s merge of %zu models written to %s\n",
@@ -549,9 +462,9 @@ static int run_mergekit(const struct merge_opts *o)
 	if (o->zoo_dir && (st = zm_zoo_open(&zoo, o->zoo_dir, ZM_ZOO_READ, &err)))
 		goto out;
 	for (i = 0; i < plan.n && st == ZM_OK; i++)
-		st = resolve(zoo, plan.labels[i], &paths[i], &err);
+		st = zm_zoo_model_file(zoo, plan.labels[i], &paths[i], &err);
 	if (st == ZM_OK && plan.base)
-		st = resolve(zoo, plan.base, &base_path, &err);
+		st = zm_zoo_model_file(zoo, plan.base, &base_path, &err);
 	if (st != ZM_OK)
 		goto out;
 	so.method = plan.method;
@@ -572,9 +485,8 @@ static int run_mergekit(const struct merge_opts *o)
 	so.tensor_ctx = &plan;
 	so.set_dtype = mk.set_dtype;
 	so.out_dtype = mk.dtype;
-	if (!o->set_compress && strlen(o->out) >= 12 &&
-	    strcmp(o->out + strlen(o->out) - 12, ".safetensors") == 0)
-		so.compress = ZM_COMPRESS_NONE;
+	if (!o->set_compress)
+		so.compress = zm_compress_for_path(o->out, so.compress);
 	st = zm_merge_plain(&so, &err);
 	if (st == ZM_OK && !o->quiet && strcmp(o->out, "-") != 0)
 		fprintf(stderr, "%s: mergekit %s merge of %zu models written to "
@@ -662,7 +574,7 @@ static bool parse_option(void *ctx, int c, const char *arg)
 		o->set_compress = true;
 		break;
 	case OPT_SHARD_SIZE:
-		if (!parse_size(arg, &o->shard_size)) {
+		if (!zm_parse_size(arg, &o->shard_size)) {
 			zm_cli_warn("--shard-size: expected a positive number "
 			            "of bytes with an optional K, M or G");
 			return false;

@@ -26,9 +26,9 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 
 #include "cli.h"
+#include "clock.h"
 #include "datain.h"
 #include "dataset.h"
 #include "constants.h"
@@ -160,14 +160,6 @@ enum {
 	OPT_ADAPT_REG, OPT_ADAPT_TRUST, OPT_MIN_ROWS, OPT_THRESHOLD,
 	OPT_EXPLAIN, OPT_GRAN_RULES, OPT_ROUTE_MIX
 };
-
-static double now_seconds(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* What the setup decided on its own: a layer merge of unrelated models
  * always, the rest when the user chose the level or asked. */
@@ -349,8 +341,8 @@ static int run(const struct predict_opts *o)
 		st = zm_predict_doc(pred, &doc, where, &row, w, &metrics, &err);
 		if (st != ZM_OK)
 			break;
-		if (progress && now_seconds() - last >= 0.5) {
-			last = now_seconds();
+		if (progress && zm_clock_seconds() - last >= 0.5) {
+			last = zm_clock_seconds();
 			fprintf(stderr, "\r%s: %" PRIu64 " rows", zm_cli_name(),
 			        row);
 		}

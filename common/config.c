@@ -448,6 +448,59 @@ bool zm_parse_double(const char *text, double *out)
 	return true;
 }
 
+/* "W,W,..." (config.h). */
+bool zm_parse_weights(const char *text, size_t n, double *w,
+                      const char **bad, size_t *bad_len)
+{
+	const char *p = text;
+	size_t i;
+
+	*bad = NULL;
+	*bad_len = 0;
+	for (i = 0; i < n; i++) {
+		const char *comma = strchr(p, ',');
+		size_t len = comma ? (size_t)(comma - p) : strlen(p);
+		char item[64];
+		if ((comma != NULL) != (i + 1 < n))
+			return false;
+		if (len >= sizeof(item) || (memcpy(item, p, len),
+		                            item[len] = '\0',
+		                            !zm_parse_double(item, &w[i])) ||
+		    w[i] < 0 || w[i] > 1e6) {
+			*bad = p;
+			*bad_len = len;
+			return false;
+		}
+		p = comma ? comma + 1 : p + len;
+	}
+	return true;
+}
+
+/* "N[K|M|G]" (config.h). */
+bool zm_parse_size(const char *text, uint64_t *out)
+{
+	char *end;
+	unsigned long long v;
+	unsigned shift = 0;
+
+	errno = 0;
+	if (!(*text >= '0' && *text <= '9'))
+		return false;
+	v = strtoull(text, &end, 10);
+	if (errno)
+		return false;
+	switch (*end) {
+	case 'K': shift = 10; end++; break;
+	case 'M': shift = 20; end++; break;
+	case 'G': shift = 30; end++; break;
+	default: break;
+	}
+	if (*end || v == 0 || v > (UINT64_MAX >> shift))
+		return false;
+	*out = (uint64_t)v << shift;
+	return true;
+}
+
 enum zm_status zm_node_int(const struct zm_node *node, const char *what,
                            int64_t min, int64_t max, int64_t *out,
                            struct zm_error *err)

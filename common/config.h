@@ -106,5 +106,16 @@ void zm_config_strings_free(char **s, size_t n);
 /* Parses text as a whole number / finite double with nothing after it. */
 bool zm_parse_int64(const char *text, int64_t *out);
 bool zm_parse_double(const char *text, double *out);
+/* Parses "N", "NK", "NM" or "NG" (powers of 1024) into *out > 0; false for
+ * zero, a sign, another suffix or a value over UINT64_MAX. */
+bool zm_parse_size(const char *text, uint64_t *out);
+/*
+ * Parses "W,W,..." into exactly n weights w[0..n), each a finite number in
+ * [0, 1e6] (negating a model is a scale's job, not a weight's).  On failure
+ * *bad points at the offending item in text and *bad_len is its length, or
+ * *bad is NULL when the count of items is not n.
+ */
+bool zm_parse_weights(const char *text, size_t n, double *w,
+                      const char **bad, size_t *bad_len);
 
 #endif

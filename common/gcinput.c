@@ -14,9 +14,9 @@
 #include <sys/resource.h>
 #include <sys/types.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "dataset.h"
 #include "fileio.h"
 #include "granctl.h"
@@ -393,6 +393,40 @@ out:
 	zm_tensor_release(&x);
 	return st;
 }
+/* ---- the predict program ---- */
+
+const char *zm_gc_predict_program(const char *self, char *buf, size_t size,
+                                  char *beside, size_t beside_size)
+{
+	ssize_t n = readlink("/proc/self/exe", buf, size - 1);
+	const char *base;
+	char *slash;
+	size_t plen = 0;
+
+	beside[0] = '\0';
+	if (n <= 0 || size <= 16 || (size_t)n >= size - 16) {
+		snprintf(buf, size, "predict");
+		return buf;
+	}
+	buf[n] = '\0';
+	slash = strrchr(buf, '/');
+	base = slash ? slash + 1 : buf;
+	if (strlen(base) >= strlen(self) &&
+	    strcmp(base + strlen(base) - strlen(self), self) == 0)
+		plen = strlen(base) - strlen(self);
+	if (slash && plen + sizeof("predict") <= size - (size_t)(slash + 1 - buf)) {
+		memmove(slash + 1, base, plen);
+		memcpy(slash + 1 + plen, "predict", sizeof("predict"));
+		if (access(buf, X_OK) == 0)
+			return buf;
+		snprintf(beside, beside_size, "%s", buf);
+		memmove(buf, slash + 1, plen + sizeof("predict"));
+		return buf;
+	}
+	snprintf(buf, size, "predict");
+	return buf;
+}
+
 /* ---- measuring a child ---- */
 
 enum zm_status zm_gc_measure_child(char *const *argv, double *ms,
@@ -401,7 +435,7 @@ enum zm_status zm_gc_measure_child(char *const *argv, double *ms,
 	const char *tmpdir = getenv("TMPDIR");
 	char tmpl[4096];
 	posix_spawn_file_actions_t fa;
-	struct timespec t0, t1;
+	double t0;
 	struct rusage ru;
 	char buf[512], *line;
 	int fd, status, rc;
@@ -426,7 +460,7 @@ enum zm_status zm_gc_measure_child(char *const *argv, double *ms,
 	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
 	posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
 	posix_spawn_file_actions_adddup2(&fa, fd, 2);
-	clock_gettime(CLOCK_MONOTONIC, &t0);
+	t0 = zm_clock_seconds();
 	rc = posix_spawnp(&pid, argv[0], &fa, NULL, argv, environ);
 	posix_spawn_file_actions_destroy(&fa);
 	if (rc) {
@@ -440,9 +474,7 @@ enum zm_status zm_gc_measure_child(char *const *argv, double *ms,
 			return zm_error_errno(err, ZM_ERR_IO, "wait4");
 		}
 	}
-	clock_gettime(CLOCK_MONOTONIC, &t1);
-	*ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 +
-	      (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+	*ms = (zm_clock_seconds() - t0) * 1e3;
 	/* Linux reports ru_maxrss in KiB. */
 	*mib = (double)ru.ru_maxrss / 1024.0;
 	if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {

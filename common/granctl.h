@@ -362,6 +362,16 @@ enum zm_status zm_gc_read_log(struct zm_gc_inputs *in, const char *path,
 enum zm_status zm_gc_read_data(struct zm_gc_inputs *in, const char *path,
                                uint64_t max_rows, struct zm_error *err);
 /*
+ * The predict installed beside the running program (called self, as
+ * "granctl"): the directory of /proc/self/exe and the prefix of its name
+ * before self (make install PROGRAM_PREFIX=zm- installs zm-granctl beside
+ * zm-predict), written into buf (size bytes) and returned when it is
+ * executable.  Otherwise the same name for a PATH search, with beside
+ * (beside_size bytes) naming where it looked, or "" when it could not.
+ */
+const char *zm_gc_predict_program(const char *self, char *buf, size_t size,
+                                  char *beside, size_t beside_size);
+/*
  * Runs predict (the program at predict) over data at each level with the
  * inputs' models of the zoo at zoo_dir and fills in in->latency_ms and
  * in->memory_mib (zm_gc_measure_child).  A failure is prefixed "at the

@@ -228,6 +228,21 @@ enum zm_status zm_merge_config_load(const char *path,
                                     struct zm_merge_config *c,
                                     struct zm_error *err);
 
+/*
+ * The n models of a static merge: labels[i] is args[i] when args is not
+ * NULL, else c's i-th model; specs[i] is c's weight spec of the model
+ * labelled so (NULL when c names no models or gives it no weight) and
+ * weights[i] is 1.  The arrays are the caller's, n long; labels and specs
+ * point into args and c.  When c names models, a label it does not name is
+ * ZM_ERR_CONFIG, its message prefixed "SOURCE: ".
+ */
+enum zm_status zm_merge_config_models(const struct zm_merge_config *c,
+                                      const char *source,
+                                      const char *const *args, size_t n,
+                                      const char **labels,
+                                      const struct zm_node **specs,
+                                      double *weights, struct zm_error *err);
+
 /* ---- static merges ---- */
 
 struct zm_merge_static_opts {

@@ -43,7 +43,8 @@ enum zm_status zm_merge_layer_weights(const struct zm_node *spec,
 	}
 	if (level == ZM_GRAN_FULL)
 		return zm_node_error(spec, err, ZM_ERR_CONFIG, "a weight %s "
-		                     "needs --granularity group or layer",
+		                     "needs the group or layer granularity, "
+		                     "not full",
 		                     spec->type == ZM_NODE_SEQ ? "list" : "map");
 	if ((st = zm_gran_units_init(&u, level, arch, err)))
 		return st;
@@ -311,4 +312,30 @@ enum zm_status zm_merge_config_load(const char *path,
 	if ((st = config_from_tree(c, err)))
 		zm_merge_config_release(c);
 	return st;
+}
+
+enum zm_status zm_merge_config_models(const struct zm_merge_config *c,
+                                      const char *source,
+                                      const char *const *args, size_t n,
+                                      const char **labels,
+                                      const struct zm_node **specs,
+                                      double *weights, struct zm_error *err)
+{
+	size_t i, j;
+
+	for (i = 0; i < n; i++) {
+		labels[i] = args ? args[i] : c->models[i].model;
+		specs[i] = NULL;
+		weights[i] = 1.0;
+		for (j = 0; j < c->n_models; j++)
+			if (strcmp(c->models[j].model, labels[i]) == 0)
+				break;
+		if (j < c->n_models)
+			specs[i] = c->models[j].weight;
+		else if (c->n_models)
+			return zm_error_set(err, ZM_ERR_CONFIG, "%s: model '%s' "
+			                    "is not in the config's models",
+			                    source, labels[i]);
+	}
+	return ZM_OK;
 }

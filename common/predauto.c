@@ -8,21 +8,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "granauto.h"
 #include "json.h"
 #include "mem.h"
 #include "predict.h"
-
-static double ms_now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
-}
 
 bool zm_granauto_units_same(const struct zm_predict_options *po)
 {
@@ -127,7 +119,7 @@ static enum zm_status sample_weights(struct zm_granauto_ctl *ctl,
 			return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 		ctl->in.unit_w = uw;
 	}
-	t0 = ms_now();
+	t0 = 1e3 * zm_clock_seconds();
 	for (r = 0; r < s; r++)
 		memcpy(xs + r * d, x + (r * n / s) * d, d * sizeof(float));
 	/* The weights before any top-k cut: a cut of the budget would make
@@ -143,7 +135,7 @@ static enum zm_status sample_weights(struct zm_granauto_ctl *ctl,
 	for (u = 0; u < pl->wr->units.n_units; u++)
 		if (pl->wr->unit_first[u] != SIZE_MAX)
 			memcpy(uw + (m++) * K, pl->tw + u * K, K * sizeof(double));
-	ctl->sample_ms = ms_now() - t0;
+	ctl->sample_ms = 1e3 * zm_clock_seconds() - t0;
 	ctl->in.sample_ms = ctl->sample_ms;
 	ctl->in.sample_ms_per_row = ctl->sample_ms / (double)s;
 	return ZM_OK;
@@ -172,13 +164,13 @@ enum zm_status zm_granauto_ctl_begin(struct zm_granauto_ctl *ctl,
 		return st;
 	zm_granauto_decide(&ctl->g, &ctl->in, &ctl->c);
 	*use = ctl->pred[ctl->c.level];
-	ctl->t0 = ms_now();
+	ctl->t0 = 1e3 * zm_clock_seconds();
 	return ZM_OK;
 }
 
 void zm_granauto_ctl_end(struct zm_granauto_ctl *ctl, size_t n)
 {
-	double ms = ms_now() - ctl->t0;
+	double ms = 1e3 * zm_clock_seconds() - ctl->t0;
 	size_t i;
 	char why[sizeof(ctl->c.why)];
 

@@ -9,8 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "clock.h"
 #include "dataset.h"
 #include "gemm.h"
 #include "json.h"
@@ -857,14 +857,6 @@ static enum zm_status ensemble_forward(struct zm_predictor *p, const float *x,
 	return ZM_OK;
 }
 
-static double seconds_now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /* One pass without timing or the latency adjustment (predpriv.h). */
 enum zm_status zm_predict_pass(struct zm_predictor *p, const float *x,
                                size_t n, float *scores, float *logp,
@@ -898,12 +890,12 @@ enum zm_status zm_predict_run(struct zm_predictor *p, const float *x,
 		              n, scores, logp);
 		return ZM_OK;
 	}
-	t0 = seconds_now();
+	t0 = zm_clock_seconds();
 	p->recording = true;
 	st = zm_predict_pass(p, x, n, scores, logp, err);
 	p->recording = false;
 	if (st == ZM_OK)
-		zm_weighter_adjust(p->wr, (seconds_now() - t0) /
+		zm_weighter_adjust(p->wr, (zm_clock_seconds() - t0) /
 		                   (double)(p->evaluated ? p->evaluated : 1));
 	return st;
 }

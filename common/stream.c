@@ -823,6 +823,14 @@ bool zm_compress_from_env(int *level)
 	return false;
 }
 
+int zm_compress_for_path(const char *path, int level)
+{
+	size_t n = strlen(path);
+
+	return n >= 12 && strcmp(path + n - 12, ".safetensors") == 0
+	       ? ZM_COMPRESS_NONE : level;
+}
+
 /* Checks that doc can be written: consistent sizes, data present, no
  * reserved or repeated names. */
 static enum zm_status doc_check(const struct zm_doc *doc, bool need_data,

@@ -120,6 +120,10 @@ size_t zm_reader_doc_number(const struct zm_reader *r);
 /* The level from the environment variable ZM_COMPRESS (0-9), or
  * ZM_COMPRESS_AUTO when unset.  Returns false for a bad value. */
 bool zm_compress_from_env(int *level);
+/* The level to write path with when no level was asked for on the command
+ * line: ZM_COMPRESS_NONE when the name says plain safetensors (it ends in
+ * ".safetensors"), else level (from zm_compress_from_env). */
+int zm_compress_for_path(const char *path, int level);
 
 struct zm_writer;
 

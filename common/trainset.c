@@ -6,8 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "clock.h"
 #include "conv.h"
 #include "dataset.h"
 #include "mem.h"
@@ -618,14 +618,6 @@ void zm_fit_config_default(struct zm_fit_config *cfg)
 	cfg->log_every = 50;
 }
 
-static double now_seconds(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /* Loss and accuracy of model over rows idx[0..n) in batches. */
 static enum zm_status evaluate_rows(const struct zm_model *model,
                                     struct zm_workspace *ws,
@@ -850,7 +842,7 @@ enum zm_status zm_fit(struct zm_model *model, const struct zm_trainset *ts,
 	rep.max_epochs = n_epochs;
 	for (epoch = 1; epoch <= n_epochs; epoch++) {
 		struct zm_batch_stats es = { 0, 0, 0 }, ls = { 0, 0, 0 };
-		double t0 = now_seconds();
+		double t0 = zm_clock_seconds();
 		size_t i;
 
 		zm_rng_shuffle(&rng, order, ts->n_train);
@@ -880,7 +872,7 @@ enum zm_status zm_fit(struct zm_model *model, const struct zm_trainset *ts,
 				memset(&ls, 0, sizeof(ls));
 			}
 		}
-		rep.samples_per_s = (double)es.rows / (now_seconds() - t0);
+		rep.samples_per_s = (double)es.rows / (zm_clock_seconds() - t0);
 		rep.epoch_end = true;
 		rep.epoch = epoch;
 		rep.lr = zm_optim_lr(opt);

@@ -2,6 +2,7 @@
  * Models out of a zoo (zoomodel.h).
  */
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "mem.h"
 #include "model.h"
@@ -80,4 +81,24 @@ void zm_zoo_models_free(struct zm_model **ms)
 	for (i = 0; ms && ms[i]; i++)
 		zm_model_free(ms[i]);
 	free(ms);
+}
+
+enum zm_status zm_zoo_model_file(const struct zm_zoo *zoo, const char *arg,
+                                 char **path, struct zm_error *err)
+{
+	struct zm_zoo_entry *e = zoo ? zm_zoo_find(zoo, arg) : NULL;
+	char buf[4096];
+
+	if (e) {
+		if (!zm_zoo_path(zoo, e->file, buf, sizeof(buf)))
+			return zm_error_set(err, ZM_ERR_USAGE, "path too long");
+		*path = zm_strdup(buf);
+	} else {
+		if (zoo && access(arg, F_OK) != 0)
+			return zm_error_set(err, ZM_ERR_NOTFOUND, "%s: no such "
+			                    "model in %s, nor a file", arg,
+			                    zoo->dir);
+		*path = zm_strdup(arg);
+	}
+	return *path ? ZM_OK : zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 }

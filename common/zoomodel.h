@@ -41,4 +41,13 @@ enum zm_status zm_zoo_load_all(const struct zm_zoo *zoo,
                                struct zm_model ***out, struct zm_error *err);
 void zm_zoo_models_free(struct zm_model **ms);
 
+/*
+ * The file of a model named on a command line: arg's current file when zoo
+ * (may be NULL) has a model called arg, else arg itself as a path, into
+ * *path (new; free with free()).  With a zoo, an arg that is neither a
+ * model of it nor an existing file is ZM_ERR_NOTFOUND.
+ */
+enum zm_status zm_zoo_model_file(const struct zm_zoo *zoo, const char *arg,
+                                 char **path, struct zm_error *err);
+
 #endif

@@ -2,6 +2,7 @@
  * YAML/JSON trees: positions in error messages, typed getters, refusal of
  * aliases, duplicate keys and deep nesting.
  */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -183,6 +184,64 @@ START_TEST(test_yaml_scalar_round_trip)
 }
 END_TEST
 
+/* Sizes with a binary suffix, against the products written out. */
+START_TEST(test_parse_size)
+{
+	uint64_t v;
+
+	ck_assert(zm_parse_size("100", &v) && v == 100);
+	ck_assert(zm_parse_size("3K", &v) && v == 3 * 1024);
+	ck_assert(zm_parse_size("5M", &v) && v == 5 * 1024 * 1024);
+	ck_assert(zm_parse_size("2G", &v) && v == 2ull * 1024 * 1024 * 1024);
+	ck_assert(zm_parse_size("18446744073709551615", &v) &&
+	          v == UINT64_MAX);
+	ck_assert(zm_parse_size("17179869183G", &v) &&
+	          v == 17179869183ull << 30);
+	ck_assert(!zm_parse_size("17179869184G", &v));	/* 2^64 */
+	ck_assert(!zm_parse_size("18446744073709551616", &v));
+	ck_assert(!zm_parse_size("0", &v));
+	ck_assert(!zm_parse_size("0K", &v));
+	ck_assert(!zm_parse_size("", &v));
+	ck_assert(!zm_parse_size("-1", &v));
+	ck_assert(!zm_parse_size("+1", &v));
+	ck_assert(!zm_parse_size(" 1", &v));
+	ck_assert(!zm_parse_size("1k", &v));
+	ck_assert(!zm_parse_size("1KB", &v));
+	ck_assert(!zm_parse_size("K", &v));
+}
+END_TEST
+
+/* Weights: the count must match, each item is checked and a bad one is
+ * pointed at. */
+START_TEST(test_parse_weights)
+{
+	double w[3];
+	const char *bad, *text;
+	size_t len;
+
+	ck_assert(zm_parse_weights("1,0.5,2e3", 3, w, &bad, &len));
+	ck_assert(w[0] == 1.0 && w[1] == 0.5 && w[2] == 2000.0);
+	ck_assert(zm_parse_weights("0", 1, w, &bad, &len) && w[0] == 0.0);
+	ck_assert(!zm_parse_weights("1,2", 3, w, &bad, &len));
+	ck_assert_ptr_null(bad);
+	ck_assert(!zm_parse_weights("1,2,3,4", 3, w, &bad, &len));
+	ck_assert_ptr_null(bad);
+	text = "1,x7,2";
+	ck_assert(!zm_parse_weights(text, 3, w, &bad, &len));
+	ck_assert_ptr_eq(bad, text + 2);
+	ck_assert_uint_eq(len, 2);
+	text = "1,-1,2";
+	ck_assert(!zm_parse_weights(text, 3, w, &bad, &len));
+	ck_assert_ptr_eq(bad, text + 2);
+	ck_assert(!zm_parse_weights("1,2e6,2", 3, w, &bad, &len));
+	ck_assert_uint_eq(len, 3);
+	ck_assert(!zm_parse_weights("1,,2", 3, w, &bad, &len));
+	ck_assert_uint_eq(len, 0);
+	ck_assert(!zm_parse_weights("1,nan,2", 3, w, &bad, &len));
+	ck_assert_uint_eq(len, 3);
+}
+END_TEST
+
 Suite *suite_config(void)
 {
 	Suite *s = suite_create("config");
@@ -196,6 +255,8 @@ Suite *suite_config(void)
 	tcase_add_test(tc, test_deep_nesting_refused);
 	tcase_add_test(tc, test_empty_document);
 	tcase_add_test(tc, test_yaml_scalar_round_trip);
+	tcase_add_test(tc, test_parse_size);
+	tcase_add_test(tc, test_parse_weights);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "granctl.h"
 #include "lineage.h"
@@ -744,6 +745,46 @@ START_TEST(test_measure_child)
 }
 END_TEST
 
+/* The predict beside the running program (this runner): its directory
+ * and the prefix of its name before self, else a PATH search naming
+ * where it looked; the expectation comes from readlink and access. */
+START_TEST(test_predict_program)
+{
+	char exe[4096], want[4096 + 16], buf[4096], beside[4096];
+	const char *base, *got;
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	size_t dir_len, k;
+
+	ck_assert(n > 0);
+	exe[n] = '\0';
+	base = strrchr(exe, '/') + 1;
+	dir_len = (size_t)(base - exe);
+	/* self the whole name (no prefix), then its last three letters (the
+	 * rest a prefix, as zm- of zm-granctl). */
+	for (k = 0; k < 2; k++) {
+		const char *self = k == 0 ? base : base + strlen(base) - 3;
+		size_t plen = (size_t)(self - base);
+
+		snprintf(want, sizeof(want), "%.*s%.*spredict", (int)dir_len,
+		         exe, (int)plen, base);
+		got = zm_gc_predict_program(self, buf, sizeof(buf), beside,
+		                            sizeof(beside));
+		ck_assert_ptr_eq(got, buf);
+		if (access(want, X_OK) == 0) {
+			ck_assert_str_eq(got, want);
+			ck_assert_str_eq(beside, "");
+		} else {
+			ck_assert_str_eq(beside, want);
+			ck_assert_str_eq(got, want + dir_len);
+		}
+	}
+	/* A buffer too small for the directory: plain "predict". */
+	got = zm_gc_predict_program(base, buf, 8, beside, sizeof(beside));
+	ck_assert_str_eq(got, "predict");
+	ck_assert_str_eq(beside, "");
+}
+END_TEST
+
 Suite *suite_granctl(void)
 {
 	Suite *s = suite_create("granctl");
@@ -766,6 +807,7 @@ Suite *suite_granctl(void)
 	                    (int)(sizeof(bad_logs) / sizeof(bad_logs[0])));
 	tcase_add_test(tc, test_drift);
 	tcase_add_test(tc, test_measure_child);
+	tcase_add_test(tc, test_predict_program);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -350,6 +350,55 @@ START_TEST(test_layer_weights)
 }
 END_TEST
 
+/* The models of a static merge: the arguments over the config's list,
+ * each with its config weight, and a model the config does not name. */
+START_TEST(test_config_models)
+{
+	static const char text[] =
+		"models:\n"
+		"  - {model: m0, weight: 0.5}\n"
+		"  - {model: m1, weight: [0.2, 0.8]}\n"
+		"  - {model: m2}\n";
+	const char *args[] = { "m1", "m0" }, *stray[] = { "m0", "x" };
+	const char *labels[3];
+	const struct zm_node *specs[3];
+	double w[3] = { 0, 0, 0 };
+	struct zm_merge_config c;
+	struct zm_error err;
+
+	zm_merge_config_init(&c);
+	ck_assert_int_eq(zm_merge_config_parse(text, strlen(text), "c.yaml", &c,
+	                                       &err), ZM_OK);
+	ck_assert_int_eq(zm_merge_config_models(&c, "c.yaml", NULL, 3, labels,
+	                                        specs, w, &err), ZM_OK);
+	ck_assert_str_eq(labels[0], "m0");
+	ck_assert_str_eq(labels[2], "m2");
+	ck_assert_ptr_eq(specs[0], c.models[0].weight);
+	ck_assert_ptr_eq(specs[1], c.models[1].weight);
+	ck_assert_ptr_null(specs[2]);
+	ck_assert(w[0] == 1.0 && w[1] == 1.0 && w[2] == 1.0);
+	ck_assert_int_eq(zm_merge_config_models(&c, "c.yaml", args, 2, labels,
+	                                        specs, w, &err), ZM_OK);
+	ck_assert_str_eq(labels[0], "m1");
+	ck_assert_ptr_eq(specs[0], c.models[1].weight);
+	ck_assert_ptr_eq(specs[1], c.models[0].weight);
+	ck_assert_int_eq(zm_merge_config_models(&c, "c.yaml", stray, 2, labels,
+	                                        specs, w, &err), ZM_ERR_CONFIG);
+	ck_assert_str_eq(err.msg, "c.yaml: model 'x' is not in the config's "
+	                 "models");
+	/* A config without models weights every argument 1, no spec. */
+	ck_assert_int_eq(zm_merge_config_parse("method: linear\n", 15,
+	                                       "d.yaml", &c, &err), ZM_OK);
+	specs[1] = c.root;
+	ck_assert_int_eq(zm_merge_config_models(&c, "d.yaml", stray, 2, labels,
+	                                        specs, w, &err), ZM_OK);
+	ck_assert_str_eq(labels[1], "x");
+	ck_assert_ptr_null(specs[1]);
+	ck_assert(w[1] == 1.0);
+	zm_merge_config_release(&c);
+}
+END_TEST
+
 START_TEST(test_config)
 {
 	static const char good[] =
@@ -402,20 +451,6 @@ START_TEST(test_config)
 END_TEST
 
 /* ---- static merges ---- */
-
-static void write_model(const struct zm_model *m, const char *path)
-{
-	struct zm_writer *w;
-	struct zm_doc doc;
-	struct zm_error err;
-
-	zm_doc_init(&doc);
-	ck_assert_int_eq(zm_model_to_doc(m, &doc, &err), ZM_OK);
-	ck_assert_int_eq(zm_writer_open(&w, path, 1, &err), ZM_OK);
-	ck_assert_int_eq(zm_writer_write_doc(w, &doc, &err), ZM_OK);
-	ck_assert_int_eq(zm_writer_commit(w, &err), ZM_OK);
-	zm_doc_release(&doc);
-}
 
 static struct zm_model *read_model(const char *path)
 {
@@ -488,7 +523,7 @@ START_TEST(test_static_merge)
 		m[i] = model_with_profile(a, i + 1, 3 + i);
 		snprintf(path[i], sizeof(path[i]), "%s/m%zu.st.gz",
 		         unit_tmpdir(), i);
-		write_model(m[i], path[i]);
+		unit_write_model(m[i], path[i]);
 		paths[i] = path[i];
 	}
 	snprintf(out, sizeof(out), "%s/out.st.gz", unit_tmpdir());
@@ -620,9 +655,9 @@ START_TEST(test_static_mismatch)
 	snprintf(pb, sizeof(pb), "%s/b.st.gz", unit_tmpdir());
 	snprintf(pc, sizeof(pc), "%s/c.st.gz", unit_tmpdir());
 	snprintf(out, sizeof(out), "%s/o.st.gz", unit_tmpdir());
-	write_model(ma, pa);
-	write_model(mb, pb);
-	write_model(mc, pc);
+	unit_write_model(ma, pa);
+	unit_write_model(mb, pb);
+	unit_write_model(mc, pc);
 	memset(&o, 0, sizeof(o));
 	zm_merge_params_init(&o.params);
 	o.method = ZM_MERGE_LINEAR;
@@ -996,6 +1031,7 @@ Suite *suite_merge(void)
 	tcase_add_test(tc, test_acc_errors);
 	tcase_add_test(tc, test_layer_weights);
 	tcase_add_test(tc, test_config);
+	tcase_add_test(tc, test_config_models);
 	tcase_add_test(tc, test_static_merge);
 	tcase_add_test(tc, test_static_mismatch);
 	tcase_add_loop_test(tc, test_apply_sharing, 0, 3);

@@ -969,6 +969,25 @@ START_TEST(compress_env)
 }
 END_TEST
 
+/* The level a file's name asks for: plain for *.safetensors only. */
+START_TEST(compress_for_path)
+{
+	ck_assert_int_eq(zm_compress_for_path("m.safetensors", 6),
+	                 ZM_COMPRESS_NONE);
+	ck_assert_int_eq(zm_compress_for_path("d/.safetensors",
+	                                      ZM_COMPRESS_AUTO),
+	                 ZM_COMPRESS_NONE);
+	ck_assert_int_eq(zm_compress_for_path("m.safetensors.gz", 6), 6);
+	ck_assert_int_eq(zm_compress_for_path("m.safetensors.gz",
+	                                      ZM_COMPRESS_AUTO),
+	                 ZM_COMPRESS_AUTO);
+	ck_assert_int_eq(zm_compress_for_path("safetensors", 3), 3);
+	ck_assert_int_eq(zm_compress_for_path("m.SAFETENSORS", 3), 3);
+	ck_assert_int_eq(zm_compress_for_path("-", 3), 3);
+	ck_assert_int_eq(zm_compress_for_path("", 3), 3);
+}
+END_TEST
+
 /* Keys near the limit: a 990-byte tensor name and metadata key round trip
  * (the limit sits below what the reader's YAML parser accepts); 1001 bytes
  * are refused when writing, never written into an unreadable stream. */
@@ -1088,6 +1107,7 @@ Suite *suite_stream(void)
 	tcase_add_test(tc, level0_is_stored);
 	tcase_add_loop_test(tc, compress_env, 0,
 	                    (int)(sizeof(env_cases) / sizeof(env_cases[0])));
+	tcase_add_test(tc, compress_for_path);
 	tcase_add_test(tc, doc_operations);
 	tcase_add_test(tc, long_keys);
 	suite_add_tcase(s, tc);
