@@ -6,7 +6,7 @@
  * writers and readers of the slice files (their closing profile document:
  * zm_slice_profile_read) and of the centroids, and the writer of the
  * membership stream, a data stream that any data reader (dataset.c)
- * reads.  The profile entries inside a document are profile.c's.
+ * reads.  The profile entries inside a document are profdoc.c's.
  */
 #include <errno.h>
 #include <inttypes.h>

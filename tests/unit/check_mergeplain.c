@@ -154,7 +154,7 @@ static void read_doc(const char *path, struct zm_doc *doc)
 /* Chunks of 7 elements (not dividing any tensor) give the same bytes as
  * whole tensors, and linear and task arithmetic match a naive loop
  * rounded to the dtype.  TIES with density 0.3 streams its threshold
- * selection over spilled task vectors. */
+ * selection from a histogram over the chunks, reading them twice. */
 /* Per-model densities as a mergekit config gives them: 0.05 keeps none
  * of the small tensors (floor(0.05 n) = 0). */
 static enum zm_status mk_params(void *ctx, const struct zm_doc *ref,
