@@ -61,14 +61,12 @@ enum zm_status zm_profile_cache_profile(struct zm_profile_cache *c,
 		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
 	e->model = m;
 	zm_profile_init(&e->profile);
-	st = zm_profile_from_doc(&e->profile, &m->extra, err);
+	/* Without the scatters: nothing that reads the cache uses them. */
+	st = zm_profile_moments_from_doc(&e->profile, &m->extra, err);
 	if (st != ZM_OK) {
 		free(e);
 		return st;
 	}
-	/* Nothing that reads the cache uses it, and it is d x d doubles
-	 * per model (4.7 MiB at 784 features). */
-	zm_scatter_release(&e->profile.scatter);
 	v = zm_realloc(c->models, (c->n_models + 1) * sizeof(*v));
 	if (!v) {
 		zm_profile_release(&e->profile);

@@ -703,9 +703,10 @@ static enum zm_status read_comps(struct zm_profile *p,
 	return ZM_OK;
 }
 
-/* Rebuilds p's scatter from the PPCA doc stores for p's input entry. */
+/* Rebuilds p's scatter from the PPCA doc stores for p's input entry
+ * (with scatters false only checks the PPCA and its components). */
 static enum zm_status read_ppca(struct zm_profile *p, const struct zm_doc *doc,
-                                struct zm_error *err)
+                                bool scatters, struct zm_error *err)
 {
 	const struct zm_profile_entry *in = zm_profile_find(p, ZM_PROFILE_INPUT);
 	struct zm_density m;
@@ -735,6 +736,17 @@ static enum zm_status read_ppca(struct zm_profile *p, const struct zm_doc *doc,
 	free(mf);
 	if (st != ZM_OK)
 		return st;
+	if (!scatters) {
+		struct zm_density *c;
+		size_t n, i;
+		zm_density_release(&m);
+		st = doc_comps(doc, in->dim, in->count, &c, &n, err);
+		for (i = 0; st == ZM_OK && i < n; i++)
+			zm_density_release(&c[i]);
+		if (st == ZM_OK)
+			free(c);
+		return st;
+	}
 	zm_scatter_release(&p->scatter);
 	dd = in->dim * in->dim;
 	p->scatter.mean = zm_malloc(in->dim * sizeof(double));
@@ -752,8 +764,8 @@ static enum zm_status read_ppca(struct zm_profile *p, const struct zm_doc *doc,
 	return read_comps(p, doc, err);
 }
 
-enum zm_status zm_profile_from_doc(struct zm_profile *p,
-                                   const struct zm_doc *doc,
+static enum zm_status profile_read(struct zm_profile *p,
+                                   const struct zm_doc *doc, bool scatters,
                                    struct zm_error *err)
 {
 	const struct zm_tensor *t;
@@ -811,12 +823,26 @@ enum zm_status zm_profile_from_doc(struct zm_profile *p,
 		if (st != ZM_OK)
 			goto fail;
 	}
-	if ((st = read_ppca(p, doc, err)) != ZM_OK)
+	if ((st = read_ppca(p, doc, scatters, err)) != ZM_OK)
 		goto fail;
 	return ZM_OK;
 fail:
 	zm_profile_release(p);
 	return st;
+}
+
+enum zm_status zm_profile_from_doc(struct zm_profile *p,
+                                   const struct zm_doc *doc,
+                                   struct zm_error *err)
+{
+	return profile_read(p, doc, true, err);
+}
+
+enum zm_status zm_profile_moments_from_doc(struct zm_profile *p,
+                                           const struct zm_doc *doc,
+                                           struct zm_error *err)
+{
+	return profile_read(p, doc, false, err);
 }
 
 enum zm_status zm_profile_density_from_doc(const struct zm_doc *doc,

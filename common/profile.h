@@ -234,4 +234,15 @@ enum zm_status zm_profile_from_doc(struct zm_profile *p,
                                    const struct zm_doc *doc,
                                    struct zm_error *err);
 
+/*
+ * zm_profile_from_doc for readers of the moments (weighting): the same
+ * checks, but p gets no scatter and no component scatters, which only
+ * merging or refitting profiles needs (they are rebuilt from the stored
+ * PPCAs: d x d doubles each, 4.7 MiB at 784 features, up to nine per
+ * model).
+ */
+enum zm_status zm_profile_moments_from_doc(struct zm_profile *p,
+                                           const struct zm_doc *doc,
+                                           struct zm_error *err);
+
 #endif

@@ -898,6 +898,31 @@ START_TEST(test_profile_mixture_recovers_clusters)
 	zm_density_release(&got);
 	ck_assert_int_eq(zm_profile_density(&back, &got, &err), ZM_OK);
 	ck_assert_uint_eq(got.n_comp, 3);
+	/* Read for its moments only: the same entries to the bit, no
+	 * scatter and no component scatters; the same refusal below. */
+	{
+		struct zm_profile light;
+		size_t e, j;
+		zm_profile_init(&light);
+		ck_assert_int_eq(zm_profile_moments_from_doc(&light, &doc,
+		                                             &err), ZM_OK);
+		ck_assert_uint_eq(light.n_comp, 0);
+		ck_assert_uint_eq(light.scatter.d, 0);
+		ck_assert_ptr_null(light.scatter.m2);
+		ck_assert_uint_eq(light.n_entries, back.n_entries);
+		for (e = 0; e < back.n_entries; e++) {
+			const struct zm_profile_entry *a = &light.entries[e];
+			const struct zm_profile_entry *b = &back.entries[e];
+			ck_assert_str_eq(a->name, b->name);
+			ck_assert_uint_eq(a->dim, b->dim);
+			ck_assert_double_eq(a->count, b->count);
+			for (j = 0; j < a->dim; j++) {
+				ck_assert_double_eq(a->mean[j], b->mean[j]);
+				ck_assert_double_eq(a->m2[j], b->m2[j]);
+			}
+		}
+		zm_profile_release(&light);
+	}
 	/* Merged with a copy of itself: six components, every row. */
 	ck_assert_int_eq(zm_profile_copy(&q, &p, &err), ZM_OK);
 	ck_assert_uint_eq(q.n_comp, 3);
@@ -921,6 +946,15 @@ START_TEST(test_profile_mixture_recovers_clusters)
 		ck_assert_int_eq(zm_profile_density_from_doc(&doc, &got, &err),
 		                 ZM_ERR_DATA);
 		ck_assert_ptr_nonnull(strstr(err.msg, "profile.input.c"));
+		{
+			struct zm_profile light;
+			zm_profile_init(&light);
+			ck_assert_int_eq(zm_profile_moments_from_doc(&light,
+			                 &doc, &err), ZM_ERR_DATA);
+			ck_assert_ptr_nonnull(strstr(err.msg,
+			                             "profile.input.c"));
+			zm_profile_release(&light);
+		}
 	}
 	for (c = 0; c < 3; c++) {
 		zm_density_release(&want[c]);
