@@ -251,73 +251,39 @@ static enum zm_status static_models(const struct merge_opts *o,
 
 /*
  * --align: each model but the reference (the base, else the first)
- * realigned to it into a file of dir (a new temporary directory that
- * *dir names, removed by unalign), paths[i] then naming that file.
+ * realigned to it into a temporary directory (*t, removed by
+ * zm_align_temp_remove), paths[i] then naming its file.
  */
 static enum zm_status align_models(const struct merge_opts *o, char **paths,
                                    const char **labels, size_t n,
                                    const char *base_path,
-                                   const char *base_label, char **dir,
+                                   const char *base_label,
+                                   struct zm_align_temp *t,
                                    struct zm_error *err)
 {
-	const char *tmp = getenv("TMPDIR");
 	const char *ref_path = base_path ? base_path : paths[0];
 	const char *ref_label = base_path ? base_label : labels[0];
-	struct zm_model *ref = NULL;
-	struct zm_align_info info;
 	enum zm_status st;
-	size_t i, len;
+	size_t i;
 
-	len = strlen(tmp && *tmp ? tmp : "/tmp") + 32;
-	if (!(*dir = zm_malloc(len)))
-		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
-	snprintf(*dir, len, "%s/zm-align.XXXXXX", tmp && *tmp ? tmp : "/tmp");
-	if (!mkdtemp(*dir)) {
-		st = zm_error_set(err, ZM_ERR_IO, "--align: cannot make a "
-		                  "temporary directory %s: %s", *dir,
-		                  strerror(errno));
-		free(*dir);
-		*dir = NULL;
-		return st;
-	}
-	if ((st = zm_model_load(ref_path, &ref, err)) != ZM_OK)
-		return zm_error_prefix(err, "--align: ");
-	for (i = base_path ? 0 : 1; i < n && st == ZM_OK; i++) {
-		char *out;
-		len = strlen(*dir) + 48;
-		if (!(out = zm_malloc(len))) {
-			st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
-			break;
-		}
-		snprintf(out, len, "%s/%zu.safetensors.gz", *dir, i);
-		st = zm_align_file(ref, ref_label, paths[i], out, &info, err);
-		if (st == ZM_OK && !o->quiet)
+	st = zm_align_to_temp(NULL, ref_path, ref_label,
+	                      (const char *const *)paths, n, base_path ? 0 : 1,
+	                      t, err);
+	for (i = 0; i < n; i++) {
+		if (!t->paths || !t->paths[i])
+			continue;
+		if (!o->quiet)
 			fprintf(stderr, "%s: %s realigned to %s: %zu units moved, "
 			        "alignment %.3f -> %.3f\n", zm_cli_name(),
-			        labels[i], ref_label, info.moved, info.before,
-			        info.after);
-		zm_align_info_release(&info);
+			        labels[i], ref_label, t->info[i].moved,
+			        t->info[i].before, t->info[i].after);
 		free(paths[i]);
-		paths[i] = out;
+		paths[i] = t->paths[i];
+		t->paths[i] = NULL;
 	}
-	zm_model_free(ref);
 	if (st != ZM_OK)
 		zm_error_prefix(err, "--align: ");
 	return st;
-}
-
-/* Removes --align's files and directory. */
-static void unalign(char *dir, char **paths, size_t n)
-{
-	size_t i;
-
-	if (!dir)
-		return;
-	for (i = 0; paths && i < n; i++)
-		if (paths[i] && strncmp(paths[i], dir, strlen(dir)) == 0)
-			unlink(paths[i]);
-	rmdir(dir);
-	free(dir);
 }
 
 static int run_static(const struct merge_opts *o)
@@ -327,7 +293,8 @@ static int run_static(const struct merge_opts *o)
 	struct zm_merge_config cfg;
 	struct zm_merge_static_opts so;
 	const char **labels = NULL;
-	char **paths = NULL, *base_path = NULL, *align_dir = NULL;
+	char **paths = NULL, *base_path = NULL;
+	struct zm_align_temp aligned;
 	const struct zm_node **specs = NULL;
 	double *weights = NULL;
 	char origin[ZM_LINEAGE_ID_MAX + 8] = "";
@@ -338,6 +305,7 @@ static int run_static(const struct merge_opts *o)
 	zm_error_clear(&err);
 	zm_merge_config_init(&cfg);
 	memset(&so, 0, sizeof(so));
+	memset(&aligned, 0, sizeof(aligned));
 	if (o->config_path &&
 	    (st = zm_merge_config_load(o->config_path, &cfg, &err)))
 		goto out;
@@ -369,7 +337,7 @@ static int run_static(const struct merge_opts *o)
 	if (st != ZM_OK)
 		goto out;
 	if (o->align && (st = align_models(o, paths, labels, n, base_path,
-	                                   so.base_label, &align_dir, &err)))
+	                                   so.base_label, &aligned, &err)))
 		goto out;
 	/* Parameters average meaningfully only across models whose units
 	 * correspond: the base and every model against the first.  Plain
@@ -418,7 +386,7 @@ static int run_static(const struct merge_opts *o)
 		        zm_cli_name(), zm_merge_method_name(so.method), n, o->out);
 out:
 	zm_zoo_close(zoo);
-	unalign(align_dir, paths, n);
+	zm_align_temp_remove(&aligned);
 	for (i = 0; paths && i < n; i++)
 		free(paths[i]);
 	free(paths);

@@ -1,10 +1,12 @@
 /*
  * Realignment of hidden units by weight matching (see align.h).
  */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "align.h"
 #include "gemm.h"
@@ -453,4 +455,94 @@ out:
 	zm_doc_release(&doc);
 	zm_model_free(m);
 	return st;
+}
+
+/* DIR/i.safetensors.gz in zm_malloc'd memory; NULL on failure. */
+static char *temp_name(const char *dir, size_t i)
+{
+	size_t len = strlen(dir) + 48;
+	char *s = zm_malloc(len);
+
+	if (s)
+		snprintf(s, len, "%s/%zu.safetensors.gz", dir, i);
+	return s;
+}
+
+enum zm_status zm_align_to_temp(const char *tmpdir, const char *ref_path,
+                                const char *ref_label,
+                                const char *const *paths, size_t n,
+                                size_t first, struct zm_align_temp *out,
+                                struct zm_error *err)
+{
+	struct zm_model *ref = NULL;
+	enum zm_status st;
+	size_t i, len;
+
+	memset(out, 0, sizeof(*out));
+	if (!tmpdir || !*tmpdir)
+		tmpdir = getenv("TMPDIR");
+	if (!tmpdir || !*tmpdir)
+		tmpdir = "/tmp";
+	out->n = n;
+	len = strlen(tmpdir) + 32;
+	out->paths = zm_calloc(n ? n : 1, sizeof(*out->paths));
+	out->info = zm_calloc(n ? n : 1, sizeof(*out->info));
+	if (!out->paths || !out->info || !(out->dir = zm_malloc(len)))
+		return zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+	snprintf(out->dir, len, "%s/zm-align.XXXXXX", tmpdir);
+	if (!mkdtemp(out->dir)) {
+		st = zm_error_set(err, ZM_ERR_IO, "cannot make a temporary "
+		                  "directory %s: %s", out->dir, strerror(errno));
+		free(out->dir);
+		out->dir = NULL;
+		return st;
+	}
+	if ((st = zm_model_load(ref_path, &ref, err)) != ZM_OK)
+		return st;
+	for (i = first; i < n && st == ZM_OK; i++) {
+		char *name = temp_name(out->dir, i);
+
+		if (!name) {
+			st = zm_error_set(err, ZM_ERR_NOMEM, "out of memory");
+			break;
+		}
+		st = zm_align_file(ref, ref_label, paths[i], name,
+		                   &out->info[i], err);
+		if (st == ZM_OK)
+			out->paths[i] = name;
+		else {
+			zm_align_info_release(&out->info[i]);
+			free(name);
+		}
+	}
+	zm_model_free(ref);
+	return st;
+}
+
+void zm_align_temp_remove(struct zm_align_temp *t)
+{
+	size_t i;
+
+	if (!t)
+		return;
+	for (i = 0; t->dir && i < t->n; i++) {
+		char *name = temp_name(t->dir, i);
+
+		/* Without memory for the name, the path given out if any. */
+		if (name || (t->paths && t->paths[i]))
+			unlink(name ? name : t->paths[i]);
+		free(name);
+	}
+	if (t->dir)
+		rmdir(t->dir);
+	for (i = 0; i < t->n; i++) {
+		if (t->paths)
+			free(t->paths[i]);
+		if (t->info)
+			zm_align_info_release(&t->info[i]);
+	}
+	free(t->paths);
+	free(t->info);
+	free(t->dir);
+	memset(t, 0, sizeof(*t));
 }

@@ -98,4 +98,43 @@ enum zm_status zm_align_file(const struct zm_model *ref,
                              const char *out, struct zm_align_info *info,
                              struct zm_error *err);
 
+
+/*
+ * Models realigned into a temporary directory (zm_align_to_temp).  All
+ * owned by the struct; release it with zm_align_temp_remove, which also
+ * deletes the files and the directory.
+ */
+struct zm_align_temp {
+	char *dir;      /* the directory, NULL until made */
+	size_t n;       /* the models given */
+	/* [n]: paths[i] names model i's realigned copy (DIR/i.safetensors.gz)
+	 * once it is written, NULL otherwise (the models before first, and
+	 * from a failure on).  A caller may take a path over (free it, set
+	 * paths[i] to NULL): zm_align_temp_remove deletes the file by name
+	 * still. */
+	char **paths;
+	/* [n]: what realigning model i did, where paths[i] was set. */
+	struct zm_align_info *info;
+};
+
+/*
+ * Makes a new directory zm-align.XXXXXX under tmpdir (NULL or "": $TMPDIR,
+ * else /tmp), loads the reference model ref_path and realigns each of
+ * models paths[first .. n) to it (recording ref_label; zm_align_file)
+ * into DIR/i.safetensors.gz, filling *out (zeroed first).  After an error
+ * too, *out says what was done: the models realigned before it have
+ * their paths and info; release it with zm_align_temp_remove.  Errors:
+ * ZM_ERR_IO when the directory cannot be made, ZM_ERR_NOMEM, and those of
+ * zm_model_load (the reference) and zm_align_file.
+ */
+enum zm_status zm_align_to_temp(const char *tmpdir, const char *ref_path,
+                                const char *ref_label,
+                                const char *const *paths, size_t n,
+                                size_t first, struct zm_align_temp *out,
+                                struct zm_error *err);
+
+/* Deletes t's files and directory and frees what t owns, leaving it
+ * zeroed; a zeroed t is fine. */
+void zm_align_temp_remove(struct zm_align_temp *t);
+
 #endif

@@ -4,8 +4,10 @@
  * cannot reach, a copy whose hidden units (and the statistics and profile
  * entries that follow them) were permuted by the test recovered exactly,
  * independent initialisations brought closer, a conv net's channels
- * recovered alike, and the refusal of another architecture.
+ * recovered alike, the refusal of another architecture, and models
+ * realigned into a temporary directory (zm_align_to_temp) and removed.
  */
+#include <dirent.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -175,20 +177,20 @@ static void outputs(const struct zm_model *m, const float *x, size_t n,
 	zm_workspace_free(ws);
 }
 
-START_TEST(test_permuted_copy_recovered)
+/*
+ * p made a copy of a (both of mlp_yaml) with the hidden units permuted:
+ * p's unit j of h1 is a's unit q1[j], of h2 a's q2[j] (something moves),
+ * a's batchnorm statistics and profile.h2.mean (prof [5]) made to differ
+ * per unit first, so that permuting them matters.
+ */
+static void permuted_copy(struct zm_model *a, struct zm_model *p,
+                          uint64_t *s, size_t q1[5], size_t q2[4],
+                          float prof[5])
 {
-	struct zm_model *a = unit_model(mlp_yaml, 3), *p = unit_model(mlp_yaml, 9);
-	struct zm_align_info info;
-	struct zm_lineage_info li;
-	struct zm_error err;
-	uint64_t s = 7;
-	size_t q1[5], q2[4], i, j, k, moved = 0;
-	float x[8 * 6], ya[8 * 3], yp[8 * 3], yr[8 * 3], prof[5], pprof[5];
+	float pprof[5];
 	float *bnw, *bnb;
-	const struct zm_tensor *t;
+	size_t i, j, k;
 
-	/* Fitted statistics that differ per unit, so that permuting them
-	 * matters. */
 	bnw = a->layers[1].weight.data;
 	bnb = a->layers[1].bias.data;
 	for (i = 0; i < 5; i++) {
@@ -197,11 +199,10 @@ START_TEST(test_permuted_copy_recovered)
 		prof[i] = (float)i * 1.5f;
 	}
 	add_profile(a, "h2", prof, 5);
-	shuffle(q1, 5, &s);
-	shuffle(q2, 4, &s);
+	shuffle(q1, 5, s);
+	shuffle(q2, 4, s);
 	if (q1[0] == 0 && q1[1] == 1)   /* make sure something moves */
 		q1[0] = 1, q1[1] = 0;
-	/* p's unit j of h1 is a's unit q1[j], of h2 a's q2[j]. */
 	for (j = 0; j < 5; j++) {
 		for (k = 0; k < 6; k++)
 			((float *)p->layers[0].weight.data)[j * 6 + k] =
@@ -224,6 +225,20 @@ START_TEST(test_permuted_copy_recovered)
 		((float *)p->layers[4].bias.data)[i] = layer_b(a, 4)[i];
 	}
 	add_profile(p, "h2", pprof, 5);
+}
+
+START_TEST(test_permuted_copy_recovered)
+{
+	struct zm_model *a = unit_model(mlp_yaml, 3), *p = unit_model(mlp_yaml, 9);
+	struct zm_align_info info;
+	struct zm_lineage_info li;
+	struct zm_error err;
+	uint64_t s = 7;
+	size_t q1[5], q2[4], i, moved = 0;
+	float x[8 * 6], ya[8 * 3], yp[8 * 3], yr[8 * 3], prof[5];
+	const struct zm_tensor *t;
+
+	permuted_copy(a, p, &s, q1, q2, prof);
 	for (i = 0; i < 8 * 6; i++)
 		x[i] = (float)(uniform(&s) * 4 - 2);
 	outputs(a, x, 8, ya);
@@ -396,6 +411,144 @@ START_TEST(test_permuted_conv_recovered)
 }
 END_TEST
 
+/* m written to path. */
+static void save_model(const struct zm_model *m, const char *path)
+{
+	struct zm_writer *w = NULL;
+	struct zm_doc doc;
+	struct zm_error err;
+
+	zm_doc_init(&doc);
+	ck_assert_int_eq(zm_model_to_doc(m, &doc, &err), ZM_OK);
+	ck_assert_int_eq(zm_writer_open(&w, path, ZM_COMPRESS_AUTO, &err), ZM_OK);
+	ck_assert_int_eq(zm_writer_write_doc(w, &doc, &err), ZM_OK);
+	ck_assert_int_eq(zm_writer_commit(w, &err), ZM_OK);
+	zm_doc_release(&doc);
+}
+
+/* Every parameter of m is a's, exactly. */
+static void assert_params_eq(const struct zm_model *m, const struct zm_model *a)
+{
+	size_t l;
+
+	ck_assert_uint_eq(m->arch->n_layers, a->arch->n_layers);
+	for (l = 0; l < a->arch->n_layers; l++)
+		if (a->layers[l].spec->has_params) {
+			ck_assert_uint_eq(m->layers[l].weight.nbytes,
+			                  a->layers[l].weight.nbytes);
+			ck_assert_mem_eq(m->layers[l].weight.data,
+			                 a->layers[l].weight.data,
+			                 a->layers[l].weight.nbytes);
+			ck_assert_mem_eq(m->layers[l].bias.data,
+			                 a->layers[l].bias.data,
+			                 a->layers[l].bias.nbytes);
+		}
+}
+
+START_TEST(test_to_temp)
+{
+	struct zm_model *a = unit_model(mlp_yaml, 3), *p = unit_model(mlp_yaml, 9);
+	struct zm_model *m;
+	struct zm_align_temp t;
+	struct zm_error err;
+	const char *tmp = unit_tmpdir();
+	char ap[512], pp[512], missing[512], prefix[512], *dir;
+	const char *paths[3];
+	uint64_t s = 11;
+	size_t q1[5], q2[4], i, moved = 0;
+	float prof[5];
+	DIR *d;
+
+	permuted_copy(a, p, &s, q1, q2, prof);
+	for (i = 0; i < 5; i++)
+		moved += q1[i] != i;
+	for (i = 0; i < 4; i++)
+		moved += q2[i] != i;
+	snprintf(ap, sizeof(ap), "%s/a.safetensors.gz", tmp);
+	snprintf(pp, sizeof(pp), "%s/p.safetensors.gz", tmp);
+	snprintf(missing, sizeof(missing), "%s/none.safetensors.gz", tmp);
+	snprintf(prefix, sizeof(prefix), "%s/zm-align.", tmp);
+	save_model(a, ap);
+	save_model(p, pp);
+	paths[0] = ap;
+	paths[1] = pp;
+
+	/* The reference among the models (first 1): only p realigned. */
+	ck_assert_int_eq(zm_align_to_temp(tmp, ap, "a@v1", paths, 2, 1, &t,
+	                                  &err), ZM_OK);
+	ck_assert_ptr_nonnull(t.dir);
+	ck_assert_int_eq(strncmp(t.dir, prefix, strlen(prefix)), 0);
+	ck_assert_uint_eq(t.n, 2);
+	ck_assert_ptr_null(t.paths[0]);
+	ck_assert_ptr_nonnull(t.paths[1]);
+	ck_assert_int_eq(strncmp(t.paths[1], t.dir, strlen(t.dir)), 0);
+	ck_assert_uint_eq(t.info[1].moved, moved);
+	ck_assert_double_eq(t.info[1].after, 1);
+	ck_assert_uint_eq(unit_count_entries(t.dir), 1);
+	ck_assert_int_eq(zm_model_load(t.paths[1], &m, &err), ZM_OK);
+	assert_params_eq(m, a);
+	ck_assert_str_eq(zm_doc_meta(&m->extra, ZM_ALIGN_KEY), "a@v1");
+	zm_model_free(m);
+	dir = strdup(t.dir);
+	ck_assert_ptr_nonnull(dir);
+	zm_align_temp_remove(&t);
+	ck_assert_ptr_null(t.dir);
+	ck_assert_ptr_null(t.paths);
+	ck_assert_ptr_null(d = opendir(dir));
+	free(dir);
+
+	/* A separate reference (first 0), a path taken over by the caller,
+	 * the reference's own copy unmoved. */
+	ck_assert_int_eq(zm_align_to_temp(tmp, ap, "a", paths, 2, 0, &t, &err),
+	                 ZM_OK);
+	ck_assert_ptr_nonnull(t.paths[0]);
+	ck_assert_ptr_nonnull(t.paths[1]);
+	ck_assert_uint_eq(t.info[0].moved, 0);
+	ck_assert_uint_eq(t.info[1].moved, moved);
+	ck_assert_uint_eq(unit_count_entries(t.dir), 2);
+	ck_assert_int_eq(zm_model_load(t.paths[0], &m, &err), ZM_OK);
+	assert_params_eq(m, a);
+	zm_model_free(m);
+	free(t.paths[1]);
+	t.paths[1] = NULL;
+	dir = strdup(t.dir);
+	ck_assert_ptr_nonnull(dir);
+	zm_align_temp_remove(&t);
+	ck_assert_ptr_null(d = opendir(dir));
+	free(dir);
+
+	/* A model that cannot be loaded: the error, the one before it done,
+	 * and removal still leaves nothing behind. */
+	paths[0] = pp;
+	paths[1] = missing;
+	ck_assert_int_ne(zm_align_to_temp(tmp, ap, "a", paths, 2, 0, &t, &err),
+	                 ZM_OK);
+	ck_assert_ptr_nonnull(strstr(err.msg, "none.safetensors.gz"));
+	ck_assert_ptr_nonnull(t.paths[0]);
+	ck_assert_ptr_null(t.paths[1]);
+	ck_assert_uint_eq(t.info[0].moved, moved);
+	dir = strdup(t.dir);
+	ck_assert_ptr_nonnull(dir);
+	zm_align_temp_remove(&t);
+	ck_assert_ptr_null(d = opendir(dir));
+	free(dir);
+
+	/* A reference that cannot be loaded. */
+	ck_assert_int_ne(zm_align_to_temp(tmp, missing, "a", paths, 1, 0, &t,
+	                                  &err), ZM_OK);
+	ck_assert_ptr_null(t.paths[0]);
+	dir = strdup(t.dir);
+	ck_assert_ptr_nonnull(dir);
+	zm_align_temp_remove(&t);
+	ck_assert_ptr_null(d = opendir(dir));
+	free(dir);
+	/* The test's directory holds a's and p's files only. */
+	ck_assert_uint_eq(unit_count_entries(tmp), 2);
+	zm_model_free(a);
+	zm_model_free(p);
+}
+END_TEST
+
 START_TEST(test_refusals)
 {
 	struct zm_model *a = unit_model(wide_yaml, 1), *m = unit_model(mlp_yaml, 1);
@@ -425,6 +578,7 @@ Suite *suite_align(void)
 	tcase_add_test(tc, test_permuted_copy_recovered);
 	tcase_add_test(tc, test_seeds_brought_closer);
 	tcase_add_test(tc, test_permuted_conv_recovered);
+	tcase_add_test(tc, test_to_temp);
 	tcase_add_test(tc, test_refusals);
 	suite_add_tcase(s, tc);
 	return s;
