@@ -264,6 +264,26 @@ static enum zm_status pin_seek(struct pin *in, const char *name, bool *cached,
 	return ZM_OK;
 }
 
+/* The next m elements of tensor k (header h) from r as F32 into dst,
+ * through raw (m * element size bytes). */
+static enum zm_status read_f32_part(struct zm_reader *r, size_t k,
+                                    const struct zm_tensor *h, size_t m,
+                                    void *raw, float *dst,
+                                    struct zm_error *err)
+{
+	size_t es = zm_dtype_size(h->dtype);
+	struct zm_tensor v;
+	enum zm_status st;
+
+	if ((st = zm_reader_read_part(r, k, raw, m * es, err)))
+		return st;
+	v = *h;
+	v.data = raw;
+	v.nbytes = m * es;
+	zm_tensor_read_f32(&v, 0, m, dst);
+	return ZM_OK;
+}
+
 /*
  * Reads elements [off, off + m) of tensor name of in (positioned by
  * pin_seek; chunks in increasing order) as F32 into dst; raw is scratch of
@@ -275,7 +295,7 @@ static enum zm_status pin_read(struct pin *in, const char *name, bool cached,
 {
 	size_t k;
 	struct shard *sh = pin_shard(in, name, &k);
-	struct zm_tensor *h = &sh->hdr.tensors[k], v;
+	struct zm_tensor *h = &sh->hdr.tensors[k];
 	size_t es = zm_dtype_size(h->dtype), n = h->nbytes / es;
 	enum zm_status st;
 
@@ -286,12 +306,8 @@ static enum zm_status pin_read(struct pin *in, const char *name, bool cached,
 			zm_doc_remove(&in->ahead, name);
 		return ZM_OK;
 	}
-	if ((st = zm_reader_read_part(sh->r, k, raw, m * es, err)))
+	if ((st = read_f32_part(sh->r, k, h, m, raw, dst, err)))
 		return st;
-	v = *h;
-	v.data = raw;
-	v.nbytes = m * es;
-	zm_tensor_read_f32(&v, 0, m, dst);
 	if (off + m == n)
 		sh->next = k + 1;
 	return ZM_OK;
@@ -311,7 +327,7 @@ enum zm_status zm_plain_peek(struct pin *in, int lane, const char *name,
 {
 	size_t k;
 	struct shard *sh = pin_shard(in, name, &k);
-	struct zm_tensor *h = &sh->hdr.tensors[k], v;
+	struct zm_tensor *h = &sh->hdr.tensors[k];
 	size_t es = zm_dtype_size(h->dtype), n = h->nbytes / es, t;
 	enum zm_status st;
 
@@ -354,12 +370,8 @@ enum zm_status zm_plain_peek(struct pin *in, int lane, const char *name,
 				return st;
 		}
 	}
-	if ((st = zm_reader_read_part(sh->lane[lane], k, raw, m * es, err)))
+	if ((st = read_f32_part(sh->lane[lane], k, h, m, raw, dst, err)))
 		return st;
-	v = *h;
-	v.data = raw;
-	v.nbytes = m * es;
-	zm_tensor_read_f32(&v, 0, m, dst);
 	if (off + m == n)
 		sh->lnext[lane] = k + 1;
 	return ZM_OK;
